@@ -1,0 +1,123 @@
+//! `supernet generate`: one prompt through the engine, streamed to stdout or as JSON.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use serde::Serialize;
+
+use crate::engine::cpu::default_threads;
+use crate::engine::generate::{generate, FinishReason, GenerateParams};
+use crate::engine::sampler::SamplerParams;
+use crate::engine::template::{ChatMessage, ChatTemplate};
+use crate::engine::tokenizer::Tokenizer;
+use crate::engine::{CpuBackend, Model};
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Path to a GGUF model file.
+    #[arg(long, env = "SUPERNET_MODEL")]
+    pub model: PathBuf,
+    /// The prompt, tokenized exactly as given (special tokens such as <|im_start|> are honoured).
+    #[arg(long)]
+    pub prompt: String,
+    /// Wrap the prompt as one user message through the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    pub temperature: f32,
+    /// Keep only the K most likely tokens (0 disables).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches P (1 disables).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens less likely than P times the most likely one (0 disables).
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalise repeats of the last 64 tokens (1 disables).
+    #[arg(long, default_value_t = 1.0)]
+    pub repetition_penalty: f32,
+    /// Stop when this text is generated (repeatable); it is not included in the output.
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Random seed; the same seed and inputs give the same output.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Print one JSON object with token ids, text and speeds instead of streaming text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct JsonOutput {
+    prompt_token_ids: Vec<u32>,
+    token_ids: Vec<u32>,
+    text: String,
+    prompt_tokens: usize,
+    completion_tokens: usize,
+    finish_reason: &'static str,
+    prefill_tok_s: f64,
+    decode_tok_s: f64,
+}
+
+pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
+    let model = Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let tok = Tokenizer::from_gguf(&model.file)?;
+    let prompt_text = if a.chat {
+        let tmpl = ChatTemplate::from_gguf(&model.file, &tok)?;
+        tmpl.render(&[ChatMessage::new("user", &a.prompt)], None, true, &Default::default())?
+    } else {
+        a.prompt.clone()
+    };
+    let prompt = tok.encode(&prompt_text)?;
+    let be = CpuBackend::new(a.threads.unwrap_or_else(default_threads));
+    let params = GenerateParams {
+        max_tokens: a.max_tokens,
+        stop: a.stop.clone(),
+        sampler: SamplerParams {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            min_p: a.min_p,
+            repetition_penalty: a.repetition_penalty,
+            seed: a.seed,
+            ..SamplerParams::default()
+        },
+    };
+    let mut stdout = std::io::stdout().lock();
+    let g = generate(&model, &be, &tok, &prompt, &params, |t| {
+        if !a.json {
+            // A closed pipe (`| head`) is not an error worth a panic; stop writing quietly.
+            let _ = stdout.write_all(t.as_bytes()).and_then(|_| stdout.flush());
+        }
+    })?;
+    let rate = |n: usize, d: std::time::Duration| if d.is_zero() { 0.0 } else { n as f64 / d.as_secs_f64() };
+    if a.json {
+        let out = JsonOutput {
+            prompt_tokens: prompt.len(),
+            completion_tokens: g.token_ids.len(),
+            prefill_tok_s: rate(prompt.len(), g.prefill_time),
+            decode_tok_s: rate(g.decode_steps, g.decode_time),
+            finish_reason: match g.finish {
+                FinishReason::Stop => "stop",
+                FinishReason::Length => "length",
+            },
+            prompt_token_ids: prompt,
+            token_ids: g.token_ids,
+            text: g.text,
+        };
+        writeln!(stdout, "{}", serde_json::to_string(&out)?)?;
+    } else {
+        let _ = writeln!(stdout);
+    }
+    Ok(())
+}

@@ -1,0 +1,30 @@
+//! The `supernet` command line: one subcommand per role. Each subcommand lives in its own
+//! module and takes its parsed arguments.
+
+pub mod bench;
+pub mod generate;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "supernet", version, about = "OpenAI-compatible LLM serving on a pool of GPU workers")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Generate text from a prompt with a local GGUF model.
+    Generate(generate::GenerateArgs),
+    /// Measure prompt-processing and decode speed (like llama-bench's pp512 / tg128).
+    Bench(bench::BenchArgs),
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Bench(a) => bench::run(a),
+    }
+}

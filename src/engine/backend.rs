@@ -1,0 +1,49 @@
+//! The operations a decoder forward pass needs, as a trait, so the model code is written once
+//! and a CUDA backend can slot in beside the CPU one.
+//!
+//! Activations are row-major `f32` slices, one row per token. Weights stay in their GGUF
+//! types; a backend decides how to multiply them (the CPU backend quantizes activations to
+//! the weight type's partner format, as llama.cpp does).
+
+use crate::engine::kv_cache::LayerKv;
+use crate::engine::model::config::RopeConfig;
+use crate::engine::model::weights::Weight;
+
+/// One matrix product of a batched matmul: `out[t][r] = w.row(r) · x[t]`.
+pub struct MatmulJob<'a> {
+    pub w: &'a Weight,
+    pub out: &'a mut [f32],
+}
+
+/// Shape of one attention call over a layer's cache.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionShape {
+    pub n_head: usize,
+    pub n_head_kv: usize,
+    pub head_dim_k: usize,
+    pub head_dim_v: usize,
+    /// Position of the first query token; token `t` attends to cache rows `0..=start + t`.
+    pub start: usize,
+    pub n_tokens: usize,
+}
+
+pub trait Backend: Send + Sync {
+    /// A one-line description for logs and benchmarks (kernels, threads).
+    fn describe(&self) -> String;
+
+    /// Multiplies every job's weight by the same `n_tokens` input rows in one parallel pass.
+    /// All weights must have `x.len() / n_tokens` columns.
+    fn matmul(&self, x: &[f32], n_tokens: usize, jobs: &mut [MatmulJob<'_>]);
+
+    /// RMS-normalises each `dim`-wide row of `x` in place, then scales by `weight`.
+    fn rms_norm(&self, x: &mut [f32], dim: usize, weight: &[f32], eps: f32);
+
+    /// Rotates every `head_dim`-wide head of each token row by its position.
+    fn rope(&self, x: &mut [f32], head_dim: usize, positions: &[usize], rope: &RopeConfig, freq_factors: Option<&[f32]>);
+
+    /// Causal attention of `q` (`n_tokens` rows of `n_head * head_dim_k`) over the cache.
+    fn attention(&self, q: &[f32], kv: &LayerKv, shape: AttentionShape, out: &mut [f32]);
+
+    /// `gate = silu(gate) * up`, element-wise.
+    fn swiglu(&self, gate: &mut [f32], up: &[f32]);
+}

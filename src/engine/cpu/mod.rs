@@ -1,0 +1,64 @@
+//! The CPU backend: SIMD kernels chosen at run time and a dedicated thread pool.
+
+mod attention;
+mod matmul;
+mod ops;
+pub mod pool;
+
+use crate::engine::backend::{AttentionShape, Backend, MatmulJob};
+use crate::engine::kv_cache::LayerKv;
+use crate::engine::model::config::RopeConfig;
+use crate::engine::quant::{kernels, Kernels};
+use pool::ThreadPool;
+
+pub struct CpuBackend {
+    pool: ThreadPool,
+    kernels: &'static Kernels,
+}
+
+impl CpuBackend {
+    /// A backend running on `threads` OS threads (the calling thread included).
+    pub fn new(threads: usize) -> Self {
+        Self { pool: ThreadPool::new(threads), kernels: kernels() }
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.n_threads()
+    }
+}
+
+/// Threads to use when the user does not say: the physical parallelism we can see.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Backend for CpuBackend {
+    fn describe(&self) -> String {
+        format!("cpu ({} kernels, {} threads)", self.kernels.level.name(), self.pool.n_threads())
+    }
+
+    fn matmul(&self, x: &[f32], n_tokens: usize, jobs: &mut [MatmulJob<'_>]) {
+        matmul::matmul(&self.pool, self.kernels, x, n_tokens, jobs);
+    }
+
+    fn rms_norm(&self, x: &mut [f32], dim: usize, weight: &[f32], eps: f32) {
+        for row in x.chunks_exact_mut(dim) {
+            ops::rms_norm(row, weight, eps);
+        }
+    }
+
+    fn rope(&self, x: &mut [f32], head_dim: usize, positions: &[usize], rope: &RopeConfig, freq_factors: Option<&[f32]>) {
+        let row = x.len() / positions.len();
+        for (r, &pos) in x.chunks_exact_mut(row).zip(positions) {
+            ops::rope(r, head_dim, pos, rope, freq_factors);
+        }
+    }
+
+    fn attention(&self, q: &[f32], kv: &LayerKv, shape: AttentionShape, out: &mut [f32]) {
+        attention::attention(&self.pool, q, kv, shape, out);
+    }
+
+    fn swiglu(&self, gate: &mut [f32], up: &[f32]) {
+        ops::swiglu(gate, up);
+    }
+}

@@ -1,0 +1,278 @@
+//! The decoder forward pass for llama, qwen2, qwen3 and qwen3moe, written once over the
+//! [`Backend`] trait.
+
+pub mod config;
+pub mod weights;
+
+use std::path::Path;
+
+use crate::engine::backend::{AttentionShape, Backend, MatmulJob};
+use crate::engine::gguf::GgufFile;
+use crate::engine::kv_cache::KvCache;
+use crate::engine::EngineError;
+use config::ModelConfig;
+use weights::{Ffn, LayerWeights, Weights};
+
+/// Tokens per forward call for long prompts; llama.cpp's default micro-batch, which also
+/// decides which attention arithmetic it uses, so matching it keeps outputs identical.
+pub const UBATCH: usize = 512;
+
+/// Which positions of a forward call need logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token's (prefill then sample).
+    Last,
+    /// Every token's.
+    All,
+}
+
+pub struct Model {
+    pub config: ModelConfig,
+    pub weights: Weights,
+    pub file: GgufFile,
+}
+
+/// Reusable activation buffers for one forward call.
+struct Scratch {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    o: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    ffn_out: Vec<f32>,
+}
+
+impl Model {
+    pub fn load(path: impl AsRef<Path>) -> Result<Self, EngineError> {
+        let file = GgufFile::open(path)?;
+        let config = ModelConfig::from_gguf(&file)?;
+        let weights = Weights::load(&file, &config)?;
+        Ok(Self { config, weights, file })
+    }
+
+    /// A KV cache for one sequence of at most `max_len` positions (the model's context
+    /// length when `None`).
+    pub fn new_cache(&self, max_len: Option<usize>) -> KvCache {
+        let c = &self.config;
+        KvCache::new(c.n_layer, c.kv_dim_k(), c.kv_dim_v(), max_len.unwrap_or(c.context_length))
+    }
+
+    /// Runs `tokens` at the next positions of `cache` and returns logits (`vocab` per row).
+    /// Fails without touching the cache if the context limit would be passed.
+    pub fn forward(
+        &self,
+        be: &dyn Backend,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        logits: Logits,
+    ) -> Result<Vec<f32>, EngineError> {
+        cache.check_room(tokens.len())?;
+        let vocab = self.config.vocab_size;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::BadToken { token: bad, vocab });
+        }
+        let mut out = Vec::new();
+        for chunk in tokens.chunks(UBATCH) {
+            let last_chunk = chunk.as_ptr_range().end == tokens.as_ptr_range().end;
+            let rows = self.forward_ubatch(be, cache, chunk, logits == Logits::All || last_chunk)?;
+            match logits {
+                Logits::All => out.extend(rows),
+                Logits::Last if last_chunk => out = rows[rows.len() - vocab..].to_vec(),
+                Logits::Last => {}
+            }
+        }
+        Ok(out)
+    }
+
+    fn forward_ubatch(
+        &self,
+        be: &dyn Backend,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        want_logits: bool,
+    ) -> Result<Vec<f32>, EngineError> {
+        let c = &self.config;
+        let n = tokens.len();
+        let start = cache.len();
+        let q_dim = c.n_head * c.head_dim_k;
+        let ff = match c.moe {
+            Some(m) => m.n_ff_expert,
+            None => c.n_ff,
+        };
+        let mut s = Scratch {
+            x: vec![0.0; n * c.n_embd],
+            h: vec![0.0; n * c.n_embd],
+            q: vec![0.0; n * q_dim],
+            k: vec![0.0; n * c.kv_dim_k()],
+            v: vec![0.0; n * c.kv_dim_v()],
+            attn: vec![0.0; n * c.n_head * c.head_dim_v],
+            o: vec![0.0; n * c.n_embd],
+            gate: vec![0.0; n * ff],
+            up: vec![0.0; n * ff],
+            ffn_out: vec![0.0; n * c.n_embd],
+        };
+        for (row, &t) in s.x.chunks_exact_mut(c.n_embd).zip(tokens) {
+            self.weights.token_embd.dequantize_row_into(t as usize, row);
+        }
+        let positions: Vec<usize> = (start..start + n).collect();
+
+        for (il, lw) in self.weights.layers.iter().enumerate() {
+            self.attention_block(be, cache, il, lw, &positions, &mut s);
+            s.h.copy_from_slice(&s.x);
+            be.rms_norm(&mut s.h, c.n_embd, &lw.ffn_norm, c.rms_eps);
+            match &lw.ffn {
+                Ffn::Dense { gate, up, down } => {
+                    be.matmul(&s.h, n, &mut [MatmulJob { w: gate, out: &mut s.gate }, MatmulJob { w: up, out: &mut s.up }]);
+                    be.swiglu(&mut s.gate, &s.up);
+                    be.matmul(&s.gate, n, &mut [MatmulJob { w: down, out: &mut s.ffn_out }]);
+                }
+                Ffn::Moe { router, gate, up, down } => self.moe(be, &s.h, n, router, gate, up, down, &mut s.ffn_out),
+            }
+            s.x.iter_mut().zip(&s.ffn_out).for_each(|(x, y)| *x += y);
+        }
+        cache.advance(n);
+
+        if !want_logits {
+            return Ok(Vec::new());
+        }
+        let mut last = s.x[(n - 1) * c.n_embd..].to_vec();
+        be.rms_norm(&mut last, c.n_embd, &self.weights.output_norm, c.rms_eps);
+        let mut logits = vec![0.0; c.vocab_size];
+        be.matmul(&last, 1, &mut [MatmulJob { w: &self.weights.output, out: &mut logits }]);
+        Ok(logits)
+    }
+
+    fn attention_block(
+        &self,
+        be: &dyn Backend,
+        cache: &mut KvCache,
+        il: usize,
+        lw: &LayerWeights,
+        positions: &[usize],
+        s: &mut Scratch,
+    ) {
+        let c = &self.config;
+        let n = positions.len();
+        s.h.copy_from_slice(&s.x);
+        be.rms_norm(&mut s.h, c.n_embd, &lw.attn_norm, c.rms_eps);
+        be.matmul(
+            &s.h,
+            n,
+            &mut [
+                MatmulJob { w: &lw.wq, out: &mut s.q },
+                MatmulJob { w: &lw.wk, out: &mut s.k },
+                MatmulJob { w: &lw.wv, out: &mut s.v },
+            ],
+        );
+        for (buf, bias) in [(&mut s.q, &lw.bq), (&mut s.k, &lw.bk), (&mut s.v, &lw.bv)] {
+            if let Some(b) = bias {
+                for row in buf.chunks_exact_mut(b.len()) {
+                    row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
+                }
+            }
+        }
+        if let Some(w) = &lw.q_norm {
+            be.rms_norm(&mut s.q, c.head_dim_k, w, c.rms_eps);
+        }
+        if let Some(w) = &lw.k_norm {
+            be.rms_norm(&mut s.k, c.head_dim_k, w, c.rms_eps);
+        }
+        let ff = self.weights.rope_freqs.as_deref();
+        be.rope(&mut s.q, c.head_dim_k, positions, &c.rope, ff);
+        be.rope(&mut s.k, c.head_dim_k, positions, &c.rope, ff);
+        cache.write(il, &s.k, &s.v);
+        let shape = AttentionShape {
+            n_head: c.n_head,
+            n_head_kv: c.n_head_kv,
+            head_dim_k: c.head_dim_k,
+            head_dim_v: c.head_dim_v,
+            start: positions[0],
+            n_tokens: n,
+        };
+        be.attention(&s.q, cache.layer(il), shape, &mut s.attn);
+        be.matmul(&s.attn, n, &mut [MatmulJob { w: &lw.wo, out: &mut s.o }]);
+        s.x.iter_mut().zip(&s.o).for_each(|(x, o)| *x += o);
+    }
+
+    /// Mixture of experts: softmax over the router, keep the top k, renormalise their weights
+    /// to sum to 1, and add the weighted expert outputs in rank order (as llama.cpp does).
+    #[allow(clippy::too_many_arguments)]
+    fn moe(
+        &self,
+        be: &dyn Backend,
+        h: &[f32],
+        n: usize,
+        router: &weights::Weight,
+        gate: &[weights::Weight],
+        up: &[weights::Weight],
+        down: &[weights::Weight],
+        out: &mut [f32],
+    ) {
+        let c = &self.config;
+        let m = c.moe.expect("moe layers only in moe models");
+        let mut logits = vec![0.0; n * m.n_expert];
+        be.matmul(h, n, &mut [MatmulJob { w: router, out: &mut logits }]);
+        // routes[t] = [(expert, weight)] in rank order.
+        let routes: Vec<Vec<(usize, f32)>> = logits.chunks_exact(m.n_expert).map(|l| route(l, m.n_expert_used)).collect();
+
+        out.fill(0.0);
+        let mut expert_out = vec![vec![0.0f32; c.n_embd]; n * m.n_expert_used];
+        for e in 0..m.n_expert {
+            // Tokens routed to expert e, and the rank it holds for each.
+            let picked: Vec<(usize, usize)> = routes
+                .iter()
+                .enumerate()
+                .filter_map(|(t, r)| r.iter().position(|&(x, _)| x == e).map(|rank| (t, rank)))
+                .collect();
+            if picked.is_empty() {
+                continue;
+            }
+            let k = picked.len();
+            let mut xin = Vec::with_capacity(k * c.n_embd);
+            for &(t, _) in &picked {
+                xin.extend_from_slice(&h[t * c.n_embd..(t + 1) * c.n_embd]);
+            }
+            let mut g = vec![0.0; k * m.n_ff_expert];
+            let mut u = vec![0.0; k * m.n_ff_expert];
+            be.matmul(&xin, k, &mut [MatmulJob { w: &gate[e], out: &mut g }, MatmulJob { w: &up[e], out: &mut u }]);
+            be.swiglu(&mut g, &u);
+            let mut y = vec![0.0; k * c.n_embd];
+            be.matmul(&g, k, &mut [MatmulJob { w: &down[e], out: &mut y }]);
+            for (i, &(t, rank)) in picked.iter().enumerate() {
+                expert_out[t * m.n_expert_used + rank].copy_from_slice(&y[i * c.n_embd..(i + 1) * c.n_embd]);
+            }
+        }
+        for t in 0..n {
+            let o = &mut out[t * c.n_embd..(t + 1) * c.n_embd];
+            for (rank, &(_, w)) in routes[t].iter().enumerate() {
+                let y = &expert_out[t * m.n_expert_used + rank];
+                o.iter_mut().zip(y).for_each(|(o, y)| *o += y * w);
+            }
+        }
+    }
+}
+
+/// Top-`k` experts of one token by softmax probability, weights renormalised to sum to 1.
+fn route(logits: &[f32], k: usize) -> Vec<(usize, f32)> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f64;
+    let mut p: Vec<f32> = logits
+        .iter()
+        .map(|&l| {
+            let e = (l - max).exp();
+            sum += e as f64;
+            e
+        })
+        .collect();
+    let inv = (1.0 / sum) as f32;
+    p.iter_mut().for_each(|v| *v *= inv);
+    let mut idx: Vec<usize> = (0..p.len()).collect();
+    idx.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    let total: f32 = idx.iter().map(|&i| p[i]).sum();
+    idx.into_iter().map(|i| (i, p[i] / total)).collect()
+}

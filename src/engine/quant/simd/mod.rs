@@ -1,0 +1,96 @@
+//! Run-time selection of dot-product kernels by CPU feature.
+//!
+//! Detection happens once; `SUPERNET_SIMD=scalar|avx2|avx512` caps the level (for tests
+//! and for comparing paths). Formats without a SIMD kernel at a level use the scalar one.
+
+use std::sync::OnceLock;
+
+use super::{scalar_dot, GgmlType};
+
+/// A dot product of one weight row (its own type) with one activation row (its partner
+/// type) of `n` elements.
+pub type DotFn = fn(w: &[u8], a: &[u8], n: usize) -> f32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SimdLevel {
+    Scalar,
+    Avx2,
+    Avx512Vnni,
+}
+
+impl SimdLevel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Scalar => "scalar",
+            Self::Avx2 => "avx2",
+            Self::Avx512Vnni => "avx512-vnni",
+        }
+    }
+
+    /// The best level this CPU supports.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+            let avx512 = avx2
+                && is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni");
+            if avx512 {
+                return Self::Avx512Vnni;
+            }
+            if avx2 {
+                return Self::Avx2;
+            }
+        }
+        Self::Scalar
+    }
+}
+
+pub struct Kernels {
+    pub level: SimdLevel,
+}
+
+impl Kernels {
+    /// Kernels at `level`, or at the best supported level if `level` is not available.
+    pub fn at_most(level: SimdLevel) -> Self {
+        Self { level: level.min(SimdLevel::detect()) }
+    }
+
+    /// The dot product for weights of type `ty` (which must be supported).
+    pub fn dot(&self, ty: GgmlType) -> DotFn {
+        scalar_fn(ty)
+    }
+}
+
+fn scalar_fn(ty: GgmlType) -> DotFn {
+    match ty {
+        GgmlType::F32 => |w, a, n| scalar_dot(GgmlType::F32, w, a, n),
+        GgmlType::F16 => |w, a, n| scalar_dot(GgmlType::F16, w, a, n),
+        GgmlType::BF16 => |w, a, n| scalar_dot(GgmlType::BF16, w, a, n),
+        GgmlType::Q4_0 => |w, a, n| scalar_dot(GgmlType::Q4_0, w, a, n),
+        GgmlType::Q4_1 => |w, a, n| scalar_dot(GgmlType::Q4_1, w, a, n),
+        GgmlType::Q5_0 => |w, a, n| scalar_dot(GgmlType::Q5_0, w, a, n),
+        GgmlType::Q5_1 => |w, a, n| scalar_dot(GgmlType::Q5_1, w, a, n),
+        GgmlType::Q8_0 => |w, a, n| scalar_dot(GgmlType::Q8_0, w, a, n),
+        GgmlType::Q4K => |w, a, n| scalar_dot(GgmlType::Q4K, w, a, n),
+        GgmlType::Q5K => |w, a, n| scalar_dot(GgmlType::Q5K, w, a, n),
+        GgmlType::Q6K => |w, a, n| scalar_dot(GgmlType::Q6K, w, a, n),
+        GgmlType::IQ4XS => |w, a, n| scalar_dot(GgmlType::IQ4XS, w, a, n),
+        GgmlType::Unsupported(_) => unreachable!("callers check is_supported"),
+    }
+}
+
+/// The process-wide kernels: the best level, capped by `SUPERNET_SIMD` if set.
+pub fn kernels() -> &'static Kernels {
+    static K: OnceLock<Kernels> = OnceLock::new();
+    K.get_or_init(|| {
+        let cap = match std::env::var("SUPERNET_SIMD").as_deref() {
+            Ok("scalar") => SimdLevel::Scalar,
+            Ok("avx2") => SimdLevel::Avx2,
+            _ => SimdLevel::Avx512Vnni,
+        };
+        Kernels::at_most(cap)
+    })
+}

@@ -1,0 +1,136 @@
+//! Chat prompts rendered through the model's own Jinja template
+//! (`tokenizer.chat_template`) with minijinja, or ChatML when the model has none.
+//!
+//! HuggingFace templates are written against Python Jinja: they call string methods
+//! (`.strip()`, `.startswith()`), `raise_exception`, `strftime_now` and the `tojson`
+//! filter. We provide all of these so templates render unmodified.
+
+use minijinja::{Environment, Error, ErrorKind, Value};
+use serde::Serialize;
+
+use crate::engine::gguf::GgufFile;
+use crate::engine::tokenizer::Tokenizer;
+use crate::engine::EngineError;
+
+/// Used when a model carries no template.
+pub const CHATML: &str = "{%- for message in messages -%}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}{%- endfor -%}{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}";
+
+/// One message as templates expect it. Optional fields are left out when empty, since
+/// templates test for their presence.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+}
+
+impl ChatMessage {
+    pub fn new(role: &str, content: &str) -> Self {
+        Self { role: role.into(), content: content.into(), ..Default::default() }
+    }
+}
+
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos: String,
+    eos: String,
+    /// Whether the model shipped its own template.
+    pub is_model_template: bool,
+}
+
+fn raise_exception(msg: String) -> Result<Value, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, msg))
+}
+
+fn strftime_now(format: String) -> String {
+    chrono::Local::now().format(&format).to_string()
+}
+
+impl ChatTemplate {
+    pub fn from_gguf(f: &GgufFile, tok: &Tokenizer) -> Result<Self, EngineError> {
+        let source = f.str_opt("tokenizer.chat_template")?;
+        let text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or_default().to_string();
+        Self::new(source, text(tok.bos), text(tok.eos))
+    }
+
+    /// A template from its source (`None`: ChatML).
+    pub fn new(source: Option<&str>, bos: String, eos: String) -> Result<Self, EngineError> {
+        let mut env = Environment::new();
+        minijinja_contrib::add_to_environment(&mut env);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_function("strftime_now", strftime_now);
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.add_template_owned("chat", source.unwrap_or(CHATML).to_string())
+            .map_err(|e| EngineError::Template(format!("the model's chat template does not parse: {e}")))?;
+        Ok(Self { env, bos, eos, is_model_template: source.is_some() })
+    }
+
+    /// Renders `messages`; `tools` (OpenAI-style function list) and `kwargs` (extra template
+    /// variables such as `enable_thinking`) are passed through to the template.
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+        kwargs: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, EngineError> {
+        let mut ctx = serde_json::Map::new();
+        for (k, v) in kwargs {
+            ctx.insert(k.clone(), v.clone());
+        }
+        ctx.insert("messages".into(), serde_json::to_value(messages).map_err(|e| EngineError::Template(e.to_string()))?);
+        ctx.insert("add_generation_prompt".into(), add_generation_prompt.into());
+        ctx.insert("bos_token".into(), self.bos.clone().into());
+        ctx.insert("eos_token".into(), self.eos.clone().into());
+        if let Some(t) = tools {
+            ctx.insert("tools".into(), t.clone());
+        }
+        let tmpl = self.env.get_template("chat").map_err(|e| EngineError::Template(e.to_string()))?;
+        tmpl.render(Value::from_serialize(&ctx)).map_err(|e| EngineError::Template(format!("rendering failed: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chatml_fallback_renders_a_turn() {
+        let t = ChatTemplate::new(None, String::new(), String::new()).unwrap();
+        let out = t.render(&[ChatMessage::new("user", "hi")], None, true, &Default::default()).unwrap();
+        assert_eq!(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+    }
+
+    #[test]
+    fn hf_helpers_are_available() {
+        let src = "{% if messages[0].content.startswith('x') %}{{ raise_exception('no x') }}{% endif %}\
+                   {{ messages[0].content.strip() }}|{{ tools | tojson }}|{{ enable_thinking }}|{{ strftime_now('%Y') | length }}";
+        let t = ChatTemplate::new(Some(src), String::new(), String::new()).unwrap();
+        let tools = serde_json::json!([{"type": "function"}]);
+        let mut kw = serde_json::Map::new();
+        kw.insert("enable_thinking".into(), false.into());
+        let out = t.render(&[ChatMessage::new("user", "  hi ")], Some(&tools), false, &kw).unwrap();
+        assert_eq!(out, r#"hi|[{"type":"function"}]|false|4"#);
+        let err = t.render(&[ChatMessage::new("user", "xy")], None, false, &kw).unwrap_err();
+        assert!(err.to_string().contains("no x"), "{err}");
+    }
+
+    #[test]
+    fn tool_and_developer_messages_reach_the_template() {
+        let src = "{% for m in messages %}{{ m.role }}:{{ m.content }}{% if m.tool_call_id %}#{{ m.tool_call_id }}{% endif %};{% endfor %}";
+        let t = ChatTemplate::new(Some(src), String::new(), String::new()).unwrap();
+        let mut tool = ChatMessage::new("tool", "42");
+        tool.tool_call_id = Some("call_1".into());
+        let out = t.render(&[ChatMessage::new("developer", "be brief"), tool], None, false, &Default::default()).unwrap();
+        assert_eq!(out, "developer:be brief;tool:42#call_1;");
+    }
+}
