@@ -33,12 +33,79 @@ fn r16(x: f32) -> f32 {
     f16::from_f32(x).to_f32()
 }
 
+/// `k · q` as ggml's AVX-512 `ggml_vec_dot_f16` computes it: four 16-lane accumulators
+/// over 64-element steps, folded (0+2, 1+3, 0+1), then GCC's `_mm512_reduce_add_ps` order;
+/// elements past the last full step are added in f64.
+#[inline(always)]
+fn dot_f16_order(k: &[f32], q: &[f32]) -> f32 {
+    let np = k.len() / 64 * 64;
+    let mut acc = [[0.0f32; 16]; 4];
+    for i in (0..np).step_by(64) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, a) in a.iter_mut().enumerate() {
+                let e = i + 16 * j + l;
+                *a = k[e].mul_add(q[e], *a);
+            }
+        }
+    }
+    let mut v = [0.0f32; 16];
+    for l in 0..16 {
+        v[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
+    }
+    let t3: [f32; 8] = std::array::from_fn(|i| v[i + 8] + v[i]);
+    let t6: [f32; 4] = std::array::from_fn(|i| t3[i + 4] + t3[i]);
+    let mut sum = ((t6[0] + t6[2]) + (t6[1] + t6[3])) as f64;
+    for e in np..k.len() {
+        sum += (k[e] * q[e]) as f64;
+    }
+    sum as f32
+}
+
+/// One query row of one head against the cache rows `0..n_ctx`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend_body(q_row: &[f32], kv: &LayerKv, kvh: usize, n_ctx: usize, s: &AttentionShape, half_mode: bool, qh: &mut [f32], acc: &mut [f32], out: &mut [f32]) {
+    let (dk, dv) = (s.head_dim_k, s.head_dim_v);
+    let (kv_k, kv_v) = (s.n_head_kv * dk, s.n_head_kv * dv);
+    let scale = 1.0 / (dk as f32).sqrt();
+    for (d, &v) in qh.iter_mut().zip(q_row) {
+        *d = if half_mode { r16(v) } else { v };
+    }
+    acc.fill(0.0);
+    let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+    for ic in 0..n_ctx {
+        let k = &kv.k[ic * kv_k + kvh * dk..][..dk];
+        let v = &kv.v[ic * kv_v + kvh * dv..][..dv];
+        let sc = if half_mode { dot_f16_order(k, qh) } else { k.iter().zip(qh.iter()).map(|(a, b)| a * b).sum::<f32>() } * scale;
+        let (mut ms, mut vs) = (1.0f32, 1.0f32);
+        if sc > m {
+            ms = (m - sc).exp();
+            m = sc;
+            if half_mode {
+                acc.iter_mut().for_each(|a| *a = r16(*a * ms));
+            } else {
+                acc.iter_mut().for_each(|a| *a *= ms);
+            }
+        } else {
+            vs = (sc - m).exp();
+        }
+        if half_mode {
+            acc.iter_mut().zip(v).for_each(|(a, &x)| *a = r16(x.mul_add(vs, *a)));
+        } else {
+            acc.iter_mut().zip(v).for_each(|(a, &x)| *a = x.mul_add(vs, *a));
+        }
+        sum = sum.mul_add(ms, vs);
+    }
+    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+    out.iter_mut().zip(acc.iter()).for_each(|(o, a)| *o = a * inv);
+}
+
+super::ops::fma_dispatch!(fn attend(q_row: &[f32], kv: &LayerKv, kvh: usize, n_ctx: usize, s: &AttentionShape, half_mode: bool, qh: &mut [f32], acc: &mut [f32], out: &mut [f32]) => attend_body);
+
 pub fn attention(pool: &ThreadPool, q: &[f32], kv: &LayerKv, s: AttentionShape, out: &mut [f32]) {
     let (dk, dv) = (s.head_dim_k, s.head_dim_v);
     let group = s.n_head / s.n_head_kv;
-    let (kv_k, kv_v) = (s.n_head_kv * dk, s.n_head_kv * dv);
-    let scale = 1.0 / (dk as f32).sqrt();
-    let half_mode = s.n_tokens < TILE_Q && std::env::var("XA").is_err();
+    let half_mode = s.n_tokens < TILE_Q;
     let out_ptr = OutPtr(out.as_mut_ptr());
     let units = s.n_tokens * s.n_head;
     pool.for_chunks(units, 1.max(units / 64), &|range| {
@@ -46,41 +113,10 @@ pub fn attention(pool: &ThreadPool, q: &[f32], kv: &LayerKv, s: AttentionShape, 
         let mut acc = vec![0.0f32; dv];
         for u in range {
             let (t, h) = (u / s.n_head, u % s.n_head);
-            let kvh = h / group;
-            let n_ctx = s.start + t + 1;
             let q_row = &q[(t * s.n_head + h) * dk..][..dk];
-            for (d, &v) in qh.iter_mut().zip(q_row) {
-                *d = if half_mode { r16(v) } else { v };
-            }
-            acc.fill(0.0);
-            let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
-            for ic in 0..n_ctx {
-                let k = &kv.k[ic * kv_k + kvh * dk..][..dk];
-                let v = &kv.v[ic * kv_v + kvh * dv..][..dv];
-                let sc = k.iter().zip(&qh).map(|(a, b)| a * b).sum::<f32>() * scale;
-                let (mut ms, mut vs) = (1.0f32, 1.0f32);
-                if sc > m {
-                    ms = (m - sc).exp();
-                    m = sc;
-                    if half_mode {
-                        acc.iter_mut().for_each(|a| *a = r16(*a * ms));
-                    } else {
-                        acc.iter_mut().for_each(|a| *a *= ms);
-                    }
-                } else {
-                    vs = (sc - m).exp();
-                }
-                if half_mode {
-                    acc.iter_mut().zip(v).for_each(|(a, &x)| *a = r16(x.mul_add(vs, *a)));
-                } else {
-                    acc.iter_mut().zip(v).for_each(|(a, &x)| *a = x.mul_add(vs, *a));
-                }
-                sum = sum * ms + vs;
-            }
             // SAFETY: unit u owns output row slice (t, h).
             let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add((t * s.n_head + h) * dv), dv) };
-            let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-            o.iter_mut().zip(&acc).for_each(|(o, a)| *o = a * inv);
+            attend(q_row, kv, h / group, s.start + t + 1, &s, half_mode, &mut qh, &mut acc, o);
         }
     });
 }

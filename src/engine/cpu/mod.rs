@@ -2,7 +2,7 @@
 
 mod attention;
 mod matmul;
-mod ops;
+pub(crate) mod ops;
 pub mod pool;
 
 use crate::engine::backend::{AttentionShape, Backend, MatmulJob};

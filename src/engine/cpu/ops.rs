@@ -1,6 +1,47 @@
-//! The cheap element-wise operations, written to reproduce ggml's arithmetic order.
+//! The element-wise operations, written to reproduce ggml's x86 arithmetic bit for bit
+//! (fused multiply-adds where GCC fuses them, ggml's own `expf` approximation in SiLU).
+//!
+//! Each hot function has an `#[inline(always)]` body and two entry points: a plain one and
+//! one compiled with FMA/F16C enabled, chosen by [`fma_available`]. Fused multiply-add is
+//! exact either way, so both give identical results; the second is just fast.
+
+use std::sync::OnceLock;
 
 use crate::engine::model::config::RopeConfig;
+
+/// Whether this CPU has FMA, AVX2 and F16C (checked once).
+pub fn fma_available() -> bool {
+    static F: OnceLock<bool> = OnceLock::new();
+    *F.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            is_x86_feature_detected!("fma") && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
+/// Runs `$body` compiled with FMA, AVX2 and F16C when the CPU has them, plainly otherwise.
+macro_rules! fma_dispatch {
+    (fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:path) => {
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma,f16c")]
+                unsafe fn fast($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                if $crate::engine::cpu::ops::fma_available() {
+                    // SAFETY: the features were detected above.
+                    return unsafe { fast($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
+pub(crate) use fma_dispatch;
 
 /// `x = x / rms(x) * w`, with the sum of squares in f64 as ggml does.
 pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
@@ -13,8 +54,9 @@ pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
 }
 
 /// Rotates each head of one token row. Angles advance by repeated multiplication with
-/// `base^(-2/n_dims)`, as ggml's rope cache does, so they match it bit for bit.
-pub fn rope(row: &mut [f32], head_dim: usize, pos: usize, rope: &RopeConfig, freq_factors: Option<&[f32]>) {
+/// `base^(-2/n_dims)` as ggml's rope cache does, and the rotation fuses like GCC's build.
+#[inline(always)]
+fn rope_body(row: &mut [f32], head_dim: usize, pos: usize, rope: &RopeConfig, freq_factors: Option<&[f32]>) {
     let n = rope.n_dims;
     let theta_scale = rope.base.powf(-2.0 / n as f32);
     let mut cs = [(0.0f32, 0.0f32); 256];
@@ -29,18 +71,70 @@ pub fn rope(row: &mut [f32], head_dim: usize, pos: usize, rope: &RopeConfig, fre
         for (i, &(cos, sin)) in cs.iter().take(n / 2).enumerate() {
             let (a, b) = if rope.neox { (i, i + n / 2) } else { (2 * i, 2 * i + 1) };
             let (x0, x1) = (head[a], head[b]);
-            head[a] = x0 * cos - x1 * sin;
-            head[b] = x0 * sin + x1 * cos;
+            head[a] = x0.mul_add(cos, -(x1 * sin));
+            head[b] = x0.mul_add(sin, x1 * cos);
         }
     }
 }
 
-pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+fma_dispatch!(fn rope(row: &mut [f32], head_dim: usize, pos: usize, rope: &RopeConfig, freq_factors: Option<&[f32]>) => rope_body);
+
+/// ggml's vectorised `expf` (the AVX-512 `ggml_v_expf`), one lane at a time.
+#[inline(always)]
+fn ggml_expf(x: f32) -> f32 {
+    let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
+    let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // 0x1.715476p+0
+    let n = z - r;
+    let b = (-n).mul_add(f32::from_bits(0x35bf_be8e), (-n).mul_add(f32::from_bits(0x3f31_7200), x));
+    let u = b * b;
+    let j = f32::from_bits(0x3c07_2010)
+        .mul_add(b, f32::from_bits(0x3d2b_9f17))
+        .mul_add(u, f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3efffedb)))
+        .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    // scalef(j, n): one rounding of j * 2^n, done exactly in f64.
+    ((j as f64) * 2f64.powi(n as i32)) as f32
 }
 
-pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, &u) in gate.iter_mut().zip(up) {
-        *g = silu(*g) * u;
+#[inline(always)]
+fn swiglu_body(gate: &mut [f32], up: &[f32]) {
+    let vec_len = gate.len() / 16 * 16;
+    let (head, tail) = gate.split_at_mut(vec_len);
+    for (g, &u) in head.iter_mut().zip(up) {
+        *g = (*g / (1.0 + ggml_expf(-*g))) * u;
+    }
+    // ggml's scalar tail uses libm's expf.
+    for (g, &u) in tail.iter_mut().zip(&up[vec_len..]) {
+        *g = (*g / (1.0 + (-*g).exp())) * u;
+    }
+}
+
+fma_dispatch!(fn swiglu(gate: &mut [f32], up: &[f32]) => swiglu_body);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ggml_expf_is_close_to_libm() {
+        for i in -2000..2000 {
+            let x = i as f32 * 0.01;
+            let (a, b) = (ggml_expf(x), x.exp());
+            assert!(((a - b) / b).abs() < 3e-7, "{x}: {a} vs {b}");
+        }
+        assert_eq!(ggml_expf(-200.0), 0.0);
+        assert_eq!(ggml_expf(200.0), f32::INFINITY);
+    }
+
+    #[test]
+    fn fast_and_plain_paths_agree_bit_for_bit() {
+        let mut a: Vec<f32> = (0..100).map(|i| (i as f32 - 50.0) * 0.173).collect();
+        let mut b = a.clone();
+        let up: Vec<f32> = (0..100).map(|i| 1.0 + i as f32 * 0.01).collect();
+        swiglu(&mut a, &up);
+        swiglu_body(&mut b, &up);
+        assert_eq!(a, b);
     }
 }

@@ -1,32 +1,27 @@
 //! Scalar reference dot products: one weight row (`w`, in its own type) against one
 //! activation row (`a`, in the weight type's [`ActType`](super::ActType)), `n` elements.
-//! Integer sums inside a block are exact; blocks are scaled and accumulated in f32 as in
-//! llama.cpp.
+//! Integer sums inside a block are exact; blocks are scaled and accumulated in f32. The
+//! 32-element formats follow llama.cpp's lane order exactly (see [`lanes`]).
 
-use super::dequant::{iq4_xs_scale, q5_values};
-use super::{f16_at, k_scale_min, GgmlType, KVALUES_IQ4NL};
+use super::dequant::iq4_xs_scale;
+use super::{f16_at, k_scale_min, lanes, GgmlType, KVALUES_IQ4NL};
 
 pub fn scalar_dot(ty: GgmlType, w: &[u8], a: &[u8], n: usize) -> f32 {
     match ty {
         GgmlType::F32 => f32_dot(w, a, n),
         GgmlType::F16 => half_dot(w, a, n, |b| half::f16::from_bits(b).to_f32()),
         GgmlType::BF16 => half_dot(w, a, n, |b| half::bf16::from_bits(b).to_f32()),
-        GgmlType::Q4_0 => q4_0(w, a, n),
-        GgmlType::Q4_1 => q4_1(w, a, n),
-        GgmlType::Q5_0 => q5_0(w, a, n),
-        GgmlType::Q5_1 => q5_1(w, a, n),
-        GgmlType::Q8_0 => q8_0(w, a, n),
+        GgmlType::Q4_0 => lanes::q4_0(w, a, n),
+        GgmlType::Q4_1 => lanes::q4_1(w, a, n),
+        GgmlType::Q5_0 => lanes::q5_0(w, a, n),
+        GgmlType::Q5_1 => lanes::q5_1(w, a, n),
+        GgmlType::Q8_0 => lanes::q8_0(w, a, n),
         GgmlType::Q4K => q4_k(w, a, n),
         GgmlType::Q5K => q5_k(w, a, n),
         GgmlType::Q6K => q6_k(w, a, n),
         GgmlType::IQ4XS => iq4_xs(w, a, n),
         GgmlType::Unsupported(_) => unreachable!("callers check is_supported"),
     }
-}
-
-#[inline]
-fn i8s(b: &[u8]) -> impl Iterator<Item = i32> + '_ {
-    b.iter().map(|&v| v as i8 as i32)
 }
 
 fn f32_dot(w: &[u8], a: &[u8], n: usize) -> f32 {
@@ -39,58 +34,10 @@ fn half_dot(w: &[u8], a: &[u8], n: usize, cvt: fn(u16) -> f32) -> f32 {
     (0..n).map(|i| (h(w, i) * h(a, i)) as f64).sum::<f64>() as f32
 }
 
-fn q4_0(w: &[u8], a: &[u8], n: usize) -> f32 {
-    let mut sum = 0.0f32;
-    for (x, y) in w.chunks_exact(18).zip(a.chunks_exact(34)).take(n / 32) {
-        let q = &y[2..];
-        let isum: i32 = (0..16)
-            .map(|j| ((x[2 + j] & 0xF) as i32 - 8) * q[j] as i8 as i32 + ((x[2 + j] >> 4) as i32 - 8) * q[j + 16] as i8 as i32)
-            .sum();
-        sum += isum as f32 * f16_at(x, 0) * f16_at(y, 0);
-    }
-    sum
-}
 
-fn q4_1(w: &[u8], a: &[u8], n: usize) -> f32 {
-    let mut sum = 0.0f32;
-    for (x, y) in w.chunks_exact(20).zip(a.chunks_exact(36)).take(n / 32) {
-        let q = &y[4..];
-        let isum: i32 = (0..16)
-            .map(|j| (x[4 + j] & 0xF) as i32 * q[j] as i8 as i32 + (x[4 + j] >> 4) as i32 * q[j + 16] as i8 as i32)
-            .sum();
-        sum += (f16_at(x, 0) * f16_at(y, 0)) * isum as f32 + f16_at(x, 2) * f16_at(y, 2);
-    }
-    sum
-}
 
-fn q5_0(w: &[u8], a: &[u8], n: usize) -> f32 {
-    let mut sum = 0.0f32;
-    for (x, y) in w.chunks_exact(22).zip(a.chunks_exact(34)).take(n / 32) {
-        let v = q5_values(&x[2..6], &x[6..22]);
-        let isum: i32 = v.iter().zip(i8s(&y[2..])).map(|(&v, q)| (v as i32 - 16) * q).sum();
-        sum += isum as f32 * f16_at(x, 0) * f16_at(y, 0);
-    }
-    sum
-}
 
-fn q5_1(w: &[u8], a: &[u8], n: usize) -> f32 {
-    let mut sum = 0.0f32;
-    for (x, y) in w.chunks_exact(24).zip(a.chunks_exact(36)).take(n / 32) {
-        let v = q5_values(&x[4..8], &x[8..24]);
-        let isum: i32 = v.iter().zip(i8s(&y[4..])).map(|(&v, q)| v as i32 * q).sum();
-        sum += (f16_at(x, 0) * f16_at(y, 0)) * isum as f32 + f16_at(x, 2) * f16_at(y, 2);
-    }
-    sum
-}
 
-fn q8_0(w: &[u8], a: &[u8], n: usize) -> f32 {
-    let mut sum = 0.0f32;
-    for (x, y) in w.chunks_exact(34).zip(a.chunks_exact(34)).take(n / 32) {
-        let isum: i32 = i8s(&x[2..]).zip(i8s(&y[2..])).map(|(a, b)| a * b).sum();
-        sum += isum as f32 * f16_at(x, 0) * f16_at(y, 0);
-    }
-    sum
-}
 
 /// Q8_K block accessors: scale, quants, and the sum of quants `g*16..g*16+16`.
 #[inline]

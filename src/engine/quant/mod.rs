@@ -12,6 +12,7 @@
 mod activation;
 mod dequant;
 mod dot;
+mod lanes;
 mod simd;
 
 pub use activation::{quantize_activations, ActType};

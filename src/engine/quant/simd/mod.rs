@@ -60,8 +60,54 @@ impl Kernels {
 
     /// The dot product for weights of type `ty` (which must be supported).
     pub fn dot(&self, ty: GgmlType) -> DotFn {
+        if self.level >= SimdLevel::Avx2 {
+            if let Some(f) = fma_fn(ty) {
+                return f;
+            }
+        }
         scalar_fn(ty)
     }
+}
+
+/// Declares safe wrappers that run a lane-exact kernel compiled with AVX2 and FMA enabled.
+/// They are only handed out by [`Kernels::dot`] when detection found those features.
+macro_rules! fma_kernels {
+    ($($name:ident => $kernel:path),* $(,)?) => {
+        $(
+            fn $name(w: &[u8], a: &[u8], n: usize) -> f32 {
+                #[cfg(target_arch = "x86_64")]
+                #[target_feature(enable = "avx2,fma,f16c")]
+                unsafe fn inner(w: &[u8], a: &[u8], n: usize) -> f32 {
+                    $kernel(w, a, n)
+                }
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: reachable only through `Kernels::dot` at level >= Avx2, which
+                // requires the CPU to report avx2, fma and f16c.
+                return unsafe { inner(w, a, n) };
+                #[cfg(not(target_arch = "x86_64"))]
+                $kernel(w, a, n)
+            }
+        )*
+    };
+}
+
+fma_kernels! {
+    q4_0_fma => super::lanes::q4_0,
+    q4_1_fma => super::lanes::q4_1,
+    q5_0_fma => super::lanes::q5_0,
+    q5_1_fma => super::lanes::q5_1,
+    q8_0_fma => super::lanes::q8_0,
+}
+
+fn fma_fn(ty: GgmlType) -> Option<DotFn> {
+    Some(match ty {
+        GgmlType::Q4_0 => q4_0_fma,
+        GgmlType::Q4_1 => q4_1_fma,
+        GgmlType::Q5_0 => q5_0_fma,
+        GgmlType::Q5_1 => q5_1_fma,
+        GgmlType::Q8_0 => q8_0_fma,
+        _ => return None,
+    })
 }
 
 fn scalar_fn(ty: GgmlType) -> DotFn {
