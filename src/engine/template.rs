@@ -119,7 +119,7 @@ mod tests {
         let mut kw = serde_json::Map::new();
         kw.insert("enable_thinking".into(), false.into());
         let out = t.render(&[ChatMessage::new("user", "  hi ")], Some(&tools), false, &kw).unwrap();
-        assert_eq!(out, r#"hi|[{"type":"function"}]|false|4"#);
+        assert_eq!(out, r#"hi|[{"type":"function"}]|False|4"#, "booleans render as Python Jinja does");
         let err = t.render(&[ChatMessage::new("user", "xy")], None, false, &kw).unwrap_err();
         assert!(err.to_string().contains("no x"), "{err}");
     }
