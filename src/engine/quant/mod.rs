@@ -184,9 +184,10 @@ impl GgmlType {
 /// Non-linear 4-bit codebook shared by IQ4_NL and IQ4_XS.
 pub(crate) const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
 
-#[inline]
+/// The f16 at byte `i` as f32, in portable code (no per-call feature detection).
+#[inline(always)]
 pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
-    half::f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
+    half::f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32_const()
 }
 
 /// The 6-bit scale and min of sub-block `j` in the 12-byte K-quant scale array.

@@ -5,6 +5,9 @@
 
 use std::sync::OnceLock;
 
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
 use super::{scalar_dot, GgmlType};
 
 /// A dot product of one weight row (its own type) with one activation row (its partner
@@ -60,6 +63,10 @@ impl Kernels {
 
     /// The dot product for weights of type `ty` (which must be supported).
     pub fn dot(&self, ty: GgmlType) -> DotFn {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(f) = x86_fn(self.level, ty) {
+            return f;
+        }
         if self.level >= SimdLevel::Avx2 {
             if let Some(f) = fma_fn(ty) {
                 return f;
@@ -97,6 +104,38 @@ fma_kernels! {
     q5_0_fma => super::lanes::q5_0,
     q5_1_fma => super::lanes::q5_1,
     q8_0_fma => super::lanes::q8_0,
+}
+
+/// Declares safe wrappers around the hand-written x86 kernels of one feature level.
+#[cfg(target_arch = "x86_64")]
+macro_rules! x86_wrappers {
+    ($($name:ident => $kernel:path),* $(,)?) => {
+        $(
+            fn $name(w: &[u8], a: &[u8], n: usize) -> f32 {
+                // SAFETY: handed out by `x86_fn` only at a level whose features were detected.
+                unsafe { $kernel(w, a, n) }
+            }
+        )*
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+x86_wrappers! {
+    q4_1_avx2 => x86::q4_1_avx2,
+    q8_0_avx2 => x86::q8_0_avx2,
+    q4_1_vnni => x86::q4_1_vnni,
+    q8_0_vnni => x86::q8_0_vnni,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn x86_fn(level: SimdLevel, ty: GgmlType) -> Option<DotFn> {
+    Some(match (level, ty) {
+        (SimdLevel::Avx512Vnni, GgmlType::Q4_1) => q4_1_vnni,
+        (SimdLevel::Avx512Vnni, GgmlType::Q8_0) => q8_0_vnni,
+        (SimdLevel::Avx2, GgmlType::Q4_1) => q4_1_avx2,
+        (SimdLevel::Avx2, GgmlType::Q8_0) => q8_0_avx2,
+        _ => return None,
+    })
 }
 
 fn fma_fn(ty: GgmlType) -> Option<DotFn> {
