@@ -37,6 +37,7 @@ pub fn matmul(pool: &ThreadPool, k: &Kernels, x: &[f32], n_tokens: usize, jobs: 
 
     struct Target<'a> {
         dot: crate::engine::quant::DotFn,
+        dot4: Option<crate::engine::quant::Dot4Fn>,
         w: &'a crate::engine::model::weights::Weight,
         act: &'a [u8],
         act_row: usize,
@@ -50,6 +51,7 @@ pub fn matmul(pool: &ThreadPool, k: &Kernels, x: &[f32], n_tokens: usize, jobs: 
         let act = &acts.iter().find(|(t, _)| *t == at).expect("quantized above").1;
         targets.push(Target {
             dot: k.dot(j.w.ty),
+            dot4: k.dot4(j.w.ty),
             w: j.w,
             act,
             act_row: at.row_bytes(cols),
@@ -59,19 +61,34 @@ pub fn matmul(pool: &ThreadPool, k: &Kernels, x: &[f32], n_tokens: usize, jobs: 
         first_row += j.w.rows;
     }
     let total_rows = first_row;
-    let chunk = (256 / n_tokens).clamp(1, 32);
+    // Chunks are whole groups of four rows so the four-row kernels apply.
+    let chunk = (256 / n_tokens).clamp(4, 32) / 4 * 4;
 
     pool.for_chunks(total_rows, chunk, &|range| {
-        for r in range {
+        let mut r = range.start;
+        while r < range.end {
             let t = targets.iter().rev().find(|t| t.first_row <= r).expect("row belongs to a job");
             let local = r - t.first_row;
-            let w_row = t.w.row(local);
+            let group = match t.dot4 {
+                Some(f) if r + 4 <= range.end && local + 4 <= t.w.rows => Some(f),
+                _ => None,
+            };
+            let rows = if group.is_some() { 4 } else { 1 };
+            let w = &t.w.data()[local * t.w.row_bytes()..(local + rows) * t.w.row_bytes()];
             for tok in 0..n_tokens {
                 let a = &t.act[tok * t.act_row..(tok + 1) * t.act_row];
-                let v = (t.dot)(w_row, a, cols);
-                // SAFETY: (tok, local) is written by exactly one thread: rows are disjoint.
-                unsafe { *t.out.get().add(tok * t.w.rows + local) = v };
+                // SAFETY: rows (tok, local..local + rows) are written by this thread only.
+                let out = unsafe { t.out.get().add(tok * t.w.rows + local) };
+                match group {
+                    Some(f) => {
+                        let mut v = [0.0f32; 4];
+                        f(w, a, cols, &mut v);
+                        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), out, 4) };
+                    }
+                    None => unsafe { *out = (t.dot)(w, a, cols) },
+                }
             }
+            r += rows;
         }
     });
 }

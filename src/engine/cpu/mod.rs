@@ -3,6 +3,7 @@
 mod attention;
 mod matmul;
 pub(crate) mod ops;
+pub use ops::fma_available;
 pub mod pool;
 
 use crate::engine::backend::{AttentionShape, Backend, MatmulJob};

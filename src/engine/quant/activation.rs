@@ -45,6 +45,23 @@ impl ActType {
 
 /// Quantizes `x` into `out`, which must be exactly `ty.row_bytes(x.len())` long.
 pub fn quantize_activations(ty: ActType, x: &[f32], out: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        /// The same code with SSE4.1/AVX2 on, so rounding is one instruction, not a libm call.
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn fast(ty: ActType, x: &[f32], out: &mut [u8]) {
+            quantize_body(ty, x, out)
+        }
+        if crate::engine::cpu::fma_available() {
+            // SAFETY: the features were detected.
+            return unsafe { fast(ty, x, out) };
+        }
+    }
+    quantize_body(ty, x, out)
+}
+
+#[inline(always)]
+fn quantize_body(ty: ActType, x: &[f32], out: &mut [u8]) {
     assert_eq!(out.len(), ty.row_bytes(x.len()), "quantize_activations: length mismatch");
     match ty {
         ActType::F32 => {
@@ -84,6 +101,7 @@ pub fn quantize_activations(ty: ActType, x: &[f32], out: &mut [u8]) {
 }
 
 /// One Q8_0/Q8_1 block: returns the scale and the sum of the quants.
+#[inline(always)]
 fn q8_block(x: &[f32], qs: &mut [u8]) -> (f32, i32) {
     let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
@@ -97,6 +115,7 @@ fn q8_block(x: &[f32], qs: &mut [u8]) -> (f32, i32) {
     (d, sum)
 }
 
+#[inline(always)]
 fn q8k_block(x: &[f32], o: &mut [u8]) {
     let (mut max, mut amax) = (0.0f32, 0.0f32);
     for &v in x {

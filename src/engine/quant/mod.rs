@@ -18,7 +18,7 @@ mod simd;
 pub use activation::{quantize_activations, ActType};
 pub use dequant::dequantize_row;
 pub use dot::scalar_dot;
-pub use simd::{kernels, DotFn, Kernels};
+pub use simd::{kernels, Dot4Fn, DotFn, Kernels};
 
 /// Element types that appear in GGUF tensors, with ggml's numeric ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -127,3 +127,25 @@ fn type_table_knows_every_format() {
     assert_eq!(GgmlType::from_id(10), Some(GgmlType::Unsupported(10)));
     assert_eq!(GgmlType::from_id(999), None);
 }
+
+#[test]
+fn four_row_kernels_equal_four_single_rows() {
+    let n = 576;
+    let x: Vec<f32> = (0..n).map(|i| ((i * 31) % 97) as f32 / 20.0 - 2.4).collect();
+    for level in [SimdLevel::Avx2, SimdLevel::Avx512Vnni] {
+        let k = Kernels::at_most(level);
+        for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
+            let Some(f4) = k.dot4(ty) else { continue };
+            let at = ty.act_type().unwrap();
+            let mut a = vec![0u8; at.row_bytes(n)];
+            quantize_activations(at, &x, &mut a);
+            let rows: Vec<u8> = (0..4).flat_map(|s| weight_row(ty, n, s + 10)).collect();
+            let mut got = [0.0f32; 4];
+            f4(&rows, &a, n, &mut got);
+            for r in 0..4 {
+                let one = &rows[r * ty.row_bytes(n)..(r + 1) * ty.row_bytes(n)];
+                assert_eq!(got[r].to_bits(), scalar_dot(ty, one, &a, n).to_bits(), "{} row {r}", ty.name());
+            }
+        }
+    }
+}

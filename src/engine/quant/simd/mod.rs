@@ -10,6 +10,9 @@ mod x86;
 
 use super::{scalar_dot, GgmlType};
 
+/// Dot products of four consecutive weight rows (`w` holds all four) with one activation row.
+pub type Dot4Fn = fn(w: &[u8], a: &[u8], n: usize, out: &mut [f32; 4]);
+
 /// A dot product of one weight row (its own type) with one activation row (its partner
 /// type) of `n` elements.
 pub type DotFn = fn(w: &[u8], a: &[u8], n: usize) -> f32;
@@ -74,6 +77,15 @@ impl Kernels {
         }
         scalar_fn(ty)
     }
+
+    /// A four-row kernel for `ty`, where one exists at this level. Each row's result equals
+    /// [`Kernels::dot`]'s.
+    pub fn dot4(&self, ty: GgmlType) -> Option<Dot4Fn> {
+        #[cfg(target_arch = "x86_64")]
+        return x86_fn4(self.level, ty);
+        #[cfg(not(target_arch = "x86_64"))]
+        None
+    }
 }
 
 /// Declares safe wrappers that run a lane-exact kernel compiled with AVX2 and FMA enabled.
@@ -125,6 +137,37 @@ x86_wrappers! {
     q8_0_avx2 => x86::q8_0_avx2,
     q4_1_vnni => x86::q4_1_vnni,
     q8_0_vnni => x86::q8_0_vnni,
+}
+
+#[cfg(target_arch = "x86_64")]
+macro_rules! x86_wrappers4 {
+    ($($name:ident => $kernel:path),* $(,)?) => {
+        $(
+            fn $name(w: &[u8], a: &[u8], n: usize, out: &mut [f32; 4]) {
+                // SAFETY: handed out by `x86_fn4` only at a level whose features were detected.
+                unsafe { $kernel(w, a, n, out) }
+            }
+        )*
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+x86_wrappers4! {
+    q4_1_avx2_x4 => x86::q4_1_avx2_x4,
+    q8_0_avx2_x4 => x86::q8_0_avx2_x4,
+    q4_1_vnni_x4 => x86::q4_1_vnni_x4,
+    q8_0_vnni_x4 => x86::q8_0_vnni_x4,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn x86_fn4(level: SimdLevel, ty: GgmlType) -> Option<Dot4Fn> {
+    Some(match (level, ty) {
+        (SimdLevel::Avx512Vnni, GgmlType::Q4_1) => q4_1_vnni_x4,
+        (SimdLevel::Avx512Vnni, GgmlType::Q8_0) => q8_0_vnni_x4,
+        (SimdLevel::Avx2, GgmlType::Q4_1) => q4_1_avx2_x4,
+        (SimdLevel::Avx2, GgmlType::Q8_0) => q8_0_avx2_x4,
+        _ => return None,
+    })
 }
 
 #[cfg(target_arch = "x86_64")]

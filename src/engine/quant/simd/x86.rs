@@ -88,3 +88,58 @@ macro_rules! block_kernels {
 
 block_kernels!(q4_1_avx2, q8_0_avx2, "avx2,fma,f16c", lane_sums_avx2);
 block_kernels!(q4_1_vnni, q8_0_vnni, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", lane_sums_vnni);
+
+/// Four consecutive rows at once: four independent accumulator chains hide the fused
+/// multiply-add latency, and each activation block is loaded once. Every row's own
+/// arithmetic is exactly the one-row kernel's.
+macro_rules! four_row_kernels {
+    ($q4_1:ident, $q8_0:ident, $features:literal, $lane_sums:ident) => {
+        #[target_feature(enable = $features)]
+        pub unsafe fn $q4_1(w: &[u8], a: &[u8], n: usize, out: &mut [f32; 4]) {
+            let nb = n / 32;
+            let rb = nb * 20;
+            assert!(w.len() >= 4 * rb && a.len() >= nb * 36);
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut summs = [0.0f32; 4];
+            for ib in 0..nb {
+                let y = a.as_ptr().add(ib * 36);
+                let (dy, sy) = f16_pair(y);
+                let qy = _mm256_loadu_si256(y.add(4).cast());
+                for r in 0..4 {
+                    let x = w.as_ptr().add(r * rb + ib * 20);
+                    let (dx, m) = f16_pair(x);
+                    summs[r] = m.mul_add(sy, summs[r]);
+                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * dy), $lane_sums(nibbles(x.add(4)), qy), acc[r]);
+                }
+            }
+            for r in 0..4 {
+                out[r] = hsum8(acc[r]) + summs[r];
+            }
+        }
+
+        #[target_feature(enable = $features)]
+        pub unsafe fn $q8_0(w: &[u8], a: &[u8], n: usize, out: &mut [f32; 4]) {
+            let nb = n / 32;
+            let rb = nb * 34;
+            assert!(w.len() >= 4 * rb && a.len() >= nb * 34);
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for ib in 0..nb {
+                let y = a.as_ptr().add(ib * 34);
+                let dy = f16_pair(y).0;
+                let qy = _mm256_loadu_si256(y.add(2).cast());
+                for r in 0..4 {
+                    let x = w.as_ptr().add(r * rb + ib * 34);
+                    let qx = _mm256_loadu_si256(x.add(2).cast());
+                    let d = _mm256_set1_ps(f16_pair(x).0 * dy);
+                    acc[r] = _mm256_fmadd_ps(d, $lane_sums(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx)), acc[r]);
+                }
+            }
+            for r in 0..4 {
+                out[r] = hsum8(acc[r]);
+            }
+        }
+    };
+}
+
+four_row_kernels!(q4_1_avx2_x4, q8_0_avx2_x4, "avx2,fma,f16c", lane_sums_avx2);
+four_row_kernels!(q4_1_vnni_x4, q8_0_vnni_x4, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", lane_sums_vnni);
