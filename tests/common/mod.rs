@@ -8,6 +8,7 @@ pub fn repo() -> PathBuf {
 }
 
 /// `../shared/reference`, or `$SUPERNET_SHARED/reference`.
+#[allow(dead_code)]
 pub fn reference() -> PathBuf {
     let shared = std::env::var_os("SUPERNET_SHARED").map_or_else(|| repo().join("../shared"), PathBuf::from);
     let r = shared.join("reference");

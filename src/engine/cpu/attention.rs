@@ -28,9 +28,10 @@ impl OutPtr {
     }
 }
 
-#[inline]
+/// Rounds to f16 precision (round to nearest even), without per-call feature detection.
+#[inline(always)]
 fn r16(x: f32) -> f32 {
-    f16::from_f32(x).to_f32()
+    f16::from_f32_const(x).to_f32_const()
 }
 
 /// `k · q` as ggml's AVX-512 `ggml_vec_dot_f16` computes it: four 16-lane accumulators
@@ -61,10 +62,24 @@ fn dot_f16_order(k: &[f32], q: &[f32]) -> f32 {
     sum as f32
 }
 
+/// Which cache rows one query row attends to, and in which arithmetic mode.
+pub(crate) struct Query {
+    kv_head: usize,
+    n_ctx: usize,
+    half_mode: bool,
+}
+
+/// Per-thread buffers: the (rounded) query and the value accumulator.
+pub(crate) struct Scratch {
+    qh: Vec<f32>,
+    acc: Vec<f32>,
+}
+
 /// One query row of one head against the cache rows `0..n_ctx`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn attend_body(q_row: &[f32], kv: &LayerKv, kvh: usize, n_ctx: usize, s: &AttentionShape, half_mode: bool, qh: &mut [f32], acc: &mut [f32], out: &mut [f32]) {
+fn attend_body(q_row: &[f32], kv: &LayerKv, s: &AttentionShape, q: &Query, scratch: &mut Scratch, out: &mut [f32]) {
+    let Query { kv_head: kvh, n_ctx, half_mode } = *q;
+    let Scratch { qh, acc } = scratch;
     let (dk, dv) = (s.head_dim_k, s.head_dim_v);
     let (kv_k, kv_v) = (s.n_head_kv * dk, s.n_head_kv * dv);
     let scale = 1.0 / (dk as f32).sqrt();
@@ -100,7 +115,7 @@ fn attend_body(q_row: &[f32], kv: &LayerKv, kvh: usize, n_ctx: usize, s: &Attent
     out.iter_mut().zip(acc.iter()).for_each(|(o, a)| *o = a * inv);
 }
 
-super::ops::fma_dispatch!(fn attend(q_row: &[f32], kv: &LayerKv, kvh: usize, n_ctx: usize, s: &AttentionShape, half_mode: bool, qh: &mut [f32], acc: &mut [f32], out: &mut [f32]) => attend_body);
+super::ops::fma_dispatch!(fn attend(q_row: &[f32], kv: &LayerKv, s: &AttentionShape, q: &Query, scratch: &mut Scratch, out: &mut [f32]) => attend_body);
 
 pub fn attention(pool: &ThreadPool, q: &[f32], kv: &LayerKv, s: AttentionShape, out: &mut [f32]) {
     let (dk, dv) = (s.head_dim_k, s.head_dim_v);
@@ -109,14 +124,14 @@ pub fn attention(pool: &ThreadPool, q: &[f32], kv: &LayerKv, s: AttentionShape, 
     let out_ptr = OutPtr(out.as_mut_ptr());
     let units = s.n_tokens * s.n_head;
     pool.for_chunks(units, 1.max(units / 64), &|range| {
-        let mut qh = vec![0.0f32; dk];
-        let mut acc = vec![0.0f32; dv];
+        let mut scratch = Scratch { qh: vec![0.0f32; dk], acc: vec![0.0f32; dv] };
         for u in range {
             let (t, h) = (u / s.n_head, u % s.n_head);
             let q_row = &q[(t * s.n_head + h) * dk..][..dk];
             // SAFETY: unit u owns output row slice (t, h).
             let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add((t * s.n_head + h) * dv), dv) };
-            attend(q_row, kv, h / group, s.start + t + 1, &s, half_mode, &mut qh, &mut acc, o);
+            let query = Query { kv_head: h / group, n_ctx: s.start + t + 1, half_mode };
+            attend(q_row, kv, &s, &query, &mut scratch, o);
         }
     });
 }

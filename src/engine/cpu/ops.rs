@@ -25,7 +25,7 @@ pub fn fma_available() -> bool {
 /// Runs `$body` compiled with FMA, AVX2 and F16C when the CPU has them, plainly otherwise.
 macro_rules! fma_dispatch {
     (fn $name:ident($($arg:ident: $ty:ty),*) $(-> $ret:ty)? => $body:path) => {
-        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+        pub(crate) fn $name($($arg: $ty),*) $(-> $ret)? {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx2,fma,f16c")]

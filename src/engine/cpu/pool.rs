@@ -133,7 +133,7 @@ fn worker(s: &Shared, index: usize) {
                 break;
             }
             spins = spins.wrapping_add(1);
-            if spins % 1024 != 0 || started.elapsed() < SPIN_FOR {
+            if !spins.is_multiple_of(1024) || started.elapsed() < SPIN_FOR {
                 std::hint::spin_loop();
                 continue;
             }
