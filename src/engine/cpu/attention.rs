@@ -11,22 +11,10 @@ use crate::engine::backend::AttentionShape;
 use crate::engine::kv_cache::LayerKv;
 
 use super::pool::ThreadPool;
+use super::OutPtr;
 
 /// Query rows from which llama.cpp switches to its tiled all-f32 kernel.
 pub const TILE_Q: usize = 64;
-
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: each (token, head) output slice is written by exactly one thread.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// Through a method, so closures capture the whole (Sync) wrapper, not the raw field.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// Rounds to f16 precision (round to nearest even), without per-call feature detection.
 #[inline(always)]

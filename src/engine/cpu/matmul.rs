@@ -5,21 +5,9 @@ use crate::engine::backend::MatmulJob;
 use crate::engine::quant::{quantize_activations, ActType, Kernels};
 
 use super::pool::ThreadPool;
+use super::OutPtr;
 
 /// A raw output pointer that threads write disjoint elements through.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every thread writes a disjoint set of rows, and `matmul` outlives the region.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// Through a method, so closures capture the whole (Sync) wrapper, not the raw field.
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 pub fn matmul(pool: &ThreadPool, k: &Kernels, x: &[f32], n_tokens: usize, jobs: &mut [MatmulJob<'_>]) {
     if n_tokens == 0 || jobs.is_empty() {
         return;

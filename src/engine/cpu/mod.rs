@@ -12,6 +12,21 @@ use crate::engine::model::config::RopeConfig;
 use crate::engine::quant::{kernels, Kernels};
 use pool::ThreadPool;
 
+/// An output pointer that threads of one parallel region write disjoint elements through.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: users guarantee each element is written by one thread only, and that the buffer
+// outlives the parallel region.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// Through a method, so closures capture the whole (Sync) wrapper, not the raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 pub struct CpuBackend {
     pool: ThreadPool,
     kernels: &'static Kernels,
