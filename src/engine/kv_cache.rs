@@ -66,13 +66,4 @@ impl KvCache {
         &self.layers[layer]
     }
 
-    /// Forgets everything from position `len` on (to reuse a shared prefix).
-    pub fn truncate(&mut self, len: usize) {
-        let len = len.min(self.len);
-        for l in &mut self.layers {
-            l.k.truncate(len * self.dim_k);
-            l.v.truncate(len * self.dim_v);
-        }
-        self.len = len;
-    }
 }

@@ -162,10 +162,6 @@ impl Tokenizer {
         })
     }
 
-    pub fn vocab_size(&self) -> usize {
-        self.tokens.len()
-    }
-
     /// Tokenizes `text` exactly as given, special tokens included, adding BOS only when the
     /// model's metadata asks for it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {

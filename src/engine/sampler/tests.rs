@@ -1,3 +1,5 @@
+//! Sampler behaviour: determinism, greedy equivalence, truncation and the penalty rules.
+
 use super::*;
 
 fn logits() -> Vec<f32> {
