@@ -2,12 +2,14 @@
 //! weight type's partner format, then the rows of all jobs are shared out among the threads.
 
 use crate::engine::backend::MatmulJob;
-use crate::engine::quant::{quantize_activations, ActType, Kernels};
+use crate::engine::model::weights::Weight;
+use crate::engine::quant::interleave::{group_bytes, GROUP};
+use crate::engine::quant::{quantize_activations, ActType, DotFn, InterleavedFn, Kernels};
 
 use super::pool::ThreadPool;
 use super::OutPtr;
 
-/// A raw output pointer that threads write disjoint elements through.
+/// `out[t][r] = w.row(r) · x[t]` for every job, in one parallel region.
 pub fn matmul(pool: &ThreadPool, k: &Kernels, x: &[f32], n_tokens: usize, jobs: &mut [MatmulJob<'_>]) {
     if n_tokens == 0 || jobs.is_empty() {
         return;
@@ -24,9 +26,10 @@ pub fn matmul(pool: &ThreadPool, k: &Kernels, x: &[f32], n_tokens: usize, jobs: 
     }
 
     struct Target<'a> {
-        dot: crate::engine::quant::DotFn,
-        dot4: Option<crate::engine::quant::Dot4Fn>,
-        w: &'a crate::engine::model::weights::Weight,
+        dot: DotFn,
+        /// The four-row kernel and the weight's interleaved groups, where both exist.
+        groups: Option<(InterleavedFn, &'a [u8])>,
+        w: &'a Weight,
         act: &'a [u8],
         act_row: usize,
         out: OutPtr,
@@ -37,9 +40,10 @@ pub fn matmul(pool: &ThreadPool, k: &Kernels, x: &[f32], n_tokens: usize, jobs: 
     for j in jobs.iter_mut() {
         let at = j.w.ty.act_type().expect("weights are checked at load");
         let act = &acts.iter().find(|(t, _)| *t == at).expect("quantized above").1;
+        let groups = k.interleaved(j.w.ty).and_then(|f| Some((f, j.w.interleaved()?)));
         targets.push(Target {
             dot: k.dot(j.w.ty),
-            dot4: k.dot4(j.w.ty),
+            groups,
             w: j.w,
             act,
             act_row: at.row_bytes(cols),
@@ -49,34 +53,37 @@ pub fn matmul(pool: &ThreadPool, k: &Kernels, x: &[f32], n_tokens: usize, jobs: 
         first_row += j.w.rows;
     }
     let total_rows = first_row;
-    // Chunks are whole groups of four rows so the four-row kernels apply.
-    let chunk = (256 / n_tokens).clamp(4, 32) / 4 * 4;
+    // Chunks are whole groups of four rows so the interleaved kernels apply.
+    let chunk = (256 / n_tokens).clamp(GROUP, 32) / GROUP * GROUP;
 
     pool.for_chunks(total_rows, chunk, &|range| {
+        let mut group_out = Vec::new();
         let mut r = range.start;
         while r < range.end {
             let t = targets.iter().rev().find(|t| t.first_row <= r).expect("row belongs to a job");
             let local = r - t.first_row;
-            let group = match t.dot4 {
-                Some(f) if r + 4 <= range.end && local + 4 <= t.w.rows => Some(f),
-                _ => None,
-            };
-            let rows = if group.is_some() { 4 } else { 1 };
-            let w = &t.w.data()[local * t.w.row_bytes()..(local + rows) * t.w.row_bytes()];
-            for tok in 0..n_tokens {
-                let a = &t.act[tok * t.act_row..(tok + 1) * t.act_row];
-                // SAFETY: rows (tok, local..local + rows) are written by this thread only.
-                let out = unsafe { t.out.get().add(tok * t.w.rows + local) };
-                match group {
-                    Some(f) => {
-                        let mut v = [0.0f32; 4];
-                        f(w, a, cols, &mut v);
-                        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), out, 4) };
+            let grouped = local % GROUP == 0 && local + GROUP <= t.w.rows / GROUP * GROUP && r + GROUP <= range.end;
+            match t.groups {
+                Some((f, data)) if grouped => {
+                    let gb = group_bytes(t.w.ty, cols);
+                    group_out.resize(n_tokens * GROUP, 0.0);
+                    f(&data[local / GROUP * gb..][..gb], t.act, t.act_row, n_tokens, cols, &mut group_out);
+                    for (tok, v) in group_out.chunks_exact(GROUP).enumerate() {
+                        // SAFETY: rows (tok, local..local + 4) are written by this thread only.
+                        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), t.out.get().add(tok * t.w.rows + local), GROUP) };
                     }
-                    None => unsafe { *out = (t.dot)(w, a, cols) },
+                    r += GROUP;
+                }
+                _ => {
+                    let w = t.w.row(local);
+                    for tok in 0..n_tokens {
+                        let a = &t.act[tok * t.act_row..(tok + 1) * t.act_row];
+                        // SAFETY: element (tok, local) is written by this thread only.
+                        unsafe { *t.out.get().add(tok * t.w.rows + local) = (t.dot)(w, a, cols) };
+                    }
+                    r += 1;
                 }
             }
-            r += rows;
         }
     });
 }

@@ -1,12 +1,13 @@
 //! The model's tensors, looked up by their GGUF names and checked for shape and type once
 //! at load time, so the forward pass never meets a surprise.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use memmap2::Mmap;
 
 use super::config::{Arch, ModelConfig};
 use crate::engine::gguf::GgufFile;
+use crate::engine::quant::interleave::interleave;
 use crate::engine::quant::{dequantize_row, GgmlType};
 use crate::engine::EngineError;
 
@@ -19,6 +20,8 @@ pub struct Weight {
     pub rows: usize,
     pub cols: usize,
     pub name: String,
+    /// The interleaved copy, made on first use and shared by clones.
+    interleaved: Arc<OnceLock<Option<Vec<u8>>>>,
 }
 
 impl std::fmt::Debug for Weight {
@@ -42,6 +45,12 @@ impl Weight {
         &self.map[self.offset + r * rb..self.offset + (r + 1) * rb]
     }
 
+    /// The first `rows / 4 * 4` rows in the four-row interleaved layout of
+    /// [`crate::engine::quant::interleave`], made on first use; `None` for types without one.
+    pub fn interleaved(&self) -> Option<&[u8]> {
+        self.interleaved.get_or_init(|| interleave(self.ty, self.data(), self.rows, self.cols)).as_deref()
+    }
+
     /// Rows `start..start + n` as their own matrix (experts of a stacked 3-D tensor).
     pub fn rows_view(&self, start: usize, n: usize) -> Weight {
         Weight {
@@ -51,6 +60,7 @@ impl Weight {
             rows: n,
             cols: self.cols,
             name: self.name.clone(),
+            interleaved: Arc::default(),
         }
     }
 
@@ -109,7 +119,15 @@ impl Loader<'_> {
         if t.dims[0] as usize != cols || total as usize != rows {
             return Err(self.bad(name, format!("has shape {:?}, expected [{cols}, {rows}]", t.dims)));
         }
-        Ok(Weight { map: Arc::clone(self.f.map()), offset: t.offset as usize, ty: t.ty, rows, cols, name: name.to_string() })
+        Ok(Weight {
+            map: Arc::clone(self.f.map()),
+            offset: t.offset as usize,
+            ty: t.ty,
+            rows,
+            cols,
+            name: name.to_string(),
+            interleaved: Arc::default(),
+        })
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, EngineError> {

@@ -12,13 +12,14 @@
 mod activation;
 mod dequant;
 mod dot;
+pub mod interleave;
 mod lanes;
 mod simd;
 
 pub use activation::{quantize_activations, ActType};
 pub use dequant::dequantize_row;
 pub use dot::scalar_dot;
-pub use simd::{kernels, Dot4Fn, DotFn, Kernels};
+pub use simd::{kernels, DotFn, InterleavedFn, Kernels};
 
 /// Element types that appear in GGUF tensors, with ggml's numeric ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

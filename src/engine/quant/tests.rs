@@ -129,22 +129,36 @@ fn type_table_knows_every_format() {
 }
 
 #[test]
-fn four_row_kernels_equal_four_single_rows() {
+fn interleaved_kernels_equal_single_rows() {
     let n = 576;
-    let x: Vec<f32> = (0..n).map(|i| ((i * 31) % 97) as f32 / 20.0 - 2.4).collect();
+    let rows = 9; // two groups and a row left in the plain layout
     for level in [SimdLevel::Avx2, SimdLevel::Avx512Vnni] {
         let k = Kernels::at_most(level);
         for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
-            let Some(f4) = k.dot4(ty) else { continue };
+            let Some(f) = k.interleaved(ty) else { continue };
             let at = ty.act_type().unwrap();
-            let mut a = vec![0u8; at.row_bytes(n)];
-            quantize_activations(at, &x, &mut a);
-            let rows: Vec<u8> = (0..4).flat_map(|s| weight_row(ty, n, s + 10)).collect();
-            let mut got = [0.0f32; 4];
-            f4(&rows, &a, n, &mut got);
-            for r in 0..4 {
-                let one = &rows[r * ty.row_bytes(n)..(r + 1) * ty.row_bytes(n)];
-                assert_eq!(got[r].to_bits(), scalar_dot(ty, one, &a, n).to_bits(), "{} row {r}", ty.name());
+            // 7 tokens: full tiles and a short one at both levels.
+            let n_tok = 7;
+            let mut a = vec![0u8; at.row_bytes(n) * n_tok];
+            for (t, a) in a.chunks_exact_mut(at.row_bytes(n)).enumerate() {
+                let x: Vec<f32> = (0..n).map(|i| ((i * 31 + t * 17) % 97) as f32 / 20.0 - 2.4).collect();
+                quantize_activations(at, &x, a);
+            }
+            let data: Vec<u8> = (0..rows).flat_map(|s| weight_row(ty, n, s as u64 + 10)).collect();
+            let packed = interleave::interleave(ty, &data, rows, n).unwrap();
+            let gb = interleave::group_bytes(ty, n);
+            assert_eq!(packed.len(), 2 * gb);
+            for g in 0..2 {
+                let mut got = vec![0.0f32; n_tok * 4];
+                f(&packed[g * gb..(g + 1) * gb], &a, at.row_bytes(n), n_tok, n, &mut got);
+                for t in 0..n_tok {
+                    let act = &a[t * at.row_bytes(n)..(t + 1) * at.row_bytes(n)];
+                    for r in 0..4 {
+                        let row = &data[(4 * g + r) * ty.row_bytes(n)..][..ty.row_bytes(n)];
+                        let want = scalar_dot(ty, row, act, n);
+                        assert_eq!(got[t * 4 + r].to_bits(), want.to_bits(), "{} {level:?} group {g} token {t} row {r}", ty.name());
+                    }
+                }
             }
         }
     }

@@ -10,8 +10,10 @@ mod x86;
 
 use super::{scalar_dot, GgmlType};
 
-/// Dot products of four consecutive weight rows (`w` holds all four) with one activation row.
-pub type Dot4Fn = fn(w: &[u8], a: &[u8], n: usize, out: &mut [f32; 4]);
+/// Dot products of one interleaved group of four weight rows (see
+/// [`super::interleave`]) with `n_tok` activation rows of `a_row` bytes each:
+/// `out[t * 4 + r]` is row `r` against token `t`.
+pub type InterleavedFn = fn(w: &[u8], a: &[u8], a_row: usize, n_tok: usize, n: usize, out: &mut [f32]);
 
 /// A dot product of one weight row (its own type) with one activation row (its partner
 /// type) of `n` elements.
@@ -78,11 +80,11 @@ impl Kernels {
         scalar_fn(ty)
     }
 
-    /// A four-row kernel for `ty`, where one exists at this level. Each row's result equals
-    /// [`Kernels::dot`]'s.
-    pub fn dot4(&self, ty: GgmlType) -> Option<Dot4Fn> {
+    /// The kernel for interleaved groups of `ty`, where one exists at this level; weights
+    /// are only interleaved when it does. Each row's result equals [`Kernels::dot`]'s.
+    pub fn interleaved(&self, ty: GgmlType) -> Option<InterleavedFn> {
         #[cfg(target_arch = "x86_64")]
-        return x86_fn4(self.level, ty);
+        return x86_interleaved(self.level, ty);
         #[cfg(not(target_arch = "x86_64"))]
         None
     }
@@ -140,19 +142,20 @@ x86_wrappers! {
 }
 
 #[cfg(target_arch = "x86_64")]
-macro_rules! x86_wrappers4 {
+macro_rules! x86_interleaved_wrappers {
     ($($name:ident => $kernel:path),* $(,)?) => {
         $(
-            fn $name(w: &[u8], a: &[u8], n: usize, out: &mut [f32; 4]) {
-                // SAFETY: handed out by `x86_fn4` only at a level whose features were detected.
-                unsafe { $kernel(w, a, n, out) }
+            fn $name(w: &[u8], a: &[u8], a_row: usize, n_tok: usize, n: usize, out: &mut [f32]) {
+                // SAFETY: handed out by `x86_interleaved` only at a level whose features were
+                // detected; the kernel checks the slice bounds.
+                unsafe { $kernel(w, a, a_row, n_tok, n, out) }
             }
         )*
     };
 }
 
 #[cfg(target_arch = "x86_64")]
-x86_wrappers4! {
+x86_interleaved_wrappers! {
     q4_1_avx2_x4 => x86::q4_1_avx2_x4,
     q8_0_avx2_x4 => x86::q8_0_avx2_x4,
     q4_1_vnni_x4 => x86::q4_1_vnni_x4,
@@ -160,7 +163,7 @@ x86_wrappers4! {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn x86_fn4(level: SimdLevel, ty: GgmlType) -> Option<Dot4Fn> {
+fn x86_interleaved(level: SimdLevel, ty: GgmlType) -> Option<InterleavedFn> {
     Some(match (level, ty) {
         (SimdLevel::Avx512Vnni, GgmlType::Q4_1) => q4_1_vnni_x4,
         (SimdLevel::Avx512Vnni, GgmlType::Q8_0) => q8_0_vnni_x4,

@@ -89,57 +89,114 @@ macro_rules! block_kernels {
 block_kernels!(q4_1_avx2, q8_0_avx2, "avx2,fma,f16c", lane_sums_avx2);
 block_kernels!(q4_1_vnni, q8_0_vnni, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", lane_sums_vnni);
 
-/// Four consecutive rows at once: four independent accumulator chains hide the fused
-/// multiply-add latency, and each activation block is loaded once. Every row's own
-/// arithmetic is exactly the one-row kernel's.
-macro_rules! four_row_kernels {
-    ($q4_1:ident, $q8_0:ident, $features:literal, $lane_sums:ident) => {
+/// Four rows of an interleaved group (see [`crate::engine::quant::interleave`]) against
+/// `n_tok` activation rows, in tiles of `$tile` tokens: each group block is unpacked once
+/// per tile, and 4 x `$tile` independent accumulator chains hide the multiply-add latency.
+/// Every row's arithmetic is exactly the one-row kernel's. Writes `out[t * 4 + r]`.
+macro_rules! interleaved_kernels {
+    ($q4_1:ident, $q8_0:ident, $features:literal, $lane_sums:ident, $tile:literal) => {
         #[target_feature(enable = $features)]
-        pub unsafe fn $q4_1(w: &[u8], a: &[u8], n: usize, out: &mut [f32; 4]) {
-            let nb = n / 32;
-            let rb = nb * 20;
-            assert!(w.len() >= 4 * rb && a.len() >= nb * 36);
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut summs = [0.0f32; 4];
-            for ib in 0..nb {
-                let y = a.as_ptr().add(ib * 36);
-                let (dy, sy) = f16_pair(y);
-                let qy = _mm256_loadu_si256(y.add(4).cast());
-                for r in 0..4 {
-                    let x = w.as_ptr().add(r * rb + ib * 20);
-                    let (dx, m) = f16_pair(x);
-                    summs[r] = m.mul_add(sy, summs[r]);
-                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dx * dy), $lane_sums(nibbles(x.add(4)), qy), acc[r]);
+        pub unsafe fn $q4_1(w: &[u8], a: &[u8], a_row: usize, n_tok: usize, n: usize, out: &mut [f32]) {
+            #[target_feature(enable = $features)]
+            unsafe fn tile<const T: usize>(w: *const u8, a: *const u8, a_row: usize, nb: usize, out: *mut f32) {
+                let mask = _mm256_set1_epi8(0x0F);
+                let mut acc = [[_mm256_setzero_ps(); 4]; T];
+                let mut summs = [_mm256_setzero_ps(); T];
+                for ib in 0..nb {
+                    let g = w.add(ib * 80);
+                    // d0 m0 d1 m1 d2 m2 d3 m3
+                    let hdr = _mm256_cvtph_ps(_mm_loadu_si128(g.cast()));
+                    let q01 = _mm256_loadu_si256(g.add(16).cast());
+                    let q23 = _mm256_loadu_si256(g.add(48).cast());
+                    let x = [
+                        _mm256_and_si256(q01, mask),
+                        _mm256_and_si256(_mm256_srli_epi16(q01, 4), mask),
+                        _mm256_and_si256(q23, mask),
+                        _mm256_and_si256(_mm256_srli_epi16(q23, 4), mask),
+                    ];
+                    for t in 0..T {
+                        let y = a.add(t * a_row + ib * 36);
+                        let (dy, sy) = f16_pair(y);
+                        let qy = _mm256_loadu_si256(y.add(4).cast());
+                        // Odd lanes: m_r * sy + summs_r, the one-row kernel's fused step.
+                        summs[t] = _mm256_fmadd_ps(hdr, _mm256_set1_ps(sy), summs[t]);
+                        let d = _mm256_mul_ps(hdr, _mm256_set1_ps(dy));
+                        for r in 0..4 {
+                            let dr = _mm256_permutevar8x32_ps(d, _mm256_set1_epi32(2 * r as i32));
+                            acc[t][r] = _mm256_fmadd_ps(dr, $lane_sums(x[r], qy), acc[t][r]);
+                        }
+                    }
+                }
+                for t in 0..T {
+                    let mut s = [0.0f32; 8];
+                    _mm256_storeu_ps(s.as_mut_ptr(), summs[t]);
+                    for r in 0..4 {
+                        *out.add(t * 4 + r) = hsum8(acc[t][r]) + s[2 * r + 1];
+                    }
                 }
             }
-            for r in 0..4 {
-                out[r] = hsum8(acc[r]) + summs[r];
-            }
+            let nb = n / 32;
+            interleaved_tiles!(tile, w, a, a_row, n_tok, out, nb, 80, 36, $tile);
         }
 
         #[target_feature(enable = $features)]
-        pub unsafe fn $q8_0(w: &[u8], a: &[u8], n: usize, out: &mut [f32; 4]) {
-            let nb = n / 32;
-            let rb = nb * 34;
-            assert!(w.len() >= 4 * rb && a.len() >= nb * 34);
-            let mut acc = [_mm256_setzero_ps(); 4];
-            for ib in 0..nb {
-                let y = a.as_ptr().add(ib * 34);
-                let dy = f16_pair(y).0;
-                let qy = _mm256_loadu_si256(y.add(2).cast());
-                for r in 0..4 {
-                    let x = w.as_ptr().add(r * rb + ib * 34);
-                    let qx = _mm256_loadu_si256(x.add(2).cast());
-                    let d = _mm256_set1_ps(f16_pair(x).0 * dy);
-                    acc[r] = _mm256_fmadd_ps(d, $lane_sums(_mm256_sign_epi8(qx, qx), _mm256_sign_epi8(qy, qx)), acc[r]);
+        pub unsafe fn $q8_0(w: &[u8], a: &[u8], a_row: usize, n_tok: usize, n: usize, out: &mut [f32]) {
+            #[target_feature(enable = $features)]
+            unsafe fn tile<const T: usize>(w: *const u8, a: *const u8, a_row: usize, nb: usize, out: *mut f32) {
+                let mut acc = [[_mm256_setzero_ps(); 4]; T];
+                for ib in 0..nb {
+                    let g = w.add(ib * 136);
+                    // d0 d1 d2 d3 in lanes 0..4 (the upper lanes read quants and are unused).
+                    let hdr = _mm256_cvtph_ps(_mm_loadu_si128(g.cast()));
+                    let x: [__m256i; 4] = std::array::from_fn(|r| _mm256_loadu_si256(g.add(8 + 32 * r).cast()));
+                    let ax = x.map(|x| _mm256_sign_epi8(x, x));
+                    for t in 0..T {
+                        let y = a.add(t * a_row + ib * 34);
+                        let qy = _mm256_loadu_si256(y.add(2).cast());
+                        let d = _mm256_mul_ps(hdr, _mm256_set1_ps(f16_pair(y).0));
+                        for r in 0..4 {
+                            let dr = _mm256_permutevar8x32_ps(d, _mm256_set1_epi32(r as i32));
+                            // |x| times y with x's sign: unsigned-by-signed products equal x * y.
+                            acc[t][r] = _mm256_fmadd_ps(dr, $lane_sums(ax[r], _mm256_sign_epi8(qy, x[r])), acc[t][r]);
+                        }
+                    }
+                }
+                for t in 0..T {
+                    for r in 0..4 {
+                        *out.add(t * 4 + r) = hsum8(acc[t][r]);
+                    }
                 }
             }
-            for r in 0..4 {
-                out[r] = hsum8(acc[r]);
-            }
+            let nb = n / 32;
+            interleaved_tiles!(tile, w, a, a_row, n_tok, out, nb, 136, 34, $tile);
         }
     };
 }
 
-four_row_kernels!(q4_1_avx2_x4, q8_0_avx2_x4, "avx2,fma,f16c", lane_sums_avx2);
-four_row_kernels!(q4_1_vnni_x4, q8_0_vnni_x4, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", lane_sums_vnni);
+/// Checks the bounds once, then covers `n_tok` tokens with full tiles and one short tile.
+macro_rules! interleaved_tiles {
+    ($tile_fn:ident, $w:ident, $a:ident, $a_row:ident, $n_tok:ident, $out:ident, $nb:ident, $group_block:literal, $act_block:literal, $tile:literal) => {{
+        if $n_tok == 0 {
+            return;
+        }
+        assert!($w.len() >= $nb * $group_block);
+        assert!($a.len() >= ($n_tok - 1) * $a_row + $nb * $act_block);
+        assert!($out.len() >= $n_tok * 4);
+        let (w, a, out) = ($w.as_ptr(), $a.as_ptr(), $out.as_mut_ptr());
+        let mut t = 0;
+        while $n_tok - t >= $tile {
+            $tile_fn::<$tile>(w, a.add(t * $a_row), $a_row, $nb, out.add(t * 4));
+            t += $tile;
+        }
+        let (a, out) = (a.add(t * $a_row), out.add(t * 4));
+        match $n_tok - t {
+            0 => {}
+            1 => $tile_fn::<1>(w, a, $a_row, $nb, out),
+            2 => $tile_fn::<2>(w, a, $a_row, $nb, out),
+            _ => $tile_fn::<3>(w, a, $a_row, $nb, out),
+        }
+    }};
+}
+
+interleaved_kernels!(q4_1_avx2_x4, q8_0_avx2_x4, "avx2,fma,f16c", lane_sums_avx2, 2);
+interleaved_kernels!(q4_1_vnni_x4, q8_0_vnni_x4, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", lane_sums_vnni, 4);
