@@ -100,20 +100,30 @@ impl ThreadPool {
         }
     }
 
-    /// Splits `0..n` into chunks of `chunk` and hands them out dynamically to all threads.
+    /// Splits `0..n` into chunks of `chunk` (each starting at a multiple of `chunk`) and
+    /// runs each once. Thread `i` first works through its own contiguous share, front to
+    /// back, so its reads form one long stream the prefetcher can follow; a thread that
+    /// finishes early takes the remaining chunks of the others' shares.
     pub fn for_chunks(&self, n: usize, chunk: usize, f: &(dyn Fn(std::ops::Range<usize>) + Sync)) {
         let chunk = chunk.max(1);
         if self.n_threads == 1 || n <= chunk {
             f(0..n);
             return;
         }
-        let next = AtomicUsize::new(0);
-        self.run(&|_| loop {
-            let start = next.fetch_add(chunk, Ordering::Relaxed);
-            if start >= n {
-                break;
+        let n_chunks = n.div_ceil(chunk);
+        let parts = self.n_threads;
+        let bound = |p: usize| p * n_chunks / parts;
+        let next: Vec<AtomicUsize> = (0..parts).map(|p| AtomicUsize::new(bound(p))).collect();
+        self.run(&|i| {
+            for p in (0..parts).map(|k| (i + k) % parts) {
+                loop {
+                    let c = next[p].fetch_add(1, Ordering::Relaxed);
+                    if c >= bound(p + 1) {
+                        break;
+                    }
+                    f(c * chunk..((c + 1) * chunk).min(n));
+                }
             }
-            f(start..(start + chunk).min(n));
         });
     }
 }

@@ -13,6 +13,9 @@ use crate::engine::kv_cache::LayerKv;
 use super::pool::ThreadPool;
 use super::OutPtr;
 
+#[cfg(target_arch = "x86_64")]
+mod f16c;
+
 /// Query rows from which llama.cpp switches to its tiled all-f32 kernel.
 pub const TILE_Q: usize = 64;
 
@@ -103,7 +106,30 @@ fn attend_body(q_row: &[f32], kv: &LayerKv, s: &AttentionShape, q: &Query, scrat
     out.iter_mut().zip(acc.iter()).for_each(|(o, a)| *o = a * inv);
 }
 
-super::ops::fma_dispatch!(fn attend(q_row: &[f32], kv: &LayerKv, s: &AttentionShape, q: &Query, scratch: &mut Scratch, out: &mut [f32]) => attend_body);
+super::ops::fma_dispatch!(fn attend_generic(q_row: &[f32], kv: &LayerKv, s: &AttentionShape, q: &Query, scratch: &mut Scratch, out: &mut [f32]) => attend_body);
+
+/// [`attend_body`], through the F16C path where it applies.
+fn attend(q_row: &[f32], kv: &LayerKv, s: &AttentionShape, q: &Query, scratch: &mut Scratch, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if q.half_mode && f16c::applies(s.head_dim_k, s.head_dim_v) && super::ops::fma_available() {
+        let (dk, dv) = (s.head_dim_k, s.head_dim_v);
+        let Scratch { qh, acc } = scratch;
+        for (d, &v) in qh.iter_mut().zip(q_row) {
+            *d = r16(v);
+        }
+        let (k, v) = (&kv.k[q.kv_head * dk..], &kv.v[q.kv_head * dv..]);
+        let (k_row, v_row) = (s.n_head_kv * dk, s.n_head_kv * dv);
+        assert!(k.len() >= (q.n_ctx - 1) * k_row + dk && v.len() >= (q.n_ctx - 1) * v_row + dv);
+        let scale = 1.0 / (dk as f32).sqrt();
+        // SAFETY: the features were detected, the shape checked by `applies`, and the cache
+        // bounds just above.
+        let sum = unsafe { f16c::attend(qh, k.as_ptr(), k_row, v.as_ptr(), v_row, q.n_ctx, scale, acc) };
+        let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
+        out.iter_mut().zip(acc.iter()).for_each(|(o, a)| *o = a * inv);
+        return;
+    }
+    attend_generic(q_row, kv, s, q, scratch, out);
+}
 
 pub fn attention(pool: &ThreadPool, q: &[f32], kv: &LayerKv, s: AttentionShape, out: &mut [f32]) {
     let (dk, dv) = (s.head_dim_k, s.head_dim_v);
@@ -122,4 +148,30 @@ pub fn attention(pool: &ThreadPool, q: &[f32], kv: &LayerKv, s: AttentionShape, 
             attend(q_row, kv, &s, &query, &mut scratch, o);
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-2, 2), rounded to f16 as the cache stores them.
+    fn values(n: usize, seed: usize) -> Vec<f32> {
+        (0..n).map(|i| r16((((i * 7919 + seed * 104_729) % 4001) as f32 / 1000.0) - 2.0)).collect()
+    }
+
+    #[test]
+    fn the_f16c_path_equals_the_generic_one_bit_for_bit() {
+        let s = AttentionShape { n_head: 6, n_head_kv: 2, head_dim_k: 64, head_dim_v: 64, start: 0, n_tokens: 1 };
+        let n_ctx = 77;
+        let kv = LayerKv { k: values(n_ctx * 128, 1), v: values(n_ctx * 128, 2) };
+        let q_row = values(64, 3);
+        for kv_head in 0..2 {
+            let query = Query { kv_head, n_ctx, half_mode: true };
+            let mut scratch = Scratch { qh: vec![0.0; 64], acc: vec![0.0; 64] };
+            let (mut fast, mut generic) = (vec![0.0f32; 64], vec![0.0f32; 64]);
+            attend(&q_row, &kv, &s, &query, &mut scratch, &mut fast);
+            attend_generic(&q_row, &kv, &s, &query, &mut scratch, &mut generic);
+            assert!(fast.iter().zip(&generic).all(|(a, b)| a.to_bits() == b.to_bits()), "kv head {kv_head}");
+        }
+    }
 }
