@@ -1,14 +1,33 @@
 //! Acceptance: `supernet generate --json --temperature 0 --max-tokens 48` reproduces
 //! llama.cpp's greedy continuations of SmolLM2-135M-Instruct Q4_1 token for token.
+//!
+//! The shared references have short prompts. `tests/data/smollm2-long-greedy.jsonl` adds
+//! prompts of 77, 255 and 817 tokens, made with `tests/data/llama_greedy.cpp` (libllama at
+//! the same commit and settings), which reach llama.cpp's other attention paths: the tiled
+//! f32 prefill, the cache split of one-token decode past 256 positions, and a prompt over
+//! two 512-token micro-batches.
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 #[test]
 fn generate_matches_llama_cpp_greedy_references() {
+    let cases = check_references(&common::reference().join("smollm2-greedy.jsonl"));
+    assert!(cases >= 3, "expected at least 3 reference cases, found {cases}");
+}
+
+#[test]
+fn long_prompts_match_llama_cpp_greedy_references() {
+    let cases = check_references(&common::repo().join("tests/data/smollm2-long-greedy.jsonl"));
+    assert_eq!(cases, 3);
+}
+
+/// Runs every case of a reference file and returns how many there were.
+fn check_references(path: &Path) -> usize {
     let model = common::smollm2();
-    let refs = std::fs::read_to_string(common::reference().join("smollm2-greedy.jsonl")).expect("reading references");
+    let refs = std::fs::read_to_string(path).expect("reading references");
     let mut cases = 0;
     for line in refs.lines().filter(|l| !l.trim().is_empty()) {
         let r: serde_json::Value = serde_json::from_str(line).expect("a reference line");
@@ -29,5 +48,5 @@ fn generate_matches_llama_cpp_greedy_references() {
         }
         cases += 1;
     }
-    assert!(cases >= 3, "expected at least 3 reference cases, found {cases}");
+    cases
 }

@@ -81,7 +81,7 @@ fma_dispatch!(fn rope(row: &mut [f32], head_dim: usize, pos: usize, rope: &RopeC
 
 /// ggml's vectorised `expf` (the AVX-512 `ggml_v_expf`), one lane at a time.
 #[inline(always)]
-fn ggml_expf(x: f32) -> f32 {
+pub(crate) fn ggml_expf(x: f32) -> f32 {
     let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
     let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // 0x1.715476p+0
     let n = z - r;
@@ -94,8 +94,8 @@ fn ggml_expf(x: f32) -> f32 {
     if n.abs() > 192.0 {
         return if n <= 0.0 { 0.0 } else { f32::INFINITY };
     }
-    // scalef(j, n): one rounding of j * 2^n, done exactly in f64.
-    ((j as f64) * 2f64.powi(n as i32)) as f32
+    // scalef(j, n): one rounding of j * 2^n. The product is exact in f64 (|n| <= 192).
+    ((j as f64) * f64::from_bits(((n as i64 + 1023) as u64) << 52)) as f32
 }
 
 #[inline(always)]

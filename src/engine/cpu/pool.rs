@@ -16,6 +16,22 @@ use std::time::{Duration, Instant};
 /// How long an idle worker spins before it parks.
 const SPIN_FOR: Duration = Duration::from_millis(2);
 
+/// Busy-wait iterations before a waiting thread starts yielding its core at each turn, so
+/// that when more threads than cores are runnable (two engines, or tests side by side) the
+/// ones with work get to run.
+const PURE_SPINS: u32 = 4096;
+
+/// One turn of a wait loop: a pause instruction at first, then yielding the core.
+#[inline]
+fn wait_turn(spins: &mut u32) {
+    if *spins < PURE_SPINS {
+        *spins += 1;
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
 type Job<'a> = &'a (dyn Fn(usize) + Sync);
 
 struct Shared {
@@ -89,8 +105,9 @@ impl ThreadPool {
             s.wake.notify_all();
         }
         let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
+        let mut spins = 0;
         while s.remaining.load(Ordering::Acquire) != 0 {
-            std::hint::spin_loop();
+            wait_turn(&mut spins);
         }
         if let Err(p) = mine {
             std::panic::resume_unwind(p);
@@ -142,9 +159,8 @@ fn worker(s: &Shared, index: usize) {
                 seen = e;
                 break;
             }
-            spins = spins.wrapping_add(1);
-            if !spins.is_multiple_of(1024) || started.elapsed() < SPIN_FOR {
-                std::hint::spin_loop();
+            if spins < PURE_SPINS || started.elapsed() < SPIN_FOR {
+                wait_turn(&mut spins);
                 continue;
             }
             let mut g = s.lock.lock().unwrap_or_else(|e| e.into_inner());

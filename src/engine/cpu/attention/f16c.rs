@@ -1,4 +1,4 @@
-//! The f16 mode of [`super::attend_body`] with F16C and AVX2 intrinsics: the same
+//! The f16 mode of attention ([`super::half`]) with F16C and AVX2 intrinsics: the same
 //! arithmetic, eight lanes at a time. Rounding through `vcvtps2ph` (round to nearest even)
 //! equals the scalar path's software rounding, and the key dot keeps ggml's AVX-512
 //! `vec_dot_f16` order, so results are bit-identical (a unit test compares the two).
@@ -7,7 +7,7 @@ use std::arch::x86_64::*;
 
 /// Whether the fast path takes this head shape.
 pub fn applies(dk: usize, dv: usize) -> bool {
-    dk % 64 == 0 && dv % 8 == 0
+    dk.is_multiple_of(64) && dv.is_multiple_of(8)
 }
 
 #[inline(always)]
@@ -34,15 +34,17 @@ unsafe fn dot(k: *const f32, q: *const f32, n: usize) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehdup_ps(pairs)))
 }
 
-/// One query row (already rounded to f16) against cache rows `0..n_ctx`; `k` and `v` point
-/// at row 0 of this KV head and advance by `k_row` / `v_row` floats per position.
+/// One query row (already rounded to f16) against `n_ctx` cache rows; `k` and `v` point at
+/// the first row of this KV head and advance by `k_row` / `v_row` floats per position.
+/// Returns the running maximum and sum, and leaves the unnormalised values in `acc`.
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; `k`, `v` must hold `n_ctx` rows; `qh.len()` is
 /// the key width and `acc.len()` the value width, as [`applies`] requires.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn attend(qh: &[f32], k: *const f32, k_row: usize, v: *const f32, v_row: usize, n_ctx: usize, scale: f32, acc: &mut [f32]) -> f32 {
+pub unsafe fn attend(qh: &[f32], k: *const f32, k_row: usize, v: *const f32, v_row: usize, n_ctx: usize, acc: &mut [f32]) -> (f32, f32) {
     let (dk, dv) = (qh.len(), acc.len());
+    let scale = 1.0 / (dk as f32).sqrt();
     acc.fill(0.0);
     let a = acc.as_mut_ptr();
     let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
@@ -67,5 +69,5 @@ pub unsafe fn attend(qh: &[f32], k: *const f32, k_row: usize, v: *const f32, v_r
         }
         sum = sum.mul_add(ms, vs);
     }
-    sum
+    (m, sum)
 }
