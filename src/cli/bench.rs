@@ -93,6 +93,7 @@ fn tg_run(model: &Model, be: &dyn Backend, toks: &[u32]) -> anyhow::Result<f64> 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let model = Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
     let be = CpuBackend::new(a.threads.unwrap_or_else(default_threads));
+    model.prepare(&be);
     let vocab = model.config.vocab_size;
     let reps = a.repetitions.max(1);
     eprintln!("model {} ({}), backend {}", a.model.display(), model.config.arch.name(), be.describe());

@@ -80,6 +80,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     };
     let prompt = tok.encode(&prompt_text)?;
     let be = CpuBackend::new(a.threads.unwrap_or_else(default_threads));
+    model.prepare(&be);
     let params = GenerateParams {
         max_tokens: a.max_tokens,
         stop: a.stop.clone(),

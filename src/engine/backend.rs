@@ -31,6 +31,10 @@ pub trait Backend: Send + Sync {
     /// A one-line description for logs and benchmarks (kernels, threads).
     fn describe(&self) -> String;
 
+    /// Gets weights ready before the first forward pass (the CPU backend builds its
+    /// interleaved copies). Optional: whatever is not prepared is prepared on first use.
+    fn prepare(&self, _weights: &[&Weight]) {}
+
     /// Multiplies every job's weight by the same `n_tokens` input rows in one parallel pass.
     /// All weights must have `x.len() / n_tokens` columns.
     fn matmul(&self, x: &[f32], n_tokens: usize, jobs: &mut [MatmulJob<'_>]);

@@ -9,6 +9,7 @@ pub mod pool;
 use crate::engine::backend::{AttentionShape, Backend, MatmulJob};
 use crate::engine::kv_cache::LayerKv;
 use crate::engine::model::config::RopeConfig;
+use crate::engine::model::weights::Weight;
 use crate::engine::quant::{kernels, Kernels};
 use pool::ThreadPool;
 
@@ -51,6 +52,16 @@ pub fn default_threads() -> usize {
 impl Backend for CpuBackend {
     fn describe(&self) -> String {
         format!("cpu ({} kernels, {} threads)", self.kernels.level.name(), self.pool.n_threads())
+    }
+
+    fn prepare(&self, weights: &[&Weight]) {
+        self.pool.for_chunks(weights.len(), 1, &|range| {
+            for w in &weights[range] {
+                if self.kernels.interleaved(w.ty).is_some() {
+                    w.interleaved();
+                }
+            }
+        });
     }
 
     fn matmul(&self, x: &[f32], n_tokens: usize, jobs: &mut [MatmulJob<'_>]) {

@@ -54,6 +54,12 @@ impl Model {
         Ok(Self { config, weights, file })
     }
 
+    /// Lets `be` get every weight matrix ready (see [`Backend::prepare`]), so the first
+    /// forward pass runs at full speed.
+    pub fn prepare(&self, be: &dyn Backend) {
+        be.prepare(&self.weights.matrices());
+    }
+
     /// A KV cache for one sequence of at most `max_len` positions (the model's context
     /// length when `None`).
     pub fn new_cache(&self, max_len: Option<usize>) -> KvCache {

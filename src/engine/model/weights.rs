@@ -100,6 +100,24 @@ pub struct Weights {
     pub layers: Vec<LayerWeights>,
 }
 
+impl Weights {
+    /// Every matrix the forward pass multiplies by.
+    pub fn matrices(&self) -> Vec<&Weight> {
+        let mut all = vec![&self.output];
+        for l in &self.layers {
+            all.extend([&l.wq, &l.wk, &l.wv, &l.wo]);
+            match &l.ffn {
+                Ffn::Dense { gate, up, down } => all.extend([gate, up, down]),
+                Ffn::Moe { router, gate, up, down } => {
+                    all.push(router);
+                    all.extend(gate.iter().chain(up).chain(down));
+                }
+            }
+        }
+        all
+    }
+}
+
 struct Loader<'a> {
     f: &'a GgufFile,
 }
