@@ -14,6 +14,7 @@ mod dequant;
 mod dot;
 pub mod interleave;
 mod lanes;
+mod lanes_k;
 mod simd;
 
 pub use activation::{quantize_activations, ActType};

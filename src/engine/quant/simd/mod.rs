@@ -118,6 +118,9 @@ fma_kernels! {
     q5_0_fma => super::lanes::q5_0,
     q5_1_fma => super::lanes::q5_1,
     q8_0_fma => super::lanes::q8_0,
+    q5_k_fma => super::lanes_k::q5_k,
+    q6_k_fma => super::lanes_k::q6_k,
+    iq4_xs_fma => super::lanes_k::iq4_xs,
 }
 
 /// Declares safe wrappers around the hand-written x86 kernels of one feature level.
@@ -191,6 +194,9 @@ fn fma_fn(ty: GgmlType) -> Option<DotFn> {
         GgmlType::Q5_0 => q5_0_fma,
         GgmlType::Q5_1 => q5_1_fma,
         GgmlType::Q8_0 => q8_0_fma,
+        GgmlType::Q5K => q5_k_fma,
+        GgmlType::Q6K => q6_k_fma,
+        GgmlType::IQ4XS => iq4_xs_fma,
         _ => return None,
     })
 }

@@ -1,0 +1,117 @@
+//! Dot products for the 256-element super-block formats (Q5_K, Q6_K, IQ4_XS against Q8_K),
+//! reproducing llama.cpp's x86 AVX2 kernels bit for bit, as [`super::lanes`] does for the
+//! 32-element formats.
+//!
+//! In those kernels each super-block yields eight exact i32 lane sums, lane `j` taking
+//! elements `4j..4j+4` of every 32-element group with that group's scale, and the lanes are
+//! scaled into eight f32 accumulators with one fused multiply-add each; the row ends with
+//! `hsum_float_8`. Q5_K adds its minimum term through a separate fused chain, Q6_K
+//! subtracts its `32 * scale * bsum` offset from the lanes before conversion.
+//!
+//! (Q4_K is not here: on AVX2 llama.cpp repacks Q4_K weights into eight-row tiles with a
+//! different accumulation, which is not reproduced yet; its dot stays in [`super::dot`].)
+
+use super::dequant::iq4_xs_scale;
+use super::lanes::hsum8;
+use super::{f16_at, k_scale_min, KVALUES_IQ4NL};
+
+/// Q8_K block accessors: the f32 scale, the quants, and the sum of quants `16g..16g+16`.
+#[inline(always)]
+pub(super) fn q8k_d(y: &[u8]) -> f32 {
+    f32::from_le_bytes([y[0], y[1], y[2], y[3]])
+}
+
+#[inline(always)]
+fn q8k_q(y: &[u8], e: usize) -> i32 {
+    y[4 + e] as i8 as i32
+}
+
+#[inline(always)]
+pub(super) fn q8k_bsum(y: &[u8], g: usize) -> i32 {
+    i16::from_le_bytes([y[260 + 2 * g], y[261 + 2 * g]]) as i32
+}
+
+/// Adds `scale * x[e] * q8[base + e]` for one 32-element group to the lane sums.
+#[inline(always)]
+fn add_group(lanes: &mut [i32; 8], y: &[u8], base: usize, scale: impl Fn(usize) -> i32, x: impl Fn(usize) -> i32) {
+    for (j, lane) in lanes.iter_mut().enumerate() {
+        let mut s = 0i32;
+        for e in 4 * j..4 * j + 4 {
+            s += scale(e) * x(e) * q8k_q(y, base + e);
+        }
+        *lane += s;
+    }
+}
+
+#[inline(always)]
+fn fma_lanes(acc: &mut [f32; 8], d: f32, lanes: [i32; 8]) {
+    for (a, l) in acc.iter_mut().zip(lanes) {
+        *a = d.mul_add(l as f32, *a);
+    }
+}
+
+#[inline(always)]
+pub fn q5_k(w: &[u8], a: &[u8], n: usize) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut summs = 0.0f32;
+    for (x, y) in w.chunks_exact(176).zip(a.chunks_exact(292)).take(n / 256) {
+        let (scales, qh, qs) = (&x[4..16], &x[16..48], &x[48..176]);
+        let d = q8k_d(y) * f16_at(x, 0);
+        let dmin = -q8k_d(y) * f16_at(x, 2);
+        let mins: i32 = (0..8).map(|g| k_scale_min(g, scales).1 as i32 * (q8k_bsum(y, 2 * g) + q8k_bsum(y, 2 * g + 1))).sum();
+        summs = (mins as f32).mul_add(dmin, summs);
+        let mut lanes = [0i32; 8];
+        for g in 0..8 {
+            let sc = k_scale_min(g, scales).0 as i32;
+            let (q, shift) = (&qs[32 * (g / 2)..], 4 * (g % 2));
+            add_group(&mut lanes, y, 32 * g, |_| sc, |e| (((q[e] >> shift) & 0xF) | (((qh[e] >> g) & 1) << 4)) as i32);
+        }
+        fma_lanes(&mut acc, d, lanes);
+    }
+    hsum8(acc) + summs
+}
+
+#[inline(always)]
+pub fn q6_k(w: &[u8], a: &[u8], n: usize) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (x, y) in w.chunks_exact(210).zip(a.chunks_exact(292)).take(n / 256) {
+        let sc = |i: usize| x[192 + i] as i8 as i32;
+        let d = q8k_d(y) * f16_at(x, 208);
+        let mut lanes = [0i32; 8];
+        for half in 0..2 {
+            let (ql, qh) = (&x[64 * half..], &x[128 + 32 * half..]);
+            // The four 32-element groups of this half: low nibbles of ql[0..32], of
+            // ql[32..64], high nibbles of each, with two bits of qh apiece (values 0..63).
+            for v in 0..4 {
+                let (lo, shift) = (&ql[32 * (v % 2)..], 4 * (v / 2));
+                add_group(&mut lanes, y, 128 * half + 32 * v, |e| sc(8 * half + 2 * v + e / 16), |e| {
+                    (((lo[e] >> shift) & 0xF) | (((qh[e] >> (2 * v)) & 3) << 4)) as i32
+                });
+            }
+        }
+        for (m, lane) in lanes.iter_mut().enumerate() {
+            *lane -= 32 * (q8k_bsum(y, 2 * m) * sc(2 * m) + q8k_bsum(y, 2 * m + 1) * sc(2 * m + 1));
+        }
+        fma_lanes(&mut acc, d, lanes);
+    }
+    hsum8(acc)
+}
+
+#[inline(always)]
+pub fn iq4_xs(w: &[u8], a: &[u8], n: usize) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (x, y) in w.chunks_exact(136).zip(a.chunks_exact(292)).take(n / 256) {
+        let qs = &x[8..136];
+        let d = f16_at(x, 0) * q8k_d(y);
+        let mut lanes = [0i32; 8];
+        for g in 0..8 {
+            let (q, ls) = (&qs[16 * g..], iq4_xs_scale(x, g) - 32);
+            add_group(&mut lanes, y, 32 * g, |_| ls, |e| {
+                let nibble = if e < 16 { q[e] & 0xF } else { q[e - 16] >> 4 };
+                KVALUES_IQ4NL[nibble as usize] as i32
+            });
+        }
+        fma_lanes(&mut acc, d, lanes);
+    }
+    hsum8(acc)
+}
