@@ -57,3 +57,48 @@ fn tiny_models_match_llama_cpp() {
     assert!(checked >= 51, "expected 51 reference lines, checked {checked}");
     assert!(failures.is_empty(), "mismatches:\n{}", failures.join("\n"));
 }
+
+/// The files whose arithmetic we reproduce exactly: their logits at the last prompt
+/// position (`harness_check.prompt_last_logits_file`) equal llama.cpp's bit for bit.
+/// Not listed: F32 weights (llama.cpp multiplies them with llamafile's sgemm), and Q4_0 /
+/// Q4_K weights, which llama.cpp repacks into eight-row tiles on AVX2.
+const BIT_EXACT: [&str; 9] = [
+    "tiny-llama-q8_0.gguf",
+    "tiny-llama-q4_1.gguf",
+    "tiny-llama-q5_k_m.gguf",
+    "tiny-llama-q6_k.gguf",
+    "tiny-llama-iq4_xs.gguf",
+    "tiny-qwen2-q8_0.gguf",
+    "tiny-qwen3-q8_0.gguf",
+    "tiny-qwen3moe-q8_0.gguf",
+    "tiny-qwen3moe-q4_k_m.gguf",
+];
+
+#[test]
+fn prompt_logits_equal_llama_cpp_bit_for_bit() {
+    let dir = common::reference().join("tiny-models");
+    let refs = std::fs::read_to_string(dir.join("references.jsonl")).expect("reading references");
+    let be = CpuBackend::new(2);
+    let mut checked = 0;
+    for line in refs.lines().filter(|l| !l.trim().is_empty()) {
+        let r: serde_json::Value = serde_json::from_str(line).expect("a reference line");
+        let file = r["model"].as_str().expect("a model name");
+        if !BIT_EXACT.contains(&file) {
+            continue;
+        }
+        let path = r["harness_check"]["prompt_last_logits_file"].as_str().expect("a logits file");
+        let want: Vec<f32> = std::fs::read(dir.join(path))
+            .expect("reading reference logits")
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let model = Model::load(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let mut cache = model.new_cache(None);
+        let got = model.forward(&be, &mut cache, &common::ids(&r["prompt_token_ids"]), Logits::Last).expect("prefill");
+        assert_eq!(got.len(), want.len(), "{file}: vocabulary");
+        let differing = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(differing, 0, "{file} {:?}: {differing} logits differ from llama.cpp's", r["prompt"]);
+        checked += 1;
+    }
+    assert_eq!(checked, BIT_EXACT.len() * 3);
+}

@@ -42,7 +42,7 @@ pub fn matmul(pool: &ThreadPool, k: &Kernels, x: &[f32], n_tokens: usize, jobs: 
         let act = &acts.iter().find(|(t, _)| *t == at).expect("quantized above").1;
         let groups = k.interleaved(j.w.ty).and_then(|f| Some((f, j.w.interleaved()?)));
         targets.push(Target {
-            dot: k.dot(j.w.ty),
+            dot: k.dot_for(j.w.ty, n_tokens),
             groups,
             w: j.w,
             act,

@@ -105,10 +105,7 @@ impl Model {
         let n = tokens.len();
         let start = cache.len();
         let q_dim = c.n_head * c.head_dim_k;
-        let ff = match c.moe {
-            Some(m) => m.n_ff_expert,
-            None => c.n_ff,
-        };
+        let ff = c.moe.map_or(c.n_ff, |m| m.n_ff_expert);
         let mut s = Scratch {
             x: vec![0.0; n * c.n_embd],
             h: vec![0.0; n * c.n_embd],
@@ -126,30 +123,48 @@ impl Model {
         }
         let positions: Vec<usize> = (start..start + n).collect();
 
+        let n_layer = self.weights.layers.len();
         for (il, lw) in self.weights.layers.iter().enumerate() {
             self.attention_block(be, cache, il, lw, &positions, &mut s);
-            s.h.copy_from_slice(&s.x);
-            be.rms_norm(&mut s.h, c.n_embd, &lw.ffn_norm, c.rms_eps);
-            match &lw.ffn {
-                Ffn::Dense { gate, up, down } => {
-                    be.matmul(&s.h, n, &mut [MatmulJob { w: gate, out: &mut s.gate }, MatmulJob { w: up, out: &mut s.up }]);
-                    be.swiglu(&mut s.gate, &s.up);
-                    be.matmul(&s.gate, n, &mut [MatmulJob { w: down, out: &mut s.ffn_out }]);
-                }
-                Ffn::Moe { router, gate, up, down } => self.moe(be, &s.h, n, router, gate, up, down, &mut s.ffn_out),
+            if il + 1 < n_layer {
+                self.ffn_block(be, lw, n, &mut s);
             }
-            s.x.iter_mut().zip(&s.ffn_out).for_each(|(x, y)| *x += y);
         }
         cache.advance(n);
 
         if !want_logits {
             return Ok(Vec::new());
         }
-        let mut last = s.x[(n - 1) * c.n_embd..].to_vec();
+        // As llama.cpp does, the last layer's feed-forward runs only for the row that gives
+        // logits, so its matmuls take the one-row kernels there too.
+        let e = c.n_embd;
+        s.x.copy_within((n - 1) * e..n * e, 0);
+        self.ffn_block(be, &self.weights.layers[n_layer - 1], 1, &mut s);
+        let mut last = s.x[..e].to_vec();
         be.rms_norm(&mut last, c.n_embd, &self.weights.output_norm, c.rms_eps);
         let mut logits = vec![0.0; c.vocab_size];
         be.matmul(&last, 1, &mut [MatmulJob { w: &self.weights.output, out: &mut logits }]);
         Ok(logits)
+    }
+
+    /// The feed-forward half of a layer for the first `n` rows of the scratch, added into `x`.
+    fn ffn_block(&self, be: &dyn Backend, lw: &LayerWeights, n: usize, s: &mut Scratch) {
+        let c = &self.config;
+        let e = c.n_embd;
+        let ff = c.moe.map_or(c.n_ff, |m| m.n_ff_expert);
+        let (x, h, out) = (&mut s.x[..n * e], &mut s.h[..n * e], &mut s.ffn_out[..n * e]);
+        h.copy_from_slice(x);
+        be.rms_norm(h, e, &lw.ffn_norm, c.rms_eps);
+        match &lw.ffn {
+            Ffn::Dense { gate, up, down } => {
+                let (g, u) = (&mut s.gate[..n * ff], &mut s.up[..n * ff]);
+                be.matmul(h, n, &mut [MatmulJob { w: gate, out: g }, MatmulJob { w: up, out: u }]);
+                be.swiglu(g, u);
+                be.matmul(g, n, &mut [MatmulJob { w: down, out }]);
+            }
+            Ffn::Moe { router, gate, up, down } => self.moe(be, h, n, router, gate, up, down, out),
+        }
+        x.iter_mut().zip(out.iter()).for_each(|(x, y)| *x += y);
     }
 
     fn attention_block(

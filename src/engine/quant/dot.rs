@@ -24,6 +24,22 @@ pub fn scalar_dot(ty: GgmlType, w: &[u8], a: &[u8], n: usize) -> f32 {
     }
 }
 
+/// The reference for a matmul with [`BATCHED_FROM`] or more activation rows: llama.cpp then
+/// computes Q5_K, Q6_K and IQ4_XS with its tiled kernel, whose float steps differ from the
+/// one-row kernel's. Other types are computed the same way at any batch size.
+pub fn scalar_dot_batched(ty: GgmlType, w: &[u8], a: &[u8], n: usize) -> f32 {
+    match ty {
+        GgmlType::Q5K => lanes_k::q5_k_batched(w, a, n),
+        GgmlType::Q6K => lanes_k::q6_k_batched(w, a, n),
+        GgmlType::IQ4XS => lanes_k::iq4_xs_batched(w, a, n),
+        _ => scalar_dot(ty, w, a, n),
+    }
+}
+
+/// Activation rows from which [`scalar_dot_batched`] applies (llama.cpp's
+/// `ggml_tiled_min_batch`).
+pub const BATCHED_FROM: usize = 8;
+
 fn f32_dot(w: &[u8], a: &[u8], n: usize) -> f32 {
     let f = |b: &[u8], i: usize| f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
     (0..n).map(|i| (f(w, i) * f(a, i)) as f64).sum::<f64>() as f32

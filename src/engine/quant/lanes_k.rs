@@ -8,6 +8,9 @@
 //! `hsum_float_8`. Q5_K adds its minimum term through a separate fused chain, Q6_K
 //! subtracts its `32 * scale * bsum` offset from the lanes before conversion.
 //!
+//! With eight or more activation rows llama.cpp switches to its tiled K-quant matmul, whose
+//! float steps differ; the `*_batched` functions reproduce those (see [`super::Kernels`]).
+//!
 //! (Q4_K is not here: on AVX2 llama.cpp repacks Q4_K weights into eight-row tiles with a
 //! different accumulation, which is not reproduced yet; its dot stays in [`super::dot`].)
 
@@ -50,23 +53,72 @@ fn fma_lanes(acc: &mut [f32; 8], d: f32, lanes: [i32; 8]) {
     }
 }
 
+/// Q5_K super-block: the lane sums and the exact minimum term `sum(m_g * bsums_g)`.
+#[inline(always)]
+fn q5_k_block(x: &[u8], y: &[u8]) -> ([i32; 8], i32) {
+    let (scales, qh, qs) = (&x[4..16], &x[16..48], &x[48..176]);
+    let mins: i32 = (0..8).map(|g| k_scale_min(g, scales).1 as i32 * (q8k_bsum(y, 2 * g) + q8k_bsum(y, 2 * g + 1))).sum();
+    let mut lanes = [0i32; 8];
+    for g in 0..8 {
+        let sc = k_scale_min(g, scales).0 as i32;
+        let (q, shift) = (&qs[32 * (g / 2)..], 4 * (g % 2));
+        add_group(&mut lanes, y, 32 * g, |_| sc, |e| (((q[e] >> shift) & 0xF) | (((qh[e] >> g) & 1) << 4)) as i32);
+    }
+    (lanes, mins)
+}
+
+/// Q6_K super-block lane sums, with the `32 * scale * bsum` offset already subtracted.
+#[inline(always)]
+fn q6_k_block(x: &[u8], y: &[u8]) -> [i32; 8] {
+    let sc = |i: usize| x[192 + i] as i8 as i32;
+    let mut lanes = [0i32; 8];
+    for half in 0..2 {
+        let (ql, qh) = (&x[64 * half..], &x[128 + 32 * half..]);
+        // The four 32-element groups of this half: low nibbles of ql[0..32], of ql[32..64],
+        // high nibbles of each, with two bits of qh apiece (values 0..63).
+        for v in 0..4 {
+            let (lo, shift) = (&ql[32 * (v % 2)..], 4 * (v / 2));
+            add_group(&mut lanes, y, 128 * half + 32 * v, |e| sc(8 * half + 2 * v + e / 16), |e| {
+                (((lo[e] >> shift) & 0xF) | (((qh[e] >> (2 * v)) & 3) << 4)) as i32
+            });
+        }
+    }
+    for (m, lane) in lanes.iter_mut().enumerate() {
+        *lane -= 32 * (q8k_bsum(y, 2 * m) * sc(2 * m) + q8k_bsum(y, 2 * m + 1) * sc(2 * m + 1));
+    }
+    lanes
+}
+
+/// IQ4_XS super-block lane sums.
+#[inline(always)]
+fn iq4_xs_block(x: &[u8], y: &[u8]) -> [i32; 8] {
+    let qs = &x[8..136];
+    let mut lanes = [0i32; 8];
+    for g in 0..8 {
+        let (q, ls) = (&qs[16 * g..], iq4_xs_scale(x, g) - 32);
+        add_group(&mut lanes, y, 32 * g, |_| ls, |e| {
+            let nibble = if e < 16 { q[e] & 0xF } else { q[e - 16] >> 4 };
+            KVALUES_IQ4NL[nibble as usize] as i32
+        });
+    }
+    lanes
+}
+
+/// The super-blocks of one row: `(weight block, activation block)` pairs.
+#[inline(always)]
+fn blocks<'a>(w: &'a [u8], a: &'a [u8], n: usize, wb: usize) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+    w.chunks_exact(wb).zip(a.chunks_exact(292)).take(n / 256)
+}
+
+// One activation row (`ggml_vec_dot_*_q8_K`): eight lane accumulators, then `hsum_float_8`.
+
 #[inline(always)]
 pub fn q5_k(w: &[u8], a: &[u8], n: usize) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let mut summs = 0.0f32;
-    for (x, y) in w.chunks_exact(176).zip(a.chunks_exact(292)).take(n / 256) {
-        let (scales, qh, qs) = (&x[4..16], &x[16..48], &x[48..176]);
-        let d = q8k_d(y) * f16_at(x, 0);
-        let dmin = -q8k_d(y) * f16_at(x, 2);
-        let mins: i32 = (0..8).map(|g| k_scale_min(g, scales).1 as i32 * (q8k_bsum(y, 2 * g) + q8k_bsum(y, 2 * g + 1))).sum();
-        summs = (mins as f32).mul_add(dmin, summs);
-        let mut lanes = [0i32; 8];
-        for g in 0..8 {
-            let sc = k_scale_min(g, scales).0 as i32;
-            let (q, shift) = (&qs[32 * (g / 2)..], 4 * (g % 2));
-            add_group(&mut lanes, y, 32 * g, |_| sc, |e| (((q[e] >> shift) & 0xF) | (((qh[e] >> g) & 1) << 4)) as i32);
-        }
-        fma_lanes(&mut acc, d, lanes);
+    let (mut acc, mut summs) = ([0.0f32; 8], 0.0f32);
+    for (x, y) in blocks(w, a, n, 176) {
+        let (lanes, mins) = q5_k_block(x, y);
+        summs = (mins as f32).mul_add(-q8k_d(y) * f16_at(x, 2), summs);
+        fma_lanes(&mut acc, q8k_d(y) * f16_at(x, 0), lanes);
     }
     hsum8(acc) + summs
 }
@@ -74,25 +126,8 @@ pub fn q5_k(w: &[u8], a: &[u8], n: usize) -> f32 {
 #[inline(always)]
 pub fn q6_k(w: &[u8], a: &[u8], n: usize) -> f32 {
     let mut acc = [0.0f32; 8];
-    for (x, y) in w.chunks_exact(210).zip(a.chunks_exact(292)).take(n / 256) {
-        let sc = |i: usize| x[192 + i] as i8 as i32;
-        let d = q8k_d(y) * f16_at(x, 208);
-        let mut lanes = [0i32; 8];
-        for half in 0..2 {
-            let (ql, qh) = (&x[64 * half..], &x[128 + 32 * half..]);
-            // The four 32-element groups of this half: low nibbles of ql[0..32], of
-            // ql[32..64], high nibbles of each, with two bits of qh apiece (values 0..63).
-            for v in 0..4 {
-                let (lo, shift) = (&ql[32 * (v % 2)..], 4 * (v / 2));
-                add_group(&mut lanes, y, 128 * half + 32 * v, |e| sc(8 * half + 2 * v + e / 16), |e| {
-                    (((lo[e] >> shift) & 0xF) | (((qh[e] >> (2 * v)) & 3) << 4)) as i32
-                });
-            }
-        }
-        for (m, lane) in lanes.iter_mut().enumerate() {
-            *lane -= 32 * (q8k_bsum(y, 2 * m) * sc(2 * m) + q8k_bsum(y, 2 * m + 1) * sc(2 * m + 1));
-        }
-        fma_lanes(&mut acc, d, lanes);
+    for (x, y) in blocks(w, a, n, 210) {
+        fma_lanes(&mut acc, q8k_d(y) * f16_at(x, 208), q6_k_block(x, y));
     }
     hsum8(acc)
 }
@@ -100,18 +135,45 @@ pub fn q6_k(w: &[u8], a: &[u8], n: usize) -> f32 {
 #[inline(always)]
 pub fn iq4_xs(w: &[u8], a: &[u8], n: usize) -> f32 {
     let mut acc = [0.0f32; 8];
-    for (x, y) in w.chunks_exact(136).zip(a.chunks_exact(292)).take(n / 256) {
-        let qs = &x[8..136];
-        let d = f16_at(x, 0) * q8k_d(y);
-        let mut lanes = [0i32; 8];
-        for g in 0..8 {
-            let (q, ls) = (&qs[16 * g..], iq4_xs_scale(x, g) - 32);
-            add_group(&mut lanes, y, 32 * g, |_| ls, |e| {
-                let nibble = if e < 16 { q[e] & 0xF } else { q[e - 16] >> 4 };
-                KVALUES_IQ4NL[nibble as usize] as i32
-            });
-        }
-        fma_lanes(&mut acc, d, lanes);
+    for (x, y) in blocks(w, a, n, 136) {
+        fma_lanes(&mut acc, f16_at(x, 0) * q8k_d(y), iq4_xs_block(x, y));
     }
     hsum8(acc)
+}
+
+// Eight or more activation rows (`ggml-cpu/tiled`, its AVX-512 VNNI microkernel): per
+// super-block the whole integer sum is scaled by the weight's `d` first, the minimum term is
+// taken off with a fused multiply-add, and one fused chain over the super-blocks applies the
+// activation's `d`.
+
+#[inline(always)]
+fn batched(w: &[u8], a: &[u8], n: usize, wb: usize, block: impl Fn(&[u8], &[u8]) -> (f32, Option<(f32, i32)>, [i32; 8])) -> f32 {
+    let mut out = 0.0f32;
+    for (x, y) in blocks(w, a, n, wb) {
+        let (d, min, lanes) = block(x, y);
+        let mut r = lanes.iter().sum::<i32>() as f32 * d;
+        if let Some((dmin, mins)) = min {
+            r = (-dmin).mul_add(mins as f32, r);
+        }
+        out = r.mul_add(q8k_d(y), out);
+    }
+    out
+}
+
+#[inline(always)]
+pub fn q5_k_batched(w: &[u8], a: &[u8], n: usize) -> f32 {
+    batched(w, a, n, 176, |x, y| {
+        let (lanes, mins) = q5_k_block(x, y);
+        (f16_at(x, 0), Some((f16_at(x, 2), mins)), lanes)
+    })
+}
+
+#[inline(always)]
+pub fn q6_k_batched(w: &[u8], a: &[u8], n: usize) -> f32 {
+    batched(w, a, n, 210, |x, y| (f16_at(x, 208), None, q6_k_block(x, y)))
+}
+
+#[inline(always)]
+pub fn iq4_xs_batched(w: &[u8], a: &[u8], n: usize) -> f32 {
+    batched(w, a, n, 136, |x, y| (f16_at(x, 0), None, iq4_xs_block(x, y)))
 }

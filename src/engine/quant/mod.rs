@@ -19,7 +19,7 @@ mod simd;
 
 pub use activation::{quantize_activations, ActType};
 pub use dequant::dequantize_row;
-pub use dot::scalar_dot;
+pub use dot::{scalar_dot, scalar_dot_batched, BATCHED_FROM};
 pub use simd::{kernels, DotFn, InterleavedFn, Kernels};
 
 /// Element types that appear in GGUF tensors, with ggml's numeric ids.

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
-use super::{scalar_dot, GgmlType};
+use super::{scalar_dot, scalar_dot_batched, GgmlType, BATCHED_FROM};
 
 /// Dot products of one interleaved group of four weight rows (see
 /// [`super::interleave`]) with `n_tok` activation rows of `a_row` bytes each:
@@ -80,6 +80,28 @@ impl Kernels {
         scalar_fn(ty)
     }
 
+    /// The dot product for a matmul of `n_tokens` activation rows: [`Kernels::dot`], or for
+    /// [`BATCHED_FROM`] rows and more, the arithmetic of [`scalar_dot_batched`].
+    pub fn dot_for(&self, ty: GgmlType, n_tokens: usize) -> DotFn {
+        if n_tokens < BATCHED_FROM {
+            return self.dot(ty);
+        }
+        let fast = match ty {
+            GgmlType::Q5K => q5_k_batched_fma,
+            GgmlType::Q6K => q6_k_batched_fma,
+            GgmlType::IQ4XS => iq4_xs_batched_fma,
+            _ => return self.dot(ty),
+        };
+        if self.level >= SimdLevel::Avx2 {
+            return fast;
+        }
+        match ty {
+            GgmlType::Q5K => |w, a, n| scalar_dot_batched(GgmlType::Q5K, w, a, n),
+            GgmlType::Q6K => |w, a, n| scalar_dot_batched(GgmlType::Q6K, w, a, n),
+            _ => |w, a, n| scalar_dot_batched(GgmlType::IQ4XS, w, a, n),
+        }
+    }
+
     /// The kernel for interleaved groups of `ty`, where one exists at this level; weights
     /// are only interleaved when it does. Each row's result equals [`Kernels::dot`]'s.
     pub fn interleaved(&self, ty: GgmlType) -> Option<InterleavedFn> {
@@ -121,6 +143,9 @@ fma_kernels! {
     q5_k_fma => super::lanes_k::q5_k,
     q6_k_fma => super::lanes_k::q6_k,
     iq4_xs_fma => super::lanes_k::iq4_xs,
+    q5_k_batched_fma => super::lanes_k::q5_k_batched,
+    q6_k_batched_fma => super::lanes_k::q6_k_batched,
+    iq4_xs_batched_fma => super::lanes_k::iq4_xs_batched,
 }
 
 /// Declares safe wrappers around the hand-written x86 kernels of one feature level.
