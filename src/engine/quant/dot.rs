@@ -1,10 +1,9 @@
 //! Scalar reference dot products: one weight row (`w`, in its own type) against one
 //! activation row (`a`, in the weight type's [`ActType`](super::ActType)), `n` elements.
-//! Integer sums inside a block are exact; blocks are scaled and accumulated in f32. All
-//! formats but Q4_K follow llama.cpp's lane order exactly (see [`lanes`] and [`lanes_k`]).
+//! Integer sums inside a block are exact; blocks are scaled and accumulated in f32 in
+//! llama.cpp's exact order (see [`lanes`] and [`lanes_k`]).
 
-use super::lanes_k::{q8k_bsum, q8k_d};
-use super::{f16_at, k_scale_min, lanes, lanes_k, GgmlType};
+use super::{lanes, lanes_k, GgmlType};
 
 pub fn scalar_dot(ty: GgmlType, w: &[u8], a: &[u8], n: usize) -> f32 {
     match ty {
@@ -16,7 +15,7 @@ pub fn scalar_dot(ty: GgmlType, w: &[u8], a: &[u8], n: usize) -> f32 {
         GgmlType::Q5_0 => lanes::q5_0(w, a, n),
         GgmlType::Q5_1 => lanes::q5_1(w, a, n),
         GgmlType::Q8_0 => lanes::q8_0(w, a, n),
-        GgmlType::Q4K => q4_k(w, a, n),
+        GgmlType::Q4K => lanes_k::q4_k(w, a, n),
         GgmlType::Q5K => lanes_k::q5_k(w, a, n),
         GgmlType::Q6K => lanes_k::q6_k(w, a, n),
         GgmlType::IQ4XS => lanes_k::iq4_xs(w, a, n),
@@ -48,22 +47,4 @@ fn f32_dot(w: &[u8], a: &[u8], n: usize) -> f32 {
 fn half_dot(w: &[u8], a: &[u8], n: usize, cvt: fn(u16) -> f32) -> f32 {
     let h = |b: &[u8], i: usize| cvt(u16::from_le_bytes([b[2 * i], b[2 * i + 1]]));
     (0..n).map(|i| (h(w, i) * h(a, i)) as f64).sum::<f64>() as f32
-}
-
-fn q4_k(w: &[u8], a: &[u8], n: usize) -> f32 {
-    let mut sum = 0.0f32;
-    for (x, y) in w.chunks_exact(144).zip(a.chunks_exact(292)).take(n / 256) {
-        let (scales, qs, q8) = (&x[4..16], &x[16..144], &y[4..260]);
-        let (mut isum, mut imin) = (0i32, 0i32);
-        for j in 0..8 {
-            let (sc, m) = k_scale_min(j, scales);
-            imin += m as i32 * (q8k_bsum(y, 2 * j) + q8k_bsum(y, 2 * j + 1));
-            let shift = 4 * (j % 2);
-            let s: i32 = (0..32).map(|l| ((qs[32 * (j / 2) + l] >> shift) & 0xF) as i32 * q8[32 * j + l] as i8 as i32).sum();
-            isum += sc as i32 * s;
-        }
-        let d = q8k_d(y);
-        sum += d * f16_at(x, 0) * isum as f32 - d * f16_at(x, 2) * imin as f32;
-    }
-    sum
 }

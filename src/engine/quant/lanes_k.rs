@@ -11,8 +11,8 @@
 //! With eight or more activation rows llama.cpp switches to its tiled K-quant matmul, whose
 //! float steps differ; the `*_batched` functions reproduce those (see [`super::Kernels`]).
 //!
-//! (Q4_K is not here: on AVX2 llama.cpp repacks Q4_K weights into eight-row tiles with a
-//! different accumulation, which is not reproduced yet; its dot stays in [`super::dot`].)
+//! Q4_K matrices are repacked by llama.cpp on AVX2 (when their rows are a multiple of
+//! eight, as in every real model), which changes their float steps; [`q4_k`] follows those.
 
 use super::dequant::iq4_xs_scale;
 use super::lanes::hsum8;
@@ -20,7 +20,7 @@ use super::{f16_at, k_scale_min, KVALUES_IQ4NL};
 
 /// Q8_K block accessors: the f32 scale, the quants, and the sum of quants `16g..16g+16`.
 #[inline(always)]
-pub(super) fn q8k_d(y: &[u8]) -> f32 {
+fn q8k_d(y: &[u8]) -> f32 {
     f32::from_le_bytes([y[0], y[1], y[2], y[3]])
 }
 
@@ -30,7 +30,7 @@ fn q8k_q(y: &[u8], e: usize) -> i32 {
 }
 
 #[inline(always)]
-pub(super) fn q8k_bsum(y: &[u8], g: usize) -> i32 {
+fn q8k_bsum(y: &[u8], g: usize) -> i32 {
     i16::from_le_bytes([y[260 + 2 * g], y[261 + 2 * g]]) as i32
 }
 
@@ -65,6 +65,21 @@ fn q5_k_block(x: &[u8], y: &[u8]) -> ([i32; 8], i32) {
         add_group(&mut lanes, y, 32 * g, |_| sc, |e| (((q[e] >> shift) & 0xF) | (((qh[e] >> g) & 1) << 4)) as i32);
     }
     (lanes, mins)
+}
+
+/// Q4_K super-block: the exact scaled sum and minimum term.
+#[inline(always)]
+fn q4_k_block(x: &[u8], y: &[u8]) -> (i32, i32) {
+    let (scales, qs) = (&x[4..16], &x[16..144]);
+    let (mut isum, mut imin) = (0i32, 0i32);
+    for g in 0..8 {
+        let (sc, m) = k_scale_min(g, scales);
+        imin += m as i32 * (q8k_bsum(y, 2 * g) + q8k_bsum(y, 2 * g + 1));
+        let (q, shift) = (&qs[32 * (g / 2)..], 4 * (g % 2));
+        let s: i32 = (0..32).map(|e| ((q[e] >> shift) & 0xF) as i32 * q8k_q(y, 32 * g + e)).sum();
+        isum += sc as i32 * s;
+    }
+    (isum, imin)
 }
 
 /// Q6_K super-block lane sums, with the `32 * scale * bsum` offset already subtracted.
@@ -139,6 +154,20 @@ pub fn iq4_xs(w: &[u8], a: &[u8], n: usize) -> f32 {
         fma_lanes(&mut acc, f16_at(x, 0) * q8k_d(y), iq4_xs_block(x, y));
     }
     hsum8(acc)
+}
+
+/// Q4_K as llama.cpp computes it on AVX2 at any batch size: it repacks Q4_K matrices into
+/// eight-row tiles (`ggml_gemv/gemm_q4_K_8x8_q8_K`), which scale each super-block's sum by
+/// `d_w * d_a` into one fused chain and the minimum terms into another, subtracted at the end.
+#[inline(always)]
+pub fn q4_k(w: &[u8], a: &[u8], n: usize) -> f32 {
+    let (mut acc, mut acc_min) = (0.0f32, 0.0f32);
+    for (x, y) in blocks(w, a, n, 144) {
+        let (isum, imin) = q4_k_block(x, y);
+        acc = (isum as f32).mul_add(f16_at(x, 0) * q8k_d(y), acc);
+        acc_min = (imin as f32).mul_add(f16_at(x, 2) * q8k_d(y), acc_min);
+    }
+    acc - acc_min
 }
 
 // Eight or more activation rows (`ggml-cpu/tiled`, its AVX-512 VNNI microkernel): per
