@@ -69,6 +69,9 @@ fn every_kernel_level_matches_the_scalar_reference_exactly() {
                 let want = scalar_dot(ty, &w, &a, n);
                 let got = (k.dot(ty))(&w, &a, n);
                 assert_eq!(got.to_bits(), want.to_bits(), "{} at {:?}: {got} vs {want}", ty.name(), k.level);
+                let want = scalar_dot_batched(ty, &w, &a, n);
+                let got = (k.dot_for(ty, BATCHED_FROM))(&w, &a, n);
+                assert_eq!(got.to_bits(), want.to_bits(), "{} batched at {:?}: {got} vs {want}", ty.name(), k.level);
             }
         }
     }

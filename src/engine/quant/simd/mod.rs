@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_k;
 
 use super::{scalar_dot, scalar_dot_batched, GgmlType, BATCHED_FROM};
 
@@ -86,19 +88,20 @@ impl Kernels {
         if n_tokens < BATCHED_FROM {
             return self.dot(ty);
         }
-        let fast = match ty {
-            GgmlType::Q5K => q5_k_batched_fma,
-            GgmlType::Q6K => q6_k_batched_fma,
-            GgmlType::IQ4XS => iq4_xs_batched_fma,
-            _ => return self.dot(ty),
-        };
+        #[cfg(target_arch = "x86_64")]
         if self.level >= SimdLevel::Avx2 {
-            return fast;
+            match ty {
+                GgmlType::Q5K => return q5_k_batched_avx2,
+                GgmlType::Q6K => return q6_k_batched_avx2,
+                GgmlType::IQ4XS => return iq4_xs_batched_avx2,
+                _ => {}
+            }
         }
         match ty {
             GgmlType::Q5K => |w, a, n| scalar_dot_batched(GgmlType::Q5K, w, a, n),
             GgmlType::Q6K => |w, a, n| scalar_dot_batched(GgmlType::Q6K, w, a, n),
-            _ => |w, a, n| scalar_dot_batched(GgmlType::IQ4XS, w, a, n),
+            GgmlType::IQ4XS => |w, a, n| scalar_dot_batched(GgmlType::IQ4XS, w, a, n),
+            _ => self.dot(ty),
         }
     }
 
@@ -141,13 +144,8 @@ fma_kernels! {
     q5_1_fma => super::lanes::q5_1,
     q8_0_fma => super::lanes::q8_0,
     q4_k_fma => super::lanes_k::q4_k,
-    q5_k_fma => super::lanes_k::q5_k,
-    q6_k_fma => super::lanes_k::q6_k,
-    iq4_xs_fma => super::lanes_k::iq4_xs,
-    q5_k_batched_fma => super::lanes_k::q5_k_batched,
-    q6_k_batched_fma => super::lanes_k::q6_k_batched,
-    iq4_xs_batched_fma => super::lanes_k::iq4_xs_batched,
 }
+
 
 /// Declares safe wrappers around the hand-written x86 kernels of one feature level.
 #[cfg(target_arch = "x86_64")]
@@ -168,6 +166,12 @@ x86_wrappers! {
     q8_0_avx2 => x86::q8_0_avx2,
     q4_1_vnni => x86::q4_1_vnni,
     q8_0_vnni => x86::q8_0_vnni,
+    q5_k_avx2 => x86_k::q5_k,
+    q6_k_avx2 => x86_k::q6_k,
+    iq4_xs_avx2 => x86_k::iq4_xs,
+    q5_k_batched_avx2 => x86_k::q5_k_batched,
+    q6_k_batched_avx2 => x86_k::q6_k_batched,
+    iq4_xs_batched_avx2 => x86_k::iq4_xs_batched,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -209,6 +213,9 @@ fn x86_fn(level: SimdLevel, ty: GgmlType) -> Option<DotFn> {
         (SimdLevel::Avx512Vnni, GgmlType::Q8_0) => q8_0_vnni,
         (SimdLevel::Avx2, GgmlType::Q4_1) => q4_1_avx2,
         (SimdLevel::Avx2, GgmlType::Q8_0) => q8_0_avx2,
+        (SimdLevel::Avx2 | SimdLevel::Avx512Vnni, GgmlType::Q5K) => q5_k_avx2,
+        (SimdLevel::Avx2 | SimdLevel::Avx512Vnni, GgmlType::Q6K) => q6_k_avx2,
+        (SimdLevel::Avx2 | SimdLevel::Avx512Vnni, GgmlType::IQ4XS) => iq4_xs_avx2,
         _ => return None,
     })
 }
@@ -221,9 +228,6 @@ fn fma_fn(ty: GgmlType) -> Option<DotFn> {
         GgmlType::Q5_1 => q5_1_fma,
         GgmlType::Q8_0 => q8_0_fma,
         GgmlType::Q4K => q4_k_fma,
-        GgmlType::Q5K => q5_k_fma,
-        GgmlType::Q6K => q6_k_fma,
-        GgmlType::IQ4XS => iq4_xs_fma,
         _ => return None,
     })
 }
