@@ -17,8 +17,9 @@ unsafe fn f16_pair(p: *const u8) -> (f32, f32) {
     (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
 }
 
+/// llama.cpp's `hsum_float_8`.
 #[inline(always)]
-unsafe fn hsum8(acc: __m256) -> f32 {
+pub(super) unsafe fn hsum8(acc: __m256) -> f32 {
     let r = _mm_add_ps(_mm256_extractf128_ps(acc, 1), _mm256_castps256_ps128(acc));
     let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
     let r = _mm_add_ss(r, _mm_movehdup_ps(r));

@@ -5,15 +5,8 @@
 
 use std::arch::x86_64::*;
 
+use super::x86::hsum8;
 use crate::engine::quant::{f16_at, k_scale_min, KVALUES_IQ4NL};
-
-#[inline(always)]
-unsafe fn hsum8(acc: __m256) -> f32 {
-    let r = _mm_add_ps(_mm256_extractf128_ps(acc, 1), _mm256_castps256_ps128(acc));
-    let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-    let r = _mm_add_ss(r, _mm_movehdup_ps(r));
-    _mm_cvtss_f32(r)
-}
 
 /// The exact sum of eight i32 lanes.
 #[inline(always)]
