@@ -1,7 +1,10 @@
 //! supernet: an OpenAI-compatible LLM and agent API served by a pool of GPU workers.
 //!
 //! This crate holds the whole system; see ARCHITECTURE.md for the map. What is built so far
-//! is the inference engine ([`engine`]) and the commands that drive it ([`cli`]).
+//! is the inference engine ([`engine`]), the commands that drive it ([`cli`]), and the
+//! durable accounts and ledger ([`store`], [`billing`]).
 
+pub mod billing;
 pub mod cli;
 pub mod engine;
+pub mod store;

@@ -1,6 +1,7 @@
 //! The `supernet` command line: one subcommand per role. Each subcommand lives in its own
 //! module and takes its parsed arguments.
 
+pub mod admin;
 pub mod bench;
 pub mod generate;
 
@@ -19,6 +20,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Measure prompt-processing and decode speed (like llama-bench's pp512 / tg128).
     Bench(bench::BenchArgs),
+    /// Manage accounts, credits and API keys in the store.
+    Admin(admin::AdminArgs),
 }
 
 /// Runs the parsed command line.
@@ -26,5 +29,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Admin(a) => admin::run(a),
     }
 }

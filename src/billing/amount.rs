@@ -1,0 +1,140 @@
+//! Exact money: balances, prices and ledger amounts as fixed-point integers with 18 decimal
+//! places, written as decimal strings. Floating point never touches a balance, so a charge
+//! is exactly the price of its tokens and a hold is released to the last digit.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Decimal places kept.
+const SCALE: u32 = 18;
+const ONE: i128 = 10i128.pow(SCALE);
+
+/// An amount of a token (Spark, SOGNI) or of USD.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Amount(i128);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("`{0}` is not a decimal amount (digits, at most one point, at most 18 decimals)")]
+pub struct ParseAmountError(String);
+
+impl Amount {
+    pub const ZERO: Amount = Amount(0);
+
+    pub fn is_negative(self) -> bool {
+        self.0 < 0
+    }
+
+    pub fn checked_add(self, o: Amount) -> Option<Amount> {
+        self.0.checked_add(o.0).map(Amount)
+    }
+
+    pub fn checked_sub(self, o: Amount) -> Option<Amount> {
+        self.0.checked_sub(o.0).map(Amount)
+    }
+
+    /// `self * n`, for a count of tokens.
+    pub fn checked_mul_int(self, n: u64) -> Option<Amount> {
+        self.0.checked_mul(n as i128).map(Amount)
+    }
+
+    /// `self / d`, rounded up to the last place (a price never rounds in the payer's favour
+    /// below the real cost). `None` when `d` is not positive.
+    pub fn div_ceil(self, d: Amount) -> Option<Amount> {
+        if d.0 <= 0 {
+            return None;
+        }
+        let num = self.0.checked_mul(ONE)?;
+        let q = num.div_euclid(d.0);
+        Some(Amount(if num.rem_euclid(d.0) == 0 { q } else { q + 1 }))
+    }
+}
+
+impl FromStr for Amount {
+    type Err = ParseAmountError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ParseAmountError(s.to_string());
+        let (neg, body) = match s.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        let (whole, frac) = body.split_once('.').unwrap_or((body, ""));
+        let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+        if whole.is_empty() && frac.is_empty() || !digits(whole) || !digits(frac) || frac.len() > SCALE as usize {
+            return Err(bad());
+        }
+        let w: i128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| bad())? };
+        let f: i128 = if frac.is_empty() { 0 } else { frac.parse::<i128>().map_err(|_| bad())? * 10i128.pow(SCALE - frac.len() as u32) };
+        let v = w.checked_mul(ONE).and_then(|w| w.checked_add(f)).ok_or_else(bad)?;
+        Ok(Amount(if neg { -v } else { v }))
+    }
+}
+
+impl fmt::Display for Amount {
+    /// The shortest exact decimal: `12`, `0.00006`, `-3.5`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let v = self.0.unsigned_abs();
+        let (whole, frac) = (v / ONE as u128, v % ONE as u128);
+        if frac == 0 {
+            return write!(f, "{sign}{whole}");
+        }
+        let frac = format!("{frac:018}");
+        write!(f, "{sign}{whole}.{}", frac.trim_end_matches('0'))
+    }
+}
+
+impl Serialize for Amount {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> Amount {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn parses_and_prints_exactly() {
+        for s in ["0", "12", "0.00006", "-3.5", "123456789.000000000000000001"] {
+            assert_eq!(a(s).to_string(), s);
+        }
+        assert_eq!(a("1.50").to_string(), "1.5");
+        assert_eq!(a(".5").to_string(), "0.5");
+        for bad in ["", ".", "1.2.3", "1e5", "abc", "1.0000000000000000001", "--1", "1,5"] {
+            assert!(bad.parse::<Amount>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn arithmetic_is_exact() {
+        // 0.30 USD per million tokens is 0.00006 Spark per token at 0.005 USD per Spark.
+        let per_token = a("0.30").div_ceil(a("1000000")).unwrap().div_ceil(a("0.005")).unwrap();
+        assert_eq!(per_token, a("0.00006"));
+        assert_eq!(per_token.checked_mul_int(12345).unwrap(), a("0.7407"));
+        assert_eq!(a("1").div_ceil(a("3")).unwrap().to_string(), "0.333333333333333334");
+        assert_eq!(a("1").div_ceil(Amount::ZERO), None);
+        assert_eq!(a("0.1").checked_add(a("0.2")).unwrap(), a("0.3"));
+    }
+
+    #[test]
+    fn serde_uses_decimal_strings() {
+        let v = serde_json::to_value(a("2.25")).unwrap();
+        assert_eq!(v, serde_json::json!("2.25"));
+        assert_eq!(serde_json::from_value::<Amount>(v).unwrap(), a("2.25"));
+        assert!(serde_json::from_value::<Amount>(serde_json::json!(2.25)).is_err());
+    }
+}

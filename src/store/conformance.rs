@@ -1,0 +1,128 @@
+//! The behaviour every [`Store`] must have, written once: the embedded store runs it here,
+//! and the Redis store will run the same checks.
+
+use super::*;
+
+fn a(s: &str) -> Amount {
+    s.parse().expect("an amount")
+}
+
+fn balances(spark: &str, sogni: &str) -> Balances {
+    Balances { spark: a(spark), sogni: a(sogni) }
+}
+
+/// Runs every check against a fresh, empty store.
+pub fn run(store: &dyn Store) {
+    accounts_and_credits(store);
+    holds_take_the_worst_case_and_settle_the_rest(store);
+    holds_and_settlements_are_idempotent(store);
+    bad_money_changes_nothing(store);
+    keys_are_hashed_regenerated_and_disabled(store);
+}
+
+fn accounts_and_credits(store: &dyn Store) {
+    let acct = store.create_account("alice", &balances("10", "0")).expect("create");
+    assert_eq!(store.account(&acct.id).expect("read back"), acct);
+    assert_eq!(acct.balances, balances("10", "0"));
+    let e = store.credit(&acct.id, TokenType::Sogni, a("2.5"), "top-up 1").expect("credit");
+    assert_eq!((e.kind, e.balance_after), (EntryKind::Credit, a("2.5")));
+    let ledger = store.ledger(&acct.id, 10).expect("ledger");
+    assert_eq!(ledger.iter().map(|e| e.reference.as_str()).collect::<Vec<_>>(), ["opening balance", "top-up 1"]);
+    assert_eq!(store.ledger(&acct.id, 1).expect("ledger").len(), 1);
+    assert!(matches!(store.account("acct_missing"), Err(StoreError::NoAccount(_))));
+}
+
+fn holds_take_the_worst_case_and_settle_the_rest(store: &dyn Store) {
+    let acct = store.create_account("bob", &balances("1", "0")).expect("create");
+    let h = store.hold("job-1", &acct.id, TokenType::Spark, a("0.3")).expect("hold");
+    assert_eq!(h.settled, None);
+    assert_eq!(store.account(&acct.id).expect("account").balances.spark, a("0.7"));
+    let h = store.settle("job-1", a("0.12")).expect("settle");
+    assert_eq!(h.settled, Some(a("0.12")));
+    assert_eq!(store.account(&acct.id).expect("account").balances.spark, a("0.88"));
+    let kinds: Vec<_> = store.ledger(&acct.id, 10).expect("ledger").iter().map(|e| (e.kind, e.amount)).collect();
+    assert_eq!(kinds, [(EntryKind::Credit, a("1")), (EntryKind::Hold, a("0.3")), (EntryKind::Settle, a("0.12")), (EntryKind::Release, a("0.18"))]);
+}
+
+fn holds_and_settlements_are_idempotent(store: &dyn Store) {
+    let acct = store.create_account("carol", &balances("5", "0")).expect("create");
+    for _ in 0..3 {
+        store.hold("job-2", &acct.id, TokenType::Spark, a("2")).expect("hold");
+    }
+    assert_eq!(store.account(&acct.id).expect("account").balances.spark, a("3"));
+    assert!(matches!(store.hold("job-2", &acct.id, TokenType::Spark, a("1")), Err(StoreError::HoldMismatch { .. })));
+    for _ in 0..3 {
+        assert_eq!(store.settle("job-2", a("0.5")).expect("settle").settled, Some(a("0.5")));
+    }
+    // A replay with another figure returns the first settlement, not a second one.
+    assert_eq!(store.settle("job-2", a("1")).expect("settle").settled, Some(a("0.5")));
+    assert_eq!(store.account(&acct.id).expect("account").balances.spark, a("4.5"));
+    assert_eq!(store.ledger(&acct.id, 100).expect("ledger").len(), 4);
+}
+
+fn bad_money_changes_nothing(store: &dyn Store) {
+    let acct = store.create_account("dave", &balances("1", "0")).expect("create");
+    let before = store.ledger(&acct.id, 100).expect("ledger");
+    assert!(matches!(store.hold("job-3", &acct.id, TokenType::Spark, a("1.000001")), Err(StoreError::Insufficient { .. })));
+    assert!(matches!(store.hold("job-3", &acct.id, TokenType::Sogni, a("0.1")), Err(StoreError::Insufficient { .. })));
+    assert!(matches!(store.hold("job-3", &acct.id, TokenType::Spark, a("-1")), Err(StoreError::NegativeAmount(_))));
+    assert!(matches!(store.credit(&acct.id, TokenType::Spark, a("-1"), "x"), Err(StoreError::NegativeAmount(_))));
+    assert!(matches!(store.settle("job-3", a("0")), Err(StoreError::NoHold(_))));
+    store.hold("job-4", &acct.id, TokenType::Spark, a("0.5")).expect("hold");
+    assert!(matches!(store.settle("job-4", a("0.6")), Err(StoreError::OverCharge { .. })));
+    assert_eq!(store.hold_of("job-4").expect("hold").settled, None);
+    assert_eq!(store.account(&acct.id).expect("account").balances, balances("0.5", "0"));
+    assert_eq!(store.ledger(&acct.id, 100).expect("ledger").len(), before.len() + 1);
+}
+
+fn keys_are_hashed_regenerated_and_disabled(store: &dyn Store) {
+    let acct = store.create_account("erin", &balances("0", "0")).expect("create");
+    let k = store.create_key(&acct.id).expect("key");
+    assert!(k.api_key.starts_with("sn-") && k.api_key.len() == 51);
+    let rec = store.authenticate(&k.api_key).expect("auth").expect("a valid key");
+    assert_eq!((rec.key_id.as_str(), rec.account_id.as_str()), (k.key_id.as_str(), acct.id.as_str()));
+    assert!(store.authenticate("sn-not-a-key").expect("auth").is_none());
+    let k2 = store.regenerate_key(&k.key_id).expect("regenerate");
+    assert_eq!(k2.key_id, k.key_id);
+    assert!(store.authenticate(&k.api_key).expect("auth").is_none());
+    assert!(store.authenticate(&k2.api_key).expect("auth").is_some());
+    assert!(store.disable_key(&k.key_id).expect("disable").disabled);
+    assert!(store.authenticate(&k2.api_key).expect("auth").is_none());
+    assert!(matches!(store.create_key("acct_missing"), Err(StoreError::NoAccount(_))));
+    assert!(matches!(store.disable_key("key_missing"), Err(StoreError::NoKey(_))));
+}
+
+#[test]
+fn the_embedded_store_conforms() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    run(&embedded::RedbStore::open(dir.path()).expect("open"));
+}
+
+#[test]
+fn the_embedded_store_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (acct, key) = {
+        let s = embedded::RedbStore::open(dir.path()).expect("open");
+        let acct = s.create_account("frank", &balances("3", "1")).expect("create");
+        s.hold("job-9", &acct.id, TokenType::Spark, a("1")).expect("hold");
+        let key = s.create_key(&acct.id).expect("key");
+        (acct, key)
+    };
+    let s = embedded::RedbStore::open(dir.path()).expect("reopen");
+    assert_eq!(s.account(&acct.id).expect("account").balances, balances("2", "1"));
+    assert_eq!(s.ledger(&acct.id, 10).expect("ledger").len(), 3);
+    assert!(s.authenticate(&key.api_key).expect("auth").is_some());
+    assert_eq!(s.settle("job-9", a("0.25")).expect("settle").settled, Some(a("0.25")));
+    assert_eq!(s.account(&acct.id).expect("account").balances.spark, a("2.75"));
+}
+
+#[test]
+fn a_second_process_gets_a_clear_error() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let _held = embedded::RedbStore::open(dir.path()).expect("open");
+    match embedded::RedbStore::open(dir.path()) {
+        Err(StoreError::Backend(m)) => assert!(m.contains("in use"), "{m}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("opened twice"),
+    }
+}

@@ -1,0 +1,287 @@
+//! The embedded [`Store`]: one redb file (`supernet.redb`) under `--data-dir`.
+//!
+//! Every operation is one redb write transaction, so it is atomic and durable when it
+//! returns (redb commits with fsync); a crash or restart loses nothing committed. Records
+//! are JSON values in redb tables:
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `accounts` | account id | [`Account`] |
+//! | `keys` | key id | [`StoredKey`] (record and secret hash) |
+//! | `key_hashes` | SHA-256 of a secret | key id |
+//! | `holds` | job id | [`Hold`] |
+//! | `ledger` | seq | [`LedgerEntry`] |
+//! | `account_ledger` | (account id, seq) | () |
+//! | `meta` | `next_seq` | u64 |
+//!
+//! redb locks the file for one process. `supernet admin` therefore works on a data dir that
+//! no `serve` holds; see the README for running it beside a server.
+
+use std::path::Path;
+
+use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use super::{apply, key_hash, new_secret, now, random_id, Account, ApiKeyRecord, Balances, EntryKind, Hold, LedgerEntry, NewKey, Store, StoreError, TokenType};
+use crate::billing::amount::Amount;
+
+const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+const KEY_HASHES: TableDefinition<&str, &str> = TableDefinition::new("key_hashes");
+const HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("holds");
+const LEDGER: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger");
+const ACCOUNT_LEDGER: TableDefinition<(&str, u64), ()> = TableDefinition::new("account_ledger");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The file name under the data dir.
+pub const FILE: &str = "supernet.redb";
+
+/// A key as stored: the public record and the hash of its secret.
+#[derive(Serialize, Deserialize)]
+struct StoredKey {
+    record: ApiKeyRecord,
+    hash: String,
+}
+
+pub struct RedbStore {
+    db: Database,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(backend)
+}
+
+fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(b).map_err(|e| StoreError::Backend(format!("corrupt record: {e}")))
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store in `data_dir`, creating the directory if needed.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Backend(format!("creating {}: {e}", data_dir.display())))?;
+        let path = data_dir.join(FILE);
+        let db = Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!("{} is in use by another process (a running `supernet serve`?)", path.display())),
+            e => StoreError::Backend(format!("opening {}: {e}", path.display())),
+        })?;
+        let store = Self { db };
+        store.write(|tx| {
+            // Create every table so that readers never meet a missing one.
+            tx.open_table(ACCOUNTS).map_err(backend)?;
+            tx.open_table(KEYS).map_err(backend)?;
+            tx.open_table(KEY_HASHES).map_err(backend)?;
+            tx.open_table(HOLDS).map_err(backend)?;
+            tx.open_table(LEDGER).map_err(backend)?;
+            tx.open_table(ACCOUNT_LEDGER).map_err(backend)?;
+            tx.open_table(META).map_err(backend)?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    /// Runs `f` in one write transaction, committed only if it succeeds.
+    fn write<T>(&self, f: impl FnOnce(&WriteTransaction) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let tx = self.db.begin_write().map_err(backend)?;
+        let out = f(&tx)?;
+        tx.commit().map_err(backend)?;
+        Ok(out)
+    }
+
+    fn get<T: DeserializeOwned>(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<T>, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let t = tx.open_table(table).map_err(backend)?;
+        let v = t.get(key).map_err(backend)?;
+        v.map(|v| decode(v.value())).transpose()
+    }
+}
+
+fn load<T: DeserializeOwned>(tx: &WriteTransaction, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<T>, StoreError> {
+    let t = tx.open_table(table).map_err(backend)?;
+    let v = t.get(key).map_err(backend)?;
+    v.map(|v| decode(v.value())).transpose()
+}
+
+fn save<T: Serialize>(tx: &WriteTransaction, table: TableDefinition<&str, &[u8]>, key: &str, v: &T) -> Result<(), StoreError> {
+    let mut t = tx.open_table(table).map_err(backend)?;
+    t.insert(key, encode(v)?.as_slice()).map_err(backend)?;
+    Ok(())
+}
+
+/// Appends a ledger entry and returns it.
+fn append(tx: &WriteTransaction, account: &Account, kind: EntryKind, token: TokenType, amount: Amount, reference: &str) -> Result<LedgerEntry, StoreError> {
+    let mut meta = tx.open_table(META).map_err(backend)?;
+    let seq = meta.get("next_seq").map_err(backend)?.map_or(0, |v| v.value());
+    meta.insert("next_seq", seq + 1).map_err(backend)?;
+    let entry = LedgerEntry {
+        seq,
+        account_id: account.id.clone(),
+        kind,
+        token_type: token,
+        amount,
+        reference: reference.to_string(),
+        balance_after: account.balances.get(token),
+        at: now(),
+    };
+    tx.open_table(LEDGER).map_err(backend)?.insert(seq, encode(&entry)?.as_slice()).map_err(backend)?;
+    tx.open_table(ACCOUNT_LEDGER).map_err(backend)?.insert((account.id.as_str(), seq), ()).map_err(backend)?;
+    Ok(entry)
+}
+
+fn account_in(tx: &WriteTransaction, id: &str) -> Result<Account, StoreError> {
+    load(tx, ACCOUNTS, id)?.ok_or_else(|| StoreError::NoAccount(id.to_string()))
+}
+
+fn non_negative(a: Amount) -> Result<Amount, StoreError> {
+    if a.is_negative() {
+        Err(StoreError::NegativeAmount(a))
+    } else {
+        Ok(a)
+    }
+}
+
+impl Store for RedbStore {
+    fn create_account(&self, name: &str, opening: &Balances) -> Result<Account, StoreError> {
+        non_negative(opening.spark)?;
+        non_negative(opening.sogni)?;
+        let id = random_id("acct_")?;
+        self.write(|tx| {
+            let mut acct = Account { id: id.clone(), name: name.to_string(), created: now(), balances: Balances { spark: Amount::ZERO, sogni: Amount::ZERO } };
+            for token in [TokenType::Spark, TokenType::Sogni] {
+                let amount = opening.get(token);
+                if amount != Amount::ZERO {
+                    apply(&mut acct.balances, token, amount, false)?;
+                    append(tx, &acct, EntryKind::Credit, token, amount, "opening balance")?;
+                }
+            }
+            save(tx, ACCOUNTS, &id, &acct)?;
+            Ok(acct)
+        })
+    }
+
+    fn account(&self, id: &str) -> Result<Account, StoreError> {
+        self.get(ACCOUNTS, id)?.ok_or_else(|| StoreError::NoAccount(id.to_string()))
+    }
+
+    fn credit(&self, account_id: &str, token: TokenType, amount: Amount, reference: &str) -> Result<LedgerEntry, StoreError> {
+        non_negative(amount)?;
+        self.write(|tx| {
+            let mut acct = account_in(tx, account_id)?;
+            apply(&mut acct.balances, token, amount, false)?;
+            save(tx, ACCOUNTS, account_id, &acct)?;
+            append(tx, &acct, EntryKind::Credit, token, amount, reference)
+        })
+    }
+
+    fn ledger(&self, account_id: &str, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.account(account_id)?;
+        let tx = self.db.begin_read().map_err(backend)?;
+        let index = tx.open_table(ACCOUNT_LEDGER).map_err(backend)?;
+        let ledger = tx.open_table(LEDGER).map_err(backend)?;
+        let mut out = Vec::new();
+        for item in index.range((account_id, 0)..=(account_id, u64::MAX)).map_err(backend)?.rev().take(limit) {
+            let (k, _) = item.map_err(backend)?;
+            let seq = k.value().1;
+            let v = ledger.get(seq).map_err(backend)?.ok_or_else(|| StoreError::Backend(format!("ledger entry {seq} is missing")))?;
+            out.push(decode(v.value())?);
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    fn hold(&self, job_id: &str, account_id: &str, token: TokenType, amount: Amount) -> Result<Hold, StoreError> {
+        non_negative(amount)?;
+        self.write(|tx| {
+            if let Some(h) = load::<Hold>(tx, HOLDS, job_id)? {
+                if h.amount != amount || h.account_id != account_id || h.token_type != token {
+                    return Err(StoreError::HoldMismatch { job: job_id.to_string(), held: h.amount, asked: amount });
+                }
+                return Ok(h);
+            }
+            let mut acct = account_in(tx, account_id)?;
+            apply(&mut acct.balances, token, amount, true)?;
+            save(tx, ACCOUNTS, account_id, &acct)?;
+            append(tx, &acct, EntryKind::Hold, token, amount, job_id)?;
+            let h = Hold { job_id: job_id.to_string(), account_id: account_id.to_string(), token_type: token, amount, settled: None };
+            save(tx, HOLDS, job_id, &h)?;
+            Ok(h)
+        })
+    }
+
+    fn settle(&self, job_id: &str, charged: Amount) -> Result<Hold, StoreError> {
+        non_negative(charged)?;
+        self.write(|tx| {
+            let mut h: Hold = load(tx, HOLDS, job_id)?.ok_or_else(|| StoreError::NoHold(job_id.to_string()))?;
+            if h.settled.is_some() {
+                return Ok(h);
+            }
+            let rest = h.amount.checked_sub(charged).filter(|r| !r.is_negative()).ok_or(StoreError::OverCharge { charged, held: h.amount })?;
+            let mut acct = account_in(tx, &h.account_id)?;
+            // The charge was taken at hold time; the entry records it, the rest comes back.
+            append(tx, &acct, EntryKind::Settle, h.token_type, charged, job_id)?;
+            apply(&mut acct.balances, h.token_type, rest, false)?;
+            save(tx, ACCOUNTS, &acct.id, &acct)?;
+            append(tx, &acct, EntryKind::Release, h.token_type, rest, job_id)?;
+            h.settled = Some(charged);
+            save(tx, HOLDS, job_id, &h)?;
+            Ok(h)
+        })
+    }
+
+    fn hold_of(&self, job_id: &str) -> Result<Hold, StoreError> {
+        self.get(HOLDS, job_id)?.ok_or_else(|| StoreError::NoHold(job_id.to_string()))
+    }
+
+    fn create_key(&self, account_id: &str) -> Result<NewKey, StoreError> {
+        let key_id = random_id("key_")?;
+        let (api_key, hash) = new_secret()?;
+        self.write(|tx| {
+            account_in(tx, account_id)?;
+            let record = ApiKeyRecord { key_id: key_id.clone(), account_id: account_id.to_string(), created: now(), disabled: false };
+            save(tx, KEYS, &key_id, &StoredKey { record, hash: hash.clone() })?;
+            tx.open_table(KEY_HASHES).map_err(backend)?.insert(hash.as_str(), key_id.as_str()).map_err(backend)?;
+            Ok(())
+        })?;
+        Ok(NewKey { key_id, api_key })
+    }
+
+    fn regenerate_key(&self, key_id: &str) -> Result<NewKey, StoreError> {
+        let (api_key, hash) = new_secret()?;
+        self.write(|tx| {
+            let mut k: StoredKey = load(tx, KEYS, key_id)?.ok_or_else(|| StoreError::NoKey(key_id.to_string()))?;
+            let mut hashes = tx.open_table(KEY_HASHES).map_err(backend)?;
+            hashes.remove(k.hash.as_str()).map_err(backend)?;
+            hashes.insert(hash.as_str(), key_id).map_err(backend)?;
+            drop(hashes);
+            k.hash = hash.clone();
+            save(tx, KEYS, key_id, &k)
+        })?;
+        Ok(NewKey { key_id: key_id.to_string(), api_key })
+    }
+
+    fn disable_key(&self, key_id: &str) -> Result<ApiKeyRecord, StoreError> {
+        self.write(|tx| {
+            let mut k: StoredKey = load(tx, KEYS, key_id)?.ok_or_else(|| StoreError::NoKey(key_id.to_string()))?;
+            k.record.disabled = true;
+            save(tx, KEYS, key_id, &k)?;
+            Ok(k.record)
+        })
+    }
+
+    fn authenticate(&self, api_key: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let hashes = tx.open_table(KEY_HASHES).map_err(backend)?;
+        let Some(id) = hashes.get(key_hash(api_key).as_str()).map_err(backend)? else {
+            return Ok(None);
+        };
+        let keys = tx.open_table(KEYS).map_err(backend)?;
+        let Some(v) = keys.get(id.value()).map_err(backend)? else {
+            return Ok(None);
+        };
+        let k: StoredKey = decode(v.value())?;
+        Ok((!k.record.disabled).then_some(k.record))
+    }
+}

@@ -1,0 +1,211 @@
+//! Durable state: accounts with their balances, API keys (only hashes), and the ledger.
+//!
+//! Money moves only through [`Store`] operations that are atomic and idempotent by job id:
+//! a [`Store::hold`] takes the worst-case cost off the balance before a job is dispatched,
+//! and [`Store::settle`] charges what was used and returns the rest. Replaying either (a
+//! retry after a timeout, a message delivered twice) changes nothing, so a fault can never
+//! lose or double a ledger entry. The embedded implementation ([`embedded::RedbStore`])
+//! serves `supernet serve`; a Redis one will serve the cluster behind the same trait.
+
+pub mod embedded;
+#[cfg(test)]
+mod conformance;
+
+use serde::{Deserialize, Serialize};
+
+use crate::billing::amount::Amount;
+
+/// What an account pays with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenType {
+    Spark,
+    Sogni,
+}
+
+impl TokenType {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Spark => "spark",
+            Self::Sogni => "sogni",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Balances {
+    pub spark: Amount,
+    pub sogni: Amount,
+}
+
+impl Balances {
+    pub fn get(&self, t: TokenType) -> Amount {
+        match t {
+            TokenType::Spark => self.spark,
+            TokenType::Sogni => self.sogni,
+        }
+    }
+
+    fn get_mut(&mut self, t: TokenType) -> &mut Amount {
+        match t {
+            TokenType::Spark => &mut self.spark,
+            TokenType::Sogni => &mut self.sogni,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Account {
+    pub id: String,
+    pub name: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// Spendable now: held amounts are already taken off.
+    pub balances: Balances,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyRecord {
+    pub key_id: String,
+    pub account_id: String,
+    pub created: i64,
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryKind {
+    /// Money added by an operator.
+    Credit,
+    /// Worst-case cost taken off before a job runs.
+    Hold,
+    /// The part of a hold that the job used.
+    Settle,
+    /// The part of a hold given back.
+    Release,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntry {
+    /// Global, gap-free order of entries.
+    pub seq: u64,
+    pub account_id: String,
+    pub kind: EntryKind,
+    pub token_type: TokenType,
+    pub amount: Amount,
+    /// The job (for holds and their settlement) or the operator's reference (credits).
+    pub reference: String,
+    /// The spendable balance of this token type after the entry.
+    pub balance_after: Amount,
+    pub at: i64,
+}
+
+/// Where a job's hold stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    pub job_id: String,
+    pub account_id: String,
+    pub token_type: TokenType,
+    pub amount: Amount,
+    /// `Some(charged)` once settled.
+    pub settled: Option<Amount>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("no account `{0}`")]
+    NoAccount(String),
+    #[error("no API key `{0}`")]
+    NoKey(String),
+    #[error("no hold for job `{0}`")]
+    NoHold(String),
+    #[error("insufficient {token} balance: {needed} needed, {available} available")]
+    Insufficient { token: &'static str, needed: Amount, available: Amount },
+    #[error("job `{job}` already holds {held}, not {asked}")]
+    HoldMismatch { job: String, held: Amount, asked: Amount },
+    #[error("invalid amount {0}: must not be negative")]
+    NegativeAmount(Amount),
+    #[error("settling {charged} against a hold of {held}")]
+    OverCharge { charged: Amount, held: Amount },
+    #[error("balance overflow")]
+    Overflow,
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// A new API key: its id, and the key itself, which is shown once and never stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewKey {
+    pub key_id: String,
+    pub api_key: String,
+}
+
+pub trait Store: Send + Sync {
+    /// Creates an account with opening balances (each a credit entry when not zero).
+    fn create_account(&self, name: &str, opening: &Balances) -> Result<Account, StoreError>;
+    fn account(&self, id: &str) -> Result<Account, StoreError>;
+    /// Adds `amount` to a balance; `reference` names the operation in the ledger.
+    fn credit(&self, account_id: &str, token: TokenType, amount: Amount, reference: &str) -> Result<LedgerEntry, StoreError>;
+    /// The account's newest `limit` ledger entries, newest last.
+    fn ledger(&self, account_id: &str, limit: usize) -> Result<Vec<LedgerEntry>, StoreError>;
+
+    /// Takes `amount` off the balance for job `job_id`. Idempotent: repeating the same hold
+    /// returns it unchanged; a different amount for the same job is an error.
+    fn hold(&self, job_id: &str, account_id: &str, token: TokenType, amount: Amount) -> Result<Hold, StoreError>;
+    /// Charges `charged` (at most the held amount) and gives back the rest. Idempotent:
+    /// settling again returns the first settlement.
+    fn settle(&self, job_id: &str, charged: Amount) -> Result<Hold, StoreError>;
+    fn hold_of(&self, job_id: &str) -> Result<Hold, StoreError>;
+
+    fn create_key(&self, account_id: &str) -> Result<NewKey, StoreError>;
+    /// Replaces the key's secret; the old one stops working.
+    fn regenerate_key(&self, key_id: &str) -> Result<NewKey, StoreError>;
+    fn disable_key(&self, key_id: &str) -> Result<ApiKeyRecord, StoreError>;
+    /// The enabled key whose secret is `api_key`, if any.
+    fn authenticate(&self, api_key: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
+}
+
+/// Unix seconds now.
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `prefix` and 24 random hex digits.
+fn random_id(prefix: &str) -> Result<String, StoreError> {
+    Ok(format!("{prefix}{}", random_hex(12)?))
+}
+
+fn random_hex(bytes: usize) -> Result<String, StoreError> {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b).map_err(|e| StoreError::Backend(format!("the system's random source failed: {e}")))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+/// A new API key secret (`sn-` and 48 hex digits) and its hash.
+fn new_secret() -> Result<(String, String), StoreError> {
+    let key = format!("sn-{}", random_hex(24)?);
+    let hash = key_hash(&key);
+    Ok((key, hash))
+}
+
+/// What is stored instead of a key: its SHA-256, in hex.
+fn key_hash(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(key.as_bytes()).iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The ledger arithmetic shared by every implementation: the new balance after `delta`.
+fn apply(balances: &mut Balances, token: TokenType, delta: Amount, spend: bool) -> Result<Amount, StoreError> {
+    let b = balances.get_mut(token);
+    let next = if spend {
+        let next = b.checked_sub(delta).ok_or(StoreError::Overflow)?;
+        if next.is_negative() {
+            return Err(StoreError::Insufficient { token: token.name(), needed: delta, available: *b });
+        }
+        next
+    } else {
+        b.checked_add(delta).ok_or(StoreError::Overflow)?
+    };
+    *b = next;
+    Ok(next)
+}
