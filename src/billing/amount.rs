@@ -22,6 +22,11 @@ pub struct ParseAmountError(String);
 impl Amount {
     pub const ZERO: Amount = Amount(0);
 
+    /// `m / 1000` exactly (for constants such as 0.005).
+    pub const fn from_millis(m: i64) -> Amount {
+        Amount(m as i128 * (ONE / 1000))
+    }
+
     pub fn is_negative(self) -> bool {
         self.0 < 0
     }
@@ -39,15 +44,28 @@ impl Amount {
         self.0.checked_mul(n as i128).map(Amount)
     }
 
-    /// `self / d`, rounded up to the last place (a price never rounds in the payer's favour
-    /// below the real cost). `None` when `d` is not positive.
-    pub fn div_ceil(self, d: Amount) -> Option<Amount> {
-        if d.0 <= 0 {
+    /// `self * num / den`, rounded up to the last place (a price never rounds below the real
+    /// cost). `None` when `self` is negative, `den` is not positive, or the result does not
+    /// fit.
+    pub fn mul_div_ceil(self, num: u64, den: Amount) -> Option<Amount> {
+        if den.0 <= 0 || self.0 < 0 {
             return None;
         }
-        let num = self.0.checked_mul(ONE)?;
-        let q = num.div_euclid(d.0);
-        Some(Amount(if num.rem_euclid(d.0) == 0 { q } else { q + 1 }))
+        // self * num * ONE / den by long division, one decimal place at a time, so no
+        // intermediate product is larger than ten times `den`.
+        let a = self.0.checked_mul(num as i128)?;
+        let (mut q, mut r) = (a / den.0, a % den.0);
+        for _ in 0..SCALE {
+            r = r.checked_mul(10)?;
+            q = q.checked_mul(10)?.checked_add(r / den.0)?;
+            r %= den.0;
+        }
+        q.checked_add(i128::from(r != 0)).map(Amount)
+    }
+
+    /// `self / d`, rounded up to the last place. `None` when `d` is not positive.
+    pub fn div_ceil(self, d: Amount) -> Option<Amount> {
+        self.mul_div_ceil(1, d)
     }
 }
 
@@ -128,6 +146,9 @@ mod tests {
         assert_eq!(a("1").div_ceil(a("3")).unwrap().to_string(), "0.333333333333333334");
         assert_eq!(a("1").div_ceil(Amount::ZERO), None);
         assert_eq!(a("0.1").checked_add(a("0.2")).unwrap(), a("0.3"));
+        // Large values do not overflow through the intermediate product.
+        assert_eq!(a("750").div_ceil(a("5000")).unwrap(), a("0.15"));
+        assert_eq!(a("0.9").mul_div_ceil(100_000_000, a("5000")).unwrap(), a("18000"));
     }
 
     #[test]
