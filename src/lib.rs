@@ -2,8 +2,10 @@
 //!
 //! This crate holds the whole system; see ARCHITECTURE.md for the map. What is built so far
 //! is the inference engine ([`engine`]), the commands that drive it ([`cli`]), and the
-//! durable accounts and ledger ([`store`], [`billing`]).
+//! durable accounts and ledger ([`store`], [`billing`]), and the OpenAI request
+//! validation of the coming service ([`api`]).
 
+pub mod api;
 pub mod billing;
 pub mod cli;
 pub mod engine;
