@@ -10,3 +10,4 @@ pub mod billing;
 pub mod cli;
 pub mod engine;
 pub mod store;
+pub mod worker;

@@ -96,9 +96,11 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     };
     let mut stdout = std::io::stdout().lock();
     let g = generate(&model, &be, &tok, &prompt, &params, |t| {
-        if !a.json {
-            // A closed pipe (`| head`) is not an error worth a panic; stop writing quietly.
-            let _ = stdout.write_all(t.as_bytes()).and_then(|_| stdout.flush());
+        // A closed pipe (`| head`) ends the generation quietly.
+        if a.json || stdout.write_all(t.as_bytes()).and_then(|_| stdout.flush()).is_ok() {
+            std::ops::ControlFlow::Continue(())
+        } else {
+            std::ops::ControlFlow::Break(())
         }
     })?;
     let rate = |n: usize, d: std::time::Duration| if d.is_zero() { 0.0 } else { n as f64 / d.as_secs_f64() };
@@ -111,6 +113,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
             finish_reason: match g.finish {
                 FinishReason::Stop => "stop",
                 FinishReason::Length => "length",
+                FinishReason::Cancelled => "cancelled",
             },
             prompt_token_ids: prompt,
             token_ids: g.token_ids,

@@ -6,6 +6,7 @@
 //! Text that might be the start of a stop string is held back until it is known not to be,
 //! so streamed text never contains a stop string.
 
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use crate::engine::backend::Backend;
@@ -27,6 +28,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens` reached.
     Length,
+    /// The consumer of the text asked to stop (a client went away).
+    Cancelled,
 }
 
 #[derive(Debug, Clone)]
@@ -91,14 +94,16 @@ impl StopMatcher {
     }
 }
 
-/// Generates from `prompt` (token ids) and calls `on_text` with each piece of new text.
+/// Generates from `prompt` (token ids) and calls `on_text` after every token with the new
+/// text (possibly empty, while text is held back). `on_text` returning `Break` stops the
+/// generation at once with [`FinishReason::Cancelled`].
 pub fn generate(
     model: &Model,
     be: &dyn Backend,
     tok: &Tokenizer,
     prompt: &[u32],
     params: &GenerateParams,
-    mut on_text: impl FnMut(&str),
+    mut on_text: impl FnMut(&str) -> ControlFlow<()>,
 ) -> Result<Generation, EngineError> {
     if prompt.is_empty() {
         return Err(EngineError::Tokenizer("the prompt is empty".into()));
@@ -135,8 +140,12 @@ pub fn generate(
         out.token_ids.push(next);
         history.push(next);
         let (text, hit) = stops.push(&decoder.push(tok, next));
-        on_text(&text);
         out.text.push_str(&text);
+        if on_text(&text).is_break() {
+            out.finish = FinishReason::Cancelled;
+            out.decode_time = t1.elapsed();
+            return Ok(out);
+        }
         if hit {
             out.finish = FinishReason::Stop;
             hit_stop_string = true;
@@ -153,8 +162,10 @@ pub fn generate(
         // Release what was held back for a possible stop string or an unfinished character.
         let (text, hit) = stops.push(&decoder.finish());
         let rest = if hit { text } else { text + &stops.finish() };
-        on_text(&rest);
         out.text.push_str(&rest);
+        if on_text(&rest).is_break() {
+            out.finish = FinishReason::Cancelled;
+        }
     }
     Ok(out)
 }

@@ -1,0 +1,133 @@
+//! The engine on its own OS thread, never on the async executor: jobs go in through a
+//! bounded queue, text and the final usage come back on each job's channel.
+//!
+//! A job stops at once when its cancel flag is set or its receiver is dropped (the client
+//! went away), and then reports only the tokens it produced, so billing charges exactly
+//! those. Counters in [`EngineStatus`] show what runs, waits and was cancelled.
+
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::engine::generate::{generate, FinishReason, GenerateParams};
+use crate::engine::tokenizer::Tokenizer;
+use crate::engine::{CpuBackend, Model};
+
+/// One generation request.
+pub struct Job {
+    pub id: String,
+    pub prompt: Vec<u32>,
+    pub params: GenerateParams,
+    /// Set by anyone to stop the job; checked after every token.
+    pub cancel: Arc<AtomicBool>,
+    pub events: UnboundedSender<JobEvent>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobEvent {
+    /// New text (never empty).
+    Text(String),
+    /// The job ended; the counts are what was processed and produced.
+    Finished { finish: FinishReason, prompt_tokens: usize, completion_tokens: usize },
+    /// The engine refused the job (e.g. the prompt does not fit the context).
+    Failed(String),
+}
+
+/// Live counters of one engine thread.
+#[derive(Debug, Default)]
+pub struct EngineStatus {
+    pub queued: AtomicUsize,
+    pub running: AtomicUsize,
+    pub completed: AtomicUsize,
+    pub cancelled: AtomicUsize,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubmitError {
+    #[error("the engine queue is full")]
+    QueueFull,
+    #[error("the engine thread has stopped")]
+    Stopped,
+}
+
+pub struct EngineThread {
+    queue: Option<SyncSender<Job>>,
+    status: Arc<EngineStatus>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl EngineThread {
+    /// Starts the thread; the engine's own pool uses `threads` threads in all. At most
+    /// `max_queue` jobs wait behind the running one.
+    pub fn start(model: Arc<Model>, tokenizer: Arc<Tokenizer>, threads: usize, max_queue: usize) -> std::io::Result<Self> {
+        let (tx, rx) = sync_channel::<Job>(max_queue);
+        let status = Arc::new(EngineStatus::default());
+        let st = Arc::clone(&status);
+        let handle = std::thread::Builder::new().name("engine".into()).spawn(move || {
+            let backend = CpuBackend::new(threads);
+            model.prepare(&backend);
+            for job in rx {
+                st.queued.fetch_sub(1, Ordering::SeqCst);
+                st.running.fetch_add(1, Ordering::SeqCst);
+                let last = run_job(&model, &backend, &tokenizer, &job);
+                // Counters first, so whoever sees the last event sees them updated.
+                st.running.fetch_sub(1, Ordering::SeqCst);
+                match last {
+                    JobEvent::Finished { finish: FinishReason::Cancelled, .. } => st.cancelled.fetch_add(1, Ordering::SeqCst),
+                    _ => st.completed.fetch_add(1, Ordering::SeqCst),
+                };
+                let _ = job.events.send(last);
+            }
+        })?;
+        Ok(Self { queue: Some(tx), status, handle: Some(handle) })
+    }
+
+    /// Queues a job without waiting.
+    pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
+        let queue = self.queue.as_ref().ok_or(SubmitError::Stopped)?;
+        self.status.queued.fetch_add(1, Ordering::SeqCst);
+        queue.try_send(job).map_err(|e| {
+            self.status.queued.fetch_sub(1, Ordering::SeqCst);
+            match e {
+                TrySendError::Full(_) => SubmitError::QueueFull,
+                TrySendError::Disconnected(_) => SubmitError::Stopped,
+            }
+        })
+    }
+
+    pub fn status(&self) -> &EngineStatus {
+        &self.status
+    }
+}
+
+impl Drop for EngineThread {
+    /// Finishes the queued jobs, then stops the thread.
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Runs one job, streaming its text, and returns its last event (`Finished` or `Failed`).
+fn run_job(model: &Model, backend: &CpuBackend, tokenizer: &Tokenizer, job: &Job) -> JobEvent {
+    let stopped = || job.cancel.load(Ordering::SeqCst) || job.events.is_closed();
+    if stopped() {
+        return JobEvent::Finished { finish: FinishReason::Cancelled, prompt_tokens: 0, completion_tokens: 0 };
+    }
+    let result = generate(model, backend, tokenizer, &job.prompt, &job.params, |text| {
+        if !text.is_empty() && job.events.send(JobEvent::Text(text.to_string())).is_err() || stopped() {
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    match result {
+        Ok(g) => JobEvent::Finished { finish: g.finish, prompt_tokens: job.prompt.len(), completion_tokens: g.token_ids.len() },
+        Err(e) => JobEvent::Failed(e.to_string()),
+    }
+}
