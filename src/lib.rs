@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod billing;
+pub mod bus;
 pub mod cli;
 pub mod engine;
 pub mod store;

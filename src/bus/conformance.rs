@@ -1,0 +1,111 @@
+//! The behaviour every [`Bus`] must have, written once: the in-process bus runs it here, and
+//! the Redis bus will run the same checks.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Ping {
+    n: u32,
+    text: String,
+}
+
+fn ping(n: u32) -> Envelope {
+    Envelope::new("ping", "node-a", &format!("job-{n}"), &Ping { n, text: format!("#{n}") }).expect("encode")
+}
+
+fn numbers(d: &[Delivery]) -> Vec<u32> {
+    d.iter().map(|d| d.envelope.payload::<Ping>().expect("decode").n).collect()
+}
+
+const NOW: Duration = Duration::ZERO;
+
+/// Runs every check against a fresh bus.
+pub async fn run(bus: Arc<dyn Bus>) {
+    groups_each_see_every_message_once(&*bus).await;
+    consumers_of_one_group_split_the_work(&*bus).await;
+    unacked_messages_are_claimed_after_a_crash(&*bus).await;
+    consume_waits_for_a_publish_and_times_out(Arc::clone(&bus)).await;
+    streams_are_trimmed(&*bus).await;
+}
+
+async fn groups_each_see_every_message_once(bus: &dyn Bus) {
+    for n in 0..3 {
+        bus.publish("s1", ping(n), 100).await.expect("publish");
+    }
+    for group in ["g1", "g2"] {
+        let got = bus.consume("s1", group, "c", 10, NOW).await.expect("consume");
+        assert_eq!(numbers(&got), [0, 1, 2], "group {group}");
+        assert_eq!(got[1].envelope.correlation_id, "job-1");
+        assert!(bus.consume("s1", group, "c", 10, NOW).await.expect("consume").is_empty());
+    }
+}
+
+async fn consumers_of_one_group_split_the_work(bus: &dyn Bus) {
+    for n in 0..4 {
+        bus.publish("s2", ping(n), 100).await.expect("publish");
+    }
+    let a = bus.consume("s2", "g", "a", 2, NOW).await.expect("consume");
+    let b = bus.consume("s2", "g", "b", 10, NOW).await.expect("consume");
+    assert_eq!((numbers(&a), numbers(&b)), (vec![0, 1], vec![2, 3]));
+}
+
+async fn unacked_messages_are_claimed_after_a_crash(bus: &dyn Bus) {
+    bus.publish("s3", ping(7), 100).await.expect("publish");
+    bus.publish("s3", ping(8), 100).await.expect("publish");
+    let got = bus.consume("s3", "g", "dead", 10, NOW).await.expect("consume");
+    bus.ack("s3", "g", &[got[0].id.clone()]).await.expect("ack");
+    // Not idle long enough yet.
+    assert!(bus.claim_stale("s3", "g", "alive", Duration::from_secs(60), 10).await.expect("claim").is_empty());
+    let claimed = bus.claim_stale("s3", "g", "alive", NOW, 10).await.expect("claim");
+    assert_eq!(numbers(&claimed), [8]);
+    assert_eq!(claimed[0].id, got[1].id);
+    bus.ack("s3", "g", &[claimed[0].id.clone()]).await.expect("ack");
+    assert!(bus.claim_stale("s3", "g", "alive", NOW, 10).await.expect("claim").is_empty());
+}
+
+async fn consume_waits_for_a_publish_and_times_out(bus: Arc<dyn Bus>) {
+    let t = Instant::now();
+    assert!(bus.consume("s4", "g", "c", 10, Duration::from_millis(50)).await.expect("consume").is_empty());
+    assert!(t.elapsed() >= Duration::from_millis(50));
+    let publisher = Arc::clone(&bus);
+    let task = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        publisher.publish("s4", ping(42), 100).await.expect("publish");
+    });
+    let t = Instant::now();
+    let got = bus.consume("s4", "g", "c", 10, Duration::from_secs(10)).await.expect("consume");
+    assert_eq!(numbers(&got), [42]);
+    assert!(t.elapsed() < Duration::from_secs(5), "woke on the publish, not the timeout");
+    task.await.expect("publisher");
+}
+
+async fn streams_are_trimmed(bus: &dyn Bus) {
+    for n in 0..10 {
+        bus.publish("s5", ping(n), 3).await.expect("publish");
+    }
+    let got = bus.consume("s5", "late", "c", 100, NOW).await.expect("consume");
+    assert!(got.len() >= 3 && got.len() < 10, "about the newest 3 kept, got {}", got.len());
+    assert_eq!(numbers(&got).last(), Some(&9));
+}
+
+#[test]
+fn envelopes_round_trip_and_reject_other_versions() {
+    let e = ping(5);
+    let back = Envelope::from_bytes(&e.to_bytes().expect("encode")).expect("decode");
+    assert_eq!(back, e);
+    assert_eq!(back.payload::<Ping>().expect("payload"), Ping { n: 5, text: "#5".into() });
+    let future = Envelope { version: PROTOCOL_VERSION + 1, ..e };
+    assert!(matches!(Envelope::from_bytes(&future.to_bytes().expect("encode")), Err(BusError::Version { .. })));
+    assert!(matches!(future.payload::<Ping>(), Err(BusError::Version { .. })));
+    assert!(matches!(Envelope::from_bytes(&[1, 2, 3]), Err(BusError::Decode(_))));
+}
+
+#[tokio::test]
+async fn the_memory_bus_conforms() {
+    run(Arc::new(memory::MemoryBus::new())).await;
+}

@@ -1,0 +1,109 @@
+//! The message bus between actors: named streams of [`Envelope`]s, read by consumer groups
+//! with explicit acknowledgement, as Redis streams work (XADD, XREADGROUP, XACK,
+//! XAUTOCLAIM). A message delivered to a consumer stays pending until acked; if that
+//! consumer dies, another one claims it after it has been idle long enough, so no message
+//! is lost when a node is. The in-process implementation ([`memory::MemoryBus`]) serves
+//! `supernet serve`; the Redis one will serve the cluster, and both must pass the same
+//! checks ([`conformance`]).
+//!
+//! Only this module knows the wire codec (bincode) and stream names.
+
+pub mod memory;
+#[cfg(test)]
+mod conformance;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// The envelope format this build speaks; others are rejected, never guessed at.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// One message: routing and tracing data around an encoded payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u16,
+    /// What the payload is (`job`, `token`, `heartbeat`, ...).
+    pub kind: String,
+    /// The node that sent it.
+    pub sender: String,
+    /// Ties replies to their request (the job id).
+    pub correlation_id: String,
+    /// W3C `traceparent` of the sender's span.
+    pub traceparent: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot encode a `{kind}` message: {reason}")]
+    Encode { kind: String, reason: String },
+    #[error("cannot decode a message: {0}")]
+    Decode(String),
+    #[error("protocol version {got} is not supported (this node speaks {PROTOCOL_VERSION})")]
+    Version { got: u16 },
+    #[error("bus: {0}")]
+    Transport(String),
+}
+
+fn codec() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+impl Envelope {
+    /// Wraps a payload.
+    pub fn new<T: Serialize>(kind: &str, sender: &str, correlation_id: &str, payload: &T) -> Result<Self, BusError> {
+        let payload = bincode::serde::encode_to_vec(payload, codec()).map_err(|e| BusError::Encode { kind: kind.into(), reason: e.to_string() })?;
+        Ok(Self { version: PROTOCOL_VERSION, kind: kind.into(), sender: sender.into(), correlation_id: correlation_id.into(), traceparent: None, payload })
+    }
+
+    /// The payload, if this build speaks the envelope's version.
+    pub fn payload<T: DeserializeOwned>(&self) -> Result<T, BusError> {
+        if self.version != PROTOCOL_VERSION {
+            return Err(BusError::Version { got: self.version });
+        }
+        bincode::serde::decode_from_slice(&self.payload, codec()).map(|(v, _)| v).map_err(|e| BusError::Decode(e.to_string()))
+    }
+
+    /// The bytes on the wire.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, BusError> {
+        bincode::serde::encode_to_vec(self, codec()).map_err(|e| BusError::Encode { kind: self.kind.clone(), reason: e.to_string() })
+    }
+
+    /// Reads wire bytes, rejecting other protocol versions.
+    pub fn from_bytes(b: &[u8]) -> Result<Self, BusError> {
+        let (env, _): (Envelope, usize) = bincode::serde::decode_from_slice(b, codec()).map_err(|e| BusError::Decode(e.to_string()))?;
+        if env.version != PROTOCOL_VERSION {
+            return Err(BusError::Version { got: env.version });
+        }
+        Ok(env)
+    }
+}
+
+/// A message handed to a consumer; ack it by `id` once handled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: String,
+    pub envelope: Envelope,
+}
+
+pub type BusFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BusError>> + Send + 'a>>;
+
+pub trait Bus: Send + Sync {
+    /// Appends to `stream` (created on first use), keeping about `max_len` newest entries.
+    /// Returns the entry id.
+    fn publish<'a>(&'a self, stream: &'a str, envelope: Envelope, max_len: usize) -> BusFuture<'a, String>;
+
+    /// Up to `max` entries of `stream` not yet delivered to `group`, waiting up to `block`
+    /// for the first. Each stays pending for `consumer` until acked.
+    fn consume<'a>(&'a self, stream: &'a str, group: &'a str, consumer: &'a str, max: usize, block: Duration) -> BusFuture<'a, Vec<Delivery>>;
+
+    /// Marks entries handled.
+    fn ack<'a>(&'a self, stream: &'a str, group: &'a str, ids: &'a [String]) -> BusFuture<'a, ()>;
+
+    /// Takes over up to `max` entries pending in `group` for at least `min_idle` (their
+    /// consumer is presumed dead) and delivers them to `consumer`.
+    fn claim_stale<'a>(&'a self, stream: &'a str, group: &'a str, consumer: &'a str, min_idle: Duration, max: usize) -> BusFuture<'a, Vec<Delivery>>;
+}
