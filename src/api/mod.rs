@@ -1,5 +1,6 @@
-//! OpenAI's wire format, and only here: request validation ([`chat_request`]) and the
-//! error envelope ([`error`]). Response shapes and SSE framing join them with the service.
+//! OpenAI's wire format, and only here: request validation ([`chat_request`]), response
+//! shapes and SSE framing ([`chat_response`]), and the error envelope ([`error`]).
 
 pub mod chat_request;
+pub mod chat_response;
 pub mod error;

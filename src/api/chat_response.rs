@@ -1,0 +1,149 @@
+//! Response bodies in OpenAI's exact shapes: chat completions, stream chunks, the model
+//! list, and SSE framing. Fields OpenAI's clients read as always present (`logprobs`,
+//! `refusal`, `finish_reason` on every chunk) are always written, `null` when empty.
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// Token counts of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+impl Usage {
+    fn json(self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        })
+    }
+}
+
+/// What identifies one completion across its response or chunks.
+#[derive(Debug, Clone)]
+pub struct CompletionId {
+    pub id: String,
+    pub created: i64,
+    pub model: String,
+}
+
+impl CompletionId {
+    /// The non-streaming response.
+    pub fn response(&self, content: &str, finish_reason: &str, usage: Usage) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{
+                "index": 0,
+                "message": { "role": "assistant", "content": content, "refusal": null },
+                "logprobs": null,
+                "finish_reason": finish_reason,
+            }],
+            "usage": usage.json(),
+        })
+    }
+
+    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason }],
+        })
+    }
+
+    /// The first chunk: the assistant role, no text yet.
+    pub fn role_chunk(&self) -> Value {
+        self.chunk(json!({ "role": "assistant", "content": "" }), None)
+    }
+
+    pub fn text_chunk(&self, text: &str) -> Value {
+        self.chunk(json!({ "content": text }), None)
+    }
+
+    pub fn finish_chunk(&self, finish_reason: &str) -> Value {
+        self.chunk(json!({}), Some(finish_reason))
+    }
+
+    /// The final chunk of `stream_options.include_usage`: no choices, the usage.
+    pub fn usage_chunk(&self, usage: Usage) -> Value {
+        json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": usage.json(),
+        })
+    }
+}
+
+/// What `/v1/models` says about a model: OpenAI's fields and the ones users ask for.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelCard {
+    pub id: String,
+    pub created: i64,
+    pub owned_by: String,
+    pub context_length: usize,
+    pub capabilities: Capabilities,
+    /// USD per million tokens, as decimal strings.
+    pub pricing: Pricing,
+    /// Workers serving the model now.
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Capabilities {
+    pub tools: bool,
+    pub vision: bool,
+    pub reasoning: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Pricing {
+    pub input: String,
+    pub output: String,
+}
+
+impl ModelCard {
+    pub fn json(&self) -> Value {
+        let mut v = serde_json::to_value(self).unwrap_or_else(|_| json!({}));
+        v["object"] = json!("model");
+        v
+    }
+}
+
+pub fn model_list(cards: &[ModelCard]) -> Value {
+    json!({ "object": "list", "data": cards.iter().map(ModelCard::json).collect::<Vec<_>>() })
+}
+
+/// One server-sent event carrying `v`.
+pub fn sse_event(v: &Value) -> String {
+    format!("data: {v}\n\n")
+}
+
+/// The event that ends every stream.
+pub const SSE_DONE: &str = "data: [DONE]\n\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_carry_the_always_present_fields() {
+        let id = CompletionId { id: "chatcmpl-1".into(), created: 7, model: "m".into() };
+        let r = id.response("hi", "stop", Usage { prompt_tokens: 3, completion_tokens: 1 });
+        assert_eq!(r["choices"][0]["message"]["refusal"], Value::Null);
+        assert_eq!(r["choices"][0]["logprobs"], Value::Null);
+        assert_eq!(r["usage"]["total_tokens"], 4);
+        assert_eq!(id.text_chunk("a")["choices"][0]["finish_reason"], Value::Null);
+        assert_eq!(id.usage_chunk(Usage { prompt_tokens: 1, completion_tokens: 2 })["choices"], json!([]));
+        assert_eq!(sse_event(&json!({"a": 1})), "data: {\"a\":1}\n\n");
+    }
+}

@@ -1,0 +1,60 @@
+//! Our response bodies validate against OpenAI's published OpenAPI schemas, checked by the
+//! Python `jsonschema` package: the model list, a model, a completion, every kind of stream
+//! chunk, and error envelopes.
+
+mod common;
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+use supernet::api::chat_response::{model_list, Capabilities, CompletionId, ModelCard, Pricing, Usage};
+use supernet::api::error::ApiError;
+
+#[test]
+fn response_bodies_match_openais_schemas() {
+    let card = ModelCard {
+        id: "SmolLM2-135M-Instruct".into(),
+        created: 1_700_000_000,
+        owned_by: "supernet".into(),
+        context_length: 8192,
+        capabilities: Capabilities { tools: true, vision: false, reasoning: false },
+        pricing: Pricing { input: "0.3".into(), output: "0.9".into() },
+        workers: 1,
+    };
+    let id = CompletionId { id: "chatcmpl-abc".into(), created: 1_700_000_001, model: card.id.clone() };
+    let usage = Usage { prompt_tokens: 12, completion_tokens: 5 };
+    let mut samples: Vec<(&str, Value)> = vec![
+        ("ListModelsResponse", model_list(std::slice::from_ref(&card))),
+        ("Model", card.json()),
+        ("CreateChatCompletionResponse", id.response("Paris.", "stop", usage)),
+        ("CreateChatCompletionResponse", id.response("", "length", usage)),
+        ("CreateChatCompletionStreamResponse", id.role_chunk()),
+        ("CreateChatCompletionStreamResponse", id.text_chunk("Par")),
+        ("CreateChatCompletionStreamResponse", id.finish_chunk("stop")),
+        ("CreateChatCompletionStreamResponse", id.usage_chunk(usage)),
+    ];
+    for e in [
+        ApiError::invalid("messages[0].role", "unknown role"),
+        ApiError::unauthorized("invalid API key"),
+        ApiError::insufficient_balance("balance too low"),
+        ApiError::model_not_found("nope"),
+        ApiError::too_large(25 << 20),
+        ApiError::rate_limited("slow down", 1),
+        ApiError::unavailable("no worker"),
+        ApiError::internal(),
+    ] {
+        samples.push(("ErrorResponse", e.envelope()));
+    }
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("samples.json");
+    std::fs::write(&path, json!(samples).to_string()).expect("writing samples");
+    let out = Command::new("python3")
+        .arg(common::repo().join("tests/validate_openai_schemas.py"))
+        .arg(common::reference().join("openai-chat-schemas.json"))
+        .arg(&path)
+        .output()
+        .expect("running python3 (pip install jsonschema)");
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "schema validation failed:\n{report}");
+    assert!(report.contains(&format!("{} samples, 0 failures", samples.len())), "{report}");
+}
