@@ -10,5 +10,6 @@ pub mod billing;
 pub mod bus;
 pub mod cli;
 pub mod engine;
+pub mod session;
 pub mod store;
 pub mod worker;
