@@ -9,6 +9,7 @@ pub mod api;
 pub mod billing;
 pub mod bus;
 pub mod cli;
+pub mod config;
 pub mod engine;
 pub mod session;
 pub mod store;

@@ -22,6 +22,7 @@ impl Default for ModelPrice {
 
 /// USD value of one unit of each token type.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct TokenRates {
     /// 1 Spark = $0.005 of GPU time.
     pub spark_usd: Amount,

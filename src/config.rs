@@ -1,0 +1,166 @@
+//! The service's settings in one struct, read from a TOML file (`--config`). Command-line
+//! flags (with their `SUPERNET_*` environment fallbacks) override the file; the file
+//! overrides these defaults. Unknown keys are errors, so a typo never silently does nothing.
+//!
+//! ```toml
+//! [server]
+//! host = "0.0.0.0"
+//! port = 8080
+//! max_body_bytes = 26214400
+//! max_queue = 64
+//!
+//! [billing]
+//! spark_usd = "0.005"
+//! sogni_usd = "0.01"
+//!
+//! [default_tier]            # every model without its own [models."<id>"] table
+//! input_usd_per_m = "0.30"
+//! output_usd_per_m = "0.90"
+//! max_tokens = 4096
+//!
+//! [models."SmolLM2-135M-Instruct"]
+//! input_usd_per_m = "0.10"
+//! default_max_tokens = 256
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::billing::amount::Amount;
+use crate::billing::pricing::{ModelPrice, TokenRates};
+use crate::session::prompt::TierLimits;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Larger request bodies get 413.
+    pub max_body_bytes: usize,
+    /// Jobs waiting per worker beyond the running one; more get 429.
+    pub max_queue: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { host: "127.0.0.1".into(), port: 8080, max_body_bytes: 25 << 20, max_queue: 64 }
+    }
+}
+
+/// A model tier: its price and its limits.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tier {
+    pub input_usd_per_m: Amount,
+    pub output_usd_per_m: Amount,
+    pub default_max_tokens: u32,
+    pub max_tokens: u32,
+    pub max_temperature: f32,
+    pub max_top_k: u32,
+}
+
+impl Default for Tier {
+    fn default() -> Self {
+        let (p, l) = (ModelPrice::default(), TierLimits::default());
+        Self {
+            input_usd_per_m: p.input_usd_per_m,
+            output_usd_per_m: p.output_usd_per_m,
+            default_max_tokens: l.default_max_tokens,
+            max_tokens: l.max_tokens,
+            max_temperature: l.max_temperature,
+            max_top_k: l.max_top_k,
+        }
+    }
+}
+
+impl Tier {
+    pub fn price(&self) -> ModelPrice {
+        ModelPrice { input_usd_per_m: self.input_usd_per_m, output_usd_per_m: self.output_usd_per_m }
+    }
+
+    pub fn limits(&self) -> TierLimits {
+        TierLimits { default_max_tokens: self.default_max_tokens, max_tokens: self.max_tokens, max_temperature: self.max_temperature, max_top_k: self.max_top_k }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub billing: TokenRates,
+    pub default_tier: Tier,
+    /// Per model id; models not listed use `default_tier`.
+    pub models: BTreeMap<String, Tier>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Config {
+    /// The defaults, overridden by `path` when given.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let Some(path) = path else { return Ok(Self::default()) };
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        Self::parse(&text).map_err(|message| ConfigError::Invalid { path: shown, message })
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        for (name, rate) in [("billing.spark_usd", c.billing.spark_usd), ("billing.sogni_usd", c.billing.sogni_usd)] {
+            if rate <= Amount::ZERO {
+                return Err(format!("{name} must be positive"));
+            }
+        }
+        Ok(c)
+    }
+
+    /// The tier of `model`.
+    pub fn tier(&self, model: &str) -> &Tier {
+        self.models.get(model).unwrap_or(&self.default_tier)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses_over_the_defaults() {
+        let doc: String = include_str!("config.rs")
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.trim_start_matches("//!").trim_start())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Config::parse(&doc).expect("the example in the module docs");
+        assert_eq!((c.server.host.as_str(), c.server.port, c.server.max_queue), ("0.0.0.0", 8080, 64));
+        assert_eq!(c.billing.sogni_usd.to_string(), "0.01");
+        let smol = c.tier("SmolLM2-135M-Instruct");
+        assert_eq!((smol.input_usd_per_m.to_string(), smol.output_usd_per_m.to_string()), ("0.1".into(), "0.9".into()));
+        assert_eq!(smol.default_max_tokens, 256);
+        assert_eq!(c.tier("other").max_tokens, 4096);
+        assert_eq!(Config::load(None).expect("defaults"), Config::default());
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let e = Config::parse("[server]\nprot = 1\n").expect_err("a typo");
+        assert!(e.contains("prot"), "{e}");
+        let e = Config::parse("[default_tier]\ninput_usd_per_m = \"cheap\"\n").expect_err("a bad amount");
+        assert!(e.contains("cheap"), "{e}");
+        let e = Config::parse("[billing]\nspark_usd = \"0\"\n").expect_err("a zero rate");
+        assert!(e.contains("spark_usd"), "{e}");
+        let e = Config::load(Some(Path::new("/nonexistent/supernet.toml"))).expect_err("a missing file");
+        assert!(e.to_string().contains("/nonexistent/supernet.toml"));
+    }
+}
