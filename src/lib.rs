@@ -10,6 +10,7 @@ pub mod billing;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod coordinator;
 pub mod engine;
 pub mod session;
 pub mod store;

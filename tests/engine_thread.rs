@@ -85,8 +85,8 @@ fn a_full_queue_refuses_instead_of_waiting() {
         let (j, cancel, rx) = job(&format!("q{i}"), prompt.clone(), greedy(64));
         match engine.submit(j) {
             Ok(()) => held.push((cancel, rx)),
-            Err(SubmitError::QueueFull) => refused += 1,
-            Err(e) => panic!("{e}"),
+            Err(r) if r.reason == SubmitError::QueueFull => refused += 1,
+            Err(r) => panic!("{r}"),
         }
     }
     assert!(refused >= 2, "one job runs and one waits; the rest are refused ({refused})");

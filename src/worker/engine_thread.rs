@@ -54,6 +54,20 @@ pub enum SubmitError {
     Stopped,
 }
 
+/// A job the engine did not take, handed back so it can go elsewhere.
+#[derive(thiserror::Error)]
+#[error("{reason}")]
+pub struct Rejected {
+    pub reason: SubmitError,
+    pub job: Box<Job>,
+}
+
+impl std::fmt::Debug for Rejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Rejected({:?}, job {})", self.reason, self.job.id)
+    }
+}
+
 pub struct EngineThread {
     queue: Option<SyncSender<Job>>,
     status: Arc<EngineStatus>,
@@ -61,15 +75,18 @@ pub struct EngineThread {
 }
 
 impl EngineThread {
-    /// Starts the thread; the engine's own pool uses `threads` threads in all. At most
-    /// `max_queue` jobs wait behind the running one.
+    /// Starts the thread and returns once the engine is ready (its weights prepared); the
+    /// engine's own pool uses `threads` threads in all. At most `max_queue` jobs wait
+    /// behind the running one.
     pub fn start(model: Arc<Model>, tokenizer: Arc<Tokenizer>, threads: usize, max_queue: usize) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel::<Job>(max_queue);
+        let (ready_tx, ready_rx) = sync_channel::<()>(1);
         let status = Arc::new(EngineStatus::default());
         let st = Arc::clone(&status);
         let handle = std::thread::Builder::new().name("engine".into()).spawn(move || {
             let backend = CpuBackend::new(threads);
             model.prepare(&backend);
+            let _ = ready_tx.send(());
             for job in rx {
                 st.queued.fetch_sub(1, Ordering::SeqCst);
                 st.running.fetch_add(1, Ordering::SeqCst);
@@ -83,18 +100,19 @@ impl EngineThread {
                 let _ = job.events.send(last);
             }
         })?;
+        ready_rx.recv().map_err(|_| std::io::Error::other("the engine thread died while loading"))?;
         Ok(Self { queue: Some(tx), status, handle: Some(handle) })
     }
 
-    /// Queues a job without waiting.
-    pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
-        let queue = self.queue.as_ref().ok_or(SubmitError::Stopped)?;
+    /// Queues a job without waiting; a full queue hands the job back.
+    pub fn submit(&self, job: Job) -> Result<(), Rejected> {
+        let Some(queue) = self.queue.as_ref() else { return Err(Rejected { reason: SubmitError::Stopped, job: Box::new(job) }) };
         self.status.queued.fetch_add(1, Ordering::SeqCst);
         queue.try_send(job).map_err(|e| {
             self.status.queued.fetch_sub(1, Ordering::SeqCst);
             match e {
-                TrySendError::Full(_) => SubmitError::QueueFull,
-                TrySendError::Disconnected(_) => SubmitError::Stopped,
+                TrySendError::Full(job) => Rejected { reason: SubmitError::QueueFull, job: Box::new(job) },
+                TrySendError::Disconnected(job) => Rejected { reason: SubmitError::Stopped, job: Box::new(job) },
             }
         })
     }

@@ -1,4 +1,5 @@
 //! The worker: owns the engine and runs jobs. [`engine_thread`] keeps the engine on a
-//! dedicated OS thread; the WorkerActor that takes jobs from the bus comes with the service.
+//! dedicated OS thread; [`actor`] is the WorkerActor the coordinator places jobs on.
 
+pub mod actor;
 pub mod engine_thread;
