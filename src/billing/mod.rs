@@ -1,5 +1,6 @@
-//! Billing: exact amounts ([`amount`]) and what tokens cost ([`pricing`]). (The BillingAccountActor, which places holds before
-//! dispatch and settles after, comes with the service.)
+//! Billing: exact amounts ([`amount`]), what tokens cost ([`pricing`]), and the
+//! BillingAccountActor that holds before dispatch and settles after ([`account_actor`]).
 
+pub mod account_actor;
 pub mod amount;
 pub mod pricing;
