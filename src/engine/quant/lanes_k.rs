@@ -20,7 +20,7 @@ use super::{f16_at, k_scale_min, KVALUES_IQ4NL};
 
 /// Q8_K block accessors: the f32 scale, the quants, and the sum of quants `16g..16g+16`.
 #[inline(always)]
-fn q8k_d(y: &[u8]) -> f32 {
+pub(super) fn q8k_d(y: &[u8]) -> f32 {
     f32::from_le_bytes([y[0], y[1], y[2], y[3]])
 }
 
@@ -30,7 +30,7 @@ fn q8k_q(y: &[u8], e: usize) -> i32 {
 }
 
 #[inline(always)]
-fn q8k_bsum(y: &[u8], g: usize) -> i32 {
+pub(super) fn q8k_bsum(y: &[u8], g: usize) -> i32 {
     i16::from_le_bytes([y[260 + 2 * g], y[261 + 2 * g]]) as i32
 }
 
@@ -53,11 +53,17 @@ fn fma_lanes(acc: &mut [f32; 8], d: f32, lanes: [i32; 8]) {
     }
 }
 
-/// Q5_K super-block: the lane sums and the exact minimum term `sum(m_g * bsums_g)`.
+/// Q5_K's (and Q4_K's) exact minimum term of a super-block: `sum(m_g * bsums_g)`.
+#[inline(always)]
+pub(super) fn k_mins(x: &[u8], y: &[u8]) -> i32 {
+    (0..8).map(|g| k_scale_min(g, &x[4..16]).1 as i32 * (q8k_bsum(y, 2 * g) + q8k_bsum(y, 2 * g + 1))).sum()
+}
+
+/// Q5_K super-block: the lane sums and the exact minimum term.
 #[inline(always)]
 fn q5_k_block(x: &[u8], y: &[u8]) -> ([i32; 8], i32) {
     let (scales, qh, qs) = (&x[4..16], &x[16..48], &x[48..176]);
-    let mins: i32 = (0..8).map(|g| k_scale_min(g, scales).1 as i32 * (q8k_bsum(y, 2 * g) + q8k_bsum(y, 2 * g + 1))).sum();
+    let mins = k_mins(x, y);
     let mut lanes = [0i32; 8];
     for g in 0..8 {
         let sc = k_scale_min(g, scales).0 as i32;
@@ -71,15 +77,14 @@ fn q5_k_block(x: &[u8], y: &[u8]) -> ([i32; 8], i32) {
 #[inline(always)]
 fn q4_k_block(x: &[u8], y: &[u8]) -> (i32, i32) {
     let (scales, qs) = (&x[4..16], &x[16..144]);
-    let (mut isum, mut imin) = (0i32, 0i32);
+    let mut isum = 0i32;
     for g in 0..8 {
-        let (sc, m) = k_scale_min(g, scales);
-        imin += m as i32 * (q8k_bsum(y, 2 * g) + q8k_bsum(y, 2 * g + 1));
+        let sc = k_scale_min(g, scales).0;
         let (q, shift) = (&qs[32 * (g / 2)..], 4 * (g % 2));
         let s: i32 = (0..32).map(|e| ((q[e] >> shift) & 0xF) as i32 * q8k_q(y, 32 * g + e)).sum();
         isum += sc as i32 * s;
     }
-    (isum, imin)
+    (isum, k_mins(x, y))
 }
 
 /// Q6_K super-block lane sums, with the `32 * scale * bsum` offset already subtracted.
@@ -121,7 +126,7 @@ fn iq4_xs_block(x: &[u8], y: &[u8]) -> [i32; 8] {
 
 /// The super-blocks of one row: `(weight block, activation block)` pairs.
 #[inline(always)]
-fn blocks<'a>(w: &'a [u8], a: &'a [u8], n: usize, wb: usize) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+pub(super) fn blocks<'a>(w: &'a [u8], a: &'a [u8], n: usize, wb: usize) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
     w.chunks_exact(wb).zip(a.chunks_exact(292)).take(n / 256)
 }
 
@@ -175,8 +180,10 @@ pub fn q4_k(w: &[u8], a: &[u8], n: usize) -> f32 {
 // taken off with a fused multiply-add, and one fused chain over the super-blocks applies the
 // activation's `d`.
 
+/// The batched float steps over the super-blocks of one row; `block` gives a super-block's
+/// weight scale, its minimum term (scale and sum) if the format has one, and its lanes.
 #[inline(always)]
-fn batched(w: &[u8], a: &[u8], n: usize, wb: usize, block: impl Fn(&[u8], &[u8]) -> (f32, Option<(f32, i32)>, [i32; 8])) -> f32 {
+pub(super) fn batched(w: &[u8], a: &[u8], n: usize, wb: usize, block: impl Fn(&[u8], &[u8]) -> (f32, Option<(f32, i32)>, [i32; 8])) -> f32 {
     let mut out = 0.0f32;
     for (x, y) in blocks(w, a, n, wb) {
         let (d, min, lanes) = block(x, y);

@@ -6,19 +6,15 @@
 use std::arch::x86_64::*;
 
 use super::x86::hsum8;
+use crate::engine::quant::lanes_k::{batched, blocks, k_mins, q8k_d};
 use crate::engine::quant::{f16_at, k_scale_min, KVALUES_IQ4NL};
 
-/// The exact sum of eight i32 lanes.
+/// The eight i32 lanes, for the batched steps of [`batched`].
 #[inline(always)]
-unsafe fn lane_total(v: __m256i) -> i32 {
+unsafe fn lane_array(v: __m256i) -> [i32; 8] {
     let mut l = [0i32; 8];
     _mm256_storeu_si256(l.as_mut_ptr().cast(), v);
-    l.iter().sum()
-}
-
-#[inline(always)]
-unsafe fn q8k_d(y: &[u8]) -> f32 {
-    f32::from_le_bytes([y[0], y[1], y[2], y[3]])
+    l
 }
 
 /// Signed bytes times signed bytes, summed in pairs (`mul_add_epi8` of llama.cpp).
@@ -82,8 +78,6 @@ unsafe fn q6_k_lanes(x: &[u8], y: &[u8]) -> __m256i {
 #[inline(always)]
 unsafe fn q5_k_lanes(x: &[u8], y: &[u8]) -> (__m256i, i32) {
     let scales = &x[4..16];
-    let bsum = |g: usize| i16::from_le_bytes([y[260 + 2 * g], y[261 + 2 * g]]) as i32;
-    let mins: i32 = (0..8).map(|g| k_scale_min(g, scales).1 as i32 * (bsum(2 * g) + bsum(2 * g + 1))).sum();
     let m4 = _mm256_set1_epi8(0x0F);
     let hbits = _mm256_loadu_si256(x[16..48].as_ptr().cast());
     let (qs, q8) = (x[48..176].as_ptr(), y[4..260].as_ptr());
@@ -100,13 +94,7 @@ unsafe fn q5_k_lanes(x: &[u8], y: &[u8]) -> (__m256i, i32) {
             sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_set1_epi16(sc), p16));
         }
     }
-    (sum, mins)
-}
-
-/// The super-blocks of one row.
-#[inline(always)]
-fn blocks<'a>(w: &'a [u8], a: &'a [u8], n: usize, wb: usize) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
-    w.chunks_exact(wb).zip(a.chunks_exact(292)).take(n / 256)
+    (sum, k_mins(x, y))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -140,29 +128,18 @@ pub unsafe fn iq4_xs(w: &[u8], a: &[u8], n: usize) -> f32 {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q5_k_batched(w: &[u8], a: &[u8], n: usize) -> f32 {
-    let mut out = 0.0f32;
-    for (x, y) in blocks(w, a, n, 176) {
+    batched(w, a, n, 176, |x, y| {
         let (lanes, mins) = q5_k_lanes(x, y);
-        let r = (-f16_at(x, 2)).mul_add(mins as f32, lane_total(lanes) as f32 * f16_at(x, 0));
-        out = r.mul_add(q8k_d(y), out);
-    }
-    out
+        (f16_at(x, 0), Some((f16_at(x, 2), mins)), lane_array(lanes))
+    })
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn q6_k_batched(w: &[u8], a: &[u8], n: usize) -> f32 {
-    let mut out = 0.0f32;
-    for (x, y) in blocks(w, a, n, 210) {
-        out = (lane_total(q6_k_lanes(x, y)) as f32 * f16_at(x, 208)).mul_add(q8k_d(y), out);
-    }
-    out
+    batched(w, a, n, 210, |x, y| (f16_at(x, 208), None, lane_array(q6_k_lanes(x, y))))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn iq4_xs_batched(w: &[u8], a: &[u8], n: usize) -> f32 {
-    let mut out = 0.0f32;
-    for (x, y) in blocks(w, a, n, 136) {
-        out = (lane_total(iq4_xs_lanes(x, y)) as f32 * f16_at(x, 0)).mul_add(q8k_d(y), out);
-    }
-    out
+    batched(w, a, n, 136, |x, y| (f16_at(x, 0), None, lane_array(iq4_xs_lanes(x, y))))
 }
