@@ -52,7 +52,7 @@ async fn jobs_go_to_a_worker_of_their_model_or_are_refused_at_once() {
 
     let workers = coord.send(Workers).await.expect("mailbox");
     let l = loads(&workers).await;
-    assert_eq!((l.len(), l[0].1.running, l[0].1.queued), (1, 1, 1));
+    assert_eq!((l.len(), l[0].2.running, l[0].2.queued), (1, 1, 1));
 
     cancel.store(true, Ordering::SeqCst);
     loop {

@@ -58,16 +58,10 @@ impl Handler<Place> for CoordinatorActor {
             if candidates.is_empty() {
                 return Err(PlaceError::NoWorker(msg.model));
             }
-            let mut ranked = Vec::new();
-            for (info, addr) in candidates {
-                // A worker that does not answer is skipped, not waited for.
-                if let Ok(load) = addr.send(GetLoad).await {
-                    ranked.push((load.busy(), info, addr));
-                }
-            }
-            ranked.sort_by_key(|(busy, _, _)| *busy);
+            let mut ranked = loads(&candidates).await;
+            ranked.sort_by_key(|(_, _, load)| load.busy());
             let mut job = msg.job;
-            for (_, info, addr) in ranked {
+            for (info, addr, _) in ranked {
                 match addr.send(RunJob(job)).await {
                     Ok(Ok(())) => return Ok(info.worker_id),
                     Ok(Err(rejected)) => job = *rejected.job,
@@ -75,7 +69,6 @@ impl Handler<Place> for CoordinatorActor {
                     Err(_) => return Err(PlaceError::Busy(msg.model)),
                 }
             }
-            drop(job);
             Err(PlaceError::Busy(msg.model))
         })
     }
@@ -94,12 +87,12 @@ impl Handler<Workers> for CoordinatorActor {
     }
 }
 
-/// Loads of all workers of a model.
-pub async fn loads(workers: &[(WorkerInfo, Addr<WorkerActor>)]) -> Vec<(WorkerInfo, WorkerLoad)> {
+/// The current load of each worker; one that does not answer is left out, not waited for.
+pub async fn loads(workers: &[(WorkerInfo, Addr<WorkerActor>)]) -> Vec<(WorkerInfo, Addr<WorkerActor>, WorkerLoad)> {
     let mut out = Vec::new();
     for (info, addr) in workers {
         if let Ok(load) = addr.send(GetLoad).await {
-            out.push((info.clone(), load));
+            out.push((info.clone(), addr.clone(), load));
         }
     }
     out

@@ -19,11 +19,6 @@ use super::GgmlType;
 /// Rows per interleaved group.
 pub const GROUP: usize = 4;
 
-/// Whether `ty` has an interleaved layout.
-pub fn has_layout(ty: GgmlType) -> bool {
-    matches!(ty, GgmlType::Q4_1 | GgmlType::Q8_0)
-}
-
 /// Bytes of one group of four rows of `cols` elements (the same as four plain rows).
 pub fn group_bytes(ty: GgmlType, cols: usize) -> usize {
     GROUP * ty.row_bytes(cols)
@@ -32,9 +27,12 @@ pub fn group_bytes(ty: GgmlType, cols: usize) -> usize {
 /// The interleaved copy of the first `rows / 4 * 4` rows of `data` (`rows` rows of type
 /// `ty`), or `None` when `ty` has no interleaved layout.
 pub fn interleave(ty: GgmlType, data: &[u8], rows: usize, cols: usize) -> Option<Vec<u8>> {
-    if !has_layout(ty) {
-        return None;
-    }
+    // Bytes of scales at the head of each block.
+    let head = match ty {
+        GgmlType::Q4_1 => 4,
+        GgmlType::Q8_0 => 2,
+        _ => return None,
+    };
     let rb = ty.row_bytes(cols);
     let nb = cols / 32;
     let groups = rows / GROUP;
@@ -42,25 +40,18 @@ pub fn interleave(ty: GgmlType, data: &[u8], rows: usize, cols: usize) -> Option
     for g in 0..groups {
         let row = |r: usize, b: usize| &data[(g * GROUP + r) * rb + b * ty.block_bytes()..][..ty.block_bytes()];
         for b in 0..nb {
-            match ty {
-                GgmlType::Q4_1 => {
-                    for r in 0..GROUP {
-                        out.extend_from_slice(&row(r, b)[..4]);
-                    }
-                    for pair in [0, 2] {
-                        let (lo, hi) = (element_nibbles(&row(pair, b)[4..]), element_nibbles(&row(pair + 1, b)[4..]));
-                        out.extend((0..32).map(|i| lo[i] | hi[i] << 4));
-                    }
+            for r in 0..GROUP {
+                out.extend_from_slice(&row(r, b)[..head]);
+            }
+            if ty == GgmlType::Q4_1 {
+                for pair in [0, 2] {
+                    let (lo, hi) = (element_nibbles(&row(pair, b)[head..]), element_nibbles(&row(pair + 1, b)[head..]));
+                    out.extend((0..32).map(|i| lo[i] | hi[i] << 4));
                 }
-                GgmlType::Q8_0 => {
-                    for r in 0..GROUP {
-                        out.extend_from_slice(&row(r, b)[..2]);
-                    }
-                    for r in 0..GROUP {
-                        out.extend_from_slice(&row(r, b)[2..]);
-                    }
+            } else {
+                for r in 0..GROUP {
+                    out.extend_from_slice(&row(r, b)[head..]);
                 }
-                _ => unreachable!("has_layout checked above"),
             }
         }
     }
