@@ -13,6 +13,10 @@
 //! spark_usd = "0.005"
 //! sogni_usd = "0.01"
 //!
+//! [limits]                  # per API key; 0 = no limit
+//! max_concurrent = 32
+//! requests_per_minute = 600
+//!
 //! [default_tier]            # every model without its own [models."<id>"] table
 //! input_usd_per_m = "0.30"
 //! output_usd_per_m = "0.90"
@@ -29,6 +33,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::billing::amount::Amount;
+use crate::billing::limits::KeyLimits;
 use crate::billing::pricing::{ModelPrice, TokenRates};
 use crate::session::prompt::TierLimits;
 
@@ -90,6 +95,7 @@ impl Tier {
 pub struct Config {
     pub server: ServerConfig,
     pub billing: TokenRates,
+    pub limits: KeyLimits,
     pub default_tier: Tier,
     /// Per model id; models not listed use `default_tier`.
     pub models: BTreeMap<String, Tier>,
@@ -145,6 +151,7 @@ mod tests {
         let c = Config::parse(&doc).expect("the example in the module docs");
         assert_eq!((c.server.host.as_str(), c.server.port, c.server.max_queue), ("0.0.0.0", 8080, 64));
         assert_eq!(c.billing.sogni_usd.to_string(), "0.01");
+        assert_eq!(c.limits, KeyLimits::default());
         let smol = c.tier("SmolLM2-135M-Instruct");
         assert_eq!((smol.input_usd_per_m.to_string(), smol.output_usd_per_m.to_string()), ("0.1".into(), "0.9".into()));
         assert_eq!(smol.default_max_tokens, 256);

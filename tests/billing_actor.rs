@@ -1,13 +1,14 @@
 //! The BillingAccountActor over a real store: a hold takes the worst case, a settlement
-//! charges exactly the price of the usage, a hold the balance cannot cover changes nothing,
-//! and `token_type=auto` falls back to SOGNI.
+//! charges exactly the price of the usage and records the worker's earning, a hold the
+//! balance cannot cover changes nothing, `token_type=auto` falls back to SOGNI, and per-key
+//! limits answer with when to retry.
 
 use std::sync::Arc;
 
-use actix::SyncArbiter;
 use supernet::api::chat_request::TokenChoice;
-use supernet::billing::account_actor::{Authenticate, BillingAccountActor, BillingError, HoldJob, SettleJob};
+use supernet::billing::account_actor::{Billing, BillingError, HoldJob, SettleJob};
 use supernet::billing::amount::Amount;
+use supernet::billing::limits::KeyLimits;
 use supernet::billing::pricing::{ModelPrice, TokenRates};
 use supernet::store::embedded::RedbStore;
 use supernet::store::{Balances, Store, StoreError, TokenType};
@@ -22,32 +23,40 @@ async fn holds_settle_to_the_exact_price_of_the_usage() {
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path()).expect("store"));
     let acct = store.create_account("t", &Balances { spark: a("1"), sogni: a("0") }).expect("account");
     let key = store.create_key(&acct.id).expect("key");
-    let s = Arc::clone(&store);
-    let billing = SyncArbiter::start(1, move || BillingAccountActor::new(Arc::clone(&s), TokenRates::default()));
+    let billing = Billing::new(Arc::clone(&store), TokenRates::default());
 
-    let rec = billing.send(Authenticate(key.api_key.clone())).await.expect("mailbox").expect("auth").expect("a valid key");
+    let rec = billing.authenticate(key.api_key.clone()).await.expect("auth").expect("a valid key");
     assert_eq!(rec.account_id, acct.id);
-    assert!(billing.send(Authenticate("sn-wrong".into())).await.expect("mailbox").expect("auth").is_none());
+    assert!(billing.authenticate("sn-wrong".into()).await.expect("auth").is_none());
 
     let price = ModelPrice::default();
     let hold = |job: &str, max_tokens: u64, choice| HoldJob { job_id: job.into(), account_id: acct.id.clone(), choice, price: price.clone(), prompt_tokens: 1000, max_tokens };
     // 1000 * 0.00006 + 500 * 0.00018 = 0.15 Spark held.
-    let h = billing.send(hold("j1", 500, TokenChoice::Spark)).await.expect("mailbox").expect("hold");
+    let h = billing.hold(hold("j1", 500, TokenChoice::Spark)).await.expect("hold");
     assert_eq!((h.token_type, h.amount), (TokenType::Spark, a("0.15")));
     assert_eq!(store.account(&acct.id).expect("account").balances.spark, a("0.85"));
     // 100 tokens produced: 0.06 + 0.018 = 0.078 charged, the rest released.
-    let settle = SettleJob { job_id: "j1".into(), price: price.clone(), prompt_tokens: 1000, completion_tokens: 100 };
-    let h = billing.send(settle).await.expect("mailbox").expect("settle");
+    let settle = SettleJob { job_id: "j1".into(), price: price.clone(), prompt_tokens: 1000, completion_tokens: 100, worker_id: Some("w1".into()) };
+    let h = billing.settle(&acct.id, settle).await.expect("settle");
     assert_eq!(h.settled, Some(a("0.078")));
     assert_eq!(store.account(&acct.id).expect("account").balances.spark, a("0.922"));
+    assert_eq!(store.earnings("w1", 10).expect("earnings")[0].amount, a("0.078"));
 
     // A hold the balance cannot cover is refused and changes nothing.
-    let r = billing.send(hold("j2", 100_000, TokenChoice::Spark)).await.expect("mailbox");
+    let r = billing.hold(hold("j2", 100_000, TokenChoice::Spark)).await;
     assert!(matches!(r, Err(BillingError::Store(StoreError::Insufficient { .. }))), "{r:?}");
     assert_eq!(store.account(&acct.id).expect("account").balances.spark, a("0.922"));
 
     // Auto: Spark cannot cover it, SOGNI can.
     store.credit(&acct.id, TokenType::Sogni, a("100"), "top-up").expect("credit");
-    let h = billing.send(hold("j3", 100_000, TokenChoice::Auto)).await.expect("mailbox").expect("hold");
+    let h = billing.hold(hold("j3", 100_000, TokenChoice::Auto)).await.expect("hold");
     assert_eq!(h.token_type, TokenType::Sogni);
+
+    // Limits are per key and released with the permit.
+    let limits = KeyLimits { max_concurrent: 1, requests_per_minute: 0 };
+    let p = billing.admit(&rec, limits).await.expect("billing").expect("admitted");
+    let refused = billing.admit(&rec, limits).await.expect("billing").expect_err("over the limit");
+    assert_eq!(refused.retry_after_secs, 1);
+    drop(p);
+    billing.admit(&rec, limits).await.expect("billing").expect("admitted again");
 }

@@ -1,16 +1,27 @@
-//! The BillingAccountActor: prices a job, places its hold before dispatch and settles its
-//! usage after, through the [`Store`]. Store calls block (a redb commit syncs to disk), so
-//! these actors run on their own threads in a `SyncArbiter`, never on the async executor;
-//! the store's transactions keep each account consistent whichever thread serves it.
+//! The BillingAccountActor: one per active account. It owns the account's per-key request
+//! limits, prices jobs, places a hold for the worst case before dispatch and settles the
+//! exact usage after, through the [`Store`]. Store calls block (a redb commit syncs to
+//! disk), so they run on the blocking pool, never on the executor; the store's transactions
+//! keep each balance consistent.
+//!
+//! [`Billing`] hands out the actor of an account: started on first use, stopped after a
+//! few idle minutes, started again when the account comes back.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use actix::{Actor, Handler, Message, SyncContext};
+use actix::dev::ToEnvelope;
+use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, MailboxError, Message, ResponseFuture};
 
 use super::amount::Amount;
+use super::limits::{KeyLimits, KeyWindow, Limited, Permit};
 use super::pricing::{auto_token, ModelPrice, PricingError, TokenRates};
 use crate::api::chat_request::TokenChoice;
 use crate::store::{ApiKeyRecord, Hold, Store, StoreError, TokenType};
+
+/// An account actor with nothing in flight stops after this long without requests.
+const IDLE_AFTER: Duration = Duration::from_secs(300);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BillingError {
@@ -18,38 +29,124 @@ pub enum BillingError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Pricing(#[from] PricingError),
+    #[error("billing is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The billing actors of this node, by account.
+pub struct Billing {
+    store: Arc<dyn Store>,
+    rates: TokenRates,
+    accounts: Mutex<HashMap<String, Addr<BillingAccountActor>>>,
+}
+
+impl Billing {
+    pub fn new(store: Arc<dyn Store>, rates: TokenRates) -> Self {
+        Self { store, rates, accounts: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The enabled key with this secret, if any.
+    pub async fn authenticate(&self, api_key: String) -> Result<Option<ApiKeyRecord>, BillingError> {
+        let store = Arc::clone(&self.store);
+        blocking(move || store.authenticate(&api_key)).await
+    }
+
+    /// Admits one request of `key` under `limits`, or says when to retry.
+    pub async fn admit(&self, key: &ApiKeyRecord, limits: KeyLimits) -> Result<Result<Permit, Limited>, BillingError> {
+        self.ask(&key.account_id, Admit { key_id: key.key_id.clone(), limits }).await
+    }
+
+    pub async fn hold(&self, job: HoldJob) -> Result<Hold, BillingError> {
+        self.ask(&job.account_id.clone(), job).await?
+    }
+
+    pub async fn settle(&self, account_id: &str, job: SettleJob) -> Result<Hold, BillingError> {
+        self.ask(account_id, job).await?
+    }
+
+    /// Sends to the account's actor, starting one if it has none (or its last one stopped
+    /// while the message was on its way).
+    async fn ask<M>(&self, account_id: &str, msg: M) -> Result<M::Result, BillingError>
+    where
+        M: Message + Clone + Send + 'static,
+        M::Result: Send,
+        BillingAccountActor: Handler<M>,
+        <BillingAccountActor as Actor>::Context: ToEnvelope<BillingAccountActor, M>,
+    {
+        let mut last = MailboxError::Closed;
+        for _ in 0..2 {
+            match self.actor(account_id).send(msg.clone()).await {
+                Ok(r) => return Ok(r),
+                Err(e) => last = e,
+            }
+        }
+        Err(BillingError::Unavailable(last.to_string()))
+    }
+
+    fn actor(&self, account_id: &str) -> Addr<BillingAccountActor> {
+        let mut accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(a) = accounts.get(account_id).filter(|a| a.connected()) {
+            return a.clone();
+        }
+        accounts.retain(|_, a| a.connected());
+        let actor = BillingAccountActor { store: Arc::clone(&self.store), rates: self.rates.clone(), keys: HashMap::new(), last_active: Instant::now() };
+        let addr = actor.start();
+        accounts.insert(account_id.to_string(), addr.clone());
+        addr
+    }
+}
+
+/// Runs a blocking store call off the executor.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, BillingError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => Ok(r?),
+        Err(e) => Err(BillingError::Unavailable(format!("a store call failed: {e}"))),
+    }
 }
 
 pub struct BillingAccountActor {
     store: Arc<dyn Store>,
     rates: TokenRates,
-}
-
-impl BillingAccountActor {
-    pub fn new(store: Arc<dyn Store>, rates: TokenRates) -> Self {
-        Self { store, rates }
-    }
+    keys: HashMap<String, KeyWindow>,
+    last_active: Instant,
 }
 
 impl Actor for BillingAccountActor {
-    type Context = SyncContext<Self>;
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(IDLE_AFTER / 5, |act, ctx| {
+            let now = Instant::now();
+            act.keys.retain(|_, w| !w.is_idle(now));
+            if act.keys.is_empty() && now.duration_since(act.last_active) >= IDLE_AFTER {
+                ctx.stop();
+            }
+        });
+    }
 }
 
-/// The enabled key with this secret, if any.
-#[derive(Message)]
-#[rtype(result = "Result<Option<ApiKeyRecord>, BillingError>")]
-pub struct Authenticate(pub String);
+#[derive(Message, Clone)]
+#[rtype(result = "Result<Permit, Limited>")]
+struct Admit {
+    key_id: String,
+    limits: KeyLimits,
+}
 
-impl Handler<Authenticate> for BillingAccountActor {
-    type Result = Result<Option<ApiKeyRecord>, BillingError>;
+impl Handler<Admit> for BillingAccountActor {
+    type Result = Result<Permit, Limited>;
 
-    fn handle(&mut self, msg: Authenticate, _: &mut SyncContext<Self>) -> Self::Result {
-        Ok(self.store.authenticate(&msg.0)?)
+    fn handle(&mut self, msg: Admit, _: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        self.keys.entry(msg.key_id).or_default().admit(msg.limits, self.last_active)
     }
 }
 
 /// Hold the worst case of a job: its prompt plus `max_tokens` of output at `price`.
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "Result<Hold, BillingError>")]
 pub struct HoldJob {
     pub job_id: String,
@@ -61,35 +158,53 @@ pub struct HoldJob {
 }
 
 impl Handler<HoldJob> for BillingAccountActor {
-    type Result = Result<Hold, BillingError>;
+    type Result = ResponseFuture<Result<Hold, BillingError>>;
 
-    fn handle(&mut self, m: HoldJob, _: &mut SyncContext<Self>) -> Self::Result {
-        let cost = |t: TokenType| m.price.cost(&self.rates, m.prompt_tokens, m.max_tokens, t);
-        let token = match m.choice {
-            TokenChoice::Spark => TokenType::Spark,
-            TokenChoice::Sogni => TokenType::Sogni,
-            TokenChoice::Auto => auto_token(&self.store.account(&m.account_id)?.balances, cost(TokenType::Spark)?),
-        };
-        Ok(self.store.hold(&m.job_id, &m.account_id, token, cost(token)?)?)
+    fn handle(&mut self, m: HoldJob, _: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        let (store, rates) = (Arc::clone(&self.store), self.rates.clone());
+        Box::pin(async move {
+            let cost = move |t: TokenType| m.price.cost(&rates, m.prompt_tokens, m.max_tokens, t);
+            let token = match m.choice {
+                TokenChoice::Spark => TokenType::Spark,
+                TokenChoice::Sogni => TokenType::Sogni,
+                TokenChoice::Auto => {
+                    let (s, id) = (Arc::clone(&store), m.account_id.clone());
+                    auto_token(&blocking(move || s.account(&id)).await?.balances, cost(TokenType::Spark)?)
+                }
+            };
+            let amount = cost(token)?;
+            blocking(move || store.hold(&m.job_id, &m.account_id, token, amount)).await
+        })
     }
 }
 
-/// Charge what a job used (at most its hold) and release the rest.
-#[derive(Message)]
+/// Charge what a job used (at most its hold) to the worker that ran it, and release the
+/// rest.
+#[derive(Message, Clone)]
 #[rtype(result = "Result<Hold, BillingError>")]
 pub struct SettleJob {
     pub job_id: String,
     pub price: ModelPrice,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// None when the job never ran.
+    pub worker_id: Option<String>,
 }
 
 impl Handler<SettleJob> for BillingAccountActor {
-    type Result = Result<Hold, BillingError>;
+    type Result = ResponseFuture<Result<Hold, BillingError>>;
 
-    fn handle(&mut self, m: SettleJob, _: &mut SyncContext<Self>) -> Self::Result {
-        let hold = self.store.hold_of(&m.job_id)?;
-        let used = m.price.cost(&self.rates, m.prompt_tokens, m.completion_tokens, hold.token_type)?;
-        Ok(self.store.settle(&m.job_id, used.min(hold.amount).max(Amount::ZERO))?)
+    fn handle(&mut self, m: SettleJob, _: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        let (store, rates) = (Arc::clone(&self.store), self.rates.clone());
+        Box::pin(async move {
+            let s = Arc::clone(&store);
+            let job = m.job_id.clone();
+            let hold = blocking(move || s.hold_of(&job)).await?;
+            let used = m.price.cost(&rates, m.prompt_tokens, m.completion_tokens, hold.token_type)?;
+            let charged = used.min(hold.amount).max(Amount::ZERO);
+            blocking(move || store.settle(&m.job_id, charged, m.worker_id.as_deref())).await
+        })
     }
 }

@@ -107,3 +107,17 @@ pub trait Bus: Send + Sync {
     /// consumer is presumed dead) and delivers them to `consumer`.
     fn claim_stale<'a>(&'a self, stream: &'a str, group: &'a str, consumer: &'a str, min_idle: Duration, max: usize) -> BusFuture<'a, Vec<Delivery>>;
 }
+
+/// Stream names. They carry the protocol version, so nodes of two versions never read each
+/// other's streams.
+pub mod streams {
+    /// One worker's inbox: jobs to run and cancellations.
+    pub fn worker(worker_id: &str) -> String {
+        format!("sn:v1:worker:{worker_id}")
+    }
+
+    /// One front node's inbox: the job events of its sessions.
+    pub fn node(node_id: &str) -> String {
+        format!("sn:v1:node:{node_id}")
+    }
+}

@@ -1,12 +1,12 @@
 //! The CoordinatorActor: which workers serve which model, and where a job goes. It places
-//! jobs and never runs a model: the least busy worker of the model gets the job; if its
-//! queue is full the next one is tried, and only when all are full is the job refused
-//! (429), so a busy pool answers at once instead of hanging.
+//! jobs and never runs a model: the least busy worker of the model with room gets the job,
+//! and when all are full the job is refused at once (429), so a busy pool answers instead
+//! of hanging. (A worker that fills up between placement and intake refuses the job
+//! itself, with the same result.)
 
 use actix::{Actor, Addr, Context, Handler, Message, MessageResult, ResponseFuture};
 
-use crate::worker::actor::{GetLoad, RunJob, WorkerActor, WorkerInfo, WorkerLoad};
-use crate::worker::engine_thread::Job;
+use crate::worker::actor::{GetLoad, WorkerActor, WorkerInfo, WorkerLoad};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlaceError {
@@ -41,12 +41,12 @@ impl Handler<Register> for CoordinatorActor {
     }
 }
 
-/// Place a job on a worker of `model`; returns the worker's id.
+/// Choose the worker of `model` for one job; returns its id. The job itself goes to that
+/// worker's bus inbox, as it will across nodes.
 #[derive(Message)]
 #[rtype(result = "Result<String, PlaceError>")]
 pub struct Place {
     pub model: String,
-    pub job: Job,
 }
 
 impl Handler<Place> for CoordinatorActor {
@@ -58,18 +58,9 @@ impl Handler<Place> for CoordinatorActor {
             if candidates.is_empty() {
                 return Err(PlaceError::NoWorker(msg.model));
             }
-            let mut ranked = loads(&candidates).await;
-            ranked.sort_by_key(|(_, _, load)| load.busy());
-            let mut job = msg.job;
-            for (info, addr, _) in ranked {
-                match addr.send(RunJob(job)).await {
-                    Ok(Ok(())) => return Ok(info.worker_id),
-                    Ok(Err(rejected)) => job = *rejected.job,
-                    // The worker is gone, and the job with its mailbox.
-                    Err(_) => return Err(PlaceError::Busy(msg.model)),
-                }
-            }
-            Err(PlaceError::Busy(msg.model))
+            let ranked = loads(&candidates).await;
+            let free = ranked.into_iter().filter(|(_, _, l)| l.busy() < l.capacity).min_by_key(|(_, _, l)| l.busy());
+            free.map(|(info, _, _)| info.worker_id).ok_or(PlaceError::Busy(msg.model))
         })
     }
 }

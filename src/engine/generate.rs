@@ -9,20 +9,22 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use crate::engine::backend::Backend;
 use crate::engine::model::{Logits, Model};
 use crate::engine::sampler::{Sampler, SamplerParams};
 use crate::engine::tokenizer::{StreamDecoder, Tokenizer};
 use crate::engine::EngineError;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GenerateParams {
     pub max_tokens: usize,
     pub sampler: SamplerParams,
     pub stop: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FinishReason {
     /// An end-of-generation token or a stop string.
     Stop,

@@ -11,7 +11,9 @@
 
 use std::collections::HashMap;
 
-#[derive(Debug, Clone, PartialEq)]
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SamplerParams {
     pub temperature: f32,
     /// 0 disables.

@@ -37,11 +37,17 @@ fn holds_take_the_worst_case_and_settle_the_rest(store: &dyn Store) {
     let h = store.hold("job-1", &acct.id, TokenType::Spark, a("0.3")).expect("hold");
     assert_eq!(h.settled, None);
     assert_eq!(store.account(&acct.id).expect("account").balances.spark, a("0.7"));
-    let h = store.settle("job-1", a("0.12")).expect("settle");
+    let h = store.settle("job-1", a("0.12"), Some("w-1")).expect("settle");
     assert_eq!(h.settled, Some(a("0.12")));
     assert_eq!(store.account(&acct.id).expect("account").balances.spark, a("0.88"));
     let kinds: Vec<_> = store.ledger(&acct.id, 10).expect("ledger").iter().map(|e| (e.kind, e.amount)).collect();
     assert_eq!(kinds, [(EntryKind::Credit, a("1")), (EntryKind::Hold, a("0.3")), (EntryKind::Settle, a("0.12")), (EntryKind::Release, a("0.18"))]);
+    // The worker earned the charge, once.
+    assert_eq!(store.hold_of("job-1").expect("hold").worker_id.as_deref(), Some("w-1"));
+    store.settle("job-1", a("0.12"), Some("w-1")).expect("replayed settle");
+    let earned: Vec<_> = store.earnings("w-1", 10).expect("earnings").iter().map(|e| (e.job_id.clone(), e.amount)).collect();
+    assert_eq!(earned, [("job-1".to_string(), a("0.12"))]);
+    assert!(store.earnings("w-2", 10).expect("earnings").is_empty());
 }
 
 fn holds_and_settlements_are_idempotent(store: &dyn Store) {
@@ -52,10 +58,10 @@ fn holds_and_settlements_are_idempotent(store: &dyn Store) {
     assert_eq!(store.account(&acct.id).expect("account").balances.spark, a("3"));
     assert!(matches!(store.hold("job-2", &acct.id, TokenType::Spark, a("1")), Err(StoreError::HoldMismatch { .. })));
     for _ in 0..3 {
-        assert_eq!(store.settle("job-2", a("0.5")).expect("settle").settled, Some(a("0.5")));
+        assert_eq!(store.settle("job-2", a("0.5"), None).expect("settle").settled, Some(a("0.5")));
     }
     // A replay with another figure returns the first settlement, not a second one.
-    assert_eq!(store.settle("job-2", a("1")).expect("settle").settled, Some(a("0.5")));
+    assert_eq!(store.settle("job-2", a("1"), None).expect("settle").settled, Some(a("0.5")));
     assert_eq!(store.account(&acct.id).expect("account").balances.spark, a("4.5"));
     assert_eq!(store.ledger(&acct.id, 100).expect("ledger").len(), 4);
 }
@@ -67,9 +73,9 @@ fn bad_money_changes_nothing(store: &dyn Store) {
     assert!(matches!(store.hold("job-3", &acct.id, TokenType::Sogni, a("0.1")), Err(StoreError::Insufficient { .. })));
     assert!(matches!(store.hold("job-3", &acct.id, TokenType::Spark, a("-1")), Err(StoreError::NegativeAmount(_))));
     assert!(matches!(store.credit(&acct.id, TokenType::Spark, a("-1"), "x"), Err(StoreError::NegativeAmount(_))));
-    assert!(matches!(store.settle("job-3", a("0")), Err(StoreError::NoHold(_))));
+    assert!(matches!(store.settle("job-3", a("0"), None), Err(StoreError::NoHold(_))));
     store.hold("job-4", &acct.id, TokenType::Spark, a("0.5")).expect("hold");
-    assert!(matches!(store.settle("job-4", a("0.6")), Err(StoreError::OverCharge { .. })));
+    assert!(matches!(store.settle("job-4", a("0.6"), None), Err(StoreError::OverCharge { .. })));
     assert_eq!(store.hold_of("job-4").expect("hold").settled, None);
     assert_eq!(store.account(&acct.id).expect("account").balances, balances("0.5", "0"));
     assert_eq!(store.ledger(&acct.id, 100).expect("ledger").len(), before.len() + 1);
@@ -112,7 +118,7 @@ fn the_embedded_store_survives_a_restart() {
     assert_eq!(s.account(&acct.id).expect("account").balances, balances("2", "1"));
     assert_eq!(s.ledger(&acct.id, 10).expect("ledger").len(), 3);
     assert!(s.authenticate(&key.api_key).expect("auth").is_some());
-    assert_eq!(s.settle("job-9", a("0.25")).expect("settle").settled, Some(a("0.25")));
+    assert_eq!(s.settle("job-9", a("0.25"), None).expect("settle").settled, Some(a("0.25")));
     assert_eq!(s.account(&acct.id).expect("account").balances.spark, a("2.75"));
 }
 

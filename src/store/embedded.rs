@@ -12,6 +12,7 @@
 //! | `holds` | job id | [`Hold`] |
 //! | `ledger` | seq | [`LedgerEntry`] |
 //! | `account_ledger` | (account id, seq) | () |
+//! | `earnings` | (worker id, seq of the settle entry) | [`Earning`] |
 //! | `meta` | `next_seq` | u64 |
 //!
 //! redb locks the file for one process. `supernet admin` therefore works on a data dir that
@@ -22,7 +23,7 @@ use std::path::Path;
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use super::{apply, key_hash, new_secret, now, random_id, Account, ApiKeyRecord, Balances, EntryKind, Hold, LedgerEntry, NewKey, Store, StoreError, TokenType};
+use super::{apply, key_hash, new_secret, now, random_id, Account, ApiKeyRecord, Balances, Earning, EntryKind, Hold, LedgerEntry, NewKey, Store, StoreError, TokenType};
 use crate::billing::amount::Amount;
 
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
@@ -31,6 +32,7 @@ const KEY_HASHES: TableDefinition<&str, &str> = TableDefinition::new("key_hashes
 const HOLDS: TableDefinition<&str, &[u8]> = TableDefinition::new("holds");
 const LEDGER: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger");
 const ACCOUNT_LEDGER: TableDefinition<(&str, u64), ()> = TableDefinition::new("account_ledger");
+const EARNINGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("earnings");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// The file name under the data dir.
@@ -77,6 +79,7 @@ impl RedbStore {
             tx.open_table(HOLDS).map_err(backend)?;
             tx.open_table(LEDGER).map_err(backend)?;
             tx.open_table(ACCOUNT_LEDGER).map_err(backend)?;
+            tx.open_table(EARNINGS).map_err(backend)?;
             tx.open_table(META).map_err(backend)?;
             Ok(())
         })?;
@@ -205,13 +208,13 @@ impl Store for RedbStore {
             apply(&mut acct.balances, token, amount, true)?;
             save(tx, ACCOUNTS, account_id, &acct)?;
             append(tx, &acct, EntryKind::Hold, token, amount, job_id)?;
-            let h = Hold { job_id: job_id.to_string(), account_id: account_id.to_string(), token_type: token, amount, settled: None };
+            let h = Hold { job_id: job_id.to_string(), account_id: account_id.to_string(), token_type: token, amount, settled: None, worker_id: None };
             save(tx, HOLDS, job_id, &h)?;
             Ok(h)
         })
     }
 
-    fn settle(&self, job_id: &str, charged: Amount) -> Result<Hold, StoreError> {
+    fn settle(&self, job_id: &str, charged: Amount, worker_id: Option<&str>) -> Result<Hold, StoreError> {
         non_negative(charged)?;
         self.write(|tx| {
             let mut h: Hold = load(tx, HOLDS, job_id)?.ok_or_else(|| StoreError::NoHold(job_id.to_string()))?;
@@ -221,11 +224,16 @@ impl Store for RedbStore {
             let rest = h.amount.checked_sub(charged).filter(|r| !r.is_negative()).ok_or(StoreError::OverCharge { charged, held: h.amount })?;
             let mut acct = account_in(tx, &h.account_id)?;
             // The charge was taken at hold time; the entry records it, the rest comes back.
-            append(tx, &acct, EntryKind::Settle, h.token_type, charged, job_id)?;
+            let entry = append(tx, &acct, EntryKind::Settle, h.token_type, charged, job_id)?;
             apply(&mut acct.balances, h.token_type, rest, false)?;
             save(tx, ACCOUNTS, &acct.id, &acct)?;
             append(tx, &acct, EntryKind::Release, h.token_type, rest, job_id)?;
+            if let Some(worker_id) = worker_id {
+                let earning = Earning { worker_id: worker_id.to_string(), job_id: job_id.to_string(), token_type: h.token_type, amount: charged, at: entry.at };
+                tx.open_table(EARNINGS).map_err(backend)?.insert((worker_id, entry.seq), encode(&earning)?.as_slice()).map_err(backend)?;
+            }
             h.settled = Some(charged);
+            h.worker_id = worker_id.map(str::to_string);
             save(tx, HOLDS, job_id, &h)?;
             Ok(h)
         })
@@ -233,6 +241,17 @@ impl Store for RedbStore {
 
     fn hold_of(&self, job_id: &str) -> Result<Hold, StoreError> {
         self.get(HOLDS, job_id)?.ok_or_else(|| StoreError::NoHold(job_id.to_string()))
+    }
+
+    fn earnings(&self, worker_id: &str, limit: usize) -> Result<Vec<Earning>, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let t = tx.open_table(EARNINGS).map_err(backend)?;
+        let mut out = Vec::new();
+        for item in t.range((worker_id, 0)..=(worker_id, u64::MAX)).map_err(backend)?.rev().take(limit) {
+            out.push(decode(item.map_err(backend)?.1.value())?);
+        }
+        out.reverse();
+        Ok(out)
     }
 
     fn create_key(&self, account_id: &str) -> Result<NewKey, StoreError> {

@@ -109,6 +109,19 @@ pub struct Hold {
     pub amount: Amount,
     /// `Some(charged)` once settled.
     pub settled: Option<Amount>,
+    /// The worker that ran the job and earned the charge (set at settlement).
+    #[serde(default)]
+    pub worker_id: Option<String>,
+}
+
+/// What a worker earned for one job: the charge of its settlement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Earning {
+    pub worker_id: String,
+    pub job_id: String,
+    pub token_type: TokenType,
+    pub amount: Amount,
+    pub at: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,10 +165,13 @@ pub trait Store: Send + Sync {
     /// Takes `amount` off the balance for job `job_id`. Idempotent: repeating the same hold
     /// returns it unchanged; a different amount for the same job is an error.
     fn hold(&self, job_id: &str, account_id: &str, token: TokenType, amount: Amount) -> Result<Hold, StoreError>;
-    /// Charges `charged` (at most the held amount) and gives back the rest. Idempotent:
-    /// settling again returns the first settlement.
-    fn settle(&self, job_id: &str, charged: Amount) -> Result<Hold, StoreError>;
+    /// Charges `charged` (at most the held amount) and gives back the rest; the charge is
+    /// recorded as the earning of `worker_id`, the worker that ran the job (none when the
+    /// job never ran). Idempotent: settling again returns the first settlement.
+    fn settle(&self, job_id: &str, charged: Amount, worker_id: Option<&str>) -> Result<Hold, StoreError>;
     fn hold_of(&self, job_id: &str) -> Result<Hold, StoreError>;
+    /// A worker's newest `limit` earnings, oldest first.
+    fn earnings(&self, worker_id: &str, limit: usize) -> Result<Vec<Earning>, StoreError>;
 
     fn create_key(&self, account_id: &str) -> Result<NewKey, StoreError>;
     /// Replaces the key's secret; the old one stops working.

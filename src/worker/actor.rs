@@ -1,14 +1,26 @@
-//! The WorkerActor: one model's engine, as an actor. Its handlers only queue work on the
-//! engine thread (never run the engine on the actor's executor), so they return at once.
+//! The WorkerActor: one model's engine, as an actor. It takes [`WorkerCommand`]s from its
+//! bus inbox, queues jobs on the engine thread (never running the engine on the actor's
+//! executor), and streams each job's events back to the inbox its session named. Placement
+//! asks it for its load directly: the coordinator lives on the same node for now.
 
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use actix::{Actor, Context, Handler, Message, MessageResult};
+use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult, WrapFuture};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use super::engine_thread::{EngineThread, Job, Rejected};
+use super::engine_thread::{EngineThread, Job, JobEvent, SubmitError};
+use super::protocol::{JobSpec, WorkerCommand, WorkerEvent, KIND_COMMAND, KIND_EVENT};
+use crate::bus::{streams, Bus, Envelope};
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::Model;
+
+/// Entries kept in a reply stream; far more than a consumer that keeps up ever leaves.
+pub const REPLY_STREAM_LEN: usize = 100_000;
+/// Consumer group of worker inboxes.
+const GROUP: &str = "workers";
 
 /// What a worker serves, as it registers with the coordinator.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +37,8 @@ pub struct WorkerLoad {
     pub running: usize,
     pub completed: usize,
     pub cancelled: usize,
+    /// The most jobs it holds at once (running and queued).
+    pub capacity: usize,
 }
 
 impl WorkerLoad {
@@ -37,30 +51,139 @@ impl WorkerLoad {
 pub struct WorkerActor {
     pub info: WorkerInfo,
     engine: EngineThread,
+    capacity: usize,
+    bus: Arc<dyn Bus>,
+    /// Cancel flags of the jobs taken and not yet finished.
+    running: HashMap<String, Arc<AtomicBool>>,
 }
 
 impl WorkerActor {
     /// Starts the engine thread for `model` (`threads` threads, `max_queue` waiting jobs).
-    pub fn new(info: WorkerInfo, model: Arc<Model>, tokenizer: Arc<Tokenizer>, threads: usize, max_queue: usize) -> std::io::Result<Self> {
-        Ok(Self { info, engine: EngineThread::start(model, tokenizer, threads, max_queue)? })
+    pub fn new(info: WorkerInfo, model: Arc<Model>, tokenizer: Arc<Tokenizer>, threads: usize, max_queue: usize, bus: Arc<dyn Bus>) -> std::io::Result<Self> {
+        let engine = EngineThread::start(model, tokenizer, threads, max_queue)?;
+        Ok(Self { info, engine, capacity: max_queue + 1, bus, running: HashMap::new() })
     }
 }
 
 impl Actor for WorkerActor {
     type Context = Context<Self>;
+
+    /// Reads the inbox for as long as the actor lives.
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let bus = Arc::clone(&self.bus);
+        let me = ctx.address().downgrade();
+        let (stream, consumer) = (streams::worker(&self.info.worker_id), self.info.worker_id.clone());
+        let read = async move {
+            loop {
+                let batch = match bus.consume(&stream, GROUP, &consumer, 64, Duration::from_millis(500)).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(%stream, "reading the worker inbox: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                let Some(me) = me.upgrade() else { break };
+                let ids: Vec<String> = batch.iter().map(|d| d.id.clone()).collect();
+                for d in batch {
+                    match d.envelope.payload::<WorkerCommand>() {
+                        Ok(c) => me.do_send(Command(c)),
+                        Err(e) => tracing::warn!(%stream, kind = %d.envelope.kind, "dropping an unreadable message: {e}"),
+                    }
+                }
+                if let Err(e) = bus.ack(&stream, GROUP, &ids).await {
+                    tracing::error!(%stream, "acknowledging: {e}");
+                }
+            }
+        };
+        ctx.spawn(read.into_actor(self));
+    }
 }
 
-/// Queue a job; a full queue hands it back at once.
+/// A command from the inbox.
 #[derive(Message)]
-#[rtype(result = "Result<(), Rejected>")]
-pub struct RunJob(pub Job);
+#[rtype(result = "()")]
+struct Command(WorkerCommand);
 
-impl Handler<RunJob> for WorkerActor {
-    type Result = Result<(), Rejected>;
+impl Handler<Command> for WorkerActor {
+    type Result = ();
 
-    fn handle(&mut self, msg: RunJob, _: &mut Context<Self>) -> Self::Result {
-        self.engine.submit(msg.0)
+    fn handle(&mut self, msg: Command, ctx: &mut Context<Self>) {
+        match msg.0 {
+            WorkerCommand::Run(spec) => self.run(spec, ctx),
+            WorkerCommand::Cancel { job_id } => {
+                if let Some(flag) = self.running.get(&job_id) {
+                    flag.store(true, Ordering::SeqCst);
+                }
+            }
+        }
     }
+}
+
+impl WorkerActor {
+    fn run(&mut self, spec: JobSpec, ctx: &mut Context<Self>) {
+        let reply = Reply { bus: Arc::clone(&self.bus), worker_id: self.info.worker_id.clone(), stream: spec.reply_to, job_id: spec.job_id.clone() };
+        if spec.model != self.info.model_id {
+            let reason = format!("worker {} serves `{}`, not `{}`", self.info.worker_id, self.info.model_id, spec.model);
+            ctx.spawn(async move { reply.send(WorkerEvent::Rejected { busy: false, reason }).await }.into_actor(self));
+            return;
+        }
+        let (tx, rx) = unbounded_channel();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let job = Job { id: spec.job_id.clone(), prompt: spec.prompt, params: spec.params, cancel: Arc::clone(&cancel), events: tx };
+        match self.engine.submit(job) {
+            Ok(()) => {
+                self.running.insert(spec.job_id.clone(), cancel);
+                let job_id = spec.job_id;
+                ctx.spawn(reply.forward(rx).into_actor(self).map(move |(), act, _| {
+                    act.running.remove(&job_id);
+                }));
+            }
+            Err(rejected) => {
+                let busy = rejected.reason == SubmitError::QueueFull;
+                let reason = rejected.reason.to_string();
+                ctx.spawn(async move { reply.send(WorkerEvent::Rejected { busy, reason }).await }.into_actor(self));
+            }
+        }
+    }
+}
+
+/// Where one job's events go.
+struct Reply {
+    bus: Arc<dyn Bus>,
+    worker_id: String,
+    stream: String,
+    job_id: String,
+}
+
+impl Reply {
+    async fn send(&self, event: WorkerEvent) {
+        let sent = match Envelope::new(KIND_EVENT, &self.worker_id, &self.job_id, &event) {
+            Ok(env) => self.bus.publish(&self.stream, env, REPLY_STREAM_LEN).await.map(drop),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = sent {
+            tracing::error!(job = %self.job_id, stream = %self.stream, "sending a job event: {e}");
+        }
+    }
+
+    /// Accepted, then every event of the job until its last.
+    async fn forward(self, mut events: UnboundedReceiver<JobEvent>) {
+        self.send(WorkerEvent::Accepted { worker_id: self.worker_id.clone() }).await;
+        while let Some(ev) = events.recv().await {
+            let last = !matches!(ev, JobEvent::Text(_));
+            self.send(WorkerEvent::Job(ev)).await;
+            if last {
+                break;
+            }
+        }
+    }
+}
+
+/// Puts a command on a worker's inbox.
+pub async fn send_command(bus: &dyn Bus, sender: &str, worker_id: &str, job_id: &str, command: &WorkerCommand) -> Result<(), crate::bus::BusError> {
+    let env = Envelope::new(KIND_COMMAND, sender, job_id, command)?;
+    bus.publish(&streams::worker(worker_id), env, REPLY_STREAM_LEN).await.map(drop)
 }
 
 #[derive(Message)]
@@ -77,6 +200,7 @@ impl Handler<GetLoad> for WorkerActor {
             running: s.running.load(Ordering::SeqCst),
             completed: s.completed.load(Ordering::SeqCst),
             cancelled: s.cancelled.load(Ordering::SeqCst),
+            capacity: self.capacity,
         })
     }
 }

@@ -11,6 +11,7 @@ use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::engine::generate::{generate, FinishReason, GenerateParams};
@@ -27,7 +28,7 @@ pub struct Job {
     pub events: UnboundedSender<JobEvent>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum JobEvent {
     /// New text (never empty).
     Text(String),

@@ -1,5 +1,7 @@
 //! The worker: owns the engine and runs jobs. [`engine_thread`] keeps the engine on a
-//! dedicated OS thread; [`actor`] is the WorkerActor the coordinator places jobs on.
+//! dedicated OS thread; [`actor`] is the WorkerActor, which takes jobs from its bus inbox
+//! and streams their events back; [`protocol`] is what it says on the bus.
 
 pub mod actor;
 pub mod engine_thread;
+pub mod protocol;
