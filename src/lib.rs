@@ -5,6 +5,7 @@
 //! durable accounts and ledger ([`store`], [`billing`]), and the OpenAI request
 //! validation of the coming service ([`api`]).
 
+pub mod admin;
 pub mod api;
 pub mod billing;
 pub mod bus;
@@ -12,6 +13,8 @@ pub mod cli;
 pub mod config;
 pub mod coordinator;
 pub mod engine;
+pub mod front;
 pub mod session;
 pub mod store;
+pub mod telemetry;
 pub mod worker;

@@ -65,6 +65,12 @@ impl ApiError {
         Self::new(500, "server_error", None, "The server had an error while processing the request")
     }
 
+    /// 500 for `error`, which is logged with what failed.
+    pub fn logged(what: &str, error: impl std::fmt::Display) -> Self {
+        tracing::error!("{what}: {error}");
+        Self::internal()
+    }
+
     /// The JSON body.
     pub fn envelope(&self) -> Value {
         json!({ "error": { "message": self.message, "type": self.kind, "param": self.param, "code": self.code } })

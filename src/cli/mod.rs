@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod bench;
 pub mod generate;
+pub mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -16,6 +17,9 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Run the whole service in one process: the OpenAI-compatible API, billing and a worker
+    /// per model.
+    Serve(serve::ServeArgs),
     /// Generate text from a prompt with a local GGUF model.
     Generate(generate::GenerateArgs),
     /// Measure prompt-processing and decode speed (like llama-bench's pp512 / tg128).
@@ -27,6 +31,7 @@ pub enum Command {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve(a) => serve::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Admin(a) => admin::run(a),

@@ -1,5 +1,9 @@
-//! The session: one request's turn. [`prompt`] turns a validated request into the prompt
-//! ids and generation parameters a worker runs; the SessionActor that drives billing,
-//! placement and streaming comes with the service.
+//! The session: one request's turn. [`prompt`] turns a validated request into prompt ids
+//! and clamped sampling; [`actor`] is the SessionActor that drives billing, placement and
+//! streaming; [`inbox`] routes workers' answers to sessions; [`models`] is what this node
+//! knows of the models it serves.
 
+pub mod actor;
+pub mod inbox;
+pub mod models;
 pub mod prompt;

@@ -127,7 +127,7 @@ fn a_second_process_gets_a_clear_error() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let _held = embedded::RedbStore::open(dir.path()).expect("open");
     match embedded::RedbStore::open(dir.path()) {
-        Err(StoreError::Backend(m)) => assert!(m.contains("in use"), "{m}"),
+        Err(e @ StoreError::InUse(_)) => assert!(e.to_string().contains("in use"), "{e}"),
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("opened twice"),
     }

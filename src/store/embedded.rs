@@ -15,8 +15,8 @@
 //! | `earnings` | (worker id, seq of the settle entry) | [`Earning`] |
 //! | `meta` | `next_seq` | u64 |
 //!
-//! redb locks the file for one process. `supernet admin` therefore works on a data dir that
-//! no `serve` holds; see the README for running it beside a server.
+//! redb locks the file for one process; [`StoreError::InUse`] tells a second one so, and
+//! `supernet admin` then goes through the running server (see [`crate::admin`]).
 
 use std::path::Path;
 
@@ -67,7 +67,7 @@ impl RedbStore {
         std::fs::create_dir_all(data_dir).map_err(|e| StoreError::Backend(format!("creating {}: {e}", data_dir.display())))?;
         let path = data_dir.join(FILE);
         let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Backend(format!("{} is in use by another process (a running `supernet serve`?)", path.display())),
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::InUse(path.display().to_string()),
             e => StoreError::Backend(format!("opening {}: {e}", path.display())),
         })?;
         let store = Self { db };

@@ -140,6 +140,8 @@ pub enum StoreError {
     NegativeAmount(Amount),
     #[error("settling {charged} against a hold of {held}")]
     OverCharge { charged: Amount, held: Amount },
+    #[error("{0} is in use by another process (a running `supernet serve`?)")]
+    InUse(String),
     #[error("balance overflow")]
     Overflow,
     #[error("{0}")]

@@ -1,0 +1,127 @@
+//! `supernet serve`: the whole service in one process. The front, a coordinator, billing
+//! and one worker per `--model` run as actors on an in-process bus, with the embedded store
+//! under `--data-dir`. It logs `listening on http://HOST:PORT` once every model is loaded
+//! and the port is bound.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix::Actor;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use clap::Args;
+
+use crate::admin::Handoff;
+use crate::billing::account_actor::Billing;
+use crate::bus::memory::MemoryBus;
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::coordinator::{CoordinatorActor, Register};
+use crate::engine::cpu::default_threads;
+use crate::engine::template::ChatTemplate;
+use crate::engine::tokenizer::Tokenizer;
+use crate::engine::Model;
+use crate::front::chat::unix_now;
+use crate::front::{configure, FrontState};
+use crate::session::actor::Services;
+use crate::session::inbox::NodeInbox;
+use crate::session::models::{model_id, ModelCatalog, ModelEntry};
+use crate::store::embedded::RedbStore;
+use crate::store::Store;
+use crate::worker::actor::{WorkerActor, WorkerInfo};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// A GGUF model to serve. Repeat for several; the first is the default model.
+    #[arg(long = "model", required = true)]
+    pub models: Vec<PathBuf>,
+    /// The address to listen on [default: 127.0.0.1, or the config file's].
+    #[arg(long, env = "SUPERNET_HOST")]
+    pub host: Option<String>,
+    /// The port to listen on; 0 picks a free one [default: 8080, or the config file's].
+    #[arg(long, env = "SUPERNET_PORT")]
+    pub port: Option<u16>,
+    /// Where accounts, keys and the ledger are kept.
+    #[arg(long, env = "SUPERNET_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// Engine threads per model [default: the machine's cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// A TOML file of settings (server, billing, limits, model tiers).
+    #[arg(long, env = "SUPERNET_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+/// One model, loaded.
+struct Loaded {
+    id: String,
+    model: Arc<Model>,
+    tokenizer: Arc<Tokenizer>,
+    template: ChatTemplate,
+}
+
+pub fn run(a: ServeArgs) -> anyhow::Result<()> {
+    crate::telemetry::init();
+    let mut config = Config::load(a.config.as_deref())?;
+    if let Some(h) = a.host.clone() {
+        config.server.host = h;
+    }
+    if let Some(p) = a.port {
+        config.server.port = p;
+    }
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&a.data_dir).with_context(|| format!("opening the store in {}", a.data_dir.display()))?);
+    let mut loaded = Vec::new();
+    for path in &a.models {
+        let model = Model::load(path).with_context(|| format!("loading {}", path.display()))?;
+        let tokenizer = Tokenizer::from_gguf(&model.file).with_context(|| format!("reading the tokenizer of {}", path.display()))?;
+        let template = ChatTemplate::from_gguf(&model.file, &tokenizer).with_context(|| format!("reading the chat template of {}", path.display()))?;
+        let id = model_id(path);
+        anyhow::ensure!(loaded.iter().all(|l: &Loaded| l.id != id), "two --model files have the id `{id}`");
+        loaded.push(Loaded { id, model: Arc::new(model), tokenizer: Arc::new(tokenizer), template });
+    }
+    let threads = a.threads.unwrap_or_else(default_threads);
+    actix_web::rt::System::new().block_on(serve(config, store, loaded, threads, a.data_dir))
+}
+
+async fn serve(config: Config, store: Arc<dyn Store>, loaded: Vec<Loaded>, threads: usize, data_dir: PathBuf) -> anyhow::Result<()> {
+    let node_id = "local".to_string();
+    let bus: Arc<dyn Bus> = Arc::new(MemoryBus::default());
+    let coordinator = CoordinatorActor::default().start();
+    let mut models = ModelCatalog::default();
+    for (i, l) in loaded.into_iter().enumerate() {
+        let info = WorkerInfo { worker_id: format!("{node_id}-w{i}"), model_id: l.id.clone(), context_length: l.model.config.context_length };
+        tracing::info!(model = %l.id, threads, "loading the model");
+        let worker = WorkerActor::new(info.clone(), Arc::clone(&l.model), Arc::clone(&l.tokenizer), threads, config.server.max_queue, Arc::clone(&bus))?.start();
+        coordinator.send(Register { info, addr: worker }).await?;
+        let tier = config.tier(&l.id).clone();
+        models.add(ModelEntry { id: l.id, created: unix_now(), context_length: l.model.config.context_length, template: l.template, tokenizer: l.tokenizer, tier });
+    }
+    let inbox = NodeInbox::new(Arc::clone(&bus), &node_id);
+    let inbox_stream = inbox.stream();
+    let billing = Arc::new(Billing::new(store, config.billing.clone()));
+    let (host, port) = (config.server.host.clone(), config.server.port);
+    let services = Arc::new(Services { node_id, bus, billing, coordinator, inbox: inbox.start(), inbox_stream, models, config });
+
+    let mut handoff = Handoff::new(String::new())?;
+    let state = web::Data::new(FrontState { services, admin: handoff.clone() });
+    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
+        .bind((host.as_str(), port))
+        .with_context(|| format!("binding {host}:{port}"))?;
+    let bound = *server.addrs().first().context("the server bound no address")?;
+    handoff.addr = local(bound).to_string();
+    handoff.write(&data_dir)?;
+    tracing::info!("listening on http://{bound}");
+    let result = server.run().await;
+    let _ = std::fs::remove_file(Handoff::path(&data_dir));
+    result.context("the HTTP server failed")
+}
+
+/// How this machine reaches `addr` (loopback for a wildcard address).
+fn local(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port()),
+        _ => addr,
+    }
+}

@@ -1,0 +1,134 @@
+//! `POST /v1/chat/completions`: authenticate, validate, admit under the key's limits, then
+//! hand the turn to a SessionActor and write its events as one JSON response or as SSE
+//! chunks. Errors before the first token get their HTTP status; an error after streaming
+//! has begun is sent as a `data: {"error":...}` event followed by `[DONE]`. Dropping the
+//! response (the client went away) drops the session's channel, which cancels the job.
+
+use std::sync::Arc;
+
+use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use actix_web::web::Bytes;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::stream::{self, StreamExt};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::http::{api_key, error_response, json_body};
+use super::FrontState;
+use crate::api::chat_request::{ChatRequest, TokenChoice};
+use crate::api::chat_response::{sse_event, CompletionId, SSE_DONE};
+use crate::api::error::ApiError;
+use crate::engine::generate::FinishReason;
+use crate::session::actor::{SessionActor, SessionEvent, Turn};
+
+pub async fn chat_completions(req: HttpRequest, payload: web::Payload, state: web::Data<FrontState>) -> HttpResponse {
+    match chat(req, payload, state).await {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn chat(req: HttpRequest, payload: web::Payload, state: web::Data<FrontState>) -> Result<HttpResponse, ApiError> {
+    let s = &state.services;
+    let key = api_key(&req)?;
+    let key = s.billing.authenticate(key).await.map_err(|e| ApiError::logged("authenticating", e))?.ok_or_else(|| ApiError::unauthorized("Incorrect API key provided"))?;
+    let body = json_body(&req, payload, s.config.server.max_body_bytes).await?;
+    let mut request = ChatRequest::parse(&body)?;
+    if request.token_type.is_none() {
+        request.token_type = header_token_type(&req)?;
+    }
+    let model = match request.model.as_deref() {
+        Some(id) => s.models.get(id).ok_or_else(|| ApiError::model_not_found(id))?,
+        None => s.models.default_model().ok_or_else(|| ApiError::unavailable("This server serves no model"))?,
+    };
+    let permit = s.billing.admit(&key, s.config.limits).await.map_err(|e| ApiError::logged("admitting", e))?.map_err(|l| ApiError::rate_limited(l.message, l.retry_after_secs))?;
+
+    let id = Arc::new(CompletionId { id: format!("chatcmpl-{}", job_hex()?), created: unix_now(), model: model.id.clone() });
+    let (stream, include_usage) = (request.stream, request.include_usage);
+    let turn = Turn { job_id: id.id.clone(), key, model: Arc::clone(model), request, permit };
+    let mut events = SessionActor::start_turn(Arc::clone(&state.services), turn);
+    match events.recv().await {
+        Some(SessionEvent::Started) => {}
+        Some(SessionEvent::Error(e)) => return Err(e),
+        other => return Err(ApiError::logged("starting the session", format!("unexpected first event {other:?}"))),
+    }
+    if stream {
+        Ok(sse(events, id, include_usage))
+    } else {
+        whole(events, &id).await
+    }
+}
+
+/// `X-Token-Type`, used when the body names no `token_type`.
+fn header_token_type(req: &HttpRequest) -> Result<Option<TokenChoice>, ApiError> {
+    let Some(v) = req.headers().get("x-token-type") else { return Ok(None) };
+    match v.to_str().map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        Ok("spark") => Ok(Some(TokenChoice::Spark)),
+        Ok("sogni") => Ok(Some(TokenChoice::Sogni)),
+        Ok("auto") => Ok(Some(TokenChoice::Auto)),
+        _ => Err(ApiError::invalid("X-Token-Type", "the X-Token-Type header must be spark, sogni or auto")),
+    }
+}
+
+fn finish_reason(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Length => "length",
+        FinishReason::Stop | FinishReason::Cancelled => "stop",
+    }
+}
+
+/// The non-streaming response, once the turn is done.
+async fn whole(mut events: UnboundedReceiver<SessionEvent>, id: &CompletionId) -> Result<HttpResponse, ApiError> {
+    let mut text = String::new();
+    loop {
+        match events.recv().await {
+            Some(SessionEvent::Text(t)) => text.push_str(&t),
+            Some(SessionEvent::Done { finish, usage }) => return Ok(HttpResponse::Ok().json(id.response(&text, finish_reason(finish), usage))),
+            Some(SessionEvent::Error(e)) => return Err(e),
+            Some(SessionEvent::Started) => {}
+            None => return Err(ApiError::logged("the session", "ended without a result")),
+        }
+    }
+}
+
+/// The SSE response: the role chunk, one chunk per text, the finish chunk, the usage chunk
+/// when asked for, then `[DONE]`.
+fn sse(events: UnboundedReceiver<SessionEvent>, id: Arc<CompletionId>, include_usage: bool) -> HttpResponse {
+    let first = stream::once(std::future::ready(Ok::<_, actix_web::Error>(Bytes::from(sse_event(&id.role_chunk())))));
+    let rest = stream::unfold(Some(events), move |events| {
+        let id = Arc::clone(&id);
+        async move {
+            let mut events = events?;
+            loop {
+                let (frame, more) = match events.recv().await {
+                    Some(SessionEvent::Started) => continue,
+                    Some(SessionEvent::Text(t)) => (sse_event(&id.text_chunk(&t)), true),
+                    Some(SessionEvent::Done { finish, usage }) => {
+                        let mut f = sse_event(&id.finish_chunk(finish_reason(finish)));
+                        if include_usage {
+                            f.push_str(&sse_event(&id.usage_chunk(usage)));
+                        }
+                        (f + SSE_DONE, false)
+                    }
+                    Some(SessionEvent::Error(e)) => (sse_event(&e.envelope()) + SSE_DONE, false),
+                    None => (sse_event(&ApiError::logged("the session", "ended mid-stream").envelope()) + SSE_DONE, false),
+                };
+                return Some((Ok(Bytes::from(frame)), more.then_some(events)));
+            }
+        }
+    });
+    HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, "text/event-stream"))
+        .insert_header((CACHE_CONTROL, "no-cache"))
+        .streaming(first.chain(rest))
+}
+
+
+fn job_hex() -> Result<String, ApiError> {
+    let mut b = [0u8; 12];
+    getrandom::fill(&mut b).map_err(|e| ApiError::logged("the random source", e))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}

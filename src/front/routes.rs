@@ -1,0 +1,112 @@
+//! The small routes: the model list, health and readiness, worker metrics, the admin
+//! endpoint of [`crate::admin`], and the envelope for routes that do not exist.
+
+use std::fmt::Write;
+
+use actix_web::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+
+use super::http::{error_response, json_body};
+use super::FrontState;
+use crate::admin::{execute, AdminCommand};
+use crate::api::chat_response::{model_list, Capabilities, ModelCard, Pricing};
+use crate::api::error::ApiError;
+use crate::coordinator::{loads, Workers};
+use crate::session::models::ModelEntry;
+use crate::worker::actor::{WorkerInfo, WorkerLoad};
+
+/// Every worker with its load; empty when the coordinator does not answer.
+async fn worker_loads(state: &FrontState) -> Vec<(WorkerInfo, WorkerLoad)> {
+    match state.services.coordinator.send(Workers).await {
+        Ok(w) => loads(&w).await.into_iter().map(|(i, _, l)| (i, l)).collect(),
+        Err(e) => {
+            tracing::error!("the coordinator does not answer: {e}");
+            Vec::new()
+        }
+    }
+}
+
+fn card(m: &ModelEntry, workers: &[(WorkerInfo, WorkerLoad)]) -> ModelCard {
+    ModelCard {
+        id: m.id.clone(),
+        created: m.created,
+        owned_by: "supernet".into(),
+        context_length: m.context_length,
+        capabilities: Capabilities { tools: false, vision: false, reasoning: false },
+        pricing: Pricing { input: m.tier.input_usd_per_m.to_string(), output: m.tier.output_usd_per_m.to_string() },
+        workers: workers.iter().filter(|(i, _)| i.model_id == m.id).count(),
+    }
+}
+
+pub async fn list_models(state: web::Data<FrontState>) -> HttpResponse {
+    let workers = worker_loads(&state).await;
+    let cards: Vec<_> = state.services.models.iter().map(|m| card(m, &workers)).collect();
+    HttpResponse::Ok().json(model_list(&cards))
+}
+
+pub async fn get_model(id: web::Path<String>, state: web::Data<FrontState>) -> HttpResponse {
+    match state.services.models.get(&id) {
+        Some(m) => HttpResponse::Ok().json(card(m, &worker_loads(&state).await).json()),
+        None => error_response(&ApiError::model_not_found(&id)),
+    }
+}
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+/// Ready when a worker is loaded and serving.
+pub async fn readyz(state: web::Data<FrontState>) -> HttpResponse {
+    let workers = worker_loads(&state).await;
+    if workers.is_empty() {
+        return error_response(&ApiError::unavailable("No worker is loaded yet"));
+    }
+    HttpResponse::Ok().json(json!({ "status": "ready", "workers": workers.len() }))
+}
+
+/// Prometheus text: jobs per worker by state, and finished jobs by outcome.
+pub async fn metrics(state: web::Data<FrontState>) -> HttpResponse {
+    let mut out = String::new();
+    let workers = worker_loads(&state).await;
+    let _ = writeln!(out, "# HELP supernet_worker_jobs Jobs in a worker now, by state.\n# TYPE supernet_worker_jobs gauge");
+    for (i, l) in &workers {
+        for (s, n) in [("queued", l.queued), ("running", l.running)] {
+            let _ = writeln!(out, "supernet_worker_jobs{{worker=\"{}\",model=\"{}\",state=\"{s}\"}} {n}", i.worker_id, i.model_id);
+        }
+    }
+    let _ = writeln!(out, "# HELP supernet_worker_jobs_finished_total Jobs a worker has finished, by outcome.\n# TYPE supernet_worker_jobs_finished_total counter");
+    for (i, l) in &workers {
+        for (s, n) in [("completed", l.completed), ("cancelled", l.cancelled)] {
+            let _ = writeln!(out, "supernet_worker_jobs_finished_total{{worker=\"{}\",model=\"{}\",outcome=\"{s}\"}} {n}", i.worker_id, i.model_id);
+        }
+    }
+    HttpResponse::Ok().insert_header((CONTENT_TYPE, "text/plain; version=0.0.4")).body(out)
+}
+
+/// `supernet admin` while this server holds the store.
+pub async fn admin(req: HttpRequest, payload: web::Payload, state: web::Data<FrontState>) -> HttpResponse {
+    let presented = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    if !state.admin.accepts(presented) {
+        return error_response(&ApiError::unauthorized("Not an admin token of this server"));
+    }
+    let command: AdminCommand = match json_body(&req, payload, 1 << 20).await.and_then(|v| serde_json::from_value(v).map_err(|e| ApiError::bad_body(format!("not an admin command: {e}")))) {
+        Ok(c) => c,
+        Err(e) => return error_response(&e),
+    };
+    let store = std::sync::Arc::clone(state.services.billing.store());
+    match web::block(move || execute(store.as_ref(), command)).await {
+        Ok(Ok(v)) => HttpResponse::Ok().json(v),
+        Ok(Err(e)) => error_response(&ApiError::bad_body(format!("{e:#}"))),
+        Err(e) => error_response(&ApiError::logged("an admin command", e)),
+    }
+}
+
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    error_response(&ApiError::not_found(format!("Unknown route: {} {}", req.method(), req.path())))
+}
+
+pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
+    let e = ApiError { status: 405, ..ApiError::not_found(format!("{} is not allowed on {}", req.method(), req.path())) };
+    error_response(&ApiError { code: Some("method_not_allowed"), ..e })
+}

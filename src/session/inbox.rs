@@ -1,0 +1,115 @@
+//! This node's inbox: the bus stream on which workers answer the node's sessions. One
+//! reader consumes it and hands each event to the session of its job (by correlation id),
+//! so a session needs no bus reader of its own. Events of a session that has ended are
+//! dropped: its job was cancelled when it ended.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, AsyncContext, Context, Handler, Message, Recipient, WrapFuture};
+
+use crate::bus::{streams, Bus};
+use crate::worker::protocol::WorkerEvent;
+
+const GROUP: &str = "sessions";
+
+/// A worker's event for one session.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct JobUpdate(pub WorkerEvent);
+
+pub struct NodeInbox {
+    bus: Arc<dyn Bus>,
+    node_id: String,
+    sessions: HashMap<String, Recipient<JobUpdate>>,
+}
+
+impl NodeInbox {
+    pub fn new(bus: Arc<dyn Bus>, node_id: &str) -> Self {
+        Self { bus, node_id: node_id.to_string(), sessions: HashMap::new() }
+    }
+
+    /// The stream workers answer this node on.
+    pub fn stream(&self) -> String {
+        streams::node(&self.node_id)
+    }
+}
+
+impl Actor for NodeInbox {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let (bus, stream, consumer) = (Arc::clone(&self.bus), self.stream(), self.node_id.clone());
+        let me = ctx.address().downgrade();
+        let read = async move {
+            loop {
+                let batch = match bus.consume(&stream, GROUP, &consumer, 256, Duration::from_millis(500)).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(%stream, "reading the node inbox: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                };
+                let Some(me) = me.upgrade() else { break };
+                let ids: Vec<String> = batch.iter().map(|d| d.id.clone()).collect();
+                for d in batch {
+                    match d.envelope.payload::<WorkerEvent>() {
+                        Ok(event) => me.do_send(Deliver { job_id: d.envelope.correlation_id, event }),
+                        Err(e) => tracing::warn!(%stream, kind = %d.envelope.kind, "dropping an unreadable message: {e}"),
+                    }
+                }
+                if let Err(e) = bus.ack(&stream, GROUP, &ids).await {
+                    tracing::error!(%stream, "acknowledging: {e}");
+                }
+            }
+        };
+        ctx.spawn(read.into_actor(self));
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Deliver {
+    job_id: String,
+    event: WorkerEvent,
+}
+
+impl Handler<Deliver> for NodeInbox {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
+        if let Some(session) = self.sessions.get(&msg.job_id) {
+            session.do_send(JobUpdate(msg.event));
+        }
+    }
+}
+
+/// Route the events of `job_id` to `session` until [`Unsubscribe`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Subscribe {
+    pub job_id: String,
+    pub session: Recipient<JobUpdate>,
+}
+
+impl Handler<Subscribe> for NodeInbox {
+    type Result = ();
+
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
+        self.sessions.insert(msg.job_id, msg.session);
+    }
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe(pub String);
+
+impl Handler<Unsubscribe> for NodeInbox {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
+        self.sessions.remove(&msg.0);
+    }
+}
