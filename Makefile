@@ -1,5 +1,5 @@
 # The everyday commands. `make test` is what CI runs.
-.PHONY: build model test lint bench
+.PHONY: build model run test lint bench
 
 build:
 	cargo build --release
@@ -7,9 +7,15 @@ build:
 model:
 	scripts/fetch-model.sh
 
+# Serves the bundled model on 127.0.0.1:8080 and prints a curl line with a demo key.
+run: build model
+	scripts/run-demo.sh
+
+# The Rust suite, then the API suite against the real server with the `openai` package.
 # Tests that run real models use the optimised release profile.
-test: model
+test: build model
 	cargo test --release
+	python3 -m pytest -q tests/api
 
 lint:
 	cargo clippy --release --all-targets -- -D warnings

@@ -90,13 +90,13 @@ impl SessionActor {
         }
     }
 
-    /// Ends the turn with an error, releasing the hold first if there is one.
+    /// Ends the turn with an error once the hold (if any) is released, so a client that
+    /// sees the error sees its balance whole again.
     fn fail(&mut self, error: ApiError, ctx: &mut Context<Self>) {
-        self.emit(SessionEvent::Error(error));
-        self.finish(0, 0, None, ctx);
+        self.finish(0, 0, Some(SessionEvent::Error(error)), ctx);
     }
 
-    /// Settles the hold (if any) for the given usage, then stops.
+    /// Settles the hold (if any) for the given usage, then sends `then` and stops.
     fn finish(&mut self, prompt_tokens: usize, completion_tokens: usize, then: Option<SessionEvent>, ctx: &mut Context<Self>) {
         if !self.held {
             if let Some(e) = then {
@@ -201,7 +201,7 @@ impl Actor for SessionActor {
             prompt_tokens: prepared.prompt_ids.len() as u64,
             max_tokens: prepared.params.max_tokens as u64,
         };
-        let (prompt_tokens, max_tokens) = (hold.prompt_tokens, hold.max_tokens);
+        let (prompt_tokens, max_tokens, auto) = (hold.prompt_tokens, hold.max_tokens, hold.choice == TokenChoice::Auto);
         self.prepared = Some(prepared);
         let billing = Arc::clone(&self.services.billing);
         ctx.wait(async move { billing.hold(hold).await }.into_actor(self).map(move |r, act, ctx| match r {
@@ -209,14 +209,15 @@ impl Actor for SessionActor {
                 act.held = true;
                 act.dispatch(ctx);
             }
-            Err(BillingError::Store(StoreError::Insufficient { token, needed, available })) => act.fail(
-                ApiError::insufficient_balance(format!(
-                    "Insufficient {token} balance: this request can cost up to {needed} {token} \
-                     ({prompt_tokens} prompt tokens and up to {max_tokens} completion tokens) and the account has {available}. \
+            Err(BillingError::Store(StoreError::Insufficient { token, needed, available })) => {
+                let which = if auto { "neither the Spark nor the SOGNI balance covers".to_string() } else { format!("the {token} balance does not cover") };
+                let message = format!(
+                    "Insufficient balance: {which} this request, which can cost up to {needed} {token} \
+                     ({prompt_tokens} prompt tokens and up to {max_tokens} completion tokens; {available} {token} available). \
                      Lower max_tokens or add credit."
-                )),
-                ctx,
-            ),
+                );
+                act.fail(ApiError::insufficient_balance(message), ctx)
+            }
             Err(e) => act.fail(ApiError::logged("the hold", e), ctx),
         }));
     }

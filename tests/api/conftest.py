@@ -1,0 +1,148 @@
+"""Fixtures for the API tests: real `supernet serve` processes on free ports, each with its
+own data dir, driven with the official `openai` package and raw HTTP (httpx)."""
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from decimal import ROUND_CEILING, Decimal
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(os.environ.get("SUPERNET_BIN", REPO / "target/release/supernet"))
+MODEL = REPO / "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_ID = "SmolLM2-135M-Instruct"
+SCHEMAS = Path(os.environ.get("SUPERNET_SHARED", REPO.parent / "shared")) / "reference/openai-chat-schemas.json"
+
+
+def run_cli(*args):
+    """Runs `supernet ARGS`; returns its one JSON line."""
+    out = subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, f"supernet {' '.join(args)} failed: {out.stderr}"
+    return json.loads(out.stdout)
+
+
+def price(prompt_tokens, completion_tokens, input_usd="0.30", output_usd="0.90", token_usd="0.005"):
+    """What the usage costs in tokens: exact, rounded up at the 18th decimal once."""
+    usd = Decimal(input_usd) * prompt_tokens + Decimal(output_usd) * completion_tokens
+    return (usd / (Decimal(token_usd) * 1_000_000)).quantize(Decimal("1e-18"), rounding=ROUND_CEILING).normalize()
+
+
+class Server:
+    """One `supernet serve` on a free port."""
+
+    def __init__(self, data_dir: Path, config: str = "", threads: int = 2):
+        self.data_dir = data_dir
+        self.config = data_dir / "supernet.toml"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.config.write_text(config)
+        self.threads = threads
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.log = open(self.data_dir / "serve.log", "a+")
+        self.proc = subprocess.Popen(
+            [str(BIN), "serve", "--model", str(MODEL), "--port", "0", "--data-dir", str(self.data_dir),
+             "--threads", str(self.threads), "--config", str(self.config)],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            assert self.proc.poll() is None, f"serve exited: {self.logs()}"
+            m = re.search(r"listening on (http://[\d.]+:\d+)", self.logs())
+            if m:
+                self.url = m.group(1)
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"serve did not get ready: {self.logs()}")
+
+    def logs(self):
+        self.log.flush()
+        return (self.data_dir / "serve.log").read_text()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+    def restart(self):
+        self.stop()
+        # The port changes (0 picks a free one); the URL is read again from the new log lines.
+        (self.data_dir / "serve.log").write_text("")
+        self.start()
+
+    def admin(self, *args):
+        return run_cli("admin", "--data-dir", str(self.data_dir), *args)
+
+    def account(self, spark="100", sogni="0"):
+        """A new account with a key: (account_id, api_key, key_id)."""
+        acct = self.admin("accounts", "create", "--name", "test", "--spark", spark, "--sogni", sogni)["account_id"]
+        key = self.admin("keys", "create", "--account", acct)
+        return acct, key["api_key"], key["key_id"]
+
+    def balances(self, account_id):
+        b = self.admin("accounts", "show", "--account", account_id)["balances"]
+        return Decimal(b["spark"]), Decimal(b["sogni"])
+
+    def client(self, api_key):
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=120)
+
+    def http(self, api_key=None):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120)
+
+    def metric(self, name, **labels):
+        """The value of one Prometheus sample of /metrics."""
+        text = httpx.get(self.url + "/metrics", timeout=30).text
+        for line in text.splitlines():
+            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return int(line.rsplit(" ", 1)[1])
+        raise AssertionError(f"no {name} {labels} in {text}")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("serve"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="session")
+def account(server):
+    return server.account()
+
+
+@pytest.fixture
+def make_server(tmp_path):
+    started = []
+
+    def make(config="", threads=2):
+        s = Server(tmp_path / f"serve{len(started)}", config, threads)
+        started.append(s)
+        return s
+
+    yield make
+    for s in started:
+        s.stop()
+
+
+def poll(f, what, timeout=60):
+    """Waits for `f()` to be truthy; nothing in these tests sleeps a fixed time instead."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = f()
+        if v:
+            return v
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")

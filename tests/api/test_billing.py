@@ -1,0 +1,87 @@
+"""Billing through the real server: a request costs exactly the price of its usage, a 402
+changes nothing, a client that disconnects mid-stream is billed only for what was produced
+(and frees the worker), and a restart keeps balances, keys and the ledger."""
+from decimal import Decimal
+
+import openai
+import pytest
+
+from conftest import MODEL_ID, poll, price
+
+MSG = [{"role": "user", "content": "Tell me a long story about a dragon."}]
+
+
+def ledger(server, account_id):
+    return server.admin("accounts", "show", "--account", account_id)["ledger"]
+
+
+def test_a_request_costs_exactly_its_usage(server):
+    acct, key, _ = server.account(spark="10", sogni="10")
+    r = server.client(key).chat.completions.create(model=MODEL_ID, messages=MSG, max_tokens=20)
+    spark, sogni = server.balances(acct)
+    assert spark == Decimal("10") - price(r.usage.prompt_tokens, r.usage.completion_tokens)
+    assert sogni == Decimal("10")
+    hold, settle, release = ledger(server, acct)[-3:]
+    assert [e["kind"] for e in (hold, settle, release)] == ["hold", "settle", "release"]
+    assert {e["reference"] for e in (hold, settle, release)} == {r.id}
+    assert Decimal(hold["amount"]) == price(r.usage.prompt_tokens, 20)
+    assert Decimal(settle["amount"]) + Decimal(release["amount"]) == Decimal(hold["amount"])
+
+    # X-Token-Type picks the token; the body's token_type wins over the header.
+    r = server.client(key).chat.completions.create(model=MODEL_ID, messages=MSG, max_tokens=5, extra_headers={"X-Token-Type": "sogni"})
+    assert server.balances(acct) == (spark, Decimal("10") - price(r.usage.prompt_tokens, r.usage.completion_tokens))
+    spark, sogni = server.balances(acct)
+    r = server.client(key).chat.completions.create(model=MODEL_ID, messages=MSG, max_tokens=5, extra_headers={"X-Token-Type": "sogni"}, extra_body={"token_type": "spark"})
+    assert server.balances(acct) == (spark - price(r.usage.prompt_tokens, r.usage.completion_tokens), sogni)
+
+
+def test_a_402_leaves_the_balance_untouched(server):
+    acct, key, _ = server.account(spark="0.001")
+    before, entries = server.balances(acct), ledger(server, acct)
+    with pytest.raises(openai.APIStatusError) as e:
+        server.client(key).chat.completions.create(model=MODEL_ID, messages=MSG, max_tokens=4000)
+    assert e.value.status_code == 402
+    assert server.balances(acct) == before and ledger(server, acct) == entries
+
+
+def test_a_disconnect_bills_only_what_was_produced(server):
+    acct, key, _ = server.account(spark="10")
+    cancelled = server.metric("supernet_worker_jobs_finished_total", outcome="cancelled")
+    received = 0
+    with server.client(key).chat.completions.create(model=MODEL_ID, messages=MSG, max_tokens=2000, stream=True) as stream:
+        for chunk in stream:
+            received += 1
+            if received == 6:
+                break
+    # The worker stops the job at once and is free again.
+    poll(lambda: server.metric("supernet_worker_jobs_finished_total", outcome="cancelled") == cancelled + 1, "the job to be cancelled")
+    assert server.metric("supernet_worker_jobs", state="running") == 0
+    poll(lambda: ledger(server, acct)[-1]["kind"] == "release", "the settlement")
+    hold, settle, release = ledger(server, acct)[-3:]
+    prompt_tokens = 1
+    while price(prompt_tokens, 0) < Decimal(hold["amount"]) - price(0, 2000):
+        prompt_tokens += 1
+    assert price(prompt_tokens, 2000) == Decimal(hold["amount"])
+    charged = Decimal(settle["amount"])
+    produced = next(n for n in range(2001) if price(prompt_tokens, n) >= charged)
+    assert price(prompt_tokens, produced) == charged, "the charge is the price of a whole number of tokens"
+    assert 5 <= produced < 200, f"billed {produced} tokens after a disconnect at 5"
+    assert server.balances(acct)[0] == Decimal("10") - charged
+
+
+def test_a_restart_keeps_balances_keys_and_ledger(make_server):
+    s = make_server()
+    acct, key, _ = s.account(spark="3")
+    s.client(key).chat.completions.create(model=MODEL_ID, messages=MSG, max_tokens=4)
+    before = (s.balances(acct), ledger(s, acct))
+    s.restart()
+    assert (s.balances(acct), ledger(s, acct)) == before
+    r = s.client(key).chat.completions.create(model=MODEL_ID, messages=MSG, max_tokens=4)
+    assert s.balances(acct)[0] == before[0][0] - price(r.usage.prompt_tokens, r.usage.completion_tokens)
+
+
+def test_admin_works_while_the_server_runs(server):
+    acct, _, _ = server.account(spark="1")
+    entries = server.admin("accounts", "credit", "--account", acct, "--spark", "2.5", "--reference", "top-up")["entries"]
+    assert entries[0]["balance_after"] == "3.5"
+    assert server.balances(acct) == (Decimal("3.5"), Decimal("0"))
