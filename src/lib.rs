@@ -2,8 +2,9 @@
 //!
 //! This crate holds the whole system; see ARCHITECTURE.md for the map. What is built so far
 //! is the inference engine ([`engine`]), the commands that drive it ([`cli`]), and the
-//! durable accounts and ledger ([`store`], [`billing`]), and the OpenAI request
-//! validation of the coming service ([`api`]).
+//! service of `supernet serve`: the HTTP [`front`], per-request [`session`]s, [`billing`]
+//! over the durable [`store`], the [`coordinator`] and the [`worker`]s, joined by the
+//! [`bus`].
 
 pub mod admin;
 pub mod api;

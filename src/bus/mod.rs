@@ -121,3 +121,34 @@ pub mod streams {
         format!("sn:v1:node:{node_id}")
     }
 }
+
+/// Reads `stream` as `consumer` of `group`, handing each envelope to `handle` and acking it,
+/// until `handle` breaks (its owner is gone; what it did not take stays pending for another
+/// consumer). Transport errors are logged and retried a second later.
+pub async fn read_stream(bus: std::sync::Arc<dyn Bus>, stream: String, group: &str, consumer: String, mut handle: impl FnMut(Envelope) -> std::ops::ControlFlow<()>) {
+    loop {
+        let batch = match bus.consume(&stream, group, &consumer, 256, Duration::from_millis(500)).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(%stream, "reading: {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let mut handled = Vec::with_capacity(batch.len());
+        let mut stop = false;
+        for d in batch {
+            if handle(d.envelope).is_break() {
+                stop = true;
+                break;
+            }
+            handled.push(d.id);
+        }
+        if let Err(e) = bus.ack(&stream, group, &handled).await {
+            tracing::error!(%stream, "acknowledging: {e}");
+        }
+        if stop {
+            return;
+        }
+    }
+}

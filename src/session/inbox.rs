@@ -4,12 +4,12 @@
 //! dropped: its job was cancelled when it ended.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::{Actor, AsyncContext, Context, Handler, Message, Recipient, WrapFuture};
 
-use crate::bus::{streams, Bus};
+use crate::bus::{read_stream, streams, Bus};
 use crate::worker::protocol::WorkerEvent;
 
 const GROUP: &str = "sessions";
@@ -40,31 +40,15 @@ impl Actor for NodeInbox {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let (bus, stream, consumer) = (Arc::clone(&self.bus), self.stream(), self.node_id.clone());
         let me = ctx.address().downgrade();
-        let read = async move {
-            loop {
-                let batch = match bus.consume(&stream, GROUP, &consumer, 256, Duration::from_millis(500)).await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::error!(%stream, "reading the node inbox: {e}");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                };
-                let Some(me) = me.upgrade() else { break };
-                let ids: Vec<String> = batch.iter().map(|d| d.id.clone()).collect();
-                for d in batch {
-                    match d.envelope.payload::<WorkerEvent>() {
-                        Ok(event) => me.do_send(Deliver { job_id: d.envelope.correlation_id, event }),
-                        Err(e) => tracing::warn!(%stream, kind = %d.envelope.kind, "dropping an unreadable message: {e}"),
-                    }
-                }
-                if let Err(e) = bus.ack(&stream, GROUP, &ids).await {
-                    tracing::error!(%stream, "acknowledging: {e}");
-                }
+        let read = read_stream(Arc::clone(&self.bus), self.stream(), GROUP, self.node_id.clone(), move |env| {
+            let Some(me) = me.upgrade() else { return ControlFlow::Break(()) };
+            match env.payload::<WorkerEvent>() {
+                Ok(event) => me.do_send(Deliver { job_id: env.correlation_id, event }),
+                Err(e) => tracing::warn!(kind = %env.kind, "dropping an unreadable job event: {e}"),
             }
-        };
+            ControlFlow::Continue(())
+        });
         ctx.spawn(read.into_actor(self));
     }
 }

@@ -4,16 +4,16 @@
 //! asks it for its load directly: the coordinator lives on the same node for now.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult, WrapFuture};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::engine_thread::{EngineThread, Job, JobEvent, SubmitError};
 use super::protocol::{JobSpec, WorkerCommand, WorkerEvent, KIND_COMMAND, KIND_EVENT};
-use crate::bus::{streams, Bus, Envelope};
+use crate::bus::{read_stream, streams, Bus, Envelope};
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::Model;
 
@@ -70,32 +70,16 @@ impl Actor for WorkerActor {
 
     /// Reads the inbox for as long as the actor lives.
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let bus = Arc::clone(&self.bus);
         let me = ctx.address().downgrade();
-        let (stream, consumer) = (streams::worker(&self.info.worker_id), self.info.worker_id.clone());
-        let read = async move {
-            loop {
-                let batch = match bus.consume(&stream, GROUP, &consumer, 64, Duration::from_millis(500)).await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::error!(%stream, "reading the worker inbox: {e}");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
-                    }
-                };
-                let Some(me) = me.upgrade() else { break };
-                let ids: Vec<String> = batch.iter().map(|d| d.id.clone()).collect();
-                for d in batch {
-                    match d.envelope.payload::<WorkerCommand>() {
-                        Ok(c) => me.do_send(Command(c)),
-                        Err(e) => tracing::warn!(%stream, kind = %d.envelope.kind, "dropping an unreadable message: {e}"),
-                    }
-                }
-                if let Err(e) = bus.ack(&stream, GROUP, &ids).await {
-                    tracing::error!(%stream, "acknowledging: {e}");
-                }
+        let stream = streams::worker(&self.info.worker_id);
+        let read = read_stream(Arc::clone(&self.bus), stream, GROUP, self.info.worker_id.clone(), move |env| {
+            let Some(me) = me.upgrade() else { return ControlFlow::Break(()) };
+            match env.payload::<WorkerCommand>() {
+                Ok(c) => me.do_send(Command(c)),
+                Err(e) => tracing::warn!(kind = %env.kind, "dropping an unreadable worker command: {e}"),
             }
-        };
+            ControlFlow::Continue(())
+        });
         ctx.spawn(read.into_actor(self));
     }
 }
