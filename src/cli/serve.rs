@@ -73,7 +73,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&a.data_dir).with_context(|| format!("opening the store in {}", a.data_dir.display()))?);
     let mut loaded = Vec::new();
     for path in &a.models {
-        let model = Model::load(path).with_context(|| format!("loading {}", path.display()))?;
+        let model = Model::load(path)?;
         let tokenizer = Tokenizer::from_gguf(&model.file).with_context(|| format!("reading the tokenizer of {}", path.display()))?;
         let template = ChatTemplate::from_gguf(&model.file, &tokenizer).with_context(|| format!("reading the chat template of {}", path.display()))?;
         let id = model_id(path);

@@ -28,8 +28,8 @@ const MAX_DIMS: u32 = 4;
 /// Why a GGUF file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
-    #[error("{path}: cannot open: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: cannot open: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
     #[error("{path}: at byte offset {offset}: {what}")]
     Malformed { path: PathBuf, offset: u64, what: String },
     #[error("{path}: missing metadata key `{key}`")]
@@ -84,7 +84,7 @@ impl GgufFile {
     /// Maps and parses `path`. Tensor data is not touched until a view is read.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
         let path = path.as_ref().to_path_buf();
-        let io = |source| GgufError::Io { path: path.clone(), source };
+        let io = |error| GgufError::Io { path: path.clone(), error };
         let file = File::open(&path).map_err(io)?;
         // SAFETY: the map is read-only and lives as long as `GgufFile`; like every mmap
         // reader we assume the file is not truncated underneath us while in use.
