@@ -36,6 +36,16 @@ pub enum AdminCommand {
     /// Create, regenerate and disable API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// List, drain and resume the workers of the running server.
+    #[command(subcommand)]
+    Workers(WorkersCommand),
+}
+
+impl AdminCommand {
+    /// Whether only a running server can carry it out (it concerns live workers).
+    pub fn needs_server(&self) -> bool {
+        matches!(self, Self::Workers(_))
+    }
 }
 
 #[derive(Subcommand, Debug, Clone, Serialize, Deserialize)]
@@ -91,6 +101,24 @@ pub enum KeysCommand {
     },
 }
 
+#[derive(Subcommand, Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkersCommand {
+    /// Print each worker with its model, load and drain state.
+    List,
+    /// Stop giving a worker new jobs; the jobs it has finish. A model with no undrained
+    /// worker gets 503 until one resumes.
+    Drain {
+        #[arg(long)]
+        worker_id: String,
+    },
+    /// Give a drained worker jobs again.
+    Resume {
+        #[arg(long)]
+        worker_id: String,
+    },
+}
+
 /// Runs a command on the store; the result is the JSON object the command prints.
 pub fn execute(store: &dyn Store, command: AdminCommand) -> anyhow::Result<Value> {
     Ok(match command {
@@ -121,6 +149,7 @@ pub fn execute(store: &dyn Store, command: AdminCommand) -> anyhow::Result<Value
         AdminCommand::Keys(KeysCommand::Create { account }) => serde_json::to_value(store.create_key(&account)?)?,
         AdminCommand::Keys(KeysCommand::Regenerate { key_id }) => serde_json::to_value(store.regenerate_key(&key_id)?)?,
         AdminCommand::Keys(KeysCommand::Disable { key_id }) => serde_json::to_value(store.disable_key(&key_id)?)?,
+        AdminCommand::Workers(_) => bail!("`workers` commands need a running server"),
     })
 }
 
@@ -166,10 +195,10 @@ impl Handoff {
 /// Sends `command` to the server that holds `data_dir`.
 pub fn via_server(data_dir: &Path, command: &AdminCommand) -> anyhow::Result<Value> {
     let path = Handoff::path(data_dir);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("the store is in use, and {} (left by a running server) cannot be read", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| format!("no running server found: {} (left by one) cannot be read", path.display()))?;
     let h: Handoff = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
     let body = serde_json::to_string(command)?;
-    let mut conn = TcpStream::connect(&h.addr).with_context(|| format!("the store is in use, and the server at {} does not answer", h.addr))?;
+    let mut conn = TcpStream::connect(&h.addr).with_context(|| format!("the server at {} (from {}) does not answer", h.addr, path.display()))?;
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         conn,

@@ -23,6 +23,11 @@ pub struct AdminArgs {
 }
 
 pub fn run(a: AdminArgs) -> anyhow::Result<()> {
+    if a.command.needs_server() {
+        let out = via_server(&a.data_dir, &a.command)?;
+        let _ = writeln!(std::io::stdout(), "{out}");
+        return Ok(());
+    }
     let out = match RedbStore::open(&a.data_dir) {
         Ok(store) => execute(&store, a.command)?,
         Err(StoreError::InUse(_)) => via_server(&a.data_dir, &a.command)?,

@@ -2,7 +2,8 @@
 //! jobs and never runs a model: the least busy worker of the model with room gets the job,
 //! and when all are full the job is refused at once (429), so a busy pool answers instead
 //! of hanging. (A worker that fills up between placement and intake refuses the job
-//! itself, with the same result.)
+//! itself, with the same result.) Draining workers get no new jobs; a model whose workers
+//! all drain has none (503).
 
 use actix::{Actor, Addr, Context, Handler, Message, MessageResult, ResponseFuture};
 
@@ -58,8 +59,11 @@ impl Handler<Place> for CoordinatorActor {
             if candidates.is_empty() {
                 return Err(PlaceError::NoWorker(msg.model));
             }
-            let ranked = loads(&candidates).await;
-            let free = ranked.into_iter().filter(|(_, _, l)| l.busy() < l.capacity).min_by_key(|(_, _, l)| l.busy());
+            let serving: Vec<_> = loads(&candidates).await.into_iter().filter(|(_, _, l)| !l.draining).collect();
+            if serving.is_empty() {
+                return Err(PlaceError::NoWorker(msg.model));
+            }
+            let free = serving.into_iter().filter(|(_, _, l)| l.busy() < l.capacity).min_by_key(|(_, _, l)| l.busy());
             free.map(|(info, _, _)| info.worker_id).ok_or(PlaceError::Busy(msg.model))
         })
     }

@@ -9,12 +9,12 @@ use serde_json::json;
 
 use super::http::{error_response, json_body};
 use super::FrontState;
-use crate::admin::{execute, AdminCommand};
+use crate::admin::{execute, AdminCommand, WorkersCommand};
 use crate::api::chat_response::{model_list, Capabilities, ModelCard, Pricing};
 use crate::api::error::ApiError;
 use crate::coordinator::{loads, Workers};
 use crate::session::models::ModelEntry;
-use crate::worker::actor::{WorkerInfo, WorkerLoad};
+use crate::worker::actor::{SetDraining, WorkerInfo, WorkerLoad};
 
 /// Every worker with its load; empty when the coordinator does not answer.
 async fn worker_loads(state: &FrontState) -> Vec<(WorkerInfo, WorkerLoad)> {
@@ -35,7 +35,7 @@ fn card(m: &ModelEntry, workers: &[(WorkerInfo, WorkerLoad)]) -> ModelCard {
         context_length: m.context_length,
         capabilities: Capabilities { tools: false, vision: false, reasoning: false },
         pricing: Pricing { input: m.tier.input_usd_per_m.to_string(), output: m.tier.output_usd_per_m.to_string() },
-        workers: workers.iter().filter(|(i, _)| i.model_id == m.id).count(),
+        workers: workers.iter().filter(|(i, l)| i.model_id == m.id && !l.draining).count(),
     }
 }
 
@@ -56,13 +56,13 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// Ready when a worker is loaded and serving.
+/// Ready when a worker is loaded and serving (not drained).
 pub async fn readyz(state: web::Data<FrontState>) -> HttpResponse {
-    let workers = worker_loads(&state).await;
-    if workers.is_empty() {
-        return error_response(&ApiError::unavailable("No worker is loaded yet"));
+    let serving = worker_loads(&state).await.iter().filter(|(_, l)| !l.draining).count();
+    if serving == 0 {
+        return error_response(&ApiError::unavailable("No worker is serving"));
     }
-    HttpResponse::Ok().json(json!({ "status": "ready", "workers": workers.len() }))
+    HttpResponse::Ok().json(json!({ "status": "ready", "workers": serving }))
 }
 
 /// Prometheus text: jobs per worker by state, and finished jobs by outcome.
@@ -94,12 +94,37 @@ pub async fn admin(req: HttpRequest, payload: web::Payload, state: web::Data<Fro
         Ok(c) => c,
         Err(e) => return error_response(&e),
     };
+    if let AdminCommand::Workers(w) = command {
+        return match workers_command(&state, w).await {
+            Ok(v) => HttpResponse::Ok().json(v),
+            Err(e) => error_response(&e),
+        };
+    }
     let store = std::sync::Arc::clone(state.services.billing.store());
     match web::block(move || execute(store.as_ref(), command)).await {
         Ok(Ok(v)) => HttpResponse::Ok().json(v),
         Ok(Err(e)) => error_response(&ApiError::bad_body(format!("{e:#}"))),
         Err(e) => error_response(&ApiError::logged("an admin command", e)),
     }
+}
+
+async fn workers_command(state: &FrontState, command: WorkersCommand) -> Result<serde_json::Value, ApiError> {
+    let workers = state.services.coordinator.send(Workers).await.map_err(|e| ApiError::logged("the coordinator", e))?;
+    let (worker_id, drain) = match command {
+        WorkersCommand::List => {
+            let list: Vec<_> = loads(&workers)
+                .await
+                .into_iter()
+                .map(|(i, _, l)| json!({ "worker_id": i.worker_id, "model": i.model_id, "draining": l.draining, "queued": l.queued, "running": l.running, "completed": l.completed, "cancelled": l.cancelled }))
+                .collect();
+            return Ok(json!({ "workers": list }));
+        }
+        WorkersCommand::Drain { worker_id } => (worker_id, true),
+        WorkersCommand::Resume { worker_id } => (worker_id, false),
+    };
+    let (_, addr) = workers.iter().find(|(i, _)| i.worker_id == worker_id).ok_or_else(|| ApiError::bad_body(format!("no worker `{worker_id}`")))?;
+    addr.send(SetDraining(drain)).await.map_err(|e| ApiError::logged("the worker", e))?;
+    Ok(json!({ "worker_id": worker_id, "draining": drain }))
 }
 
 pub async fn not_found(req: HttpRequest) -> HttpResponse {

@@ -39,6 +39,8 @@ pub struct WorkerLoad {
     pub cancelled: usize,
     /// The most jobs it holds at once (running and queued).
     pub capacity: usize,
+    /// Taking no new jobs (an operator drained it); the ones it has still finish.
+    pub draining: bool,
 }
 
 impl WorkerLoad {
@@ -55,13 +57,14 @@ pub struct WorkerActor {
     bus: Arc<dyn Bus>,
     /// Cancel flags of the jobs taken and not yet finished.
     running: HashMap<String, Arc<AtomicBool>>,
+    draining: bool,
 }
 
 impl WorkerActor {
     /// Starts the engine thread for `model` (`threads` threads, `max_queue` waiting jobs).
     pub fn new(info: WorkerInfo, model: Arc<Model>, tokenizer: Arc<Tokenizer>, threads: usize, max_queue: usize, bus: Arc<dyn Bus>) -> std::io::Result<Self> {
         let engine = EngineThread::start(model, tokenizer, threads, max_queue)?;
-        Ok(Self { info, engine, capacity: max_queue + 1, bus, running: HashMap::new() })
+        Ok(Self { info, engine, capacity: max_queue + 1, bus, running: HashMap::new(), draining: false })
     }
 }
 
@@ -107,8 +110,14 @@ impl Handler<Command> for WorkerActor {
 impl WorkerActor {
     fn run(&mut self, spec: JobSpec, ctx: &mut Context<Self>) {
         let reply = Reply { bus: Arc::clone(&self.bus), worker_id: self.info.worker_id.clone(), stream: spec.reply_to, job_id: spec.job_id.clone() };
-        if spec.model != self.info.model_id {
-            let reason = format!("worker {} serves `{}`, not `{}`", self.info.worker_id, self.info.model_id, spec.model);
+        let refusal = if spec.model != self.info.model_id {
+            Some(format!("worker {} serves `{}`, not `{}`", self.info.worker_id, self.info.model_id, spec.model))
+        } else if self.draining {
+            Some(format!("worker {} is draining", self.info.worker_id))
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
             ctx.spawn(async move { reply.send(WorkerEvent::Rejected { busy: false, reason }).await }.into_actor(self));
             return;
         }
@@ -185,6 +194,21 @@ impl Handler<GetLoad> for WorkerActor {
             completed: s.completed.load(Ordering::SeqCst),
             cancelled: s.cancelled.load(Ordering::SeqCst),
             capacity: self.capacity,
+            draining: self.draining,
         })
+    }
+}
+
+/// Stop taking new jobs (`true`) or take them again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetDraining(pub bool);
+
+impl Handler<SetDraining> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetDraining, _: &mut Context<Self>) {
+        self.draining = msg.0;
+        tracing::info!(worker = %self.info.worker_id, draining = msg.0, "worker drain state changed");
     }
 }

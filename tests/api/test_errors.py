@@ -131,3 +131,25 @@ def test_a_full_queue_gets_429_never_a_hang(make_server):
         t.join(timeout=120)
     assert len(results) == 8, "every request was answered"
     assert set(results) <= {200, 429} and results.count(429) >= 1 and results.count(200) >= 2, results
+
+
+def test_no_serving_worker_gets_503_until_one_resumes(make_server):
+    s = make_server()
+    acct, key, _ = s.account(spark="1")
+    (worker,) = s.admin("workers", "list")["workers"]
+    assert (worker["model"], worker["draining"]) == (MODEL_ID, False)
+    assert s.admin("workers", "drain", "--worker-id", worker["worker_id"]) == {"worker_id": worker["worker_id"], "draining": True}
+    before = s.balances(acct)
+    with s.http(key) as h:
+        r = h.post("/v1/chat/completions", json=OK)
+        assert error_of(r, 503)["type"] == "service_unavailable"
+        assert r.headers["retry-after"] == "1"
+        error_of(h.get("/readyz"), 503)
+        assert h.get(f"/v1/models/{MODEL_ID}").json()["workers"] == 0
+        assert s.balances(acct) == before, "the hold was released in full"
+        s.admin("workers", "resume", "--worker-id", worker["worker_id"])
+        assert h.get("/readyz").status_code == 200
+        assert h.post("/v1/chat/completions", json=OK).status_code == 200
+    s.stop()
+    with pytest.raises(AssertionError, match="no running server"):
+        s.admin("workers", "list")
