@@ -48,6 +48,10 @@ fn holds_take_the_worst_case_and_settle_the_rest(store: &dyn Store) {
     let earned: Vec<_> = store.earnings("w-1", 10).expect("earnings").iter().map(|e| (e.job_id.clone(), e.amount)).collect();
     assert_eq!(earned, [("job-1".to_string(), a("0.12"))]);
     assert!(store.earnings("w-2", 10).expect("earnings").is_empty());
+    // A job that produced nothing earns nothing.
+    store.hold("job-1b", &acct.id, TokenType::Spark, a("0.1")).expect("hold");
+    store.settle("job-1b", a("0"), Some("w-1")).expect("settle");
+    assert_eq!(store.earnings("w-1", 10).expect("earnings").len(), 1);
 }
 
 fn holds_and_settlements_are_idempotent(store: &dyn Store) {

@@ -228,7 +228,7 @@ impl Store for RedbStore {
             apply(&mut acct.balances, h.token_type, rest, false)?;
             save(tx, ACCOUNTS, &acct.id, &acct)?;
             append(tx, &acct, EntryKind::Release, h.token_type, rest, job_id)?;
-            if let Some(worker_id) = worker_id {
+            if let Some(worker_id) = worker_id.filter(|_| charged > Amount::ZERO) {
                 let earning = Earning { worker_id: worker_id.to_string(), job_id: job_id.to_string(), token_type: h.token_type, amount: charged, at: entry.at };
                 tx.open_table(EARNINGS).map_err(backend)?.insert((worker_id, entry.seq), encode(&earning)?.as_slice()).map_err(backend)?;
             }

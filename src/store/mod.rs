@@ -167,9 +167,9 @@ pub trait Store: Send + Sync {
     /// Takes `amount` off the balance for job `job_id`. Idempotent: repeating the same hold
     /// returns it unchanged; a different amount for the same job is an error.
     fn hold(&self, job_id: &str, account_id: &str, token: TokenType, amount: Amount) -> Result<Hold, StoreError>;
-    /// Charges `charged` (at most the held amount) and gives back the rest; the charge is
-    /// recorded as the earning of `worker_id`, the worker that ran the job (none when the
-    /// job never ran). Idempotent: settling again returns the first settlement.
+    /// Charges `charged` (at most the held amount) and gives back the rest; a charge above
+    /// zero is recorded as the earning of `worker_id`, the worker that ran the job (none
+    /// when the job never ran). Idempotent: settling again returns the first settlement.
     fn settle(&self, job_id: &str, charged: Amount, worker_id: Option<&str>) -> Result<Hold, StoreError>;
     fn hold_of(&self, job_id: &str) -> Result<Hold, StoreError>;
     /// A worker's newest `limit` earnings, oldest first.
