@@ -164,9 +164,7 @@ pub struct Handoff {
 impl Handoff {
     /// A fresh token for a server listening on `addr`.
     pub fn new(addr: String) -> anyhow::Result<Self> {
-        let mut b = [0u8; 24];
-        getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("the system's random source failed: {e}"))?;
-        Ok(Self { addr, token: b.iter().map(|x| format!("{x:02x}")).collect() })
+        Ok(Self { addr, token: crate::ids::random_hex(24)? })
     }
 
     pub fn path(data_dir: &Path) -> PathBuf {

@@ -15,6 +15,7 @@ pub mod config;
 pub mod coordinator;
 pub mod engine;
 pub mod front;
+pub mod ids;
 pub mod session;
 pub mod store;
 pub mod telemetry;

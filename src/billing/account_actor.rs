@@ -52,7 +52,7 @@ impl Billing {
     /// The enabled key with this secret, if any.
     pub async fn authenticate(&self, api_key: String) -> Result<Option<ApiKeyRecord>, BillingError> {
         let store = Arc::clone(&self.store);
-        blocking(move || store.authenticate(&api_key)).await
+        blocking(move || Ok(store.authenticate(&api_key)?)).await
     }
 
     /// Admits one request of `key` under `limits`, or says when to retry.
@@ -100,10 +100,10 @@ impl Billing {
     }
 }
 
-/// Runs a blocking store call off the executor.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, BillingError> {
+/// Runs blocking store calls off the executor.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, BillingError> + Send + 'static) -> Result<T, BillingError> {
     match tokio::task::spawn_blocking(f).await {
-        Ok(r) => Ok(r?),
+        Ok(r) => r,
         Err(e) => Err(BillingError::Unavailable(format!("a store call failed: {e}"))),
     }
 }
@@ -113,6 +113,15 @@ pub struct BillingAccountActor {
     rates: TokenRates,
     keys: HashMap<String, KeyWindow>,
     last_active: Instant,
+}
+
+impl BillingAccountActor {
+    /// One request's store work, in one trip to the blocking pool.
+    fn in_store<T: Send + 'static>(&mut self, f: impl FnOnce(&dyn Store, &TokenRates) -> Result<T, BillingError> + Send + 'static) -> ResponseFuture<Result<T, BillingError>> {
+        self.last_active = Instant::now();
+        let (store, rates) = (Arc::clone(&self.store), self.rates.clone());
+        Box::pin(blocking(move || f(store.as_ref(), &rates)))
+    }
 }
 
 impl Actor for BillingAccountActor {
@@ -161,20 +170,14 @@ impl Handler<HoldJob> for BillingAccountActor {
     type Result = ResponseFuture<Result<Hold, BillingError>>;
 
     fn handle(&mut self, m: HoldJob, _: &mut Context<Self>) -> Self::Result {
-        self.last_active = Instant::now();
-        let (store, rates) = (Arc::clone(&self.store), self.rates.clone());
-        Box::pin(async move {
-            let cost = move |t: TokenType| m.price.cost(&rates, m.prompt_tokens, m.max_tokens, t);
+        self.in_store(move |store, rates| {
+            let cost = |t: TokenType| m.price.cost(rates, m.prompt_tokens, m.max_tokens, t);
             let token = match m.choice {
                 TokenChoice::Spark => TokenType::Spark,
                 TokenChoice::Sogni => TokenType::Sogni,
-                TokenChoice::Auto => {
-                    let (s, id) = (Arc::clone(&store), m.account_id.clone());
-                    auto_token(&blocking(move || s.account(&id)).await?.balances, cost(TokenType::Spark)?)
-                }
+                TokenChoice::Auto => auto_token(&store.account(&m.account_id)?.balances, cost(TokenType::Spark)?),
             };
-            let amount = cost(token)?;
-            blocking(move || store.hold(&m.job_id, &m.account_id, token, amount)).await
+            Ok(store.hold(&m.job_id, &m.account_id, token, cost(token)?)?)
         })
     }
 }
@@ -196,15 +199,11 @@ impl Handler<SettleJob> for BillingAccountActor {
     type Result = ResponseFuture<Result<Hold, BillingError>>;
 
     fn handle(&mut self, m: SettleJob, _: &mut Context<Self>) -> Self::Result {
-        self.last_active = Instant::now();
-        let (store, rates) = (Arc::clone(&self.store), self.rates.clone());
-        Box::pin(async move {
-            let s = Arc::clone(&store);
-            let job = m.job_id.clone();
-            let hold = blocking(move || s.hold_of(&job)).await?;
-            let used = m.price.cost(&rates, m.prompt_tokens, m.completion_tokens, hold.token_type)?;
+        self.in_store(move |store, rates| {
+            let hold = store.hold_of(&m.job_id)?;
+            let used = m.price.cost(rates, m.prompt_tokens, m.completion_tokens, hold.token_type)?;
             let charged = used.min(hold.amount).max(Amount::ZERO);
-            blocking(move || store.settle(&m.job_id, charged, m.worker_id.as_deref())).await
+            Ok(store.settle(&m.job_id, charged, m.worker_id.as_deref())?)
         })
     }
 }

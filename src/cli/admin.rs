@@ -23,15 +23,14 @@ pub struct AdminArgs {
 }
 
 pub fn run(a: AdminArgs) -> anyhow::Result<()> {
-    if a.command.needs_server() {
-        let out = via_server(&a.data_dir, &a.command)?;
-        let _ = writeln!(std::io::stdout(), "{out}");
-        return Ok(());
-    }
-    let out = match RedbStore::open(&a.data_dir) {
-        Ok(store) => execute(&store, a.command)?,
-        Err(StoreError::InUse(_)) => via_server(&a.data_dir, &a.command)?,
-        Err(e) => return Err(e).with_context(|| format!("opening the store in {}", a.data_dir.display())),
+    let out = if a.command.needs_server() {
+        via_server(&a.data_dir, &a.command)?
+    } else {
+        match RedbStore::open(&a.data_dir) {
+            Ok(store) => execute(&store, a.command)?,
+            Err(StoreError::InUse(_)) => via_server(&a.data_dir, &a.command)?,
+            Err(e) => return Err(e).with_context(|| format!("opening the store in {}", a.data_dir.display())),
+        }
     };
     // A closed pipe (`| head`) is the reader's choice, not an error.
     let _ = writeln!(std::io::stdout(), "{out}");

@@ -98,10 +98,9 @@ async fn serve(config: Config, store: Arc<dyn Store>, loaded: Vec<Loaded>, threa
         models.add(ModelEntry { id: l.id, created: unix_now(), context_length: l.model.config.context_length, template: l.template, tokenizer: l.tokenizer, tier });
     }
     let inbox = NodeInbox::new(Arc::clone(&bus), &node_id);
-    let inbox_stream = inbox.stream();
     let billing = Arc::new(Billing::new(store, config.billing.clone()));
     let (host, port) = (config.server.host.clone(), config.server.port);
-    let services = Arc::new(Services { node_id, bus, billing, coordinator, inbox: inbox.start(), inbox_stream, models, config });
+    let services = Arc::new(Services { node_id, bus, billing, coordinator, inbox: inbox.start(), models, config });
 
     let mut handoff = Handoff::new(String::new())?;
     let state = web::Data::new(FrontState { services, admin: handoff.clone() });

@@ -18,6 +18,7 @@ use crate::api::chat_request::{ChatRequest, TokenChoice};
 use crate::api::chat_response::{sse_event, CompletionId, SSE_DONE};
 use crate::api::error::ApiError;
 use crate::engine::generate::FinishReason;
+use crate::ids::random_hex;
 use crate::session::actor::{SessionActor, SessionEvent, Turn};
 
 pub async fn chat_completions(req: HttpRequest, payload: web::Payload, state: web::Data<FrontState>) -> HttpResponse {
@@ -42,7 +43,8 @@ async fn chat(req: HttpRequest, payload: web::Payload, state: web::Data<FrontSta
     };
     let permit = s.billing.admit(&key, s.config.limits).await.map_err(|e| ApiError::logged("admitting", e))?.map_err(|l| ApiError::rate_limited(l.message, l.retry_after_secs))?;
 
-    let id = Arc::new(CompletionId { id: format!("chatcmpl-{}", job_hex()?), created: unix_now(), model: model.id.clone() });
+    let job = random_hex(12).map_err(|e| ApiError::logged("a job id", e))?;
+    let id = Arc::new(CompletionId { id: format!("chatcmpl-{job}"), created: unix_now(), model: model.id.clone() });
     let (stream, include_usage) = (request.stream, request.include_usage);
     let turn = Turn { job_id: id.id.clone(), key, model: Arc::clone(model), request, permit };
     let mut events = SessionActor::start_turn(Arc::clone(&state.services), turn);
@@ -120,13 +122,6 @@ fn sse(events: UnboundedReceiver<SessionEvent>, id: Arc<CompletionId>, include_u
         .insert_header((CONTENT_TYPE, "text/event-stream"))
         .insert_header((CACHE_CONTROL, "no-cache"))
         .streaming(first.chain(rest))
-}
-
-
-fn job_hex() -> Result<String, ApiError> {
-    let mut b = [0u8; 12];
-    getrandom::fill(&mut b).map_err(|e| ApiError::logged("the random source", e))?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
 pub fn unix_now() -> i64 {

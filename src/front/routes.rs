@@ -3,11 +3,11 @@
 
 use std::fmt::Write;
 
-use actix_web::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::http::{error_response, json_body};
+use super::http::{api_key, error_response, json_body};
 use super::FrontState;
 use crate::admin::{execute, AdminCommand, WorkersCommand};
 use crate::api::chat_response::{model_list, Capabilities, ModelCard, Pricing};
@@ -86,8 +86,7 @@ pub async fn metrics(state: web::Data<FrontState>) -> HttpResponse {
 
 /// `supernet admin` while this server holds the store.
 pub async fn admin(req: HttpRequest, payload: web::Payload, state: web::Data<FrontState>) -> HttpResponse {
-    let presented = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
-    if !state.admin.accepts(presented) {
+    if !api_key(&req).is_ok_and(|presented| state.admin.accepts(&presented)) {
         return error_response(&ApiError::unauthorized("Not an admin token of this server"));
     }
     let command: AdminCommand = match json_body(&req, payload, 1 << 20).await.and_then(|v| serde_json::from_value(v).map_err(|e| ApiError::bad_body(format!("not an admin command: {e}")))) {

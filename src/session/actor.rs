@@ -20,7 +20,7 @@ use crate::api::chat_response::Usage;
 use crate::api::error::ApiError;
 use crate::billing::account_actor::{Billing, BillingError, HoldJob, SettleJob};
 use crate::billing::limits::Permit;
-use crate::bus::Bus;
+use crate::bus::{streams, Bus};
 use crate::config::Config;
 use crate::coordinator::{CoordinatorActor, Place, PlaceError};
 use crate::engine::generate::FinishReason;
@@ -35,9 +35,8 @@ pub struct Services {
     pub bus: Arc<dyn Bus>,
     pub billing: Arc<Billing>,
     pub coordinator: Addr<CoordinatorActor>,
+    /// Reads this node's stream (`streams::node(node_id)`).
     pub inbox: Addr<NodeInbox>,
-    /// The stream `inbox` reads.
-    pub inbox_stream: String,
     pub models: ModelCatalog,
     pub config: Config,
 }
@@ -69,8 +68,7 @@ pub struct SessionActor {
     prepared: Option<PreparedPrompt>,
     /// A hold is in place and not yet settled.
     held: bool,
-    /// The job is on a worker's inbox.
-    dispatched: bool,
+    /// The worker whose inbox has the job (set once it is dispatched).
     worker_id: Option<String>,
     client_gone: bool,
 }
@@ -80,7 +78,7 @@ impl SessionActor {
     /// receiver cancels the turn.
     pub fn start_turn(services: Arc<Services>, turn: Turn) -> UnboundedReceiver<SessionEvent> {
         let (out, rx) = unbounded_channel();
-        SessionActor { services, turn, out, prepared: None, held: false, dispatched: false, worker_id: None, client_gone: false }.start();
+        SessionActor { services, turn, out, prepared: None, held: false, worker_id: None, client_gone: false }.start();
         rx
     }
 
@@ -140,7 +138,7 @@ impl SessionActor {
             model: self.turn.model.id.clone(),
             prompt: prepared.prompt_ids,
             params: prepared.params,
-            reply_to: s.inbox_stream.clone(),
+            reply_to: streams::node(&s.node_id),
         };
         let go = async move {
             let worker = s.coordinator.send(Place { model: spec.model.clone() }).await.map_err(|e| ApiError::logged("the coordinator", e))?.map_err(|e| match e {
@@ -154,7 +152,6 @@ impl SessionActor {
         };
         ctx.wait(go.into_actor(self).map(|r, act, ctx| match r {
             Ok(worker) => {
-                act.dispatched = true;
                 act.worker_id = Some(worker);
                 if act.client_gone {
                     act.cancel();
@@ -166,7 +163,7 @@ impl SessionActor {
 
     /// Asks the worker to stop the job; its final event still comes, with what it produced.
     fn cancel(&mut self) {
-        let (Some(worker), true) = (self.worker_id.clone(), self.dispatched) else { return };
+        let Some(worker) = self.worker_id.clone() else { return };
         let (s, job_id) = (Arc::clone(&self.services), self.turn.job_id.clone());
         actix::spawn(async move {
             if let Err(e) = send_command(s.bus.as_ref(), &s.node_id, &worker, &job_id, &WorkerCommand::Cancel { job_id: job_id.clone() }).await {

@@ -29,11 +29,6 @@ impl NodeInbox {
     pub fn new(bus: Arc<dyn Bus>, node_id: &str) -> Self {
         Self { bus, node_id: node_id.to_string(), sessions: HashMap::new() }
     }
-
-    /// The stream workers answer this node on.
-    pub fn stream(&self) -> String {
-        streams::node(&self.node_id)
-    }
 }
 
 impl Actor for NodeInbox {
@@ -41,7 +36,7 @@ impl Actor for NodeInbox {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let me = ctx.address().downgrade();
-        let read = read_stream(Arc::clone(&self.bus), self.stream(), GROUP, self.node_id.clone(), move |env| {
+        let read = read_stream(Arc::clone(&self.bus), streams::node(&self.node_id), GROUP, self.node_id.clone(), move |env| {
             let Some(me) = me.upgrade() else { return ControlFlow::Break(()) };
             match env.payload::<WorkerEvent>() {
                 Ok(event) => me.do_send(Deliver { job_id: env.correlation_id, event }),

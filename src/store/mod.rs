@@ -194,9 +194,7 @@ fn random_id(prefix: &str) -> Result<String, StoreError> {
 }
 
 fn random_hex(bytes: usize) -> Result<String, StoreError> {
-    let mut b = vec![0u8; bytes];
-    getrandom::fill(&mut b).map_err(|e| StoreError::Backend(format!("the system's random source failed: {e}")))?;
-    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+    crate::ids::random_hex(bytes).map_err(|e| StoreError::Backend(e.to_string()))
 }
 
 /// A new API key secret (`sn-` and 48 hex digits) and its hash.
@@ -209,7 +207,7 @@ fn new_secret() -> Result<(String, String), StoreError> {
 /// What is stored instead of a key: its SHA-256, in hex.
 fn key_hash(key: &str) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(key.as_bytes()).iter().map(|x| format!("{x:02x}")).collect()
+    crate::ids::hex(&Sha256::digest(key.as_bytes()))
 }
 
 /// The ledger arithmetic shared by every implementation: the new balance after `delta`.

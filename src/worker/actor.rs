@@ -17,8 +17,9 @@ use crate::bus::{read_stream, streams, Bus, Envelope};
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::Model;
 
-/// Entries kept in a reply stream; far more than a consumer that keeps up ever leaves.
-pub const REPLY_STREAM_LEN: usize = 100_000;
+/// Entries kept in a worker inbox or a reply stream; far more than a consumer that keeps
+/// up ever leaves.
+const STREAM_LEN: usize = 100_000;
 /// Consumer group of worker inboxes.
 const GROUP: &str = "workers";
 
@@ -152,7 +153,7 @@ struct Reply {
 impl Reply {
     async fn send(&self, event: WorkerEvent) {
         let sent = match Envelope::new(KIND_EVENT, &self.worker_id, &self.job_id, &event) {
-            Ok(env) => self.bus.publish(&self.stream, env, REPLY_STREAM_LEN).await.map(drop),
+            Ok(env) => self.bus.publish(&self.stream, env, STREAM_LEN).await.map(drop),
             Err(e) => Err(e),
         };
         if let Err(e) = sent {
@@ -176,7 +177,7 @@ impl Reply {
 /// Puts a command on a worker's inbox.
 pub async fn send_command(bus: &dyn Bus, sender: &str, worker_id: &str, job_id: &str, command: &WorkerCommand) -> Result<(), crate::bus::BusError> {
     let env = Envelope::new(KIND_COMMAND, sender, job_id, command)?;
-    bus.publish(&streams::worker(worker_id), env, REPLY_STREAM_LEN).await.map(drop)
+    bus.publish(&streams::worker(worker_id), env, STREAM_LEN).await.map(drop)
 }
 
 #[derive(Message)]
