@@ -19,4 +19,6 @@ pub mod ids;
 pub mod session;
 pub mod store;
 pub mod telemetry;
+#[cfg(test)]
+mod test_redis;
 pub mod worker;

@@ -3,12 +3,13 @@
 //! XAUTOCLAIM). A message delivered to a consumer stays pending until acked; if that
 //! consumer dies, another one claims it after it has been idle long enough, so no message
 //! is lost when a node is. The in-process implementation ([`memory::MemoryBus`]) serves
-//! `supernet serve`; the Redis one will serve the cluster, and both must pass the same
-//! checks ([`conformance`]).
+//! `supernet serve`; the Redis one ([`redis::RedisBus`]) serves the cluster, and both pass
+//! the same checks ([`conformance`]).
 //!
 //! Only this module knows the wire codec (bincode) and stream names.
 
 pub mod memory;
+pub mod redis;
 #[cfg(test)]
 mod conformance;
 

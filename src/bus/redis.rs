@@ -1,0 +1,194 @@
+//! The cluster's [`Bus`]: Redis streams, so nodes on different machines exchange the same
+//! envelopes that `supernet serve` passes in memory.
+//!
+//! # Streams and keys
+//!
+//! Every name starts with `sn:v1:`; the `v1` is [`super::PROTOCOL_VERSION`], so nodes of two
+//! protocol versions never read each other's data. Each entry has one field, `m`, holding the
+//! bincode [`Envelope`].
+//!
+//! | stream | written by | read by (group) | carries |
+//! |---|---|---|---|
+//! | `sn:v1:worker:{id}` | coordinator, sessions | that worker (`workers`) | jobs to run, cancellations |
+//! | `sn:v1:node:{id}` | workers, coordinator | that front (`sessions`) | job events, placement answers, lost jobs |
+//! | `sn:v1:coordinator` | sessions | the leader coordinator (`coordinator`) | placement requests |
+//! | `sn:v1:heartbeats` | workers | every coordinator (`coord-{node}`) | registration, load, leaving |
+//!
+//! Entries are appended with `XADD ... MAXLEN ~ N`, read with `XREADGROUP ... BLOCK`, and
+//! acknowledged with `XACK` once handled. A consumer that dies leaves its entries pending;
+//! `XAUTOCLAIM` hands them to a live consumer after they have been idle long enough. Groups
+//! are created on first read at the start of the stream (`XGROUP CREATE ... 0 MKSTREAM`), so
+//! nothing published before a group's first reader is missed, as in the memory bus.
+//!
+//! The keys beside the streams (leader lease, pool view, model cards) are described in
+//! [`crate::cluster::state`].
+//!
+//! Writes share one auto-reconnecting connection; each blocking read borrows a connection
+//! of its own, since a blocked connection can carry nothing else.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::{AsyncConnectionConfig, Client, RedisError, Value};
+
+use super::{Bus, BusError, BusFuture, Delivery, Envelope};
+
+/// The entry field that holds the envelope.
+const FIELD: &str = "m";
+/// How long any one command may take (blocking reads add their block time).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+fn transport(e: RedisError) -> BusError {
+    BusError::Transport(e.to_string())
+}
+
+/// Connects to Redis with timeouts fit for a cluster that must notice a dead server.
+pub async fn connection_manager(client: &Client) -> Result<ConnectionManager, RedisError> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(RESPONSE_TIMEOUT)
+        .set_response_timeout(RESPONSE_TIMEOUT)
+        .set_number_of_retries(2)
+        .set_max_delay(1000);
+    client.get_connection_manager_with_config(config).await
+}
+
+pub struct RedisBus {
+    client: Client,
+    writer: ConnectionManager,
+    /// Idle connections for blocking reads.
+    readers: Mutex<Vec<MultiplexedConnection>>,
+}
+
+impl RedisBus {
+    /// Connects to `url` (`redis://host:port/db`); fails if Redis cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self, BusError> {
+        let client = Client::open(url).map_err(transport)?;
+        let writer = connection_manager(&client).await.map_err(transport)?;
+        Ok(Self { client, writer, readers: Mutex::new(Vec::new()) })
+    }
+
+    async fn reader(&self) -> Result<MultiplexedConnection, BusError> {
+        let idle = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match idle {
+            Some(c) => Ok(c),
+            None => {
+                // Reads block for at most a few seconds; the timeout only catches a dead server.
+                let config = AsyncConnectionConfig::new().set_connection_timeout(RESPONSE_TIMEOUT).set_response_timeout(Duration::from_secs(60));
+                self.client.get_multiplexed_async_connection_with_config(&config).await.map_err(transport)
+            }
+        }
+    }
+
+    fn give_back(&self, c: MultiplexedConnection) {
+        self.readers.lock().unwrap_or_else(|e| e.into_inner()).push(c);
+    }
+
+    /// Creates `group` on `stream` at its start if it does not exist yet.
+    async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), BusError> {
+        let mut c = self.writer.clone();
+        let r: Result<(), RedisError> = redis::cmd("XGROUP").arg("CREATE").arg(stream).arg(group).arg("0").arg("MKSTREAM").query_async(&mut c).await;
+        match r {
+            Err(e) if e.code() != Some("BUSYGROUP") => Err(transport(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn deliveries(ids: Vec<StreamId>) -> Vec<Delivery> {
+    ids.into_iter()
+        .filter_map(|entry| {
+            let bytes: Vec<u8> = match entry.map.get(FIELD) {
+                Some(Value::BulkString(b)) => b.clone(),
+                _ => {
+                    tracing::warn!(id = %entry.id, "skipping a stream entry without an envelope");
+                    return None;
+                }
+            };
+            match Envelope::from_bytes(&bytes) {
+                Ok(envelope) => Some(Delivery { id: entry.id, envelope }),
+                Err(e) => {
+                    tracing::warn!(id = %entry.id, "skipping an unreadable stream entry: {e}");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+fn is_nogroup(e: &RedisError) -> bool {
+    e.code() == Some("NOGROUP")
+}
+
+impl Bus for RedisBus {
+    fn publish<'a>(&'a self, stream: &'a str, envelope: Envelope, max_len: usize) -> BusFuture<'a, String> {
+        Box::pin(async move {
+            let bytes = envelope.to_bytes()?;
+            let mut c = self.writer.clone();
+            redis::cmd("XADD").arg(stream).arg("MAXLEN").arg("~").arg(max_len.max(1)).arg("*").arg(FIELD).arg(bytes).query_async(&mut c).await.map_err(transport)
+        })
+    }
+
+    fn consume<'a>(&'a self, stream: &'a str, group: &'a str, consumer: &'a str, max: usize, block: Duration) -> BusFuture<'a, Vec<Delivery>> {
+        Box::pin(async move {
+            let mut tried_creating = false;
+            loop {
+                let mut c = self.reader().await?;
+                let mut cmd = redis::cmd("XREADGROUP");
+                cmd.arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(max.max(1));
+                // BLOCK 0 would wait forever; no BLOCK returns at once.
+                if block >= Duration::from_millis(1) {
+                    cmd.arg("BLOCK").arg(block.as_millis() as u64);
+                }
+                cmd.arg("STREAMS").arg(stream).arg(">");
+                let r: Result<Option<StreamReadReply>, RedisError> = cmd.query_async(&mut c).await;
+                match r {
+                    Ok(reply) => {
+                        self.give_back(c);
+                        return Ok(reply.map(|r| r.keys.into_iter().flat_map(|k| deliveries(k.ids)).collect()).unwrap_or_default());
+                    }
+                    Err(e) if is_nogroup(&e) && !tried_creating => {
+                        self.give_back(c);
+                        tried_creating = true;
+                        self.ensure_group(stream, group).await?;
+                    }
+                    // A failed connection is dropped, not reused.
+                    Err(e) => return Err(transport(e)),
+                }
+            }
+        })
+    }
+
+    fn ack<'a>(&'a self, stream: &'a str, group: &'a str, ids: &'a [String]) -> BusFuture<'a, ()> {
+        Box::pin(async move {
+            if ids.is_empty() {
+                return Ok(());
+            }
+            let mut c = self.writer.clone();
+            redis::cmd("XACK").arg(stream).arg(group).arg(ids).query_async::<i64>(&mut c).await.map(drop).map_err(transport)
+        })
+    }
+
+    fn claim_stale<'a>(&'a self, stream: &'a str, group: &'a str, consumer: &'a str, min_idle: Duration, max: usize) -> BusFuture<'a, Vec<Delivery>> {
+        Box::pin(async move {
+            let mut c = self.writer.clone();
+            let r: Result<StreamAutoClaimReply, RedisError> = redis::cmd("XAUTOCLAIM")
+                .arg(stream)
+                .arg(group)
+                .arg(consumer)
+                .arg(min_idle.as_millis() as u64)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(max.max(1))
+                .query_async(&mut c)
+                .await;
+            match r {
+                Ok(reply) => Ok(deliveries(reply.claimed)),
+                // No such stream or group: nothing was ever delivered, so nothing is pending.
+                Err(e) if is_nogroup(&e) => Ok(Vec::new()),
+                Err(e) => Err(transport(e)),
+            }
+        })
+    }
+}
