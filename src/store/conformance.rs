@@ -18,6 +18,26 @@ pub fn run(store: &dyn Store) {
     holds_and_settlements_are_idempotent(store);
     bad_money_changes_nothing(store);
     keys_are_hashed_regenerated_and_disabled(store);
+    holds_left_open_expire(store);
+}
+
+fn holds_left_open_expire(store: &dyn Store) {
+    let acct = store.create_account("gina", &balances("1", "0")).expect("create");
+    store.hold("job-5", &acct.id, TokenType::Spark, a("0.4")).expect("hold");
+    store.hold("job-6", &acct.id, TokenType::Spark, a("0.1")).expect("hold");
+    store.settle("job-6", a("0.1"), None).expect("settle");
+    let later = now() + HOLD_LEASE_SECS + 1;
+    assert!(store.expired_holds(now(), 10).expect("expired").is_empty(), "a fresh hold has not expired");
+    // (Earlier checks left job-4 open too.)
+    let expired = |at| store.expired_holds(at, 10).expect("expired");
+    assert!(expired(later).contains(&"job-5".to_string()) && !expired(later).contains(&"job-6".to_string()), "only open holds expire");
+    store.renew_hold("job-5", later + 60).expect("renew");
+    store.renew_hold("job-6", later + 60).expect("renewing a settled hold does nothing");
+    assert!(!expired(later).contains(&"job-5".to_string()), "a renewed hold has not expired");
+    assert!(expired(later + 61).contains(&"job-5".to_string()));
+    store.settle("job-5", a("0"), None).expect("release");
+    assert!(!expired(later + 61).contains(&"job-5".to_string()));
+    assert_eq!(store.account(&acct.id).expect("account").balances.spark, a("0.9"));
 }
 
 fn accounts_and_credits(store: &dyn Store) {
@@ -135,4 +155,37 @@ fn a_second_process_gets_a_clear_error() {
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("opened twice"),
     }
+}
+
+#[test]
+fn the_redis_store_conforms() {
+    let server = crate::test_redis::TestRedis::start();
+    run(&redis::RedisStore::connect(&server.url).expect("connect"));
+}
+
+/// Two fronts (two connections) holding against one account at once never spend more than
+/// it has, and every hold is in the ledger exactly once.
+#[test]
+fn two_redis_fronts_never_overspend_one_account() {
+    let server = crate::test_redis::TestRedis::start();
+    let setup = redis::RedisStore::connect(&server.url).expect("connect");
+    let acct = setup.create_account("shared", &balances("10", "0")).expect("create");
+    let granted: usize = std::thread::scope(|s| {
+        let fronts: Vec<_> = (0..2)
+            .map(|f| {
+                let (url, id) = (server.url.clone(), acct.id.clone());
+                s.spawn(move || {
+                    let store = redis::RedisStore::connect(&url).expect("connect");
+                    (0..40).filter(|n| store.hold(&format!("job-{f}-{n}"), &id, TokenType::Spark, a("0.5")).is_ok()).count()
+                })
+            })
+            .collect();
+        fronts.into_iter().map(|t| t.join().expect("front thread")).sum()
+    });
+    assert_eq!(granted, 20, "10 spark covers exactly 20 holds of 0.5");
+    assert_eq!(setup.account(&acct.id).expect("account").balances.spark, a("0"));
+    let ledger = setup.ledger(&acct.id, 1000).expect("ledger");
+    assert_eq!(ledger.iter().filter(|e| e.kind == EntryKind::Hold).count(), 20);
+    let seqs: std::collections::BTreeSet<u64> = ledger.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs.len(), ledger.len(), "sequence numbers are unique");
 }

@@ -13,6 +13,7 @@
 //! | `ledger` | seq | [`LedgerEntry`] |
 //! | `account_ledger` | (account id, seq) | () |
 //! | `earnings` | (worker id, seq of the settle entry) | [`Earning`] |
+//! | `open_holds` | job id | lease end (unix seconds) |
 //! | `meta` | `next_seq` | u64 |
 //!
 //! redb locks the file for one process; [`StoreError::InUse`] tells a second one so, and
@@ -21,9 +22,9 @@
 use std::path::Path;
 
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{de::DeserializeOwned, Serialize};
 
-use super::{apply, key_hash, new_secret, now, random_id, Account, ApiKeyRecord, Balances, Earning, EntryKind, Hold, LedgerEntry, NewKey, Store, StoreError, TokenType};
+use super::{apply, key_hash, new_secret, now, random_id, Account, ApiKeyRecord, Balances, Earning, EntryKind, Hold, LedgerEntry, NewKey, Store, StoreError, StoredKey, TokenType, HOLD_LEASE_SECS};
 use crate::billing::amount::Amount;
 
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
@@ -34,16 +35,10 @@ const LEDGER: TableDefinition<u64, &[u8]> = TableDefinition::new("ledger");
 const ACCOUNT_LEDGER: TableDefinition<(&str, u64), ()> = TableDefinition::new("account_ledger");
 const EARNINGS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("earnings");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const OPEN_HOLDS: TableDefinition<&str, i64> = TableDefinition::new("open_holds");
 
 /// The file name under the data dir.
 pub const FILE: &str = "supernet.redb";
-
-/// A key as stored: the public record and the hash of its secret.
-#[derive(Serialize, Deserialize)]
-struct StoredKey {
-    record: ApiKeyRecord,
-    hash: String,
-}
 
 pub struct RedbStore {
     db: Database,
@@ -81,6 +76,7 @@ impl RedbStore {
             tx.open_table(ACCOUNT_LEDGER).map_err(backend)?;
             tx.open_table(EARNINGS).map_err(backend)?;
             tx.open_table(META).map_err(backend)?;
+            tx.open_table(OPEN_HOLDS).map_err(backend)?;
             Ok(())
         })?;
         Ok(store)
@@ -210,6 +206,7 @@ impl Store for RedbStore {
             append(tx, &acct, EntryKind::Hold, token, amount, job_id)?;
             let h = Hold { job_id: job_id.to_string(), account_id: account_id.to_string(), token_type: token, amount, settled: None, worker_id: None };
             save(tx, HOLDS, job_id, &h)?;
+            tx.open_table(OPEN_HOLDS).map_err(backend)?.insert(job_id, now() + HOLD_LEASE_SECS).map_err(backend)?;
             Ok(h)
         })
     }
@@ -235,12 +232,37 @@ impl Store for RedbStore {
             h.settled = Some(charged);
             h.worker_id = worker_id.map(str::to_string);
             save(tx, HOLDS, job_id, &h)?;
+            tx.open_table(OPEN_HOLDS).map_err(backend)?.remove(job_id).map_err(backend)?;
             Ok(h)
         })
     }
 
     fn hold_of(&self, job_id: &str) -> Result<Hold, StoreError> {
         self.get(HOLDS, job_id)?.ok_or_else(|| StoreError::NoHold(job_id.to_string()))
+    }
+
+    fn renew_hold(&self, job_id: &str, expires_at: i64) -> Result<(), StoreError> {
+        self.write(|tx| {
+            let mut open = tx.open_table(OPEN_HOLDS).map_err(backend)?;
+            let is_open = open.get(job_id).map_err(backend)?.is_some();
+            if is_open {
+                open.insert(job_id, expires_at).map_err(backend)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn expired_holds(&self, now: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        let tx = self.db.begin_read().map_err(backend)?;
+        let t = tx.open_table(OPEN_HOLDS).map_err(backend)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(backend)? {
+            let (job, until) = item.map_err(backend)?;
+            if until.value() < now && out.len() < limit {
+                out.push(job.value().to_string());
+            }
+        }
+        Ok(out)
     }
 
     fn earnings(&self, worker_id: &str, limit: usize) -> Result<Vec<Earning>, StoreError> {

@@ -5,9 +5,14 @@
 //! and [`Store::settle`] charges what was used and returns the rest. Replaying either (a
 //! retry after a timeout, a message delivered twice) changes nothing, so a fault can never
 //! lose or double a ledger entry. The embedded implementation ([`embedded::RedbStore`])
-//! serves `supernet serve`; a Redis one will serve the cluster behind the same trait.
+//! serves `supernet serve`; the Redis one ([`redis::RedisStore`]) serves the cluster, where
+//! several fronts bill one account at once.
+//!
+//! A hold is open on a lease: the session that placed it renews it while its job runs, and
+//! [`reap_expired`] releases holds whose session died with its front (or its process).
 
 pub mod embedded;
+pub mod redis;
 #[cfg(test)]
 mod conformance;
 
@@ -155,6 +160,16 @@ pub struct NewKey {
     pub api_key: String,
 }
 
+/// Seconds a hold stays open without renewal before the reaper releases it.
+pub const HOLD_LEASE_SECS: i64 = 120;
+
+/// A key as stored: the public record and the hash of its secret.
+#[derive(Serialize, Deserialize)]
+struct StoredKey {
+    record: ApiKeyRecord,
+    hash: String,
+}
+
 pub trait Store: Send + Sync {
     /// Creates an account with opening balances (each a credit entry when not zero).
     fn create_account(&self, name: &str, opening: &Balances) -> Result<Account, StoreError>;
@@ -172,6 +187,10 @@ pub trait Store: Send + Sync {
     /// when the job never ran). Idempotent: settling again returns the first settlement.
     fn settle(&self, job_id: &str, charged: Amount, worker_id: Option<&str>) -> Result<Hold, StoreError>;
     fn hold_of(&self, job_id: &str) -> Result<Hold, StoreError>;
+    /// Keeps an open hold open until `expires_at` (unix seconds); a settled hold is left alone.
+    fn renew_hold(&self, job_id: &str, expires_at: i64) -> Result<(), StoreError>;
+    /// Up to `limit` open holds whose lease ended before `now`.
+    fn expired_holds(&self, now: i64, limit: usize) -> Result<Vec<String>, StoreError>;
     /// A worker's newest `limit` earnings, oldest first.
     fn earnings(&self, worker_id: &str, limit: usize) -> Result<Vec<Earning>, StoreError>;
 
@@ -183,8 +202,20 @@ pub trait Store: Send + Sync {
     fn authenticate(&self, api_key: &str) -> Result<Option<ApiKeyRecord>, StoreError>;
 }
 
+/// Releases every hold whose lease has ended (its session is gone, so nothing was delivered
+/// that it could bill); returns how many. Safe beside live settlements: settling is
+/// idempotent, and the first settlement of a job wins.
+pub fn reap_expired(store: &dyn Store) -> Result<usize, StoreError> {
+    let expired = store.expired_holds(now(), 1000)?;
+    for job in &expired {
+        store.settle(job, Amount::ZERO, None)?;
+        tracing::warn!(job = %job, "released a hold whose session stopped renewing it");
+    }
+    Ok(expired.len())
+}
+
 /// Unix seconds now.
-fn now() -> i64 {
+pub fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 

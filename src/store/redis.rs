@@ -1,0 +1,390 @@
+//! The cluster's [`Store`]: accounts, keys and the ledger in Redis, shared by every front.
+//!
+//! Money changes are optimistic transactions: the balance arithmetic runs here in Rust
+//! (exact 18-decimal amounts, which Lua's doubles cannot hold), and one Lua script,
+//! [`COMMIT`], applies the result only if the account and hold records are still the ones it
+//! was computed from, assigning ledger sequence numbers as it writes. A script runs
+//! atomically in Redis, so two fronts billing one account never both spend the same
+//! balance: the second one's commit sees a changed record and is recomputed. Replays of a
+//! hold or settlement find the hold record and change nothing.
+//!
+//! Durability is Redis's: run it with `appendonly yes` and `appendfsync always` to lose no
+//! committed entry in a crash (the cluster tests do).
+//!
+//! | key | type | value |
+//! |---|---|---|
+//! | `sn:v1:account:{id}` | string | [`Account`] (JSON) |
+//! | `sn:v1:ledger:{account}` | list | [`LedgerEntry`] (JSON), oldest first |
+//! | `sn:v1:ledger:seq` | counter | the last ledger sequence number |
+//! | `sn:v1:hold:{job}` | string | [`Hold`] (JSON) |
+//! | `sn:v1:holds:open` | sorted set | open holds' job ids, scored by lease end |
+//! | `sn:v1:earnings:{worker}` | list | [`Earning`] (JSON), oldest first |
+//! | `sn:v1:apikey:{key id}` | string | the key record and its secret's hash (JSON) |
+//! | `sn:v1:apikey-hash:{sha256}` | string | key id |
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::{Client, Commands, Connection, RedisError, Script};
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::{apply, key_hash, new_secret, now, random_id, Account, ApiKeyRecord, Balances, Earning, EntryKind, Hold, LedgerEntry, NewKey, Store, StoreError, StoredKey, TokenType, HOLD_LEASE_SECS};
+use crate::billing::amount::Amount;
+
+const SEQ: &str = "sn:v1:ledger:seq";
+const OPEN_HOLDS: &str = "sn:v1:holds:open";
+/// Tries of one money change against concurrent writers before giving up.
+const ATTEMPTS: usize = 100;
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+fn account_key(id: &str) -> String {
+    format!("sn:v1:account:{id}")
+}
+fn ledger_key(account: &str) -> String {
+    format!("sn:v1:ledger:{account}")
+}
+fn hold_key(job: &str) -> String {
+    format!("sn:v1:hold:{job}")
+}
+fn earnings_key(worker: &str) -> String {
+    format!("sn:v1:earnings:{worker}")
+}
+fn apikey_key(key_id: &str) -> String {
+    format!("sn:v1:apikey:{key_id}")
+}
+fn apikey_hash_key(hash: &str) -> String {
+    format!("sn:v1:apikey-hash:{hash}")
+}
+
+/// Applies one money change if the records it was computed from are unchanged.
+///
+/// KEYS: account, hold, ledger seq, account ledger, open holds, earnings.
+/// ARGV: expected account ("" = absent), new account, expected hold ("" = absent, "-" =
+/// not checked), new hold ("" = unchanged), job id, hold lease ("open:SECS" to open,
+/// "close" to close, "" unchanged), earning ("" = none), then ledger entries whose `seq`
+/// is assigned here. Returns the assigned seqs, or -1 when a record changed.
+const COMMIT: &str = r#"
+if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return -1 end
+if ARGV[3] ~= '-' and (redis.call('GET', KEYS[2]) or '') ~= ARGV[3] then return -1 end
+redis.call('SET', KEYS[1], ARGV[2])
+if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4]) end
+if string.sub(ARGV[6], 1, 5) == 'open:' then
+  redis.call('ZADD', KEYS[5], tonumber(string.sub(ARGV[6], 6)), ARGV[5])
+elseif ARGV[6] == 'close' then
+  redis.call('ZREM', KEYS[5], ARGV[5])
+end
+if ARGV[7] ~= '' then redis.call('RPUSH', KEYS[6], ARGV[7]) end
+local seqs = {}
+for i = 8, #ARGV do
+  local entry = cjson.decode(ARGV[i])
+  entry.seq = redis.call('INCR', KEYS[3]) - 1
+  redis.call('RPUSH', KEYS[4], cjson.encode(entry))
+  seqs[#seqs + 1] = entry.seq
+end
+return seqs
+"#;
+
+/// One money change, as computed from the records read.
+struct Change {
+    account_id: String,
+    expected_account: String,
+    account: Account,
+    /// The hold's key, expected and new value; `None` when the change involves no hold.
+    hold: Option<(String, String, Option<Hold>)>,
+    lease: Lease,
+    earning: Option<Earning>,
+    /// (kind, token, amount, reference) with the balance after each.
+    entries: Vec<LedgerEntry>,
+}
+
+enum Lease {
+    Unchanged,
+    Open(i64),
+    Close,
+}
+
+pub struct RedisStore {
+    client: Client,
+    conn: Mutex<Option<Connection>>,
+    commit: Script,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(format!("redis: {e}"))
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(backend)
+}
+
+fn decode<T: DeserializeOwned>(s: &str) -> Result<T, StoreError> {
+    serde_json::from_str(s).map_err(|e| StoreError::Backend(format!("corrupt record: {e}")))
+}
+
+fn non_negative(a: Amount) -> Result<Amount, StoreError> {
+    if a.is_negative() {
+        Err(StoreError::NegativeAmount(a))
+    } else {
+        Ok(a)
+    }
+}
+
+impl RedisStore {
+    /// Connects to `url`; fails at once if Redis cannot be reached.
+    pub fn connect(url: &str) -> Result<Self, StoreError> {
+        let client = Client::open(url).map_err(backend)?;
+        let store = Self { client, conn: Mutex::new(None), commit: Script::new(COMMIT) };
+        store.with(|c| redis::cmd("PING").query::<String>(c))?;
+        Ok(store)
+    }
+
+    /// Runs `f` on the connection, connecting first if needed; a connection that failed is
+    /// dropped so the next call reconnects (Redis may have restarted).
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, RedisError>) -> Result<T, StoreError> {
+        let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.is_none() {
+            let c = self.client.get_connection_with_timeout(TIMEOUT).map_err(backend)?;
+            c.set_read_timeout(Some(TIMEOUT)).map_err(backend)?;
+            c.set_write_timeout(Some(TIMEOUT)).map_err(backend)?;
+            *guard = Some(c);
+        }
+        let Some(c) = guard.as_mut() else { return Err(backend("no connection")) };
+        let r = f(c);
+        if let Err(e) = &r {
+            if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal() {
+                *guard = None;
+            }
+        }
+        r.map_err(backend)
+    }
+
+    fn get_raw(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.with(|c| c.get(key))
+    }
+
+    fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        self.get_raw(key)?.map(|s| decode(&s)).transpose()
+    }
+
+    /// The account record as stored (for the commit's check) and decoded.
+    fn account_raw(&self, id: &str) -> Result<(String, Account), StoreError> {
+        let raw = self.get_raw(&account_key(id))?.ok_or_else(|| StoreError::NoAccount(id.to_string()))?;
+        let acct = decode(&raw)?;
+        Ok((raw, acct))
+    }
+
+    /// Commits `change`; `Ok(None)` when a record changed underneath (compute again).
+    fn commit(&self, change: &Change) -> Result<Option<Vec<u64>>, StoreError> {
+        let (hold_key, expected_hold, new_hold) = match &change.hold {
+            Some((k, expected, new)) => (k.clone(), expected.clone(), new.as_ref().map(encode).transpose()?.unwrap_or_default()),
+            None => (hold_key(""), "-".to_string(), String::new()),
+        };
+        let job = change.hold.as_ref().and_then(|h| h.2.as_ref()).map(|h| h.job_id.clone()).unwrap_or_default();
+        let lease = match change.lease {
+            Lease::Unchanged => String::new(),
+            Lease::Open(until) => format!("open:{until}"),
+            Lease::Close => "close".to_string(),
+        };
+        let earning_key = change.earning.as_ref().map_or_else(|| earnings_key(""), |e| earnings_key(&e.worker_id));
+        let mut inv = self.commit.prepare_invoke();
+        inv.key(account_key(&change.account_id)).key(hold_key).key(SEQ).key(ledger_key(&change.account_id)).key(OPEN_HOLDS).key(earning_key);
+        inv.arg(&change.expected_account).arg(encode(&change.account)?).arg(expected_hold).arg(new_hold).arg(job).arg(lease);
+        inv.arg(change.earning.as_ref().map(encode).transpose()?.unwrap_or_default());
+        for e in &change.entries {
+            inv.arg(encode(e)?);
+        }
+        let reply: redis::Value = self.with(|c| inv.invoke(c))?;
+        match reply {
+            redis::Value::Int(-1) => Ok(None),
+            v => redis::from_redis_value::<Vec<u64>>(&v).map(Some).map_err(backend),
+        }
+    }
+
+    /// Computes and commits a change until it applies against current records.
+    fn transact<T>(&self, mut compute: impl FnMut() -> Result<Result<(Change, T), T>, StoreError>, done: impl Fn(T, Vec<u64>) -> T) -> Result<T, StoreError> {
+        for _ in 0..ATTEMPTS {
+            let (change, out) = match compute()? {
+                Ok(c) => c,
+                // Nothing to change (an idempotent replay).
+                Err(out) => return Ok(out),
+            };
+            if let Some(seqs) = self.commit(&change)? {
+                return Ok(done(out, seqs));
+            }
+        }
+        Err(StoreError::Backend(format!("redis: gave up after {ATTEMPTS} conflicting writers")))
+    }
+}
+
+/// A ledger entry whose `seq` the commit assigns.
+fn entry(account: &Account, kind: EntryKind, token: TokenType, amount: Amount, reference: &str) -> LedgerEntry {
+    LedgerEntry { seq: 0, account_id: account.id.clone(), kind, token_type: token, amount, reference: reference.to_string(), balance_after: account.balances.get(token), at: now() }
+}
+
+impl Store for RedisStore {
+    fn create_account(&self, name: &str, opening: &Balances) -> Result<Account, StoreError> {
+        non_negative(opening.spark)?;
+        non_negative(opening.sogni)?;
+        let id = random_id("acct_")?;
+        let mut acct = Account { id: id.clone(), name: name.to_string(), created: now(), balances: Balances { spark: Amount::ZERO, sogni: Amount::ZERO } };
+        let mut entries = Vec::new();
+        for token in [TokenType::Spark, TokenType::Sogni] {
+            let amount = opening.get(token);
+            if amount != Amount::ZERO {
+                apply(&mut acct.balances, token, amount, false)?;
+                entries.push(entry(&acct, EntryKind::Credit, token, amount, "opening balance"));
+            }
+        }
+        let change = Change { account_id: id, expected_account: String::new(), account: acct.clone(), hold: None, lease: Lease::Unchanged, earning: None, entries };
+        self.commit(&change)?.ok_or_else(|| backend("account id collision"))?;
+        Ok(acct)
+    }
+
+    fn account(&self, id: &str) -> Result<Account, StoreError> {
+        self.get(&account_key(id))?.ok_or_else(|| StoreError::NoAccount(id.to_string()))
+    }
+
+    fn credit(&self, account_id: &str, token: TokenType, amount: Amount, reference: &str) -> Result<LedgerEntry, StoreError> {
+        non_negative(amount)?;
+        self.transact(
+            || {
+                let (raw, mut acct) = self.account_raw(account_id)?;
+                apply(&mut acct.balances, token, amount, false)?;
+                let e = entry(&acct, EntryKind::Credit, token, amount, reference);
+                Ok(Ok((Change { account_id: account_id.to_string(), expected_account: raw, account: acct, hold: None, lease: Lease::Unchanged, earning: None, entries: vec![e.clone()] }, e)))
+            },
+            |e, seqs| LedgerEntry { seq: seqs.first().copied().unwrap_or(e.seq), ..e },
+        )
+    }
+
+    fn ledger(&self, account_id: &str, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.account(account_id)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let start = -(limit.min(i64::MAX as usize) as isize);
+        let raw: Vec<String> = self.with(|c| c.lrange(ledger_key(account_id), start, -1))?;
+        raw.iter().map(|s| decode(s)).collect()
+    }
+
+    fn hold(&self, job_id: &str, account_id: &str, token: TokenType, amount: Amount) -> Result<Hold, StoreError> {
+        non_negative(amount)?;
+        self.transact(
+            || {
+                let key = hold_key(job_id);
+                if let Some(h) = self.get::<Hold>(&key)? {
+                    if h.amount != amount || h.account_id != account_id || h.token_type != token {
+                        return Err(StoreError::HoldMismatch { job: job_id.to_string(), held: h.amount, asked: amount });
+                    }
+                    return Ok(Err(h));
+                }
+                let (raw, mut acct) = self.account_raw(account_id)?;
+                apply(&mut acct.balances, token, amount, true)?;
+                let e = entry(&acct, EntryKind::Hold, token, amount, job_id);
+                let h = Hold { job_id: job_id.to_string(), account_id: account_id.to_string(), token_type: token, amount, settled: None, worker_id: None };
+                let change = Change {
+                    account_id: account_id.to_string(),
+                    expected_account: raw,
+                    account: acct,
+                    hold: Some((key, String::new(), Some(h.clone()))),
+                    lease: Lease::Open(now() + HOLD_LEASE_SECS),
+                    earning: None,
+                    entries: vec![e],
+                };
+                Ok(Ok((change, h)))
+            },
+            |h, _| h,
+        )
+    }
+
+    fn settle(&self, job_id: &str, charged: Amount, worker_id: Option<&str>) -> Result<Hold, StoreError> {
+        non_negative(charged)?;
+        self.transact(
+            || {
+                let key = hold_key(job_id);
+                let raw_hold = self.get_raw(&key)?.ok_or_else(|| StoreError::NoHold(job_id.to_string()))?;
+                let mut h: Hold = decode(&raw_hold)?;
+                if h.settled.is_some() {
+                    return Ok(Err(h));
+                }
+                let rest = h.amount.checked_sub(charged).filter(|r| !r.is_negative()).ok_or(StoreError::OverCharge { charged, held: h.amount })?;
+                let (raw, mut acct) = self.account_raw(&h.account_id)?;
+                // The charge was taken at hold time; the entry records it, the rest comes back.
+                let settle = entry(&acct, EntryKind::Settle, h.token_type, charged, job_id);
+                apply(&mut acct.balances, h.token_type, rest, false)?;
+                let release = entry(&acct, EntryKind::Release, h.token_type, rest, job_id);
+                let earning = worker_id
+                    .filter(|_| charged > Amount::ZERO)
+                    .map(|w| Earning { worker_id: w.to_string(), job_id: job_id.to_string(), token_type: h.token_type, amount: charged, at: settle.at });
+                h.settled = Some(charged);
+                h.worker_id = worker_id.map(str::to_string);
+                let change = Change {
+                    account_id: h.account_id.clone(),
+                    expected_account: raw,
+                    account: acct,
+                    hold: Some((key, raw_hold, Some(h.clone()))),
+                    lease: Lease::Close,
+                    earning,
+                    entries: vec![settle, release],
+                };
+                Ok(Ok((change, h)))
+            },
+            |h, _| h,
+        )
+    }
+
+    fn hold_of(&self, job_id: &str) -> Result<Hold, StoreError> {
+        self.get(&hold_key(job_id))?.ok_or_else(|| StoreError::NoHold(job_id.to_string()))
+    }
+
+    fn renew_hold(&self, job_id: &str, expires_at: i64) -> Result<(), StoreError> {
+        // XX: only a hold still in the open set is renewed.
+        self.with(|c| redis::cmd("ZADD").arg(OPEN_HOLDS).arg("XX").arg(expires_at).arg(job_id).query::<i64>(c)).map(drop)
+    }
+
+    fn expired_holds(&self, now: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.with(|c| redis::cmd("ZRANGE").arg(OPEN_HOLDS).arg("-inf").arg(format!("({now}")).arg("BYSCORE").arg("LIMIT").arg(0).arg(limit).query(c))
+    }
+
+    fn earnings(&self, worker_id: &str, limit: usize) -> Result<Vec<Earning>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let start = -(limit.min(i64::MAX as usize) as isize);
+        let raw: Vec<String> = self.with(|c| c.lrange(earnings_key(worker_id), start, -1))?;
+        raw.iter().map(|s| decode(s)).collect()
+    }
+
+    fn create_key(&self, account_id: &str) -> Result<NewKey, StoreError> {
+        self.account(account_id)?;
+        let key_id = random_id("key_")?;
+        let (api_key, hash) = new_secret()?;
+        let record = ApiKeyRecord { key_id: key_id.clone(), account_id: account_id.to_string(), created: now(), disabled: false };
+        let stored = encode(&StoredKey { record, hash: hash.clone() })?;
+        self.with(|c| redis::pipe().atomic().set(apikey_key(&key_id), stored).set(apikey_hash_key(&hash), &key_id).query::<()>(c))?;
+        Ok(NewKey { key_id, api_key })
+    }
+
+    fn regenerate_key(&self, key_id: &str) -> Result<NewKey, StoreError> {
+        let mut k: StoredKey = self.get(&apikey_key(key_id))?.ok_or_else(|| StoreError::NoKey(key_id.to_string()))?;
+        let (api_key, hash) = new_secret()?;
+        let old = std::mem::replace(&mut k.hash, hash.clone());
+        let stored = encode(&k)?;
+        self.with(|c| redis::pipe().atomic().del(apikey_hash_key(&old)).set(apikey_hash_key(&hash), key_id).set(apikey_key(key_id), stored).query::<()>(c))?;
+        Ok(NewKey { key_id: key_id.to_string(), api_key })
+    }
+
+    fn disable_key(&self, key_id: &str) -> Result<ApiKeyRecord, StoreError> {
+        let mut k: StoredKey = self.get(&apikey_key(key_id))?.ok_or_else(|| StoreError::NoKey(key_id.to_string()))?;
+        k.record.disabled = true;
+        let stored = encode(&k)?;
+        self.with(|c| c.set::<_, _, ()>(apikey_key(key_id), stored))?;
+        Ok(k.record)
+    }
+
+    fn authenticate(&self, api_key: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+        let Some(key_id) = self.get_raw(&apikey_hash_key(&key_hash(api_key)))? else { return Ok(None) };
+        let Some(k) = self.get::<StoredKey>(&apikey_key(&key_id))? else { return Ok(None) };
+        Ok((!k.record.disabled).then_some(k.record))
+    }
+}
