@@ -25,6 +25,7 @@
 //! [models."SmolLM2-135M-Instruct"]
 //! input_usd_per_m = "0.10"
 //! default_max_tokens = 256
+//! priority = 1              # cluster queue order: higher is placed first
 //! ```
 
 use std::collections::BTreeMap;
@@ -64,6 +65,9 @@ pub struct Tier {
     pub max_tokens: u32,
     pub max_temperature: f32,
     pub max_top_k: u32,
+    /// Queue order in a cluster: when jobs wait for a worker, higher priorities (premium
+    /// tiers) are placed first.
+    pub priority: u8,
 }
 
 impl Default for Tier {
@@ -76,6 +80,7 @@ impl Default for Tier {
             max_tokens: l.max_tokens,
             max_temperature: l.max_temperature,
             max_top_k: l.max_top_k,
+            priority: 0,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod api;
 pub mod billing;
 pub mod bus;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod coordinator;
 pub mod engine;

@@ -12,17 +12,17 @@ use actix::Actor;
 use supernet::bus::memory::MemoryBus;
 use supernet::bus::{streams, Bus};
 use supernet::coordinator::{loads, CoordinatorActor, Place, PlaceError, Register, Workers};
-use supernet::engine::generate::GenerateParams;
+use supernet::engine::generate::{GenerateParams, Resume};
 use supernet::engine::sampler::SamplerParams;
 use supernet::engine::tokenizer::Tokenizer;
 use supernet::engine::Model;
 use supernet::worker::actor::{send_command, WorkerActor, WorkerInfo};
 use supernet::worker::engine_thread::JobEvent;
-use supernet::worker::protocol::{JobSpec, WorkerCommand, WorkerEvent};
+use supernet::worker::protocol::{JobSpec, NodeMessage, WorkerCommand, WorkerEvent};
 
 fn run(id: &str, model: &str, prompt: &[u32], max_tokens: usize) -> WorkerCommand {
     let params = GenerateParams { max_tokens, sampler: SamplerParams::greedy(), stop: Vec::new() };
-    WorkerCommand::Run(JobSpec { job_id: id.into(), model: model.into(), prompt: prompt.to_vec(), params, reply_to: streams::node("test") })
+    WorkerCommand::Run(JobSpec { job_id: id.into(), attempt: 0, account_id: "acct".into(), model: model.into(), prompt: prompt.to_vec(), params, resume: Resume::default(), reply_to: streams::node("test") })
 }
 
 /// The next event on the test's node stream, with its job id.
@@ -30,7 +30,10 @@ async fn next_event(bus: &MemoryBus) -> (String, WorkerEvent) {
     let stream = streams::node("test");
     let d = bus.consume(&stream, "sessions", "t", 1, Duration::from_secs(30)).await.expect("consume").pop().expect("an event within 30 s");
     bus.ack(&stream, "sessions", std::slice::from_ref(&d.id)).await.expect("ack");
-    (d.envelope.correlation_id.clone(), d.envelope.payload().expect("a worker event"))
+    match d.envelope.payload().expect("a node message") {
+        NodeMessage::Worker { event, .. } => (d.envelope.correlation_id.clone(), event),
+        other => panic!("expected a worker event, got {other:?}"),
+    }
 }
 
 #[actix::test]
@@ -44,7 +47,7 @@ async fn jobs_go_to_a_worker_of_their_model_or_are_refused_at_once() {
     let r = coord.send(Place { model: "smol".into() }).await.expect("mailbox");
     assert_eq!(r, Err(PlaceError::NoWorker("smol".into())));
 
-    let info = WorkerInfo { worker_id: "w1".into(), model_id: "smol".into(), context_length: model.config.context_length };
+    let info = WorkerInfo::llm("w1", "smol", model.config.context_length);
     // Room for one waiting job behind the running one.
     let worker = WorkerActor::new(info.clone(), Arc::clone(&model), Arc::clone(&tok), 2, 1, bus.clone()).expect("worker").start();
     coord.send(Register { info, addr: worker }).await.expect("mailbox");
@@ -56,7 +59,7 @@ async fn jobs_go_to_a_worker_of_their_model_or_are_refused_at_once() {
     assert_eq!(coord.send(Place { model: "smol".into() }).await.expect("mailbox"), Ok("w1".to_string()));
     send_command(bus.as_ref(), "test", "w1", "j1", &run("j1", "smol", &prompt, 200)).await.expect("send");
     assert_eq!(next_event(&bus).await, ("j1".into(), WorkerEvent::Accepted { worker_id: "w1".into() }));
-    assert!(matches!(next_event(&bus).await, (j, WorkerEvent::Job(JobEvent::Text(_))) if j == "j1"));
+    assert!(matches!(next_event(&bus).await, (j, WorkerEvent::Job(JobEvent::Text { .. })) if j == "j1"));
 
     // j1 runs (it has streamed), so j2 waits and a third finds no room.
     assert_eq!(coord.send(Place { model: "smol".into() }).await.expect("mailbox"), Ok("w1".to_string()));
@@ -76,7 +79,7 @@ async fn jobs_go_to_a_worker_of_their_model_or_are_refused_at_once() {
     while finished.len() < 2 {
         match next_event(&bus).await {
             (j, WorkerEvent::Job(JobEvent::Finished { completion_tokens, .. })) => finished.push((j, completion_tokens)),
-            (_, WorkerEvent::Job(JobEvent::Text(_)) | WorkerEvent::Accepted { .. }) => {}
+            (_, WorkerEvent::Job(JobEvent::Text { .. }) | WorkerEvent::Accepted { .. }) => {}
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -1,13 +1,14 @@
 //! The engine thread with the real model: streamed text equals a direct generation, a
 //! cancel or a dropped receiver stops the job at once (billing only what was produced),
-//! and a full queue refuses work instead of waiting.
+//! a full queue refuses work instead of waiting, and a generation resumed from any point
+//! (failover) continues exactly as the undisturbed run did, greedy or seeded.
 
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use supernet::engine::generate::{generate, FinishReason, GenerateParams};
+use supernet::engine::generate::{generate, FinishReason, GenerateParams, Resume};
 use supernet::engine::sampler::SamplerParams;
 use supernet::engine::tokenizer::Tokenizer;
 use supernet::engine::{CpuBackend, Model};
@@ -27,7 +28,7 @@ fn greedy(max_tokens: usize) -> GenerateParams {
 fn job(id: &str, prompt: Vec<u32>, params: GenerateParams) -> (Job, Arc<AtomicBool>, UnboundedReceiver<JobEvent>) {
     let (tx, rx) = unbounded_channel();
     let cancel = Arc::new(AtomicBool::new(false));
-    (Job { id: id.into(), prompt, params, cancel: Arc::clone(&cancel), events: tx }, cancel, rx)
+    (Job { id: id.into(), prompt, params, resume: Resume::default(), cancel: Arc::clone(&cancel), events: tx }, cancel, rx)
 }
 
 /// Events until `Finished` (or the channel closes): the text and the finish event.
@@ -35,7 +36,7 @@ fn drain(rx: &mut UnboundedReceiver<JobEvent>) -> (String, Option<JobEvent>) {
     let mut text = String::new();
     while let Some(e) = rx.blocking_recv() {
         match e {
-            JobEvent::Text(t) => text.push_str(&t),
+            JobEvent::Text { text: t, .. } => text.push_str(&t),
             other => return (text, Some(other)),
         }
     }
@@ -46,7 +47,7 @@ fn drain(rx: &mut UnboundedReceiver<JobEvent>) -> (String, Option<JobEvent>) {
 fn streams_what_a_direct_generation_produces_and_stops_on_cancel() {
     let (model, tok) = setup();
     let prompt = tok.encode("The three primary colours are").expect("encode");
-    let direct = generate(&model, &CpuBackend::new(2), &tok, &prompt, &greedy(24), |_| std::ops::ControlFlow::Continue(())).expect("generate");
+    let direct = generate(&model, &CpuBackend::new(2), &tok, &prompt, &greedy(24), &Resume::default(), |_, _| std::ops::ControlFlow::Continue(())).expect("generate");
 
     let engine = EngineThread::start(Arc::clone(&model), Arc::clone(&tok), 2, 4).expect("start");
     let (j, _cancel, mut rx) = job("a", prompt.clone(), greedy(24));
@@ -59,7 +60,7 @@ fn streams_what_a_direct_generation_produces_and_stops_on_cancel() {
     let (j, cancel, mut rx) = job("b", prompt.clone(), greedy(200));
     engine.submit(j).expect("submit");
     let first = rx.blocking_recv().expect("an event");
-    assert!(matches!(first, JobEvent::Text(_)), "{first:?}");
+    assert!(matches!(first, JobEvent::Text { .. }), "{first:?}");
     cancel.store(true, Ordering::SeqCst);
     let (_, end) = drain(&mut rx);
     match end {
@@ -99,4 +100,37 @@ fn a_full_queue_refuses_instead_of_waiting() {
     let s = engine.status();
     assert_eq!((s.queued.load(Ordering::SeqCst), s.running.load(Ordering::SeqCst)), (0, 0));
     assert_eq!(s.cancelled.load(Ordering::SeqCst) + s.completed.load(Ordering::SeqCst), 4 - refused);
+}
+
+/// Runs a generation, recording after each token how many tokens and text bytes the client
+/// had: the points a worker could die at.
+fn with_cuts(model: &Model, tok: &Tokenizer, prompt: &[u32], params: &GenerateParams, resume: &Resume) -> (String, Vec<u32>, Vec<Resume>) {
+    let (mut text, mut tokens, mut cuts) = (String::new(), resume.tokens.clone(), Vec::new());
+    let mut delivered = resume.text_bytes;
+    generate(model, &CpuBackend::new(2), tok, prompt, params, resume, |t, id| {
+        text.push_str(t);
+        delivered += t.len();
+        tokens.extend(id);
+        cuts.push(Resume { tokens: tokens.clone(), text_bytes: delivered });
+        std::ops::ControlFlow::Continue(())
+    })
+    .expect("generate");
+    (text, tokens, cuts)
+}
+
+#[test]
+fn a_resumed_generation_continues_exactly_where_the_first_left_off() {
+    let (model, tok) = setup();
+    let prompt = tok.encode("Once upon a time, in a small village by the sea,").expect("encode");
+    let seeded = GenerateParams { max_tokens: 40, sampler: SamplerParams { temperature: 0.9, seed: 7, ..SamplerParams::default() }, stop: vec!["\n\n".into()] };
+    for params in [greedy(40), seeded] {
+        let (full, full_tokens, cuts) = with_cuts(&model, &tok, &prompt, &params, &Resume::default());
+        assert!(full_tokens.len() > 10, "a long enough run: {full:?}");
+        for cut in [&cuts[0], &cuts[5], &cuts[cuts.len() / 2], &cuts[cuts.len() - 2]] {
+            let (rest, tokens, _) = with_cuts(&model, &tok, &prompt, &params, cut);
+            let before = &full.as_bytes()[..cut.text_bytes];
+            assert_eq!(String::from_utf8_lossy(before).into_owned() + &rest, full, "resumed after {} tokens ({:?})", cut.tokens.len(), params.sampler.temperature);
+            assert_eq!(tokens, full_tokens, "the same tokens after {} tokens", cut.tokens.len());
+        }
+    }
 }

@@ -121,14 +121,24 @@ pub mod streams {
     pub fn node(node_id: &str) -> String {
         format!("sn:v1:node:{node_id}")
     }
+
+    /// Placement requests, read by the leader coordinator.
+    pub fn coordinator() -> String {
+        "sn:v1:coordinator".to_string()
+    }
+
+    /// Worker registrations, loads and departures, read by every coordinator.
+    pub fn heartbeats() -> String {
+        "sn:v1:heartbeats".to_string()
+    }
 }
 
 /// Reads `stream` as `consumer` of `group`, handing each envelope to `handle` and acking it,
 /// until `handle` breaks (its owner is gone; what it did not take stays pending for another
 /// consumer). Transport errors are logged and retried a second later.
-pub async fn read_stream(bus: std::sync::Arc<dyn Bus>, stream: String, group: &str, consumer: String, mut handle: impl FnMut(Envelope) -> std::ops::ControlFlow<()>) {
+pub async fn read_stream(bus: std::sync::Arc<dyn Bus>, stream: String, group: String, consumer: String, mut handle: impl FnMut(Envelope) -> std::ops::ControlFlow<()>) {
     loop {
-        let batch = match bus.consume(&stream, group, &consumer, 256, Duration::from_millis(500)).await {
+        let batch = match bus.consume(&stream, &group, &consumer, 256, Duration::from_millis(500)).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(%stream, "reading: {e}");
@@ -145,7 +155,7 @@ pub async fn read_stream(bus: std::sync::Arc<dyn Bus>, stream: String, group: &s
             }
             handled.push(d.id);
         }
-        if let Err(e) = bus.ack(&stream, group, &handled).await {
+        if let Err(e) = bus.ack(&stream, &group, &handled).await {
             tracing::error!(%stream, "acknowledging: {e}");
         }
         if stop {

@@ -3,6 +3,8 @@
 
 pub mod admin;
 pub mod bench;
+pub mod coordinator;
+pub mod front;
 pub mod generate;
 pub mod serve;
 
@@ -24,8 +26,14 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Measure prompt-processing and decode speed (like llama-bench's pp512 / tg128).
     Bench(bench::BenchArgs),
-    /// Manage accounts, credits and API keys in the store.
+    /// Manage accounts, credits and API keys in the store (embedded, or a cluster's Redis).
     Admin(admin::AdminArgs),
+    /// Cluster mode: an HTTP front; stateless, run any number behind a load balancer.
+    Front(front::FrontArgs),
+    /// Cluster mode: a coordinator; run two or more, one leads and the others stand by.
+    Coordinator(coordinator::CoordinatorArgs),
+    /// Cluster mode: a worker serving one model, joining from anywhere with the Redis URL.
+    Worker(crate::cluster::worker_node::WorkerArgs),
 }
 
 /// Runs the parsed command line.
@@ -35,5 +43,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Admin(a) => admin::run(a),
+        Command::Front(a) => front::run(a),
+        Command::Coordinator(a) => coordinator::run(a),
+        Command::Worker(a) => crate::cluster::worker_node::run(a),
     }
 }

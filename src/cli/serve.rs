@@ -28,7 +28,8 @@ use crate::session::actor::Services;
 use crate::session::inbox::NodeInbox;
 use crate::session::models::{model_id, ModelCatalog, ModelEntry};
 use crate::store::embedded::RedbStore;
-use crate::store::Store;
+use crate::session::pool::Pool;
+use crate::store::{reap_expired, Store};
 use crate::worker::actor::{WorkerActor, WorkerInfo};
 
 #[derive(Args, Debug)]
@@ -88,9 +89,9 @@ async fn serve(config: Config, store: Arc<dyn Store>, loaded: Vec<Loaded>, threa
     let node_id = "local".to_string();
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::default());
     let coordinator = CoordinatorActor::default().start();
-    let mut models = ModelCatalog::default();
+    let models = Arc::new(ModelCatalog::default());
     for (i, l) in loaded.into_iter().enumerate() {
-        let info = WorkerInfo { worker_id: format!("{node_id}-w{i}"), model_id: l.id.clone(), context_length: l.model.config.context_length };
+        let info = WorkerInfo::llm(&format!("{node_id}-w{i}"), &l.id, l.model.config.context_length);
         tracing::info!(model = %l.id, threads, "loading the model");
         let worker = WorkerActor::new(info.clone(), Arc::clone(&l.model), Arc::clone(&l.tokenizer), threads, config.server.max_queue, Arc::clone(&bus))?.start();
         coordinator.send(Register { info, addr: worker }).await?;
@@ -98,12 +99,13 @@ async fn serve(config: Config, store: Arc<dyn Store>, loaded: Vec<Loaded>, threa
         models.add(ModelEntry { id: l.id, created: unix_now(), context_length: l.model.config.context_length, template: l.template, tokenizer: l.tokenizer, tier });
     }
     let inbox = NodeInbox::new(Arc::clone(&bus), &node_id);
+    actix::spawn(reap_holds(Arc::clone(&store)));
     let billing = Arc::new(Billing::new(store, config.billing.clone()));
     let (host, port) = (config.server.host.clone(), config.server.port);
-    let services = Arc::new(Services { node_id, bus, billing, coordinator, inbox: inbox.start(), models, config });
+    let services = Arc::new(Services { node_id, bus, billing, pool: Pool::Local(coordinator), inbox: inbox.start(), models, config });
 
     let mut handoff = Handoff::new(String::new())?;
-    let state = web::Data::new(FrontState { services, admin: handoff.clone() });
+    let state = web::Data::new(FrontState { services, admin: Some(handoff.clone()) });
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
         .bind((host.as_str(), port))
         .with_context(|| format!("binding {host}:{port}"))?;
@@ -116,8 +118,19 @@ async fn serve(config: Config, store: Arc<dyn Store>, loaded: Vec<Loaded>, threa
     result.context("the HTTP server failed")
 }
 
+/// Releases holds left open by a previous run that crashed mid-request.
+async fn reap_holds(store: Arc<dyn Store>) {
+    loop {
+        let s = Arc::clone(&store);
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || reap_expired(s.as_ref())).await {
+            tracing::warn!("releasing expired holds: {e}");
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+    }
+}
+
 /// How this machine reaches `addr` (loopback for a wildcard address).
-fn local(addr: SocketAddr) -> SocketAddr {
+pub fn local(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
         IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port()),

@@ -24,6 +24,20 @@ pub struct GenerateParams {
     pub stop: Vec<String>,
 }
 
+/// Where a generation that another worker started stands, so this one can continue it
+/// (failover). The continuation runs the same arithmetic as the first run: the prompt in one
+/// prefill, then each produced token through the one-token decode path, sampling at every
+/// step as the first run did (so a seeded sampler is at the same position) but keeping the
+/// produced token. Its KV cache and logits are then bit-identical to the first run's, and
+/// so is everything it generates after.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resume {
+    /// Tokens already produced, in order.
+    pub tokens: Vec<u32>,
+    /// Bytes of text already delivered; the continuation does not deliver them again.
+    pub text_bytes: usize,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FinishReason {
     /// An end-of-generation token or a stop string.
@@ -96,16 +110,18 @@ impl StopMatcher {
     }
 }
 
-/// Generates from `prompt` (token ids) and calls `on_text` after every token with the new
-/// text (possibly empty, while text is held back). `on_text` returning `Break` stops the
-/// generation at once with [`FinishReason::Cancelled`].
+/// Generates from `prompt` (token ids), continuing `resume`, and calls `on_text` after every
+/// token with the new text (possibly empty, while text is held back) and the token, unless
+/// it was one of `resume`'s. `on_text` returning `Break` stops the generation at once with
+/// [`FinishReason::Cancelled`].
 pub fn generate(
     model: &Model,
     be: &dyn Backend,
     tok: &Tokenizer,
     prompt: &[u32],
     params: &GenerateParams,
-    mut on_text: impl FnMut(&str) -> ControlFlow<()>,
+    resume: &Resume,
+    mut on_text: impl FnMut(&str, Option<u32>) -> ControlFlow<()>,
 ) -> Result<Generation, EngineError> {
     if prompt.is_empty() {
         return Err(EngineError::Tokenizer("the prompt is empty".into()));
@@ -128,14 +144,27 @@ pub fn generate(
         decode_time: Duration::ZERO,
     };
     let mut hit_stop_string = false;
+    let mut replay = resume.tokens.iter().copied();
+    let mut delivered = resume.text_bytes;
+    // Text past what was already delivered.
+    let mut fresh = |text: String| -> String {
+        let skip = delivered.min(text.len());
+        delivered -= skip;
+        text.get(skip..).unwrap_or_default().to_string()
+    };
 
     let t0 = Instant::now();
     let mut logits = model.forward(be, &mut cache, prompt, Logits::Last)?;
     out.prefill_time = t0.elapsed();
     let t1 = Instant::now();
     while out.token_ids.len() < params.max_tokens {
-        let next = sampler.sample(&mut logits, &history);
-        if tok.is_end_of_generation(next) {
+        let sampled = sampler.sample(&mut logits, &history);
+        let replayed = replay.next();
+        let next = replayed.unwrap_or(sampled);
+        if replayed.is_some_and(|t| t != sampled) {
+            tracing::debug!(sampled, replayed = next, "a resumed generation keeps the token the first run produced");
+        }
+        if replayed.is_none() && tok.is_end_of_generation(next) {
             out.finish = FinishReason::Stop;
             break;
         }
@@ -143,7 +172,7 @@ pub fn generate(
         history.push(next);
         let (text, hit) = stops.push(&decoder.push(tok, next));
         out.text.push_str(&text);
-        if on_text(&text).is_break() {
+        if on_text(&fresh(text), replayed.is_none().then_some(next)).is_break() {
             out.finish = FinishReason::Cancelled;
             out.decode_time = t1.elapsed();
             return Ok(out);
@@ -165,7 +194,7 @@ pub fn generate(
         let (text, hit) = stops.push(&decoder.finish());
         let rest = if hit { text } else { text + &stops.finish() };
         out.text.push_str(&rest);
-        if on_text(&rest).is_break() {
+        if on_text(&fresh(rest), None).is_break() {
             out.finish = FinishReason::Cancelled;
         }
     }

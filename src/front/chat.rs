@@ -46,7 +46,7 @@ async fn chat(req: HttpRequest, payload: web::Payload, state: web::Data<FrontSta
     let job = random_hex(12).map_err(|e| ApiError::logged("a job id", e))?;
     let id = Arc::new(CompletionId { id: format!("chatcmpl-{job}"), created: unix_now(), model: model.id.clone() });
     let (stream, include_usage) = (request.stream, request.include_usage);
-    let turn = Turn { job_id: id.id.clone(), key, model: Arc::clone(model), request, permit };
+    let turn = Turn { job_id: id.id.clone(), key, model, request, permit };
     let mut events = SessionActor::start_turn(Arc::clone(&state.services), turn);
     match events.recv().await {
         Some(SessionEvent::Started) => {}

@@ -17,8 +17,9 @@ use crate::session::actor::Services;
 /// What every request handler of this node shares.
 pub struct FrontState {
     pub services: Arc<Services>,
-    /// The token of the admin endpoint.
-    pub admin: Handoff,
+    /// The token of the admin endpoint (`supernet serve` only; a cluster's admin goes to
+    /// Redis).
+    pub admin: Option<Handoff>,
 }
 
 /// The routes, for `App::configure`.

@@ -12,19 +12,14 @@ use super::FrontState;
 use crate::admin::{execute, AdminCommand, WorkersCommand};
 use crate::api::chat_response::{model_list, Capabilities, ModelCard, Pricing};
 use crate::api::error::ApiError;
-use crate::coordinator::{loads, Workers};
+use crate::coordinator::Workers;
+use crate::session::pool::Pool;
 use crate::session::models::ModelEntry;
 use crate::worker::actor::{SetDraining, WorkerInfo, WorkerLoad};
 
-/// Every worker with its load; empty when the coordinator does not answer.
+/// Every live worker with its load.
 async fn worker_loads(state: &FrontState) -> Vec<(WorkerInfo, WorkerLoad)> {
-    match state.services.coordinator.send(Workers).await {
-        Ok(w) => loads(&w).await.into_iter().map(|(i, _, l)| (i, l)).collect(),
-        Err(e) => {
-            tracing::error!("the coordinator does not answer: {e}");
-            Vec::new()
-        }
-    }
+    state.services.pool.workers().await
 }
 
 fn card(m: &ModelEntry, workers: &[(WorkerInfo, WorkerLoad)]) -> ModelCard {
@@ -41,13 +36,13 @@ fn card(m: &ModelEntry, workers: &[(WorkerInfo, WorkerLoad)]) -> ModelCard {
 
 pub async fn list_models(state: web::Data<FrontState>) -> HttpResponse {
     let workers = worker_loads(&state).await;
-    let cards: Vec<_> = state.services.models.iter().map(|m| card(m, &workers)).collect();
+    let cards: Vec<_> = state.services.models.list().iter().map(|m| card(m, &workers)).collect();
     HttpResponse::Ok().json(model_list(&cards))
 }
 
 pub async fn get_model(id: web::Path<String>, state: web::Data<FrontState>) -> HttpResponse {
     match state.services.models.get(&id) {
-        Some(m) => HttpResponse::Ok().json(card(m, &worker_loads(&state).await).json()),
+        Some(m) => HttpResponse::Ok().json(card(&m, &worker_loads(&state).await).json()),
         None => error_response(&ApiError::model_not_found(&id)),
     }
 }
@@ -86,7 +81,7 @@ pub async fn metrics(state: web::Data<FrontState>) -> HttpResponse {
 
 /// `supernet admin` while this server holds the store.
 pub async fn admin(req: HttpRequest, payload: web::Payload, state: web::Data<FrontState>) -> HttpResponse {
-    if !api_key(&req).is_ok_and(|presented| state.admin.accepts(&presented)) {
+    if !api_key(&req).is_ok_and(|presented| state.admin.as_ref().is_some_and(|h| h.accepts(&presented))) {
         return error_response(&ApiError::unauthorized("Not an admin token of this server"));
     }
     let command: AdminCommand = match json_body(&req, payload, 1 << 20).await.and_then(|v| serde_json::from_value(v).map_err(|e| ApiError::bad_body(format!("not an admin command: {e}")))) {
@@ -108,19 +103,22 @@ pub async fn admin(req: HttpRequest, payload: web::Payload, state: web::Data<Fro
 }
 
 async fn workers_command(state: &FrontState, command: WorkersCommand) -> Result<serde_json::Value, ApiError> {
-    let workers = state.services.coordinator.send(Workers).await.map_err(|e| ApiError::logged("the coordinator", e))?;
     let (worker_id, drain) = match command {
         WorkersCommand::List => {
-            let list: Vec<_> = loads(&workers)
+            let list: Vec<_> = worker_loads(state)
                 .await
                 .into_iter()
-                .map(|(i, _, l)| json!({ "worker_id": i.worker_id, "model": i.model_id, "draining": l.draining, "queued": l.queued, "running": l.running, "completed": l.completed, "cancelled": l.cancelled }))
+                .map(|(i, l)| json!({ "worker_id": i.worker_id, "model": i.model_id, "draining": l.draining, "queued": l.queued, "running": l.running, "completed": l.completed, "cancelled": l.cancelled }))
                 .collect();
             return Ok(json!({ "workers": list }));
         }
         WorkersCommand::Drain { worker_id } => (worker_id, true),
         WorkersCommand::Resume { worker_id } => (worker_id, false),
     };
+    let Pool::Local(coordinator) = &state.services.pool else {
+        return Err(ApiError::bad_body("In a cluster, drain a worker by stopping it (SIGTERM): it finishes its jobs first"));
+    };
+    let workers = coordinator.send(Workers).await.map_err(|e| ApiError::logged("the coordinator", e))?;
     let (_, addr) = workers.iter().find(|(i, _)| i.worker_id == worker_id).ok_or_else(|| ApiError::bad_body(format!("no worker `{worker_id}`")))?;
     addr.send(SetDraining(drain)).await.map_err(|e| ApiError::logged("the worker", e))?;
     Ok(json!({ "worker_id": worker_id, "draining": drain }))

@@ -1,20 +1,27 @@
 //! The SessionActor: one chat request's turn, from validated request to settled bill.
 //!
 //! It renders and tokenizes the prompt, has the account's BillingAccountActor hold the
-//! worst case, asks the coordinator for a worker, puts the job on that worker's bus inbox
-//! and relays the worker's events to the front as [`SessionEvent`]s. When the job ends it
-//! settles the exact usage and releases the rest of the hold. If the client goes away the
-//! job is cancelled at once, and the session still waits for the worker's final count so
-//! that only the tokens produced are billed.
+//! worst case, has the pool place the job on a worker and relays the worker's events to the
+//! front as [`SessionEvent`]s. When the job ends it settles the exact usage and releases the
+//! rest of the hold. If the client goes away the job is cancelled at once, and the session
+//! still waits for the worker's final count so that only the tokens produced are billed.
+//!
+//! A job whose worker dies moves (failover): the coordinator reports the attempt lost, and
+//! the session places the next attempt with the prompt, the tokens produced so far and how
+//! much text the client has, so the new worker continues the same generation and the client
+//! sees one uninterrupted stream. Events of an earlier attempt are ignored from then on. The
+//! hold is renewed while the turn lives and settled once, for the last attempt's count.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use actix::{Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, WrapFuture};
+use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::inbox::{JobUpdate, NodeInbox, Subscribe, Unsubscribe};
 use super::models::{ModelCatalog, ModelEntry};
-use super::prompt::{prepare, PreparedPrompt};
+use super::pool::Pool;
+use super::prompt::prepare;
 use crate::api::chat_request::{ChatRequest, TokenChoice};
 use crate::api::chat_response::Usage;
 use crate::api::error::ApiError;
@@ -22,22 +29,28 @@ use crate::billing::account_actor::{Billing, BillingError, HoldJob, SettleJob};
 use crate::billing::limits::Permit;
 use crate::bus::{streams, Bus};
 use crate::config::Config;
-use crate::coordinator::{CoordinatorActor, Place, PlaceError};
-use crate::engine::generate::FinishReason;
+use crate::engine::generate::{FinishReason, Resume};
 use crate::store::{ApiKeyRecord, StoreError};
 use crate::worker::actor::send_command;
 use crate::worker::engine_thread::JobEvent;
-use crate::worker::protocol::{JobSpec, WorkerCommand, WorkerEvent};
+use crate::worker::protocol::{JobSpec, NodeMessage, Placement, QueueReason, WorkerCommand, WorkerEvent};
+
+/// How long a job may wait for a worker before the request gives up.
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a live turn renews its hold's lease.
+const RENEW_EVERY: Duration = Duration::from_secs(30);
+/// Tries of a settlement the store could not take (Redis restarting), about a minute in all.
+const SETTLE_TRIES: u32 = 40;
 
 /// What every session of this node shares.
 pub struct Services {
     pub node_id: String,
     pub bus: Arc<dyn Bus>,
     pub billing: Arc<Billing>,
-    pub coordinator: Addr<CoordinatorActor>,
+    pub pool: Pool,
     /// Reads this node's stream (`streams::node(node_id)`).
-    pub inbox: Addr<NodeInbox>,
-    pub models: ModelCatalog,
+    pub inbox: actix::Addr<NodeInbox>,
+    pub models: Arc<ModelCatalog>,
     pub config: Config,
 }
 
@@ -65,11 +78,19 @@ pub struct SessionActor {
     services: Arc<Services>,
     turn: Turn,
     out: UnboundedSender<SessionEvent>,
-    prepared: Option<PreparedPrompt>,
+    /// The job as last placed (its attempt is the current one); set once the hold is in.
+    job: Option<JobSpec>,
     /// A hold is in place and not yet settled.
     held: bool,
-    /// The worker whose inbox has the job (set once it is dispatched).
+    /// The worker running the current attempt, once known.
     worker_id: Option<String>,
+    /// Workers that lost an attempt of this job.
+    lost: Vec<String>,
+    /// Tokens the client has (the text of), and how many bytes of text.
+    produced: Resume,
+    started: bool,
+    /// The last reason the job waited for, for the timeout's message.
+    waiting: Option<QueueReason>,
     client_gone: bool,
 }
 
@@ -78,7 +99,7 @@ impl SessionActor {
     /// receiver cancels the turn.
     pub fn start_turn(services: Arc<Services>, turn: Turn) -> UnboundedReceiver<SessionEvent> {
         let (out, rx) = unbounded_channel();
-        SessionActor { services, turn, out, prepared: None, held: false, worker_id: None, client_gone: false }.start();
+        SessionActor { services, turn, out, job: None, held: false, worker_id: None, lost: Vec::new(), produced: Resume::default(), started: false, waiting: None, client_gone: false }.start();
         rx
     }
 
@@ -91,10 +112,13 @@ impl SessionActor {
     /// Ends the turn with an error once the hold (if any) is released, so a client that
     /// sees the error sees its balance whole again.
     fn fail(&mut self, error: ApiError, ctx: &mut Context<Self>) {
+        self.withdraw();
         self.finish(0, 0, Some(SessionEvent::Error(error)), ctx);
     }
 
-    /// Settles the hold (if any) for the given usage, then sends `then` and stops.
+    /// Settles the hold (if any) for the given usage, then sends `then` and stops. A store
+    /// that cannot be reached is retried for a while: the usage is known, and billing it
+    /// exactly once matters more than answering at once.
     fn finish(&mut self, prompt_tokens: usize, completion_tokens: usize, then: Option<SessionEvent>, ctx: &mut Context<Self>) {
         if !self.held {
             if let Some(e) = then {
@@ -113,10 +137,22 @@ impl SessionActor {
             completion_tokens: completion_tokens as u64,
             worker_id: self.worker_id.clone(),
         };
-        let settle = async move { billing.settle(&account, job).await };
+        let settle = async move {
+            let mut tries = 0;
+            loop {
+                match billing.settle(&account, job.clone()).await {
+                    Err(BillingError::Store(StoreError::Backend(e))) if tries < SETTLE_TRIES => {
+                        tracing::warn!(job = %job.job_id, "settling failed, retrying: {e}");
+                        tries += 1;
+                        tokio::time::sleep(Duration::from_millis(250 * u64::from(tries.min(8)))).await;
+                    }
+                    r => return r,
+                }
+            }
+        };
         ctx.wait(settle.into_actor(self).map(move |r, act, ctx| {
             if let Err(e) = r {
-                tracing::error!(job = %act.turn.job_id, "settling the hold failed; it stays open: {e}");
+                tracing::error!(job = %act.turn.job_id, "settling the hold failed; it stays open until the reaper releases it: {e}");
             }
             if let Some(e) = then {
                 act.emit(e);
@@ -125,45 +161,95 @@ impl SessionActor {
         }));
     }
 
-    /// Step 2: the hold is in place; find a worker and hand it the job.
-    fn dispatch(&mut self, ctx: &mut Context<Self>) {
-        let Some(prepared) = self.prepared.take() else { return };
+    /// The hold is in place: place the first attempt.
+    fn dispatch(&mut self, job: JobSpec, ctx: &mut Context<Self>) {
         if self.client_gone {
             return self.finish(0, 0, None, ctx);
         }
-        let s = Arc::clone(&self.services);
-        let me = ctx.address().recipient();
-        let spec = JobSpec {
-            job_id: self.turn.job_id.clone(),
-            model: self.turn.model.id.clone(),
-            prompt: prepared.prompt_ids,
-            params: prepared.params,
-            reply_to: streams::node(&s.node_id),
-        };
-        let go = async move {
-            let worker = s.coordinator.send(Place { model: spec.model.clone() }).await.map_err(|e| ApiError::logged("the coordinator", e))?.map_err(|e| match e {
-                PlaceError::NoWorker(m) => ApiError::unavailable(format!("No worker is serving model `{m}` right now; try again shortly")),
-                PlaceError::Busy(m) => ApiError::rate_limited(format!("The server is at capacity for model `{m}`; retry shortly"), 1),
-            })?;
-            s.inbox.send(Subscribe { job_id: spec.job_id.clone(), session: me }).await.map_err(|e| ApiError::logged("the node inbox", e))?;
-            let job_id = spec.job_id.clone();
-            send_command(s.bus.as_ref(), &s.node_id, &worker, &job_id, &WorkerCommand::Run(spec)).await.map_err(|e| ApiError::logged("the bus", e))?;
-            Ok::<String, ApiError>(worker)
-        };
-        ctx.wait(go.into_actor(self).map(|r, act, ctx| match r {
-            Ok(worker) => {
-                act.worker_id = Some(worker);
-                if act.client_gone {
-                    act.cancel();
-                }
+        let (inbox, me, job_id) = (self.services.inbox.clone(), ctx.address().recipient(), job.job_id.clone());
+        ctx.wait(async move { inbox.send(Subscribe { job_id, session: me }).await }.into_actor(self).map(move |r, act, ctx| match r {
+            Ok(()) => {
+                act.job = Some(job);
+                act.place(ctx);
             }
+            Err(e) => act.fail(ApiError::logged("the node inbox", e), ctx),
+        }));
+        ctx.run_later(QUEUE_TIMEOUT, |act, ctx| {
+            if !act.started {
+                let why = act.waiting.map_or("no worker took it", |r| r.as_str());
+                act.fail(ApiError::unavailable(format!("The request waited {}s for a worker ({why}); try again shortly", QUEUE_TIMEOUT.as_secs())), ctx);
+            }
+        });
+        ctx.run_interval(RENEW_EVERY, |act, _| act.renew_hold());
+    }
+
+    /// Asks the pool to place the current attempt; the answer comes as a [`Placement`].
+    fn place(&mut self, ctx: &mut Context<Self>) {
+        let Some(job) = self.job.clone() else { return };
+        let (s, lost) = (Arc::clone(&self.services), self.lost.clone());
+        let priority = self.turn.model.tier.priority;
+        ctx.spawn(async move { s.pool.place(&s, job, priority, lost).await }.into_actor(self).map(|r, act, ctx| match r {
+            Ok(Some((attempt, placement))) => act.placed(attempt, placement, ctx),
+            // The answer comes through the inbox.
+            Ok(None) => {}
             Err(e) => act.fail(e, ctx),
         }));
     }
 
+    fn attempt(&self) -> u32 {
+        self.job.as_ref().map_or(0, |j| j.attempt)
+    }
+
+    fn placed(&mut self, attempt: u32, placement: Placement, ctx: &mut Context<Self>) {
+        if attempt != self.attempt() {
+            return;
+        }
+        match placement {
+            Placement::Placed { worker_id } => {
+                self.worker_id = Some(worker_id);
+                if self.client_gone {
+                    self.cancel();
+                }
+            }
+            Placement::Waiting(reason) => {
+                tracing::debug!(job = %self.turn.job_id, reason = reason.as_str(), "the job waits for a worker");
+                self.waiting = Some(reason);
+            }
+            Placement::Refused { busy: true, reason } => {
+                tracing::debug!(job = %self.turn.job_id, "placement refused: {reason}");
+                self.fail(ApiError::rate_limited(format!("The server is at capacity for model `{}`; retry shortly", self.turn.model.id), 1), ctx)
+            }
+            Placement::Refused { busy: false, reason } => {
+                tracing::debug!(job = %self.turn.job_id, "placement refused: {reason}");
+                self.fail(ApiError::unavailable(format!("No worker is serving model `{}` right now; try again shortly", self.turn.model.id)), ctx)
+            }
+        }
+    }
+
+    /// The worker of the current attempt is gone: place the next attempt where it left off.
+    fn fail_over(&mut self, worker_id: String, ctx: &mut Context<Self>) {
+        let Some(job) = self.job.as_mut() else { return };
+        tracing::warn!(job = %job.job_id, attempt = job.attempt, worker = %worker_id, produced = self.produced.tokens.len(), "the job's worker is gone; moving the job");
+        job.attempt += 1;
+        job.resume = self.produced.clone();
+        self.lost.push(worker_id);
+        self.worker_id = None;
+        if self.client_gone {
+            // Nobody is waiting for the rest: bill what the client got.
+            let done = self.produced.tokens.len();
+            let prompt = job.prompt.len();
+            return self.finish(prompt, done, None, ctx);
+        }
+        self.place(ctx);
+    }
+
     /// Asks the worker to stop the job; its final event still comes, with what it produced.
     fn cancel(&mut self) {
-        let Some(worker) = self.worker_id.clone() else { return };
+        let Some(worker) = self.worker_id.clone() else { return self.withdraw() };
+        self.cancel_on(worker);
+    }
+
+    fn cancel_on(&self, worker: String) {
         let (s, job_id) = (Arc::clone(&self.services), self.turn.job_id.clone());
         actix::spawn(async move {
             if let Err(e) = send_command(s.bus.as_ref(), &s.node_id, &worker, &job_id, &WorkerCommand::Cancel { job_id: job_id.clone() }).await {
@@ -171,8 +257,29 @@ impl SessionActor {
             }
         });
     }
-}
 
+    /// Takes a job that waits for a worker out of the coordinator's queue.
+    fn withdraw(&self) {
+        if self.job.is_some() && self.worker_id.is_none() {
+            let (s, job_id) = (Arc::clone(&self.services), self.turn.job_id.clone());
+            actix::spawn(async move { s.pool.withdraw(&s, &job_id).await });
+        }
+    }
+
+    fn renew_hold(&self) {
+        if !self.held {
+            return;
+        }
+        let (store, job_id) = (Arc::clone(self.services.billing.store()), self.turn.job_id.clone());
+        actix::spawn(async move {
+            let until = crate::store::now() + crate::store::HOLD_LEASE_SECS;
+            let r = tokio::task::spawn_blocking(move || store.renew_hold(&job_id, until).map_err(|e| (job_id, e))).await;
+            if let Ok(Err((job, e))) = r {
+                tracing::warn!(job = %job, "renewing the hold: {e}");
+            }
+        });
+    }
+}
 
 impl Actor for SessionActor {
     type Context = Context<Self>;
@@ -199,12 +306,21 @@ impl Actor for SessionActor {
             max_tokens: prepared.params.max_tokens as u64,
         };
         let (prompt_tokens, max_tokens, auto) = (hold.prompt_tokens, hold.max_tokens, hold.choice == TokenChoice::Auto);
-        self.prepared = Some(prepared);
+        let job = JobSpec {
+            job_id: self.turn.job_id.clone(),
+            attempt: 0,
+            account_id: self.turn.key.account_id.clone(),
+            model: m.id.clone(),
+            prompt: prepared.prompt_ids,
+            params: prepared.params,
+            resume: Resume::default(),
+            reply_to: streams::node(&self.services.node_id),
+        };
         let billing = Arc::clone(&self.services.billing);
         ctx.wait(async move { billing.hold(hold).await }.into_actor(self).map(move |r, act, ctx| match r {
             Ok(_) => {
                 act.held = true;
-                act.dispatch(ctx);
+                act.dispatch(job, ctx);
             }
             Err(BillingError::Store(StoreError::Insufficient { token, needed, available })) => {
                 let which = if auto { "neither the Spark nor the SOGNI balance covers".to_string() } else { format!("the {token} balance does not cover") };
@@ -228,19 +344,45 @@ impl Handler<JobUpdate> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, msg: JobUpdate, ctx: &mut Context<Self>) {
-        match msg.0 {
+        let current = self.attempt();
+        match msg.message {
+            NodeMessage::Placement { attempt, placement } => self.placed(attempt, placement, ctx),
+            NodeMessage::Lost { attempt, worker_id } if attempt == current && self.held => self.fail_over(worker_id, ctx),
+            NodeMessage::Lost { .. } => {}
+            NodeMessage::Worker { attempt, event } if attempt != current => {
+                // A worker that was given up on (it hung) woke up: stop what it still runs.
+                if matches!(event, WorkerEvent::Accepted { .. } | WorkerEvent::Job(JobEvent::Text { .. })) {
+                    self.cancel_on(msg.sender);
+                }
+            }
+            NodeMessage::Worker { event, .. } => self.worker_event(event, ctx),
+        }
+    }
+}
+
+impl SessionActor {
+    fn worker_event(&mut self, event: WorkerEvent, ctx: &mut Context<Self>) {
+        match event {
             WorkerEvent::Accepted { worker_id } => {
                 self.worker_id = Some(worker_id);
-                self.emit(SessionEvent::Started);
+                if !self.started {
+                    self.started = true;
+                    self.emit(SessionEvent::Started);
+                }
+                if self.client_gone {
+                    self.cancel();
+                }
             }
             WorkerEvent::Rejected { busy: true, .. } => self.fail(ApiError::rate_limited("The server is at capacity for this model; retry shortly", 1), ctx),
             WorkerEvent::Rejected { busy: false, reason } => {
                 tracing::warn!(job = %self.turn.job_id, "a worker refused the job: {reason}");
                 self.fail(ApiError::unavailable("No worker could take the request; try again shortly"), ctx)
             }
-            WorkerEvent::Job(JobEvent::Text(t)) => {
+            WorkerEvent::Job(JobEvent::Text { text, tokens }) => {
+                self.produced.tokens.extend(tokens);
+                self.produced.text_bytes += text.len();
                 if !self.client_gone {
-                    self.emit(SessionEvent::Text(t));
+                    self.emit(SessionEvent::Text(text));
                     if self.client_gone {
                         self.cancel();
                     }

@@ -1,7 +1,7 @@
-//! This node's inbox: the bus stream on which workers answer the node's sessions. One
-//! reader consumes it and hands each event to the session of its job (by correlation id),
-//! so a session needs no bus reader of its own. Events of a session that has ended are
-//! dropped: its job was cancelled when it ended.
+//! This node's inbox: the bus stream on which workers and the coordinator answer the
+//! node's sessions. One reader consumes it and hands each message to the session of its job
+//! (by correlation id), so a session needs no bus reader of its own. Messages for a session
+//! that has ended are dropped: its job was cancelled when it ended.
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -10,14 +10,17 @@ use std::sync::Arc;
 use actix::{Actor, AsyncContext, Context, Handler, Message, Recipient, WrapFuture};
 
 use crate::bus::{read_stream, streams, Bus};
-use crate::worker::protocol::WorkerEvent;
+use crate::worker::protocol::NodeMessage;
 
 const GROUP: &str = "sessions";
 
-/// A worker's event for one session.
+/// A message about one session's job, and the node that sent it.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct JobUpdate(pub WorkerEvent);
+pub struct JobUpdate {
+    pub message: NodeMessage,
+    pub sender: String,
+}
 
 pub struct NodeInbox {
     bus: Arc<dyn Bus>,
@@ -36,11 +39,11 @@ impl Actor for NodeInbox {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let me = ctx.address().downgrade();
-        let read = read_stream(Arc::clone(&self.bus), streams::node(&self.node_id), GROUP, self.node_id.clone(), move |env| {
+        let read = read_stream(Arc::clone(&self.bus), streams::node(&self.node_id), GROUP.into(), self.node_id.clone(), move |env| {
             let Some(me) = me.upgrade() else { return ControlFlow::Break(()) };
-            match env.payload::<WorkerEvent>() {
-                Ok(event) => me.do_send(Deliver { job_id: env.correlation_id, event }),
-                Err(e) => tracing::warn!(kind = %env.kind, "dropping an unreadable job event: {e}"),
+            match env.payload::<NodeMessage>() {
+                Ok(message) => me.do_send(Deliver { job_id: env.correlation_id, update: JobUpdate { message, sender: env.sender } }),
+                Err(e) => tracing::warn!(kind = %env.kind, "dropping an unreadable job message: {e}"),
             }
             ControlFlow::Continue(())
         });
@@ -52,7 +55,7 @@ impl Actor for NodeInbox {
 #[rtype(result = "()")]
 struct Deliver {
     job_id: String,
-    event: WorkerEvent,
+    update: JobUpdate,
 }
 
 impl Handler<Deliver> for NodeInbox {
@@ -60,7 +63,7 @@ impl Handler<Deliver> for NodeInbox {
 
     fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
         if let Some(session) = self.sessions.get(&msg.job_id) {
-            session.do_send(JobUpdate(msg.event));
+            session.do_send(msg.update);
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use crate::config::Tier;
 use crate::engine::template::ChatTemplate;
@@ -20,29 +20,45 @@ pub struct ModelEntry {
     pub tier: Tier,
 }
 
-/// The served models by id; the first one added is the default.
+/// The served models by id; the first one added is the default. A cluster front adds
+/// models as workers publish them, so the catalog is shared and grows while serving.
 #[derive(Default)]
 pub struct ModelCatalog {
+    inner: RwLock<Catalog>,
+}
+
+#[derive(Default)]
+struct Catalog {
     models: BTreeMap<String, Arc<ModelEntry>>,
     default: Option<String>,
 }
 
 impl ModelCatalog {
-    pub fn add(&mut self, entry: ModelEntry) {
-        self.default.get_or_insert_with(|| entry.id.clone());
-        self.models.insert(entry.id.clone(), Arc::new(entry));
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn get(&self, id: &str) -> Option<&Arc<ModelEntry>> {
-        self.models.get(id)
+    pub fn add(&self, entry: ModelEntry) {
+        let mut c = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        c.default.get_or_insert_with(|| entry.id.clone());
+        c.models.insert(entry.id.clone(), Arc::new(entry));
     }
 
-    pub fn default_model(&self) -> Option<&Arc<ModelEntry>> {
-        self.default.as_deref().and_then(|id| self.models.get(id))
+    pub fn get(&self, id: &str) -> Option<Arc<ModelEntry>> {
+        self.read().models.get(id).cloned()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<ModelEntry>> {
-        self.models.values()
+    pub fn contains(&self, id: &str) -> bool {
+        self.read().models.contains_key(id)
+    }
+
+    pub fn default_model(&self) -> Option<Arc<ModelEntry>> {
+        let c = self.read();
+        c.default.as_deref().and_then(|id| c.models.get(id)).cloned()
+    }
+
+    pub fn list(&self) -> Vec<Arc<ModelEntry>> {
+        self.read().models.values().cloned().collect()
     }
 }
 

@@ -1,7 +1,8 @@
 //! The WorkerActor: one model's engine, as an actor. It takes [`WorkerCommand`]s from its
 //! bus inbox, queues jobs on the engine thread (never running the engine on the actor's
 //! executor), and streams each job's events back to the inbox its session named. Placement
-//! asks it for its load directly: the coordinator lives on the same node for now.
+//! asks it for its load: directly in `supernet serve`, through its heartbeats in a cluster
+//! ([`crate::cluster::worker_node`]).
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -12,7 +13,7 @@ use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, Mess
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::engine_thread::{EngineThread, Job, JobEvent, SubmitError};
-use super::protocol::{JobSpec, WorkerCommand, WorkerEvent, KIND_COMMAND, KIND_EVENT};
+use super::protocol::{JobRef, JobSpec, NodeMessage, WorkerCommand, WorkerEvent, KIND_COMMAND, KIND_NODE};
 use crate::bus::{read_stream, streams, Bus, Envelope};
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::Model;
@@ -23,16 +24,35 @@ const STREAM_LEN: usize = 100_000;
 /// Consumer group of worker inboxes.
 const GROUP: &str = "workers";
 
-/// What a worker serves, as it registers with the coordinator.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What kind of work a worker does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum WorkerKind {
+    Llm,
+    Media,
+}
+
+/// What a worker serves, as it registers with the coordinator: its capabilities.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WorkerInfo {
     pub worker_id: String,
+    pub kind: WorkerKind,
     pub model_id: String,
     pub context_length: usize,
+    /// Sequences decoded together.
+    pub max_batch: usize,
+    /// KV-cache positions it has.
+    pub kv_capacity: usize,
+}
+
+impl WorkerInfo {
+    /// An LLM worker of one model, decoding one sequence at a time.
+    pub fn llm(worker_id: &str, model_id: &str, context_length: usize) -> Self {
+        Self { worker_id: worker_id.into(), kind: WorkerKind::Llm, model_id: model_id.into(), context_length, max_batch: 1, kv_capacity: context_length }
+    }
 }
 
 /// A worker's load: what the coordinator places by.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WorkerLoad {
     pub queued: usize,
     pub running: usize,
@@ -40,8 +60,15 @@ pub struct WorkerLoad {
     pub cancelled: usize,
     /// The most jobs it holds at once (running and queued).
     pub capacity: usize,
-    /// Taking no new jobs (an operator drained it); the ones it has still finish.
+    /// Taking no new jobs (an operator drained it, or it is shutting down); the ones it has
+    /// still finish.
     pub draining: bool,
+    /// KV-cache positions in use.
+    pub kv_used: usize,
+    /// Measured decode speed.
+    pub tokens_per_s: f32,
+    /// The jobs it holds.
+    pub jobs: Vec<JobRef>,
 }
 
 impl WorkerLoad {
@@ -56,8 +83,8 @@ pub struct WorkerActor {
     engine: EngineThread,
     capacity: usize,
     bus: Arc<dyn Bus>,
-    /// Cancel flags of the jobs taken and not yet finished.
-    running: HashMap<String, Arc<AtomicBool>>,
+    /// The jobs taken and not yet finished, with their cancel flags.
+    running: HashMap<String, (Arc<AtomicBool>, JobRef)>,
     draining: bool,
 }
 
@@ -76,7 +103,7 @@ impl Actor for WorkerActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let me = ctx.address().downgrade();
         let stream = streams::worker(&self.info.worker_id);
-        let read = read_stream(Arc::clone(&self.bus), stream, GROUP, self.info.worker_id.clone(), move |env| {
+        let read = read_stream(Arc::clone(&self.bus), stream, GROUP.into(), self.info.worker_id.clone(), move |env| {
             let Some(me) = me.upgrade() else { return ControlFlow::Break(()) };
             match env.payload::<WorkerCommand>() {
                 Ok(c) => me.do_send(Command(c)),
@@ -100,7 +127,7 @@ impl Handler<Command> for WorkerActor {
         match msg.0 {
             WorkerCommand::Run(spec) => self.run(spec, ctx),
             WorkerCommand::Cancel { job_id } => {
-                if let Some(flag) = self.running.get(&job_id) {
+                if let Some((flag, _)) = self.running.get(&job_id) {
                     flag.store(true, Ordering::SeqCst);
                 }
             }
@@ -110,7 +137,8 @@ impl Handler<Command> for WorkerActor {
 
 impl WorkerActor {
     fn run(&mut self, spec: JobSpec, ctx: &mut Context<Self>) {
-        let reply = Reply { bus: Arc::clone(&self.bus), worker_id: self.info.worker_id.clone(), stream: spec.reply_to, job_id: spec.job_id.clone() };
+        let job_ref = spec.job_ref();
+        let reply = Reply { bus: Arc::clone(&self.bus), worker_id: self.info.worker_id.clone(), stream: spec.reply_to, job_id: spec.job_id.clone(), attempt: spec.attempt };
         let refusal = if spec.model != self.info.model_id {
             Some(format!("worker {} serves `{}`, not `{}`", self.info.worker_id, self.info.model_id, spec.model))
         } else if self.draining {
@@ -124,10 +152,10 @@ impl WorkerActor {
         }
         let (tx, rx) = unbounded_channel();
         let cancel = Arc::new(AtomicBool::new(false));
-        let job = Job { id: spec.job_id.clone(), prompt: spec.prompt, params: spec.params, cancel: Arc::clone(&cancel), events: tx };
+        let job = Job { id: spec.job_id.clone(), prompt: spec.prompt, params: spec.params, resume: spec.resume, cancel: Arc::clone(&cancel), events: tx };
         match self.engine.submit(job) {
             Ok(()) => {
-                self.running.insert(spec.job_id.clone(), cancel);
+                self.running.insert(spec.job_id.clone(), (cancel, job_ref));
                 let job_id = spec.job_id;
                 ctx.spawn(reply.forward(rx).into_actor(self).map(move |(), act, _| {
                     act.running.remove(&job_id);
@@ -148,11 +176,13 @@ struct Reply {
     worker_id: String,
     stream: String,
     job_id: String,
+    attempt: u32,
 }
 
 impl Reply {
     async fn send(&self, event: WorkerEvent) {
-        let sent = match Envelope::new(KIND_EVENT, &self.worker_id, &self.job_id, &event) {
+        let message = NodeMessage::Worker { attempt: self.attempt, event };
+        let sent = match Envelope::new(KIND_NODE, &self.worker_id, &self.job_id, &message) {
             Ok(env) => self.bus.publish(&self.stream, env, STREAM_LEN).await.map(drop),
             Err(e) => Err(e),
         };
@@ -165,7 +195,7 @@ impl Reply {
     async fn forward(self, mut events: UnboundedReceiver<JobEvent>) {
         self.send(WorkerEvent::Accepted { worker_id: self.worker_id.clone() }).await;
         while let Some(ev) = events.recv().await {
-            let last = !matches!(ev, JobEvent::Text(_));
+            let last = !matches!(ev, JobEvent::Text { .. });
             self.send(WorkerEvent::Job(ev)).await;
             if last {
                 break;
@@ -196,6 +226,9 @@ impl Handler<GetLoad> for WorkerActor {
             cancelled: s.cancelled.load(Ordering::SeqCst),
             capacity: self.capacity,
             draining: self.draining,
+            kv_used: s.kv_used.load(Ordering::Relaxed),
+            tokens_per_s: s.tokens_per_s(),
+            jobs: self.running.values().map(|(_, r)| r.clone()).collect(),
         })
     }
 }

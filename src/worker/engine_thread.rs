@@ -6,7 +6,7 @@
 //! those. Counters in [`EngineStatus`] show what runs, waits and was cancelled.
 
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::engine::generate::{generate, FinishReason, GenerateParams};
+use crate::engine::generate::{generate, FinishReason, GenerateParams, Resume};
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::{CpuBackend, Model};
 
@@ -23,6 +23,8 @@ pub struct Job {
     pub id: String,
     pub prompt: Vec<u32>,
     pub params: GenerateParams,
+    /// Where another worker left this job, when it continues one.
+    pub resume: Resume,
     /// Set by anyone to stop the job; checked after every token.
     pub cancel: Arc<AtomicBool>,
     pub events: UnboundedSender<JobEvent>,
@@ -30,8 +32,8 @@ pub struct Job {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum JobEvent {
-    /// New text (never empty).
-    Text(String),
+    /// New text (never empty) and the tokens produced since the last text.
+    Text { text: String, tokens: Vec<u32> },
     /// The job ended; the counts are what was processed and produced.
     Finished { finish: FinishReason, prompt_tokens: usize, completion_tokens: usize },
     /// The engine refused the job (e.g. the prompt does not fit the context).
@@ -45,6 +47,17 @@ pub struct EngineStatus {
     pub running: AtomicUsize,
     pub completed: AtomicUsize,
     pub cancelled: AtomicUsize,
+    /// KV-cache positions the running job uses.
+    pub kv_used: AtomicUsize,
+    /// Decode speed of the last finished job (f32 bits), tokens per second.
+    tokens_per_s: AtomicU32,
+}
+
+impl EngineStatus {
+    /// Decode speed measured on the last job that decoded (0 before any).
+    pub fn tokens_per_s(&self) -> f32 {
+        f32::from_bits(self.tokens_per_s.load(Ordering::Relaxed))
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -91,7 +104,7 @@ impl EngineThread {
             for job in rx {
                 st.queued.fetch_sub(1, Ordering::SeqCst);
                 st.running.fetch_add(1, Ordering::SeqCst);
-                let last = run_job(&model, &backend, &tokenizer, &job);
+                let last = run_job(&model, &backend, &tokenizer, &job, &st);
                 // Counters first, so whoever sees the last event sees them updated.
                 st.running.fetch_sub(1, Ordering::SeqCst);
                 match last {
@@ -134,19 +147,31 @@ impl Drop for EngineThread {
 }
 
 /// Runs one job, streaming its text, and returns its last event (`Finished` or `Failed`).
-fn run_job(model: &Model, backend: &CpuBackend, tokenizer: &Tokenizer, job: &Job) -> JobEvent {
+fn run_job(model: &Model, backend: &CpuBackend, tokenizer: &Tokenizer, job: &Job, st: &EngineStatus) -> JobEvent {
     let stopped = || job.cancel.load(Ordering::SeqCst) || job.events.is_closed();
     if stopped() {
         return JobEvent::Finished { finish: FinishReason::Cancelled, prompt_tokens: 0, completion_tokens: 0 };
     }
-    let result = generate(model, backend, tokenizer, &job.prompt, &job.params, |text| {
-        if !text.is_empty() && job.events.send(JobEvent::Text(text.to_string())).is_err() || stopped() {
+    let mut tokens = Vec::new();
+    let mut kv = job.prompt.len();
+    let result = generate(model, backend, tokenizer, &job.prompt, &job.params, &job.resume, |text, token| {
+        kv += 1;
+        st.kv_used.store(kv, Ordering::Relaxed);
+        tokens.extend(token);
+        if !text.is_empty() && job.events.send(JobEvent::Text { text: text.to_string(), tokens: std::mem::take(&mut tokens) }).is_err() || stopped() {
             return ControlFlow::Break(());
         }
         ControlFlow::Continue(())
     });
+    st.kv_used.store(0, Ordering::Relaxed);
     match result {
-        Ok(g) => JobEvent::Finished { finish: g.finish, prompt_tokens: job.prompt.len(), completion_tokens: g.token_ids.len() },
+        Ok(g) => {
+            if g.decode_steps > 0 {
+                let speed = g.decode_steps as f32 / g.decode_time.as_secs_f32().max(1e-6);
+                st.tokens_per_s.store(speed.to_bits(), Ordering::Relaxed);
+            }
+            JobEvent::Finished { finish: g.finish, prompt_tokens: job.prompt.len(), completion_tokens: g.token_ids.len() }
+        }
         Err(e) => JobEvent::Failed(e.to_string()),
     }
 }

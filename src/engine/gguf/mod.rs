@@ -78,6 +78,8 @@ pub struct GgufFile {
     tensors: Vec<TensorInfo>,
     by_name: HashMap<String, usize>,
     map: Arc<Mmap>,
+    /// Where the metadata ends (and the tensor table starts).
+    metadata_end: usize,
 }
 
 impl GgufFile {
@@ -120,6 +122,7 @@ impl GgufFile {
             metadata.insert(key, value);
         }
 
+        let metadata_end = c.offset() as usize;
         let alignment = match metadata.get("general.alignment") {
             None => DEFAULT_ALIGNMENT,
             Some(v) => match v.as_u64() {
@@ -179,7 +182,26 @@ impl GgufFile {
             tensors.push(TensorInfo { name, dims, ty, offset, size });
         }
 
-        Ok(Self { path, version, alignment, metadata, keys, tensors, by_name, map })
+        Ok(Self { path, version, alignment, metadata, keys, tensors, by_name, map, metadata_end })
+    }
+
+    /// The file's metadata as a GGUF file of its own, without tensors: what a node needs to
+    /// tokenize and render prompts for the model without its weights (a model card).
+    pub fn metadata_only(&self) -> Vec<u8> {
+        let mut bytes = self.map[..self.metadata_end].to_vec();
+        // The tensor count follows the magic and the version.
+        bytes[8..16].copy_from_slice(&0u64.to_le_bytes());
+        bytes
+    }
+
+    /// Parses a GGUF file held in memory (`name` is used in errors).
+    pub fn from_bytes(name: &str, bytes: &[u8]) -> Result<Self, GgufError> {
+        let path = PathBuf::from(name);
+        let io = |error| GgufError::Io { path: path.clone(), error };
+        let mut map = memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(io)?;
+        map[..bytes.len()].copy_from_slice(bytes);
+        let map = map.make_read_only().map_err(io)?;
+        Self::parse(path, Arc::new(map))
     }
 
     pub fn path(&self) -> &Path {

@@ -1,0 +1,49 @@
+//! `supernet coordinator --redis URL`: one of the cluster's coordinators. Run two or more;
+//! they elect a leader through a Redis lease and the others stand by (see
+//! [`crate::cluster::coordinator`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Actor;
+use anyhow::Context;
+use clap::Args;
+
+use crate::bus::redis::RedisBus;
+use crate::cluster::coordinator::{Coordinator, Settings};
+use crate::cluster::state::ClusterState;
+use crate::cluster::worker_node::shutdown_signal;
+use crate::store::redis::RedisStore;
+
+#[derive(Args, Debug)]
+pub struct CoordinatorArgs {
+    /// The cluster's Redis, e.g. redis://host:6379/0 (credentials in the URL).
+    #[arg(long, env = "SUPERNET_REDIS")]
+    pub redis: String,
+    /// Milliseconds of the leader lease: a standby takes over at most this long after the
+    /// leader dies.
+    #[arg(long, default_value_t = 3000)]
+    pub lease_ms: u64,
+    /// Milliseconds without a heartbeat after which a worker is declared dead and its jobs
+    /// move.
+    #[arg(long, default_value_t = 3000)]
+    pub dead_after_ms: u64,
+    /// Jobs one account may have in flight at once; more wait (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub max_jobs_per_account: usize,
+}
+
+pub fn run(a: CoordinatorArgs) -> anyhow::Result<()> {
+    crate::telemetry::init();
+    let store = Arc::new(RedisStore::connect(&a.redis).with_context(|| format!("connecting to {}", a.redis))?);
+    let settings = Settings { lease: Duration::from_millis(a.lease_ms), dead_after: Duration::from_millis(a.dead_after_ms), max_jobs_per_account: a.max_jobs_per_account };
+    actix::System::new().block_on(async move {
+        let node_id = format!("coord-{}", crate::ids::random_hex(4)?);
+        let bus = Arc::new(RedisBus::connect(&a.redis).await?);
+        let state = ClusterState::connect(&a.redis).await?;
+        tracing::info!(node = %node_id, "coordinator started; standing by for the lease");
+        let _coordinator = Coordinator::new(node_id, bus, state, store, settings).start();
+        shutdown_signal().await;
+        Ok(())
+    })
+}

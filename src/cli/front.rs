@@ -1,0 +1,76 @@
+//! `supernet front --redis URL`: a stateless HTTP front of a cluster. It serves the same API
+//! as `supernet serve`, bills through the Redis store, places jobs through the leader
+//! coordinator, and learns the served models from the cards workers publish. Run any number
+//! behind a load balancer; one that dies loses only its open connections, and the holds it
+//! placed are released by the coordinator's reaper when their lease ends.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix::Actor;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use clap::Args;
+
+use crate::billing::account_actor::Billing;
+use crate::bus::redis::RedisBus;
+use crate::bus::Bus;
+use crate::cluster::front_view::ClusterView;
+use crate::cluster::state::ClusterState;
+use crate::config::Config;
+use crate::front::{configure, FrontState};
+use crate::session::actor::Services;
+use crate::session::inbox::NodeInbox;
+use crate::session::models::ModelCatalog;
+use crate::session::pool::Pool;
+use crate::store::redis::RedisStore;
+use crate::store::Store;
+
+#[derive(Args, Debug)]
+pub struct FrontArgs {
+    /// The cluster's Redis, e.g. redis://host:6379/0 (credentials in the URL).
+    #[arg(long, env = "SUPERNET_REDIS")]
+    pub redis: String,
+    /// The address to listen on [default: 127.0.0.1, or the config file's].
+    #[arg(long, env = "SUPERNET_HOST")]
+    pub host: Option<String>,
+    /// The port to listen on; 0 picks a free one [default: 8080, or the config file's].
+    #[arg(long, env = "SUPERNET_PORT")]
+    pub port: Option<u16>,
+    /// A TOML file of settings (server, billing, limits, model tiers).
+    #[arg(long, env = "SUPERNET_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+pub fn run(a: FrontArgs) -> anyhow::Result<()> {
+    crate::telemetry::init();
+    let mut config = Config::load(a.config.as_deref())?;
+    if let Some(h) = a.host.clone() {
+        config.server.host = h;
+    }
+    if let Some(p) = a.port {
+        config.server.port = p;
+    }
+    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&a.redis).with_context(|| format!("connecting to {}", a.redis))?);
+    actix_web::rt::System::new().block_on(serve(a.redis, config, store))
+}
+
+async fn serve(redis: String, config: Config, store: Arc<dyn Store>) -> anyhow::Result<()> {
+    let node_id = format!("front-{}", crate::ids::random_hex(4)?);
+    let bus: Arc<dyn Bus> = Arc::new(RedisBus::connect(&redis).await?);
+    let view = Arc::new(ClusterView::new(ClusterState::connect(&redis).await?));
+    let models = Arc::new(ModelCatalog::default());
+    actix::spawn(Arc::clone(&view).watch(Arc::clone(&models), config.clone()));
+    let inbox = NodeInbox::new(Arc::clone(&bus), &node_id).start();
+    let billing = Arc::new(Billing::new(store, config.billing.clone()));
+    let (host, port) = (config.server.host.clone(), config.server.port);
+    tracing::info!(node = %node_id, "front joining the cluster");
+    let services = Arc::new(Services { node_id, bus, billing, pool: Pool::Cluster(view), inbox, models, config });
+    let state = web::Data::new(FrontState { services, admin: None });
+    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
+        .bind((host.as_str(), port))
+        .with_context(|| format!("binding {host}:{port}"))?;
+    let bound = *server.addrs().first().context("the server bound no address")?;
+    tracing::info!("listening on http://{bound}");
+    server.run().await.context("the HTTP server failed")
+}

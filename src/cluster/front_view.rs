@@ -1,0 +1,77 @@
+//! What a cluster front knows of the pool, refreshed from Redis: the leader's view of the
+//! live workers (for `/readyz`, `/v1/models` and metrics), and a catalog entry for every
+//! served model, built from the model card its workers published, so the front renders and
+//! tokenizes prompts without the weights.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use super::protocol::{ModelCard, PoolView};
+use super::state::ClusterState;
+use crate::config::Config;
+use crate::engine::gguf::GgufFile;
+use crate::engine::template::ChatTemplate;
+use crate::engine::tokenizer::Tokenizer;
+use crate::front::chat::unix_now;
+use crate::session::models::{ModelCatalog, ModelEntry};
+use crate::worker::actor::{WorkerInfo, WorkerLoad};
+
+/// How often the view is refreshed.
+const REFRESH: Duration = Duration::from_millis(500);
+
+pub struct ClusterView {
+    state: ClusterState,
+    view: RwLock<PoolView>,
+}
+
+impl ClusterView {
+    pub fn new(state: ClusterState) -> Self {
+        Self { state, view: RwLock::new(PoolView::default()) }
+    }
+
+    /// The live workers, as the leader last published them.
+    pub fn workers(&self) -> Vec<(WorkerInfo, WorkerLoad)> {
+        self.view.read().unwrap_or_else(|e| e.into_inner()).workers.clone()
+    }
+
+    /// Refreshes the view and the catalog forever.
+    pub async fn watch(self: Arc<Self>, models: Arc<ModelCatalog>, config: Config) {
+        loop {
+            if let Err(e) = self.refresh(&models, &config).await {
+                tracing::warn!("refreshing the pool view: {e}");
+            }
+            tokio::time::sleep(REFRESH).await;
+        }
+    }
+
+    async fn refresh(&self, models: &ModelCatalog, config: &Config) -> anyhow::Result<()> {
+        // No view: no leader has published lately, so no worker is known to be alive.
+        let view = self.state.pool().await?.unwrap_or_default();
+        for (info, _) in &view.workers {
+            if models.contains(&info.model_id) {
+                continue;
+            }
+            let Some(card) = self.state.card(&info.model_id).await? else { continue };
+            let entry = entry_from_card(&card, config)?;
+            tracing::info!(model = %card.model_id, architecture = %card.architecture, "serving a model a worker published");
+            models.add(entry);
+        }
+        *self.view.write().unwrap_or_else(|e| e.into_inner()) = view;
+        Ok(())
+    }
+}
+
+/// The catalog entry of a model from its card.
+pub fn entry_from_card(card: &ModelCard, config: &Config) -> anyhow::Result<ModelEntry> {
+    let file = GgufFile::from_bytes(&format!("the model card of {}", card.model_id), &card.gguf_metadata)?;
+    let tokenizer = Tokenizer::from_gguf(&file)?;
+    let template = ChatTemplate::from_gguf(&file, &tokenizer)?;
+    Ok(ModelEntry {
+        id: card.model_id.clone(),
+        created: unix_now(),
+        context_length: card.context_length,
+        template,
+        tokenizer: Arc::new(tokenizer),
+        tier: config.tier(&card.model_id).clone(),
+    })
+}

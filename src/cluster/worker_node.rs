@@ -1,0 +1,129 @@
+//! `supernet worker`: one model's engine joining a cluster from anywhere with a Redis URL.
+//!
+//! It publishes the model's card (the GGUF metadata: tokenizer, chat template, context
+//! length, architecture) so fronts can serve the model without its weights, then runs the
+//! same WorkerActor as `supernet serve` on its Redis inbox and sends a heartbeat with its
+//! capabilities and load every [`HEARTBEAT`]. On SIGTERM (or Ctrl-C) it drains: it takes no
+//! new jobs, finishes the ones it holds, says it is leaving, and exits.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Actor, Addr};
+use anyhow::Context;
+use clap::Args;
+
+use super::protocol::{unix_ms, Heartbeat, ModelCard, KIND_HEARTBEAT};
+use super::state::ClusterState;
+use crate::bus::redis::RedisBus;
+use crate::bus::{streams, Bus, Envelope};
+use crate::engine::cpu::default_threads;
+use crate::engine::tokenizer::Tokenizer;
+use crate::engine::Model;
+use crate::session::models::model_id;
+use crate::worker::actor::{GetLoad, SetDraining, WorkerActor, WorkerInfo};
+
+/// How often a worker reports; a coordinator declares it dead after a few missed beats.
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
+const HEARTBEAT_STREAM_LEN: usize = 10_000;
+
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    /// The cluster's Redis, e.g. redis://host:6379/0 (credentials in the URL).
+    #[arg(long, env = "SUPERNET_REDIS")]
+    pub redis: String,
+    /// The GGUF model to serve.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Engine threads [default: the machine's cores].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Jobs that may wait behind the running one.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// This worker's id [default: random].
+    #[arg(long)]
+    pub worker_id: Option<String>,
+}
+
+pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
+    crate::telemetry::init();
+    let model = Model::load(&a.model)?;
+    let tokenizer = Tokenizer::from_gguf(&model.file).with_context(|| format!("reading the tokenizer of {}", a.model.display()))?;
+    let id = model_id(&a.model);
+    let card = ModelCard {
+        model_id: id.clone(),
+        architecture: model.file.str("general.architecture").unwrap_or("unknown").to_string(),
+        context_length: model.config.context_length,
+        gguf_metadata: model.file.metadata_only(),
+    };
+    let worker_id = match a.worker_id.clone() {
+        Some(w) => w,
+        None => format!("w-{}", crate::ids::random_hex(4)?),
+    };
+    let info = WorkerInfo::llm(&worker_id, &id, model.config.context_length);
+    let threads = a.threads.unwrap_or_else(default_threads);
+    actix::System::new().block_on(serve(a, info, card, Arc::new(model), Arc::new(tokenizer), threads))
+}
+
+async fn serve(a: WorkerArgs, info: WorkerInfo, card: ModelCard, model: Arc<Model>, tokenizer: Arc<Tokenizer>, threads: usize) -> anyhow::Result<()> {
+    let bus: Arc<dyn Bus> = Arc::new(RedisBus::connect(&a.redis).await.with_context(|| format!("connecting to {}", a.redis))?);
+    let state = ClusterState::connect(&a.redis).await.with_context(|| format!("connecting to {}", a.redis))?;
+    state.put_card(&card).await.context("publishing the model card")?;
+    let worker = WorkerActor::new(info.clone(), model, tokenizer, threads, a.max_queue, Arc::clone(&bus))?.start();
+    tracing::info!(worker = %info.worker_id, model = %info.model_id, threads, "worker ready");
+    let beats = actix::spawn(heartbeats(Arc::clone(&bus), info.clone(), worker.clone()));
+
+    shutdown_signal().await;
+    tracing::info!(worker = %info.worker_id, "draining: finishing held jobs, taking no new ones");
+    worker.send(SetDraining(true)).await?;
+    while worker.send(GetLoad).await?.busy() > 0 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    beats.abort();
+    beat(bus.as_ref(), &info, &worker, true).await;
+    tracing::info!(worker = %info.worker_id, "drained; leaving");
+    Ok(())
+}
+
+async fn heartbeats(bus: Arc<dyn Bus>, info: WorkerInfo, worker: Addr<WorkerActor>) {
+    let mut every = tokio::time::interval(HEARTBEAT);
+    loop {
+        every.tick().await;
+        beat(bus.as_ref(), &info, &worker, false).await;
+    }
+}
+
+async fn beat(bus: &dyn Bus, info: &WorkerInfo, worker: &Addr<WorkerActor>, leaving: bool) {
+    let Ok(load) = worker.send(GetLoad).await else { return };
+    let hb = Heartbeat { info: info.clone(), load, leaving, sent_at_ms: unix_ms() };
+    let sent = match Envelope::new(KIND_HEARTBEAT, &info.worker_id, &info.worker_id, &hb) {
+        Ok(env) => bus.publish(&streams::heartbeats(), env, HEARTBEAT_STREAM_LEN).await.map(drop),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = sent {
+        tracing::warn!("sending a heartbeat: {e}");
+    }
+}
+
+/// SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cannot watch SIGTERM: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

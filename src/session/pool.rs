@@ -1,0 +1,81 @@
+//! Where a front finds workers: the coordinator actor of its own process (`supernet
+//! serve`), or the cluster's leader coordinator over the bus (`supernet front`). Sessions
+//! place jobs through it, and the front's model and status routes read the workers' loads
+//! from it.
+
+use std::sync::Arc;
+
+use actix::Addr;
+
+use super::actor::Services;
+use crate::api::error::ApiError;
+use crate::bus::{streams, Envelope};
+use crate::cluster::front_view::ClusterView;
+use crate::cluster::protocol::{CoordinatorCommand, PlaceRequest, KIND_COORDINATOR};
+use crate::coordinator::{loads, CoordinatorActor, Place, PlaceError, Workers};
+use crate::worker::actor::{send_command, WorkerInfo, WorkerLoad};
+use crate::worker::protocol::{JobSpec, Placement, WorkerCommand};
+
+/// Entries kept on the coordinator's stream.
+const COORDINATOR_STREAM_LEN: usize = 100_000;
+
+pub enum Pool {
+    Local(Addr<CoordinatorActor>),
+    Cluster(Arc<ClusterView>),
+}
+
+impl Pool {
+    /// Every live worker with its load; empty when the pool cannot be asked.
+    pub async fn workers(&self) -> Vec<(WorkerInfo, WorkerLoad)> {
+        match self {
+            Pool::Local(c) => match c.send(Workers).await {
+                Ok(w) => loads(&w).await.into_iter().map(|(i, _, l)| (i, l)).collect(),
+                Err(e) => {
+                    tracing::error!("the coordinator does not answer: {e}");
+                    Vec::new()
+                }
+            },
+            Pool::Cluster(view) => view.workers(),
+        }
+    }
+
+    /// Places `job`, avoiding the workers in `exclude`. Locally the answer is returned; in a
+    /// cluster (`Ok(None)`) it comes to the session's inbox as a [`Placement`].
+    pub async fn place(&self, s: &Services, job: JobSpec, priority: u8, exclude: Vec<String>) -> Result<Option<(u32, Placement)>, ApiError> {
+        match self {
+            Pool::Local(c) => {
+                let attempt = job.attempt;
+                let placement = match c.send(Place { model: job.model.clone() }).await.map_err(|e| ApiError::logged("the coordinator", e))? {
+                    Ok(worker_id) => {
+                        send_command(s.bus.as_ref(), &s.node_id, &worker_id, &job.job_id.clone(), &WorkerCommand::Run(job)).await.map_err(|e| ApiError::logged("the bus", e))?;
+                        Placement::Placed { worker_id }
+                    }
+                    Err(e @ PlaceError::Busy(_)) => Placement::Refused { busy: true, reason: e.to_string() },
+                    Err(e @ PlaceError::NoWorker(_)) => Placement::Refused { busy: false, reason: e.to_string() },
+                };
+                Ok(Some((attempt, placement)))
+            }
+            Pool::Cluster(_) => {
+                let job_id = job.job_id.clone();
+                let request = CoordinatorCommand::Place(PlaceRequest { prefix: PlaceRequest::prefix_of(&job.prompt), job, priority, exclude });
+                publish(s, &job_id, &request).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Takes a waiting job out of the coordinator's queue (a cluster's; a local placement
+    /// never waits).
+    pub async fn withdraw(&self, s: &Services, job_id: &str) {
+        if let Pool::Cluster(_) = self {
+            if let Err(e) = publish(s, job_id, &CoordinatorCommand::Withdraw { job_id: job_id.to_string() }).await {
+                tracing::warn!(job = %job_id, "withdrawing a waiting job: {}", e.message);
+            }
+        }
+    }
+}
+
+async fn publish(s: &Services, job_id: &str, command: &CoordinatorCommand) -> Result<(), ApiError> {
+    let env = Envelope::new(KIND_COORDINATOR, &s.node_id, job_id, command).map_err(|e| ApiError::logged("a placement request", e))?;
+    s.bus.publish(&streams::coordinator(), env, COORDINATOR_STREAM_LEN).await.map(drop).map_err(|e| ApiError::logged("the bus", e))
+}
