@@ -21,7 +21,6 @@ use crate::billing::amount::Amount;
 use crate::store::{Balances, Store, TokenType};
 
 /// Ledger entries `accounts show` prints.
-const SHOWN_ENTRIES: usize = 50;
 /// The file a running server leaves in its data dir.
 pub const HANDOFF_FILE: &str = "admin.json";
 /// The path of the server's admin endpoint.
@@ -78,6 +77,9 @@ pub enum AccountsCommand {
     Show {
         #[arg(long)]
         account: String,
+        /// How many of the newest ledger entries to print.
+        #[arg(long, default_value_t = 50)]
+        entries: usize,
     },
 }
 
@@ -136,14 +138,14 @@ pub fn execute(store: &dyn Store, command: AdminCommand) -> anyhow::Result<Value
             }
             json!({ "account_id": account, "entries": entries })
         }
-        AdminCommand::Accounts(AccountsCommand::Show { account }) => {
+        AdminCommand::Accounts(AccountsCommand::Show { account, entries }) => {
             let acct = store.account(&account)?;
             json!({
                 "account_id": acct.id,
                 "name": acct.name,
                 "created": acct.created,
                 "balances": acct.balances,
-                "ledger": store.ledger(&account, SHOWN_ENTRIES)?,
+                "ledger": store.ledger(&account, entries)?,
             })
         }
         AdminCommand::Keys(KeysCommand::Create { account }) => serde_json::to_value(store.create_key(&account)?)?,

@@ -22,7 +22,7 @@ use supernet::worker::protocol::{JobSpec, NodeMessage, WorkerCommand, WorkerEven
 
 fn run(id: &str, model: &str, prompt: &[u32], max_tokens: usize) -> WorkerCommand {
     let params = GenerateParams { max_tokens, sampler: SamplerParams::greedy(), stop: Vec::new() };
-    WorkerCommand::Run(JobSpec { job_id: id.into(), attempt: 0, account_id: "acct".into(), model: model.into(), prompt: prompt.to_vec(), params, resume: Resume::default(), reply_to: streams::node("test") })
+    WorkerCommand::Run(Box::new(JobSpec { job_id: id.into(), attempt: 0, account_id: "acct".into(), model: model.into(), prompt: prompt.to_vec(), params, resume: Resume::default(), reply_to: streams::node("test") }))
 }
 
 /// The next event on the test's node stream, with its job id.

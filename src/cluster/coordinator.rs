@@ -226,7 +226,7 @@ impl Handler<Request> for Coordinator {
                     return self.ack(vec![msg.delivery]);
                 }
                 self.arrivals += 1;
-                let waiting = Waiting { delivery: msg.delivery, request, arrived: self.arrivals, told: None };
+                let waiting = Waiting { delivery: msg.delivery, request: *request, arrived: self.arrivals, told: None };
                 if let Some(w) = self.try_place(waiting) {
                     self.queue.push(w);
                 }
@@ -373,7 +373,7 @@ impl Coordinator {
         let (bus, node, stream, delivery) = (Arc::clone(&self.bus), self.node_id.clone(), streams::coordinator(), w.delivery);
         actix::spawn(async move {
             let (job_id, attempt, reply_to) = (job.job_id.clone(), job.attempt, job.reply_to.clone());
-            let placement = match send_command(bus.as_ref(), &node, &worker_id, &job_id, &WorkerCommand::Run(job)).await {
+            let placement = match send_command(bus.as_ref(), &node, &worker_id, &job_id, &WorkerCommand::Run(Box::new(job))).await {
                 Ok(()) => Placement::Placed { worker_id },
                 Err(e) => Placement::Refused { busy: false, reason: format!("the bus: {e}") },
             };

@@ -38,7 +38,7 @@ impl PlaceRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum CoordinatorCommand {
-    Place(PlaceRequest),
+    Place(Box<PlaceRequest>),
     /// The session gave up on a job that waits: drop it from the queue.
     Withdraw { job_id: String },
 }

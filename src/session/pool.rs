@@ -47,7 +47,7 @@ impl Pool {
                 let attempt = job.attempt;
                 let placement = match c.send(Place { model: job.model.clone() }).await.map_err(|e| ApiError::logged("the coordinator", e))? {
                     Ok(worker_id) => {
-                        send_command(s.bus.as_ref(), &s.node_id, &worker_id, &job.job_id.clone(), &WorkerCommand::Run(job)).await.map_err(|e| ApiError::logged("the bus", e))?;
+                        send_command(s.bus.as_ref(), &s.node_id, &worker_id, &job.job_id.clone(), &WorkerCommand::Run(Box::new(job))).await.map_err(|e| ApiError::logged("the bus", e))?;
                         Placement::Placed { worker_id }
                     }
                     Err(e @ PlaceError::Busy(_)) => Placement::Refused { busy: true, reason: e.to_string() },
@@ -57,7 +57,7 @@ impl Pool {
             }
             Pool::Cluster(_) => {
                 let job_id = job.job_id.clone();
-                let request = CoordinatorCommand::Place(PlaceRequest { prefix: PlaceRequest::prefix_of(&job.prompt), job, priority, exclude });
+                let request = CoordinatorCommand::Place(Box::new(PlaceRequest { prefix: PlaceRequest::prefix_of(&job.prompt), job, priority, exclude }));
                 publish(s, &job_id, &request).await?;
                 Ok(None)
             }

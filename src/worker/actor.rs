@@ -125,7 +125,7 @@ impl Handler<Command> for WorkerActor {
 
     fn handle(&mut self, msg: Command, ctx: &mut Context<Self>) {
         match msg.0 {
-            WorkerCommand::Run(spec) => self.run(spec, ctx),
+            WorkerCommand::Run(spec) => self.run(*spec, ctx),
             WorkerCommand::Cancel { job_id } => {
                 if let Some((flag, _)) = self.running.get(&job_id) {
                     flag.store(true, Ordering::SeqCst);

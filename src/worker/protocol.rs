@@ -48,7 +48,7 @@ pub struct JobRef {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum WorkerCommand {
-    Run(JobSpec),
+    Run(Box<JobSpec>),
     /// Stop a job now; the worker still reports what it produced.
     Cancel { job_id: String },
 }

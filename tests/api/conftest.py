@@ -146,3 +146,132 @@ def poll(f, what, timeout=60):
             return v
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Cluster:
+    """A cluster of separate processes: a private `redis-server` (AOF on, fsync always) on a
+    free port, and any number of coordinators, workers and fronts joined by it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = free_port()
+        self.redis_url = f"redis://127.0.0.1:{self.port}/0"
+        self.procs = {}
+        self.start_redis()
+
+    def start_redis(self):
+        (self.root / "redis").mkdir(parents=True, exist_ok=True)
+        self.redis = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.root / "redis"),
+             "--save", "", "--appendonly", "yes", "--appendfsync", "always"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+        )
+        poll(lambda: self.redis_cli("PING") == "PONG", "redis-server to start", timeout=20)
+
+    def redis_cli(self, *args):
+        out = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True)
+        return out.stdout.strip()
+
+    def restart_redis(self):
+        """Kills Redis hard and starts it again on the same port and AOF file."""
+        self.redis.kill()
+        self.redis.wait()
+        self.start_redis()
+
+    def spawn(self, name, *args):
+        log = open(self.root / f"{name}.log", "a+")
+        proc = subprocess.Popen([str(BIN), *args], stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = (proc, log)
+        return proc
+
+    def logs(self, name):
+        return (self.root / f"{name}.log").read_text()
+
+    def coordinator(self, name):
+        self.spawn(name, "coordinator", "--redis", self.redis_url)
+
+    def worker(self, name, threads=1):
+        self.spawn(name, "worker", "--redis", self.redis_url, "--model", str(MODEL), "--threads", str(threads), "--worker-id", name)
+
+    def front(self, name):
+        self.spawn(name, "front", "--redis", self.redis_url, "--port", "0")
+        m = poll(lambda: re.search(r"listening on (http://[\d.]+:\d+)", self.logs(name)), f"{name} to listen", timeout=60)
+        return m.group(1)
+
+    def wait_workers(self, url, n):
+        """Until the front sees `n` live workers."""
+        def ready():
+            r = httpx.get(url + "/readyz", timeout=10)
+            return r.status_code == 200 and r.json()["workers"] == n
+        poll(ready, f"{n} workers behind {url}", timeout=90)
+
+    def leader(self):
+        """The name of the coordinator process that holds the lease."""
+        node = poll(lambda: self.redis_cli("GET", "sn:v1:coordinator:leader"), "a leader")
+        for name in self.procs:
+            if name.startswith("coord") and f"node={node}" in self.logs(name):
+                return name
+        raise AssertionError(f"no coordinator process is {node}")
+
+    def signal(self, name, sig):
+        self.procs[name][0].send_signal(sig)
+
+    def kill(self, name):
+        proc, _ = self.procs[name]
+        proc.kill()
+        proc.wait()
+
+    def admin(self, *args):
+        return run_cli("admin", "--redis", self.redis_url, *args)
+
+    def account(self, spark="100"):
+        acct = self.admin("accounts", "create", "--name", "test", "--spark", spark)["account_id"]
+        return acct, self.admin("keys", "create", "--account", acct)["api_key"]
+
+    def ledger(self, account_id):
+        return self.admin("accounts", "show", "--account", account_id, "--entries", "100000")["ledger"]
+
+    def metric(self, url, name, **labels):
+        text = httpx.get(url + "/metrics", timeout=30).text
+        for line in text.splitlines():
+            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return int(line.rsplit(" ", 1)[1])
+        return 0
+
+    def stop(self):
+        for proc, log in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+                proc.wait()
+            log.close()
+        self.redis.kill()
+        self.redis.wait()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    c = Cluster(tmp_path)
+    yield c
+    c.stop()
+
+
+def assert_billed_exactly_once(cluster, account_id, usages):
+    """Every request the clients saw finish is settled once at its reported usage, nothing
+    else is charged, and every hold is closed."""
+    ledger = cluster.ledger(account_id)
+    settles = [e for e in ledger if e["kind"] == "settle"]
+    holds = [e for e in ledger if e["kind"] == "hold"]
+    assert len({e["reference"] for e in holds}) == len(holds), "one hold per job"
+    assert len({e["reference"] for e in settles}) == len(settles), "one settlement per job"
+    assert len(settles) == len(holds), "every hold is settled"
+    charged = sum(Decimal(e["amount"]) for e in settles)
+    expected = sum(price(u.prompt_tokens, u.completion_tokens) for u in usages)
+    assert charged == expected, f"charged {charged}, clients were told usage worth {expected}"
