@@ -123,6 +123,18 @@ impl Config {
         Self::parse(&text).map_err(|message| ConfigError::Invalid { path: shown, message })
     }
 
+    /// [`Config::load`], then the command line's `--host` and `--port` over the file's.
+    pub fn load_for_server(path: Option<&Path>, host: Option<String>, port: Option<u16>) -> Result<Self, ConfigError> {
+        let mut c = Self::load(path)?;
+        if let Some(h) = host {
+            c.server.host = h;
+        }
+        if let Some(p) = port {
+            c.server.port = p;
+        }
+        Ok(c)
+    }
+
     pub fn parse(text: &str) -> Result<Self, String> {
         let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         for (name, rate) in [("billing.spark_usd", c.billing.spark_usd), ("billing.sogni_usd", c.billing.sogni_usd)] {

@@ -44,13 +44,7 @@ pub struct FrontArgs {
 
 pub fn run(a: FrontArgs) -> anyhow::Result<()> {
     crate::telemetry::init();
-    let mut config = Config::load(a.config.as_deref())?;
-    if let Some(h) = a.host.clone() {
-        config.server.host = h;
-    }
-    if let Some(p) = a.port {
-        config.server.port = p;
-    }
+    let config = Config::load_for_server(a.config.as_deref(), a.host.clone(), a.port)?;
     let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&a.redis).with_context(|| format!("connecting to {}", a.redis))?);
     actix_web::rt::System::new().block_on(serve(a.redis, config, store))
 }

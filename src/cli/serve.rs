@@ -64,13 +64,7 @@ struct Loaded {
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     crate::telemetry::init();
-    let mut config = Config::load(a.config.as_deref())?;
-    if let Some(h) = a.host.clone() {
-        config.server.host = h;
-    }
-    if let Some(p) = a.port {
-        config.server.port = p;
-    }
+    let config = Config::load_for_server(a.config.as_deref(), a.host.clone(), a.port)?;
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&a.data_dir).with_context(|| format!("opening the store in {}", a.data_dir.display()))?);
     let mut loaded = Vec::new();
     for path in &a.models {

@@ -24,7 +24,7 @@ use std::path::Path;
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{apply, key_hash, new_secret, now, random_id, Account, ApiKeyRecord, Balances, Earning, EntryKind, Hold, LedgerEntry, NewKey, Store, StoreError, StoredKey, TokenType, HOLD_LEASE_SECS};
+use super::{apply, key_hash, new_secret, non_negative, now, random_id, Account, ApiKeyRecord, Balances, Earning, EntryKind, Hold, LedgerEntry, NewKey, Store, StoreError, StoredKey, TokenType, HOLD_LEASE_SECS};
 use crate::billing::amount::Amount;
 
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
@@ -132,14 +132,6 @@ fn append(tx: &WriteTransaction, account: &Account, kind: EntryKind, token: Toke
 
 fn account_in(tx: &WriteTransaction, id: &str) -> Result<Account, StoreError> {
     load(tx, ACCOUNTS, id)?.ok_or_else(|| StoreError::NoAccount(id.to_string()))
-}
-
-fn non_negative(a: Amount) -> Result<Amount, StoreError> {
-    if a.is_negative() {
-        Err(StoreError::NegativeAmount(a))
-    } else {
-        Ok(a)
-    }
 }
 
 impl Store for RedbStore {

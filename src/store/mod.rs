@@ -241,6 +241,15 @@ fn key_hash(key: &str) -> String {
     crate::ids::hex(&Sha256::digest(key.as_bytes()))
 }
 
+/// An amount that must not be negative (credits, holds, charges).
+fn non_negative(a: Amount) -> Result<Amount, StoreError> {
+    if a.is_negative() {
+        Err(StoreError::NegativeAmount(a))
+    } else {
+        Ok(a)
+    }
+}
+
 /// The ledger arithmetic shared by every implementation: the new balance after `delta`.
 fn apply(balances: &mut Balances, token: TokenType, delta: Amount, spend: bool) -> Result<Amount, StoreError> {
     let b = balances.get_mut(token);

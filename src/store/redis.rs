@@ -28,7 +28,7 @@ use std::time::Duration;
 use redis::{Client, Commands, Connection, RedisError, Script};
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{apply, key_hash, new_secret, now, random_id, Account, ApiKeyRecord, Balances, Earning, EntryKind, Hold, LedgerEntry, NewKey, Store, StoreError, StoredKey, TokenType, HOLD_LEASE_SECS};
+use super::{apply, key_hash, new_secret, non_negative, now, random_id, Account, ApiKeyRecord, Balances, Earning, EntryKind, Hold, LedgerEntry, NewKey, Store, StoreError, StoredKey, TokenType, HOLD_LEASE_SECS};
 use crate::billing::amount::Amount;
 
 const SEQ: &str = "sn:v1:ledger:seq";
@@ -93,10 +93,11 @@ struct Change {
     hold: Option<(String, String, Option<Hold>)>,
     lease: Lease,
     earning: Option<Earning>,
-    /// (kind, token, amount, reference) with the balance after each.
+    /// The ledger entries to append; the commit assigns their `seq`.
     entries: Vec<LedgerEntry>,
 }
 
+/// What a change does to the hold's place in the open-holds set.
 enum Lease {
     Unchanged,
     Open(i64),
@@ -119,14 +120,6 @@ fn encode<T: Serialize>(v: &T) -> Result<String, StoreError> {
 
 fn decode<T: DeserializeOwned>(s: &str) -> Result<T, StoreError> {
     serde_json::from_str(s).map_err(|e| StoreError::Backend(format!("corrupt record: {e}")))
-}
-
-fn non_negative(a: Amount) -> Result<Amount, StoreError> {
-    if a.is_negative() {
-        Err(StoreError::NegativeAmount(a))
-    } else {
-        Ok(a)
-    }
 }
 
 impl RedisStore {
