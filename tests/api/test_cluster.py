@@ -99,7 +99,7 @@ def test_the_leader_dies_under_load_and_a_standby_takes_over(cluster):
 
     def one(i):
         try:
-            results.append(streamed(client(fronts[i % 2], key), messages=STORY, max_tokens=60, temperature=0))
+            results.append(streamed(client(fronts[i % 2], key), messages=STORY, max_tokens=150, temperature=0))
         except Exception as e:  # noqa: BLE001 - recorded and asserted on below
             errors.append(repr(e))
 
