@@ -109,6 +109,13 @@ pub trait Bus: Send + Sync {
     fn claim_stale<'a>(&'a self, stream: &'a str, group: &'a str, consumer: &'a str, min_idle: Duration, max: usize) -> BusFuture<'a, Vec<Delivery>>;
 }
 
+/// Wraps `payload` in an envelope and appends it to `stream` (keeping about `max_len`
+/// entries).
+pub async fn send<T: Serialize>(bus: &dyn Bus, stream: &str, max_len: usize, kind: &str, sender: &str, correlation_id: &str, payload: &T) -> Result<(), BusError> {
+    let env = Envelope::new(kind, sender, correlation_id, payload)?;
+    bus.publish(stream, env, max_len).await.map(drop)
+}
+
 /// Stream names. They carry the protocol version, so nodes of two versions never read each
 /// other's streams.
 pub mod streams {

@@ -25,10 +25,10 @@ use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message
 
 use super::protocol::{unix_ms, CoordinatorCommand, Heartbeat, PlaceRequest, PoolView};
 use super::state::ClusterState;
-use crate::bus::{read_stream, streams, Bus, Envelope};
+use crate::bus::{read_stream, streams, Bus};
 use crate::store::{reap_expired, Store};
-use crate::worker::actor::{send_command, WorkerInfo, WorkerLoad};
-use crate::worker::protocol::{JobRef, NodeMessage, Placement, QueueReason, WorkerCommand, KIND_NODE};
+use crate::worker::actor::{send_command, send_to_node, WorkerInfo, WorkerLoad};
+use crate::worker::protocol::{JobRef, NodeMessage, Placement, QueueReason, WorkerCommand};
 
 /// Consumer group of the placement stream.
 const GROUP: &str = "coordinator";
@@ -38,7 +38,6 @@ const PLACED_GRACE: Duration = Duration::from_secs(2);
 const REAP_EVERY: Duration = Duration::from_secs(10);
 /// How long a prefix keeps its worker.
 const AFFINITY_TTL: Duration = Duration::from_secs(300);
-const REPLY_STREAM_LEN: usize = 100_000;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -54,18 +53,18 @@ struct Tracked {
     info: WorkerInfo,
     load: WorkerLoad,
     seen: Instant,
-    /// Jobs placed here that its heartbeats do not show yet.
+    /// Jobs placed here since its last heartbeat, which does not show them (each heartbeat
+    /// drops the ones it shows).
     placed: HashMap<String, (Instant, JobRef)>,
 }
 
 impl Tracked {
     fn jobs(&self) -> impl Iterator<Item = &JobRef> {
-        let shown = &self.load.jobs;
-        shown.iter().chain(self.placed.values().map(|(_, j)| j).filter(move |j| !shown.iter().any(|s| s.job_id == j.job_id)))
+        self.load.jobs.iter().chain(self.placed.values().map(|(_, j)| j))
     }
 
     fn busy(&self) -> usize {
-        self.load.busy() + self.placed.keys().filter(|id| !self.load.jobs.iter().any(|j| &j.job_id == *id)).count()
+        self.load.busy() + self.placed.len()
     }
 
     /// Lower is less loaded: jobs held, then the share of the KV cache in use.
@@ -262,7 +261,7 @@ impl Coordinator {
                 self.queue.push(w);
             }
         }
-        let view = PoolView { leader: self.node_id.clone(), workers: self.workers.values().map(|w| (w.info.clone(), w.load.clone())).collect() };
+        let view = PoolView { workers: self.workers.values().map(|w| (w.info.clone(), w.load.clone())).collect() };
         let state = self.state.clone();
         let ttl = self.settings.lease;
         actix::spawn(async move {
@@ -377,7 +376,7 @@ impl Coordinator {
                 Ok(()) => Placement::Placed { worker_id },
                 Err(e) => Placement::Refused { busy: false, reason: format!("the bus: {e}") },
             };
-            send(bus.as_ref(), &node, &reply_to, &job_id, NodeMessage::Placement { attempt, placement }).await;
+            send_to_node(bus.as_ref(), &node, &reply_to, &job_id, NodeMessage::Placement { attempt, placement }).await;
             if let Err(e) = bus.ack(&stream, GROUP, &[delivery]).await {
                 tracing::warn!("acknowledging a placement: {e}");
             }
@@ -386,7 +385,7 @@ impl Coordinator {
 
     fn tell(&self, stream: &str, job_id: &str, message: NodeMessage) {
         let (bus, node, stream, job_id) = (Arc::clone(&self.bus), self.node_id.clone(), stream.to_string(), job_id.to_string());
-        actix::spawn(async move { send(bus.as_ref(), &node, &stream, &job_id, message).await });
+        actix::spawn(async move { send_to_node(bus.as_ref(), &node, &stream, &job_id, message).await });
     }
 
     fn ack(&self, ids: Vec<String>) {
@@ -396,15 +395,5 @@ impl Coordinator {
                 tracing::warn!("acknowledging placement requests: {e}");
             }
         });
-    }
-}
-
-async fn send(bus: &dyn Bus, node: &str, stream: &str, job_id: &str, message: NodeMessage) {
-    let sent = match Envelope::new(KIND_NODE, node, job_id, &message) {
-        Ok(env) => bus.publish(stream, env, REPLY_STREAM_LEN).await.map(drop),
-        Err(e) => Err(e),
-    };
-    if let Err(e) = sent {
-        tracing::error!(job = %job_id, "telling a session: {e}");
     }
 }

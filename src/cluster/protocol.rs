@@ -62,7 +62,6 @@ pub fn unix_ms() -> u64 {
 /// The live pool as the leader sees it, published for fronts.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PoolView {
-    pub leader: String,
     pub workers: Vec<(WorkerInfo, WorkerLoad)>,
 }
 

@@ -17,7 +17,7 @@ use clap::Args;
 use super::protocol::{unix_ms, Heartbeat, ModelCard, KIND_HEARTBEAT};
 use super::state::ClusterState;
 use crate::bus::redis::RedisBus;
-use crate::bus::{streams, Bus, Envelope};
+use crate::bus::{send, streams, Bus};
 use crate::engine::cpu::default_threads;
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::Model;
@@ -98,11 +98,7 @@ async fn heartbeats(bus: Arc<dyn Bus>, info: WorkerInfo, worker: Addr<WorkerActo
 async fn beat(bus: &dyn Bus, info: &WorkerInfo, worker: &Addr<WorkerActor>, leaving: bool) {
     let Ok(load) = worker.send(GetLoad).await else { return };
     let hb = Heartbeat { info: info.clone(), load, leaving, sent_at_ms: unix_ms() };
-    let sent = match Envelope::new(KIND_HEARTBEAT, &info.worker_id, &info.worker_id, &hb) {
-        Ok(env) => bus.publish(&streams::heartbeats(), env, HEARTBEAT_STREAM_LEN).await.map(drop),
-        Err(e) => Err(e),
-    };
-    if let Err(e) = sent {
+    if let Err(e) = send(bus, &streams::heartbeats(), HEARTBEAT_STREAM_LEN, KIND_HEARTBEAT, &info.worker_id, &info.worker_id, &hb).await {
         tracing::warn!("sending a heartbeat: {e}");
     }
 }

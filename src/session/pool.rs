@@ -9,7 +9,7 @@ use actix::Addr;
 
 use super::actor::Services;
 use crate::api::error::ApiError;
-use crate::bus::{streams, Envelope};
+use crate::bus::{send, streams};
 use crate::cluster::front_view::ClusterView;
 use crate::cluster::protocol::{CoordinatorCommand, PlaceRequest, KIND_COORDINATOR};
 use crate::coordinator::{loads, CoordinatorActor, Place, PlaceError, Workers};
@@ -47,7 +47,8 @@ impl Pool {
                 let attempt = job.attempt;
                 let placement = match c.send(Place { model: job.model.clone() }).await.map_err(|e| ApiError::logged("the coordinator", e))? {
                     Ok(worker_id) => {
-                        send_command(s.bus.as_ref(), &s.node_id, &worker_id, &job.job_id.clone(), &WorkerCommand::Run(Box::new(job))).await.map_err(|e| ApiError::logged("the bus", e))?;
+                        let job_id = job.job_id.clone();
+                        send_command(s.bus.as_ref(), &s.node_id, &worker_id, &job_id, &WorkerCommand::Run(Box::new(job))).await.map_err(|e| ApiError::logged("the bus", e))?;
                         Placement::Placed { worker_id }
                     }
                     Err(e @ PlaceError::Busy(_)) => Placement::Refused { busy: true, reason: e.to_string() },
@@ -76,6 +77,5 @@ impl Pool {
 }
 
 async fn publish(s: &Services, job_id: &str, command: &CoordinatorCommand) -> Result<(), ApiError> {
-    let env = Envelope::new(KIND_COORDINATOR, &s.node_id, job_id, command).map_err(|e| ApiError::logged("a placement request", e))?;
-    s.bus.publish(&streams::coordinator(), env, COORDINATOR_STREAM_LEN).await.map(drop).map_err(|e| ApiError::logged("the bus", e))
+    send(s.bus.as_ref(), &streams::coordinator(), COORDINATOR_STREAM_LEN, KIND_COORDINATOR, &s.node_id, job_id, command).await.map_err(|e| ApiError::logged("the bus", e))
 }

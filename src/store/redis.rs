@@ -159,6 +159,16 @@ impl RedisStore {
         self.get_raw(key)?.map(|s| decode(&s)).transpose()
     }
 
+    /// The newest `limit` records of a list, oldest first.
+    fn newest<T: DeserializeOwned>(&self, key: &str, limit: usize) -> Result<Vec<T>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let start = -(limit.min(isize::MAX as usize) as isize);
+        let raw: Vec<String> = self.with(|c| c.lrange(key, start, -1))?;
+        raw.iter().map(|s| decode(s)).collect()
+    }
+
     /// The account record as stored (for the commit's check) and decoded.
     fn account_raw(&self, id: &str) -> Result<(String, Account), StoreError> {
         let raw = self.get_raw(&account_key(id))?.ok_or_else(|| StoreError::NoAccount(id.to_string()))?;
@@ -252,12 +262,7 @@ impl Store for RedisStore {
 
     fn ledger(&self, account_id: &str, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
         self.account(account_id)?;
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let start = -(limit.min(i64::MAX as usize) as isize);
-        let raw: Vec<String> = self.with(|c| c.lrange(ledger_key(account_id), start, -1))?;
-        raw.iter().map(|s| decode(s)).collect()
+        self.newest(&ledger_key(account_id), limit)
     }
 
     fn hold(&self, job_id: &str, account_id: &str, token: TokenType, amount: Amount) -> Result<Hold, StoreError> {
@@ -340,12 +345,7 @@ impl Store for RedisStore {
     }
 
     fn earnings(&self, worker_id: &str, limit: usize) -> Result<Vec<Earning>, StoreError> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let start = -(limit.min(i64::MAX as usize) as isize);
-        let raw: Vec<String> = self.with(|c| c.lrange(earnings_key(worker_id), start, -1))?;
-        raw.iter().map(|s| decode(s)).collect()
+        self.newest(&earnings_key(worker_id), limit)
     }
 
     fn create_key(&self, account_id: &str) -> Result<NewKey, StoreError> {

@@ -14,7 +14,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::engine_thread::{EngineThread, Job, JobEvent, SubmitError};
 use super::protocol::{JobRef, JobSpec, NodeMessage, WorkerCommand, WorkerEvent, KIND_COMMAND, KIND_NODE};
-use crate::bus::{read_stream, streams, Bus, Envelope};
+use crate::bus::{read_stream, send, streams, Bus};
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::Model;
 
@@ -181,14 +181,7 @@ struct Reply {
 
 impl Reply {
     async fn send(&self, event: WorkerEvent) {
-        let message = NodeMessage::Worker { attempt: self.attempt, event };
-        let sent = match Envelope::new(KIND_NODE, &self.worker_id, &self.job_id, &message) {
-            Ok(env) => self.bus.publish(&self.stream, env, STREAM_LEN).await.map(drop),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = sent {
-            tracing::error!(job = %self.job_id, stream = %self.stream, "sending a job event: {e}");
-        }
+        send_to_node(self.bus.as_ref(), &self.worker_id, &self.stream, &self.job_id, NodeMessage::Worker { attempt: self.attempt, event }).await;
     }
 
     /// Accepted, then every event of the job until its last.
@@ -206,8 +199,15 @@ impl Reply {
 
 /// Puts a command on a worker's inbox.
 pub async fn send_command(bus: &dyn Bus, sender: &str, worker_id: &str, job_id: &str, command: &WorkerCommand) -> Result<(), crate::bus::BusError> {
-    let env = Envelope::new(KIND_COMMAND, sender, job_id, command)?;
-    bus.publish(&streams::worker(worker_id), env, STREAM_LEN).await.map(drop)
+    send(bus, &streams::worker(worker_id), STREAM_LEN, KIND_COMMAND, sender, job_id, command).await
+}
+
+/// Tells the session of `job_id` something on its node's inbox `stream`; a failure is
+/// logged (the session's own timeouts cover a message that never arrives).
+pub async fn send_to_node(bus: &dyn Bus, sender: &str, stream: &str, job_id: &str, message: NodeMessage) {
+    if let Err(e) = send(bus, stream, STREAM_LEN, KIND_NODE, sender, job_id, &message).await {
+        tracing::error!(job = %job_id, %stream, "telling a session: {e}");
+    }
 }
 
 #[derive(Message)]
