@@ -5,7 +5,6 @@
 
 mod common;
 
-use supernet::engine::model::Logits;
 use supernet::engine::sampler::argmax;
 use supernet::engine::tokenizer::Tokenizer;
 use supernet::engine::{CpuBackend, Model};
@@ -31,7 +30,7 @@ fn tiny_models_match_llama_cpp() {
         let want = common::ids(&r["generated_token_ids"]);
 
         let mut cache = model.new_cache(None);
-        let mut logits = model.forward(&be, &mut cache, &prompt, Logits::Last).expect("prefill");
+        let mut logits = model.forward(&be, &mut cache, &prompt).expect("prefill");
         let mut matched = 0;
         for (i, &w) in want.iter().enumerate() {
             let t = argmax(&logits);
@@ -40,7 +39,7 @@ fn tiny_models_match_llama_cpp() {
             }
             matched += 1;
             if i + 1 < want.len() {
-                logits = model.forward(&be, &mut cache, &[t], Logits::Last).expect("decode");
+                logits = model.forward(&be, &mut cache, &[t]).expect("decode");
             }
         }
         let required = if arch == "qwen3moe" {
@@ -94,7 +93,7 @@ fn prompt_logits_equal_llama_cpp_bit_for_bit() {
             .collect();
         let model = Model::load(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         let mut cache = model.new_cache(None);
-        let got = model.forward(&be, &mut cache, &common::ids(&r["prompt_token_ids"]), Logits::Last).expect("prefill");
+        let got = model.forward(&be, &mut cache, &common::ids(&r["prompt_token_ids"])).expect("prefill");
         assert_eq!(got.len(), want.len(), "{file}: vocabulary");
         let differing = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
         assert_eq!(differing, 0, "{file} {:?}: {differing} logits differ from llama.cpp's", r["prompt"]);

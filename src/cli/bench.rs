@@ -14,7 +14,6 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::engine::cpu::default_threads;
-use crate::engine::model::Logits;
 use crate::engine::{Backend, CpuBackend, Model};
 
 #[derive(Args, Debug)]
@@ -77,7 +76,7 @@ fn mean_sd(v: &[f64]) -> (f64, f64) {
 fn pp_run(model: &Model, be: &dyn Backend, toks: &[u32]) -> anyhow::Result<f64> {
     let mut cache = model.new_cache(Some(toks.len()));
     let t = Instant::now();
-    model.forward(be, &mut cache, toks, Logits::Last)?;
+    model.forward(be, &mut cache, toks)?;
     Ok(toks.len() as f64 / t.elapsed().as_secs_f64())
 }
 
@@ -85,7 +84,7 @@ fn tg_run(model: &Model, be: &dyn Backend, toks: &[u32]) -> anyhow::Result<f64> 
     let mut cache = model.new_cache(Some(toks.len()));
     let t = Instant::now();
     for &tok in toks {
-        model.forward(be, &mut cache, &[tok], Logits::Last)?;
+        model.forward(be, &mut cache, &[tok])?;
     }
     Ok(toks.len() as f64 / t.elapsed().as_secs_f64())
 }

@@ -5,7 +5,7 @@
 //! types; a backend decides how to multiply them (the CPU backend quantizes activations to
 //! the weight type's partner format, as llama.cpp does).
 
-use crate::engine::kv_cache::LayerKv;
+use crate::engine::kv::KvView;
 use crate::engine::model::config::RopeConfig;
 use crate::engine::model::weights::Weight;
 
@@ -15,7 +15,26 @@ pub struct MatmulJob<'a> {
     pub out: &'a mut [f32],
 }
 
-/// Shape of one attention call over a layer's cache.
+/// How a forward call computes its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arithmetic {
+    /// As llama.cpp computes one sequence's batch of this size (its kernels change with the
+    /// batch size): outputs equal llama.cpp's bit for bit (`supernet generate`, `bench`).
+    Llama,
+    /// Every row as llama.cpp computes a one-token decode step, whatever shares the call:
+    /// a sequence's logits depend only on its own tokens, never on its batch or on how its
+    /// prompt was chunked (the batch scheduler).
+    Invariant,
+}
+
+/// One sequence's query rows in an attention call, and its cache.
+#[derive(Clone, Copy)]
+pub struct SeqAttention<'a> {
+    pub kv: KvView<'a>,
+    pub shape: AttentionShape,
+}
+
+/// Shape of one sequence's attention over a layer's cache.
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionShape {
     pub n_head: usize,
@@ -37,7 +56,7 @@ pub trait Backend: Send + Sync {
 
     /// Multiplies every job's weight by the same `n_tokens` input rows in one parallel pass.
     /// All weights must have `x.len() / n_tokens` columns.
-    fn matmul(&self, x: &[f32], n_tokens: usize, jobs: &mut [MatmulJob<'_>]);
+    fn matmul(&self, x: &[f32], n_tokens: usize, jobs: &mut [MatmulJob<'_>], arith: Arithmetic);
 
     /// RMS-normalises each `dim`-wide row of `x` in place, then scales by `weight`.
     fn rms_norm(&self, x: &mut [f32], dim: usize, weight: &[f32], eps: f32);
@@ -45,8 +64,9 @@ pub trait Backend: Send + Sync {
     /// Rotates every `head_dim`-wide head of each token row by its position.
     fn rope(&self, x: &mut [f32], head_dim: usize, positions: &[usize], rope: &RopeConfig, freq_factors: Option<&[f32]>);
 
-    /// Causal attention of `q` (`n_tokens` rows of `n_head * head_dim_k`) over the cache.
-    fn attention(&self, q: &[f32], kv: &LayerKv, shape: AttentionShape, out: &mut [f32]);
+    /// Causal attention of `q` (each sequence's `n_tokens` rows of `n_head * head_dim_k`,
+    /// one sequence after the other) over each sequence's cache.
+    fn attention(&self, q: &[f32], seqs: &[SeqAttention<'_>], arith: Arithmetic, out: &mut [f32]);
 
     /// `gate = silu(gate) * up`, element-wise.
     fn swiglu(&self, gate: &mut [f32], up: &[f32]);

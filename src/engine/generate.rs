@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::backend::Backend;
-use crate::engine::model::{Logits, Model};
+use crate::engine::model::Model;
 use crate::engine::sampler::{Sampler, SamplerParams};
 use crate::engine::tokenizer::{StreamDecoder, Tokenizer};
 use crate::engine::EngineError;
@@ -154,7 +154,7 @@ pub fn generate(
     };
 
     let t0 = Instant::now();
-    let mut logits = model.forward(be, &mut cache, prompt, Logits::Last)?;
+    let mut logits = model.forward(be, &mut cache, prompt)?;
     out.prefill_time = t0.elapsed();
     let t1 = Instant::now();
     while out.token_ids.len() < params.max_tokens {
@@ -185,7 +185,7 @@ pub fn generate(
         if out.token_ids.len() == params.max_tokens || cache.len() >= limit {
             break;
         }
-        logits = model.forward(be, &mut cache, &[next], Logits::Last)?;
+        logits = model.forward(be, &mut cache, &[next])?;
         out.decode_steps += 1;
     }
     out.decode_time = t1.elapsed();

@@ -2,14 +2,14 @@
 //!
 //! It knows no network, no HTTP and no OpenAI JSON. Workers wrap it. The layers, bottom up:
 //! `gguf` (the file), `quant` (block formats and dot kernels), `cpu` (the [`Backend`] on CPU
-//! threads), `model` (the forward pass), `kv_cache`, `tokenizer`, `template` (chat prompts),
+//! threads), `model` (the forward pass), `kv` (the paged KV cache), `tokenizer`, `template` (chat prompts),
 //! `sampler`, and `generate` (the decode loop with streaming text and stop strings).
 
 pub mod backend;
 pub mod cpu;
 pub mod generate;
 pub mod gguf;
-pub mod kv_cache;
+pub mod kv;
 pub mod model;
 pub mod quant;
 pub mod sampler;

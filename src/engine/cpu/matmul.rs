@@ -1,7 +1,7 @@
 //! Quantized matrix products on the CPU: activations are quantized once per call to each
 //! weight type's partner format, then the rows of all jobs are shared out among the threads.
 
-use crate::engine::backend::MatmulJob;
+use crate::engine::backend::{Arithmetic, MatmulJob};
 use crate::engine::model::weights::Weight;
 use crate::engine::quant::interleave::{group_bytes, GROUP};
 use crate::engine::quant::{quantize_activations, ActType, DotFn, InterleavedFn, Kernels};
@@ -9,8 +9,10 @@ use crate::engine::quant::{quantize_activations, ActType, DotFn, InterleavedFn, 
 use super::pool::ThreadPool;
 use super::OutPtr;
 
-/// `out[t][r] = w.row(r) · x[t]` for every job, in one parallel region.
-pub fn matmul(pool: &ThreadPool, k: &Kernels, x: &[f32], n_tokens: usize, jobs: &mut [MatmulJob<'_>]) {
+/// `out[t][r] = w.row(r) · x[t]` for every job, in one parallel region. Each row's result
+/// is the one-row kernel's in [`Arithmetic::Invariant`]; in [`Arithmetic::Llama`] some
+/// types switch to llama.cpp's batched arithmetic from `BATCHED_FROM` rows on.
+pub fn matmul(pool: &ThreadPool, k: &Kernels, x: &[f32], n_tokens: usize, jobs: &mut [MatmulJob<'_>], arith: Arithmetic) {
     if n_tokens == 0 || jobs.is_empty() {
         return;
     }
@@ -42,7 +44,10 @@ pub fn matmul(pool: &ThreadPool, k: &Kernels, x: &[f32], n_tokens: usize, jobs: 
         let act = &acts.iter().find(|(t, _)| *t == at).expect("quantized above").1;
         let groups = k.interleaved(j.w.ty).and_then(|f| Some((f, j.w.interleaved()?)));
         targets.push(Target {
-            dot: k.dot_for(j.w.ty, n_tokens),
+            dot: match arith {
+                Arithmetic::Llama => k.dot_for(j.w.ty, n_tokens),
+                Arithmetic::Invariant => k.dot(j.w.ty),
+            },
             groups,
             w: j.w,
             act,

@@ -6,8 +6,7 @@ pub(crate) mod ops;
 pub use ops::fma_available;
 pub mod pool;
 
-use crate::engine::backend::{AttentionShape, Backend, MatmulJob};
-use crate::engine::kv_cache::LayerKv;
+use crate::engine::backend::{Arithmetic, Backend, MatmulJob, SeqAttention};
 use crate::engine::model::config::RopeConfig;
 use crate::engine::model::weights::Weight;
 use crate::engine::quant::{kernels, Kernels};
@@ -64,8 +63,8 @@ impl Backend for CpuBackend {
         });
     }
 
-    fn matmul(&self, x: &[f32], n_tokens: usize, jobs: &mut [MatmulJob<'_>]) {
-        matmul::matmul(&self.pool, self.kernels, x, n_tokens, jobs);
+    fn matmul(&self, x: &[f32], n_tokens: usize, jobs: &mut [MatmulJob<'_>], arith: Arithmetic) {
+        matmul::matmul(&self.pool, self.kernels, x, n_tokens, jobs, arith);
     }
 
     fn rms_norm(&self, x: &mut [f32], dim: usize, weight: &[f32], eps: f32) {
@@ -81,8 +80,8 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn attention(&self, q: &[f32], kv: &LayerKv, shape: AttentionShape, out: &mut [f32]) {
-        attention::attention(&self.pool, q, kv, shape, out);
+    fn attention(&self, q: &[f32], seqs: &[SeqAttention<'_>], arith: Arithmetic, out: &mut [f32]) {
+        attention::attention(&self.pool, q, seqs, arith, out);
     }
 
     fn swiglu(&self, gate: &mut [f32], up: &[f32]) {

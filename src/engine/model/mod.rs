@@ -6,9 +6,9 @@ pub mod weights;
 
 use std::path::Path;
 
-use crate::engine::backend::{AttentionShape, Backend, MatmulJob};
+use crate::engine::backend::{Arithmetic, AttentionShape, Backend, MatmulJob, SeqAttention};
 use crate::engine::gguf::GgufFile;
-use crate::engine::kv_cache::KvCache;
+use crate::engine::kv::{KvCache, KvStore};
 use crate::engine::EngineError;
 use config::ModelConfig;
 use weights::{Ffn, LayerWeights, Weights};
@@ -17,13 +17,16 @@ use weights::{Ffn, LayerWeights, Weights};
 /// decides which attention arithmetic it uses, so matching it keeps outputs identical.
 pub const UBATCH: usize = 512;
 
-/// Which positions of a forward call need logits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Logits {
-    /// Only the last token's (prefill then sample).
-    Last,
-    /// Every token's.
-    All,
+/// One sequence's part of a batched forward call.
+#[derive(Debug, Clone, Copy)]
+pub struct SeqBatch<'a> {
+    pub tokens: &'a [u32],
+    /// Position of the first token; the cache holds the sequence's earlier positions.
+    pub start: usize,
+    /// The sequence's block table, covering positions up to `start + tokens.len()`.
+    pub blocks: &'a [u32],
+    /// Whether to return logits for the last token.
+    pub logits: bool,
 }
 
 pub struct Model {
@@ -67,43 +70,49 @@ impl Model {
         KvCache::new(c.n_layer, c.kv_dim_k(), c.kv_dim_v(), max_len.unwrap_or(c.context_length))
     }
 
-    /// Runs `tokens` at the next positions of `cache` and returns logits (`vocab` per row).
-    /// Fails without touching the cache if the context limit would be passed.
-    pub fn forward(
-        &self,
-        be: &dyn Backend,
-        cache: &mut KvCache,
-        tokens: &[u32],
-        logits: Logits,
-    ) -> Result<Vec<f32>, EngineError> {
-        cache.check_room(tokens.len())?;
-        let vocab = self.config.vocab_size;
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(EngineError::BadToken { token: bad, vocab });
-        }
-        let mut out = Vec::new();
-        for chunk in tokens.chunks(UBATCH) {
-            let last_chunk = chunk.as_ptr_range().end == tokens.as_ptr_range().end;
-            let rows = self.forward_ubatch(be, cache, chunk, logits == Logits::All || last_chunk)?;
-            match logits {
-                Logits::All => out.extend(rows),
-                Logits::Last if last_chunk => out = rows[rows.len() - vocab..].to_vec(),
-                Logits::Last => {}
-            }
-        }
-        Ok(out)
+    /// A store for the blocks of many sequences.
+    pub fn new_store(&self) -> KvStore {
+        let c = &self.config;
+        KvStore::new(c.n_layer, c.kv_dim_k(), c.kv_dim_v())
     }
 
-    fn forward_ubatch(
-        &self,
-        be: &dyn Backend,
-        cache: &mut KvCache,
-        tokens: &[u32],
-        want_logits: bool,
-    ) -> Result<Vec<f32>, EngineError> {
+    /// Runs `tokens` at the next positions of one sequence's `cache`, as llama.cpp does
+    /// (micro-batches of [`UBATCH`], [`Arithmetic::Llama`]), and returns the last token's
+    /// logits. Fails without touching the cache if the context limit would be passed.
+    pub fn forward(&self, be: &dyn Backend, cache: &mut KvCache, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        self.check_tokens(tokens)?;
+        cache.reserve(tokens.len())?;
+        let mut logits = Vec::new();
+        for (i, chunk) in tokens.chunks(UBATCH).enumerate() {
+            let last = (i + 1) * UBATCH >= tokens.len();
+            let start = cache.len();
+            let (store, blocks) = cache.parts();
+            let seq = SeqBatch { tokens: chunk, start, blocks, logits: last };
+            logits = self.forward_batch(be, store, &[seq], Arithmetic::Llama).pop().unwrap_or_default();
+            cache.advance(chunk.len());
+        }
+        Ok(logits)
+    }
+
+    /// Fails on a token id outside the vocabulary.
+    pub fn check_tokens(&self, tokens: &[u32]) -> Result<(), EngineError> {
+        let vocab = self.config.vocab_size;
+        match tokens.iter().find(|&&t| t as usize >= vocab) {
+            Some(&bad) => Err(EngineError::BadToken { token: bad, vocab }),
+            None => Ok(()),
+        }
+    }
+
+    /// One forward pass over several sequences' tokens at once: every weight is read once
+    /// for all rows. Each sequence's keys and values are written into `kv` through its block
+    /// table (whose blocks must exist). Returns the logits of each sequence that asked, in
+    /// order. Token ids must be valid ([`Model::check_tokens`]).
+    pub fn forward_batch(&self, be: &dyn Backend, kv: &mut KvStore, seqs: &[SeqBatch], arith: Arithmetic) -> Vec<Vec<f32>> {
         let c = &self.config;
-        let n = tokens.len();
-        let start = cache.len();
+        let n: usize = seqs.iter().map(|s| s.tokens.len()).sum();
+        if n == 0 {
+            return Vec::new();
+        }
         let q_dim = c.n_head * c.head_dim_k;
         let ff = c.moe.map_or(c.n_ff, |m| m.n_ff_expert);
         let mut s = Scratch {
@@ -118,37 +127,44 @@ impl Model {
             up: vec![0.0; n * ff],
             ffn_out: vec![0.0; n * c.n_embd],
         };
-        for (row, &t) in s.x.chunks_exact_mut(c.n_embd).zip(tokens) {
+        for (row, &t) in s.x.chunks_exact_mut(c.n_embd).zip(seqs.iter().flat_map(|s| s.tokens)) {
             self.weights.token_embd.dequantize_row_into(t as usize, row);
         }
-        let positions: Vec<usize> = (start..start + n).collect();
+        let positions: Vec<usize> = seqs.iter().flat_map(|s| s.start..s.start + s.tokens.len()).collect();
 
         let n_layer = self.weights.layers.len();
         for (il, lw) in self.weights.layers.iter().enumerate() {
-            self.attention_block(be, cache, il, lw, &positions, &mut s);
+            self.attention_block(be, kv, il, lw, seqs, &positions, arith, &mut s);
             if il + 1 < n_layer {
-                self.ffn_block(be, lw, n, &mut s);
+                self.ffn_block(be, lw, n, arith, &mut s);
             }
         }
-        cache.advance(n);
 
-        if !want_logits {
-            return Ok(Vec::new());
-        }
-        // As llama.cpp does, the last layer's feed-forward runs only for the row that gives
-        // logits, so its matmuls take the one-row kernels there too.
+        // As llama.cpp does, the last layer's feed-forward runs only for the rows that give
+        // logits.
         let e = c.n_embd;
-        s.x.copy_within((n - 1) * e..n * e, 0);
-        self.ffn_block(be, &self.weights.layers[n_layer - 1], 1, &mut s);
-        let mut last = s.x[..e].to_vec();
-        be.rms_norm(&mut last, c.n_embd, &self.weights.output_norm, c.rms_eps);
-        let mut logits = vec![0.0; c.vocab_size];
-        be.matmul(&last, 1, &mut [MatmulJob { w: &self.weights.output, out: &mut logits }]);
-        Ok(logits)
+        let mut picked = 0;
+        let mut end = 0;
+        for sq in seqs {
+            end += sq.tokens.len();
+            if sq.logits {
+                s.x.copy_within((end - 1) * e..end * e, picked * e);
+                picked += 1;
+            }
+        }
+        if picked == 0 {
+            return Vec::new();
+        }
+        self.ffn_block(be, &self.weights.layers[n_layer - 1], picked, arith, &mut s);
+        let last = &mut s.x[..picked * e];
+        be.rms_norm(last, c.n_embd, &self.weights.output_norm, c.rms_eps);
+        let mut logits = vec![0.0; picked * c.vocab_size];
+        be.matmul(last, picked, &mut [MatmulJob { w: &self.weights.output, out: &mut logits }], arith);
+        logits.chunks_exact(c.vocab_size).map(<[f32]>::to_vec).collect()
     }
 
     /// The feed-forward half of a layer for the first `n` rows of the scratch, added into `x`.
-    fn ffn_block(&self, be: &dyn Backend, lw: &LayerWeights, n: usize, s: &mut Scratch) {
+    fn ffn_block(&self, be: &dyn Backend, lw: &LayerWeights, n: usize, arith: Arithmetic, s: &mut Scratch) {
         let c = &self.config;
         let e = c.n_embd;
         let ff = c.moe.map_or(c.n_ff, |m| m.n_ff_expert);
@@ -158,22 +174,25 @@ impl Model {
         match &lw.ffn {
             Ffn::Dense { gate, up, down } => {
                 let (g, u) = (&mut s.gate[..n * ff], &mut s.up[..n * ff]);
-                be.matmul(h, n, &mut [MatmulJob { w: gate, out: g }, MatmulJob { w: up, out: u }]);
+                be.matmul(h, n, &mut [MatmulJob { w: gate, out: g }, MatmulJob { w: up, out: u }], arith);
                 be.swiglu(g, u);
-                be.matmul(g, n, &mut [MatmulJob { w: down, out }]);
+                be.matmul(g, n, &mut [MatmulJob { w: down, out }], arith);
             }
-            Ffn::Moe { router, gate, up, down } => self.moe(be, h, n, router, gate, up, down, out),
+            Ffn::Moe { router, gate, up, down } => self.moe(be, h, n, router, gate, up, down, arith, out),
         }
         x.iter_mut().zip(out.iter()).for_each(|(x, y)| *x += y);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn attention_block(
         &self,
         be: &dyn Backend,
-        cache: &mut KvCache,
+        kv: &mut KvStore,
         il: usize,
         lw: &LayerWeights,
+        seqs: &[SeqBatch],
         positions: &[usize],
+        arith: Arithmetic,
         s: &mut Scratch,
     ) {
         let c = &self.config;
@@ -188,6 +207,7 @@ impl Model {
                 MatmulJob { w: &lw.wk, out: &mut s.k },
                 MatmulJob { w: &lw.wv, out: &mut s.v },
             ],
+            arith,
         );
         for (buf, bias) in [(&mut s.q, &lw.bq), (&mut s.k, &lw.bk), (&mut s.v, &lw.bv)] {
             if let Some(b) = bias {
@@ -205,17 +225,29 @@ impl Model {
         let ff = self.weights.rope_freqs.as_deref();
         be.rope(&mut s.q, c.head_dim_k, positions, &c.rope, ff);
         be.rope(&mut s.k, c.head_dim_k, positions, &c.rope, ff);
-        cache.write(il, &s.k, &s.v);
-        let shape = AttentionShape {
-            n_head: c.n_head,
-            n_head_kv: c.n_head_kv,
-            head_dim_k: c.head_dim_k,
-            head_dim_v: c.head_dim_v,
-            start: positions[0],
-            n_tokens: n,
-        };
-        be.attention(&s.q, cache.layer(il), shape, &mut s.attn);
-        be.matmul(&s.attn, n, &mut [MatmulJob { w: &lw.wo, out: &mut s.o }]);
+        let (dk, dv) = (c.kv_dim_k(), c.kv_dim_v());
+        let mut row = 0;
+        for sq in seqs {
+            let r = row..row + sq.tokens.len();
+            kv.write(il, sq.blocks, sq.start, &s.k[r.start * dk..r.end * dk], &s.v[r.start * dv..r.end * dv]);
+            row = r.end;
+        }
+        let views: Vec<SeqAttention> = seqs
+            .iter()
+            .map(|sq| SeqAttention {
+                kv: kv.view(il, sq.blocks),
+                shape: AttentionShape {
+                    n_head: c.n_head,
+                    n_head_kv: c.n_head_kv,
+                    head_dim_k: c.head_dim_k,
+                    head_dim_v: c.head_dim_v,
+                    start: sq.start,
+                    n_tokens: sq.tokens.len(),
+                },
+            })
+            .collect();
+        be.attention(&s.q, &views, arith, &mut s.attn);
+        be.matmul(&s.attn, n, &mut [MatmulJob { w: &lw.wo, out: &mut s.o }], arith);
         s.x.iter_mut().zip(&s.o).for_each(|(x, o)| *x += o);
     }
 
@@ -231,12 +263,13 @@ impl Model {
         gate: &[weights::Weight],
         up: &[weights::Weight],
         down: &[weights::Weight],
+        arith: Arithmetic,
         out: &mut [f32],
     ) {
         let c = &self.config;
         let m = c.moe.expect("moe layers only in moe models");
         let mut logits = vec![0.0; n * m.n_expert];
-        be.matmul(h, n, &mut [MatmulJob { w: router, out: &mut logits }]);
+        be.matmul(h, n, &mut [MatmulJob { w: router, out: &mut logits }], arith);
         // routes[t] = [(expert, weight)] in rank order.
         let routes: Vec<Vec<(usize, f32)>> = logits.chunks_exact(m.n_expert).map(|l| route(l, m.n_expert_used)).collect();
 
@@ -259,10 +292,10 @@ impl Model {
             }
             let mut g = vec![0.0; k * m.n_ff_expert];
             let mut u = vec![0.0; k * m.n_ff_expert];
-            be.matmul(&xin, k, &mut [MatmulJob { w: &gate[e], out: &mut g }, MatmulJob { w: &up[e], out: &mut u }]);
+            be.matmul(&xin, k, &mut [MatmulJob { w: &gate[e], out: &mut g }, MatmulJob { w: &up[e], out: &mut u }], arith);
             be.swiglu(&mut g, &u);
             let mut y = vec![0.0; k * c.n_embd];
-            be.matmul(&g, k, &mut [MatmulJob { w: &down[e], out: &mut y }]);
+            be.matmul(&g, k, &mut [MatmulJob { w: &down[e], out: &mut y }], arith);
             for (i, &(t, rank)) in picked.iter().enumerate() {
                 expert_out[t * m.n_expert_used + rank].copy_from_slice(&y[i * c.n_embd..(i + 1) * c.n_embd]);
             }

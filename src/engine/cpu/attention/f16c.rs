@@ -36,18 +36,18 @@ unsafe fn dot(k: *const f32, q: *const f32, n: usize) -> f32 {
 
 /// One query row (already rounded to f16) against `n_ctx` cache rows; `k` and `v` point at
 /// the first row of this KV head and advance by `k_row` / `v_row` floats per position.
-/// Returns the running maximum and sum, and leaves the unnormalised values in `acc`.
+/// Continues the running maximum and sum in `state` and the unnormalised values in `acc`,
+/// so a cache walked block by block is one chain of arithmetic.
 ///
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C; `k`, `v` must hold `n_ctx` rows; `qh.len()` is
 /// the key width and `acc.len()` the value width, as [`applies`] requires.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn attend(qh: &[f32], k: *const f32, k_row: usize, v: *const f32, v_row: usize, n_ctx: usize, acc: &mut [f32]) -> (f32, f32) {
+pub unsafe fn attend(qh: &[f32], k: *const f32, k_row: usize, v: *const f32, v_row: usize, n_ctx: usize, acc: &mut [f32], state: &mut (f32, f32)) {
     let (dk, dv) = (qh.len(), acc.len());
     let scale = 1.0 / (dk as f32).sqrt();
-    acc.fill(0.0);
     let a = acc.as_mut_ptr();
-    let (mut m, mut sum) = (f32::NEG_INFINITY, 0.0f32);
+    let (mut m, mut sum) = *state;
     for ic in 0..n_ctx {
         let sc = dot(k.add(ic * k_row), qh.as_ptr(), dk) * scale;
         let (mut ms, mut vs) = (1.0f32, 1.0f32);
@@ -69,5 +69,5 @@ pub unsafe fn attend(qh: &[f32], k: *const f32, k_row: usize, v: *const f32, v_r
         }
         sum = sum.mul_add(ms, vs);
     }
-    (m, sum)
+    *state = (m, sum);
 }

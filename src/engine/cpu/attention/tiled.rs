@@ -14,7 +14,7 @@ use crate::engine::backend::AttentionShape;
 use crate::engine::cpu::ops::ggml_expf;
 use crate::engine::cpu::pool::ThreadPool;
 use crate::engine::cpu::OutPtr;
-use crate::engine::kv_cache::LayerKv;
+use crate::engine::kv::KvView;
 
 use super::TILE_Q;
 
@@ -47,10 +47,9 @@ impl TileScratch {
 /// Head `h`, query rows `tokens` (at most 64) of `q`, written into `out`, which holds those
 /// rows' `head_dim_v`-wide outputs one after the other.
 #[inline(always)]
-fn unit_body(q: &[f32], kv: &LayerKv, s: &AttentionShape, h: usize, tokens: Range<usize>, scratch: &mut TileScratch, out: &mut [f32]) {
+fn unit_body(q: &[f32], kv: &KvView, s: &AttentionShape, h: usize, tokens: Range<usize>, scratch: &mut TileScratch, out: &mut [f32]) {
     let (t0, t1) = (tokens.start, tokens.end);
     let (dk, dv) = (s.head_dim_k, s.head_dim_v);
-    let (kv_k, kv_v) = (s.n_head_kv * dk, s.n_head_kv * dv);
     let kvh = h / (s.n_head / s.n_head_kv);
     let scale = 1.0 / (dk as f32).sqrt();
     let rows = t1 - t0;
@@ -62,7 +61,7 @@ fn unit_body(q: &[f32], kv: &LayerKv, s: &AttentionShape, h: usize, tokens: Rang
     for ic in (0..n_ctx).step_by(TILE_KV) {
         let kv_tile = TILE_KV.min(n_ctx - ic);
         for j in 0..kv_tile {
-            let k = &kv.k[(ic + j) * kv_k + kvh * dk..][..dk];
+            let k = &kv.k_row(ic + j)[kvh * dk..][..dk];
             for (d, &x) in k.iter().enumerate() {
                 kt[d * TILE_KV + j] = x;
             }
@@ -100,7 +99,7 @@ fn unit_body(q: &[f32], kv: &LayerKv, s: &AttentionShape, h: usize, tokens: Rang
             let tile_sum: f64 = p.chunks_exact(16).map(|c| reduce16(c) as f64).sum();
             sum[r] = (sum[r] as f64 + tile_sum) as f32;
             for (j, &pj) in p.iter().enumerate().take(valid) {
-                let v = &kv.v[(ic + j) * kv_v + kvh * dv..][..dv];
+                let v = &kv.v_row(ic + j)[kvh * dv..][..dv];
                 for (a, &x) in acc_row.iter_mut().zip(v) {
                     *a = pj.mul_add(x, *a);
                 }
@@ -115,10 +114,10 @@ fn unit_body(q: &[f32], kv: &LayerKv, s: &AttentionShape, h: usize, tokens: Rang
     }
 }
 
-crate::engine::cpu::ops::fma_dispatch!(fn unit(q: &[f32], kv: &LayerKv, s: &AttentionShape, h: usize, tokens: Range<usize>, scratch: &mut TileScratch, out: &mut [f32]) => unit_body);
+crate::engine::cpu::ops::fma_dispatch!(fn unit(q: &[f32], kv: &KvView, s: &AttentionShape, h: usize, tokens: Range<usize>, scratch: &mut TileScratch, out: &mut [f32]) => unit_body);
 
 /// One unit per head and block of up to [`TILE_Q`] consecutive tokens.
-pub(super) fn attention(pool: &ThreadPool, q: &[f32], kv: &LayerKv, s: AttentionShape, out: &mut [f32]) {
+pub(super) fn attention(pool: &ThreadPool, q: &[f32], kv: &KvView, s: AttentionShape, out: &mut [f32]) {
     let dv = s.head_dim_v;
     let blocks = s.n_tokens.div_ceil(TILE_Q);
     let out_ptr = OutPtr(out.as_mut_ptr());
