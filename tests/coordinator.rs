@@ -12,12 +12,13 @@ use actix::Actor;
 use supernet::bus::memory::MemoryBus;
 use supernet::bus::{streams, Bus};
 use supernet::coordinator::{loads, CoordinatorActor, Place, PlaceError, Register, Workers};
+use supernet::engine::batch::BatchConfig;
 use supernet::engine::generate::{GenerateParams, Resume};
 use supernet::engine::sampler::SamplerParams;
 use supernet::engine::tokenizer::Tokenizer;
 use supernet::engine::Model;
-use supernet::worker::actor::{send_command, WorkerActor, WorkerInfo};
-use supernet::worker::engine_thread::JobEvent;
+use supernet::worker::actor::{send_command, WorkerActor};
+use supernet::worker::engine_thread::{EngineConfig, JobEvent};
 use supernet::worker::protocol::{JobSpec, NodeMessage, WorkerCommand, WorkerEvent};
 
 fn run(id: &str, model: &str, prompt: &[u32], max_tokens: usize) -> WorkerCommand {
@@ -47,9 +48,11 @@ async fn jobs_go_to_a_worker_of_their_model_or_are_refused_at_once() {
     let r = coord.send(Place { model: "smol".into() }).await.expect("mailbox");
     assert_eq!(r, Err(PlaceError::NoWorker("smol".into())));
 
-    let info = WorkerInfo::llm("w1", "smol", model.config.context_length);
     // Room for one waiting job behind the running one.
-    let worker = WorkerActor::new(info.clone(), Arc::clone(&model), Arc::clone(&tok), 2, 1, bus.clone()).expect("worker").start();
+    let config = EngineConfig { threads: 2, batch: BatchConfig { max_batch: 1, ..BatchConfig::default() }, max_queue: 1 };
+    let worker = WorkerActor::new("w1", "smol", Arc::clone(&model), Arc::clone(&tok), config, bus.clone()).expect("worker");
+    let info = worker.info.clone();
+    let worker = worker.start();
     coord.send(Register { info, addr: worker }).await.expect("mailbox");
 
     // A job for another model is refused by the worker itself.

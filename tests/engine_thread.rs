@@ -1,24 +1,28 @@
 //! The engine thread with the real model: streamed text equals a direct generation, a
 //! cancel or a dropped receiver stops the job at once (billing only what was produced),
-//! a full queue refuses work instead of waiting, and a generation resumed from any point
-//! (failover) continues exactly as the undisturbed run did, greedy or seeded.
+//! and a full engine refuses work instead of waiting. (Resumed generations: `tests/batch.rs`.)
 
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use supernet::engine::batch::BatchConfig;
 use supernet::engine::generate::{generate, FinishReason, GenerateParams, Resume};
 use supernet::engine::sampler::SamplerParams;
 use supernet::engine::tokenizer::Tokenizer;
 use supernet::engine::{CpuBackend, Model};
-use supernet::worker::engine_thread::{EngineThread, Job, JobEvent, SubmitError};
+use supernet::worker::engine_thread::{EngineConfig, EngineThread, Job, JobEvent, SubmitError};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 fn setup() -> (Arc<Model>, Arc<Tokenizer>) {
     let model = Model::load(common::smollm2()).expect("the model");
     let tok = Tokenizer::from_gguf(&model.file).expect("its tokenizer");
     (Arc::new(model), Arc::new(tok))
+}
+
+fn config(threads: usize, max_queue: usize) -> EngineConfig {
+    EngineConfig { threads, batch: BatchConfig::default(), max_queue }
 }
 
 fn greedy(max_tokens: usize) -> GenerateParams {
@@ -47,9 +51,10 @@ fn drain(rx: &mut UnboundedReceiver<JobEvent>) -> (String, Option<JobEvent>) {
 fn streams_what_a_direct_generation_produces_and_stops_on_cancel() {
     let (model, tok) = setup();
     let prompt = tok.encode("The three primary colours are").expect("encode");
-    let direct = generate(&model, &CpuBackend::new(2), &tok, &prompt, &greedy(24), &Resume::default(), |_, _| std::ops::ControlFlow::Continue(())).expect("generate");
+    // A short prompt: llama.cpp's own arithmetic and the batch-invariant one are the same.
+    let direct = generate(&model, &CpuBackend::new(2), &tok, &prompt, &greedy(24), |_, _| std::ops::ControlFlow::Continue(())).expect("generate");
 
-    let engine = EngineThread::start(Arc::clone(&model), Arc::clone(&tok), 2, 4).expect("start");
+    let engine = EngineThread::start(Arc::clone(&model), Arc::clone(&tok), config(2, 4)).expect("start");
     let (j, _cancel, mut rx) = job("a", prompt.clone(), greedy(24));
     engine.submit(j).expect("submit");
     let (text, end) = drain(&mut rx);
@@ -79,7 +84,7 @@ fn streams_what_a_direct_generation_produces_and_stops_on_cancel() {
 fn a_full_queue_refuses_instead_of_waiting() {
     let (model, tok) = setup();
     let prompt = tok.encode("Count from one to one hundred:").expect("encode");
-    let engine = EngineThread::start(model, tok, 1, 1).expect("start");
+    let engine = EngineThread::start(model, tok, EngineConfig { batch: BatchConfig { max_batch: 1, ..BatchConfig::default() }, ..config(1, 1) }).expect("start");
     let mut held = Vec::new();
     let mut refused = 0;
     for i in 0..4 {
@@ -90,6 +95,7 @@ fn a_full_queue_refuses_instead_of_waiting() {
             Err(r) => panic!("{r}"),
         }
     }
+    assert_eq!(engine.capacity(), 2);
     assert!(refused >= 2, "one job runs and one waits; the rest are refused ({refused})");
     for (cancel, _) in &held {
         cancel.store(true, Ordering::SeqCst);
@@ -98,39 +104,6 @@ fn a_full_queue_refuses_instead_of_waiting() {
         drain(&mut rx);
     }
     let s = engine.status();
-    assert_eq!((s.queued.load(Ordering::SeqCst), s.running.load(Ordering::SeqCst)), (0, 0));
-    assert_eq!(s.cancelled.load(Ordering::SeqCst) + s.completed.load(Ordering::SeqCst), 4 - refused);
-}
-
-/// Runs a generation, recording after each token how many tokens and text bytes the client
-/// had: the points a worker could die at.
-fn with_cuts(model: &Model, tok: &Tokenizer, prompt: &[u32], params: &GenerateParams, resume: &Resume) -> (String, Vec<u32>, Vec<Resume>) {
-    let (mut text, mut tokens, mut cuts) = (String::new(), resume.tokens.clone(), Vec::new());
-    let mut delivered = resume.text_bytes;
-    generate(model, &CpuBackend::new(2), tok, prompt, params, resume, |t, id| {
-        text.push_str(t);
-        delivered += t.len();
-        tokens.extend(id);
-        cuts.push(Resume { tokens: tokens.clone(), text_bytes: delivered });
-        std::ops::ControlFlow::Continue(())
-    })
-    .expect("generate");
-    (text, tokens, cuts)
-}
-
-#[test]
-fn a_resumed_generation_continues_exactly_where_the_first_left_off() {
-    let (model, tok) = setup();
-    let prompt = tok.encode("Once upon a time, in a small village by the sea,").expect("encode");
-    let seeded = GenerateParams { max_tokens: 40, sampler: SamplerParams { temperature: 0.9, seed: 7, ..SamplerParams::default() }, stop: vec!["\n\n".into()] };
-    for params in [greedy(40), seeded] {
-        let (full, full_tokens, cuts) = with_cuts(&model, &tok, &prompt, &params, &Resume::default());
-        assert!(full_tokens.len() > 10, "a long enough run: {full:?}");
-        for cut in [&cuts[0], &cuts[5], &cuts[cuts.len() / 2], &cuts[cuts.len() - 2]] {
-            let (rest, tokens, _) = with_cuts(&model, &tok, &prompt, &params, cut);
-            let before = &full.as_bytes()[..cut.text_bytes];
-            assert_eq!(String::from_utf8_lossy(before).into_owned() + &rest, full, "resumed after {} tokens ({:?})", cut.tokens.len(), params.sampler.temperature);
-            assert_eq!(tokens, full_tokens, "the same tokens after {} tokens", cut.tokens.len());
-        }
-    }
+    assert_eq!((s.queued(), s.running(), s.batch().kv_blocks_used), (0, 0, 0));
+    assert_eq!(s.cancelled() + s.completed(), 4 - refused);
 }

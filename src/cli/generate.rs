@@ -8,7 +8,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::engine::cpu::default_threads;
-use crate::engine::generate::{generate, FinishReason, GenerateParams, Resume};
+use crate::engine::generate::{generate, FinishReason, GenerateParams};
 use crate::engine::sampler::SamplerParams;
 use crate::engine::template::{ChatMessage, ChatTemplate};
 use crate::engine::tokenizer::Tokenizer;
@@ -95,7 +95,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         },
     };
     let mut stdout = std::io::stdout().lock();
-    let g = generate(&model, &be, &tok, &prompt, &params, &Resume::default(), |t, _| {
+    let g = generate(&model, &be, &tok, &prompt, &params, |t, _| {
         // A closed pipe (`| head`) ends the generation quietly.
         if a.json || stdout.write_all(t.as_bytes()).and_then(|_| stdout.flush()).is_ok() {
             std::ops::ControlFlow::Continue(())

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod bench;
 pub mod coordinator;
+pub mod engine;
 pub mod front;
 pub mod generate;
 pub mod serve;

@@ -18,7 +18,7 @@ use crate::bus::memory::MemoryBus;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::coordinator::{CoordinatorActor, Register};
-use crate::engine::cpu::default_threads;
+use super::engine::EngineArgs;
 use crate::engine::template::ChatTemplate;
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::Model;
@@ -30,7 +30,8 @@ use crate::session::models::{model_id, ModelCatalog, ModelEntry};
 use crate::store::embedded::RedbStore;
 use crate::session::pool::Pool;
 use crate::store::{reap_expired, Store};
-use crate::worker::actor::{WorkerActor, WorkerInfo};
+use crate::worker::actor::WorkerActor;
+use crate::worker::engine_thread::EngineConfig;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -46,9 +47,8 @@ pub struct ServeArgs {
     /// Where accounts, keys and the ledger are kept.
     #[arg(long, env = "SUPERNET_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
-    /// Engine threads per model [default: the machine's cores].
-    #[arg(long)]
-    pub threads: Option<usize>,
+    #[command(flatten)]
+    pub engine: EngineArgs,
     /// A TOML file of settings (server, billing, limits, model tiers).
     #[arg(long, env = "SUPERNET_CONFIG")]
     pub config: Option<PathBuf>,
@@ -75,19 +75,20 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         anyhow::ensure!(loaded.iter().all(|l: &Loaded| l.id != id), "two --model files have the id `{id}`");
         loaded.push(Loaded { id, model: Arc::new(model), tokenizer: Arc::new(tokenizer), template });
     }
-    let threads = a.threads.unwrap_or_else(default_threads);
-    actix_web::rt::System::new().block_on(serve(config, store, loaded, threads, a.data_dir))
+    let engine = a.engine.config(config.server.max_queue);
+    actix_web::rt::System::new().block_on(serve(config, store, loaded, engine, a.data_dir))
 }
 
-async fn serve(config: Config, store: Arc<dyn Store>, loaded: Vec<Loaded>, threads: usize, data_dir: PathBuf) -> anyhow::Result<()> {
+async fn serve(config: Config, store: Arc<dyn Store>, loaded: Vec<Loaded>, engine: EngineConfig, data_dir: PathBuf) -> anyhow::Result<()> {
     let node_id = "local".to_string();
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::default());
     let coordinator = CoordinatorActor::default().start();
     let models = Arc::new(ModelCatalog::default());
     for (i, l) in loaded.into_iter().enumerate() {
-        let info = WorkerInfo::llm(&format!("{node_id}-w{i}"), &l.id, l.model.config.context_length);
-        tracing::info!(model = %l.id, threads, "loading the model");
-        let worker = WorkerActor::new(info.clone(), Arc::clone(&l.model), Arc::clone(&l.tokenizer), threads, config.server.max_queue, Arc::clone(&bus))?.start();
+        tracing::info!(model = %l.id, threads = engine.threads, "loading the model");
+        let worker = WorkerActor::new(&format!("{node_id}-w{i}"), &l.id, Arc::clone(&l.model), Arc::clone(&l.tokenizer), engine, Arc::clone(&bus))?;
+        let info = worker.info.clone();
+        let worker = worker.start();
         coordinator.send(Register { info, addr: worker }).await?;
         let tier = config.tier(&l.id).clone();
         models.add(ModelEntry { id: l.id, created: unix_now(), context_length: l.model.config.context_length, template: l.template, tokenizer: l.tokenizer, tier });

@@ -18,7 +18,7 @@ use super::protocol::{unix_ms, Heartbeat, ModelCard, KIND_HEARTBEAT};
 use super::state::ClusterState;
 use crate::bus::redis::RedisBus;
 use crate::bus::{send, streams, Bus};
-use crate::engine::cpu::default_threads;
+use crate::cli::engine::EngineArgs;
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::Model;
 use crate::session::models::model_id;
@@ -36,10 +36,9 @@ pub struct WorkerArgs {
     /// The GGUF model to serve.
     #[arg(long)]
     pub model: PathBuf,
-    /// Engine threads [default: the machine's cores].
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Jobs that may wait behind the running one.
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Jobs that may wait beyond a full batch.
     #[arg(long, default_value_t = 64)]
     pub max_queue: usize,
     /// This worker's id [default: random].
@@ -62,17 +61,18 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
         Some(w) => w,
         None => format!("w-{}", crate::ids::random_hex(4)?),
     };
-    let info = WorkerInfo::llm(&worker_id, &id, model.config.context_length);
-    let threads = a.threads.unwrap_or_else(default_threads);
-    actix::System::new().block_on(serve(a, info, card, Arc::new(model), Arc::new(tokenizer), threads))
+    actix::System::new().block_on(serve(a, worker_id, card, Arc::new(model), Arc::new(tokenizer)))
 }
 
-async fn serve(a: WorkerArgs, info: WorkerInfo, card: ModelCard, model: Arc<Model>, tokenizer: Arc<Tokenizer>, threads: usize) -> anyhow::Result<()> {
+async fn serve(a: WorkerArgs, worker_id: String, card: ModelCard, model: Arc<Model>, tokenizer: Arc<Tokenizer>) -> anyhow::Result<()> {
     let bus: Arc<dyn Bus> = Arc::new(RedisBus::connect(&a.redis).await.with_context(|| format!("connecting to {}", a.redis))?);
     let state = ClusterState::connect(&a.redis).await.with_context(|| format!("connecting to {}", a.redis))?;
     state.put_card(&card).await.context("publishing the model card")?;
-    let worker = WorkerActor::new(info.clone(), model, tokenizer, threads, a.max_queue, Arc::clone(&bus))?.start();
-    tracing::info!(worker = %info.worker_id, model = %info.model_id, threads, "worker ready");
+    let config = a.engine.config(a.max_queue);
+    let worker = WorkerActor::new(&worker_id, &card.model_id, model, tokenizer, config, Arc::clone(&bus))?;
+    let info = worker.info.clone();
+    let worker = worker.start();
+    tracing::info!(worker = %info.worker_id, model = %info.model_id, threads = config.threads, max_batch = config.batch.max_batch, "worker ready");
     let beats = actix::spawn(heartbeats(Arc::clone(&bus), info.clone(), worker.clone()));
 
     shutdown_signal().await;

@@ -25,11 +25,10 @@ pub struct GenerateParams {
 }
 
 /// Where a generation that another worker started stands, so this one can continue it
-/// (failover). The continuation runs the same arithmetic as the first run: the prompt in one
-/// prefill, then each produced token through the one-token decode path, sampling at every
-/// step as the first run did (so a seeded sampler is at the same position) but keeping the
-/// produced token. Its KV cache and logits are then bit-identical to the first run's, and
-/// so is everything it generates after.
+/// (failover). The batch scheduler computes every row with batch-invariant arithmetic, so
+/// running the prompt and the produced tokens through one prefill gives the same cache as
+/// the first run's decoding; the sampler is advanced past each produced token, so a seeded
+/// generation continues exactly too.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resume {
     /// Tokens already produced, in order.
@@ -110,9 +109,125 @@ impl StopMatcher {
     }
 }
 
-/// Generates from `prompt` (token ids), continuing `resume`, and calls `on_text` after every
-/// token with the new text (possibly empty, while text is held back) and the token, unless
-/// it was one of `resume`'s. `on_text` returning `Break` stops the generation at once with
+/// What one token step gave.
+#[derive(Debug, Default)]
+pub struct Advance {
+    /// Text to deliver now (possibly empty while text is held back).
+    pub text: String,
+    /// The new token, if one was produced (not on an end-of-generation token).
+    pub token: Option<u32>,
+    /// Set when the generation ended with this step.
+    pub finish: Option<FinishReason>,
+}
+
+/// One sequence's generation apart from the model: it picks each token from the logits,
+/// turns tokens into text (held back while it could still become a stop string) and decides
+/// when the generation ends.
+pub struct Decoding {
+    sampler: Sampler,
+    /// Prompt and produced tokens (for the penalties).
+    history: Vec<u32>,
+    prompt_len: usize,
+    decoder: StreamDecoder,
+    stops: StopMatcher,
+    max_tokens: usize,
+    context: usize,
+    /// Text bytes an earlier attempt delivered that are not to be delivered again.
+    delivered: usize,
+    text: String,
+}
+
+impl Decoding {
+    /// Starts after `prompt`, continuing `resume` (its tokens count as produced, and the
+    /// sampler moves past them), within `context` positions. Returns the state and what to
+    /// deliver at once: text of the resumed tokens past what was delivered, and a finish if
+    /// nothing is left to generate.
+    pub fn new(tok: &Tokenizer, prompt: &[u32], params: &GenerateParams, context: usize, resume: &Resume) -> (Self, Advance) {
+        let mut d = Self {
+            sampler: Sampler::new(params.sampler.clone()),
+            history: prompt.to_vec(),
+            prompt_len: prompt.len(),
+            decoder: StreamDecoder::default(),
+            stops: StopMatcher { stops: params.stop.clone(), text: String::new(), released: 0 },
+            max_tokens: params.max_tokens,
+            context,
+            delivered: resume.text_bytes,
+            text: String::new(),
+        };
+        let mut first = Advance::default();
+        for &t in &resume.tokens {
+            d.sampler.skip();
+            let a = d.push(tok, t);
+            first.text.push_str(&a.text);
+            if a.finish.is_some() {
+                first.finish = a.finish;
+                return (d, first);
+            }
+        }
+        if d.produced().is_empty() && d.max_tokens == 0 {
+            first.text.push_str(&d.finish());
+            first.finish = Some(FinishReason::Length);
+        }
+        (d, first)
+    }
+
+    /// Tokens produced so far (the resumed ones included).
+    pub fn produced(&self) -> &[u32] {
+        &self.history[self.prompt_len..]
+    }
+
+    /// All text so far, cut before a matched stop string.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Samples the next token from `logits` (the last computed position's) and takes it.
+    pub fn advance(&mut self, tok: &Tokenizer, logits: &mut [f32]) -> Advance {
+        let next = self.sampler.sample(logits, &self.history);
+        if tok.is_end_of_generation(next) {
+            let text = self.finish();
+            return Advance { text, token: None, finish: Some(FinishReason::Stop) };
+        }
+        let mut a = self.push(tok, next);
+        a.token = Some(next);
+        a
+    }
+
+    /// Takes `t` as the next token.
+    fn push(&mut self, tok: &Tokenizer, t: u32) -> Advance {
+        self.history.push(t);
+        let (text, hit) = self.stops.push(&self.decoder.push(tok, t));
+        self.text.push_str(&text);
+        let mut a = Advance { text: self.fresh(text), token: None, finish: None };
+        if hit {
+            a.finish = Some(FinishReason::Stop);
+        } else if self.produced().len() >= self.max_tokens || self.history.len() > self.context {
+            // `history.len() - 1` positions are computed; the next token needs one more.
+            a.text.push_str(&self.finish());
+            a.finish = Some(FinishReason::Length);
+        }
+        a
+    }
+
+    /// Releases what was held back for a possible stop string or an unfinished character.
+    fn finish(&mut self) -> String {
+        let (text, hit) = self.stops.push(&self.decoder.finish());
+        let rest = if hit { text } else { text + &self.stops.finish() };
+        self.text.push_str(&rest);
+        self.fresh(rest)
+    }
+
+    /// The part of `text` past what an earlier attempt delivered.
+    fn fresh(&mut self, text: String) -> String {
+        let skip = self.delivered.min(text.len());
+        self.delivered -= skip;
+        text.get(skip..).unwrap_or_default().to_string()
+    }
+}
+
+/// Generates from `prompt` (token ids) alone, as llama.cpp would ([`Model::forward`]), and
+/// calls `on_text` after every token with the new text (possibly empty, while text is held
+/// back) and the token. `on_text` returning `Break` stops the generation at once with
 /// [`FinishReason::Cancelled`].
 pub fn generate(
     model: &Model,
@@ -120,7 +235,6 @@ pub fn generate(
     tok: &Tokenizer,
     prompt: &[u32],
     params: &GenerateParams,
-    resume: &Resume,
     mut on_text: impl FnMut(&str, Option<u32>) -> ControlFlow<()>,
 ) -> Result<Generation, EngineError> {
     if prompt.is_empty() {
@@ -131,10 +245,7 @@ pub fn generate(
         return Err(EngineError::ContextFull { needed: prompt.len() + 1, limit });
     }
     let mut cache = model.new_cache(None);
-    let mut sampler = Sampler::new(params.sampler.clone());
-    let mut history = prompt.to_vec();
-    let mut decoder = StreamDecoder::default();
-    let mut stops = StopMatcher { stops: params.stop.clone(), text: String::new(), released: 0 };
+    let (mut decoding, first) = Decoding::new(tok, prompt, params, limit, &Resume::default());
     let mut out = Generation {
         token_ids: Vec::new(),
         text: String::new(),
@@ -143,61 +254,31 @@ pub fn generate(
         decode_steps: 0,
         decode_time: Duration::ZERO,
     };
-    let mut hit_stop_string = false;
-    let mut replay = resume.tokens.iter().copied();
-    let mut delivered = resume.text_bytes;
-    // Text past what was already delivered.
-    let mut fresh = |text: String| -> String {
-        let skip = delivered.min(text.len());
-        delivered -= skip;
-        text.get(skip..).unwrap_or_default().to_string()
-    };
-
     let t0 = Instant::now();
     let mut logits = model.forward(be, &mut cache, prompt)?;
     out.prefill_time = t0.elapsed();
     let t1 = Instant::now();
-    while out.token_ids.len() < params.max_tokens {
-        let sampled = sampler.sample(&mut logits, &history);
-        let replayed = replay.next();
-        let next = replayed.unwrap_or(sampled);
-        if replayed.is_some_and(|t| t != sampled) {
-            tracing::debug!(sampled, replayed = next, "a resumed generation keeps the token the first run produced");
-        }
-        if replayed.is_none() && tok.is_end_of_generation(next) {
-            out.finish = FinishReason::Stop;
-            break;
-        }
-        out.token_ids.push(next);
-        history.push(next);
-        let (text, hit) = stops.push(&decoder.push(tok, next));
-        out.text.push_str(&text);
-        if on_text(&fresh(text), replayed.is_none().then_some(next)).is_break() {
+    let mut step = first;
+    if step.finish.is_none() {
+        step = decoding.advance(tok, &mut logits);
+    }
+    loop {
+        if on_text(&step.text, step.token).is_break() {
             out.finish = FinishReason::Cancelled;
-            out.decode_time = t1.elapsed();
-            return Ok(out);
-        }
-        if hit {
-            out.finish = FinishReason::Stop;
-            hit_stop_string = true;
             break;
         }
-        if out.token_ids.len() == params.max_tokens || cache.len() >= limit {
+        if let Some(f) = step.finish {
+            out.finish = f;
             break;
         }
+        let Some(next) = step.token else { break };
         logits = model.forward(be, &mut cache, &[next])?;
         out.decode_steps += 1;
+        step = decoding.advance(tok, &mut logits);
     }
     out.decode_time = t1.elapsed();
-    if !hit_stop_string {
-        // Release what was held back for a possible stop string or an unfinished character.
-        let (text, hit) = stops.push(&decoder.finish());
-        let rest = if hit { text } else { text + &stops.finish() };
-        out.text.push_str(&rest);
-        if on_text(&fresh(rest), None).is_break() {
-            out.finish = FinishReason::Cancelled;
-        }
-    }
+    out.token_ids = decoding.produced().to_vec();
+    out.text = decoding.text().to_string();
     Ok(out)
 }
 

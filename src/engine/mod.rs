@@ -3,9 +3,11 @@
 //! It knows no network, no HTTP and no OpenAI JSON. Workers wrap it. The layers, bottom up:
 //! `gguf` (the file), `quant` (block formats and dot kernels), `cpu` (the [`Backend`] on CPU
 //! threads), `model` (the forward pass), `kv` (the paged KV cache), `tokenizer`, `template` (chat prompts),
-//! `sampler`, and `generate` (the decode loop with streaming text and stop strings).
+//! `sampler`, `generate` (one sequence's decoding: streaming text, stop strings; and the
+//! single-sequence loop), and `batch` (continuous batching over the paged cache).
 
 pub mod backend;
+pub mod batch;
 pub mod cpu;
 pub mod generate;
 pub mod gguf;

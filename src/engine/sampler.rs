@@ -123,13 +123,27 @@ impl Sampler {
         }
     }
 
+    /// Whether tokens are picked without a random draw.
+    fn is_greedy(&self) -> bool {
+        self.params.temperature <= 0.0 || self.params.top_k == 1
+    }
+
+    /// Moves past one pick without making it: the generator advances exactly as
+    /// [`Sampler::sample`] advances it (one draw, none when greedy), so a resumed generation
+    /// draws what the first run would have.
+    pub fn skip(&mut self) {
+        if !self.is_greedy() {
+            self.rng.next_f64();
+        }
+    }
+
     /// Picks the next token. `history` is the sequence so far (for penalties).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         self.apply_penalties(logits, history);
-        let p = self.params.clone();
-        if p.temperature <= 0.0 || p.top_k == 1 {
+        if self.is_greedy() {
             return argmax(logits);
         }
+        let p = self.params.clone();
         // Candidates sorted by logit, highest first (lowest id first on ties).
         let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
         let k = if p.top_k == 0 { cand.len() } else { p.top_k.min(cand.len()) };

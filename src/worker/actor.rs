@@ -12,9 +12,11 @@ use std::sync::Arc;
 use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult, WrapFuture};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use super::engine_thread::{EngineThread, Job, JobEvent, SubmitError};
+use super::engine_thread::{EngineConfig, EngineThread, Job, JobEvent, SubmitError};
 use super::protocol::{JobRef, JobSpec, NodeMessage, WorkerCommand, WorkerEvent, KIND_COMMAND, KIND_NODE};
 use crate::bus::{read_stream, send, streams, Bus};
+use crate::engine::batch::BatchStats;
+use crate::engine::kv::BLOCK;
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::Model;
 
@@ -44,13 +46,6 @@ pub struct WorkerInfo {
     pub kv_capacity: usize,
 }
 
-impl WorkerInfo {
-    /// An LLM worker of one model, decoding one sequence at a time.
-    pub fn llm(worker_id: &str, model_id: &str, context_length: usize) -> Self {
-        Self { worker_id: worker_id.into(), kind: WorkerKind::Llm, model_id: model_id.into(), context_length, max_batch: 1, kv_capacity: context_length }
-    }
-}
-
 /// A worker's load: what the coordinator places by.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WorkerLoad {
@@ -65,8 +60,10 @@ pub struct WorkerLoad {
     pub draining: bool,
     /// KV-cache positions in use.
     pub kv_used: usize,
-    /// Measured decode speed.
+    /// Measured decode speed, summed over the running sequences.
     pub tokens_per_s: f32,
+    /// The batch scheduler's figures: KV blocks, prefix cache, batch sizes.
+    pub batch: BatchStats,
     /// The jobs it holds.
     pub jobs: Vec<JobRef>,
 }
@@ -81,7 +78,6 @@ impl WorkerLoad {
 pub struct WorkerActor {
     pub info: WorkerInfo,
     engine: EngineThread,
-    capacity: usize,
     bus: Arc<dyn Bus>,
     /// The jobs taken and not yet finished, with their cancel flags.
     running: HashMap<String, (Arc<AtomicBool>, JobRef)>,
@@ -89,10 +85,18 @@ pub struct WorkerActor {
 }
 
 impl WorkerActor {
-    /// Starts the engine thread for `model` (`threads` threads, `max_queue` waiting jobs).
-    pub fn new(info: WorkerInfo, model: Arc<Model>, tokenizer: Arc<Tokenizer>, threads: usize, max_queue: usize, bus: Arc<dyn Bus>) -> std::io::Result<Self> {
-        let engine = EngineThread::start(model, tokenizer, threads, max_queue)?;
-        Ok(Self { info, engine, capacity: max_queue + 1, bus, running: HashMap::new(), draining: false })
+    /// An LLM worker `worker_id` serving `model` as `model_id`: starts its engine thread.
+    pub fn new(worker_id: &str, model_id: &str, model: Arc<Model>, tokenizer: Arc<Tokenizer>, config: EngineConfig, bus: Arc<dyn Bus>) -> std::io::Result<Self> {
+        let engine = EngineThread::start(model, tokenizer, config)?;
+        let info = WorkerInfo {
+            worker_id: worker_id.into(),
+            kind: WorkerKind::Llm,
+            model_id: model_id.into(),
+            context_length: engine.context(),
+            max_batch: config.batch.max_batch,
+            kv_capacity: engine.status().batch().kv_blocks_total * BLOCK,
+        };
+        Ok(Self { info, engine, bus, running: HashMap::new(), draining: false })
     }
 }
 
@@ -219,15 +223,17 @@ impl Handler<GetLoad> for WorkerActor {
 
     fn handle(&mut self, _: GetLoad, _: &mut Context<Self>) -> Self::Result {
         let s = self.engine.status();
+        let batch = s.batch();
         MessageResult(WorkerLoad {
-            queued: s.queued.load(Ordering::SeqCst),
-            running: s.running.load(Ordering::SeqCst),
-            completed: s.completed.load(Ordering::SeqCst),
-            cancelled: s.cancelled.load(Ordering::SeqCst),
-            capacity: self.capacity,
+            queued: s.queued(),
+            running: batch.running,
+            completed: s.completed(),
+            cancelled: s.cancelled(),
+            capacity: self.engine.capacity(),
             draining: self.draining,
-            kv_used: s.kv_used.load(Ordering::Relaxed),
+            kv_used: batch.kv_blocks_used * BLOCK,
             tokens_per_s: s.tokens_per_s(),
+            batch,
             jobs: self.running.values().map(|(_, r)| r.clone()).collect(),
         })
     }

@@ -1,20 +1,24 @@
-//! The engine on its own OS thread, never on the async executor: jobs go in through a
-//! bounded queue, text and the final usage come back on each job's channel.
+//! The engine on its own OS thread, never on the async executor: jobs come in over a
+//! channel, the batch scheduler ([`crate::engine::batch`]) runs them together, and text and
+//! the final usage go back on each job's channel.
 //!
-//! A job stops at once when its cancel flag is set or its receiver is dropped (the client
-//! went away), and then reports only the tokens it produced, so billing charges exactly
-//! those. Counters in [`EngineStatus`] show what runs, waits and was cancelled.
+//! A job stops at the next step when its cancel flag is set or its receiver is dropped (the
+//! client went away), and then reports only the tokens it produced, so billing charges
+//! exactly those. [`EngineStatus`] shows what runs and waits, the KV pool, the prefix cache
+//! and the batch sizes.
 
-use std::ops::ControlFlow;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::engine::generate::{generate, FinishReason, GenerateParams, Resume};
+use crate::engine::batch::{BatchConfig, BatchStats, Output, Request, Scheduler, SeqId};
+use crate::engine::generate::{FinishReason, GenerateParams, Resume};
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::{CpuBackend, Model};
 
@@ -25,7 +29,7 @@ pub struct Job {
     pub params: GenerateParams,
     /// Where another worker left this job, when it continues one.
     pub resume: Resume,
-    /// Set by anyone to stop the job; checked after every token.
+    /// Set by anyone to stop the job; checked before every step.
     pub cancel: Arc<AtomicBool>,
     pub events: UnboundedSender<JobEvent>,
 }
@@ -43,18 +47,41 @@ pub enum JobEvent {
 /// Live counters of one engine thread.
 #[derive(Debug, Default)]
 pub struct EngineStatus {
-    pub queued: AtomicUsize,
-    pub running: AtomicUsize,
-    pub completed: AtomicUsize,
-    pub cancelled: AtomicUsize,
-    /// KV-cache positions the running job uses.
-    pub kv_used: AtomicUsize,
-    /// Decode speed of the last finished job (f32 bits), tokens per second.
+    /// Jobs taken and not finished (waiting, in the channel or the scheduler, or running).
+    held: AtomicUsize,
+    completed: AtomicUsize,
+    cancelled: AtomicUsize,
+    /// Aggregate decode speed over the last steps (f32 bits), tokens per second.
     tokens_per_s: AtomicU32,
+    /// The scheduler's figures after its last step.
+    batch: Mutex<BatchStats>,
 }
 
 impl EngineStatus {
-    /// Decode speed measured on the last job that decoded (0 before any).
+    /// The scheduler's figures after its last step.
+    pub fn batch(&self) -> BatchStats {
+        self.batch.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+
+    pub fn running(&self) -> usize {
+        self.batch().running
+    }
+
+    /// Jobs taken that are not running yet.
+    pub fn queued(&self) -> usize {
+        self.held.load(Ordering::SeqCst).saturating_sub(self.running())
+    }
+
+    pub fn completed(&self) -> usize {
+        self.completed.load(Ordering::SeqCst)
+    }
+
+    pub fn cancelled(&self) -> usize {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Tokens per second summed over the running sequences, smoothed over recent steps (0
+    /// before any).
     pub fn tokens_per_s(&self) -> f32 {
         f32::from_bits(self.tokens_per_s.load(Ordering::Relaxed))
     }
@@ -82,62 +109,79 @@ impl std::fmt::Debug for Rejected {
     }
 }
 
+/// How an engine thread runs.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    pub threads: usize,
+    pub batch: BatchConfig,
+    /// Jobs that may wait beyond a full batch.
+    pub max_queue: usize,
+}
+
+impl EngineConfig {
+    /// The most jobs the engine holds at once.
+    pub fn capacity(&self) -> usize {
+        self.batch.max_batch.max(1) + self.max_queue
+    }
+}
+
 pub struct EngineThread {
-    queue: Option<SyncSender<Job>>,
+    queue: Option<Sender<Job>>,
+    capacity: usize,
+    context: usize,
     status: Arc<EngineStatus>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl EngineThread {
-    /// Starts the thread and returns once the engine is ready (its weights prepared); the
-    /// engine's own pool uses `threads` threads in all. At most `max_queue` jobs wait
-    /// behind the running one.
-    pub fn start(model: Arc<Model>, tokenizer: Arc<Tokenizer>, threads: usize, max_queue: usize) -> std::io::Result<Self> {
-        let (tx, rx) = sync_channel::<Job>(max_queue);
-        let (ready_tx, ready_rx) = sync_channel::<()>(1);
+    /// Starts the thread and returns once the engine is ready (its weights prepared).
+    pub fn start(model: Arc<Model>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> std::io::Result<Self> {
+        let (tx, rx) = channel::<Job>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<usize>(1);
         let status = Arc::new(EngineStatus::default());
         let st = Arc::clone(&status);
         let handle = std::thread::Builder::new().name("engine".into()).spawn(move || {
-            let backend = CpuBackend::new(threads);
+            let backend = CpuBackend::new(config.threads);
             model.prepare(&backend);
-            let _ = ready_tx.send(());
-            for job in rx {
-                st.queued.fetch_sub(1, Ordering::SeqCst);
-                st.running.fetch_add(1, Ordering::SeqCst);
-                let last = run_job(&model, &backend, &tokenizer, &job, &st);
-                // Counters first, so whoever sees the last event sees them updated.
-                st.running.fetch_sub(1, Ordering::SeqCst);
-                match last {
-                    JobEvent::Finished { finish: FinishReason::Cancelled, .. } => st.cancelled.fetch_add(1, Ordering::SeqCst),
-                    _ => st.completed.fetch_add(1, Ordering::SeqCst),
-                };
-                let _ = job.events.send(last);
-            }
+            let scheduler = Scheduler::new(model, tokenizer, config.batch);
+            *st.batch.lock().unwrap_or_else(|e| e.into_inner()) = scheduler.stats();
+            let _ = ready_tx.send(scheduler.context());
+            Engine { scheduler, jobs: HashMap::new(), next_id: 0, status: st }.run(&backend, &rx);
         })?;
-        ready_rx.recv().map_err(|_| std::io::Error::other("the engine thread died while loading"))?;
-        Ok(Self { queue: Some(tx), status, handle: Some(handle) })
+        let context = ready_rx.recv().map_err(|_| std::io::Error::other("the engine thread died while loading"))?;
+        Ok(Self { queue: Some(tx), capacity: config.capacity(), context, status, handle: Some(handle) })
     }
 
-    /// Queues a job without waiting; a full queue hands the job back.
+    /// Queues a job without waiting; a full engine hands the job back.
     pub fn submit(&self, job: Job) -> Result<(), Rejected> {
         let Some(queue) = self.queue.as_ref() else { return Err(Rejected { reason: SubmitError::Stopped, job: Box::new(job) }) };
-        self.status.queued.fetch_add(1, Ordering::SeqCst);
-        queue.try_send(job).map_err(|e| {
-            self.status.queued.fetch_sub(1, Ordering::SeqCst);
-            match e {
-                TrySendError::Full(job) => Rejected { reason: SubmitError::QueueFull, job: Box::new(job) },
-                TrySendError::Disconnected(job) => Rejected { reason: SubmitError::Stopped, job: Box::new(job) },
-            }
+        if self.status.held.fetch_add(1, Ordering::SeqCst) >= self.capacity {
+            self.status.held.fetch_sub(1, Ordering::SeqCst);
+            return Err(Rejected { reason: SubmitError::QueueFull, job: Box::new(job) });
+        }
+        queue.send(job).map_err(|e| {
+            self.status.held.fetch_sub(1, Ordering::SeqCst);
+            Rejected { reason: SubmitError::Stopped, job: Box::new(e.0) }
         })
     }
 
     pub fn status(&self) -> &EngineStatus {
         &self.status
     }
+
+    /// The most jobs it holds at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Positions one sequence may use (the model's context, or the KV pool if smaller).
+    pub fn context(&self) -> usize {
+        self.context
+    }
 }
 
 impl Drop for EngineThread {
-    /// Finishes the queued jobs, then stops the thread.
+    /// Finishes the jobs it holds, then stops the thread.
     fn drop(&mut self) {
         self.queue.take();
         if let Some(h) = self.handle.take() {
@@ -146,32 +190,114 @@ impl Drop for EngineThread {
     }
 }
 
-/// Runs one job, streaming its text, and returns its last event (`Finished` or `Failed`).
-fn run_job(model: &Model, backend: &CpuBackend, tokenizer: &Tokenizer, job: &Job, st: &EngineStatus) -> JobEvent {
-    let stopped = || job.cancel.load(Ordering::SeqCst) || job.events.is_closed();
-    if stopped() {
-        return JobEvent::Finished { finish: FinishReason::Cancelled, prompt_tokens: 0, completion_tokens: 0 };
-    }
-    let mut tokens = Vec::new();
-    let mut kv = job.prompt.len();
-    let result = generate(model, backend, tokenizer, &job.prompt, &job.params, &job.resume, |text, token| {
-        kv += 1;
-        st.kv_used.store(kv, Ordering::Relaxed);
-        tokens.extend(token);
-        if !text.is_empty() && job.events.send(JobEvent::Text { text: text.to_string(), tokens: std::mem::take(&mut tokens) }).is_err() || stopped() {
-            return ControlFlow::Break(());
-        }
-        ControlFlow::Continue(())
-    });
-    st.kv_used.store(0, Ordering::Relaxed);
-    match result {
-        Ok(g) => {
-            if g.decode_steps > 0 {
-                let speed = g.decode_steps as f32 / g.decode_time.as_secs_f32().max(1e-6);
-                st.tokens_per_s.store(speed.to_bits(), Ordering::Relaxed);
+/// A job in the scheduler.
+struct Live {
+    cancel: Arc<AtomicBool>,
+    events: UnboundedSender<JobEvent>,
+    /// Tokens produced since the last text sent.
+    tokens: Vec<u32>,
+}
+
+/// The thread's state: the scheduler and where each sequence's events go.
+struct Engine {
+    scheduler: Scheduler,
+    jobs: HashMap<SeqId, Live>,
+    next_id: SeqId,
+    status: Arc<EngineStatus>,
+}
+
+impl Engine {
+    /// Steps until the channel is closed and every job has finished.
+    fn run(mut self, backend: &CpuBackend, rx: &Receiver<Job>) {
+        let mut open = true;
+        loop {
+            if self.scheduler.is_idle() {
+                if !open {
+                    return;
+                }
+                match rx.recv() {
+                    Ok(job) => self.take(job),
+                    Err(_) => return,
+                }
             }
-            JobEvent::Finished { finish: g.finish, prompt_tokens: job.prompt.len(), completion_tokens: g.token_ids.len() }
+            while open {
+                match rx.try_recv() {
+                    Ok(job) => self.take(job),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => open = false,
+                }
+            }
+            let stopped: Vec<SeqId> = self.jobs.iter().filter(|(_, j)| j.cancel.load(Ordering::SeqCst) || j.events.is_closed()).map(|(&id, _)| id).collect();
+            for id in stopped {
+                if let Some(out) = self.scheduler.cancel(id) {
+                    self.deliver(out);
+                }
+            }
+            let t = Instant::now();
+            let outputs = self.scheduler.step(backend);
+            self.measure(&outputs, t);
+            *self.status.batch.lock().unwrap_or_else(|e| e.into_inner()) = self.scheduler.stats();
+            for out in outputs {
+                self.deliver(out);
+            }
         }
-        Err(e) => JobEvent::Failed(e.to_string()),
+    }
+
+    /// Hands a new job to the scheduler.
+    fn take(&mut self, job: Job) {
+        let live = Live { cancel: job.cancel, events: job.events, tokens: Vec::new() };
+        if live.cancel.load(Ordering::SeqCst) || live.events.is_closed() {
+            return self.end(live, JobEvent::Finished { finish: FinishReason::Cancelled, prompt_tokens: 0, completion_tokens: 0 });
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        match self.scheduler.add(id, Request { prompt: job.prompt, params: job.params, resume: job.resume }) {
+            Ok(outputs) => {
+                self.jobs.insert(id, live);
+                outputs.into_iter().for_each(|o| self.deliver(o));
+            }
+            Err(e) => self.end(live, JobEvent::Failed(e.to_string())),
+        }
+    }
+
+    fn deliver(&mut self, out: Output) {
+        match out {
+            Output::Token { id, text, token } => {
+                let Some(live) = self.jobs.get_mut(&id) else { return };
+                live.tokens.extend(token);
+                if !text.is_empty() {
+                    // A closed channel is seen before the next step, which cancels the job.
+                    let _ = live.events.send(JobEvent::Text { text, tokens: std::mem::take(&mut live.tokens) });
+                }
+            }
+            Output::Finished { id, finish, prompt_tokens, completion_tokens } => {
+                if let Some(live) = self.jobs.remove(&id) {
+                    self.end(live, JobEvent::Finished { finish, prompt_tokens, completion_tokens });
+                }
+            }
+        }
+    }
+
+    /// Counts a job out, then sends its last event (so whoever sees it sees the counters).
+    fn end(&mut self, live: Live, last: JobEvent) {
+        self.status.held.fetch_sub(1, Ordering::SeqCst);
+        let counter = match last {
+            JobEvent::Finished { finish: FinishReason::Cancelled, .. } => &self.status.cancelled,
+            _ => &self.status.completed,
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+        let _ = live.events.send(last);
+    }
+
+    /// Updates the smoothed aggregate decode speed with a step that began at `t`.
+    fn measure(&self, outputs: &[Output], t: Instant) {
+        let tokens = outputs.iter().filter(|o| matches!(o, Output::Token { token: Some(_), .. })).count();
+        if tokens == 0 {
+            return;
+        }
+        let now = tokens as f32 / t.elapsed().as_secs_f32().max(1e-6);
+        let before = self.status.tokens_per_s();
+        let speed = if before == 0.0 { now } else { 0.8 * before + 0.2 * now };
+        self.status.tokens_per_s.store(speed.to_bits(), Ordering::Relaxed);
     }
 }

@@ -1,0 +1,101 @@
+//! One sequence in the batch scheduler: its tokens, how far its cache is computed, the KV
+//! blocks it holds, and its decoding state.
+
+use crate::engine::generate::Decoding;
+use crate::engine::kv::blocks::BlockPool;
+use crate::engine::kv::{blocks_for, KvStore, BLOCK};
+
+/// The caller's name for a sequence.
+pub type SeqId = u64;
+
+pub(super) struct Sequence {
+    pub id: SeqId,
+    /// Prompt, then produced tokens; the last one is not computed yet while it runs.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    /// Leading positions whose keys and values are in the cache.
+    pub computed: usize,
+    /// The block table.
+    pub blocks: Vec<u32>,
+    /// Prefix hashes of the leading full blocks that are registered (or known to be).
+    pub hashes: Vec<u64>,
+    pub decoding: Decoding,
+    /// Order of arrival: the newest is preempted first.
+    pub arrival: u64,
+}
+
+impl Sequence {
+    /// Tokens to compute before the next token can be sampled.
+    pub fn pending(&self) -> usize {
+        self.tokens.len() - self.computed
+    }
+
+    /// Takes the registered blocks that hold a prefix of this sequence's tokens, leaving at
+    /// least its last token to compute (a fully cached block holding it is copied first:
+    /// copy-on-write). Returns the cached tokens, or `None`, holding nothing, if the copy
+    /// found no free block.
+    pub fn take_cached_prefix(&mut self, pool: &mut BlockPool, store: &mut KvStore) -> Option<usize> {
+        debug_assert!(self.blocks.is_empty() && self.computed == 0);
+        let mut parent = 0;
+        for chunk in self.tokens.chunks_exact(BLOCK) {
+            let Some((b, h)) = pool.lookup(parent, chunk) else { break };
+            self.blocks.push(b);
+            self.hashes.push(h);
+            parent = h;
+        }
+        self.computed = self.blocks.len() * BLOCK;
+        if self.computed == self.tokens.len() && self.computed > 0 {
+            let Some(copy) = pool.allocate() else {
+                self.release(pool);
+                return None;
+            };
+            let shared = self.blocks.pop().expect("at least one cached block");
+            store.grow_to(pool.high_water());
+            store.copy_block(shared, copy);
+            pool.release(shared);
+            self.blocks.push(copy);
+            self.hashes.pop();
+            self.computed -= 1;
+        }
+        Some(self.computed)
+    }
+
+    /// Holds enough blocks for `n` more positions. On failure it holds what it held before.
+    pub fn grow(&mut self, pool: &mut BlockPool, n: usize) -> bool {
+        let need = blocks_for(self.computed + n).saturating_sub(self.blocks.len());
+        let mut got = Vec::with_capacity(need);
+        for _ in 0..need {
+            match pool.allocate() {
+                Some(b) => got.push(b),
+                None => {
+                    got.into_iter().for_each(|b| pool.release(b));
+                    return false;
+                }
+            }
+        }
+        self.blocks.extend(got);
+        true
+    }
+
+    /// Marks `n` more positions computed and registers the blocks that became full, so
+    /// later sequences with the same prefix can share them.
+    pub fn computed_more(&mut self, n: usize, pool: &mut BlockPool, prefix_cache: bool) {
+        self.computed += n;
+        if !prefix_cache {
+            return;
+        }
+        while (self.hashes.len() + 1) * BLOCK <= self.computed {
+            let i = self.hashes.len();
+            let parent = self.hashes.last().copied().unwrap_or(0);
+            let h = pool.register(self.blocks[i], parent, &self.tokens[i * BLOCK..(i + 1) * BLOCK]);
+            self.hashes.push(h);
+        }
+    }
+
+    /// Gives back every block; the cache must be computed again (preemption, or the end).
+    pub fn release(&mut self, pool: &mut BlockPool) {
+        self.blocks.drain(..).for_each(|b| pool.release(b));
+        self.hashes.clear();
+        self.computed = 0;
+    }
+}
