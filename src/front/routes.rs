@@ -13,6 +13,7 @@ use crate::admin::{execute, AdminCommand, WorkersCommand};
 use crate::api::chat_response::{model_list, Capabilities, ModelCard, Pricing};
 use crate::api::error::ApiError;
 use crate::coordinator::Workers;
+use crate::engine::batch::BATCH_BUCKETS;
 use crate::session::pool::Pool;
 use crate::session::models::ModelEntry;
 use crate::worker::actor::{SetDraining, WorkerInfo, WorkerLoad};
@@ -76,7 +77,47 @@ pub async fn metrics(state: web::Data<FrontState>) -> HttpResponse {
             let _ = writeln!(out, "supernet_worker_jobs_finished_total{{worker=\"{}\",model=\"{}\",outcome=\"{s}\"}} {n}", i.worker_id, i.model_id);
         }
     }
+    batch_metrics(&mut out, &workers);
     HttpResponse::Ok().insert_header((CONTENT_TYPE, "text/plain; version=0.0.4")).body(out)
+}
+
+/// The batch schedulers' figures: KV blocks, prefix cache, preemptions, batch sizes, speed.
+fn batch_metrics(out: &mut String, workers: &[(WorkerInfo, WorkerLoad)]) {
+    let label = |i: &WorkerInfo| format!("worker=\"{}\",model=\"{}\"", i.worker_id, i.model_id);
+    let _ = writeln!(out, "# HELP supernet_worker_kv_blocks KV-cache blocks (16 positions each), by state.\n# TYPE supernet_worker_kv_blocks gauge");
+    for (i, l) in workers {
+        for (s, n) in [("used", l.batch.kv_blocks_used), ("total", l.batch.kv_blocks_total)] {
+            let _ = writeln!(out, "supernet_worker_kv_blocks{{{},state=\"{s}\"}} {n}", label(i));
+        }
+    }
+    let _ = writeln!(out, "# HELP supernet_worker_prefix_cache_tokens_total Prompt tokens looked up in the prefix cache, and found there.\n# TYPE supernet_worker_prefix_cache_tokens_total counter");
+    for (i, l) in workers {
+        for (s, n) in [("queried", l.batch.prefix_query_tokens), ("hit", l.batch.prefix_hit_tokens)] {
+            let _ = writeln!(out, "supernet_worker_prefix_cache_tokens_total{{{},result=\"{s}\"}} {n}", label(i));
+        }
+    }
+    let _ = writeln!(out, "# HELP supernet_worker_prefix_cache_hit_ratio Share of prompt tokens found in the prefix cache.\n# TYPE supernet_worker_prefix_cache_hit_ratio gauge");
+    for (i, l) in workers {
+        let ratio = l.batch.prefix_hit_tokens as f64 / l.batch.prefix_query_tokens.max(1) as f64;
+        let _ = writeln!(out, "supernet_worker_prefix_cache_hit_ratio{{{}}} {ratio:.4}", label(i));
+    }
+    let _ = writeln!(out, "# HELP supernet_worker_preemptions_total Sequences preempted because the KV pool ran out.\n# TYPE supernet_worker_preemptions_total counter");
+    for (i, l) in workers {
+        let _ = writeln!(out, "supernet_worker_preemptions_total{{{}}} {}", label(i), l.batch.preemptions);
+    }
+    let _ = writeln!(out, "# HELP supernet_worker_decode_tokens_per_second Tokens per second over all running sequences, recent steps.\n# TYPE supernet_worker_decode_tokens_per_second gauge");
+    for (i, l) in workers {
+        let _ = writeln!(out, "supernet_worker_decode_tokens_per_second{{{}}} {:.1}", label(i), l.tokens_per_s);
+    }
+    let _ = writeln!(out, "# HELP supernet_worker_batch_size Sequences per forward step.\n# TYPE supernet_worker_batch_size histogram");
+    for (i, l) in workers {
+        let mut cumulative = 0;
+        for (n, le) in l.batch.batch_sizes.iter().zip(BATCH_BUCKETS.iter().map(|b| b.to_string()).chain(["+Inf".to_string()])) {
+            cumulative += n;
+            let _ = writeln!(out, "supernet_worker_batch_size_bucket{{{},le=\"{le}\"}} {cumulative}", label(i));
+        }
+        let _ = writeln!(out, "supernet_worker_batch_size_sum{{{}}} {}\nsupernet_worker_batch_size_count{{{}}} {}", label(i), l.batch.batch_sum, label(i), l.batch.steps);
+    }
 }
 
 /// `supernet admin` while this server holds the store.

@@ -116,7 +116,8 @@ def test_rate_and_concurrency_limits_get_429_with_retry_after(make_server):
 
 
 def test_a_full_queue_gets_429_never_a_hang(make_server):
-    s = make_server("[server]\nmax_queue = 1\n")
+    # One sequence in the batch and one waiting: room for two.
+    s = make_server("[server]\nmax_queue = 1\n", args=["--max-batch", "1"])
     _, key, _ = s.account()
     results = []
 
