@@ -5,6 +5,12 @@
 //! last token only). tg: `--gen-tokens` single-token forward passes from an empty cache,
 //! each computing full logits. Token ids are pseudo-random. One untimed warm-up run comes
 //! first; then `--repetitions` timed runs give the mean and standard deviation.
+//!
+//! With `--concurrency 1,4,8,16`: for each level, that many sequences each get a prompt of
+//! `--batch-prompt` tokens, then `--gen-tokens` decode steps run them all in one batched
+//! forward pass each (the batch scheduler's arithmetic, logits for every sequence). It
+//! reports aggregate tokens per second and the step time (every stream's inter-token
+//! latency), p50 and p99.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -13,7 +19,11 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
+use crate::engine::backend::Arithmetic;
 use crate::engine::cpu::default_threads;
+use crate::engine::kv::blocks::BlockPool;
+use crate::engine::kv::blocks_for;
+use crate::engine::model::SeqBatch;
 use crate::engine::{Backend, CpuBackend, Model};
 
 #[derive(Args, Debug)]
@@ -33,9 +43,24 @@ pub struct BenchArgs {
     /// Timed runs per test.
     #[arg(long, default_value_t = 5)]
     pub repetitions: usize,
+    /// Batched decode instead: these numbers of sequences decoding together.
+    #[arg(long, value_delimiter = ',')]
+    pub concurrency: Vec<usize>,
+    /// Prompt tokens of each sequence in the batched decode test.
+    #[arg(long, default_value_t = 48)]
+    pub batch_prompt: usize,
     /// Print one JSON object as the last line.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Serialize)]
+struct BatchReport {
+    concurrency: usize,
+    tok_s: f64,
+    tok_s_sd: f64,
+    step_p50_ms: f64,
+    step_p99_ms: f64,
 }
 
 #[derive(Serialize)]
@@ -89,13 +114,80 @@ fn tg_run(model: &Model, be: &dyn Backend, toks: &[u32]) -> anyhow::Result<f64> 
     Ok(toks.len() as f64 / t.elapsed().as_secs_f64())
 }
 
+/// `c` sequences of `prompt` tokens, then `gen` batched decode steps: aggregate tokens per
+/// second and each step's time.
+fn batch_run(model: &Model, be: &dyn Backend, c: usize, prompt: usize, gen: usize, seed: u64) -> (f64, Vec<f64>) {
+    let vocab = model.config.vocab_size;
+    let per_seq = blocks_for(prompt + gen);
+    let mut pool = BlockPool::new(per_seq * c);
+    let tables: Vec<Vec<u32>> = (0..c).map(|_| (0..per_seq).filter_map(|_| pool.allocate()).collect()).collect();
+    let mut store = model.new_store();
+    store.grow_to(pool.high_water());
+    let prompts: Vec<Vec<u32>> = (0..c).map(|i| tokens(prompt, vocab, seed + i as u64)).collect();
+    let seqs: Vec<SeqBatch> = prompts.iter().zip(&tables).map(|(p, b)| SeqBatch { tokens: p, start: 0, blocks: b, logits: true }).collect();
+    model.forward_batch(be, &mut store, &seqs, Arithmetic::Invariant);
+    let next = tokens(gen * c, vocab, seed ^ 0xdec0de);
+    let mut steps = Vec::with_capacity(gen);
+    let t = Instant::now();
+    for (step, toks) in next.chunks_exact(c).enumerate() {
+        let s = Instant::now();
+        let seqs: Vec<SeqBatch> = toks.chunks(1).zip(&tables).map(|(t, b)| SeqBatch { tokens: t, start: prompt + step, blocks: b, logits: true }).collect();
+        model.forward_batch(be, &mut store, &seqs, Arithmetic::Invariant);
+        steps.push(s.elapsed().as_secs_f64());
+    }
+    ((c * gen) as f64 / t.elapsed().as_secs_f64(), steps)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted.get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1))).copied().unwrap_or(0.0)
+}
+
+fn run_batched(a: &BenchArgs, model: &Model, be: &dyn Backend) -> anyhow::Result<()> {
+    anyhow::ensure!(a.gen_tokens > 0 && a.batch_prompt > 0, "--gen-tokens and --batch-prompt must be positive");
+    anyhow::ensure!(a.batch_prompt + a.gen_tokens <= model.config.context_length, "--batch-prompt plus --gen-tokens pass the model's context");
+    let reps = a.repetitions.max(1);
+    let mut reports = Vec::new();
+    for &c in a.concurrency.iter().filter(|&&c| c > 0) {
+        batch_run(model, be, c, a.batch_prompt, a.gen_tokens.min(16), 0x5eed); // warm-up
+        let (mut rates, mut steps) = (Vec::new(), Vec::new());
+        for r in 0..reps {
+            let (rate, s) = batch_run(model, be, c, a.batch_prompt, a.gen_tokens, 0x5eed + 1000 * (r as u64 + 1));
+            rates.push(rate);
+            steps.extend(s);
+            eprint!("\rconcurrency {c}: run {}/{reps}", r + 1);
+        }
+        steps.sort_by(f64::total_cmp);
+        let (m, sd) = mean_sd(&rates);
+        let r = BatchReport { concurrency: c, tok_s: m, tok_s_sd: sd, step_p50_ms: percentile(&steps, 0.5) * 1e3, step_p99_ms: percentile(&steps, 0.99) * 1e3 };
+        eprintln!("\rconcurrency {c}: {m:8.1} ± {sd:5.1} tok/s, step p50 {:.1} ms, p99 {:.1} ms", r.step_p50_ms, r.step_p99_ms);
+        reports.push(r);
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&reports)?);
+    } else {
+        println!("| concurrency | threads | tok/s | step p50 ms | step p99 ms |");
+        println!("|---:|---:|---:|---:|---:|");
+        for r in &reports {
+            println!("| {} | {} | {:.1} ± {:.1} | {:.1} | {:.1} |", r.concurrency, be_threads(a), r.tok_s, r.tok_s_sd, r.step_p50_ms, r.step_p99_ms);
+        }
+    }
+    Ok(())
+}
+
+fn be_threads(a: &BenchArgs) -> usize {
+    a.threads.unwrap_or_else(default_threads)
+}
+
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let model = Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
-    let be = CpuBackend::new(a.threads.unwrap_or_else(default_threads));
+    let be = CpuBackend::new(be_threads(&a));
     model.prepare(&be);
     let vocab = model.config.vocab_size;
     let reps = a.repetitions.max(1);
     eprintln!("model {} ({}), backend {}", a.model.display(), model.config.arch.name(), be.describe());
+    if !a.concurrency.is_empty() {
+        return run_batched(&a, &model, &be);
+    }
 
     let measure = |name: &str, n: usize, f: &dyn Fn(&[u32]) -> anyhow::Result<f64>| -> anyhow::Result<(f64, f64)> {
         if n == 0 {

@@ -42,9 +42,12 @@ pub struct BatchConfig {
     pub prefix_cache: bool,
 }
 
+/// The defaults suit the CPU backend: on two cores the batched forward pass is bound by
+/// arithmetic from about 8 sequences on (`supernet bench --concurrency 1,4,8,16`), so a
+/// larger batch only lengthens every stream's inter-token latency.
 impl Default for BatchConfig {
     fn default() -> Self {
-        Self { max_batch: 16, max_batch_tokens: 256, kv_tokens: 8192, prefix_cache: true }
+        Self { max_batch: 8, max_batch_tokens: 256, kv_tokens: 8192, prefix_cache: true }
     }
 }
 
