@@ -43,6 +43,7 @@ unsafe fn dot(k: *const f32, q: *const f32, n: usize) -> f32 {
 /// The CPU must have AVX2, FMA and F16C; `k`, `v` must hold `n_ctx` rows; `qh.len()` is
 /// the key width and `acc.len()` the value width, as [`applies`] requires.
 #[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn attend(qh: &[f32], k: *const f32, k_row: usize, v: *const f32, v_row: usize, n_ctx: usize, acc: &mut [f32], state: &mut (f32, f32)) {
     let (dk, dv) = (qh.len(), acc.len());
     let scale = 1.0 / (dk as f32).sqrt();
