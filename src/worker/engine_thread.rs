@@ -228,18 +228,21 @@ impl Engine {
                 }
             }
             let stopped: Vec<SeqId> = self.jobs.iter().filter(|(_, j)| j.cancel.load(Ordering::SeqCst) || j.events.is_closed()).map(|(&id, _)| id).collect();
-            for id in stopped {
-                if let Some(out) = self.scheduler.cancel(id) {
-                    self.deliver(out);
-                }
-            }
+            let cancelled: Vec<Output> = stopped.into_iter().filter_map(|id| self.scheduler.cancel(id)).collect();
+            self.publish(cancelled);
             let t = Instant::now();
             let outputs = self.scheduler.step(backend);
             self.measure(&outputs, t);
-            *self.status.batch.lock().unwrap_or_else(|e| e.into_inner()) = self.scheduler.stats();
-            for out in outputs {
-                self.deliver(out);
-            }
+            self.publish(outputs);
+        }
+    }
+
+    /// Updates the status, then delivers `outputs`: whoever sees a job's last event sees
+    /// the figures without it.
+    fn publish(&mut self, outputs: Vec<Output>) {
+        *self.status.batch.lock().unwrap_or_else(|e| e.into_inner()) = self.scheduler.stats();
+        for out in outputs {
+            self.deliver(out);
         }
     }
 
