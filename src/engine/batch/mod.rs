@@ -117,10 +117,6 @@ impl Scheduler {
         Self { model, tok, config, pool: BlockPool::new(blocks), store, waiting: VecDeque::new(), running: Vec::new(), arrivals: 0, context, stats }
     }
 
-    pub fn config(&self) -> BatchConfig {
-        self.config
-    }
-
     /// Positions one sequence may use.
     pub fn context(&self) -> usize {
         self.context

@@ -62,6 +62,7 @@ impl Sequence {
 
     /// Holds enough blocks for `n` more positions. On failure it holds what it held before.
     pub fn grow(&mut self, pool: &mut BlockPool, n: usize) -> bool {
+        debug_assert!(self.computed.is_multiple_of(BLOCK) || pool.is_private(self.blocks[self.computed / BLOCK]), "writes go to a private block");
         let need = blocks_for(self.computed + n).saturating_sub(self.blocks.len());
         let mut got = Vec::with_capacity(need);
         for _ in 0..need {

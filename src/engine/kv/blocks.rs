@@ -27,13 +27,6 @@ struct Entry {
     tokens: [u32; BLOCK],
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct PrefixStats {
-    /// Prompt blocks looked up, and found.
-    pub queries: u64,
-    pub hits: u64,
-}
-
 pub struct BlockPool {
     capacity: usize,
     /// Block ids never handed out yet are `fresh..capacity`.
@@ -47,7 +40,6 @@ pub struct BlockPool {
     idle: BTreeMap<u64, u32>,
     idle_since: Vec<u64>,
     clock: u64,
-    stats: PrefixStats,
 }
 
 impl BlockPool {
@@ -62,12 +54,7 @@ impl BlockPool {
             idle: BTreeMap::new(),
             idle_since: vec![0; capacity],
             clock: 0,
-            stats: PrefixStats::default(),
         }
-    }
-
-    pub fn capacity(&self) -> usize {
-        self.capacity
     }
 
     /// Blocks some sequence holds.
@@ -83,10 +70,6 @@ impl BlockPool {
     /// The highest block id ever handed out, plus one: how far the store must reach.
     pub fn high_water(&self) -> usize {
         self.fresh
-    }
-
-    pub fn stats(&self) -> PrefixStats {
-        self.stats
     }
 
     /// A block for one holder: a free one, else a new one, else the least recently used
@@ -131,9 +114,8 @@ impl BlockPool {
     }
 
     /// The registered block for `tokens` after the prefix `parent`, taken for one more
-    /// holder, as a prompt lookup (counted in the stats).
+    /// holder.
     pub fn lookup(&mut self, parent: u64, tokens: &[u32]) -> Option<(u32, u64)> {
-        self.stats.queries += 1;
         let hash = chain_hash(parent, tokens);
         let (b, entry) = self.cached.get(&hash)?;
         if entry.parent != parent || entry.tokens[..] != *tokens {
@@ -144,7 +126,6 @@ impl BlockPool {
             self.idle.remove(&self.idle_since[b as usize]);
         }
         self.refs[b as usize] += 1;
-        self.stats.hits += 1;
         Some((b, hash))
     }
 
@@ -187,7 +168,6 @@ mod tests {
         assert!(p.lookup(0, &toks(1)).is_none(), "an evicted block is no longer cached");
         assert_eq!(p.lookup(ha, &toks(2)), Some((b, chain_hash(ha, &toks(2)))));
         assert_eq!(p.allocate(), None, "a looked-up block is held again");
-        assert_eq!(p.stats(), PrefixStats { queries: 2, hits: 1 });
     }
 
     #[test]

@@ -145,10 +145,6 @@ impl KvCache {
         self.len == 0
     }
 
-    pub fn max_len(&self) -> usize {
-        self.max_len
-    }
-
     /// Makes room for `n` more positions; fails, changing nothing, past the context limit.
     pub fn reserve(&mut self, n: usize) -> Result<(), EngineError> {
         if self.len + n > self.max_len {
