@@ -142,7 +142,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted.get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1))).copied().unwrap_or(0.0)
 }
 
-fn run_batched(a: &BenchArgs, model: &Model, be: &dyn Backend) -> anyhow::Result<()> {
+fn run_batched(a: &BenchArgs, model: &Model, be: &CpuBackend) -> anyhow::Result<()> {
     anyhow::ensure!(a.gen_tokens > 0 && a.batch_prompt > 0, "--gen-tokens and --batch-prompt must be positive");
     anyhow::ensure!(a.batch_prompt + a.gen_tokens <= model.config.context_length, "--batch-prompt plus --gen-tokens pass the model's context");
     let reps = a.repetitions.max(1);
@@ -168,19 +168,15 @@ fn run_batched(a: &BenchArgs, model: &Model, be: &dyn Backend) -> anyhow::Result
         println!("| concurrency | threads | tok/s | step p50 ms | step p99 ms |");
         println!("|---:|---:|---:|---:|---:|");
         for r in &reports {
-            println!("| {} | {} | {:.1} ± {:.1} | {:.1} | {:.1} |", r.concurrency, be_threads(a), r.tok_s, r.tok_s_sd, r.step_p50_ms, r.step_p99_ms);
+            println!("| {} | {} | {:.1} ± {:.1} | {:.1} | {:.1} |", r.concurrency, be.threads(), r.tok_s, r.tok_s_sd, r.step_p50_ms, r.step_p99_ms);
         }
     }
     Ok(())
 }
 
-fn be_threads(a: &BenchArgs) -> usize {
-    a.threads.unwrap_or_else(default_threads)
-}
-
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let model = Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
-    let be = CpuBackend::new(be_threads(&a));
+    let be = CpuBackend::new(a.threads.unwrap_or_else(default_threads));
     model.prepare(&be);
     let vocab = model.config.vocab_size;
     let reps = a.repetitions.max(1);

@@ -164,7 +164,7 @@ impl Decoding {
                 return (d, first);
             }
         }
-        if d.produced().is_empty() && d.max_tokens == 0 {
+        if d.max_tokens == 0 {
             first.text.push_str(&d.finish());
             first.finish = Some(FinishReason::Length);
         }

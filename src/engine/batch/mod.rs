@@ -210,9 +210,9 @@ impl Scheduler {
         let mut admitted = Vec::new();
         while self.running.len() + admitted.len() < self.config.max_batch && budget > 0 {
             let Some(mut seq) = self.waiting.pop_front() else { break };
-            let cached = if self.config.prefix_cache { seq.take_cached_prefix(&mut self.pool, &mut self.store) } else { Some(0) };
+            let cached = !self.config.prefix_cache || seq.take_cached_prefix(&mut self.pool, &mut self.store);
             let n = room(&seq, &self.pool, seq.pending().min(budget));
-            if cached.is_none() || n == 0 || !seq.grow(&mut self.pool, n) {
+            if !cached || n == 0 || !seq.grow(&mut self.pool, n) {
                 seq.release(&mut self.pool);
                 self.waiting.push_front(seq);
                 break;

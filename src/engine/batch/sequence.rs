@@ -32,9 +32,8 @@ impl Sequence {
 
     /// Takes the registered blocks that hold a prefix of this sequence's tokens, leaving at
     /// least its last token to compute (a fully cached block holding it is copied first:
-    /// copy-on-write). Returns the cached tokens, or `None`, holding nothing, if the copy
-    /// found no free block.
-    pub fn take_cached_prefix(&mut self, pool: &mut BlockPool, store: &mut KvStore) -> Option<usize> {
+    /// copy-on-write). Returns false, holding nothing, if the copy found no free block.
+    pub fn take_cached_prefix(&mut self, pool: &mut BlockPool, store: &mut KvStore) -> bool {
         debug_assert!(self.blocks.is_empty() && self.computed == 0);
         let mut parent = 0;
         for chunk in self.tokens.chunks_exact(BLOCK) {
@@ -47,7 +46,7 @@ impl Sequence {
         if self.computed == self.tokens.len() && self.computed > 0 {
             let Some(copy) = pool.allocate() else {
                 self.release(pool);
-                return None;
+                return false;
             };
             let shared = self.blocks.pop().expect("at least one cached block");
             store.grow_to(pool.high_water());
@@ -57,7 +56,7 @@ impl Sequence {
             self.hashes.pop();
             self.computed -= 1;
         }
-        Some(self.computed)
+        true
     }
 
     /// Holds enough blocks for `n` more positions. On failure it holds what it held before.

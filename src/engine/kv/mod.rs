@@ -51,9 +51,9 @@ impl<'a> KvView<'a> {
         &self.v[at * self.dim_v..][..self.dim_v]
     }
 
-    /// `range` cut at block edges: for each run, its first position and the keys and
-    /// values from that position to the end of its block (whole rows, all KV heads).
-    pub fn runs(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = (usize, &'a [f32], &'a [f32])> + '_ {
+    /// `range` cut at block edges: for each run, the keys and values from its first
+    /// position to the end of its block (whole rows, all KV heads).
+    pub fn runs(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = (&'a [f32], &'a [f32])> + '_ {
         let mut pos = range.start;
         std::iter::from_fn(move || {
             if pos >= range.end {
@@ -61,7 +61,7 @@ impl<'a> KvView<'a> {
             }
             let n = (BLOCK - pos % BLOCK).min(range.end - pos);
             let at = self.blocks[pos / BLOCK] as usize * BLOCK + pos % BLOCK;
-            let run = (pos, &self.k[at * self.dim_k..(at + n) * self.dim_k], &self.v[at * self.dim_v..(at + n) * self.dim_v]);
+            let run = (&self.k[at * self.dim_k..(at + n) * self.dim_k], &self.v[at * self.dim_v..(at + n) * self.dim_v]);
             pos += n;
             Some(run)
         })

@@ -63,7 +63,7 @@ pub(super) struct Scratch {
 }
 
 impl Scratch {
-    pub(super) fn new(s: &AttentionShape) -> Self {
+    fn new(s: &AttentionShape) -> Self {
         Self { qh: vec![0.0; s.head_dim_k], acc: vec![0.0; s.head_dim_v], merged: vec![0.0; s.head_dim_v] }
     }
 }
@@ -109,7 +109,7 @@ fn attend(q_row: &[f32], kv: &KvView, s: &AttentionShape, kvh: usize, range: Ran
     #[cfg(target_arch = "x86_64")]
     if super::f16c::applies(s.head_dim_k, s.head_dim_v) && crate::engine::cpu::ops::fma_available() {
         let (dk, dv) = (s.head_dim_k, s.head_dim_v);
-        for (_, k, v) in kv.runs(range) {
+        for (k, v) in kv.runs(range) {
             let n = k.len() / kv.dim_k;
             let (k, v) = (&k[kvh * dk..], &v[kvh * dv..]);
             assert!(k.len() >= (n - 1) * kv.dim_k + dk && v.len() >= (n - 1) * kv.dim_v + dv);
