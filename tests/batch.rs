@@ -26,7 +26,7 @@ fn setup() -> Setup {
 }
 
 fn greedy(max_tokens: usize) -> GenerateParams {
-    GenerateParams { max_tokens, sampler: SamplerParams::greedy(), stop: Vec::new() }
+    GenerateParams { max_tokens, sampler: SamplerParams::greedy(), stop: Vec::new(), grammar: None }
 }
 
 /// What one sequence produced: its text, tokens and finish, and after each token the
@@ -133,6 +133,7 @@ fn sequences_keep_their_own_sampling_params_in_one_batch() {
         max_tokens: 40,
         sampler: SamplerParams { temperature: t, seed, ..SamplerParams::default() },
         stop: stop.iter().map(|x| x.to_string()).collect(),
+        grammar: None,
     };
     let requests = vec![
         (p[5].clone(), seeded(0.9, 7, &[])),
@@ -243,7 +244,7 @@ fn a_cancelled_sequence_reports_what_it_produced_and_frees_its_blocks() {
 fn a_resumed_generation_continues_exactly_where_the_first_left_off() {
     let s = setup();
     let prompt = s.tok.encode("Once upon a time, in a small village by the sea,").expect("encode");
-    let seeded = GenerateParams { max_tokens: 40, sampler: SamplerParams { temperature: 0.9, seed: 7, ..SamplerParams::default() }, stop: vec!["\n\n".into()] };
+    let seeded = GenerateParams { max_tokens: 40, sampler: SamplerParams { temperature: 0.9, seed: 7, ..SamplerParams::default() }, stop: vec!["\n\n".into()], grammar: None };
     for params in [greedy(40), seeded] {
         let full = run_alone(&s, &[(prompt.clone(), params.clone())]).remove(0);
         assert!(full.tokens.len() > 10, "a long enough run: {full:?}");

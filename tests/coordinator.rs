@@ -22,7 +22,7 @@ use supernet::worker::engine_thread::{EngineConfig, JobEvent};
 use supernet::worker::protocol::{JobSpec, NodeMessage, WorkerCommand, WorkerEvent};
 
 fn run(id: &str, model: &str, prompt: &[u32], max_tokens: usize) -> WorkerCommand {
-    let params = GenerateParams { max_tokens, sampler: SamplerParams::greedy(), stop: Vec::new() };
+    let params = GenerateParams { max_tokens, sampler: SamplerParams::greedy(), stop: Vec::new(), grammar: None };
     WorkerCommand::Run(Box::new(JobSpec { job_id: id.into(), attempt: 0, account_id: "acct".into(), model: model.into(), prompt: prompt.to_vec(), params, resume: Resume::default(), reply_to: streams::node("test") }))
 }
 

@@ -26,7 +26,7 @@ fn config(threads: usize, max_queue: usize) -> EngineConfig {
 }
 
 fn greedy(max_tokens: usize) -> GenerateParams {
-    GenerateParams { max_tokens, sampler: SamplerParams::greedy(), stop: Vec::new() }
+    GenerateParams { max_tokens, sampler: SamplerParams::greedy(), stop: Vec::new(), grammar: None }
 }
 
 fn job(id: &str, prompt: Vec<u32>, params: GenerateParams) -> (Job, Arc<AtomicBool>, UnboundedReceiver<JobEvent>) {

@@ -5,6 +5,7 @@
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use super::tools::{parse_response_format, parse_tool_calls, parse_tool_choice, parse_tools, FunctionTool, ResponseFormat, ToolCall, ToolChoice};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -34,6 +35,8 @@ pub struct Message {
     pub content: String,
     pub name: Option<String>,
     pub tool_call_id: Option<String>,
+    /// Calls an assistant turn made.
+    pub tool_calls: Vec<ToolCall>,
 }
 
 /// Sogni's task profile; `None` lets the session choose (coding when a developer message is
@@ -75,21 +78,27 @@ pub struct ChatRequest {
     pub stop: Vec<String>,
     pub sampling: Sampling,
     pub task_profile: Option<TaskProfile>,
+    /// Template variables; Sogni's `think` sets `enable_thinking` unless given here.
     pub chat_template_kwargs: Map<String, Value>,
     pub token_type: Option<TokenChoice>,
+    pub tools: Vec<FunctionTool>,
+    /// `None`: not given (auto when there are tools).
+    pub tool_choice: Option<ToolChoice>,
+    pub parallel_tool_calls: bool,
+    pub response_format: ResponseFormat,
 }
 
 /// Most stop sequences accepted (OpenAI's limit).
 const MAX_STOP: usize = 4;
 
 /// Reads optional fields of one JSON object, turning type and range errors into 400s.
-struct Fields<'a> {
-    obj: &'a Map<String, Value>,
-    path: String,
+pub(super) struct Fields<'a> {
+    pub obj: &'a Map<String, Value>,
+    pub path: String,
 }
 
 impl<'a> Fields<'a> {
-    fn param(&self, key: &str) -> String {
+    pub(super) fn param(&self, key: &str) -> String {
         if self.path.is_empty() {
             key.to_string()
         } else {
@@ -97,11 +106,11 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn get(&self, key: &str) -> Option<&'a Value> {
+    pub(super) fn get(&self, key: &str) -> Option<&'a Value> {
         self.obj.get(key).filter(|v| !v.is_null())
     }
 
-    fn string(&self, key: &str) -> Result<Option<String>, ApiError> {
+    pub(super) fn string(&self, key: &str) -> Result<Option<String>, ApiError> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -109,7 +118,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    fn bool(&self, key: &str) -> Result<Option<bool>, ApiError> {
+    pub(super) fn bool(&self, key: &str) -> Result<Option<bool>, ApiError> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -118,7 +127,7 @@ impl<'a> Fields<'a> {
     }
 
     /// A number within `lo..=hi`.
-    fn number(&self, key: &str, lo: f64, hi: f64) -> Result<Option<f32>, ApiError> {
+    pub(super) fn number(&self, key: &str, lo: f64, hi: f64) -> Result<Option<f32>, ApiError> {
         let Some(v) = self.get(key) else { return Ok(None) };
         let p = self.param(key);
         let x = v.as_f64().ok_or_else(|| ApiError::invalid(&p, format!("`{p}` must be a number")))?;
@@ -129,7 +138,7 @@ impl<'a> Fields<'a> {
     }
 
     /// An integer within `lo..=hi`.
-    fn integer(&self, key: &str, lo: i64, hi: i64) -> Result<Option<i64>, ApiError> {
+    pub(super) fn integer(&self, key: &str, lo: i64, hi: i64) -> Result<Option<i64>, ApiError> {
         let Some(v) = self.get(key) else { return Ok(None) };
         let p = self.param(key);
         let x = v.as_i64().ok_or_else(|| ApiError::invalid(&p, format!("`{p}` must be an integer")))?;
@@ -139,7 +148,7 @@ impl<'a> Fields<'a> {
         Ok(Some(x))
     }
 
-    fn choice<T: Copy>(&self, key: &str, options: &[(&str, T)]) -> Result<Option<T>, ApiError> {
+    pub(super) fn choice<T: Copy>(&self, key: &str, options: &[(&str, T)]) -> Result<Option<T>, ApiError> {
         let Some(s) = self.string(key)? else { return Ok(None) };
         options.iter().find(|(name, _)| *name == s).map(|(_, v)| Some(*v)).ok_or_else(|| {
             let names: Vec<_> = options.iter().map(|(n, _)| *n).collect();
@@ -190,11 +199,16 @@ impl ChatRequest {
             Some(_) => return Err(ApiError::invalid("stream_options", "`stream_options` must be an object")),
         };
 
-        let chat_template_kwargs = match f.get("chat_template_kwargs") {
+        let mut chat_template_kwargs = match f.get("chat_template_kwargs") {
             None => Map::new(),
             Some(Value::Object(o)) => o.clone(),
             Some(_) => return Err(ApiError::invalid("chat_template_kwargs", "`chat_template_kwargs` must be an object")),
         };
+        if let Some(think) = f.bool("think")? {
+            chat_template_kwargs.entry("enable_thinking").or_insert(think.into());
+        }
+        let tools = parse_tools(f.get("tools"))?;
+        let tool_choice = parse_tool_choice(f.get("tool_choice"), &tools)?;
 
         let sampling = Sampling {
             temperature: f.number("temperature", 0.0, 2.0)?,
@@ -219,6 +233,10 @@ impl ChatRequest {
             task_profile: f.choice("task_profile", &[("general", TaskProfile::General), ("coding", TaskProfile::Coding), ("reasoning", TaskProfile::Reasoning)])?,
             chat_template_kwargs,
             token_type: f.choice("token_type", &[("spark", TokenChoice::Spark), ("sogni", TokenChoice::Sogni), ("auto", TokenChoice::Auto)])?,
+            tools,
+            tool_choice,
+            parallel_tool_calls: f.bool("parallel_tool_calls")?.unwrap_or(true),
+            response_format: parse_response_format(f.get("response_format"))?,
         })
     }
 }
@@ -236,7 +254,8 @@ fn parse_message(i: usize, m: &Value) -> Result<Message, ApiError> {
         Some(Value::Array(parts)) => text_parts(&path, parts)?,
         Some(_) => return Err(ApiError::invalid(f.param("content"), format!("`{path}.content` must be a string or an array of parts"))),
     };
-    Ok(Message { role, content, name: f.string("name")?, tool_call_id: f.string("tool_call_id")? })
+    let tool_calls = if role == Role::Assistant { parse_tool_calls(obj, &path)? } else { Vec::new() };
+    Ok(Message { role, content, name: f.string("name")?, tool_call_id: f.string("tool_call_id")?, tool_calls })
 }
 
 /// The text of an array of content parts. Image parts get a clear 400 until vision lands.

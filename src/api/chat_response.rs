@@ -22,6 +22,18 @@ impl Usage {
     }
 }
 
+/// A piece of the assistant's message as it streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delta {
+    Content(String),
+    /// What the model wrote inside `<think>...</think>`.
+    Reasoning(String),
+    /// A call begins: its position among the calls, its id and the function's name.
+    ToolCall { index: usize, id: String, name: String },
+    /// More of call `index`'s arguments (a JSON text, in pieces).
+    Arguments { index: usize, fragment: String },
+}
+
 /// What identifies one completion across its response or chunks.
 #[derive(Debug, Clone)]
 pub struct CompletionId {

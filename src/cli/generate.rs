@@ -93,6 +93,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
             seed: a.seed,
             ..SamplerParams::default()
         },
+        grammar: None,
     };
     let mut stdout = std::io::stdout().lock();
     let g = generate(&model, &be, &tok, &prompt, &params, |t, _| {

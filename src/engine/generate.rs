@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::backend::Backend;
+use crate::engine::constraint::Constraint;
 use crate::engine::model::Model;
 use crate::engine::sampler::{Sampler, SamplerParams};
 use crate::engine::tokenizer::{StreamDecoder, Tokenizer};
@@ -22,6 +23,9 @@ pub struct GenerateParams {
     pub max_tokens: usize,
     pub sampler: SamplerParams,
     pub stop: Vec<String>,
+    /// A Lark grammar (llguidance's dialect) the output must follow; see [`crate::engine::constraint`].
+    #[serde(default)]
+    pub grammar: Option<String>,
 }
 
 /// Where a generation that another worker started stands, so this one can continue it
@@ -135,14 +139,15 @@ pub struct Decoding {
     /// Text bytes an earlier attempt delivered that are not to be delivered again.
     delivered: usize,
     text: String,
+    constraint: Option<Constraint>,
 }
 
 impl Decoding {
     /// Starts after `prompt`, continuing `resume` (its tokens count as produced, and the
     /// sampler moves past them), within `context` positions. Returns the state and what to
     /// deliver at once: text of the resumed tokens past what was delivered, and a finish if
-    /// nothing is left to generate.
-    pub fn new(tok: &Tokenizer, prompt: &[u32], params: &GenerateParams, context: usize, resume: &Resume) -> (Self, Advance) {
+    /// nothing is left to generate. `constraint` is `params.grammar` compiled.
+    pub fn new(tok: &Tokenizer, prompt: &[u32], params: &GenerateParams, context: usize, resume: &Resume, constraint: Option<Constraint>) -> (Self, Advance) {
         let mut d = Self {
             sampler: Sampler::new(params.sampler.clone()),
             history: prompt.to_vec(),
@@ -153,10 +158,15 @@ impl Decoding {
             context,
             delivered: resume.text_bytes,
             text: String::new(),
+            constraint,
         };
         let mut first = Advance::default();
         for &t in &resume.tokens {
             d.sampler.skip();
+            if let Err(e) = d.constraint.as_mut().map_or(Ok(()), |c| c.accept(t)) {
+                tracing::warn!("a resumed token breaks the grammar: {e}");
+                d.constraint = None;
+            }
             let a = d.push(tok, t);
             first.text.push_str(&a.text);
             if a.finish.is_some() {
@@ -183,14 +193,27 @@ impl Decoding {
 
     /// Samples the next token from `logits` (the last computed position's) and takes it.
     pub fn advance(&mut self, tok: &Tokenizer, logits: &mut [f32]) -> Advance {
+        if let Err(e) = self.constraint.as_mut().map_or(Ok(()), |c| c.mask(logits)) {
+            tracing::warn!("the grammar failed; ending the generation: {e}");
+            return self.end(FinishReason::Stop);
+        }
         let next = self.sampler.sample(logits, &self.history);
         if tok.is_end_of_generation(next) {
-            let text = self.finish();
-            return Advance { text, token: None, finish: Some(FinishReason::Stop) };
+            return self.end(FinishReason::Stop);
+        }
+        if let Err(e) = self.constraint.as_mut().map_or(Ok(()), |c| c.accept(next)) {
+            tracing::warn!("the grammar refused a token it allowed; ending the generation: {e}");
+            return self.end(FinishReason::Stop);
         }
         let mut a = self.push(tok, next);
         a.token = Some(next);
         a
+    }
+
+    /// Ends without a new token.
+    fn end(&mut self, finish: FinishReason) -> Advance {
+        let text = self.finish();
+        Advance { text, token: None, finish: Some(finish) }
     }
 
     /// Takes `t` as the next token.
@@ -240,12 +263,15 @@ pub fn generate(
     if prompt.is_empty() {
         return Err(EngineError::Tokenizer("the prompt is empty".into()));
     }
+    if params.grammar.is_some() {
+        return Err(EngineError::Grammar("constrained generation runs in the batch scheduler".into()));
+    }
     let limit = model.config.context_length;
     if prompt.len() >= limit {
         return Err(EngineError::ContextFull { needed: prompt.len() + 1, limit });
     }
     let mut cache = model.new_cache(None);
-    let (mut decoding, first) = Decoding::new(tok, prompt, params, limit, &Resume::default());
+    let (mut decoding, first) = Decoding::new(tok, prompt, params, limit, &Resume::default(), None);
     let mut out = Generation {
         token_ids: Vec::new(),
         text: String::new(),

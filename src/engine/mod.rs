@@ -8,6 +8,7 @@
 
 pub mod backend;
 pub mod batch;
+pub mod constraint;
 pub mod cpu;
 pub mod generate;
 pub mod gguf;
@@ -35,6 +36,8 @@ pub enum EngineError {
     Tokenizer(String),
     #[error("chat template: {0}")]
     Template(String),
+    #[error("grammar: {0}")]
+    Grammar(String),
     #[error("context length exceeded: {needed} positions needed, the limit is {limit}")]
     ContextFull { needed: usize, limit: usize },
     #[error("token id {token} is outside the vocabulary of {vocab} tokens")]

@@ -51,6 +51,8 @@ pub struct Tokenizer {
     /// The bytes each id stands for.
     pieces: Vec<Vec<u8>>,
     tokens: Vec<String>,
+    /// Control tokens (`<|im_start|>`): they stand for no text a grammar could match.
+    control: Vec<bool>,
     pub bos: Option<u32>,
     pub eos: Option<u32>,
     pub add_bos: bool,
@@ -154,6 +156,7 @@ impl Tokenizer {
         Ok(Self {
             inner,
             pieces,
+            control: types.iter().map(|&t| t == TOKEN_CONTROL).collect(),
             tokens,
             bos,
             eos,
@@ -165,13 +168,27 @@ impl Tokenizer {
     /// Tokenizes `text` exactly as given, special tokens included, adding BOS only when the
     /// model's metadata asks for it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
-        let enc = self.inner.encode_fast(text, false).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
-        let mut ids = Vec::with_capacity(enc.len() + 1);
+        let mut ids = Vec::new();
         if self.add_bos {
             ids.extend(self.bos);
         }
-        ids.extend_from_slice(enc.get_ids());
+        ids.extend(self.encode_plain(text)?);
         Ok(ids)
+    }
+
+    /// Tokenizes `text` without BOS.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, EngineError> {
+        let enc = self.inner.encode_fast(text, false).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether `id` is a control token such as `<|im_start|>`.
+    pub fn is_control(&self, id: u32) -> bool {
+        self.control.get(id as usize).copied().unwrap_or(false)
     }
 
     /// The bytes of one token (special tokens render as their text).

@@ -6,6 +6,7 @@
 
 pub mod actor;
 pub mod inbox;
+pub mod markup;
 pub mod models;
 pub mod pool;
 pub mod prompt;

@@ -86,7 +86,7 @@ pub fn prepare(req: &ChatRequest, template: &ChatTemplate, tok: &Tokenizer, limi
     } else {
         TaskProfile::General
     });
-    Ok(PreparedPrompt { prompt_ids, params: GenerateParams { max_tokens, sampler, stop: req.stop.clone() }, task_profile })
+    Ok(PreparedPrompt { prompt_ids, params: GenerateParams { max_tokens, sampler, stop: req.stop.clone(), grammar: None }, task_profile })
 }
 
 /// A seed for a request that names none: different per request, as OpenAI's are.
