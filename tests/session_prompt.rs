@@ -3,30 +3,47 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use serde_json::json;
 use supernet::api::chat_request::{ChatRequest, TaskProfile};
+use supernet::engine::constraint::Grammars;
 use supernet::engine::template::{ChatMessage, ChatTemplate};
 use supernet::engine::tokenizer::Tokenizer;
 use supernet::engine::Model;
-use supernet::session::prompt::{prepare, TierLimits};
+use supernet::session::prompt::{prepare, ModelText, PreparedPrompt, TierLimits};
 
-fn setup() -> (Model, Tokenizer, ChatTemplate) {
+struct Setup {
+    model: Model,
+    tok: Arc<Tokenizer>,
+    tmpl: ChatTemplate,
+    grammars: Grammars,
+}
+
+impl Setup {
+    fn prepare(&self, req: &ChatRequest, limits: &TierLimits, context_length: usize) -> Result<PreparedPrompt, supernet::api::error::ApiError> {
+        prepare(req, &ModelText { template: &self.tmpl, tokenizer: &self.tok, grammars: &self.grammars, context_length }, limits)
+    }
+}
+
+fn setup() -> Setup {
     let model = Model::load(common::smollm2()).expect("the model");
-    let tok = Tokenizer::from_gguf(&model.file).expect("tokenizer");
+    let tok = Arc::new(Tokenizer::from_gguf(&model.file).expect("tokenizer"));
     let tmpl = ChatTemplate::from_gguf(&model.file, &tok).expect("template");
-    (model, tok, tmpl)
+    Setup { model, grammars: Grammars::new(Arc::clone(&tok)), tok, tmpl }
 }
 
 #[test]
 fn renders_through_the_models_template_and_clamps_to_the_tier() {
-    let (model, tok, tmpl) = setup();
+    let s = setup();
+    let (tok, tmpl, ctx) = (&s.tok, &s.tmpl, s.model.config.context_length);
     let req = ChatRequest::parse(&json!({
         "messages": [{"role": "developer", "content": "Answer briefly."}, {"role": "user", "content": "Capital of France?"}],
         "max_tokens": 100000, "temperature": 1.9, "top_k": 0, "seed": 3, "stop": ["\n"]
     }))
     .expect("valid");
     let limits = TierLimits { default_max_tokens: 64, max_tokens: 256, max_temperature: 1.0, max_top_k: 50 };
-    let p = prepare(&req, &tmpl, &tok, &limits, model.config.context_length).expect("prepared");
+    let p = s.prepare(&req, &limits, ctx).expect("prepared");
 
     // The same ids as rendering the equivalent messages directly (developer -> system).
     let direct = tmpl
@@ -40,20 +57,47 @@ fn renders_through_the_models_template_and_clamps_to_the_tier() {
     assert_eq!(p.task_profile, TaskProfile::Coding, "a developer message defaults to coding");
 
     let plain = ChatRequest::parse(&json!({"messages": [{"role": "user", "content": "hi"}]})).expect("valid");
-    let p = prepare(&plain, &tmpl, &tok, &limits, model.config.context_length).expect("prepared");
+    let p = s.prepare(&plain, &limits, ctx).expect("prepared");
     assert_eq!((p.params.max_tokens, p.task_profile), (64, TaskProfile::General));
-    assert_eq!((p.params.sampler.temperature, p.params.sampler.top_p), (1.0, 1.0));
+    assert!(p.params.grammar.is_none() && !p.tools, "plain chat is unconstrained");
+    // Omitted sampling fields come from the profile's preset.
+    let sampling = |profile: &str| {
+        let req = ChatRequest::parse(&json!({"messages": [{"role": "user", "content": "hi"}], "task_profile": profile})).expect("valid");
+        let p = s.prepare(&req, &TierLimits::default(), ctx).expect("prepared").params.sampler;
+        (p.temperature, p.top_p, p.top_k)
+    };
+    assert_eq!(sampling("general"), (0.7, 0.8, 20));
+    assert_eq!(sampling("coding"), (0.2, 0.95, 20));
+    assert_eq!(sampling("reasoning"), (0.6, 0.95, 20));
 }
 
 #[test]
 fn a_prompt_that_fills_the_context_is_a_400() {
-    let (_model, tok, tmpl) = setup();
+    let s = setup();
     let long = "word ".repeat(300);
     let req = ChatRequest::parse(&json!({"messages": [{"role": "user", "content": long}], "max_tokens": 50})).expect("valid");
-    let n = prepare(&req, &tmpl, &tok, &TierLimits::default(), 10_000).expect("fits").prompt_ids.len();
+    let n = s.prepare(&req, &TierLimits::default(), 10_000).expect("fits").prompt_ids.len();
     // With a little room left, max_tokens shrinks to fit it.
-    let p = prepare(&req, &tmpl, &tok, &TierLimits::default(), n + 10).expect("fits");
+    let p = s.prepare(&req, &TierLimits::default(), n + 10).expect("fits");
     assert_eq!(p.params.max_tokens, 10);
-    let e = prepare(&req, &tmpl, &tok, &TierLimits::default(), n).expect_err("too long");
+    let e = s.prepare(&req, &TierLimits::default(), n).expect_err("too long");
     assert_eq!((e.status, e.param.as_deref()), (400, Some("messages")));
+}
+
+#[test]
+fn tools_are_described_and_constrained_and_a_bad_schema_is_a_400() {
+    let s = setup();
+    let ctx = s.model.config.context_length;
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let req = ChatRequest::parse(&json!({"messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": tools, "tool_choice": "required"})).expect("valid");
+    let p = s.prepare(&req, &TierLimits::default(), ctx).expect("prepared");
+    let prompt = s.tok.decode(&p.prompt_ids);
+    assert!(prompt.starts_with("<|im_start|>system\n# Tools") && prompt.contains("<tool_call>"), "{prompt}");
+    assert!(p.tools && p.params.grammar.as_deref().is_some_and(|g| g.contains(r#""const":"get_weather""#)));
+
+    let bad = |body: serde_json::Value| s.prepare(&ChatRequest::parse(&body).expect("valid"), &TierLimits::default(), ctx).expect_err("a 400");
+    let e = bad(json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {"$ref": "#/$defs/missing"}}}}));
+    assert_eq!((e.status, e.param.as_deref()), (400, Some("response_format.json_schema.schema")), "{}", e.message);
+    let e = bad(json!({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "string", "minLength": 5, "maxLength": 2}}, "required": ["a"]}}}], "tool_choice": "required"}));
+    assert_eq!((e.status, e.param.as_deref()), (400, Some("tools")), "{}", e.message);
 }

@@ -5,6 +5,8 @@
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::tools::ToolCall;
+
 /// Token counts of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Usage {
@@ -34,6 +36,42 @@ pub enum Delta {
     Arguments { index: usize, fragment: String },
 }
 
+/// The whole message, assembled from its deltas.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AssistantMessage {
+    pub content: String,
+    pub reasoning: String,
+    pub tool_calls: Vec<ToolCall>,
+}
+
+impl AssistantMessage {
+    pub fn apply(&mut self, d: Delta) {
+        match d {
+            Delta::Content(t) => self.content.push_str(&t),
+            Delta::Reasoning(t) => self.reasoning.push_str(&t),
+            Delta::ToolCall { id, name, .. } => self.tool_calls.push(ToolCall { id, name, arguments: String::new() }),
+            Delta::Arguments { index, fragment } => {
+                if let Some(c) = self.tool_calls.get_mut(index) {
+                    c.arguments.push_str(&fragment);
+                }
+            }
+        }
+    }
+
+    fn json(&self) -> Value {
+        // OpenAI sends `content: null` beside calls when there is no text.
+        let content = if self.content.is_empty() && !self.tool_calls.is_empty() { Value::Null } else { self.content.clone().into() };
+        let mut m = json!({ "role": "assistant", "content": content, "refusal": null });
+        if !self.tool_calls.is_empty() {
+            m["tool_calls"] = self.tool_calls.iter().map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}})).collect();
+        }
+        if !self.reasoning.is_empty() {
+            m["reasoning_content"] = self.reasoning.clone().into();
+        }
+        m
+    }
+}
+
 /// What identifies one completion across its response or chunks.
 #[derive(Debug, Clone)]
 pub struct CompletionId {
@@ -44,7 +82,7 @@ pub struct CompletionId {
 
 impl CompletionId {
     /// The non-streaming response.
-    pub fn response(&self, content: &str, finish_reason: &str, usage: Usage) -> Value {
+    pub fn response(&self, message: &AssistantMessage, finish_reason: &str, usage: Usage) -> Value {
         json!({
             "id": self.id,
             "object": "chat.completion",
@@ -52,7 +90,7 @@ impl CompletionId {
             "model": self.model,
             "choices": [{
                 "index": 0,
-                "message": { "role": "assistant", "content": content, "refusal": null },
+                "message": message.json(),
                 "logprobs": null,
                 "finish_reason": finish_reason,
             }],
@@ -75,8 +113,14 @@ impl CompletionId {
         self.chunk(json!({ "role": "assistant", "content": "" }), None)
     }
 
-    pub fn text_chunk(&self, text: &str) -> Value {
-        self.chunk(json!({ "content": text }), None)
+    pub fn delta_chunk(&self, d: &Delta) -> Value {
+        let delta = match d {
+            Delta::Content(t) => json!({ "content": t }),
+            Delta::Reasoning(t) => json!({ "reasoning_content": t }),
+            Delta::ToolCall { index, id, name } => json!({ "tool_calls": [{ "index": index, "id": id, "type": "function", "function": { "name": name, "arguments": "" } }] }),
+            Delta::Arguments { index, fragment } => json!({ "tool_calls": [{ "index": index, "function": { "arguments": fragment } }] }),
+        };
+        self.chunk(delta, None)
     }
 
     pub fn finish_chunk(&self, finish_reason: &str) -> Value {
@@ -150,11 +194,18 @@ mod tests {
     #[test]
     fn shapes_carry_the_always_present_fields() {
         let id = CompletionId { id: "chatcmpl-1".into(), created: 7, model: "m".into() };
-        let r = id.response("hi", "stop", Usage { prompt_tokens: 3, completion_tokens: 1 });
+        let text = AssistantMessage { content: "hi".into(), ..Default::default() };
+        let r = id.response(&text, "stop", Usage { prompt_tokens: 3, completion_tokens: 1 });
         assert_eq!(r["choices"][0]["message"]["refusal"], Value::Null);
+        assert!(r["choices"][0]["message"].get("tool_calls").is_none());
         assert_eq!(r["choices"][0]["logprobs"], Value::Null);
         assert_eq!(r["usage"]["total_tokens"], 4);
-        assert_eq!(id.text_chunk("a")["choices"][0]["finish_reason"], Value::Null);
+        assert_eq!(id.delta_chunk(&Delta::Content("a".into()))["choices"][0]["finish_reason"], Value::Null);
+        let mut call = AssistantMessage::default();
+        call.apply(Delta::ToolCall { index: 0, id: "call_1".into(), name: "f".into() });
+        call.apply(Delta::Arguments { index: 0, fragment: "{}".into() });
+        let m = &id.response(&call, "tool_calls", Usage { prompt_tokens: 1, completion_tokens: 1 })["choices"][0]["message"];
+        assert_eq!((&m["content"], &m["tool_calls"][0]["function"]["arguments"]), (&Value::Null, &json!("{}")));
         assert_eq!(id.usage_chunk(Usage { prompt_tokens: 1, completion_tokens: 2 })["choices"], json!([]));
         assert_eq!(sse_event(&json!({"a": 1})), "data: {\"a\":1}\n\n");
     }

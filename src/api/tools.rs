@@ -38,8 +38,8 @@ pub enum ResponseFormat {
     JsonSchema { name: String, schema: Value },
 }
 
-/// A call made in an earlier assistant turn.
-#[derive(Debug, Clone, PartialEq)]
+/// A call an assistant turn made.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolCall {
     pub id: String,
     pub name: String,

@@ -22,7 +22,6 @@ use super::engine::EngineArgs;
 use crate::engine::template::ChatTemplate;
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::Model;
-use crate::front::chat::unix_now;
 use crate::front::{configure, FrontState};
 use crate::session::actor::Services;
 use crate::session::inbox::NodeInbox;
@@ -91,7 +90,7 @@ async fn serve(config: Config, store: Arc<dyn Store>, loaded: Vec<Loaded>, engin
         let worker = worker.start();
         coordinator.send(Register { info, addr: worker }).await?;
         let tier = config.tier(&l.id).clone();
-        models.add(ModelEntry { id: l.id, created: unix_now(), context_length: l.model.config.context_length, template: l.template, tokenizer: l.tokenizer, tier });
+        models.add(ModelEntry::new(l.id, l.model.config.context_length, l.template, l.tokenizer, tier));
     }
     let inbox = NodeInbox::new(Arc::clone(&bus), &node_id);
     actix::spawn(reap_holds(Arc::clone(&store)));

@@ -12,7 +12,6 @@ use crate::config::Config;
 use crate::engine::gguf::GgufFile;
 use crate::engine::template::ChatTemplate;
 use crate::engine::tokenizer::Tokenizer;
-use crate::front::chat::unix_now;
 use crate::session::models::{ModelCatalog, ModelEntry};
 use crate::worker::actor::{WorkerInfo, WorkerLoad};
 
@@ -66,12 +65,5 @@ pub fn entry_from_card(card: &ModelCard, config: &Config) -> anyhow::Result<Mode
     let file = GgufFile::from_bytes(&format!("the model card of {}", card.model_id), &card.gguf_metadata)?;
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let template = ChatTemplate::from_gguf(&file, &tokenizer)?;
-    Ok(ModelEntry {
-        id: card.model_id.clone(),
-        created: unix_now(),
-        context_length: card.context_length,
-        template,
-        tokenizer: Arc::new(tokenizer),
-        tier: config.tier(&card.model_id).clone(),
-    })
+    Ok(ModelEntry::new(card.model_id.clone(), card.context_length, template, Arc::new(tokenizer), config.tier(&card.model_id).clone()))
 }

@@ -43,6 +43,10 @@ pub struct ChatTemplate {
     eos: String,
     /// Whether the model shipped its own template.
     pub is_model_template: bool,
+    /// Whether the template renders `tools` itself (else the session describes them).
+    pub handles_tools: bool,
+    /// Whether the template knows `<think>` blocks (a reasoning model).
+    pub handles_thinking: bool,
 }
 
 fn raise_exception(msg: String) -> Result<Value, Error> {
@@ -71,7 +75,8 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         env.add_template_owned("chat", source.unwrap_or(CHATML).to_string())
             .map_err(|e| EngineError::Template(format!("the model's chat template does not parse: {e}")))?;
-        Ok(Self { env, bos, eos, is_model_template: source.is_some() })
+        let mentions = |what: &str| source.is_some_and(|s| s.contains(what));
+        Ok(Self { env, bos, eos, is_model_template: source.is_some(), handles_tools: mentions("tools"), handles_thinking: mentions("<think>") })
     }
 
     /// Renders `messages`; `tools` (OpenAI-style function list) and `kwargs` (extra template

@@ -15,7 +15,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use super::http::{api_key, error_response, json_body};
 use super::FrontState;
 use crate::api::chat_request::{ChatRequest, TokenChoice};
-use crate::api::chat_response::{sse_event, CompletionId, SSE_DONE};
+use crate::api::chat_response::{sse_event, AssistantMessage, CompletionId, SSE_DONE};
 use crate::api::error::ApiError;
 use crate::engine::generate::FinishReason;
 use crate::ids::random_hex;
@@ -71,20 +71,21 @@ fn header_token_type(req: &HttpRequest) -> Result<Option<TokenChoice>, ApiError>
     }
 }
 
-fn finish_reason(f: FinishReason) -> &'static str {
+fn finish_reason(f: FinishReason, tool_calls: bool) -> &'static str {
     match f {
         FinishReason::Length => "length",
+        FinishReason::Stop | FinishReason::Cancelled if tool_calls => "tool_calls",
         FinishReason::Stop | FinishReason::Cancelled => "stop",
     }
 }
 
 /// The non-streaming response, once the turn is done.
 async fn whole(mut events: UnboundedReceiver<SessionEvent>, id: &CompletionId) -> Result<HttpResponse, ApiError> {
-    let mut text = String::new();
+    let mut message = AssistantMessage::default();
     loop {
         match events.recv().await {
-            Some(SessionEvent::Text(t)) => text.push_str(&t),
-            Some(SessionEvent::Done { finish, usage }) => return Ok(HttpResponse::Ok().json(id.response(&text, finish_reason(finish), usage))),
+            Some(SessionEvent::Delta(d)) => message.apply(d),
+            Some(SessionEvent::Done { finish, tool_calls, usage }) => return Ok(HttpResponse::Ok().json(id.response(&message, finish_reason(finish, tool_calls), usage))),
             Some(SessionEvent::Error(e)) => return Err(e),
             Some(SessionEvent::Started) => {}
             None => return Err(ApiError::logged("the session", "ended without a result")),
@@ -92,7 +93,7 @@ async fn whole(mut events: UnboundedReceiver<SessionEvent>, id: &CompletionId) -
     }
 }
 
-/// The SSE response: the role chunk, one chunk per text, the finish chunk, the usage chunk
+/// The SSE response: the role chunk, one chunk per delta, the finish chunk, the usage chunk
 /// when asked for, then `[DONE]`.
 fn sse(events: UnboundedReceiver<SessionEvent>, id: Arc<CompletionId>, include_usage: bool) -> HttpResponse {
     let first = stream::once(std::future::ready(Ok::<_, actix_web::Error>(Bytes::from(sse_event(&id.role_chunk())))));
@@ -103,9 +104,9 @@ fn sse(events: UnboundedReceiver<SessionEvent>, id: Arc<CompletionId>, include_u
             loop {
                 let (frame, more) = match events.recv().await {
                     Some(SessionEvent::Started) => continue,
-                    Some(SessionEvent::Text(t)) => (sse_event(&id.text_chunk(&t)), true),
-                    Some(SessionEvent::Done { finish, usage }) => {
-                        let mut f = sse_event(&id.finish_chunk(finish_reason(finish)));
+                    Some(SessionEvent::Delta(d)) => (sse_event(&id.delta_chunk(&d)), true),
+                    Some(SessionEvent::Done { finish, tool_calls, usage }) => {
+                        let mut f = sse_event(&id.finish_chunk(finish_reason(finish, tool_calls)));
                         if include_usage {
                             f.push_str(&sse_event(&id.usage_chunk(usage)));
                         }

@@ -19,17 +19,19 @@ use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler,
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::inbox::{JobUpdate, NodeInbox, Subscribe, Unsubscribe};
+use super::markup::Markup;
 use super::models::{ModelCatalog, ModelEntry};
 use super::pool::Pool;
 use super::prompt::prepare;
 use crate::api::chat_request::{ChatRequest, TokenChoice};
-use crate::api::chat_response::Usage;
+use crate::api::chat_response::{Delta, Usage};
 use crate::api::error::ApiError;
 use crate::billing::account_actor::{Billing, BillingError, HoldJob, SettleJob};
 use crate::billing::limits::Permit;
 use crate::bus::{streams, Bus};
 use crate::config::Config;
 use crate::engine::generate::{FinishReason, Resume};
+use crate::ids::random_hex;
 use crate::store::{ApiKeyRecord, StoreError};
 use crate::worker::actor::send_command;
 use crate::worker::engine_thread::JobEvent;
@@ -55,12 +57,13 @@ pub struct Services {
 }
 
 /// What the front hears from a session, in order: `Started` (a worker took the job) then
-/// text and `Done`, or an `Error` at any point.
+/// pieces of the message and `Done`, or an `Error` at any point.
 #[derive(Debug)]
 pub enum SessionEvent {
     Started,
-    Text(String),
-    Done { finish: FinishReason, usage: Usage },
+    Delta(Delta),
+    /// `tool_calls`: the message made calls (so a natural end is `finish_reason: "tool_calls"`).
+    Done { finish: FinishReason, tool_calls: bool, usage: Usage },
     Error(ApiError),
 }
 
@@ -92,6 +95,8 @@ pub struct SessionActor {
     /// The last reason the job waited for, for the timeout's message.
     waiting: Option<QueueReason>,
     client_gone: bool,
+    /// Reads the output into content, reasoning and tool calls; set once the prompt is ready.
+    markup: Option<Markup>,
 }
 
 impl SessionActor {
@@ -99,7 +104,7 @@ impl SessionActor {
     /// receiver cancels the turn.
     pub fn start_turn(services: Arc<Services>, turn: Turn) -> UnboundedReceiver<SessionEvent> {
         let (out, rx) = unbounded_channel();
-        SessionActor { services, turn, out, job: None, held: false, worker_id: None, lost: Vec::new(), produced: Resume::default(), started: false, waiting: None, client_gone: false }.start();
+        SessionActor { services, turn, out, job: None, held: false, worker_id: None, lost: Vec::new(), produced: Resume::default(), started: false, waiting: None, client_gone: false, markup: None }.start();
         rx
     }
 
@@ -293,10 +298,11 @@ impl Actor for SessionActor {
         }));
 
         let m = &self.turn.model;
-        let prepared = match prepare(&self.turn.request, &m.template, &m.tokenizer, &m.tier.limits(), m.context_length) {
+        let prepared = match prepare(&self.turn.request, &m.text(), &m.tier.limits()) {
             Ok(p) => p,
             Err(e) => return self.fail(e, ctx),
         };
+        self.markup = Some(Markup::new(prepared.tools, prepared.thinking, Box::new(call_id)));
         let hold = HoldJob {
             job_id: self.turn.job_id.clone(),
             account_id: self.turn.key.account_id.clone(),
@@ -382,20 +388,36 @@ impl SessionActor {
                 self.produced.tokens.extend(tokens);
                 self.produced.text_bytes += text.len();
                 if !self.client_gone {
-                    self.emit(SessionEvent::Text(text));
+                    let deltas = self.markup.as_mut().map(|m| m.push(&text)).unwrap_or_default();
+                    deltas.into_iter().for_each(|d| self.emit(SessionEvent::Delta(d)));
                     if self.client_gone {
                         self.cancel();
                     }
                 }
             }
             WorkerEvent::Job(JobEvent::Finished { finish, prompt_tokens, completion_tokens }) => {
-                let done = SessionEvent::Done { finish, usage: Usage { prompt_tokens, completion_tokens } };
+                let deltas = self.markup.as_mut().map(Markup::finish).unwrap_or_default();
+                deltas.into_iter().for_each(|d| self.emit(SessionEvent::Delta(d)));
+                let tool_calls = self.markup.as_ref().is_some_and(Markup::made_calls);
+                let done = SessionEvent::Done { finish, tool_calls, usage: Usage { prompt_tokens, completion_tokens } };
                 self.finish(prompt_tokens, completion_tokens, Some(done), ctx);
             }
             WorkerEvent::Job(JobEvent::Failed(reason)) => {
                 tracing::error!(job = %self.turn.job_id, "the engine failed the job: {reason}");
                 self.fail(ApiError::internal(), ctx)
             }
+        }
+    }
+}
+
+/// A fresh tool call id (`call_` and 24 hex digits, OpenAI's length).
+fn call_id() -> String {
+    match random_hex(12) {
+        Ok(hex) => format!("call_{hex}"),
+        Err(e) => {
+            // Ids only need to be unique within the message; the clock will do.
+            tracing::warn!("no randomness for a call id: {e}");
+            format!("call_{:024x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()))
         }
     }
 }

@@ -1,14 +1,29 @@
 //! From a validated chat request to work for the engine: the messages rendered through the
-//! model's own chat template and tokenized, and the sampling fields clamped to the model
-//! tier's limits, so no client can ask for more than its tier allows.
+//! model's own chat template (tools described as [`super::tool_prompt`] says) and tokenized,
+//! the grammar the output must follow ([`super::grammar`], compiled here once so a schema
+//! llguidance cannot use is a 400), and the sampling fields filled from the task profile's
+//! preset and clamped to the model tier's limits, so no client can ask for more than its
+//! tier allows.
+//!
+//! Presets, used for each sampling field the request leaves out:
+//!
+//! | profile     | temperature | top_p | top_k |
+//! |-------------|-------------|-------|-------|
+//! | `general`   | 0.7         | 0.8   | 20    |
+//! | `coding`    | 0.2         | 0.95  | 20    |
+//! | `reasoning` | 0.6         | 0.95  | 20    |
 
 use serde::{Deserialize, Serialize};
 
+use super::grammar::{grammar, Thinking};
+use super::tool_prompt::conversation;
 use crate::api::chat_request::{ChatRequest, Role, TaskProfile};
 use crate::api::error::ApiError;
+use crate::api::tools::{ResponseFormat, ToolChoice};
+use crate::engine::constraint::Grammars;
 use crate::engine::generate::GenerateParams;
 use crate::engine::sampler::SamplerParams;
-use crate::engine::template::{ChatMessage, ChatTemplate};
+use crate::engine::template::ChatTemplate;
 use crate::engine::tokenizer::Tokenizer;
 
 /// What a model tier allows; every sampling field is clamped into these bounds.
@@ -36,26 +51,41 @@ pub struct PreparedPrompt {
     pub prompt_ids: Vec<u32>,
     pub params: GenerateParams,
     pub task_profile: TaskProfile,
+    /// How to read the output: whether `<tool_call>` blocks are calls, and whether it starts
+    /// inside a `<think>` block.
+    pub tools: bool,
+    pub thinking: bool,
 }
 
-/// Renders, tokenizes and clamps. Fails with a 400 when the prompt leaves no room in the
-/// model's context.
-pub fn prepare(req: &ChatRequest, template: &ChatTemplate, tok: &Tokenizer, limits: &TierLimits, context_length: usize) -> Result<PreparedPrompt, ApiError> {
-    let messages: Vec<ChatMessage> = req
-        .messages
-        .iter()
-        .map(|m| ChatMessage {
-            // Templates know `system`; OpenAI's `developer` is the same instruction slot.
-            role: if m.role == Role::Developer { "system".into() } else { m.role.name().into() },
-            content: m.content.clone(),
-            name: m.name.clone(),
-            tool_call_id: m.tool_call_id.clone(),
-            ..ChatMessage::default()
-        })
-        .collect();
+/// The model's side of preparing: how it renders and tokenizes, and compiles grammars.
+pub struct ModelText<'a> {
+    pub template: &'a ChatTemplate,
+    pub tokenizer: &'a Tokenizer,
+    pub grammars: &'a Grammars,
+    pub context_length: usize,
+}
+
+/// Renders, tokenizes, builds the grammar and fills and clamps the sampling fields. Fails
+/// with a 400 when the prompt leaves no room in the model's context or a schema cannot be
+/// used.
+pub fn prepare(req: &ChatRequest, model: &ModelText, limits: &TierLimits) -> Result<PreparedPrompt, ApiError> {
+    let (template, tok, context_length) = (model.template, model.tokenizer, model.context_length);
+    let (messages, tools) = conversation(req, template);
     let rendered = template
-        .render(&messages, None, true, &req.chat_template_kwargs)
+        .render(&messages, tools.as_ref(), true, &req.chat_template_kwargs)
         .map_err(|e| ApiError::invalid("messages", format!("the chat template rejected the messages: {e}")))?;
+    let thinking_off = req.chat_template_kwargs.get("enable_thinking") == Some(&false.into());
+    let thinking = if rendered.trim_end().ends_with("<think>") {
+        Thinking::Open
+    } else if template.handles_thinking && !thinking_off {
+        Thinking::Optional
+    } else {
+        Thinking::Off
+    };
+    let grammar = grammar(req, thinking);
+    if let Some(g) = &grammar {
+        model.grammars.compile(g).map_err(|e| ApiError::invalid(grammar_param(req), format!("this schema cannot constrain the output: {e}")))?;
+    }
     let prompt_ids = tok.encode(&rendered).map_err(|e| ApiError::invalid("messages", format!("cannot tokenize the messages: {e}")))?;
     let room = context_length.saturating_sub(prompt_ids.len());
     if room == 0 {
@@ -66,14 +96,19 @@ pub fn prepare(req: &ChatRequest, template: &ChatTemplate, tok: &Tokenizer, limi
     }
     let max_tokens = (req.max_tokens.unwrap_or(limits.default_max_tokens).min(limits.max_tokens) as usize).min(room);
 
+    let task_profile = req.task_profile.unwrap_or(if req.messages.iter().any(|m| m.role == Role::Developer) {
+        TaskProfile::Coding
+    } else {
+        TaskProfile::General
+    });
+    let preset = preset(task_profile);
     let s = &req.sampling;
-    let top_k = s.top_k.unwrap_or(0);
+    let top_k = s.top_k.unwrap_or(preset.top_k);
     let top_k = if limits.max_top_k > 0 && (top_k == 0 || top_k > limits.max_top_k) { limits.max_top_k } else { top_k };
     let sampler = SamplerParams {
-        // OpenAI's defaults: temperature 1 and no truncation.
-        temperature: s.temperature.unwrap_or(1.0).min(limits.max_temperature),
+        temperature: s.temperature.unwrap_or(preset.temperature).min(limits.max_temperature),
         top_k: top_k as usize,
-        top_p: s.top_p.unwrap_or(1.0),
+        top_p: s.top_p.unwrap_or(preset.top_p),
         min_p: s.min_p.unwrap_or(0.0),
         repetition_penalty: s.repetition_penalty.unwrap_or(1.0),
         frequency_penalty: s.frequency_penalty.unwrap_or(0.0),
@@ -81,12 +116,31 @@ pub fn prepare(req: &ChatRequest, template: &ChatTemplate, tok: &Tokenizer, limi
         seed: s.seed.unwrap_or_else(fresh_seed),
         ..SamplerParams::default()
     };
-    let task_profile = req.task_profile.unwrap_or(if req.messages.iter().any(|m| m.role == Role::Developer) {
-        TaskProfile::Coding
-    } else {
-        TaskProfile::General
-    });
-    Ok(PreparedPrompt { prompt_ids, params: GenerateParams { max_tokens, sampler, stop: req.stop.clone(), grammar: None }, task_profile })
+    let tools = !req.tools.is_empty() && req.tool_choice != Some(ToolChoice::None);
+    Ok(PreparedPrompt { prompt_ids, params: GenerateParams { max_tokens, sampler, stop: req.stop.clone(), grammar }, task_profile, tools, thinking: thinking == Thinking::Open })
+}
+
+/// Sampling defaults of a task profile.
+struct Preset {
+    temperature: f32,
+    top_p: f32,
+    top_k: u32,
+}
+
+fn preset(profile: TaskProfile) -> Preset {
+    match profile {
+        TaskProfile::General => Preset { temperature: 0.7, top_p: 0.8, top_k: 20 },
+        TaskProfile::Coding => Preset { temperature: 0.2, top_p: 0.95, top_k: 20 },
+        TaskProfile::Reasoning => Preset { temperature: 0.6, top_p: 0.95, top_k: 20 },
+    }
+}
+
+/// The request field a grammar that does not compile came from.
+fn grammar_param(req: &ChatRequest) -> &'static str {
+    match req.response_format {
+        ResponseFormat::JsonSchema { .. } if req.tools.is_empty() || req.tool_choice == Some(ToolChoice::None) => "response_format.json_schema.schema",
+        _ => "tools",
+    }
 }
 
 /// A seed for a request that names none: different per request, as OpenAI's are.
