@@ -9,8 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 import jsonschema
 import pytest
 
-from conftest import MODEL_ID
-from tool_schemas import FORMATS, TOOLS
+from conftest import MODEL_ID, REPO
+
+# Twenty tools and twenty response schemas, each with a question that fits it.
+STRUCTURED = json.loads((REPO / "tests/data/structured.json").read_text())
+TOOLS = [(t["name"], t["description"], t["parameters"], t["question"]) for t in STRUCTURED["tools"]]
+FORMATS = [(f["name"], f["schema"], f["question"]) for f in STRUCTURED["formats"]]
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city",
                                             "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["city"]}}}
