@@ -11,6 +11,8 @@
 //! forward pass each (the batch scheduler's arithmetic, logits for every sequence). It
 //! reports aggregate tokens per second and the step time (every stream's inter-token
 //! latency), p50 and p99.
+//!
+//! With `--json-schema FILE`: constrained decoding's cost ([`super::bench_constraint`]).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -49,6 +51,10 @@ pub struct BenchArgs {
     /// Prompt tokens of each sequence in the batched decode test.
     #[arg(long, default_value_t = 48)]
     pub batch_prompt: usize,
+    /// Constrained decoding instead: decode speed with and without a grammar built from this
+    /// JSON schema file, and the grammar's own cost per token.
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<PathBuf>,
     /// Print one JSON object as the last line.
     #[arg(long)]
     pub json: bool,
@@ -89,7 +95,7 @@ fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-fn mean_sd(v: &[f64]) -> (f64, f64) {
+pub(super) fn mean_sd(v: &[f64]) -> (f64, f64) {
     if v.is_empty() {
         return (0.0, 0.0);
     }
@@ -181,6 +187,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let vocab = model.config.vocab_size;
     let reps = a.repetitions.max(1);
     eprintln!("model {} ({}), backend {}", a.model.display(), model.config.arch.name(), be.describe());
+    if let Some(schema) = &a.json_schema {
+        return super::bench_constraint::run(&a, schema, model, &be);
+    }
     if !a.concurrency.is_empty() {
         return run_batched(&a, &model, &be);
     }

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod bench;
+mod bench_constraint;
 pub mod coordinator;
 pub mod engine;
 pub mod front;
