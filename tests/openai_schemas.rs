@@ -1,13 +1,13 @@
 //! Our response bodies validate against OpenAI's published OpenAPI schemas, checked by the
-//! Python `jsonschema` package: the model list, a model, a completion, every kind of stream
-//! chunk, and error envelopes.
+//! Python `jsonschema` package: the model list, a model, completions (text, tool calls),
+//! every kind of stream chunk, and error envelopes.
 
 mod common;
 
 use std::process::Command;
 
 use serde_json::{json, Value};
-use supernet::api::chat_response::{model_list, Capabilities, CompletionId, ModelCard, Pricing, Usage};
+use supernet::api::chat_response::{model_list, AssistantMessage, Capabilities, CompletionId, Delta, ModelCard, Pricing, Usage};
 use supernet::api::error::ApiError;
 
 #[test]
@@ -23,13 +23,24 @@ fn response_bodies_match_openais_schemas() {
     };
     let id = CompletionId { id: "chatcmpl-abc".into(), created: 1_700_000_001, model: card.id.clone() };
     let usage = Usage { prompt_tokens: 12, completion_tokens: 5 };
+    let text = |t: &str| AssistantMessage { content: t.into(), ..AssistantMessage::default() };
+    let call_start = Delta::ToolCall { index: 0, id: "call_1".into(), name: "get_weather".into() };
+    let call_args = Delta::Arguments { index: 0, fragment: "{\"city\": \"Paris\"}".into() };
+    let mut call = AssistantMessage { reasoning: "The user wants weather.".into(), ..AssistantMessage::default() };
+    call.apply(call_start.clone());
+    call.apply(call_args.clone());
     let mut samples: Vec<(&str, Value)> = vec![
         ("ListModelsResponse", model_list(std::slice::from_ref(&card))),
         ("Model", card.json()),
-        ("CreateChatCompletionResponse", id.response("Paris.", "stop", usage)),
-        ("CreateChatCompletionResponse", id.response("", "length", usage)),
+        ("CreateChatCompletionResponse", id.response(&text("Paris."), "stop", usage)),
+        ("CreateChatCompletionResponse", id.response(&text(""), "length", usage)),
+        ("CreateChatCompletionResponse", id.response(&call, "tool_calls", usage)),
         ("CreateChatCompletionStreamResponse", id.role_chunk()),
-        ("CreateChatCompletionStreamResponse", id.text_chunk("Par")),
+        ("CreateChatCompletionStreamResponse", id.delta_chunk(&Delta::Content("Par".into()))),
+        ("CreateChatCompletionStreamResponse", id.delta_chunk(&Delta::Reasoning("Hmm".into()))),
+        ("CreateChatCompletionStreamResponse", id.delta_chunk(&call_start)),
+        ("CreateChatCompletionStreamResponse", id.delta_chunk(&call_args)),
+        ("CreateChatCompletionStreamResponse", id.finish_chunk("tool_calls")),
         ("CreateChatCompletionStreamResponse", id.finish_chunk("stop")),
         ("CreateChatCompletionStreamResponse", id.usage_chunk(usage)),
     ];

@@ -29,7 +29,8 @@ fn card(m: &ModelEntry, workers: &[(WorkerInfo, WorkerLoad)]) -> ModelCard {
         created: m.created,
         owned_by: "supernet".into(),
         context_length: m.context_length,
-        capabilities: Capabilities { tools: false, vision: false, reasoning: false },
+        // Every model calls tools: the template renders them, or the session describes them.
+        capabilities: Capabilities { tools: true, vision: false, reasoning: m.template.handles_thinking },
         pricing: Pricing { input: m.tier.input_usd_per_m.to_string(), output: m.tier.output_usd_per_m.to_string() },
         workers: workers.iter().filter(|(i, l)| i.model_id == m.id && !l.draining).count(),
     }

@@ -16,7 +16,7 @@ def test_models_list_and_retrieve(server, account):
     assert (m.id, m.object, m.owned_by) == (MODEL_ID, "model", "supernet")
     extra = m.model_extra
     assert extra["context_length"] == 8192
-    assert extra["capabilities"] == {"tools": False, "vision": False, "reasoning": False}
+    assert extra["capabilities"] == {"tools": True, "vision": False, "reasoning": False}
     assert extra["pricing"] == {"input": "0.3", "output": "0.9"}
     assert extra["workers"] == 1
     with pytest.raises(openai.NotFoundError) as e:
