@@ -101,3 +101,58 @@ fn tools_are_described_and_constrained_and_a_bad_schema_is_a_400() {
     let e = bad(json!({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "string", "minLength": 5, "maxLength": 2}}, "required": ["a"]}}}], "tool_choice": "required"}));
     assert_eq!((e.status, e.param.as_deref()), (400, Some("tools")), "{}", e.message);
 }
+
+/// Whether `grammar` allows `text` (tokenized as the model would) from start to end.
+fn allows(s: &Setup, grammar: &str, text: &str) -> bool {
+    let mut c = s.grammars.compile(grammar).expect("compiles");
+    let mut logits = vec![0f32; s.tok.vocab_size()];
+    for t in s.tok.encode_plain(text).expect("tokenizes") {
+        logits.fill(0.0);
+        c.mask(&mut logits).expect("a mask");
+        if !logits[t as usize].is_finite() {
+            return false;
+        }
+        c.accept(t).expect("an allowed token is taken");
+    }
+    logits.fill(0.0);
+    c.mask(&mut logits).expect("a mask");
+    logits[s.tok.eos.expect("an eos") as usize].is_finite()
+}
+
+#[test]
+fn every_grammar_shape_compiles_and_means_what_it_says() {
+    use supernet::session::grammar::{grammar, Thinking};
+    let s = setup();
+    let tools = json!([{"type": "function", "function": {"name": "w", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let format = json!({"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}});
+    let call = "<tool_call>\n{\"name\": \"w\", \"arguments\": {\"city\": \"Oslo\"}}\n</tool_call>";
+    let two = format!("{call}\n{call}");
+    let req = |extra: serde_json::Value| {
+        let mut body = json!({"messages": [{"role": "user", "content": "x"}]});
+        body.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+        ChatRequest::parse(&body).expect("valid")
+    };
+    let g = |extra: serde_json::Value, thinking| grammar(&req(extra), thinking).expect("a grammar");
+
+    let auto = g(json!({"tools": tools}), Thinking::Off);
+    assert!(allows(&s, &auto, "Just text.") && allows(&s, &auto, &format!("Checking.\n{call}")) && allows(&s, &auto, &two));
+    assert!(!allows(&s, &auto, "<tool_call>\n{\"name\": \"x\"") && !allows(&s, &auto, "<tool_response>"), "a started call must be valid");
+    let single = g(json!({"tools": tools, "parallel_tool_calls": false}), Thinking::Off);
+    assert!(allows(&s, &single, call) && !allows(&s, &single, &two));
+    let required = g(json!({"tools": tools, "tool_choice": "required"}), Thinking::Off);
+    assert!(allows(&s, &required, &two) && !allows(&s, &required, "text"));
+    let none = g(json!({"tools": tools, "tool_choice": "none"}), Thinking::Off);
+    assert!(allows(&s, &none, "text") && !allows(&s, &none, call));
+    let answer = g(json!({"response_format": format}), Thinking::Off);
+    assert!(allows(&s, &answer, "{\"a\": 7}") && !allows(&s, &answer, "{\"a\": 7, \"b\": 1}") && !allows(&s, &answer, "{\"a\": \"x\"}"));
+    let either = g(json!({"tools": tools, "response_format": format}), Thinking::Off);
+    assert!(allows(&s, &either, "{\"a\": 7}") && allows(&s, &either, call) && !allows(&s, &either, "text"));
+
+    // Reasoning models: an optional `<think>` block first, or the rest of one the prompt opened.
+    let thinking = g(json!({"tools": tools, "tool_choice": "required"}), Thinking::Optional);
+    assert!(allows(&s, &thinking, &format!("<think>\nweather</think>\n\n{call}")));
+    assert!(allows(&s, &thinking, call));
+    let open = g(json!({"response_format": format}), Thinking::Open);
+    assert!(allows(&s, &open, "so, a = 7</think>\n{\"a\": 7}") && !allows(&s, &open, "{\"a\": 7}"));
+    assert!(grammar(&req(json!({})), Thinking::Off).is_none(), "plain chat is free");
+}

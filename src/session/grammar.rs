@@ -77,14 +77,15 @@ pub fn grammar(req: &ChatRequest, thinking: Thinking) -> Option<String> {
             format!(r#"TEXT | lead "\n" call "\n</tool_call>"{more}"#)
         }
     };
+    // The thought ends at the first `</think>` (a lazy rule: a greedy one would run on).
     let start = match thinking {
         Thinking::Off => format!("start: {body}"),
-        Thinking::Optional => format!("start: think? ({body})"),
-        Thinking::Open => format!("start: THOUGHT \"</think>\" /\\s*/ ({body})"),
+        Thinking::Optional => format!("start: (\"<think>\" thought)? ({body})"),
+        Thinking::Open => format!("start: thought ({body})"),
     };
     if thinking != Thinking::Off {
-        rules.push(r#"think: "<think>" THOUGHT "</think>" /\s*/"#.to_string());
-        rules.push(r"THOUGHT: /(?s:.*)/ & ~/(?s:.*)<\/think>(?s:.*)/".to_string());
+        rules.push(r"thought: thought_text /\s+/?".to_string());
+        rules.push(r"thought_text[lazy]: /(?s:.*)<\/think>/".to_string());
     }
     Some(std::iter::once(start).chain(rules).collect::<Vec<_>>().join("\n"))
 }
