@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use serde_json::json;
 use supernet::api::chat_request::{ChatRequest, TaskProfile};
-use supernet::engine::constraint::Grammars;
 use supernet::engine::template::{ChatMessage, ChatTemplate};
 use supernet::engine::tokenizer::Tokenizer;
 use supernet::engine::Model;
@@ -17,12 +16,11 @@ struct Setup {
     model: Model,
     tok: Arc<Tokenizer>,
     tmpl: ChatTemplate,
-    grammars: Grammars,
 }
 
 impl Setup {
     fn prepare(&self, req: &ChatRequest, limits: &TierLimits, context_length: usize) -> Result<PreparedPrompt, supernet::api::error::ApiError> {
-        prepare(req, &ModelText { template: &self.tmpl, tokenizer: &self.tok, grammars: &self.grammars, context_length }, limits)
+        prepare(req, &ModelText { template: &self.tmpl, tokenizer: &self.tok, context_length }, limits)
     }
 }
 
@@ -30,7 +28,7 @@ fn setup() -> Setup {
     let model = Model::load(common::smollm2()).expect("the model");
     let tok = Arc::new(Tokenizer::from_gguf(&model.file).expect("tokenizer"));
     let tmpl = ChatTemplate::from_gguf(&model.file, &tok).expect("template");
-    Setup { model, grammars: Grammars::new(Arc::clone(&tok)), tok, tmpl }
+    Setup { model, tok, tmpl }
 }
 
 #[test]
@@ -104,7 +102,7 @@ fn tools_are_described_and_constrained_and_a_bad_schema_is_a_400() {
 
 /// Whether `grammar` allows `text` (tokenized as the model would) from start to end.
 fn allows(s: &Setup, grammar: &str, text: &str) -> bool {
-    let mut c = s.grammars.compile(grammar).expect("compiles");
+    let mut c = s.tok.grammars().expect("an index").compile(grammar).expect("compiles");
     let mut logits = vec![0f32; s.tok.vocab_size()];
     for t in s.tok.encode_plain(text).expect("tokenizes") {
         logits.fill(0.0);

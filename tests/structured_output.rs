@@ -13,7 +13,6 @@ use serde_json::{json, Value};
 use supernet::api::chat_request::ChatRequest;
 use supernet::api::chat_response::{AssistantMessage, Delta};
 use supernet::engine::batch::{BatchConfig, Output, Request, Scheduler};
-use supernet::engine::constraint::Grammars;
 use supernet::engine::cpu::CpuBackend;
 use supernet::engine::generate::Resume;
 use supernet::engine::template::ChatTemplate;
@@ -37,8 +36,7 @@ fn every_output_validates_against_its_schema() {
     let model = Arc::new(Model::load(common::smollm2()).expect("the model"));
     let tok = Arc::new(Tokenizer::from_gguf(&model.file).expect("tokenizer"));
     let template = ChatTemplate::from_gguf(&model.file, &tok).expect("template");
-    let grammars = Grammars::new(Arc::clone(&tok));
-    let text = ModelText { template: &template, tokenizer: &tok, grammars: &grammars, context_length: model.config.context_length };
+    let text = ModelText { template: &template, tokenizer: &tok, context_length: model.config.context_length };
     let be = CpuBackend::new(2);
     model.prepare(&be);
     let mut scheduler = Scheduler::new(Arc::clone(&model), Arc::clone(&tok), BatchConfig { max_batch: 16, ..BatchConfig::default() });

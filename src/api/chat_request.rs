@@ -158,6 +158,11 @@ impl<'a> Fields<'a> {
 }
 
 impl ChatRequest {
+    /// Whether the model is offered tools to call (some are given, and `tool_choice` is not `none`).
+    pub fn offers_tools(&self) -> bool {
+        !self.tools.is_empty() && self.tool_choice != Some(ToolChoice::None)
+    }
+
     /// Parses and validates a request body.
     pub fn parse(body: &Value) -> Result<Self, ApiError> {
         let obj = body.as_object().ok_or_else(|| ApiError::bad_body("The request body must be a JSON object"))?;

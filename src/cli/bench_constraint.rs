@@ -17,7 +17,6 @@ use serde_json::json;
 use super::bench::{mean_sd, BenchArgs};
 use crate::api::chat_request::ChatRequest;
 use crate::engine::batch::{BatchConfig, Output, Request, Scheduler};
-use crate::engine::constraint::Grammars;
 use crate::engine::generate::{GenerateParams, Resume};
 use crate::engine::template::ChatTemplate;
 use crate::engine::tokenizer::Tokenizer;
@@ -54,7 +53,8 @@ fn decode(model: &Arc<Model>, tok: &Arc<Tokenizer>, be: &CpuBackend, prompt: &[u
         }
     }
     let secs = first.map_or(0.0, |t| t.elapsed().as_secs_f64());
-    Ok((produced.clone(), produced.len().saturating_sub(1) as f64 / secs.max(1e-9)))
+    let rate = produced.len().saturating_sub(1) as f64 / secs.max(1e-9);
+    Ok((produced, rate))
 }
 
 pub fn run(a: &BenchArgs, schema_path: &std::path::Path, model: Model, be: &CpuBackend) -> anyhow::Result<()> {
@@ -62,8 +62,7 @@ pub fn run(a: &BenchArgs, schema_path: &std::path::Path, model: Model, be: &CpuB
         .with_context(|| format!("{} is not JSON", schema_path.display()))?;
     let tok = Arc::new(Tokenizer::from_gguf(&model.file)?);
     let template = ChatTemplate::from_gguf(&model.file, &tok)?;
-    let grammars = Grammars::new(Arc::clone(&tok));
-    let text = ModelText { template: &template, tokenizer: &tok, grammars: &grammars, context_length: model.config.context_length };
+    let text = ModelText { template: &template, tokenizer: &tok, context_length: model.config.context_length };
     let body = json!({
         "messages": [{"role": "user", "content": format!("Write a JSON value that fits this schema: {schema}")}],
         "response_format": {"type": "json_schema", "json_schema": {"name": "bench", "schema": schema}},
@@ -87,7 +86,7 @@ pub fn run(a: &BenchArgs, schema_path: &std::path::Path, model: Model, be: &CpuB
 
     // The grammar alone: a fresh constraint follows the produced tokens.
     let mut logits = vec![0f32; model.config.vocab_size];
-    let mut c = grammars.compile(&grammar)?;
+    let mut c = tok.grammars()?.compile(&grammar)?;
     let t = Instant::now();
     for &tk in &produced {
         c.mask(&mut logits)?;

@@ -4,12 +4,12 @@
 //! `response_format` schema) however small the model.
 //!
 //! Grammars are llguidance's Lark dialect (JSON schemas inline with `%json {...}`), compiled
-//! against this model's vocabulary. [`Grammars`] holds the compiled vocabulary (a token trie
-//! built once, on the first grammar); each sequence gets its own [`Constraint`], the parser
-//! state that follows its tokens. The end-of-generation token is allowed only where the
-//! grammar may end.
+//! against this model's vocabulary. [`Grammars`] holds the indexed vocabulary (a token trie;
+//! [`Tokenizer::grammars`] builds it once, on the first grammar, for everyone holding that
+//! tokenizer); each sequence gets its own [`Constraint`], the parser state that follows its
+//! tokens. The end-of-generation token is allowed only where the grammar may end.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use llguidance::api::TopLevelGrammar;
 use llguidance::toktrie::{TokRxInfo, TokTrie, TokenId, TokenizerEnv};
@@ -18,10 +18,11 @@ use llguidance::{Matcher, ParserFactory};
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::EngineError;
 
-/// The vocabulary as llguidance sees it: each token's bytes, control tokens marked special.
+/// The vocabulary as llguidance sees it: each token's bytes, control tokens marked special,
+/// and the model's own tokenizer for text it must tokenize.
 struct Vocabulary {
     trie: TokTrie,
-    tok: Arc<Tokenizer>,
+    encoder: tokenizers::Tokenizer,
 }
 
 impl TokenizerEnv for Vocabulary {
@@ -30,8 +31,8 @@ impl TokenizerEnv for Vocabulary {
     }
 
     fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
-        match std::str::from_utf8(s).ok().map(|text| self.tok.encode_plain(text)) {
-            Some(Ok(ids)) => ids,
+        match std::str::from_utf8(s).ok().map(|text| self.encoder.encode_fast(text, false)) {
+            Some(Ok(enc)) => enc.get_ids().to_vec(),
             // Bytes that are not text (a cut character) or that the tokenizer refuses.
             _ => self.trie.greedy_tokenize(s),
         }
@@ -40,42 +41,33 @@ impl TokenizerEnv for Vocabulary {
 
 /// Compiles grammars for one model's vocabulary.
 pub struct Grammars {
-    tok: Arc<Tokenizer>,
-    factory: OnceLock<Result<ParserFactory, String>>,
+    factory: ParserFactory,
 }
 
 impl Grammars {
-    /// Cheap: the vocabulary is indexed on the first [`Grammars::compile`].
-    pub fn new(tok: Arc<Tokenizer>) -> Self {
-        Self { tok, factory: OnceLock::new() }
-    }
-
-    fn factory(&self) -> Result<&ParserFactory, EngineError> {
-        let built = self.factory.get_or_init(|| {
-            let tok = &self.tok;
-            let eos = tok.eos.ok_or("the model declares no end-of-sequence token")?;
-            let words: Vec<Vec<u8>> = (0..tok.vocab_size() as u32)
-                .map(|id| {
-                    let piece = tok.piece(id);
-                    if tok.is_control(id) {
-                        [&[TokTrie::SPECIAL_TOKEN_MARKER][..], piece].concat()
-                    } else {
-                        piece.to_vec()
-                    }
-                })
-                .collect();
-            let trie = TokTrie::from(&TokRxInfo::new(words.len() as u32, eos), &words);
-            let env = Arc::new(Vocabulary { trie, tok: Arc::clone(tok) });
-            let mut factory = ParserFactory::new_simple(&(env as _)).map_err(|e| e.to_string())?;
-            factory.quiet();
-            Ok(factory)
-        });
-        built.as_ref().map_err(|e| EngineError::Grammar(format!("indexing the vocabulary: {e}")))
+    /// Indexes `tok`'s vocabulary (~100 ms for 49k tokens); `encoder` is its text tokenizer.
+    pub(crate) fn index(tok: &Tokenizer, encoder: tokenizers::Tokenizer) -> Result<Self, String> {
+        let eos = tok.eos.ok_or("the model declares no end-of-sequence token")?;
+        let words: Vec<Vec<u8>> = (0..tok.vocab_size() as u32)
+            .map(|id| {
+                let piece = tok.piece(id);
+                if tok.is_control(id) {
+                    [&[TokTrie::SPECIAL_TOKEN_MARKER][..], piece].concat()
+                } else {
+                    piece.to_vec()
+                }
+            })
+            .collect();
+        let trie = TokTrie::from(&TokRxInfo::new(words.len() as u32, eos), &words);
+        let env = Arc::new(Vocabulary { trie, encoder });
+        let mut factory = ParserFactory::new_simple(&(env as _)).map_err(|e| e.to_string())?;
+        factory.quiet();
+        Ok(Self { factory })
     }
 
     /// Compiles a Lark grammar into a fresh constraint at the start of the output.
     pub fn compile(&self, lark: &str) -> Result<Constraint, EngineError> {
-        let parser = self.factory()?.create_parser(TopLevelGrammar::from_lark(lark.to_string())).map_err(|e| EngineError::Grammar(e.to_string()))?;
+        let parser = self.factory.create_parser(TopLevelGrammar::from_lark(lark.to_string())).map_err(|e| EngineError::Grammar(e.to_string()))?;
         Ok(Constraint { matcher: Matcher::new(Ok(parser)) })
     }
 }
@@ -103,10 +95,5 @@ impl Constraint {
     /// Moves past `token`, which the last mask allowed.
     pub fn accept(&mut self, token: u32) -> Result<(), EngineError> {
         self.matcher.consume_token(token).map_err(|e| EngineError::Grammar(e.to_string()))
-    }
-
-    /// Whether the grammar allows nothing but the end now.
-    pub fn is_finished(&self) -> bool {
-        self.matcher.is_stopped()
     }
 }

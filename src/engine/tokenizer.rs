@@ -8,6 +8,7 @@
 //! UTF-8 boundaries.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -15,6 +16,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, PreTokenizerWrapper, SplitDelimiterBehavior};
 
+use crate::engine::constraint::Grammars;
 use crate::engine::gguf::GgufFile;
 use crate::engine::EngineError;
 
@@ -57,6 +59,8 @@ pub struct Tokenizer {
     pub eos: Option<u32>,
     pub add_bos: bool,
     end_of_generation: Vec<u32>,
+    /// The vocabulary indexed for grammars, on first use.
+    grammars: OnceLock<Result<Grammars, String>>,
 }
 
 /// GPT-2's byte-to-printable-character table, inverted.
@@ -162,6 +166,7 @@ impl Tokenizer {
             eos,
             add_bos: f.bool_opt("tokenizer.ggml.add_bos_token")?.unwrap_or(false),
             end_of_generation,
+            grammars: OnceLock::new(),
         })
     }
 
@@ -180,6 +185,13 @@ impl Tokenizer {
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, EngineError> {
         let enc = self.inner.encode_fast(text, false).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// Compiles grammars over this vocabulary. The index is built on the first call and
+    /// shared by everyone holding this tokenizer (a process's front and worker alike).
+    pub fn grammars(&self) -> Result<&Grammars, EngineError> {
+        let built = self.grammars.get_or_init(|| Grammars::index(self, self.inner.clone()));
+        built.as_ref().map_err(|e| EngineError::Grammar(format!("indexing the vocabulary: {e}")))
     }
 
     pub fn vocab_size(&self) -> usize {

@@ -26,9 +26,6 @@ pub enum Thinking {
     Open,
 }
 
-/// JSON written the way the tool prompt shows it, with no room for runs of whitespace
-/// (a small model can loop on them).
-const JSON_STYLE: &str = r#"{"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}"#;
 
 /// JavaScript's `Number.MAX_SAFE_INTEGER`.
 const SAFE_INTEGER: i64 = (1 << 53) - 1;
@@ -45,10 +42,9 @@ pub fn grammar(req: &ChatRequest, thinking: Thinking) -> Option<String> {
         ResponseFormat::JsonSchema { schema, .. } => Some(schema.clone()),
     };
     let choice = req.tool_choice.clone().unwrap_or(if req.tools.is_empty() { ToolChoice::None } else { ToolChoice::Auto });
-    let offers_tools = !req.tools.is_empty();
     let mut rules = Vec::new();
     let body = match (&choice, format) {
-        (ToolChoice::None, None) if !offers_tools => return None,
+        (ToolChoice::None, None) if req.tools.is_empty() => return None,
         (ToolChoice::None, None) => {
             rules.push(TEXT_WITHOUT_CALLS.to_string());
             "TEXT".to_string()
@@ -136,11 +132,12 @@ fn tighten(schema: &mut Value) {
     }
 }
 
-/// The schema, tightened, with our JSON style attached.
+/// The schema, tightened, with JSON written the way the tool prompt shows it and no room
+/// for runs of whitespace (a small model can loop on them).
 fn styled(mut schema: Value) -> String {
     tighten(&mut schema);
-    if let (Some(obj), Ok(style)) = (schema.as_object_mut(), serde_json::from_str::<Value>(JSON_STYLE)) {
-        obj.insert("x-guidance".into(), style);
+    if let Some(obj) = schema.as_object_mut() {
+        obj.insert("x-guidance".into(), json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}));
     }
     schema.to_string()
 }

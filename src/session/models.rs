@@ -8,7 +8,6 @@ use std::sync::{Arc, RwLock};
 
 use super::prompt::ModelText;
 use crate::config::Tier;
-use crate::engine::constraint::Grammars;
 use crate::engine::template::ChatTemplate;
 use crate::engine::tokenizer::Tokenizer;
 
@@ -19,20 +18,18 @@ pub struct ModelEntry {
     pub context_length: usize,
     pub template: ChatTemplate,
     pub tokenizer: Arc<Tokenizer>,
-    /// Compiles request grammars, to refuse a schema with a 400 before any work.
-    pub grammars: Grammars,
     pub tier: Tier,
 }
 
 impl ModelEntry {
     pub fn new(id: String, context_length: usize, template: ChatTemplate, tokenizer: Arc<Tokenizer>, tier: Tier) -> Self {
         let created = crate::front::chat::unix_now();
-        Self { id, created, context_length, template, grammars: Grammars::new(Arc::clone(&tokenizer)), tokenizer, tier }
+        Self { id, created, context_length, template, tokenizer, tier }
     }
 
     /// What preparing a prompt needs of the model.
     pub fn text(&self) -> ModelText<'_> {
-        ModelText { template: &self.template, tokenizer: &self.tokenizer, grammars: &self.grammars, context_length: self.context_length }
+        ModelText { template: &self.template, tokenizer: &self.tokenizer, context_length: self.context_length }
     }
 }
 

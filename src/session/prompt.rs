@@ -19,8 +19,7 @@ use super::grammar::{grammar, Thinking};
 use super::tool_prompt::conversation;
 use crate::api::chat_request::{ChatRequest, Role, TaskProfile};
 use crate::api::error::ApiError;
-use crate::api::tools::{ResponseFormat, ToolChoice};
-use crate::engine::constraint::Grammars;
+use crate::api::tools::ResponseFormat;
 use crate::engine::generate::GenerateParams;
 use crate::engine::sampler::SamplerParams;
 use crate::engine::template::ChatTemplate;
@@ -57,11 +56,10 @@ pub struct PreparedPrompt {
     pub thinking: bool,
 }
 
-/// The model's side of preparing: how it renders and tokenizes, and compiles grammars.
+/// The model's side of preparing: how it renders and tokenizes (and compiles grammars).
 pub struct ModelText<'a> {
     pub template: &'a ChatTemplate,
     pub tokenizer: &'a Tokenizer,
-    pub grammars: &'a Grammars,
     pub context_length: usize,
 }
 
@@ -84,7 +82,7 @@ pub fn prepare(req: &ChatRequest, model: &ModelText, limits: &TierLimits) -> Res
     };
     let grammar = grammar(req, thinking);
     if let Some(g) = &grammar {
-        model.grammars.compile(g).map_err(|e| ApiError::invalid(grammar_param(req), format!("this schema cannot constrain the output: {e}")))?;
+        model.tokenizer.grammars().and_then(|gs| gs.compile(g)).map_err(|e| ApiError::invalid(grammar_param(req), format!("this schema cannot constrain the output: {e}")))?;
     }
     let prompt_ids = tok.encode(&rendered).map_err(|e| ApiError::invalid("messages", format!("cannot tokenize the messages: {e}")))?;
     let room = context_length.saturating_sub(prompt_ids.len());
@@ -116,7 +114,7 @@ pub fn prepare(req: &ChatRequest, model: &ModelText, limits: &TierLimits) -> Res
         seed: s.seed.unwrap_or_else(fresh_seed),
         ..SamplerParams::default()
     };
-    let tools = !req.tools.is_empty() && req.tool_choice != Some(ToolChoice::None);
+    let tools = req.offers_tools();
     Ok(PreparedPrompt { prompt_ids, params: GenerateParams { max_tokens, sampler, stop: req.stop.clone(), grammar }, task_profile, tools, thinking: thinking == Thinking::Open })
 }
 
@@ -138,7 +136,7 @@ fn preset(profile: TaskProfile) -> Preset {
 /// The request field a grammar that does not compile came from.
 fn grammar_param(req: &ChatRequest) -> &'static str {
     match req.response_format {
-        ResponseFormat::JsonSchema { .. } if req.tools.is_empty() || req.tool_choice == Some(ToolChoice::None) => "response_format.json_schema.schema",
+        ResponseFormat::JsonSchema { .. } if !req.offers_tools() => "response_format.json_schema.schema",
         _ => "tools",
     }
 }

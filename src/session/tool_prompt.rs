@@ -13,12 +13,12 @@
 use serde_json::{json, Value};
 
 use crate::api::chat_request::{ChatRequest, Message, Role};
-use crate::api::tools::{FunctionTool, ToolCall, ToolChoice};
+use crate::api::tools::{FunctionTool, ToolCall};
 use crate::engine::template::{ChatMessage, ChatTemplate};
 
 /// The messages and the `tools` variable to render `req` with.
 pub fn conversation(req: &ChatRequest, template: &ChatTemplate) -> (Vec<ChatMessage>, Option<Value>) {
-    let offered = !req.tools.is_empty() && req.tool_choice != Some(ToolChoice::None);
+    let offered = req.offers_tools();
     if template.handles_tools {
         let tools = offered.then(|| Value::Array(req.tools.iter().map(openai_tool).collect()));
         return (req.messages.iter().map(template_message).collect(), tools);

@@ -23,7 +23,6 @@ use sequence::Sequence;
 pub use sequence::SeqId;
 
 use crate::engine::backend::{Arithmetic, Backend};
-use crate::engine::constraint::Grammars;
 use crate::engine::generate::{Decoding, FinishReason, GenerateParams, Resume};
 use crate::engine::kv::blocks::BlockPool;
 use crate::engine::kv::{blocks_for, KvStore, BLOCK};
@@ -95,7 +94,6 @@ pub enum Output {
 pub struct Scheduler {
     model: Arc<Model>,
     tok: Arc<Tokenizer>,
-    grammars: Grammars,
     config: BatchConfig,
     pool: BlockPool,
     store: KvStore,
@@ -116,7 +114,7 @@ impl Scheduler {
         let context = model.config.context_length.min(blocks * BLOCK);
         let store = model.new_store();
         let stats = BatchStats { kv_blocks_total: blocks, ..BatchStats::default() };
-        Self { model, grammars: Grammars::new(Arc::clone(&tok)), tok, config, pool: BlockPool::new(blocks), store, waiting: VecDeque::new(), running: Vec::new(), arrivals: 0, context, stats }
+        Self { model, tok, config, pool: BlockPool::new(blocks), store, waiting: VecDeque::new(), running: Vec::new(), arrivals: 0, context, stats }
     }
 
     /// Positions one sequence may use.
@@ -143,7 +141,7 @@ impl Scheduler {
         if req.prompt.len() >= self.context {
             return Err(EngineError::ContextFull { needed: req.prompt.len() + 1, limit: self.context });
         }
-        let constraint = req.params.grammar.as_deref().map(|g| self.grammars.compile(g)).transpose()?;
+        let constraint = req.params.grammar.as_deref().map(|g| self.tok.grammars()?.compile(g)).transpose()?;
         let (decoding, first) = Decoding::new(&self.tok, &req.prompt, &req.params, self.context, &req.resume, constraint);
         let prompt_len = req.prompt.len();
         let mut tokens = req.prompt;

@@ -1,3 +1,6 @@
+//! The markup parser's cases, each fed in pieces of many sizes, since where the model's text
+//! is cut must never change what comes out.
+
 use super::*;
 
 fn ids() -> Box<dyn FnMut() -> String + Send> {
