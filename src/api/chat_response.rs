@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::tools::ToolCall;
+use crate::engine::generate::FinishReason;
 
 /// Token counts of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,5 +209,15 @@ mod tests {
         assert_eq!((&m["content"], &m["tool_calls"][0]["function"]["arguments"]), (&Value::Null, &json!("{}")));
         assert_eq!(id.usage_chunk(Usage { prompt_tokens: 1, completion_tokens: 2 })["choices"], json!([]));
         assert_eq!(sse_event(&json!({"a": 1})), "data: {\"a\":1}\n\n");
+    }
+}
+
+/// The `finish_reason` a client sees: a natural end of a message that made calls is
+/// `tool_calls`, and a cancelled one (the client is gone) reads as `stop`.
+pub fn finish_reason(f: FinishReason, tool_calls: bool) -> &'static str {
+    match f {
+        FinishReason::Length => "length",
+        FinishReason::Stop | FinishReason::Cancelled if tool_calls => "tool_calls",
+        FinishReason::Stop | FinishReason::Cancelled => "stop",
     }
 }

@@ -54,10 +54,11 @@ fn codec() -> bincode::config::Configuration {
 }
 
 impl Envelope {
-    /// Wraps a payload.
+    /// Wraps a payload, with the trace context of the span the caller is in (so a sender
+    /// traces a message by sending it inside its span, e.g. with `Instrument`).
     pub fn new<T: Serialize>(kind: &str, sender: &str, correlation_id: &str, payload: &T) -> Result<Self, BusError> {
         let payload = bincode::serde::encode_to_vec(payload, codec()).map_err(|e| BusError::Encode { kind: kind.into(), reason: e.to_string() })?;
-        Ok(Self { version: PROTOCOL_VERSION, kind: kind.into(), sender: sender.into(), correlation_id: correlation_id.into(), traceparent: None, payload })
+        Ok(Self { version: PROTOCOL_VERSION, kind: kind.into(), sender: sender.into(), correlation_id: correlation_id.into(), traceparent: crate::telemetry::trace_context::current(), payload })
     }
 
     /// The payload, if this build speaks the envelope's version.

@@ -10,10 +10,11 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::bus::redis::RedisBus;
-use crate::cluster::coordinator::{Coordinator, Settings};
+use crate::cluster::coordinator::{Coordinator, PoolSnapshot, Settings};
 use crate::cluster::state::ClusterState;
 use crate::cluster::worker_node::shutdown_signal;
 use crate::store::redis::RedisStore;
+use crate::telemetry::{metrics_http, snapshot};
 
 #[derive(Args, Debug)]
 pub struct CoordinatorArgs {
@@ -31,10 +32,12 @@ pub struct CoordinatorArgs {
     /// Jobs one account may have in flight at once; more wait (0: no limit).
     #[arg(long, default_value_t = 0)]
     pub max_jobs_per_account: usize,
+    /// Where to serve /metrics and /healthz (port 0 picks a free one).
+    #[arg(long, default_value = "0.0.0.0:9090", env = "SUPERNET_METRICS_ADDR")]
+    pub metrics_addr: String,
 }
 
 pub fn run(a: CoordinatorArgs) -> anyhow::Result<()> {
-    crate::telemetry::init();
     let store = Arc::new(RedisStore::connect(&a.redis).with_context(|| format!("connecting to {}", a.redis))?);
     let settings = Settings { lease: Duration::from_millis(a.lease_ms), dead_after: Duration::from_millis(a.dead_after_ms), max_jobs_per_account: a.max_jobs_per_account };
     actix::System::new().block_on(async move {
@@ -42,7 +45,17 @@ pub fn run(a: CoordinatorArgs) -> anyhow::Result<()> {
         let bus = Arc::new(RedisBus::connect(&a.redis).await?);
         let state = ClusterState::connect(&a.redis).await?;
         tracing::info!(node = %node_id, "coordinator started; standing by for the lease");
-        let _coordinator = Coordinator::new(node_id, bus, state, store, settings).start();
+        crate::telemetry::metrics::coordinator();
+        let coordinator = Coordinator::new(node_id, bus, state, store, settings).start();
+        let pool = coordinator.clone();
+        metrics_http::start(&a.metrics_addr, Arc::new(move || {
+            let pool = pool.clone();
+            Box::pin(async move {
+                let mut out = String::new();
+                snapshot::pool(&mut out, &pool.send(PoolSnapshot).await.unwrap_or_default());
+                out
+            })
+        }))?;
         shutdown_signal().await;
         Ok(())
     })

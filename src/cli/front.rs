@@ -43,7 +43,6 @@ pub struct FrontArgs {
 }
 
 pub fn run(a: FrontArgs) -> anyhow::Result<()> {
-    crate::telemetry::init();
     let config = Config::load_for_server(a.config.as_deref(), a.host.clone(), a.port)?;
     let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&a.redis).with_context(|| format!("connecting to {}", a.redis))?);
     actix_web::rt::System::new().block_on(serve(a.redis, config, store))
@@ -61,6 +60,7 @@ async fn serve(redis: String, config: Config, store: Arc<dyn Store>) -> anyhow::
     tracing::info!(node = %node_id, "front joining the cluster");
     let services = Arc::new(Services { node_id, bus, billing, pool: Pool::Cluster(view), inbox, models, config });
     let state = web::Data::new(FrontState { services, admin: None });
+    crate::telemetry::metrics::front();
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
         .bind((host.as_str(), port))
         .with_context(|| format!("binding {host}:{port}"))?;

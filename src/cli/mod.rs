@@ -12,11 +12,17 @@ pub mod serve;
 
 use clap::{Parser, Subcommand};
 
+use crate::telemetry::LogFormat;
+
 #[derive(Parser)]
 #[command(name = "supernet", version, about = "OpenAI-compatible LLM serving on a pool of GPU workers")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// How the long-running roles log to stderr: readable lines, or one JSON object per line.
+    /// Traces go over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    #[arg(long, global = true, value_enum, default_value_t, env = "SUPERNET_LOG_FORMAT")]
+    pub log_format: LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -40,6 +46,15 @@ pub enum Command {
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // The services log and trace under their role's name; one-shot commands print results.
+    let service = match &cli.command {
+        Command::Serve(_) => Some("supernet"),
+        Command::Front(_) => Some("supernet-front"),
+        Command::Coordinator(_) => Some("supernet-coordinator"),
+        Command::Worker(_) => Some("supernet-worker"),
+        Command::Generate(_) | Command::Bench(_) | Command::Admin(_) => None,
+    };
+    let _telemetry = service.map(|s| crate::telemetry::init(s, cli.log_format)).transpose()?;
     match cli.command {
         Command::Serve(a) => serve::run(a),
         Command::Generate(a) => generate::run(a),

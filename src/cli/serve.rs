@@ -62,7 +62,6 @@ struct Loaded {
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
-    crate::telemetry::init();
     let config = Config::load_for_server(a.config.as_deref(), a.host.clone(), a.port)?;
     let store: Arc<dyn Store> = Arc::new(RedbStore::open(&a.data_dir).with_context(|| format!("opening the store in {}", a.data_dir.display()))?);
     let mut loaded = Vec::new();
@@ -100,6 +99,7 @@ async fn serve(config: Config, store: Arc<dyn Store>, loaded: Vec<Loaded>, engin
 
     let mut handoff = Handoff::new(String::new())?;
     let state = web::Data::new(FrontState { services, admin: Some(handoff.clone()) });
+    crate::telemetry::metrics::front();
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
         .bind((host.as_str(), port))
         .with_context(|| format!("binding {host}:{port}"))?;

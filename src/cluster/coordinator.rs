@@ -22,11 +22,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, WrapFuture};
+use tracing::Instrument;
 
 use super::protocol::{unix_ms, CoordinatorCommand, Heartbeat, PlaceRequest, PoolView};
 use super::state::ClusterState;
 use crate::bus::{read_stream, streams, Bus};
 use crate::store::{reap_expired, Store};
+use crate::telemetry::metrics::coordinator as metrics;
+use crate::telemetry::trace_context::follow;
 use crate::worker::actor::{send_command, send_to_node, WorkerInfo, WorkerLoad};
 use crate::worker::protocol::{JobRef, NodeMessage, Placement, QueueReason, WorkerCommand};
 
@@ -78,6 +81,9 @@ struct Waiting {
     request: PlaceRequest,
     arrived: u64,
     told: Option<QueueReason>,
+    /// Traced from arrival to dispatch, as the session's child.
+    span: tracing::Span,
+    since: Instant,
 }
 
 pub struct Coordinator {
@@ -155,7 +161,7 @@ async fn read_requests(me: Addr<Coordinator>, bus: Arc<dyn Bus>, node: String, l
             Ok(batch) => {
                 for d in batch {
                     match d.envelope.payload::<CoordinatorCommand>() {
-                        Ok(command) => me.do_send(Request { delivery: d.id, command }),
+                        Ok(command) => me.do_send(Request { delivery: d.id, command, traceparent: d.envelope.traceparent }),
                         Err(e) => {
                             tracing::warn!("dropping an unreadable placement request: {e}");
                             let _ = bus.ack(&stream, GROUP, &[d.id]).await;
@@ -204,11 +210,26 @@ impl Handler<Beat> for Coordinator {
     }
 }
 
+/// The workers this coordinator knows, with their loads (for its `/metrics`).
+#[derive(Message)]
+#[rtype(result = "Vec<(WorkerInfo, WorkerLoad)>")]
+pub struct PoolSnapshot;
+
+impl Handler<PoolSnapshot> for Coordinator {
+    type Result = actix::MessageResult<PoolSnapshot>;
+
+    fn handle(&mut self, _: PoolSnapshot, _: &mut Context<Self>) -> Self::Result {
+        actix::MessageResult(self.workers.values().map(|w| (w.info.clone(), w.load.clone())).collect())
+    }
+}
+
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Request {
     delivery: String,
     command: CoordinatorCommand,
+    /// The session's trace context.
+    traceparent: Option<String>,
 }
 
 impl Handler<Request> for Coordinator {
@@ -225,10 +246,13 @@ impl Handler<Request> for Coordinator {
                     return self.ack(vec![msg.delivery]);
                 }
                 self.arrivals += 1;
-                let waiting = Waiting { delivery: msg.delivery, request: *request, arrived: self.arrivals, told: None };
+                let span = tracing::info_span!("coordinator.queue", job = %request.job.job_id, attempt = request.job.attempt, model = %request.job.model, waited_for = tracing::field::Empty);
+                follow(&span, msg.traceparent.as_deref());
+                let waiting = Waiting { delivery: msg.delivery, request: *request, arrived: self.arrivals, told: None, span, since: Instant::now() };
                 if let Some(w) = self.try_place(waiting) {
                     self.queue.push(w);
                 }
+                metrics().queue_depth.set(self.queue.len() as i64);
             }
             CoordinatorCommand::Withdraw { job_id } => {
                 let mut done = vec![msg.delivery];
@@ -236,9 +260,11 @@ impl Handler<Request> for Coordinator {
                     let keep = w.request.job.job_id != job_id;
                     if !keep {
                         done.push(w.delivery.clone());
+                        metrics().placements.with_label_values(&["withdrawn"]).inc();
                     }
                     keep
                 });
+                metrics().queue_depth.set(self.queue.len() as i64);
                 self.ack(done);
             }
         }
@@ -261,6 +287,7 @@ impl Coordinator {
                 self.queue.push(w);
             }
         }
+        metrics().queue_depth.set(self.queue.len() as i64);
         let view = PoolView { workers: self.workers.values().map(|w| (w.info.clone(), w.load.clone())).collect() };
         let state = self.state.clone();
         let ttl = self.settings.lease;
@@ -276,7 +303,7 @@ impl Coordinator {
                 match tokio::task::spawn_blocking(move || reap_expired(store.as_ref())).await {
                     Ok(Err(e)) => tracing::warn!("reaping expired holds: {e}"),
                     Err(e) => tracing::warn!("reaping expired holds: {e}"),
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(n)) => metrics().holds_reaped.inc_by(n as u64),
                 }
             });
         }
@@ -285,10 +312,12 @@ impl Coordinator {
     fn leadership(&mut self, r: Result<bool, super::state::StateError>) {
         match r {
             Ok(true) if !self.leading.swap(true, Ordering::SeqCst) => {
+                metrics().leader.set(1);
                 tracing::info!(node = %self.node_id, workers = self.workers.len(), "leading the cluster");
                 self.claim.store(true, Ordering::SeqCst);
             }
             Ok(false) if self.leading.swap(false, Ordering::SeqCst) => {
+                metrics().leader.set(0);
                 tracing::warn!(node = %self.node_id, "lost the leader lease; standing by");
                 // What waits stays pending in Redis for the next leader.
                 self.queue.clear();
@@ -310,6 +339,8 @@ impl Coordinator {
             let Some(w) = self.workers.remove(&id) else { continue };
             let jobs: Vec<JobRef> = w.jobs().cloned().collect();
             tracing::warn!(worker = %id, jobs = jobs.len(), "worker missed its heartbeats; declared dead");
+            metrics().workers_dead.inc();
+            metrics().jobs_lost.inc_by(jobs.len() as u64);
             for job in jobs {
                 self.tell(&job.reply_to, &job.job_id, NodeMessage::Lost { attempt: job.attempt, worker_id: id.clone() });
             }
@@ -322,14 +353,24 @@ impl Coordinator {
 
     /// Places the job if a worker has room; otherwise hands it back to wait (telling its
     /// session why, once per reason).
-    fn try_place(&mut self, mut w: Waiting) -> Option<Waiting> {
+    fn try_place(&mut self, w: Waiting) -> Option<Waiting> {
+        let decision = Instant::now();
+        let waiting = self.decide(w);
+        metrics().decision.observe(decision.elapsed().as_secs_f64());
+        waiting
+    }
+
+    fn decide(&mut self, mut w: Waiting) -> Option<Waiting> {
         let job = &w.request.job;
         let serving: Vec<&Tracked> = self.workers.values().filter(|t| t.info.model_id == job.model && !t.load.draining && !w.request.exclude.contains(&t.info.worker_id)).collect();
         let reason = if serving.is_empty() {
             if job.attempt == 0 {
                 let reason = format!("no live worker serves model `{}`", job.model);
-                self.tell(&job.reply_to, &job.job_id, NodeMessage::Placement { attempt: job.attempt, placement: Placement::Refused { busy: false, reason } });
-                self.ack(vec![w.delivery]);
+                let refusal = NodeMessage::Placement { attempt: job.attempt, placement: Placement::Refused { busy: false, reason } };
+                let _in_trace = w.span.enter();
+                self.tell(&job.reply_to, &job.job_id, refusal);
+                metrics().placements.with_label_values(&["refused"]).inc();
+                self.ack(vec![w.delivery.clone()]);
                 return None;
             }
             QueueReason::NoWorkers
@@ -347,6 +388,8 @@ impl Coordinator {
         };
         if w.told != Some(reason) {
             w.told = Some(reason);
+            w.span.record("waited_for", reason.as_str());
+            let _in_trace = w.span.enter();
             self.tell(&job.reply_to, &job.job_id, NodeMessage::Placement { attempt: job.attempt, placement: Placement::Waiting(reason) });
         }
         Some(w)
@@ -361,6 +404,9 @@ impl Coordinator {
     }
 
     fn dispatch(&mut self, w: Waiting, worker_id: String) {
+        let m = metrics();
+        m.placement.observe(w.since.elapsed().as_secs_f64());
+        m.placements.with_label_values(&["placed"]).inc();
         let job = w.request.job;
         let job_ref = job.job_ref();
         if let Some(t) = self.workers.get_mut(&worker_id) {
@@ -370,7 +416,8 @@ impl Coordinator {
         self.affinity.insert((job.model.clone(), w.request.prefix), (worker_id.clone(), Instant::now()));
         tracing::debug!(job = %job.job_id, attempt = job.attempt, worker = %worker_id, "placed");
         let (bus, node, stream, delivery) = (Arc::clone(&self.bus), self.node_id.clone(), streams::coordinator(), w.delivery);
-        actix::spawn(async move {
+        let span = tracing::info_span!(parent: &w.span, "coordinator.place", worker = %worker_id);
+        let dispatch = async move {
             let (job_id, attempt, reply_to) = (job.job_id.clone(), job.attempt, job.reply_to.clone());
             let placement = match send_command(bus.as_ref(), &node, &worker_id, &job_id, &WorkerCommand::Run(Box::new(job))).await {
                 Ok(()) => Placement::Placed { worker_id },
@@ -380,12 +427,14 @@ impl Coordinator {
             if let Err(e) = bus.ack(&stream, GROUP, &[delivery]).await {
                 tracing::warn!("acknowledging a placement: {e}");
             }
-        });
+        };
+        actix::spawn(dispatch.instrument(span));
     }
 
+    /// Sends `message` to a session, in the trace of the span the caller is in.
     fn tell(&self, stream: &str, job_id: &str, message: NodeMessage) {
         let (bus, node, stream, job_id) = (Arc::clone(&self.bus), self.node_id.clone(), stream.to_string(), job_id.to_string());
-        actix::spawn(async move { send_to_node(bus.as_ref(), &node, &stream, &job_id, message).await });
+        actix::spawn(async move { send_to_node(bus.as_ref(), &node, &stream, &job_id, message).await }.in_current_span());
     }
 
     fn ack(&self, ids: Vec<String>) {

@@ -22,6 +22,7 @@ use crate::cli::engine::EngineArgs;
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::Model;
 use crate::session::models::model_id;
+use crate::telemetry::{metrics_http, snapshot};
 use crate::worker::actor::{GetLoad, SetDraining, WorkerActor, WorkerInfo};
 
 /// How often a worker reports; a coordinator declares it dead after a few missed beats.
@@ -44,10 +45,12 @@ pub struct WorkerArgs {
     /// This worker's id [default: random].
     #[arg(long)]
     pub worker_id: Option<String>,
+    /// Where to serve /metrics and /healthz (port 0 picks a free one).
+    #[arg(long, default_value = "0.0.0.0:9090", env = "SUPERNET_METRICS_ADDR")]
+    pub metrics_addr: String,
 }
 
 pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
-    crate::telemetry::init();
     let model = Model::load(&a.model)?;
     let tokenizer = Tokenizer::from_gguf(&model.file).with_context(|| format!("reading the tokenizer of {}", a.model.display()))?;
     let id = model_id(&a.model);
@@ -73,6 +76,17 @@ async fn serve(a: WorkerArgs, worker_id: String, card: ModelCard, model: Arc<Mod
     let info = worker.info.clone();
     let worker = worker.start();
     tracing::info!(worker = %info.worker_id, model = %info.model_id, threads = config.threads, max_batch = config.batch.max_batch, "worker ready");
+    let (own, own_info) = (worker.clone(), info.clone());
+    metrics_http::start(&a.metrics_addr, Arc::new(move || {
+        let (worker, info) = (own.clone(), own_info.clone());
+        Box::pin(async move {
+            let mut out = String::new();
+            if let Ok(load) = worker.send(GetLoad).await {
+                snapshot::workers(&mut out, &[(info, load)]);
+            }
+            out
+        })
+    }))?;
     let beats = actix::spawn(heartbeats(Arc::clone(&bus), info.clone(), worker.clone()));
 
     shutdown_signal().await;

@@ -5,30 +5,39 @@
 //! response (the client went away) drops the session's channel, which cancels the job.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::stream::{self, StreamExt};
 use tokio::sync::mpsc::UnboundedReceiver;
+use tracing::Instrument;
 
-use super::http::{api_key, error_response, json_body};
+use super::http::{api_key, count_error, error_response, json_body};
 use super::FrontState;
 use crate::api::chat_request::{ChatRequest, TokenChoice};
-use crate::api::chat_response::{sse_event, AssistantMessage, CompletionId, SSE_DONE};
+use crate::api::chat_response::{finish_reason, sse_event, AssistantMessage, CompletionId, SSE_DONE};
 use crate::api::error::ApiError;
-use crate::engine::generate::FinishReason;
 use crate::ids::random_hex;
 use crate::session::actor::{SessionActor, SessionEvent, Turn};
+use crate::telemetry::trace_context::follow;
 
 pub async fn chat_completions(req: HttpRequest, payload: web::Payload, state: web::Data<FrontState>) -> HttpResponse {
-    match chat(req, payload, state).await {
+    // The request's trace: a child of the caller's when it sent a `traceparent`. The session
+    // keeps it open until the turn is settled.
+    let span = tracing::info_span!("POST /v1/chat/completions", otel.kind = "server", model = tracing::field::Empty, job = tracing::field::Empty, http.response.status_code = tracing::field::Empty);
+    follow(&span, req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
+    let arrived = Instant::now();
+    let r = match chat(req, payload, state, span.clone(), arrived).instrument(span.clone()).await {
         Ok(r) => r,
         Err(e) => error_response(&e),
-    }
+    };
+    span.record("http.response.status_code", r.status().as_u16());
+    r
 }
 
-async fn chat(req: HttpRequest, payload: web::Payload, state: web::Data<FrontState>) -> Result<HttpResponse, ApiError> {
+async fn chat(req: HttpRequest, payload: web::Payload, state: web::Data<FrontState>, span: tracing::Span, arrived: Instant) -> Result<HttpResponse, ApiError> {
     let s = &state.services;
     let key = api_key(&req)?;
     let key = s.billing.authenticate(key).await.map_err(|e| ApiError::logged("authenticating", e))?.ok_or_else(|| ApiError::unauthorized("Incorrect API key provided"))?;
@@ -46,7 +55,8 @@ async fn chat(req: HttpRequest, payload: web::Payload, state: web::Data<FrontSta
     let job = random_hex(12).map_err(|e| ApiError::logged("a job id", e))?;
     let id = Arc::new(CompletionId { id: format!("chatcmpl-{job}"), created: unix_now(), model: model.id.clone() });
     let (stream, include_usage) = (request.stream, request.include_usage);
-    let turn = Turn { job_id: id.id.clone(), key, model, request, permit };
+    span.record("model", model.id.as_str()).record("job", id.id.as_str());
+    let turn = Turn { job_id: id.id.clone(), key, model, request, permit, span, arrived };
     let mut events = SessionActor::start_turn(Arc::clone(&state.services), turn);
     match events.recv().await {
         Some(SessionEvent::Started) => {}
@@ -68,14 +78,6 @@ fn header_token_type(req: &HttpRequest) -> Result<Option<TokenChoice>, ApiError>
         Ok("sogni") => Ok(Some(TokenChoice::Sogni)),
         Ok("auto") => Ok(Some(TokenChoice::Auto)),
         _ => Err(ApiError::invalid("X-Token-Type", "the X-Token-Type header must be spark, sogni or auto")),
-    }
-}
-
-fn finish_reason(f: FinishReason, tool_calls: bool) -> &'static str {
-    match f {
-        FinishReason::Length => "length",
-        FinishReason::Stop | FinishReason::Cancelled if tool_calls => "tool_calls",
-        FinishReason::Stop | FinishReason::Cancelled => "stop",
     }
 }
 
@@ -112,8 +114,8 @@ fn sse(events: UnboundedReceiver<SessionEvent>, id: Arc<CompletionId>, include_u
                         }
                         (f + SSE_DONE, false)
                     }
-                    Some(SessionEvent::Error(e)) => (sse_event(&e.envelope()) + SSE_DONE, false),
-                    None => (sse_event(&ApiError::logged("the session", "ended mid-stream").envelope()) + SSE_DONE, false),
+                    Some(SessionEvent::Error(e)) => (stream_error(&e), false),
+                    None => (stream_error(&ApiError::logged("the session", "ended mid-stream")), false),
                 };
                 return Some((Ok(Bytes::from(frame)), more.then_some(events)));
             }
@@ -123,6 +125,12 @@ fn sse(events: UnboundedReceiver<SessionEvent>, id: Arc<CompletionId>, include_u
         .insert_header((CONTENT_TYPE, "text/event-stream"))
         .insert_header((CACHE_CONTROL, "no-cache"))
         .streaming(first.chain(rest))
+}
+
+/// An error after streaming began: an error event, then `[DONE]`.
+fn stream_error(e: &ApiError) -> String {
+    count_error(e);
+    sse_event(&e.envelope()) + SSE_DONE
 }
 
 pub fn unix_now() -> i64 {

@@ -11,12 +11,18 @@ use crate::api::error::ApiError;
 
 /// The error as OpenAI sends it, with `Retry-After` where the error has one.
 pub fn error_response(e: &ApiError) -> HttpResponse {
+    count_error(e);
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut r = HttpResponse::build(status);
     if let Some(secs) = e.retry_after {
         r.insert_header((RETRY_AFTER, secs.to_string()));
     }
     r.json(e.envelope())
+}
+
+/// Counts an error sent to a client, by type and status.
+pub fn count_error(e: &ApiError) {
+    crate::telemetry::metrics::front().request_errors.with_label_values(&[e.kind, &e.status.to_string()]).inc();
 }
 
 /// The key of `Authorization: Bearer KEY`, or of `api-key: KEY` (what Sogni's SDKs send).

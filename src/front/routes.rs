@@ -1,9 +1,6 @@
-//! The small routes: the model list, health and readiness, worker metrics, the admin
+//! The small routes: the model list, health and readiness, metrics, the admin
 //! endpoint of [`crate::admin`], and the envelope for routes that do not exist.
 
-use std::fmt::Write;
-
-use actix_web::http::header::CONTENT_TYPE;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
@@ -13,9 +10,9 @@ use crate::admin::{execute, AdminCommand, WorkersCommand};
 use crate::api::chat_response::{model_list, Capabilities, ModelCard, Pricing};
 use crate::api::error::ApiError;
 use crate::coordinator::Workers;
-use crate::engine::batch::BATCH_BUCKETS;
 use crate::session::pool::Pool;
 use crate::session::models::ModelEntry;
+use crate::telemetry::{metrics_http, snapshot};
 use crate::worker::actor::{SetDraining, WorkerInfo, WorkerLoad};
 
 /// Every live worker with its load.
@@ -62,63 +59,16 @@ pub async fn readyz(state: web::Data<FrontState>) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ready", "workers": serving }))
 }
 
-/// Prometheus text: jobs per worker by state, and finished jobs by outcome.
+/// Prometheus text: this front's requests (and, in `supernet serve`, its coordinator's and
+/// workers'), then the pool as this node sees it.
 pub async fn metrics(state: web::Data<FrontState>) -> HttpResponse {
-    let mut out = String::new();
     let workers = worker_loads(&state).await;
-    let _ = writeln!(out, "# HELP supernet_worker_jobs Jobs in a worker now, by state.\n# TYPE supernet_worker_jobs gauge");
-    for (i, l) in &workers {
-        for (s, n) in [("queued", l.queued), ("running", l.running)] {
-            let _ = writeln!(out, "supernet_worker_jobs{{worker=\"{}\",model=\"{}\",state=\"{s}\"}} {n}", i.worker_id, i.model_id);
-        }
+    let mut out = String::new();
+    snapshot::pool(&mut out, &workers);
+    if let Pool::Local(_) = state.services.pool {
+        snapshot::workers(&mut out, &workers);
     }
-    let _ = writeln!(out, "# HELP supernet_worker_jobs_finished_total Jobs a worker has finished, by outcome.\n# TYPE supernet_worker_jobs_finished_total counter");
-    for (i, l) in &workers {
-        for (s, n) in [("completed", l.completed), ("cancelled", l.cancelled)] {
-            let _ = writeln!(out, "supernet_worker_jobs_finished_total{{worker=\"{}\",model=\"{}\",outcome=\"{s}\"}} {n}", i.worker_id, i.model_id);
-        }
-    }
-    batch_metrics(&mut out, &workers);
-    HttpResponse::Ok().insert_header((CONTENT_TYPE, "text/plain; version=0.0.4")).body(out)
-}
-
-/// The batch schedulers' figures: KV blocks, prefix cache, preemptions, batch sizes, speed.
-fn batch_metrics(out: &mut String, workers: &[(WorkerInfo, WorkerLoad)]) {
-    let label = |i: &WorkerInfo| format!("worker=\"{}\",model=\"{}\"", i.worker_id, i.model_id);
-    let _ = writeln!(out, "# HELP supernet_worker_kv_blocks KV-cache blocks (16 positions each), by state.\n# TYPE supernet_worker_kv_blocks gauge");
-    for (i, l) in workers {
-        for (s, n) in [("used", l.batch.kv_blocks_used), ("total", l.batch.kv_blocks_total)] {
-            let _ = writeln!(out, "supernet_worker_kv_blocks{{{},state=\"{s}\"}} {n}", label(i));
-        }
-    }
-    let _ = writeln!(out, "# HELP supernet_worker_prefix_cache_tokens_total Prompt tokens looked up in the prefix cache, and found there.\n# TYPE supernet_worker_prefix_cache_tokens_total counter");
-    for (i, l) in workers {
-        for (s, n) in [("queried", l.batch.prefix_query_tokens), ("hit", l.batch.prefix_hit_tokens)] {
-            let _ = writeln!(out, "supernet_worker_prefix_cache_tokens_total{{{},result=\"{s}\"}} {n}", label(i));
-        }
-    }
-    let _ = writeln!(out, "# HELP supernet_worker_prefix_cache_hit_ratio Share of prompt tokens found in the prefix cache.\n# TYPE supernet_worker_prefix_cache_hit_ratio gauge");
-    for (i, l) in workers {
-        let ratio = l.batch.prefix_hit_tokens as f64 / l.batch.prefix_query_tokens.max(1) as f64;
-        let _ = writeln!(out, "supernet_worker_prefix_cache_hit_ratio{{{}}} {ratio:.4}", label(i));
-    }
-    let _ = writeln!(out, "# HELP supernet_worker_preemptions_total Sequences preempted because the KV pool ran out.\n# TYPE supernet_worker_preemptions_total counter");
-    for (i, l) in workers {
-        let _ = writeln!(out, "supernet_worker_preemptions_total{{{}}} {}", label(i), l.batch.preemptions);
-    }
-    let _ = writeln!(out, "# HELP supernet_worker_decode_tokens_per_second Tokens per second over all running sequences, recent steps.\n# TYPE supernet_worker_decode_tokens_per_second gauge");
-    for (i, l) in workers {
-        let _ = writeln!(out, "supernet_worker_decode_tokens_per_second{{{}}} {:.1}", label(i), l.tokens_per_s);
-    }
-    let _ = writeln!(out, "# HELP supernet_worker_batch_size Sequences per forward step.\n# TYPE supernet_worker_batch_size histogram");
-    for (i, l) in workers {
-        let mut cumulative = 0;
-        for (n, le) in l.batch.batch_sizes.iter().zip(BATCH_BUCKETS.iter().map(|b| b.to_string()).chain(["+Inf".to_string()])) {
-            cumulative += n;
-            let _ = writeln!(out, "supernet_worker_batch_size_bucket{{{},le=\"{le}\"}} {cumulative}", label(i));
-        }
-        let _ = writeln!(out, "supernet_worker_batch_size_sum{{{}}} {}\nsupernet_worker_batch_size_count{{{}}} {}", label(i), l.batch.batch_sum, label(i), l.batch.steps);
-    }
+    metrics_http::response(out)
 }
 
 /// `supernet admin` while this server holds the store.

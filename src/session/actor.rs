@@ -13,10 +13,11 @@
 //! hold is renewed while the turn lives and settled once, for the last attempt's count.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tracing::Instrument;
 
 use super::inbox::{JobUpdate, NodeInbox, Subscribe, Unsubscribe};
 use super::markup::Markup;
@@ -24,7 +25,7 @@ use super::models::{ModelCatalog, ModelEntry};
 use super::pool::Pool;
 use super::prompt::prepare;
 use crate::api::chat_request::{ChatRequest, TokenChoice};
-use crate::api::chat_response::{Delta, Usage};
+use crate::api::chat_response::{finish_reason, Delta, Usage};
 use crate::api::error::ApiError;
 use crate::billing::account_actor::{Billing, BillingError, HoldJob, SettleJob};
 use crate::billing::limits::Permit;
@@ -33,6 +34,7 @@ use crate::config::Config;
 use crate::engine::generate::{FinishReason, Resume};
 use crate::ids::random_hex;
 use crate::store::{ApiKeyRecord, StoreError};
+use crate::telemetry::metrics::{front as metrics, GaugeGuard};
 use crate::worker::actor::send_command;
 use crate::worker::engine_thread::JobEvent;
 use crate::worker::protocol::{JobSpec, NodeMessage, Placement, QueueReason, WorkerCommand, WorkerEvent};
@@ -75,6 +77,11 @@ pub struct Turn {
     pub request: ChatRequest,
     /// Held for the whole turn: the key's concurrency count.
     pub permit: Permit,
+    /// The request's trace span; the turn's own spans are its children, and messages to the
+    /// coordinator and workers carry it.
+    pub span: tracing::Span,
+    /// When the front received the request.
+    pub arrived: Instant,
 }
 
 pub struct SessionActor {
@@ -97,6 +104,12 @@ pub struct SessionActor {
     client_gone: bool,
     /// Reads the output into content, reasoning and tool calls; set once the prompt is ready.
     markup: Option<Markup>,
+    /// Counts the turn in `requests_in_flight` as waiting, then running.
+    in_flight: GaugeGuard,
+    /// When the hold was in place and the job went to be placed.
+    dispatched: Option<Instant>,
+    /// When the last token arrived.
+    last_token: Option<Instant>,
 }
 
 impl SessionActor {
@@ -104,7 +117,9 @@ impl SessionActor {
     /// receiver cancels the turn.
     pub fn start_turn(services: Arc<Services>, turn: Turn) -> UnboundedReceiver<SessionEvent> {
         let (out, rx) = unbounded_channel();
-        SessionActor { services, turn, out, job: None, held: false, worker_id: None, lost: Vec::new(), produced: Resume::default(), started: false, waiting: None, client_gone: false, markup: None }.start();
+        let in_flight = GaugeGuard::new(metrics().requests_in_flight.with_label_values(&[turn.model.id.as_str(), "waiting"]));
+        let fresh = SessionActor { services, turn, out, job: None, held: false, worker_id: None, lost: Vec::new(), produced: Resume::default(), started: false, waiting: None, client_gone: false, markup: None, in_flight, dispatched: None, last_token: None };
+        fresh.start();
         rx
     }
 
@@ -142,6 +157,7 @@ impl SessionActor {
             completion_tokens: completion_tokens as u64,
             worker_id: self.worker_id.clone(),
         };
+        let span = tracing::info_span!(parent: &self.turn.span, "billing.settle", prompt_tokens, completion_tokens);
         let settle = async move {
             let mut tries = 0;
             loop {
@@ -155,10 +171,14 @@ impl SessionActor {
                 }
             }
         };
-        ctx.wait(settle.into_actor(self).map(move |r, act, ctx| {
-            if let Err(e) = r {
+        ctx.wait(settle.instrument(span).into_actor(self).map(move |r, act, ctx| {
+            let outcome = if let Err(e) = r {
                 tracing::error!(job = %act.turn.job_id, "settling the hold failed; it stays open until the reaper releases it: {e}");
-            }
+                "failed"
+            } else {
+                "settled"
+            };
+            metrics().billing_settles.with_label_values(&[outcome]).inc();
             if let Some(e) = then {
                 act.emit(e);
             }
@@ -175,6 +195,7 @@ impl SessionActor {
         ctx.wait(async move { inbox.send(Subscribe { job_id, session: me }).await }.into_actor(self).map(move |r, act, ctx| match r {
             Ok(()) => {
                 act.job = Some(job);
+                act.dispatched = Some(Instant::now());
                 act.place(ctx);
             }
             Err(e) => act.fail(ApiError::logged("the node inbox", e), ctx),
@@ -193,7 +214,8 @@ impl SessionActor {
         let Some(job) = self.job.clone() else { return };
         let (s, lost) = (Arc::clone(&self.services), self.lost.clone());
         let priority = self.turn.model.tier.priority;
-        ctx.spawn(async move { s.pool.place(&s, job, priority, lost).await }.into_actor(self).map(|r, act, ctx| match r {
+        let place = async move { s.pool.place(&s, job, priority, lost).await }.instrument(self.turn.span.clone());
+        ctx.spawn(place.into_actor(self).map(|r, act, ctx| match r {
             Ok(Some((attempt, placement))) => act.placed(attempt, placement, ctx),
             // The answer comes through the inbox.
             Ok(None) => {}
@@ -237,6 +259,7 @@ impl SessionActor {
         tracing::warn!(job = %job.job_id, attempt = job.attempt, worker = %worker_id, produced = self.produced.tokens.len(), "the job's worker is gone; moving the job");
         job.attempt += 1;
         job.resume = self.produced.clone();
+        metrics().failovers.with_label_values(&[job.model.as_str()]).inc();
         self.lost.push(worker_id);
         self.worker_id = None;
         if self.client_gone {
@@ -256,11 +279,12 @@ impl SessionActor {
 
     fn cancel_on(&self, worker: String) {
         let (s, job_id) = (Arc::clone(&self.services), self.turn.job_id.clone());
-        actix::spawn(async move {
+        let cancel = async move {
             if let Err(e) = send_command(s.bus.as_ref(), &s.node_id, &worker, &job_id, &WorkerCommand::Cancel { job_id: job_id.clone() }).await {
                 tracing::error!(job = %job_id, "sending a cancel: {e}");
             }
-        });
+        };
+        actix::spawn(cancel.instrument(self.turn.span.clone()));
     }
 
     /// Takes a job that waits for a worker out of the coordinator's queue.
@@ -323,12 +347,15 @@ impl Actor for SessionActor {
             reply_to: streams::node(&self.services.node_id),
         };
         let billing = Arc::clone(&self.services.billing);
-        ctx.wait(async move { billing.hold(hold).await }.into_actor(self).map(move |r, act, ctx| match r {
+        let span = tracing::info_span!(parent: &self.turn.span, "billing.hold", prompt_tokens, max_tokens);
+        ctx.wait(async move { billing.hold(hold).await }.instrument(span).into_actor(self).map(move |r, act, ctx| match r {
             Ok(_) => {
+                metrics().billing_holds.with_label_values(&["held"]).inc();
                 act.held = true;
                 act.dispatch(job, ctx);
             }
             Err(BillingError::Store(StoreError::Insufficient { token, needed, available })) => {
+                metrics().billing_holds.with_label_values(&["insufficient"]).inc();
                 let which = if auto { "neither the Spark nor the SOGNI balance covers".to_string() } else { format!("the {token} balance does not cover") };
                 let message = format!(
                     "Insufficient balance: {which} this request, which can cost up to {needed} {token} \
@@ -337,7 +364,10 @@ impl Actor for SessionActor {
                 );
                 act.fail(ApiError::insufficient_balance(message), ctx)
             }
-            Err(e) => act.fail(ApiError::logged("the hold", e), ctx),
+            Err(e) => {
+                metrics().billing_holds.with_label_values(&["failed"]).inc();
+                act.fail(ApiError::logged("the hold", e), ctx)
+            }
         }));
     }
 
@@ -373,6 +403,11 @@ impl SessionActor {
                 self.worker_id = Some(worker_id);
                 if !self.started {
                     self.started = true;
+                    let model = self.turn.model.id.as_str();
+                    if let Some(at) = self.dispatched {
+                        metrics().queue_time.with_label_values(&[model]).observe(at.elapsed().as_secs_f64());
+                    }
+                    self.in_flight = GaugeGuard::new(metrics().requests_in_flight.with_label_values(&[model, "running"]));
                     self.emit(SessionEvent::Started);
                 }
                 if self.client_gone {
@@ -385,6 +420,7 @@ impl SessionActor {
                 self.fail(ApiError::unavailable("No worker could take the request; try again shortly"), ctx)
             }
             WorkerEvent::Job(JobEvent::Text { text, tokens }) => {
+                self.token_times(tokens.len());
                 self.produced.tokens.extend(tokens);
                 self.produced.text_bytes += text.len();
                 if !self.client_gone {
@@ -399,6 +435,7 @@ impl SessionActor {
                 let deltas = self.markup.as_mut().map(Markup::finish).unwrap_or_default();
                 deltas.into_iter().for_each(|d| self.emit(SessionEvent::Delta(d)));
                 let tool_calls = self.markup.as_ref().is_some_and(Markup::made_calls);
+                self.count_finished(finish, tool_calls, prompt_tokens, completion_tokens);
                 let done = SessionEvent::Done { finish, tool_calls, usage: Usage { prompt_tokens, completion_tokens } };
                 self.finish(prompt_tokens, completion_tokens, Some(done), ctx);
             }
@@ -407,6 +444,36 @@ impl SessionActor {
                 self.fail(ApiError::internal(), ctx)
             }
         }
+    }
+}
+
+impl SessionActor {
+    /// Time to the first token, then the gaps between tokens (a piece of text that brings
+    /// several tokens spreads its gap over them).
+    fn token_times(&mut self, tokens: usize) {
+        if tokens == 0 {
+            return;
+        }
+        let (now, model) = (Instant::now(), self.turn.model.id.as_str());
+        match self.last_token {
+            None => metrics().time_to_first_token.with_label_values(&[model]).observe(now.duration_since(self.turn.arrived).as_secs_f64()),
+            Some(last) => {
+                let gap = now.duration_since(last).as_secs_f64() / tokens as f64;
+                let h = metrics().inter_token_latency.with_label_values(&[model]);
+                (0..tokens).for_each(|_| h.observe(gap));
+            }
+        }
+        self.last_token = Some(now);
+    }
+
+    fn count_finished(&self, finish: FinishReason, tool_calls: bool, prompt_tokens: usize, completion_tokens: usize) {
+        let model = self.turn.model.id.as_str();
+        let m = metrics();
+        m.e2e_latency.with_label_values(&[model]).observe(self.turn.arrived.elapsed().as_secs_f64());
+        m.prompt_tokens.with_label_values(&[model]).inc_by(prompt_tokens as u64);
+        m.generation_tokens.with_label_values(&[model]).inc_by(completion_tokens as u64);
+        let reason = if finish == FinishReason::Cancelled { "abort" } else { finish_reason(finish, tool_calls) };
+        m.request_success.with_label_values(&[model, reason]).inc();
     }
 }
 

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use actix::Addr;
+use tracing::Instrument;
 
 use super::actor::Services;
 use crate::api::error::ApiError;
@@ -45,10 +46,13 @@ impl Pool {
         match self {
             Pool::Local(c) => {
                 let attempt = job.attempt;
-                let placement = match c.send(Place { model: job.model.clone() }).await.map_err(|e| ApiError::logged("the coordinator", e))? {
+                let span = tracing::info_span!("placement", attempt, worker = tracing::field::Empty);
+                let placement = match c.send(Place { model: job.model.clone() }).instrument(span.clone()).await.map_err(|e| ApiError::logged("the coordinator", e))? {
                     Ok(worker_id) => {
+                        span.record("worker", worker_id.as_str());
                         let job_id = job.job_id.clone();
-                        send_command(s.bus.as_ref(), &s.node_id, &worker_id, &job_id, &WorkerCommand::Run(Box::new(job))).await.map_err(|e| ApiError::logged("the bus", e))?;
+                        let run = WorkerCommand::Run(Box::new(job));
+                        send_command(s.bus.as_ref(), &s.node_id, &worker_id, &job_id, &run).instrument(span).await.map_err(|e| ApiError::logged("the bus", e))?;
                         Placement::Placed { worker_id }
                     }
                     Err(e @ PlaceError::Busy(_)) => Placement::Refused { busy: true, reason: e.to_string() },

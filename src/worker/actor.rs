@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult, WrapFuture};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tracing::Instrument;
 
 use super::engine_thread::{EngineConfig, EngineThread, Job, JobEvent, SubmitError};
 use super::protocol::{JobRef, JobSpec, NodeMessage, WorkerCommand, WorkerEvent, KIND_COMMAND, KIND_NODE};
@@ -19,6 +20,7 @@ use crate::engine::batch::BatchStats;
 use crate::engine::kv::BLOCK;
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::Model;
+use crate::telemetry::trace_context::follow;
 
 /// Entries kept in a worker inbox or a reply stream; far more than a consumer that keeps
 /// up ever leaves.
@@ -110,7 +112,7 @@ impl Actor for WorkerActor {
         let read = read_stream(Arc::clone(&self.bus), stream, GROUP.into(), self.info.worker_id.clone(), move |env| {
             let Some(me) = me.upgrade() else { return ControlFlow::Break(()) };
             match env.payload::<WorkerCommand>() {
-                Ok(c) => me.do_send(Command(c)),
+                Ok(c) => me.do_send(Command(c, env.traceparent)),
                 Err(e) => tracing::warn!(kind = %env.kind, "dropping an unreadable worker command: {e}"),
             }
             ControlFlow::Continue(())
@@ -119,17 +121,21 @@ impl Actor for WorkerActor {
     }
 }
 
-/// A command from the inbox.
+/// A command from the inbox, with its sender's trace context.
 #[derive(Message)]
 #[rtype(result = "()")]
-struct Command(WorkerCommand);
+struct Command(WorkerCommand, Option<String>);
 
 impl Handler<Command> for WorkerActor {
     type Result = ();
 
     fn handle(&mut self, msg: Command, ctx: &mut Context<Self>) {
         match msg.0 {
-            WorkerCommand::Run(spec) => self.run(*spec, ctx),
+            WorkerCommand::Run(spec) => {
+                let span = tracing::info_span!("worker.job", job = %spec.job_id, attempt = spec.attempt, worker = %self.info.worker_id, model = %spec.model, prompt_tokens = spec.prompt.len(), completion_tokens = tracing::field::Empty);
+                follow(&span, msg.1.as_deref());
+                self.run(*spec, span, ctx)
+            }
             WorkerCommand::Cancel { job_id } => {
                 if let Some((flag, _)) = self.running.get(&job_id) {
                     flag.store(true, Ordering::SeqCst);
@@ -140,9 +146,9 @@ impl Handler<Command> for WorkerActor {
 }
 
 impl WorkerActor {
-    fn run(&mut self, spec: JobSpec, ctx: &mut Context<Self>) {
+    fn run(&mut self, spec: JobSpec, span: tracing::Span, ctx: &mut Context<Self>) {
         let job_ref = spec.job_ref();
-        let reply = Reply { bus: Arc::clone(&self.bus), worker_id: self.info.worker_id.clone(), stream: spec.reply_to, job_id: spec.job_id.clone(), attempt: spec.attempt };
+        let reply = Reply { bus: Arc::clone(&self.bus), worker_id: self.info.worker_id.clone(), stream: spec.reply_to, job_id: spec.job_id.clone(), attempt: spec.attempt, span };
         let refusal = if spec.model != self.info.model_id {
             Some(format!("worker {} serves `{}`, not `{}`", self.info.worker_id, self.info.model_id, spec.model))
         } else if self.draining {
@@ -151,7 +157,7 @@ impl WorkerActor {
             None
         };
         if let Some(reason) = refusal {
-            ctx.spawn(async move { reply.send(WorkerEvent::Rejected { busy: false, reason }).await }.into_actor(self));
+            ctx.spawn(reply.reject(false, reason).into_actor(self));
             return;
         }
         let (tx, rx) = unbounded_channel();
@@ -168,7 +174,7 @@ impl WorkerActor {
             Err(rejected) => {
                 let busy = rejected.reason == SubmitError::QueueFull;
                 let reason = rejected.reason.to_string();
-                ctx.spawn(async move { reply.send(WorkerEvent::Rejected { busy, reason }).await }.into_actor(self));
+                ctx.spawn(reply.reject(busy, reason).into_actor(self));
             }
         }
     }
@@ -181,6 +187,8 @@ struct Reply {
     stream: String,
     job_id: String,
     attempt: u32,
+    /// The job's trace span; what the worker sends back carries it.
+    span: tracing::Span,
 }
 
 impl Reply {
@@ -188,12 +196,32 @@ impl Reply {
         send_to_node(self.bus.as_ref(), &self.worker_id, &self.stream, &self.job_id, NodeMessage::Worker { attempt: self.attempt, event }).await;
     }
 
-    /// Accepted, then every event of the job until its last.
-    async fn forward(self, mut events: UnboundedReceiver<JobEvent>) {
+    async fn reject(self, busy: bool, reason: String) {
+        let span = self.span.clone();
+        self.send(WorkerEvent::Rejected { busy, reason }).instrument(span).await
+    }
+
+    /// Accepted, then every event of the job until its last; traced as `prefill` (waiting
+    /// for the engine included) up to the first text, then `decode`.
+    async fn forward(self, events: UnboundedReceiver<JobEvent>) {
+        let span = self.span.clone();
+        self.forward_traced(events).instrument(span).await
+    }
+
+    async fn forward_traced(self, mut events: UnboundedReceiver<JobEvent>) {
         self.send(WorkerEvent::Accepted { worker_id: self.worker_id.clone() }).await;
+        let mut phase = tracing::info_span!("prefill");
+        let mut decoding = false;
         while let Some(ev) = events.recv().await {
             let last = !matches!(ev, JobEvent::Text { .. });
-            self.send(WorkerEvent::Job(ev)).await;
+            if !decoding && !last {
+                decoding = true;
+                phase = tracing::info_span!("decode");
+            }
+            if let JobEvent::Finished { completion_tokens, .. } = &ev {
+                self.span.record("completion_tokens", completion_tokens);
+            }
+            self.send(WorkerEvent::Job(ev)).instrument(phase.clone()).await;
             if last {
                 break;
             }

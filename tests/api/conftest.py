@@ -165,6 +165,8 @@ class Cluster:
         self.port = free_port()
         self.redis_url = f"redis://127.0.0.1:{self.port}/0"
         self.procs = {}
+        # Environment for every process started from now on (e.g. OTLP export).
+        self.env = {}
         self.start_redis()
 
     def start_redis(self):
@@ -188,18 +190,24 @@ class Cluster:
 
     def spawn(self, name, *args):
         log = open(self.root / f"{name}.log", "a+")
-        proc = subprocess.Popen([str(BIN), *args], stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([str(BIN), *args], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
         self.procs[name] = (proc, log)
         return proc
 
     def logs(self, name):
         return (self.root / f"{name}.log").read_text()
 
-    def coordinator(self, name):
-        self.spawn(name, "coordinator", "--redis", self.redis_url)
+    def coordinator(self, name, *args):
+        self.spawn(name, "coordinator", "--redis", self.redis_url, "--metrics-addr", "127.0.0.1:0", *args)
 
-    def worker(self, name, threads=1):
-        self.spawn(name, "worker", "--redis", self.redis_url, "--model", str(MODEL), "--threads", str(threads), "--worker-id", name)
+    def worker(self, name, threads=1, *args):
+        self.spawn(name, "worker", "--redis", self.redis_url, "--model", str(MODEL), "--threads", str(threads), "--worker-id", name,
+                   "--metrics-addr", "127.0.0.1:0", *args)
+
+    def metrics_url(self, name):
+        """Where the coordinator or worker `name` serves /metrics (read from its log)."""
+        m = poll(lambda: re.search(r"metrics on (http://[\d.]+:\d+)/metrics", self.logs(name)), f"{name}'s metrics server", timeout=90)
+        return m.group(1)
 
     def front(self, name):
         self.spawn(name, "front", "--redis", self.redis_url, "--port", "0")
@@ -240,6 +248,7 @@ class Cluster:
         return self.admin("accounts", "show", "--account", account_id, "--entries", "100000")["ledger"]
 
     def metric(self, url, name, **labels):
+        """One sample of the /metrics of the process at `url` (a front's, or `metrics_url`'s)."""
         text = httpx.get(url + "/metrics", timeout=30).text
         for line in text.splitlines():
             if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):

@@ -26,7 +26,7 @@ def answers_alone(make_server, questions, system, max_tokens):
 
 def batch_steps(server):
     """(steps run, steps that carried one sequence only)."""
-    return (server.metric("supernet_worker_batch_size_count"), server.metric("supernet_worker_batch_size_bucket", le="1"))
+    return (server.metric("supernet:worker_batch_size_count"), server.metric("supernet:worker_batch_size_bucket", le="1"))
 
 
 def test_concurrent_requests_with_a_shared_system_prompt_match_each_alone(make_server):
@@ -35,13 +35,13 @@ def test_concurrent_requests_with_a_shared_system_prompt_match_each_alone(make_s
     _, key, _ = server.account()
     client = server.client(key)
     _, usage = ask(client, "Warm the cache.")
-    hits_before = server.metric("supernet_worker_prefix_cache_tokens_total", result="hit")
+    hits_before = server.metric("supernet:prefix_cache_hits_total")
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda q: ask(client, q), QUESTIONS))
     assert [text for text, _ in got] == expected, "each answer equals the request alone"
     steps, single = batch_steps(server)
     assert steps - single > 10, f"sequences shared steps ({steps} steps, {single} with one sequence)"
-    hits = server.metric("supernet_worker_prefix_cache_tokens_total", result="hit") - hits_before
+    hits = server.metric("supernet:prefix_cache_hits_total") - hits_before
     # Everything before the question (all but its last 16 tokens) is shared, in whole blocks.
     shared_blocks = (usage.prompt_tokens - 16) // 16
     assert shared_blocks >= 5 and hits >= 8 * 16 * shared_blocks, f"the system prompt came from the cache: {hits} tokens"
@@ -57,5 +57,5 @@ def test_a_kv_pool_too_small_for_everyone_preempts_and_answers_everyone_exactly(
     with ThreadPoolExecutor(6) as pool:
         got = list(pool.map(lambda q: ask(client, q, None, 48), questions))
     assert [text for text, _ in got] == expected
-    assert server.metric("supernet_worker_preemptions_total") > 0, "the pool was too small"
-    assert server.metric("supernet_worker_kv_blocks", state="used") == 0, "every block was given back"
+    assert server.metric("supernet:num_preemptions_total") > 0, "the pool was too small"
+    assert server.metric("supernet:worker_kv_blocks", state="used") == 0, "every block was given back"

@@ -46,7 +46,7 @@ def test_a_402_leaves_the_balance_untouched(server):
 
 def test_a_disconnect_bills_only_what_was_produced(server):
     acct, key, _ = server.account(spark="10")
-    cancelled = server.metric("supernet_worker_jobs_finished_total", outcome="cancelled")
+    cancelled = server.metric("supernet:worker_jobs_finished_total", outcome="cancelled")
     received = 0
     with server.client(key).chat.completions.create(model=MODEL_ID, messages=MSG, max_tokens=2000, stream=True) as stream:
         for chunk in stream:
@@ -54,8 +54,8 @@ def test_a_disconnect_bills_only_what_was_produced(server):
             if received == 6:
                 break
     # The worker stops the job at once and is free again.
-    poll(lambda: server.metric("supernet_worker_jobs_finished_total", outcome="cancelled") == cancelled + 1, "the job to be cancelled")
-    assert server.metric("supernet_worker_jobs", state="running") == 0
+    poll(lambda: server.metric("supernet:worker_jobs_finished_total", outcome="cancelled") == cancelled + 1, "the job to be cancelled")
+    assert server.metric("supernet:num_requests_running") == 0
     poll(lambda: ledger(server, acct)[-1]["kind"] == "release", "the settlement")
     hold, settle, release = ledger(server, acct)[-3:]
     prompt_tokens = 1

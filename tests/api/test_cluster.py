@@ -34,7 +34,7 @@ def streamed(c, on_text=None, **kw):
 
 def busy_worker(cluster, url, names):
     for w in names:
-        if cluster.metric(url, "supernet_worker_jobs", worker=w, state="running"):
+        if cluster.metric(url, "supernet:pool_worker_jobs", worker=w, state="running"):
             return w
     return None
 
@@ -156,17 +156,17 @@ def test_load_spreads_and_a_joining_worker_gets_jobs(cluster):
             return list(pool.map(lambda _: c.chat.completions.create(model=MODEL_ID, messages=STORY, max_tokens=12, temperature=0).usage, range(n)))
 
     def completed(workers):
-        return {w: cluster.metric(url, "supernet_worker_jobs_finished_total", worker=w, outcome="completed") for w in workers}
+        return {w: cluster.metric(cluster.metrics_url(w), "supernet:worker_jobs_finished_total", worker=w, outcome="completed") for w in workers}
 
     usages = burst(30)
-    poll(lambda: sum(completed(["w1", "w2", "w3"]).values()) == 30, "heartbeats to report 30 jobs")
+    poll(lambda: sum(completed(["w1", "w2", "w3"]).values()) == 30, "the workers to report 30 jobs")
     per_worker = completed(["w1", "w2", "w3"])
     assert max(per_worker.values()) <= 15, f"one worker got more than half: {per_worker}"
 
     cluster.worker("w4")
     cluster.wait_workers(url, 4)
     usages += burst(30)
-    poll(lambda: sum(completed(["w1", "w2", "w3", "w4"]).values()) == 60, "heartbeats to report 60 jobs")
+    poll(lambda: sum(completed(["w1", "w2", "w3", "w4"]).values()) == 60, "the workers to report 60 jobs")
     assert completed(["w4"])["w4"] > 0, "the worker that joined mid-run got jobs"
     assert_billed_exactly_once(cluster, acct, usages)
 
