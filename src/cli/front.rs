@@ -12,6 +12,7 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use clap::Args;
 
+use crate::admin::Handoff;
 use crate::billing::account_actor::Billing;
 use crate::bus::redis::RedisBus;
 use crate::bus::Bus;
@@ -40,15 +41,28 @@ pub struct FrontArgs {
     /// A TOML file of settings (server, billing, limits, model tiers).
     #[arg(long, env = "SUPERNET_CONFIG")]
     pub config: Option<PathBuf>,
+    /// A secret (at least 32 characters) that opens the admin endpoint (POST
+    /// /admin/v1/commands, `Authorization: Bearer KEY`): accounts, credit and API keys on
+    /// the cluster's store. Without it the endpoint refuses everyone.
+    #[arg(long, env = "SUPERNET_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
 }
+
+/// The shortest admin key taken: guessing one must be hopeless.
+const MIN_ADMIN_KEY: usize = 32;
 
 pub fn run(a: FrontArgs) -> anyhow::Result<()> {
     let config = Config::load_for_server(a.config.as_deref(), a.host.clone(), a.port)?;
+    let admin = match a.admin_key.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(k) if k.len() < MIN_ADMIN_KEY => anyhow::bail!("--admin-key must be at least {MIN_ADMIN_KEY} characters"),
+        Some(k) => Some(Handoff { addr: String::new(), token: k.to_string() }),
+    };
     let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&a.redis).with_context(|| format!("connecting to {}", a.redis))?);
-    actix_web::rt::System::new().block_on(serve(a.redis, config, store))
+    actix_web::rt::System::new().block_on(serve(a.redis, config, store, admin))
 }
 
-async fn serve(redis: String, config: Config, store: Arc<dyn Store>) -> anyhow::Result<()> {
+async fn serve(redis: String, config: Config, store: Arc<dyn Store>, admin: Option<Handoff>) -> anyhow::Result<()> {
     let node_id = format!("front-{}", crate::ids::random_hex(4)?);
     let bus: Arc<dyn Bus> = Arc::new(RedisBus::connect(&redis).await?);
     let view = Arc::new(ClusterView::new(ClusterState::connect(&redis).await?));
@@ -59,7 +73,7 @@ async fn serve(redis: String, config: Config, store: Arc<dyn Store>) -> anyhow::
     let (host, port) = (config.server.host.clone(), config.server.port);
     tracing::info!(node = %node_id, "front joining the cluster");
     let services = Arc::new(Services { node_id, bus, billing, pool: Pool::Cluster(view), inbox, models, config });
-    let state = web::Data::new(FrontState { services, admin: None });
+    let state = web::Data::new(FrontState { services, admin });
     crate::telemetry::metrics::front();
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
         .bind((host.as_str(), port))

@@ -42,8 +42,9 @@ pub struct WorkerArgs {
     /// Jobs that may wait beyond a full batch.
     #[arg(long, default_value_t = 64)]
     pub max_queue: usize,
-    /// This worker's id [default: random].
-    #[arg(long)]
+    /// This worker's id, unique in the cluster (in Kubernetes, the pod's name) [default:
+    /// random].
+    #[arg(long, env = "SUPERNET_WORKER_ID")]
     pub worker_id: Option<String>,
     /// Where to serve /metrics and /healthz (port 0 picks a free one).
     #[arg(long, default_value = "0.0.0.0:9090", env = "SUPERNET_METRICS_ADDR")]

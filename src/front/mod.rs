@@ -17,8 +17,8 @@ use crate::session::actor::Services;
 /// What every request handler of this node shares.
 pub struct FrontState {
     pub services: Arc<Services>,
-    /// The token of the admin endpoint (`supernet serve` only; a cluster's admin goes to
-    /// Redis).
+    /// The token of the admin endpoint: `supernet serve`'s handoff token, or a cluster
+    /// front's `--admin-key`.
     pub admin: Option<Handoff>,
 }
 
