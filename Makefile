@@ -11,11 +11,12 @@ model:
 run: build model
 	scripts/run-demo.sh
 
-# The Rust suite, then the API suite against the real server with the `openai` package.
-# Tests that run real models use the optimised release profile.
+# The Rust suite, then the API suite against the real server with the `openai` package,
+# then the deployment files (Helm chart, compose). Tests that run real models use the
+# optimised release profile.
 test: build model
 	cargo test --release
-	python3 -m pytest -q tests/api
+	python3 -m pytest -q tests/api tests/deploy
 
 lint:
 	cargo clippy --release --all-targets -- -D warnings

@@ -10,7 +10,6 @@
 
 use std::fmt::Write;
 use std::sync::LazyLock;
-use std::time::Instant;
 
 use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
@@ -120,11 +119,6 @@ impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
     }
-}
-
-/// Observes the seconds since `since`.
-pub fn observe_since(h: &Histogram, since: Instant) {
-    h.observe(since.elapsed().as_secs_f64());
 }
 
 /// The registry's metrics, in Prometheus text format.

@@ -182,3 +182,24 @@ def test_a_front_serves_the_model_from_its_card_and_sigterm_drains_a_worker(clus
     r = client(url, key).chat.completions.create(model=MODEL_ID, messages=STORY, max_tokens=8, temperature=0)
     assert r.choices[0].message.content
     assert_billed_exactly_once(cluster, acct, [r.usage])
+
+
+def test_a_front_with_an_admin_key_manages_accounts_as_the_chart_notes_say(cluster):
+    """The first requests of helm/supernet's NOTES.txt: an account and a key through the admin
+    endpoint, with the admin key, then a chat completion with that key."""
+    admin_key = "k" * 40
+    cluster.env = {"SUPERNET_ADMIN_KEY": admin_key}
+    url = two_worker_cluster(cluster)
+    admin = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin_key}"}, timeout=30)
+    r = admin.post("/admin/v1/commands", content='{"accounts":{"create":{"name":"me","spark":"100","sogni":"0"}}}')
+    assert r.status_code == 200, r.text
+    account = r.json()["account_id"]
+    key = admin.post("/admin/v1/commands", content=f'{{"keys":{{"create":{{"account":"{account}"}}}}}}').json()["api_key"]
+    r = client(url, key).chat.completions.create(model=MODEL_ID, messages=STORY, max_tokens=4)
+    assert r.choices[0].message.content
+    assert_billed_exactly_once(cluster, account, [r.usage])
+    # Anyone else is refused, and a short key does not start a front.
+    assert httpx.post(url + "/admin/v1/commands", headers={"Authorization": f"Bearer {key}"}, content="{}", timeout=30).status_code == 401
+    cluster.env = {"SUPERNET_ADMIN_KEY": "short"}
+    proc = cluster.spawn("front2", "front", "--port", "0")
+    assert proc.wait(timeout=30) != 0 and "at least 32 characters" in cluster.logs("front2")

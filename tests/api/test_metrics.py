@@ -2,6 +2,8 @@
 parser, and a known load must move the right counters by the right amounts (tokens as
 billed, requests by finish reason, errors by type, placements, holds and settles)."""
 import json
+import re
+from pathlib import Path
 
 import httpx
 import openai
@@ -106,6 +108,11 @@ def test_every_cluster_process_serves_metrics_that_move_under_load(cluster):
     w1 = after[worker]
     assert value(w1, "supernet:num_requests_running", worker="w1") == 0
     assert value(w1, "supernet:worker_kv_blocks", worker="w1", state="total") > 0
+    # The Grafana dashboard only queries metrics these processes serve.
+    served = {n for samples in after.values() for n, _ in samples}
+    dashboard = (Path(__file__).resolve().parents[2] / "deploy/grafana/supernet.json").read_text()
+    queried = set(re.findall(r"supernet:[a-z_]+", dashboard))
+    assert len(queried) >= 20 and queried <= served, f"the dashboard queries metrics nobody serves: {queried - served}"
     # Each process shows its own role's metrics only.
     assert value(w1, "supernet:placements_total") == 0 and not any(n.startswith("supernet:placement") for n, _ in w1)
     assert not any(n.startswith("supernet:prompt_tokens") for n, _ in c1)
