@@ -188,6 +188,16 @@ pub fn sse_event(v: &Value) -> String {
 /// The event that ends every stream.
 pub const SSE_DONE: &str = "data: [DONE]\n\n";
 
+/// The `finish_reason` a client sees: a natural end of a message that made calls is
+/// `tool_calls`, and a cancelled one (the client is gone) reads as `stop`.
+pub fn finish_reason(f: FinishReason, tool_calls: bool) -> &'static str {
+    match f {
+        FinishReason::Length => "length",
+        FinishReason::Stop | FinishReason::Cancelled if tool_calls => "tool_calls",
+        FinishReason::Stop | FinishReason::Cancelled => "stop",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,15 +219,5 @@ mod tests {
         assert_eq!((&m["content"], &m["tool_calls"][0]["function"]["arguments"]), (&Value::Null, &json!("{}")));
         assert_eq!(id.usage_chunk(Usage { prompt_tokens: 1, completion_tokens: 2 })["choices"], json!([]));
         assert_eq!(sse_event(&json!({"a": 1})), "data: {\"a\":1}\n\n");
-    }
-}
-
-/// The `finish_reason` a client sees: a natural end of a message that made calls is
-/// `tool_calls`, and a cancelled one (the client is gone) reads as `stop`.
-pub fn finish_reason(f: FinishReason, tool_calls: bool) -> &'static str {
-    match f {
-        FinishReason::Length => "length",
-        FinishReason::Stop | FinishReason::Cancelled if tool_calls => "tool_calls",
-        FinishReason::Stop | FinishReason::Cancelled => "stop",
     }
 }

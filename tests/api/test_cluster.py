@@ -70,6 +70,7 @@ def disturbed_run(cluster, disturb):
     assert text == ref.choices[0].message.content
     assert (usage.prompt_tokens, usage.completion_tokens) == (ref.usage.prompt_tokens, ref.usage.completion_tokens)
     assert_billed_exactly_once(cluster, acct, [ref.usage, usage])
+    assert cluster.metric(url, "supernet:failovers_total", model=MODEL_ID) == 1
     return hit[0]
 
 
@@ -201,5 +202,5 @@ def test_a_front_with_an_admin_key_manages_accounts_as_the_chart_notes_say(clust
     # Anyone else is refused, and a short key does not start a front.
     assert httpx.post(url + "/admin/v1/commands", headers={"Authorization": f"Bearer {key}"}, content="{}", timeout=30).status_code == 401
     cluster.env = {"SUPERNET_ADMIN_KEY": "short"}
-    proc = cluster.spawn("front2", "front", "--port", "0")
+    proc = cluster.spawn("front2", "front", "--redis", cluster.redis_url, "--port", "0")
     assert proc.wait(timeout=30) != 0 and "at least 32 characters" in cluster.logs("front2")
