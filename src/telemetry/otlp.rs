@@ -2,7 +2,9 @@
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) turns it on, `OTEL_EXPORTER_OTLP_PROTOCOL` picks
 //! `http/protobuf` (the default) or `http/json`, `OTEL_SERVICE_NAME` and
 //! `OTEL_RESOURCE_ATTRIBUTES` name the process, and the `OTEL_BSP_*` variables tune the
-//! batching. Spans leave on the exporter's own thread, never on a request's path.
+//! batching. Spans leave on the exporter's own thread, never on a request's path. The
+//! exporter speaks plain HTTP (no TLS is linked in): the collector is expected beside the
+//! process, in the cluster or as a sidecar.
 
 use anyhow::{bail, Context};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
@@ -25,8 +27,9 @@ fn protocol() -> anyhow::Result<Protocol> {
 
 /// The tracer provider when an endpoint is configured.
 pub fn provider(service: &str) -> anyhow::Result<Option<SdkTracerProvider>> {
-    if endpoint().is_none() {
-        return Ok(None);
+    let Some(endpoint) = endpoint() else { return Ok(None) };
+    if !endpoint.trim_start().starts_with("http://") {
+        bail!("the OTLP endpoint {endpoint} is not http://: this build exports over plain HTTP only; send traces to a collector in the cluster or a sidecar");
     }
     let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().with_protocol(protocol()?).build().context("starting the OTLP trace exporter")?;
     // The environment's resource (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES) wins over the
