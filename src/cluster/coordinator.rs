@@ -219,7 +219,7 @@ impl Handler<PoolSnapshot> for Coordinator {
     type Result = actix::MessageResult<PoolSnapshot>;
 
     fn handle(&mut self, _: PoolSnapshot, _: &mut Context<Self>) -> Self::Result {
-        actix::MessageResult(self.workers.values().map(|w| (w.info.clone(), w.load.clone())).collect())
+        actix::MessageResult(self.pool())
     }
 }
 
@@ -288,7 +288,7 @@ impl Coordinator {
             }
         }
         metrics().queue_depth.set(self.queue.len() as i64);
-        let view = PoolView { workers: self.workers.values().map(|w| (w.info.clone(), w.load.clone())).collect() };
+        let view = PoolView { workers: self.pool() };
         let state = self.state.clone();
         let ttl = self.settings.lease;
         actix::spawn(async move {
@@ -345,6 +345,11 @@ impl Coordinator {
                 self.tell(&job.reply_to, &job.job_id, NodeMessage::Lost { attempt: job.attempt, worker_id: id.clone() });
             }
         }
+    }
+
+    /// Every live worker with its load, as heartbeats report them.
+    fn pool(&self) -> Vec<(WorkerInfo, WorkerLoad)> {
+        self.workers.values().map(|w| (w.info.clone(), w.load.clone())).collect()
     }
 
     fn in_flight(&self, account: &str) -> usize {

@@ -34,7 +34,7 @@ use crate::config::Config;
 use crate::engine::generate::{FinishReason, Resume};
 use crate::ids::random_hex;
 use crate::store::{ApiKeyRecord, StoreError};
-use crate::telemetry::metrics::{front as metrics, GaugeGuard};
+use crate::telemetry::metrics::{front as metrics, GaugeGuard, ModelMetrics};
 use crate::worker::actor::send_command;
 use crate::worker::engine_thread::JobEvent;
 use crate::worker::protocol::{JobSpec, NodeMessage, Placement, QueueReason, WorkerCommand, WorkerEvent};
@@ -104,6 +104,8 @@ pub struct SessionActor {
     client_gone: bool,
     /// Reads the output into content, reasoning and tool calls; set once the prompt is ready.
     markup: Option<Markup>,
+    /// The model's request metrics.
+    metrics: ModelMetrics,
     /// Counts the turn in `requests_in_flight` as waiting, then running.
     in_flight: GaugeGuard,
     /// When the hold was in place and the job went to be placed.
@@ -117,8 +119,9 @@ impl SessionActor {
     /// receiver cancels the turn.
     pub fn start_turn(services: Arc<Services>, turn: Turn) -> UnboundedReceiver<SessionEvent> {
         let (out, rx) = unbounded_channel();
-        let in_flight = GaugeGuard::new(metrics().requests_in_flight.with_label_values(&[turn.model.id.as_str(), "waiting"]));
-        let fresh = SessionActor { services, turn, out, job: None, held: false, worker_id: None, lost: Vec::new(), produced: Resume::default(), started: false, waiting: None, client_gone: false, markup: None, in_flight, dispatched: None, last_token: None };
+        let metrics = metrics().model(&turn.model.id);
+        let in_flight = GaugeGuard::new(metrics.waiting.clone());
+        let fresh = SessionActor { services, turn, out, job: None, held: false, worker_id: None, lost: Vec::new(), produced: Resume::default(), started: false, waiting: None, client_gone: false, markup: None, metrics, in_flight, dispatched: None, last_token: None };
         fresh.start();
         rx
     }
@@ -403,11 +406,10 @@ impl SessionActor {
                 self.worker_id = Some(worker_id);
                 if !self.started {
                     self.started = true;
-                    let model = self.turn.model.id.as_str();
                     if let Some(at) = self.dispatched {
-                        metrics().queue_time.with_label_values(&[model]).observe(at.elapsed().as_secs_f64());
+                        self.metrics.queue_time.observe(at.elapsed().as_secs_f64());
                     }
-                    self.in_flight = GaugeGuard::new(metrics().requests_in_flight.with_label_values(&[model, "running"]));
+                    self.in_flight = GaugeGuard::new(self.metrics.running.clone());
                     self.emit(SessionEvent::Started);
                 }
                 if self.client_gone {
@@ -454,26 +456,23 @@ impl SessionActor {
         if tokens == 0 {
             return;
         }
-        let (now, model) = (Instant::now(), self.turn.model.id.as_str());
+        let now = Instant::now();
         match self.last_token {
-            None => metrics().time_to_first_token.with_label_values(&[model]).observe(now.duration_since(self.turn.arrived).as_secs_f64()),
+            None => self.metrics.time_to_first_token.observe(now.duration_since(self.turn.arrived).as_secs_f64()),
             Some(last) => {
                 let gap = now.duration_since(last).as_secs_f64() / tokens as f64;
-                let h = metrics().inter_token_latency.with_label_values(&[model]);
-                (0..tokens).for_each(|_| h.observe(gap));
+                (0..tokens).for_each(|_| self.metrics.inter_token_latency.observe(gap));
             }
         }
         self.last_token = Some(now);
     }
 
     fn count_finished(&self, finish: FinishReason, tool_calls: bool, prompt_tokens: usize, completion_tokens: usize) {
-        let model = self.turn.model.id.as_str();
-        let m = metrics();
-        m.e2e_latency.with_label_values(&[model]).observe(self.turn.arrived.elapsed().as_secs_f64());
-        m.prompt_tokens.with_label_values(&[model]).inc_by(prompt_tokens as u64);
-        m.generation_tokens.with_label_values(&[model]).inc_by(completion_tokens as u64);
+        self.metrics.e2e_latency.observe(self.turn.arrived.elapsed().as_secs_f64());
+        self.metrics.prompt_tokens.inc_by(prompt_tokens as u64);
+        self.metrics.generation_tokens.inc_by(completion_tokens as u64);
         let reason = if finish == FinishReason::Cancelled { "abort" } else { finish_reason(finish, tool_calls) };
-        m.request_success.with_label_values(&[model, reason]).inc();
+        metrics().request_success.with_label_values(&[self.turn.model.id.as_str(), reason]).inc();
     }
 }
 

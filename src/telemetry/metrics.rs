@@ -77,6 +77,34 @@ pub fn front() -> &'static Front {
     &FRONT
 }
 
+/// One model's per-request figures, resolved once per request so that the per-token path
+/// does no label lookup.
+pub struct ModelMetrics {
+    pub waiting: IntGauge,
+    pub running: IntGauge,
+    pub time_to_first_token: Histogram,
+    pub inter_token_latency: Histogram,
+    pub e2e_latency: Histogram,
+    pub queue_time: Histogram,
+    pub prompt_tokens: IntCounter,
+    pub generation_tokens: IntCounter,
+}
+
+impl Front {
+    pub fn model(&self, model: &str) -> ModelMetrics {
+        ModelMetrics {
+            waiting: self.requests_in_flight.with_label_values(&[model, "waiting"]),
+            running: self.requests_in_flight.with_label_values(&[model, "running"]),
+            time_to_first_token: self.time_to_first_token.with_label_values(&[model]),
+            inter_token_latency: self.inter_token_latency.with_label_values(&[model]),
+            e2e_latency: self.e2e_latency.with_label_values(&[model]),
+            queue_time: self.queue_time.with_label_values(&[model]),
+            prompt_tokens: self.prompt_tokens.with_label_values(&[model]),
+            generation_tokens: self.generation_tokens.with_label_values(&[model]),
+        }
+    }
+}
+
 /// The leader coordinator's placement work.
 pub struct Coordinator {
     /// From a placement request's arrival to its job being sent to a worker.
