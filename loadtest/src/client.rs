@@ -1,0 +1,207 @@
+//! Sends one chat completion and times it: when each streamed chunk with output arrived,
+//! when the response ended, what `usage` said, and how it failed if it did (HTTP status and
+//! the OpenAI error envelope's `type`, or a transport failure).
+
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use crate::mix::Body;
+
+/// How one request went. Times are milliseconds.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// Time to the first chunk with output (streamed requests only).
+    pub ttft: Option<f64>,
+    /// Gaps between successive chunks with output.
+    pub itl: Vec<f64>,
+    pub e2e: f64,
+    pub prompt_tokens: u64,
+    /// From `usage`; without it, the chunks with output.
+    pub output_tokens: u64,
+    pub failure: Option<Failure>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The HTTP status; 0 when no response came (connect, timeout, broken stream).
+    pub status: u16,
+    /// The error envelope's `type`, or what went wrong in transport.
+    pub kind: String,
+    pub message: String,
+}
+
+impl Failure {
+    fn transport(e: &reqwest::Error) -> Self {
+        let kind = if e.is_timeout() {
+            "timeout"
+        } else if e.is_connect() {
+            "connect"
+        } else if e.is_body() || e.is_decode() {
+            "stream"
+        } else {
+            "transport"
+        };
+        Self { status: 0, kind: kind.into(), message: e.to_string() }
+    }
+
+    /// From an error envelope `{"error": {"type", "message"}}` (or any body).
+    fn from_body(status: u16, body: &str) -> Self {
+        let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+        let e = &v["error"];
+        let kind = e["type"].as_str().or_else(|| e["code"].as_str()).unwrap_or("http_error").to_string();
+        let message = e["message"].as_str().map_or_else(|| body.chars().take(200).collect(), str::to_string);
+        Self { status, kind, message }
+    }
+}
+
+/// Sends `body` to `{base}/chat/completions`; never fails, the outcome says how it went.
+pub async fn send(http: &reqwest::Client, base: &str, key: &str, body: &Body) -> Outcome {
+    let start = Instant::now();
+    let mut out = Outcome::default();
+    let response = authorized(http.post(format!("{base}/chat/completions")), key).json(&body.json).send().await;
+    let result = match response {
+        Err(e) => Err(Failure::transport(&e)),
+        Ok(r) if !r.status().is_success() => {
+            let status = r.status().as_u16();
+            Err(Failure::from_body(status, &r.text().await.unwrap_or_default()))
+        }
+        Ok(r) if body.stream => read_stream(r, start, &mut out).await,
+        Ok(r) => read_whole(r, &mut out).await,
+    };
+    out.e2e = ms(start);
+    out.failure = result.err();
+    out
+}
+
+/// Adds the bearer token, unless there is none (llama-server needs none).
+pub fn authorized(r: reqwest::RequestBuilder, key: &str) -> reqwest::RequestBuilder {
+    if key.is_empty() {
+        r
+    } else {
+        r.bearer_auth(key)
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+async fn read_whole(r: reqwest::Response, out: &mut Outcome) -> Result<(), Failure> {
+    let status = r.status().as_u16();
+    let text = r.text().await.map_err(|e| Failure::transport(&e))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| Failure { status, kind: "bad_response".into(), message: e.to_string() })?;
+    out.prompt_tokens = v["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+    out.output_tokens = v["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+    Ok(())
+}
+
+/// Reads server-sent events until `[DONE]`, timing every chunk that carries output.
+async fn read_stream(r: reqwest::Response, start: Instant, out: &mut Outcome) -> Result<(), Failure> {
+    let status = r.status().as_u16();
+    let mut bytes = r.bytes_stream();
+    let mut events = EventSplitter::default();
+    let (mut chunks, mut last) = (0u64, None::<Instant>);
+    let mut usage = None;
+    while let Some(piece) = bytes.next().await {
+        let piece = piece.map_err(|e| Failure::transport(&e))?;
+        let now = Instant::now();
+        for data in events.push(&piece) {
+            if data == "[DONE]" {
+                out.output_tokens = usage.unwrap_or(chunks);
+                return Ok(());
+            }
+            let v: Value = serde_json::from_str(&data).map_err(|e| Failure { status, kind: "bad_event".into(), message: format!("{e}: {data}") })?;
+            if v.get("error").is_some() {
+                return Err(Failure::from_body(status, &data));
+            }
+            if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+                usage = Some(n);
+                out.prompt_tokens = v["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+            }
+            if has_output(&v) {
+                chunks += 1;
+                match last {
+                    None => out.ttft = Some((now - start).as_secs_f64() * 1e3),
+                    Some(prev) => out.itl.push((now - prev).as_secs_f64() * 1e3),
+                }
+                last = Some(now);
+            }
+        }
+    }
+    Err(Failure { status, kind: "stream".into(), message: "the stream ended without [DONE]".into() })
+}
+
+/// A chunk carries output when its delta has text, reasoning or a tool call.
+fn has_output(v: &Value) -> bool {
+    let Some(choice) = v["choices"].get(0) else { return false };
+    let d = &choice["delta"];
+    let text = |k: &str| d[k].as_str().is_some_and(|s| !s.is_empty());
+    text("content") || text("reasoning_content") || d["tool_calls"].as_array().is_some_and(|a| !a.is_empty())
+}
+
+/// Splits a byte stream into the `data` of server-sent events (events end at a blank line;
+/// several `data:` lines join with newlines; comments and other fields are skipped).
+#[derive(Default)]
+pub struct EventSplitter {
+    buf: Vec<u8>,
+}
+
+impl EventSplitter {
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+        self.buf.extend_from_slice(bytes);
+        let mut events = Vec::new();
+        while let Some((end, skip)) = event_end(&self.buf) {
+            let raw: Vec<u8> = self.buf.drain(..end + skip).take(end).collect();
+            let text = String::from_utf8_lossy(&raw);
+            let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.strip_prefix(' ').unwrap_or(d)).collect();
+            if !data.is_empty() {
+                events.push(data.join("\n"));
+            }
+        }
+        events
+    }
+}
+
+/// Where the first event ends, and the length of the blank line that ends it.
+fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 < b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_split_across_reads_and_line_endings() {
+        let mut s = EventSplitter::default();
+        assert!(s.push(b"data: {\"a\"").is_empty());
+        assert_eq!(s.push(b":1}\n\n: ping\n\ndata: x\r\n\r\ndata: [DO"), vec!["{\"a\":1}", "x"]);
+        assert_eq!(s.push(b"NE]\n\n"), vec!["[DONE]"]);
+        assert_eq!(s.push(b"event: e\ndata: one\ndata: two\n\n"), vec!["one\ntwo"]);
+    }
+
+    #[test]
+    fn output_is_text_reasoning_or_tool_calls() {
+        let chunk = |d: Value| serde_json::json!({ "choices": [{ "delta": d }] });
+        assert!(has_output(&chunk(serde_json::json!({ "content": "hi" }))));
+        assert!(has_output(&chunk(serde_json::json!({ "reasoning_content": "hm" }))));
+        assert!(has_output(&chunk(serde_json::json!({ "tool_calls": [{ "index": 0 }] }))));
+        assert!(!has_output(&chunk(serde_json::json!({ "role": "assistant", "content": "" }))));
+        assert!(!has_output(&serde_json::json!({ "choices": [], "usage": {} })));
+    }
+
+    #[test]
+    fn failures_read_the_error_envelope() {
+        let f = Failure::from_body(429, r#"{"error":{"type":"rate_limit_error","message":"slow down"}}"#);
+        assert_eq!((f.status, f.kind.as_str(), f.message.as_str()), (429, "rate_limit_error", "slow down"));
+        let f = Failure::from_body(502, "bad gateway");
+        assert_eq!((f.kind.as_str(), f.message.as_str()), ("http_error", "bad gateway"));
+    }
+}
