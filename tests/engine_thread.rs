@@ -12,7 +12,7 @@ use supernet::engine::generate::{generate, FinishReason, GenerateParams, Resume}
 use supernet::engine::sampler::SamplerParams;
 use supernet::engine::tokenizer::Tokenizer;
 use supernet::engine::{CpuBackend, Model};
-use supernet::worker::engine_thread::{EngineConfig, EngineThread, Job, JobEvent, SubmitError};
+use supernet::worker::engine_thread::{EngineConfig, EngineThread, Job, JobEvent, JobRunner, SubmitError};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 fn setup() -> (Arc<Model>, Arc<Tokenizer>) {

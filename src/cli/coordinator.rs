@@ -32,6 +32,10 @@ pub struct CoordinatorArgs {
     /// Jobs one account may have in flight at once; more wait (0: no limit).
     #[arg(long, default_value_t = 0)]
     pub max_jobs_per_account: usize,
+    /// Place jobs on simulated workers (`supernet worker --simulate`) too. For load tests
+    /// of the control plane only: never on a cluster that serves real traffic.
+    #[arg(long, env = "SUPERNET_ALLOW_SIMULATED")]
+    pub allow_simulated: bool,
     /// Where to serve /metrics and /healthz (port 0 picks a free one).
     #[arg(long, default_value = "0.0.0.0:9090", env = "SUPERNET_METRICS_ADDR")]
     pub metrics_addr: String,
@@ -39,12 +43,15 @@ pub struct CoordinatorArgs {
 
 pub fn run(a: CoordinatorArgs) -> anyhow::Result<()> {
     let store = Arc::new(RedisStore::connect(&a.redis).with_context(|| format!("connecting to {}", a.redis))?);
-    let settings = Settings { lease: Duration::from_millis(a.lease_ms), dead_after: Duration::from_millis(a.dead_after_ms), max_jobs_per_account: a.max_jobs_per_account };
+    let settings = Settings { lease: Duration::from_millis(a.lease_ms), dead_after: Duration::from_millis(a.dead_after_ms), max_jobs_per_account: a.max_jobs_per_account, allow_simulated: a.allow_simulated };
     actix::System::new().block_on(async move {
         let node_id = format!("coord-{}", crate::ids::random_hex(4)?);
         let bus = Arc::new(RedisBus::connect(&a.redis).await?);
         let state = ClusterState::connect(&a.redis).await?;
         tracing::info!(node = %node_id, "coordinator started; standing by for the lease");
+        if a.allow_simulated {
+            tracing::warn!(node = %node_id, "simulation allowed: jobs may be placed on simulated workers (placeholder tokens)");
+        }
         crate::telemetry::metrics::coordinator();
         let coordinator = Coordinator::new(node_id, bus, state, store, settings).start();
         let pool = coordinator.clone();

@@ -5,6 +5,10 @@
 //! same WorkerActor as `supernet serve` on its Redis inbox and sends a heartbeat with its
 //! capabilities and load every [`HEARTBEAT`]. On SIGTERM (or Ctrl-C) it drains: it takes no
 //! new jobs, finishes the ones it holds, says it is leaving, and exits.
+//!
+//! With `--simulate` it loads no model: the [`crate::worker::simulator`] stands in for the
+//! engine, one process may run many simulated workers, and they publish the simulator's
+//! made-up model card.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,7 +27,8 @@ use crate::engine::tokenizer::Tokenizer;
 use crate::engine::Model;
 use crate::session::models::model_id;
 use crate::telemetry::{metrics_http, snapshot};
-use crate::worker::actor::{GetLoad, SetDraining, WorkerActor, WorkerInfo};
+use crate::worker::actor::{GetLoad, SetDraining, TakeReceived, WorkerActor, WorkerInfo};
+use crate::worker::simulator::{card, SimSettings, Simulator};
 
 /// How often a worker reports; a coordinator declares it dead after a few missed beats.
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
@@ -35,8 +40,8 @@ pub struct WorkerArgs {
     #[arg(long, env = "SUPERNET_REDIS")]
     pub redis: String,
     /// The GGUF model to serve.
-    #[arg(long)]
-    pub model: PathBuf,
+    #[arg(long, required_unless_present = "simulate", conflicts_with = "simulate")]
+    pub model: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineArgs,
     /// Jobs that may wait beyond a full batch.
@@ -49,56 +54,131 @@ pub struct WorkerArgs {
     /// Where to serve /metrics and /healthz (port 0 picks a free one).
     #[arg(long, default_value = "0.0.0.0:9090", env = "SUPERNET_METRICS_ADDR")]
     pub metrics_addr: String,
+    #[command(flatten)]
+    pub simulation: SimulationArgs,
 }
 
+/// `--simulate` and its settings.
+#[derive(Args, Debug)]
+pub struct SimulationArgs {
+    /// SIMULATOR, NOT A MODEL: load no model and stream placeholder tokens (serving the
+    /// model `simulated`), to load-test fronts, the bus and coordinators at any pool size.
+    /// It registers as simulated; coordinators place nothing on it unless started with
+    /// --allow-simulated.
+    #[arg(long)]
+    pub simulate: bool,
+    /// Simulated decode speed of each sequence.
+    #[arg(long, default_value_t = 50.0, requires = "simulate")]
+    pub tokens_per_s: f64,
+    /// Simulated time from taking a job to its first token.
+    #[arg(long, default_value_t = 20.0, requires = "simulate")]
+    pub prefill_ms: f64,
+    /// Scales every simulated delay by a random factor in 1 ± this (0 to 1).
+    #[arg(long, default_value_t = 0.0, requires = "simulate")]
+    pub jitter: f64,
+    /// Tokens a simulated job produces at most (it ends with `stop` there).
+    #[arg(long, default_value_t = 1024, requires = "simulate")]
+    pub max_output_tokens: usize,
+    /// Simulated workers this process runs, each registering and heartbeating on its own
+    /// (ids `<worker-id>-<n>`).
+    #[arg(long, default_value_t = 1, requires = "simulate")]
+    pub simulate_workers: usize,
+}
+
+impl SimulationArgs {
+    fn settings(&self, engine: &EngineArgs, max_queue: usize) -> anyhow::Result<SimSettings> {
+        anyhow::ensure!(self.tokens_per_s.is_finite() && self.tokens_per_s > 0.0, "--tokens-per-s must be positive");
+        anyhow::ensure!(self.prefill_ms.is_finite() && self.prefill_ms >= 0.0, "--prefill-ms must not be negative");
+        anyhow::ensure!((0.0..=1.0).contains(&self.jitter), "--jitter must be between 0 and 1");
+        anyhow::ensure!(self.simulate_workers >= 1, "--simulate-workers must be at least 1");
+        anyhow::ensure!(engine.max_batch >= 1, "--max-batch must be at least 1");
+        let prefill = Duration::from_secs_f64(self.prefill_ms / 1e3);
+        Ok(SimSettings { tokens_per_s: self.tokens_per_s, prefill, jitter: self.jitter, max_batch: engine.max_batch, max_queue, max_output: self.max_output_tokens })
+    }
+}
+
+/// Builds the worker actor with a given id.
+type MakeWorker = Box<dyn Fn(&str, Arc<dyn Bus>) -> anyhow::Result<WorkerActor>>;
+
 pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
-    let model = Model::load(&a.model)?;
-    let tokenizer = Tokenizer::from_gguf(&model.file).with_context(|| format!("reading the tokenizer of {}", a.model.display()))?;
-    let id = model_id(&a.model);
+    let base_id = match a.worker_id.clone() {
+        Some(w) => w,
+        None if a.simulation.simulate => format!("sim-{}", crate::ids::random_hex(4)?),
+        None => format!("w-{}", crate::ids::random_hex(4)?),
+    };
+    if a.simulation.simulate {
+        let settings = a.simulation.settings(&a.engine, a.max_queue)?;
+        let card = ModelCard { model_id: card::MODEL_ID.into(), architecture: card::ARCHITECTURE.into(), context_length: card::CONTEXT, gguf_metadata: card::metadata() };
+        let count = a.simulation.simulate_workers;
+        let ids: Vec<String> = if count == 1 { vec![base_id] } else { (0..count).map(|i| format!("{base_id}-{i}")).collect() };
+        let make: MakeWorker = Box::new(move |id, bus| {
+            // Ids differ, so jitter sequences do.
+            let seed = id.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+            Ok(WorkerActor::simulated(id, Simulator::new(settings, seed), bus))
+        });
+        tracing::warn!(workers = count, tokens_per_s = settings.tokens_per_s, prefill_ms = a.simulation.prefill_ms, "SIMULATED workers: no model, placeholder tokens; placed only by coordinators started with --allow-simulated");
+        return actix::System::new().block_on(serve(a, ids, card, make));
+    }
+    let path = a.model.clone().context("--model is required")?;
+    let model = Model::load(&path)?;
+    let tokenizer = Tokenizer::from_gguf(&model.file).with_context(|| format!("reading the tokenizer of {}", path.display()))?;
     let card = ModelCard {
-        model_id: id.clone(),
+        model_id: model_id(&path),
         architecture: model.file.str("general.architecture").unwrap_or("unknown").to_string(),
         context_length: model.config.context_length,
         gguf_metadata: model.file.metadata_only(),
     };
-    let worker_id = match a.worker_id.clone() {
-        Some(w) => w,
-        None => format!("w-{}", crate::ids::random_hex(4)?),
-    };
-    actix::System::new().block_on(serve(a, worker_id, card, Arc::new(model), Arc::new(tokenizer)))
+    let config = a.engine.config(a.max_queue);
+    let (model, tokenizer, id) = (Arc::new(model), Arc::new(tokenizer), card.model_id.clone());
+    let make: MakeWorker = Box::new(move |worker_id, bus| {
+        let w = WorkerActor::new(worker_id, &id, Arc::clone(&model), Arc::clone(&tokenizer), config, bus)?;
+        tracing::info!(worker = %worker_id, model = %id, threads = config.threads, max_batch = config.batch.max_batch, "worker ready");
+        Ok(w)
+    });
+    actix::System::new().block_on(serve(a, vec![base_id], card, make))
 }
 
-async fn serve(a: WorkerArgs, worker_id: String, card: ModelCard, model: Arc<Model>, tokenizer: Arc<Tokenizer>) -> anyhow::Result<()> {
+async fn serve(a: WorkerArgs, ids: Vec<String>, card: ModelCard, make: MakeWorker) -> anyhow::Result<()> {
     let bus: Arc<dyn Bus> = Arc::new(RedisBus::connect(&a.redis).await.with_context(|| format!("connecting to {}", a.redis))?);
     let state = ClusterState::connect(&a.redis).await.with_context(|| format!("connecting to {}", a.redis))?;
     state.put_card(&card).await.context("publishing the model card")?;
-    let config = a.engine.config(a.max_queue);
-    let worker = WorkerActor::new(&worker_id, &card.model_id, model, tokenizer, config, Arc::clone(&bus))?;
-    let info = worker.info.clone();
-    let worker = worker.start();
-    tracing::info!(worker = %info.worker_id, model = %info.model_id, threads = config.threads, max_batch = config.batch.max_batch, "worker ready");
-    let (own, own_info) = (worker.clone(), info.clone());
+    let mut workers = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let worker = make(id, Arc::clone(&bus))?;
+        workers.push((worker.info.clone(), worker.start()));
+    }
+    let own = workers.clone();
     metrics_http::start(&a.metrics_addr, Arc::new(move || {
-        let (worker, info) = (own.clone(), own_info.clone());
+        let own = own.clone();
         Box::pin(async move {
-            let mut out = String::new();
-            if let Ok(load) = worker.send(GetLoad).await {
-                snapshot::workers(&mut out, &[(info, load)]);
+            let mut loads = Vec::with_capacity(own.len());
+            for (info, worker) in &own {
+                if let Ok(load) = worker.send(GetLoad).await {
+                    loads.push((info.clone(), load));
+                }
             }
+            let mut out = String::new();
+            snapshot::workers(&mut out, &loads);
             out
         })
     }))?;
-    let beats = actix::spawn(heartbeats(Arc::clone(&bus), info.clone(), worker.clone()));
+    let beats: Vec<_> = workers.iter().map(|(info, worker)| actix::spawn(heartbeats(Arc::clone(&bus), info.clone(), worker.clone()))).collect();
 
     shutdown_signal().await;
-    tracing::info!(worker = %info.worker_id, "draining: finishing held jobs, taking no new ones");
-    worker.send(SetDraining(true)).await?;
-    while worker.send(GetLoad).await?.busy() > 0 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    tracing::info!(workers = workers.len(), "draining: finishing held jobs, taking no new ones");
+    for (_, worker) in &workers {
+        worker.send(SetDraining(true)).await?;
     }
-    beats.abort();
-    beat(bus.as_ref(), &info, &worker, true).await;
-    tracing::info!(worker = %info.worker_id, "drained; leaving");
+    for (_, worker) in &workers {
+        while worker.send(GetLoad).await?.busy() > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    beats.iter().for_each(|b| b.abort());
+    for (info, worker) in &workers {
+        beat(bus.as_ref(), info, worker, true).await;
+    }
+    tracing::info!(workers = workers.len(), "drained; leaving");
     Ok(())
 }
 
@@ -111,8 +191,8 @@ async fn heartbeats(bus: Arc<dyn Bus>, info: WorkerInfo, worker: Addr<WorkerActo
 }
 
 async fn beat(bus: &dyn Bus, info: &WorkerInfo, worker: &Addr<WorkerActor>, leaving: bool) {
-    let Ok(load) = worker.send(GetLoad).await else { return };
-    let hb = Heartbeat { info: info.clone(), load, leaving, sent_at_ms: unix_ms() };
+    let (Ok(received), Ok(load)) = (worker.send(TakeReceived).await, worker.send(GetLoad).await) else { return };
+    let hb = Heartbeat { info: info.clone(), load, received, leaving, sent_at_ms: unix_ms() };
     if let Err(e) = send(bus, &streams::heartbeats(), HEARTBEAT_STREAM_LEN, KIND_HEARTBEAT, &info.worker_id, &info.worker_id, &hb).await {
         tracing::warn!("sending a heartbeat: {e}");
     }

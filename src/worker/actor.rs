@@ -13,7 +13,8 @@ use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, Mess
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use tracing::Instrument;
 
-use super::engine_thread::{EngineConfig, EngineThread, Job, JobEvent, SubmitError};
+use super::engine_thread::{EngineConfig, EngineThread, Job, JobEvent, JobRunner, SubmitError};
+use super::simulator::Simulator;
 use super::protocol::{JobRef, JobSpec, NodeMessage, WorkerCommand, WorkerEvent, KIND_COMMAND, KIND_NODE};
 use crate::bus::{read_stream, send, streams, Bus};
 use crate::engine::batch::BatchStats;
@@ -27,6 +28,9 @@ use crate::telemetry::trace_context::follow;
 const STREAM_LEN: usize = 100_000;
 /// Consumer group of worker inboxes.
 const GROUP: &str = "workers";
+/// Received job ids kept between two heartbeats at most; beyond, the coordinator's grace
+/// period covers them.
+const MAX_RECEIVED: usize = 10_000;
 
 /// What kind of work a worker does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -46,6 +50,9 @@ pub struct WorkerInfo {
     pub max_batch: usize,
     /// KV-cache positions it has.
     pub kv_capacity: usize,
+    /// A simulator (`supernet worker --simulate`): no model behind it, placeholder tokens.
+    /// Coordinators place nothing on it unless simulation is allowed.
+    pub simulated: bool,
 }
 
 /// A worker's load: what the coordinator places by.
@@ -79,10 +86,12 @@ impl WorkerLoad {
 
 pub struct WorkerActor {
     pub info: WorkerInfo,
-    engine: EngineThread,
+    engine: Box<dyn JobRunner>,
     bus: Arc<dyn Bus>,
     /// The jobs taken and not yet finished, with their cancel flags.
     running: HashMap<String, (Arc<AtomicBool>, JobRef)>,
+    /// Jobs that reached this worker since the last [`TakeReceived`].
+    received: Vec<String>,
     draining: bool,
 }
 
@@ -90,15 +99,26 @@ impl WorkerActor {
     /// An LLM worker `worker_id` serving `model` as `model_id`: starts its engine thread.
     pub fn new(worker_id: &str, model_id: &str, model: Arc<Model>, tokenizer: Arc<Tokenizer>, config: EngineConfig, bus: Arc<dyn Bus>) -> std::io::Result<Self> {
         let engine = EngineThread::start(model, tokenizer, config)?;
+        Ok(Self::with_runner(worker_id, model_id, config.batch.max_batch, Box::new(engine), bus, false))
+    }
+
+    /// A simulated worker `worker_id` serving the simulator's made-up model.
+    pub fn simulated(worker_id: &str, simulator: Simulator, bus: Arc<dyn Bus>) -> Self {
+        let max_batch = simulator.max_batch();
+        Self::with_runner(worker_id, super::simulator::card::MODEL_ID, max_batch, Box::new(simulator), bus, true)
+    }
+
+    fn with_runner(worker_id: &str, model_id: &str, max_batch: usize, engine: Box<dyn JobRunner>, bus: Arc<dyn Bus>, simulated: bool) -> Self {
         let info = WorkerInfo {
             worker_id: worker_id.into(),
             kind: WorkerKind::Llm,
             model_id: model_id.into(),
             context_length: engine.context(),
-            max_batch: config.batch.max_batch,
+            max_batch,
             kv_capacity: engine.status().batch().kv_blocks_total * BLOCK,
+            simulated,
         };
-        Ok(Self { info, engine, bus, running: HashMap::new(), draining: false })
+        Self { info, engine, bus, running: HashMap::new(), received: Vec::new(), draining: false }
     }
 }
 
@@ -132,6 +152,9 @@ impl Handler<Command> for WorkerActor {
     fn handle(&mut self, msg: Command, ctx: &mut Context<Self>) {
         match msg.0 {
             WorkerCommand::Run(spec) => {
+                if self.received.len() < MAX_RECEIVED {
+                    self.received.push(spec.job_id.clone());
+                }
                 let span = tracing::info_span!("worker.job", job = %spec.job_id, attempt = spec.attempt, worker = %self.info.worker_id, model = %spec.model, prompt_tokens = spec.prompt.len(), completion_tokens = tracing::field::Empty);
                 follow(&span, msg.1.as_deref());
                 self.run(*spec, span, ctx)
@@ -264,6 +287,19 @@ impl Handler<GetLoad> for WorkerActor {
             batch,
             jobs: self.running.values().map(|(_, r)| r.clone()).collect(),
         })
+    }
+}
+
+/// The jobs that reached this worker since the last call (for its next heartbeat).
+#[derive(Message)]
+#[rtype(result = "Vec<String>")]
+pub struct TakeReceived;
+
+impl Handler<TakeReceived> for WorkerActor {
+    type Result = MessageResult<TakeReceived>;
+
+    fn handle(&mut self, _: TakeReceived, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(std::mem::take(&mut self.received))
     }
 }
 

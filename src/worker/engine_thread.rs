@@ -85,6 +85,45 @@ impl EngineStatus {
     pub fn tokens_per_s(&self) -> f32 {
         f32::from_bits(self.tokens_per_s.load(Ordering::Relaxed))
     }
+
+    /// Counts a job in if fewer than `capacity` are held.
+    pub(super) fn admit(&self, capacity: usize) -> bool {
+        if self.held.fetch_add(1, Ordering::SeqCst) >= capacity {
+            self.held.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// Counts a job out: it ended, or it never reached the engine.
+    pub(super) fn release(&self, ended: Option<FinishReason>) {
+        self.held.fetch_sub(1, Ordering::SeqCst);
+        match ended {
+            Some(FinishReason::Cancelled) => self.cancelled.fetch_add(1, Ordering::SeqCst),
+            Some(_) => self.completed.fetch_add(1, Ordering::SeqCst),
+            None => 0,
+        };
+    }
+
+    pub(super) fn set_tokens_per_s(&self, v: f32) {
+        self.tokens_per_s.store(v.to_bits(), Ordering::Relaxed);
+    }
+
+    pub(super) fn update_batch(&self, f: impl FnOnce(&mut BatchStats)) {
+        f(&mut self.batch.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+/// What runs a worker's jobs: the engine ([`EngineThread`]) or, for load tests of the
+/// control plane, the simulator ([`super::simulator::Simulator`]).
+pub trait JobRunner {
+    /// Takes a job without waiting; a full runner hands the job back.
+    fn submit(&self, job: Job) -> Result<(), Rejected>;
+    fn status(&self) -> &EngineStatus;
+    /// The most jobs it holds at once.
+    fn capacity(&self) -> usize;
+    /// Positions one sequence may use.
+    fn context(&self) -> usize;
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -152,30 +191,31 @@ impl EngineThread {
         Ok(Self { queue: Some(tx), capacity: config.capacity(), context, status, handle: Some(handle) })
     }
 
-    /// Queues a job without waiting; a full engine hands the job back.
-    pub fn submit(&self, job: Job) -> Result<(), Rejected> {
+}
+
+impl JobRunner for EngineThread {
+    /// Queues a job without waiting.
+    fn submit(&self, job: Job) -> Result<(), Rejected> {
         let Some(queue) = self.queue.as_ref() else { return Err(Rejected { reason: SubmitError::Stopped, job: Box::new(job) }) };
-        if self.status.held.fetch_add(1, Ordering::SeqCst) >= self.capacity {
-            self.status.held.fetch_sub(1, Ordering::SeqCst);
+        if !self.status.admit(self.capacity) {
             return Err(Rejected { reason: SubmitError::QueueFull, job: Box::new(job) });
         }
         queue.send(job).map_err(|e| {
-            self.status.held.fetch_sub(1, Ordering::SeqCst);
+            self.status.release(None);
             Rejected { reason: SubmitError::Stopped, job: Box::new(e.0) }
         })
     }
 
-    pub fn status(&self) -> &EngineStatus {
+    fn status(&self) -> &EngineStatus {
         &self.status
     }
 
-    /// The most jobs it holds at once.
-    pub fn capacity(&self) -> usize {
+    fn capacity(&self) -> usize {
         self.capacity
     }
 
-    /// Positions one sequence may use (the model's context, or the KV pool if smaller).
-    pub fn context(&self) -> usize {
+    /// The model's context, or the KV pool if smaller.
+    fn context(&self) -> usize {
         self.context
     }
 }
@@ -240,7 +280,8 @@ impl Engine {
     /// Updates the status, then delivers `outputs`: whoever sees a job's last event sees
     /// the figures without it.
     fn publish(&mut self, outputs: Vec<Output>) {
-        *self.status.batch.lock().unwrap_or_else(|e| e.into_inner()) = self.scheduler.stats();
+        let stats = self.scheduler.stats();
+        self.status.update_batch(|b| *b = stats);
         for out in outputs {
             self.deliver(out);
         }
@@ -283,12 +324,10 @@ impl Engine {
 
     /// Counts a job out, then sends its last event (so whoever sees it sees the counters).
     fn end(&mut self, live: Live, last: JobEvent) {
-        self.status.held.fetch_sub(1, Ordering::SeqCst);
-        let counter = match last {
-            JobEvent::Finished { finish: FinishReason::Cancelled, .. } => &self.status.cancelled,
-            _ => &self.status.completed,
-        };
-        counter.fetch_add(1, Ordering::SeqCst);
+        self.status.release(Some(match last {
+            JobEvent::Finished { finish, .. } => finish,
+            _ => FinishReason::Stop,
+        }));
         let _ = live.events.send(last);
     }
 
@@ -301,6 +340,6 @@ impl Engine {
         let now = tokens as f32 / t.elapsed().as_secs_f32().max(1e-6);
         let before = self.status.tokens_per_s();
         let speed = if before == 0.0 { now } else { 0.8 * before + 0.2 * now };
-        self.status.tokens_per_s.store(speed.to_bits(), Ordering::Relaxed);
+        self.status.set_tokens_per_s(speed);
     }
 }

@@ -4,10 +4,12 @@
 //! tensor table, and a data section aligned to `general.alignment`. We map the file once and
 //! hand out zero-copy [`TensorView`]s into the map. Every read is bounds-checked through
 //! [`cursor::Cursor`], so a truncated or corrupt file yields a [`GgufError`] naming the file,
-//! the byte offset and what was expected; nothing here panics on file contents.
+//! the byte offset and what was expected; nothing here panics on file contents. [`write`]
+//! makes metadata-only files.
 
 mod cursor;
 mod value;
+pub mod write;
 
 use std::collections::HashMap;
 use std::fs::File;
