@@ -36,7 +36,7 @@ async fn holds_settle_to_the_exact_price_of_the_usage() {
     assert_eq!((h.token_type, h.amount), (TokenType::Spark, a("0.15")));
     assert_eq!(store.account(&acct.id).expect("account").balances.spark, a("0.85"));
     // 100 tokens produced: 0.06 + 0.018 = 0.078 charged, the rest released.
-    let settle = SettleJob { job_id: "j1".into(), price: price.clone(), prompt_tokens: 1000, completion_tokens: 100, worker_id: Some("w1".into()) };
+    let settle = SettleJob { job_id: "j1".into(), price: price.clone(), prompt_tokens: 1000, completion_tokens: 100, worker_id: Some("w1".into()), hold: None };
     let h = billing.settle(&acct.id, settle).await.expect("settle");
     assert_eq!(h.settled, Some(a("0.078")));
     assert_eq!(store.account(&acct.id).expect("account").balances.spark, a("0.922"));

@@ -1,8 +1,8 @@
 //! The BillingAccountActor: one per active account. It owns the account's per-key request
 //! limits, prices jobs, places a hold for the worst case before dispatch and settles the
 //! exact usage after, through the [`Store`]. Store calls block (a redb commit syncs to
-//! disk), so they run on the blocking pool, never on the executor; the store's transactions
-//! keep each balance consistent.
+//! disk), so they run on the blocking pool, never on the executor, one account's one at a
+//! time ([`StoreQueue`]); the store's transactions keep each balance consistent.
 //!
 //! [`Billing`] hands out the actor of an account: started on first use, stopped after a
 //! few idle minutes, started again when the account comes back.
@@ -17,6 +17,7 @@ use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, MailboxEr
 use super::amount::Amount;
 use super::limits::{KeyLimits, KeyWindow, Limited, Permit};
 use super::pricing::{auto_token, ModelPrice, PricingError, TokenRates};
+use super::store_queue::StoreQueue;
 use crate::api::chat_request::TokenChoice;
 use crate::store::{ApiKeyRecord, Hold, Store, StoreError, TokenType};
 
@@ -93,7 +94,7 @@ impl Billing {
             return a.clone();
         }
         accounts.retain(|_, a| a.connected());
-        let actor = BillingAccountActor { store: Arc::clone(&self.store), rates: self.rates.clone(), keys: HashMap::new(), last_active: Instant::now() };
+        let actor = BillingAccountActor { queue: StoreQueue::new(Arc::clone(&self.store), self.rates.clone()), keys: HashMap::new(), last_active: Instant::now() };
         let addr = actor.start();
         accounts.insert(account_id.to_string(), addr.clone());
         addr
@@ -109,18 +110,17 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, BillingError>
 }
 
 pub struct BillingAccountActor {
-    store: Arc<dyn Store>,
-    rates: TokenRates,
+    queue: Arc<StoreQueue>,
     keys: HashMap<String, KeyWindow>,
     last_active: Instant,
 }
 
 impl BillingAccountActor {
-    /// One request's store work, in one trip to the blocking pool.
+    /// One request's store work, queued behind the account's other store calls (see
+    /// [`StoreQueue`]); the actor itself stays free for `Admit`.
     fn in_store<T: Send + 'static>(&mut self, f: impl FnOnce(&dyn Store, &TokenRates) -> Result<T, BillingError> + Send + 'static) -> ResponseFuture<Result<T, BillingError>> {
         self.last_active = Instant::now();
-        let (store, rates) = (Arc::clone(&self.store), self.rates.clone());
-        Box::pin(blocking(move || f(store.as_ref(), &rates)))
+        Box::pin(self.queue.run(f))
     }
 }
 
@@ -193,6 +193,8 @@ pub struct SettleJob {
     pub completion_tokens: u64,
     /// None when the job never ran.
     pub worker_id: Option<String>,
+    /// The hold as placed, when the caller has it (saves reading it back).
+    pub hold: Option<Hold>,
 }
 
 impl Handler<SettleJob> for BillingAccountActor {
@@ -200,7 +202,10 @@ impl Handler<SettleJob> for BillingAccountActor {
 
     fn handle(&mut self, m: SettleJob, _: &mut Context<Self>) -> Self::Result {
         self.in_store(move |store, rates| {
-            let hold = store.hold_of(&m.job_id)?;
+            let hold = match m.hold {
+                Some(h) => h,
+                None => store.hold_of(&m.job_id)?,
+            };
             let used = m.price.cost(rates, m.prompt_tokens, m.completion_tokens, hold.token_type)?;
             let charged = used.min(hold.amount).max(Amount::ZERO);
             Ok(store.settle(&m.job_id, charged, m.worker_id.as_deref())?)

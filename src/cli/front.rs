@@ -75,7 +75,9 @@ async fn serve(redis: String, config: Config, store: Arc<dyn Store>, admin: Opti
     let services = Arc::new(Services { node_id, bus, billing, pool: Pool::Cluster(view), inbox, models, config });
     let state = web::Data::new(FrontState { services, admin });
     crate::telemetry::metrics::front();
+    // Streamed tokens are small writes that must leave at once, not wait on Nagle's timer.
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
+        .tcp_nodelay(true)
         .bind((host.as_str(), port))
         .with_context(|| format!("binding {host}:{port}"))?;
     let bound = *server.addrs().first().context("the server bound no address")?;

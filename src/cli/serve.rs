@@ -100,7 +100,9 @@ async fn serve(config: Config, store: Arc<dyn Store>, loaded: Vec<Loaded>, engin
     let mut handoff = Handoff::new(String::new())?;
     let state = web::Data::new(FrontState { services, admin: Some(handoff.clone()) });
     crate::telemetry::metrics::front();
+    // Streamed tokens are small writes that must leave at once, not wait on Nagle's timer.
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
+        .tcp_nodelay(true)
         .bind((host.as_str(), port))
         .with_context(|| format!("binding {host}:{port}"))?;
     let bound = *server.addrs().first().context("the server bound no address")?;

@@ -14,8 +14,11 @@
 //! by arrival, and its session is told why it waits. A worker silent for longer than
 //! `--dead-after` is declared dead, and the session of every job it held is told the
 //! attempt is lost, so the job moves.
+//!
+//! Simulated workers (`supernet worker --simulate`) are ignored unless the coordinator runs
+//! with `--allow-simulated`, so a simulator can never take real traffic by mistake.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -50,14 +53,17 @@ pub struct Settings {
     pub dead_after: Duration,
     /// Jobs one account may have in flight at once (0: no limit).
     pub max_jobs_per_account: usize,
+    /// Place jobs on simulated workers too (load tests of the control plane); otherwise
+    /// their heartbeats are ignored and they never get a job.
+    pub allow_simulated: bool,
 }
 
 struct Tracked {
     info: WorkerInfo,
     load: WorkerLoad,
     seen: Instant,
-    /// Jobs placed here since its last heartbeat, which does not show them (each heartbeat
-    /// drops the ones it shows).
+    /// Jobs placed here that its heartbeats have not shown yet (each heartbeat drops the ones
+    /// it holds or says it received).
     placed: HashMap<String, (Instant, JobRef)>,
 }
 
@@ -101,6 +107,8 @@ pub struct Coordinator {
     affinity: HashMap<(String, u64), (String, Instant)>,
     /// When Redis last failed us: silence since then is not a worker's fault.
     trouble: Option<Instant>,
+    /// Simulated workers ignored (simulation not allowed), each logged once.
+    ignored: HashSet<String>,
     last_reap: Instant,
 }
 
@@ -119,6 +127,7 @@ impl Coordinator {
             arrivals: 0,
             affinity: HashMap::new(),
             trouble: None,
+            ignored: HashSet::new(),
             last_reap: Instant::now(),
         }
     }
@@ -190,6 +199,12 @@ impl Handler<Beat> for Coordinator {
             return;
         }
         let id = hb.info.worker_id.clone();
+        if hb.info.simulated && !self.settings.allow_simulated {
+            if self.ignored.insert(id.clone()) {
+                tracing::warn!(worker = %id, "ignoring a simulated worker: this coordinator was not started with --allow-simulated");
+            }
+            return;
+        }
         if hb.leaving {
             if self.workers.remove(&id).is_some() {
                 tracing::info!(worker = %id, "worker left");
@@ -199,7 +214,7 @@ impl Handler<Beat> for Coordinator {
         let now = Instant::now();
         match self.workers.get_mut(&id) {
             Some(w) => {
-                w.placed.retain(|job, (at, _)| now.duration_since(*at) < PLACED_GRACE && !hb.load.jobs.iter().any(|j| &j.job_id == job));
+                w.placed.retain(|job, (at, _)| now.duration_since(*at) < PLACED_GRACE && !hb.received.contains(job) && !hb.load.jobs.iter().any(|j| &j.job_id == job));
                 (w.info, w.load, w.seen) = (hb.info, hb.load, now);
             }
             None => {

@@ -48,6 +48,10 @@ pub enum CoordinatorCommand {
 pub struct Heartbeat {
     pub info: WorkerInfo,
     pub load: WorkerLoad,
+    /// Jobs that reached the worker since its last heartbeat, held or already ended: the
+    /// coordinator stops counting its own record of placing them (a short job can start and
+    /// end between two heartbeats, and `load` never shows it).
+    pub received: Vec<String>,
     /// The worker has drained and is going away: forget it now.
     pub leaving: bool,
     /// Unix milliseconds when sent; a coordinator reading old entries skips stale ones.

@@ -33,7 +33,7 @@ use crate::bus::{streams, Bus};
 use crate::config::Config;
 use crate::engine::generate::{FinishReason, Resume};
 use crate::ids::random_hex;
-use crate::store::{ApiKeyRecord, StoreError};
+use crate::store::{ApiKeyRecord, Hold, StoreError};
 use crate::telemetry::metrics::{front as metrics, GaugeGuard, ModelMetrics};
 use crate::worker::actor::send_command;
 use crate::worker::engine_thread::JobEvent;
@@ -90,8 +90,8 @@ pub struct SessionActor {
     out: UnboundedSender<SessionEvent>,
     /// The job as last placed (its attempt is the current one); set once the hold is in.
     job: Option<JobSpec>,
-    /// A hold is in place and not yet settled.
-    held: bool,
+    /// The hold in place, not yet settled.
+    held: Option<Hold>,
     /// The worker running the current attempt, once known.
     worker_id: Option<String>,
     /// Workers that lost an attempt of this job.
@@ -121,7 +121,7 @@ impl SessionActor {
         let (out, rx) = unbounded_channel();
         let metrics = metrics().model(&turn.model.id);
         let in_flight = GaugeGuard::new(metrics.waiting.clone());
-        let fresh = SessionActor { services, turn, out, job: None, held: false, worker_id: None, lost: Vec::new(), produced: Resume::default(), started: false, waiting: None, client_gone: false, markup: None, metrics, in_flight, dispatched: None, last_token: None };
+        let fresh = SessionActor { services, turn, out, job: None, held: None, worker_id: None, lost: Vec::new(), produced: Resume::default(), started: false, waiting: None, client_gone: false, markup: None, metrics, in_flight, dispatched: None, last_token: None };
         fresh.start();
         rx
     }
@@ -143,14 +143,13 @@ impl SessionActor {
     /// that cannot be reached is retried for a while: the usage is known, and billing it
     /// exactly once matters more than answering at once.
     fn finish(&mut self, prompt_tokens: usize, completion_tokens: usize, then: Option<SessionEvent>, ctx: &mut Context<Self>) {
-        if !self.held {
+        let Some(hold) = self.held.take() else {
             if let Some(e) = then {
                 self.emit(e);
             }
             ctx.stop();
             return;
-        }
-        self.held = false;
+        };
         let billing = Arc::clone(&self.services.billing);
         let account = self.turn.key.account_id.clone();
         let job = SettleJob {
@@ -159,6 +158,7 @@ impl SessionActor {
             prompt_tokens: prompt_tokens as u64,
             completion_tokens: completion_tokens as u64,
             worker_id: self.worker_id.clone(),
+            hold: Some(hold),
         };
         let span = tracing::info_span!(parent: &self.turn.span, "billing.settle", prompt_tokens, completion_tokens);
         let settle = async move {
@@ -299,7 +299,7 @@ impl SessionActor {
     }
 
     fn renew_hold(&self) {
-        if !self.held {
+        if self.held.is_none() {
             return;
         }
         let (store, job_id) = (Arc::clone(self.services.billing.store()), self.turn.job_id.clone());
@@ -352,9 +352,9 @@ impl Actor for SessionActor {
         let billing = Arc::clone(&self.services.billing);
         let span = tracing::info_span!(parent: &self.turn.span, "billing.hold", prompt_tokens, max_tokens);
         ctx.wait(async move { billing.hold(hold).await }.instrument(span).into_actor(self).map(move |r, act, ctx| match r {
-            Ok(_) => {
+            Ok(h) => {
                 metrics().billing_holds.with_label_values(&["held"]).inc();
-                act.held = true;
+                act.held = Some(h);
                 act.dispatch(job, ctx);
             }
             Err(BillingError::Store(StoreError::Insufficient { token, needed, available })) => {
@@ -386,7 +386,7 @@ impl Handler<JobUpdate> for SessionActor {
         let current = self.attempt();
         match msg.message {
             NodeMessage::Placement { attempt, placement } => self.placed(attempt, placement, ctx),
-            NodeMessage::Lost { attempt, worker_id } if attempt == current && self.held => self.fail_over(worker_id, ctx),
+            NodeMessage::Lost { attempt, worker_id } if attempt == current && self.held.is_some() => self.fail_over(worker_id, ctx),
             NodeMessage::Lost { .. } => {}
             NodeMessage::Worker { attempt, event } if attempt != current => {
                 // A worker that was given up on (it hung) woke up: stop what it still runs.

@@ -22,6 +22,7 @@
 //! | `sn:v1:apikey:{key id}` | string | the key record and its secret's hash (JSON) |
 //! | `sn:v1:apikey-hash:{sha256}` | string | key id |
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -106,9 +107,22 @@ enum Lease {
 
 pub struct RedisStore {
     client: Client,
-    conn: Mutex<Option<Connection>>,
+    /// Idle connections. Each call takes one (or opens one) for its duration, so calls from
+    /// many requests run side by side instead of queueing on a single socket.
+    idle: Mutex<Vec<Connection>>,
     commit: Script,
+    /// Account and hold records as this process last committed them. A change's first try
+    /// computes from these instead of reading them back (a hot account's holds and settles
+    /// then take one round trip each); the commit checks they are still current, and a
+    /// conflict forgets them and reads afresh.
+    known: Mutex<HashMap<String, String>>,
 }
+
+/// Records remembered at most; past this the memory starts over.
+const MAX_KNOWN: usize = 100_000;
+
+/// Idle connections kept for reuse; more are opened under load and closed after.
+const MAX_IDLE: usize = 256;
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("redis: {e}"))
@@ -126,26 +140,30 @@ impl RedisStore {
     /// Connects to `url`; fails at once if Redis cannot be reached.
     pub fn connect(url: &str) -> Result<Self, StoreError> {
         let client = Client::open(url).map_err(backend)?;
-        let store = Self { client, conn: Mutex::new(None), commit: Script::new(COMMIT) };
+        let store = Self { client, idle: Mutex::new(Vec::new()), commit: Script::new(COMMIT), known: Mutex::new(HashMap::new()) };
         store.with(|c| redis::cmd("PING").query::<String>(c))?;
         Ok(store)
     }
 
-    /// Runs `f` on the connection, connecting first if needed; a connection that failed is
-    /// dropped so the next call reconnects (Redis may have restarted).
+    /// Runs `f` on a connection of its own, connecting first if none is idle; a connection
+    /// that failed is dropped, so the next call reconnects (Redis may have restarted).
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, RedisError>) -> Result<T, StoreError> {
-        let mut guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.is_none() {
-            let c = self.client.get_connection_with_timeout(TIMEOUT).map_err(backend)?;
-            c.set_read_timeout(Some(TIMEOUT)).map_err(backend)?;
-            c.set_write_timeout(Some(TIMEOUT)).map_err(backend)?;
-            *guard = Some(c);
-        }
-        let Some(c) = guard.as_mut() else { return Err(backend("no connection")) };
-        let r = f(c);
-        if let Err(e) = &r {
-            if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal() {
-                *guard = None;
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut c = match idle {
+            Some(c) => c,
+            None => {
+                let c = self.client.get_connection_with_timeout(TIMEOUT).map_err(backend)?;
+                c.set_read_timeout(Some(TIMEOUT)).map_err(backend)?;
+                c.set_write_timeout(Some(TIMEOUT)).map_err(backend)?;
+                c
+            }
+        };
+        let r = f(&mut c);
+        let broken = r.as_ref().err().is_some_and(|e| e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal());
+        if !broken {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < MAX_IDLE {
+                idle.push(c);
             }
         }
         r.map_err(backend)
@@ -169,11 +187,36 @@ impl RedisStore {
         raw.iter().map(|s| decode(s)).collect()
     }
 
-    /// The account record as stored (for the commit's check) and decoded.
-    fn account_raw(&self, id: &str) -> Result<(String, Account), StoreError> {
-        let raw = self.get_raw(&account_key(id))?.ok_or_else(|| StoreError::NoAccount(id.to_string()))?;
+    /// The account record as stored (for the commit's check) and decoded; unless `fresh`,
+    /// as this process last committed it, when it has.
+    fn account_raw(&self, id: &str, fresh: bool) -> Result<(String, Account), StoreError> {
+        let raw = self.current(&account_key(id), fresh)?.ok_or_else(|| StoreError::NoAccount(id.to_string()))?;
         let acct = decode(&raw)?;
         Ok((raw, acct))
+    }
+
+    /// A record as stored; unless `fresh`, as this process last committed it, when it has.
+    fn current(&self, key: &str, fresh: bool) -> Result<Option<String>, StoreError> {
+        if !fresh {
+            if let Some(raw) = self.known.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
+                return Ok(Some(raw.clone()));
+            }
+        }
+        self.get_raw(key)
+    }
+
+    /// Remembers what a commit wrote, or forgets what it found changed.
+    fn learn(&self, account: (String, Option<String>), hold: Option<(String, Option<String>)>) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= MAX_KNOWN {
+            known.clear();
+        }
+        for (key, value) in std::iter::once(account).chain(hold) {
+            match value {
+                Some(v) => known.insert(key, v),
+                None => known.remove(&key),
+            };
+        }
     }
 
     /// Commits `change`; `Ok(None)` when a record changed underneath (compute again).
@@ -189,24 +232,41 @@ impl RedisStore {
             Lease::Close => "close".to_string(),
         };
         let earning_key = change.earning.as_ref().map_or_else(|| earnings_key(""), |e| earnings_key(&e.worker_id));
+        let new_account = encode(&change.account)?;
         let mut inv = self.commit.prepare_invoke();
-        inv.key(account_key(&change.account_id)).key(hold_key).key(SEQ).key(ledger_key(&change.account_id)).key(OPEN_HOLDS).key(earning_key);
-        inv.arg(&change.expected_account).arg(encode(&change.account)?).arg(expected_hold).arg(new_hold).arg(job).arg(lease);
+        inv.key(account_key(&change.account_id)).key(&hold_key).key(SEQ).key(ledger_key(&change.account_id)).key(OPEN_HOLDS).key(earning_key);
+        inv.arg(&change.expected_account).arg(&new_account).arg(&expected_hold).arg(&new_hold).arg(job).arg(lease);
         inv.arg(change.earning.as_ref().map(encode).transpose()?.unwrap_or_default());
         for e in &change.entries {
             inv.arg(encode(e)?);
         }
         let reply: redis::Value = self.with(|c| inv.invoke(c))?;
+        let account = account_key(&change.account_id);
+        // A settled hold is never changed again: nothing to remember.
+        let open_hold = change.hold.as_ref().and_then(|h| h.2.as_ref()).filter(|h| h.settled.is_none()).map(|_| new_hold.clone());
         match reply {
-            redis::Value::Int(-1) => Ok(None),
-            v => redis::from_redis_value::<Vec<u64>>(&v).map(Some).map_err(backend),
+            redis::Value::Int(-1) => {
+                self.learn((account, None), change.hold.is_some().then_some((hold_key, None)));
+                Ok(None)
+            }
+            v => {
+                let seqs = redis::from_redis_value::<Vec<u64>>(&v).map_err(backend)?;
+                self.learn((account, Some(new_account)), change.hold.is_some().then_some((hold_key, open_hold)));
+                Ok(Some(seqs))
+            }
         }
     }
 
     /// Computes and commits a change until it applies against current records.
-    fn transact<T>(&self, mut compute: impl FnMut() -> Result<Result<(Change, T), T>, StoreError>, done: impl Fn(T, Vec<u64>) -> T) -> Result<T, StoreError> {
-        for _ in 0..ATTEMPTS {
-            let (change, out) = match compute()? {
+    fn transact<T>(&self, mut compute: impl FnMut(bool) -> Result<Result<(Change, T), T>, StoreError>, done: impl Fn(T, Vec<u64>) -> T) -> Result<T, StoreError> {
+        for attempt in 0..ATTEMPTS {
+            // The first try may compute from remembered records; a retry reads afresh, and so
+            // does a first try that refused (the refusal may be the remembered record's).
+            let computed = match compute(attempt > 0) {
+                Err(_) if attempt == 0 => compute(true),
+                r => r,
+            };
+            let (change, out) = match computed? {
                 Ok(c) => c,
                 // Nothing to change (an idempotent replay).
                 Err(out) => return Ok(out),
@@ -250,8 +310,8 @@ impl Store for RedisStore {
     fn credit(&self, account_id: &str, token: TokenType, amount: Amount, reference: &str) -> Result<LedgerEntry, StoreError> {
         non_negative(amount)?;
         self.transact(
-            || {
-                let (raw, mut acct) = self.account_raw(account_id)?;
+            |fresh| {
+                let (raw, mut acct) = self.account_raw(account_id, fresh)?;
                 apply(&mut acct.balances, token, amount, false)?;
                 let e = entry(&acct, EntryKind::Credit, token, amount, reference);
                 Ok(Ok((Change { account_id: account_id.to_string(), expected_account: raw, account: acct, hold: None, lease: Lease::Unchanged, earning: None, entries: vec![e.clone()] }, e)))
@@ -267,16 +327,19 @@ impl Store for RedisStore {
 
     fn hold(&self, job_id: &str, account_id: &str, token: TokenType, amount: Amount) -> Result<Hold, StoreError> {
         non_negative(amount)?;
+        // The first try assumes the hold is new (the commit checks that it is), saving a
+        // read on the common path; a retry reads it, and replays one already placed.
         self.transact(
-            || {
+            |fresh| {
                 let key = hold_key(job_id);
-                if let Some(h) = self.get::<Hold>(&key)? {
+                let existing = if fresh { self.get::<Hold>(&key)? } else { None };
+                if let Some(h) = existing {
                     if h.amount != amount || h.account_id != account_id || h.token_type != token {
                         return Err(StoreError::HoldMismatch { job: job_id.to_string(), held: h.amount, asked: amount });
                     }
                     return Ok(Err(h));
                 }
-                let (raw, mut acct) = self.account_raw(account_id)?;
+                let (raw, mut acct) = self.account_raw(account_id, fresh)?;
                 apply(&mut acct.balances, token, amount, true)?;
                 let e = entry(&acct, EntryKind::Hold, token, amount, job_id);
                 let h = Hold { job_id: job_id.to_string(), account_id: account_id.to_string(), token_type: token, amount, settled: None, worker_id: None };
@@ -298,15 +361,15 @@ impl Store for RedisStore {
     fn settle(&self, job_id: &str, charged: Amount, worker_id: Option<&str>) -> Result<Hold, StoreError> {
         non_negative(charged)?;
         self.transact(
-            || {
+            |fresh| {
                 let key = hold_key(job_id);
-                let raw_hold = self.get_raw(&key)?.ok_or_else(|| StoreError::NoHold(job_id.to_string()))?;
+                let raw_hold = self.current(&key, fresh)?.ok_or_else(|| StoreError::NoHold(job_id.to_string()))?;
                 let mut h: Hold = decode(&raw_hold)?;
                 if h.settled.is_some() {
                     return Ok(Err(h));
                 }
                 let rest = h.amount.checked_sub(charged).filter(|r| !r.is_negative()).ok_or(StoreError::OverCharge { charged, held: h.amount })?;
-                let (raw, mut acct) = self.account_raw(&h.account_id)?;
+                let (raw, mut acct) = self.account_raw(&h.account_id, fresh)?;
                 // The charge was taken at hold time; the entry records it, the rest comes back.
                 let settle = entry(&acct, EntryKind::Settle, h.token_type, charged, job_id);
                 apply(&mut acct.balances, h.token_type, rest, false)?;
