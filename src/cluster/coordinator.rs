@@ -294,6 +294,9 @@ impl Coordinator {
             return;
         }
         self.bury_the_dead();
+        // Expired prefixes go here, once a tick: pruning on every placement made each one
+        // walk every prefix seen in the last AFFINITY_TTL.
+        self.affinity.retain(|_, (_, at)| at.elapsed() < AFFINITY_TTL);
         let waiting = std::mem::take(&mut self.queue);
         let mut order: Vec<_> = waiting.into_iter().map(|w| (w.request.priority, self.in_flight(&w.request.job.account_id), w)).collect();
         order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.arrived.cmp(&b.2.arrived)));
@@ -432,7 +435,6 @@ impl Coordinator {
         if let Some(t) = self.workers.get_mut(&worker_id) {
             t.placed.insert(job.job_id.clone(), (Instant::now(), job_ref));
         }
-        self.affinity.retain(|_, (_, at)| at.elapsed() < AFFINITY_TTL);
         self.affinity.insert((job.model.clone(), w.request.prefix), (worker_id.clone(), Instant::now()));
         tracing::debug!(job = %job.job_id, attempt = job.attempt, worker = %worker_id, "placed");
         let (bus, node, stream, delivery) = (Arc::clone(&self.bus), self.node_id.clone(), streams::coordinator(), w.delivery);
