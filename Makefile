@@ -15,11 +15,11 @@ run: build model
 # then the deployment files (Helm chart, compose). Tests that run real models use the
 # optimised release profile.
 test: build model
-	cargo test --release
+	cargo test --release --workspace
 	python3 -m pytest -q tests/api tests/deploy
 
 lint:
-	cargo clippy --release --all-targets -- -D warnings
+	cargo clippy --release --workspace --all-targets -- -D warnings
 
 bench: build model
 	./target/release/supernet bench --model models/SmolLM2-135M-Instruct.Q4_1.gguf

@@ -60,7 +60,13 @@ impl Failure {
 pub async fn send(http: &reqwest::Client, base: &str, key: &str, body: &Body) -> Outcome {
     let start = Instant::now();
     let mut out = Outcome::default();
-    let response = authorized(http.post(format!("{base}/chat/completions")), key).json(&body.json).send().await;
+    let post = || authorized(http.post(format!("{base}/chat/completions")), key).json(&body.json).send();
+    // A pooled connection the server closed while idle (llama-server does) fails before the
+    // request is sent; that one is sent again, on a new connection, and timed from the first.
+    let response = match post().await {
+        Err(e) if e.is_request() && !e.is_timeout() => post().await,
+        r => r,
+    };
     let result = match response {
         Err(e) => Err(Failure::transport(&e)),
         Ok(r) if !r.status().is_success() => {
