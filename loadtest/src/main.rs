@@ -112,7 +112,8 @@ struct LoadArgs {
     /// max_tokens of requests whose mix shape does not set it.
     #[arg(long, default_value_t = 128)]
     max_tokens: u32,
-    /// Request shapes (TOML); see loadtest/README.md [default: ~128-token prompts, streamed].
+    /// Request shapes (TOML; the format is in loadtest/src/mix.rs and the README) [default:
+    /// ~128-token prompts, streamed].
     #[arg(long)]
     mix: Option<PathBuf>,
     /// Print one JSON report per level (the last line is the last level's).
