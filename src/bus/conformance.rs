@@ -31,6 +31,7 @@ pub async fn run(bus: Arc<dyn Bus>) {
     unacked_messages_are_claimed_after_a_crash(&*bus).await;
     consume_waits_for_a_publish_and_times_out(Arc::clone(&bus)).await;
     streams_are_trimmed(&*bus).await;
+    publishes_keep_the_order_they_were_made_in(&*bus).await;
 }
 
 async fn groups_each_see_every_message_once(bus: &dyn Bus) {
@@ -92,6 +93,22 @@ async fn streams_are_trimmed(bus: &dyn Bus) {
     let got = bus.consume("s5", "late", "c", 10_000, NOW).await.expect("consume");
     assert!(got.len() >= 100 && got.len() < 1000, "about the newest 100 kept, got {}", got.len());
     assert_eq!(numbers(&got).last(), Some(&999));
+}
+
+/// Publishes made before any is awaited (the Redis bus writes them in batches) are appended
+/// in the order they were made, each with an id of its own, stream by stream.
+async fn publishes_keep_the_order_they_were_made_in(bus: &dyn Bus) {
+    let pending: Vec<_> = (0..2000).map(|n| bus.publish(if n % 3 == 0 { "s6" } else { "s7" }, ping(n), 100_000)).collect();
+    let ids = futures_util::future::join_all(pending).await.into_iter().collect::<Result<Vec<_>, _>>().expect("publish");
+    let distinct: std::collections::HashSet<_> = ids.iter().enumerate().map(|(n, id)| (n % 3 == 0, id)).collect();
+    assert_eq!(distinct.len(), 2000, "every entry has an id of its own in its stream");
+    let (s6, s7) = (bus.consume("s6", "g", "c", 10_000, NOW).await.expect("consume"), bus.consume("s7", "g", "c", 10_000, NOW).await.expect("consume"));
+    assert_eq!(numbers(&s6), (0..2000).filter(|n| n % 3 == 0).collect::<Vec<_>>());
+    assert_eq!(numbers(&s7), (0..2000).filter(|n| n % 3 != 0).collect::<Vec<_>>());
+    let late = post(bus, "s6", 100_000, "ping", "node-a", "job-x", &Ping { n: 5000, text: String::new() });
+    bus.publish("s6", ping(5001), 100_000).await.expect("publish");
+    late.await.expect("post");
+    assert_eq!(numbers(&bus.consume("s6", "g", "c", 10, NOW).await.expect("consume")), [5000, 5001]);
 }
 
 #[test]

@@ -89,8 +89,7 @@ impl MemoryBus {
 
 impl Bus for MemoryBus {
     fn publish<'a>(&'a self, stream: &'a str, envelope: Envelope, max_len: usize) -> BusFuture<'a, String> {
-        Box::pin(async move {
-            let bytes = envelope.to_bytes()?;
+        let appended = envelope.to_bytes().map(|bytes| {
             let seq = {
                 let mut streams = self.lock();
                 let s = streams.entry(stream.to_string()).or_default();
@@ -103,8 +102,9 @@ impl Bus for MemoryBus {
                 seq
             };
             self.published.notify_waiters();
-            Ok(seq.to_string())
-        })
+            seq.to_string()
+        });
+        Box::pin(std::future::ready(appended))
     }
 
     fn consume<'a>(&'a self, stream: &'a str, group: &'a str, _consumer: &'a str, max: usize, block: Duration) -> BusFuture<'a, Vec<Delivery>> {

@@ -8,6 +8,7 @@
 //!
 //! Only this module knows the wire codec (bincode) and stream names.
 
+mod coalesce;
 pub mod memory;
 pub mod redis;
 #[cfg(test)]
@@ -95,7 +96,9 @@ pub type BusFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BusError>> + S
 
 pub trait Bus: Send + Sync {
     /// Appends to `stream` (created on first use), keeping about `max_len` newest entries.
-    /// Returns the entry id.
+    /// The entry takes its place in the stream when this is called, so the entries of
+    /// several publishes keep their order even when the futures are awaited together; the
+    /// future gives the entry id once it is written.
     fn publish<'a>(&'a self, stream: &'a str, envelope: Envelope, max_len: usize) -> BusFuture<'a, String>;
 
     /// Up to `max` entries of `stream` not yet delivered to `group`, waiting up to `block`
@@ -113,8 +116,19 @@ pub trait Bus: Send + Sync {
 /// Wraps `payload` in an envelope and appends it to `stream` (keeping about `max_len`
 /// entries).
 pub async fn send<T: Serialize>(bus: &dyn Bus, stream: &str, max_len: usize, kind: &str, sender: &str, correlation_id: &str, payload: &T) -> Result<(), BusError> {
-    let env = Envelope::new(kind, sender, correlation_id, payload)?;
-    bus.publish(stream, env, max_len).await.map(drop)
+    post(bus, stream, max_len, kind, sender, correlation_id, payload).await
+}
+
+/// [`send`], with the entry's place in the stream taken now: what is posted later to the
+/// same stream comes after it, however the futures are awaited.
+pub fn post<'a, T: Serialize>(bus: &'a dyn Bus, stream: &'a str, max_len: usize, kind: &str, sender: &str, correlation_id: &str, payload: &T) -> BusFuture<'a, ()> {
+    match Envelope::new(kind, sender, correlation_id, payload) {
+        Ok(env) => {
+            let appended = bus.publish(stream, env, max_len);
+            Box::pin(async move { appended.await.map(drop) })
+        }
+        Err(e) => Box::pin(std::future::ready(Err(e))),
+    }
 }
 
 /// Stream names. They carry the protocol version, so nodes of two versions never read each
@@ -163,11 +177,17 @@ pub async fn read_stream(bus: std::sync::Arc<dyn Bus>, stream: String, group: St
             }
             handled.push(d.id);
         }
-        if let Err(e) = bus.ack(&stream, &group, &handled).await {
-            tracing::error!(%stream, "acknowledging: {e}");
-        }
         if stop {
-            return;
+            return ack(bus.as_ref(), &stream, &group, &handled).await;
         }
+        // The next read need not wait for this acknowledgement.
+        let (bus, stream, group) = (std::sync::Arc::clone(&bus), stream.clone(), group.clone());
+        tokio::spawn(async move { ack(bus.as_ref(), &stream, &group, &handled).await });
+    }
+}
+
+async fn ack(bus: &dyn Bus, stream: &str, group: &str, ids: &[String]) {
+    if let Err(e) = bus.ack(stream, group, ids).await {
+        tracing::error!(%stream, "acknowledging: {e}");
     }
 }

@@ -23,8 +23,9 @@
 //! The keys beside the streams (leader lease, pool view, model cards) are described in
 //! [`crate::cluster::state`].
 //!
-//! Writes share one auto-reconnecting connection; each blocking read borrows a connection
-//! of its own, since a blocked connection can carry nothing else.
+//! Writes share one auto-reconnecting connection, and publishes to a stream are sent in
+//! pipelined batches ([`super::coalesce`]); each blocking read borrows a connection of its
+//! own, since a blocked connection can carry nothing else.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -33,10 +34,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, RedisError, Value};
 
+use super::coalesce::{Coalescer, FIELD};
 use super::{Bus, BusError, BusFuture, Delivery, Envelope};
 
-/// The entry field that holds the envelope.
-const FIELD: &str = "m";
 /// How long any one command may take (blocking reads add their block time).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -57,6 +57,7 @@ pub async fn connection_manager(client: &Client) -> Result<ConnectionManager, Re
 pub struct RedisBus {
     client: Client,
     writer: ConnectionManager,
+    publisher: Coalescer,
     /// Idle connections for blocking reads.
     readers: Mutex<Vec<MultiplexedConnection>>,
 }
@@ -66,7 +67,7 @@ impl RedisBus {
     pub async fn connect(url: &str) -> Result<Self, BusError> {
         let client = Client::open(url).map_err(transport)?;
         let writer = connection_manager(&client).await.map_err(transport)?;
-        Ok(Self { client, writer, readers: Mutex::new(Vec::new()) })
+        Ok(Self { client, publisher: Coalescer::new(writer.clone()), writer, readers: Mutex::new(Vec::new()) })
     }
 
     async fn reader(&self) -> Result<MultiplexedConnection, BusError> {
@@ -123,11 +124,8 @@ fn is_nogroup(e: &RedisError) -> bool {
 
 impl Bus for RedisBus {
     fn publish<'a>(&'a self, stream: &'a str, envelope: Envelope, max_len: usize) -> BusFuture<'a, String> {
-        Box::pin(async move {
-            let bytes = envelope.to_bytes()?;
-            let mut c = self.writer.clone();
-            redis::cmd("XADD").arg(stream).arg("MAXLEN").arg("~").arg(max_len.max(1)).arg("*").arg(FIELD).arg(bytes).query_async(&mut c).await.map_err(transport)
-        })
+        let queued = envelope.to_bytes().map(|bytes| self.publisher.publish(stream, bytes, max_len));
+        Box::pin(async move { queued?.await })
     }
 
     fn consume<'a>(&'a self, stream: &'a str, group: &'a str, consumer: &'a str, max: usize, block: Duration) -> BusFuture<'a, Vec<Delivery>> {

@@ -11,6 +11,7 @@ use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::stream::{self, StreamExt};
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::Instrument;
 
@@ -40,7 +41,7 @@ pub async fn chat_completions(req: HttpRequest, payload: web::Payload, state: we
 async fn chat(req: HttpRequest, payload: web::Payload, state: web::Data<FrontState>, span: tracing::Span, arrived: Instant) -> Result<HttpResponse, ApiError> {
     let s = &state.services;
     let key = api_key(&req)?;
-    let key = s.billing.authenticate(key).await.map_err(|e| ApiError::logged("authenticating", e))?.ok_or_else(|| ApiError::unauthorized("Incorrect API key provided"))?;
+    let key = s.billing.authenticate(key).instrument(tracing::info_span!("billing.authenticate")).await.map_err(|e| ApiError::logged("authenticating", e))?.ok_or_else(|| ApiError::unauthorized("Incorrect API key provided"))?;
     let body = json_body(&req, payload, s.config.server.max_body_bytes).await?;
     let mut request = ChatRequest::parse(&body)?;
     if request.token_type.is_none() {
@@ -96,28 +97,51 @@ async fn whole(mut events: UnboundedReceiver<SessionEvent>, id: &CompletionId) -
 }
 
 /// The SSE response: the role chunk, one chunk per delta, the finish chunk, the usage chunk
-/// when asked for, then `[DONE]`.
+/// when asked for, then `[DONE]`. Chunks that are ready together go out in one write.
 fn sse(events: UnboundedReceiver<SessionEvent>, id: Arc<CompletionId>, include_usage: bool) -> HttpResponse {
     let first = stream::once(std::future::ready(Ok::<_, actix_web::Error>(Bytes::from(sse_event(&id.role_chunk())))));
     let rest = stream::unfold(Some(events), move |events| {
         let id = Arc::clone(&id);
         async move {
             let mut events = events?;
+            let mut frames = String::new();
+            let mut next = Some(events.recv().await);
             loop {
-                let (frame, more) = match events.recv().await {
-                    Some(SessionEvent::Started) => continue,
-                    Some(SessionEvent::Delta(d)) => (sse_event(&id.delta_chunk(&d)), true),
-                    Some(SessionEvent::Done { finish, tool_calls, usage }) => {
-                        let mut f = sse_event(&id.finish_chunk(finish_reason(finish, tool_calls)));
-                        if include_usage {
-                            f.push_str(&sse_event(&id.usage_chunk(usage)));
-                        }
-                        (f + SSE_DONE, false)
-                    }
-                    Some(SessionEvent::Error(e)) => (stream_error(&e), false),
-                    None => (stream_error(&ApiError::logged("the session", "ended mid-stream")), false),
+                let event = match next.take() {
+                    Some(event) => event,
+                    None => match events.try_recv() {
+                        Ok(event) => Some(event),
+                        Err(TryRecvError::Empty) if frames.is_empty() => events.recv().await,
+                        Err(TryRecvError::Empty) => return Some((Ok(Bytes::from(frames)), Some(events))),
+                        Err(TryRecvError::Disconnected) => None,
+                    },
                 };
-                return Some((Ok(Bytes::from(frame)), more.then_some(events)));
+                let more = match event {
+                    Some(SessionEvent::Started) => true,
+                    Some(SessionEvent::Delta(d)) => {
+                        frames.push_str(&sse_event(&id.delta_chunk(&d)));
+                        true
+                    }
+                    Some(SessionEvent::Done { finish, tool_calls, usage }) => {
+                        frames.push_str(&sse_event(&id.finish_chunk(finish_reason(finish, tool_calls))));
+                        if include_usage {
+                            frames.push_str(&sse_event(&id.usage_chunk(usage)));
+                        }
+                        frames.push_str(SSE_DONE);
+                        false
+                    }
+                    Some(SessionEvent::Error(e)) => {
+                        frames.push_str(&stream_error(&e));
+                        false
+                    }
+                    None => {
+                        frames.push_str(&stream_error(&ApiError::logged("the session", "ended mid-stream")));
+                        false
+                    }
+                };
+                if !more {
+                    return Some((Ok(Bytes::from(frames)), None));
+                }
             }
         }
     });

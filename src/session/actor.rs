@@ -325,7 +325,7 @@ impl Actor for SessionActor {
         }));
 
         let m = &self.turn.model;
-        let prepared = match prepare(&self.turn.request, &m.text(), &m.tier.limits()) {
+        let prepared = match self.turn.span.in_scope(|| tracing::info_span!("session.prepare").in_scope(|| prepare(&self.turn.request, &m.text(), &m.tier.limits()))) {
             Ok(p) => p,
             Err(e) => return self.fail(e, ctx),
         };

@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult, WrapFuture};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
-use tracing::Instrument;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 
 use super::engine_thread::{EngineConfig, EngineThread, Job, JobEvent, JobRunner, SubmitError};
 use super::simulator::Simulator;
 use super::protocol::{JobRef, JobSpec, NodeMessage, WorkerCommand, WorkerEvent, KIND_COMMAND, KIND_NODE};
-use crate::bus::{read_stream, send, streams, Bus};
+use crate::bus::{post, read_stream, send, streams, Bus, BusError, BusFuture};
 use crate::engine::batch::BatchStats;
 use crate::engine::kv::BLOCK;
 use crate::engine::tokenizer::Tokenizer;
@@ -215,39 +215,53 @@ struct Reply {
 }
 
 impl Reply {
-    async fn send(&self, event: WorkerEvent) {
-        send_to_node(self.bus.as_ref(), &self.worker_id, &self.stream, &self.job_id, NodeMessage::Worker { attempt: self.attempt, event }).await;
+    /// Queues `event` for the session now, behind what this reply queued before.
+    fn post(&self, event: WorkerEvent) -> BusFuture<'_, ()> {
+        post(self.bus.as_ref(), &self.stream, STREAM_LEN, KIND_NODE, &self.worker_id, &self.job_id, &NodeMessage::Worker { attempt: self.attempt, event })
     }
 
     async fn reject(self, busy: bool, reason: String) {
-        let span = self.span.clone();
-        self.send(WorkerEvent::Rejected { busy, reason }).instrument(span).await
+        let sent = self.span.in_scope(|| self.post(WorkerEvent::Rejected { busy, reason }));
+        self.logged(sent.await);
+    }
+
+    fn logged(&self, sent: Result<(), BusError>) {
+        if let Err(e) = sent {
+            tracing::error!(job = %self.job_id, stream = %self.stream, "telling a session: {e}");
+        }
     }
 
     /// Accepted, then every event of the job until its last; traced as `prefill` (waiting
-    /// for the engine included) up to the first text, then `decode`.
-    async fn forward(self, events: UnboundedReceiver<JobEvent>) {
-        let span = self.span.clone();
-        self.forward_traced(events).instrument(span).await
-    }
-
-    async fn forward_traced(self, mut events: UnboundedReceiver<JobEvent>) {
-        self.send(WorkerEvent::Accepted { worker_id: self.worker_id.clone() }).await;
-        let mut phase = tracing::info_span!("prefill");
+    /// for the engine included) up to the first text, then `decode`. An event is queued as
+    /// soon as the engine gives it, without waiting for the one before to be written, so
+    /// events that come faster than a bus round trip share one.
+    async fn forward(self, mut events: UnboundedReceiver<JobEvent>) {
+        let mut sending = FuturesUnordered::new();
+        sending.push(self.span.in_scope(|| self.post(WorkerEvent::Accepted { worker_id: self.worker_id.clone() })));
+        let mut phase = self.span.in_scope(|| tracing::info_span!("prefill"));
         let mut decoding = false;
-        while let Some(ev) = events.recv().await {
-            let last = !matches!(ev, JobEvent::Text { .. });
-            if !decoding && !last {
-                decoding = true;
-                phase = tracing::info_span!("decode");
+        loop {
+            tokio::select! {
+                Some(sent) = sending.next(), if !sending.is_empty() => self.logged(sent),
+                ev = events.recv() => {
+                    let Some(ev) = ev else { break };
+                    let last = !matches!(ev, JobEvent::Text { .. });
+                    if !decoding && !last {
+                        decoding = true;
+                        phase = self.span.in_scope(|| tracing::info_span!("decode"));
+                    }
+                    if let JobEvent::Finished { completion_tokens, .. } = &ev {
+                        self.span.record("completion_tokens", completion_tokens);
+                    }
+                    sending.push(phase.in_scope(|| self.post(WorkerEvent::Job(ev))));
+                    if last {
+                        break;
+                    }
+                }
             }
-            if let JobEvent::Finished { completion_tokens, .. } = &ev {
-                self.span.record("completion_tokens", completion_tokens);
-            }
-            self.send(WorkerEvent::Job(ev)).instrument(phase.clone()).await;
-            if last {
-                break;
-            }
+        }
+        while let Some(sent) = sending.next().await {
+            self.logged(sent);
         }
     }
 }

@@ -109,7 +109,10 @@ impl Run {
         let interval = 1.0 / self.settings.tokens_per_s.max(1e-3);
         let mut at = Instant::now() + self.rng.scale(self.settings.prefill.as_secs_f64());
         let finish = loop {
-            tokio::time::sleep_until(at).await;
+            // The timer has millisecond ticks and rounds up: a token already due goes now.
+            if at > Instant::now() {
+                tokio::time::sleep_until(at).await;
+            }
             if stopped(&job) {
                 break FinishReason::Cancelled;
             }

@@ -1,0 +1,123 @@
+//! Publishing to Redis in batches without waiting to batch. Every token a worker streams is
+//! one stream entry, and at tens of thousands of tokens a second one `XADD` round trip each
+//! costs the worker, Redis and the network far more than the entries themselves. So each
+//! stream gets one writer task: a publish joins the stream's queue, and the writer sends
+//! everything queued as one pipeline of `XADD`s, one round trip, then the next batch.
+//!
+//! Nothing waits for a batch to fill: a publish to an idle stream goes out at once, and only
+//! what arrives while a round trip is in flight shares the next one, so batches grow with
+//! load and latency does not. Entries stay one per envelope (ids, acknowledgement and
+//! claiming are unchanged) and a stream's entries keep the order of its publishes.
+//!
+//! A writer that has been idle for [`IDLE`] ends, so a coordinator that once wrote to
+//! thousands of worker inboxes does not keep thousands of tasks.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
+
+use super::BusError;
+
+/// The entry field that holds the envelope.
+pub const FIELD: &str = "m";
+/// Entries sent in one round trip at most.
+const MAX_BATCH: usize = 512;
+/// How long a stream's writer waits for more before it ends.
+const IDLE: Duration = Duration::from_secs(30);
+
+/// One entry to append, and who waits for its id.
+struct Publish {
+    bytes: Vec<u8>,
+    max_len: usize,
+    done: oneshot::Sender<Result<String, BusError>>,
+}
+
+type Queues = Arc<Mutex<HashMap<String, UnboundedSender<Publish>>>>;
+
+/// The writers of one connection's streams.
+pub struct Coalescer {
+    connection: ConnectionManager,
+    queues: Queues,
+}
+
+impl Coalescer {
+    pub fn new(connection: ConnectionManager) -> Self {
+        Self { connection, queues: Arc::default() }
+    }
+
+    /// Queues `bytes` for `stream` (which keeps about `max_len` entries) now, behind what
+    /// was queued before; the future gives the entry id once the batch is written.
+    pub fn publish(&self, stream: &str, bytes: Vec<u8>, max_len: usize) -> impl std::future::Future<Output = Result<String, BusError>> + Send + 'static {
+        let (done, id) = oneshot::channel();
+        self.enqueue(stream, Publish { bytes, max_len, done });
+        let stream = stream.to_string();
+        async move { id.await.map_err(|_| BusError::Transport(format!("the writer of `{stream}` stopped")))? }
+    }
+
+    fn enqueue(&self, stream: &str, publish: Publish) {
+        // Sending under the lock: a writer ends only under it, after finding its queue empty,
+        // so a publish either reaches a live writer or finds none and starts one.
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let publish = match queues.get(stream) {
+            Some(q) => match q.send(publish) {
+                Ok(()) => return,
+                Err(returned) => returned.0,
+            },
+            None => publish,
+        };
+        let (tx, rx) = unbounded_channel();
+        // A new channel's receiver is alive, so this send succeeds.
+        let _ = tx.send(publish);
+        queues.insert(stream.to_string(), tx);
+        tokio::spawn(write(stream.to_string(), rx, self.connection.clone(), Arc::clone(&self.queues)));
+    }
+}
+
+/// One stream's writer: a batch per round trip until idle.
+async fn write(stream: String, mut queue: UnboundedReceiver<Publish>, mut connection: ConnectionManager, queues: Queues) {
+    loop {
+        let first = match tokio::time::timeout(IDLE, queue.recv()).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return,
+            Err(_) => {
+                let mut all = queues.lock().unwrap_or_else(|e| e.into_inner());
+                match queue.try_recv() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        all.remove(&stream);
+                        return;
+                    }
+                }
+            }
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let mut pipe = redis::pipe();
+        for p in &batch {
+            pipe.cmd("XADD").arg(&stream).arg("MAXLEN").arg("~").arg(p.max_len.max(1)).arg("*").arg(FIELD).arg(&p.bytes);
+        }
+        match pipe.query_async::<Vec<String>>(&mut connection).await {
+            Ok(ids) if ids.len() == batch.len() => batch.into_iter().zip(ids).for_each(|(p, id)| drop(p.done.send(Ok(id)))),
+            Ok(ids) => {
+                let reason = format!("Redis answered {} of {} appends", ids.len(), batch.len());
+                fail(batch, &reason)
+            }
+            Err(e) => fail(batch, &e.to_string()),
+        }
+    }
+}
+
+fn fail(batch: Vec<Publish>, reason: &str) {
+    for p in batch {
+        let _ = p.done.send(Err(BusError::Transport(reason.to_string())));
+    }
+}
