@@ -29,6 +29,11 @@ fn response_bodies_match_openais_schemas() {
     let mut call = AssistantMessage { reasoning: "The user wants weather.".into(), ..AssistantMessage::default() };
     call.apply(call_start.clone());
     call.apply(call_args.clone());
+    // What streams on the wire: the SSE event's JSON.
+    let event = |d: &Delta| -> Value {
+        let e = id.delta_event(d);
+        serde_json::from_str(e.strip_prefix("data: ").and_then(|e| e.strip_suffix("\n\n")).expect("one SSE event")).expect("JSON")
+    };
     let mut samples: Vec<(&str, Value)> = vec![
         ("ListModelsResponse", model_list(std::slice::from_ref(&card))),
         ("Model", card.json()),
@@ -36,10 +41,10 @@ fn response_bodies_match_openais_schemas() {
         ("CreateChatCompletionResponse", id.response(&text(""), "length", usage)),
         ("CreateChatCompletionResponse", id.response(&call, "tool_calls", usage)),
         ("CreateChatCompletionStreamResponse", id.role_chunk()),
-        ("CreateChatCompletionStreamResponse", id.delta_chunk(&Delta::Content("Par".into()))),
-        ("CreateChatCompletionStreamResponse", id.delta_chunk(&Delta::Reasoning("Hmm".into()))),
-        ("CreateChatCompletionStreamResponse", id.delta_chunk(&call_start)),
-        ("CreateChatCompletionStreamResponse", id.delta_chunk(&call_args)),
+        ("CreateChatCompletionStreamResponse", event(&Delta::Content("Par".into()))),
+        ("CreateChatCompletionStreamResponse", event(&Delta::Reasoning("Hmm".into()))),
+        ("CreateChatCompletionStreamResponse", event(&call_start)),
+        ("CreateChatCompletionStreamResponse", event(&call_args)),
         ("CreateChatCompletionStreamResponse", id.finish_chunk("tool_calls")),
         ("CreateChatCompletionStreamResponse", id.finish_chunk("stop")),
         ("CreateChatCompletionStreamResponse", id.usage_chunk(usage)),

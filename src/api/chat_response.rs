@@ -114,14 +114,24 @@ impl CompletionId {
         self.chunk(json!({ "role": "assistant", "content": "" }), None)
     }
 
-    pub fn delta_chunk(&self, d: &Delta) -> Value {
-        let delta = match d {
-            Delta::Content(t) => json!({ "content": t }),
-            Delta::Reasoning(t) => json!({ "reasoning_content": t }),
-            Delta::ToolCall { index, id, name } => json!({ "tool_calls": [{ "index": index, "id": id, "type": "function", "function": { "name": name, "arguments": "" } }] }),
-            Delta::Arguments { index, fragment } => json!({ "tool_calls": [{ "index": index, "function": { "arguments": fragment } }] }),
-        };
-        self.chunk(delta, None)
+    /// The SSE event of one delta. This runs for every token streamed, so it is written
+    /// straight from the borrowed text, with no JSON tree in between.
+    pub fn delta_event(&self, d: &Delta) -> String {
+        match d {
+            Delta::Content(t) => self.event(TextDelta { content: Some(t), reasoning_content: None }),
+            Delta::Reasoning(t) => self.event(TextDelta { content: None, reasoning_content: Some(t) }),
+            Delta::ToolCall { index, id, name } => self.event(json!({ "tool_calls": [{ "index": index, "id": id, "type": "function", "function": { "name": name, "arguments": "" } }] })),
+            Delta::Arguments { index, fragment } => self.event(json!({ "tool_calls": [{ "index": index, "function": { "arguments": fragment } }] })),
+        }
+    }
+
+    fn event<D: Serialize>(&self, delta: D) -> String {
+        let chunk = DeltaChunk { id: &self.id, object: "chat.completion.chunk", created: self.created, model: &self.model, choices: [DeltaChoice { index: 0, delta, logprobs: None, finish_reason: None }] };
+        let mut out = b"data: ".to_vec();
+        // Strings and numbers only: serializing cannot fail, and the output is UTF-8.
+        let _ = serde_json::to_writer(&mut out, &chunk);
+        out.extend_from_slice(b"\n\n");
+        String::from_utf8(out).unwrap_or_default()
     }
 
     pub fn finish_chunk(&self, finish_reason: &str) -> Value {
@@ -180,6 +190,32 @@ pub fn model_list(cards: &[ModelCard]) -> Value {
     json!({ "object": "list", "data": cards.iter().map(ModelCard::json).collect::<Vec<_>>() })
 }
 
+/// A stream chunk with one delta (what [`CompletionId::delta_event`] writes).
+#[derive(Serialize)]
+struct DeltaChunk<'a, D> {
+    id: &'a str,
+    object: &'static str,
+    created: i64,
+    model: &'a str,
+    choices: [DeltaChoice<D>; 1],
+}
+
+#[derive(Serialize)]
+struct DeltaChoice<D> {
+    index: u32,
+    delta: D,
+    logprobs: Option<()>,
+    finish_reason: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct TextDelta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<&'a str>,
+}
+
 /// One server-sent event carrying `v`.
 pub fn sse_event(v: &Value) -> String {
     format!("data: {v}\n\n")
@@ -211,7 +247,14 @@ mod tests {
         assert!(r["choices"][0]["message"].get("tool_calls").is_none());
         assert_eq!(r["choices"][0]["logprobs"], Value::Null);
         assert_eq!(r["usage"]["total_tokens"], 4);
-        assert_eq!(id.delta_chunk(&Delta::Content("a".into()))["choices"][0]["finish_reason"], Value::Null);
+        let chunk = |d: Delta| -> Value {
+            let event = id.delta_event(&d);
+            serde_json::from_str(event.strip_prefix("data: ").and_then(|e| e.strip_suffix("\n\n")).expect("one SSE event")).expect("JSON")
+        };
+        let with = |delta: Value| json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m", "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}]});
+        assert_eq!(chunk(Delta::Content("a\"\n".into())), with(json!({"content": "a\"\n"})));
+        assert_eq!(chunk(Delta::Reasoning("r".into())), with(json!({"reasoning_content": "r"})));
+        assert_eq!(chunk(Delta::Arguments { index: 1, fragment: "{".into() }), with(json!({"tool_calls": [{"index": 1, "function": {"arguments": "{"}}]})));
         let mut call = AssistantMessage::default();
         call.apply(Delta::ToolCall { index: 0, id: "call_1".into(), name: "f".into() });
         call.apply(Delta::Arguments { index: 0, fragment: "{}".into() });

@@ -119,7 +119,7 @@ fn sse(events: UnboundedReceiver<SessionEvent>, id: Arc<CompletionId>, include_u
                 let more = match event {
                     Some(SessionEvent::Started) => true,
                     Some(SessionEvent::Delta(d)) => {
-                        frames.push_str(&sse_event(&id.delta_chunk(&d)));
+                        frames.push_str(&id.delta_event(&d));
                         true
                     }
                     Some(SessionEvent::Done { finish, tool_calls, usage }) => {

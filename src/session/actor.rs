@@ -194,15 +194,16 @@ impl SessionActor {
         if self.client_gone {
             return self.finish(0, 0, None, ctx);
         }
-        let (inbox, me, job_id) = (self.services.inbox.clone(), ctx.address().recipient(), job.job_id.clone());
-        ctx.wait(async move { inbox.send(Subscribe { job_id, session: me }).await }.into_actor(self).map(move |r, act, ctx| match r {
-            Ok(()) => {
-                act.job = Some(job);
-                act.dispatched = Some(Instant::now());
-                act.place(ctx);
-            }
-            Err(e) => act.fail(ApiError::logged("the node inbox", e), ctx),
-        }));
+        let inbox = &self.services.inbox;
+        if !inbox.connected() {
+            return self.fail(ApiError::logged("the node inbox", "it has stopped"), ctx);
+        }
+        // The inbox takes its messages in order: the subscription is in before any answer to
+        // the placement below can be.
+        inbox.do_send(Subscribe { job_id: job.job_id.clone(), session: ctx.address().recipient() });
+        self.job = Some(job);
+        self.dispatched = Some(Instant::now());
+        self.place(ctx);
         ctx.run_later(QUEUE_TIMEOUT, |act, ctx| {
             if !act.started {
                 let why = act.waiting.map_or("no worker took it", |r| r.as_str());

@@ -111,12 +111,21 @@ pub struct RedisStore {
     /// many requests run side by side instead of queueing on a single socket.
     idle: Mutex<Vec<Connection>>,
     commit: Script,
+    authenticate: Script,
     /// Account and hold records as this process last committed them. A change's first try
     /// computes from these instead of reading them back (a hot account's holds and settles
     /// then take one round trip each); the commit checks they are still current, and a
     /// conflict forgets them and reads afresh.
     known: Mutex<HashMap<String, String>>,
 }
+
+/// The enabled-or-not record of the key whose secret hashes to KEYS[1], in one round trip
+/// (authentication is on every request's path). ARGV[1]: the key records' prefix.
+const AUTHENTICATE: &str = r#"
+local id = redis.call('GET', KEYS[1])
+if not id then return false end
+return redis.call('GET', ARGV[1] .. id)
+"#;
 
 /// Records remembered at most; past this the memory starts over.
 const MAX_KNOWN: usize = 100_000;
@@ -140,7 +149,7 @@ impl RedisStore {
     /// Connects to `url`; fails at once if Redis cannot be reached.
     pub fn connect(url: &str) -> Result<Self, StoreError> {
         let client = Client::open(url).map_err(backend)?;
-        let store = Self { client, idle: Mutex::new(Vec::new()), commit: Script::new(COMMIT), known: Mutex::new(HashMap::new()) };
+        let store = Self { client, idle: Mutex::new(Vec::new()), commit: Script::new(COMMIT), authenticate: Script::new(AUTHENTICATE), known: Mutex::new(HashMap::new()) };
         store.with(|c| redis::cmd("PING").query::<String>(c))?;
         Ok(store)
     }
@@ -439,8 +448,8 @@ impl Store for RedisStore {
     }
 
     fn authenticate(&self, api_key: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let Some(key_id) = self.get_raw(&apikey_hash_key(&key_hash(api_key)))? else { return Ok(None) };
-        let Some(k) = self.get::<StoredKey>(&apikey_key(&key_id))? else { return Ok(None) };
+        let stored: Option<String> = self.with(|c| self.authenticate.key(apikey_hash_key(&key_hash(api_key))).arg(apikey_key("")).invoke(c))?;
+        let Some(k) = stored.map(|s| decode::<StoredKey>(&s)).transpose()? else { return Ok(None) };
         Ok((!k.record.disabled).then_some(k.record))
     }
 }
