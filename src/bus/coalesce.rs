@@ -54,8 +54,7 @@ impl Coalescer {
     pub fn publish(&self, stream: &str, bytes: Vec<u8>, max_len: usize) -> impl std::future::Future<Output = Result<String, BusError>> + Send + 'static {
         let (done, id) = oneshot::channel();
         self.enqueue(stream, Publish { bytes, max_len, done });
-        let stream = stream.to_string();
-        async move { id.await.map_err(|_| BusError::Transport(format!("the writer of `{stream}` stopped")))? }
+        async move { id.await.map_err(|_| BusError::Transport("the stream's writer stopped".into()))? }
     }
 
     fn enqueue(&self, stream: &str, publish: Publish) {

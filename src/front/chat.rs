@@ -105,43 +105,17 @@ fn sse(events: UnboundedReceiver<SessionEvent>, id: Arc<CompletionId>, include_u
         async move {
             let mut events = events?;
             let mut frames = String::new();
-            let mut next = Some(events.recv().await);
+            let mut event = events.recv().await;
             loop {
-                let event = match next.take() {
-                    Some(event) => event,
-                    None => match events.try_recv() {
-                        Ok(event) => Some(event),
-                        Err(TryRecvError::Empty) if frames.is_empty() => events.recv().await,
-                        Err(TryRecvError::Empty) => return Some((Ok(Bytes::from(frames)), Some(events))),
-                        Err(TryRecvError::Disconnected) => None,
-                    },
-                };
-                let more = match event {
-                    Some(SessionEvent::Started) => true,
-                    Some(SessionEvent::Delta(d)) => {
-                        frames.push_str(&id.delta_event(&d));
-                        true
-                    }
-                    Some(SessionEvent::Done { finish, tool_calls, usage }) => {
-                        frames.push_str(&sse_event(&id.finish_chunk(finish_reason(finish, tool_calls))));
-                        if include_usage {
-                            frames.push_str(&sse_event(&id.usage_chunk(usage)));
-                        }
-                        frames.push_str(SSE_DONE);
-                        false
-                    }
-                    Some(SessionEvent::Error(e)) => {
-                        frames.push_str(&stream_error(&e));
-                        false
-                    }
-                    None => {
-                        frames.push_str(&stream_error(&ApiError::logged("the session", "ended mid-stream")));
-                        false
-                    }
-                };
-                if !more {
+                if !frame(&mut frames, event, &id, include_usage) {
                     return Some((Ok(Bytes::from(frames)), None));
                 }
+                event = match events.try_recv() {
+                    Ok(e) => Some(e),
+                    Err(TryRecvError::Empty) if frames.is_empty() => events.recv().await,
+                    Err(TryRecvError::Empty) => return Some((Ok(Bytes::from(frames)), Some(events))),
+                    Err(TryRecvError::Disconnected) => None,
+                };
             }
         }
     });
@@ -149,6 +123,28 @@ fn sse(events: UnboundedReceiver<SessionEvent>, id: Arc<CompletionId>, include_u
         .insert_header((CONTENT_TYPE, "text/event-stream"))
         .insert_header((CACHE_CONTROL, "no-cache"))
         .streaming(first.chain(rest))
+}
+
+/// Appends the SSE text of `event` (`None`: the session is gone) to `frames`; false once
+/// the stream is over.
+fn frame(frames: &mut String, event: Option<SessionEvent>, id: &CompletionId, include_usage: bool) -> bool {
+    match event {
+        Some(SessionEvent::Started) => return true,
+        Some(SessionEvent::Delta(d)) => {
+            frames.push_str(&id.delta_event(&d));
+            return true;
+        }
+        Some(SessionEvent::Done { finish, tool_calls, usage }) => {
+            frames.push_str(&sse_event(&id.finish_chunk(finish_reason(finish, tool_calls))));
+            if include_usage {
+                frames.push_str(&sse_event(&id.usage_chunk(usage)));
+            }
+            frames.push_str(SSE_DONE);
+        }
+        Some(SessionEvent::Error(e)) => frames.push_str(&stream_error(&e)),
+        None => frames.push_str(&stream_error(&ApiError::logged("the session", "ended mid-stream"))),
+    }
+    false
 }
 
 /// An error after streaming began: an error event, then `[DONE]`.

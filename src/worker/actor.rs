@@ -226,9 +226,7 @@ impl Reply {
     }
 
     fn logged(&self, sent: Result<(), BusError>) {
-        if let Err(e) = sent {
-            tracing::error!(job = %self.job_id, stream = %self.stream, "telling a session: {e}");
-        }
+        log_undelivered(&self.job_id, &self.stream, sent)
     }
 
     /// Accepted, then every event of the job until its last; traced as `prefill` (waiting
@@ -274,7 +272,11 @@ pub async fn send_command(bus: &dyn Bus, sender: &str, worker_id: &str, job_id: 
 /// Tells the session of `job_id` something on its node's inbox `stream`; a failure is
 /// logged (the session's own timeouts cover a message that never arrives).
 pub async fn send_to_node(bus: &dyn Bus, sender: &str, stream: &str, job_id: &str, message: NodeMessage) {
-    if let Err(e) = send(bus, stream, STREAM_LEN, KIND_NODE, sender, job_id, &message).await {
+    log_undelivered(job_id, stream, send(bus, stream, STREAM_LEN, KIND_NODE, sender, job_id, &message).await)
+}
+
+fn log_undelivered(job_id: &str, stream: &str, sent: Result<(), BusError>) {
+    if let Err(e) = sent {
         tracing::error!(job = %job_id, %stream, "telling a session: {e}");
     }
 }
