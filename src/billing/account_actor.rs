@@ -16,7 +16,7 @@ use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, MailboxEr
 
 use super::amount::Amount;
 use super::limits::{KeyLimits, KeyWindow, Limited, Permit};
-use super::pricing::{auto_token, ModelPrice, PricingError, TokenRates};
+use super::pricing::{ModelPrice, PricingError, TokenRates};
 use super::store_queue::StoreQueue;
 use crate::api::chat_request::TokenChoice;
 use crate::store::{ApiKeyRecord, Hold, Store, StoreError, TokenType};
@@ -171,13 +171,14 @@ impl Handler<HoldJob> for BillingAccountActor {
 
     fn handle(&mut self, m: HoldJob, _: &mut Context<Self>) -> Self::Result {
         self.in_store(move |store, rates| {
-            let cost = |t: TokenType| m.price.cost(rates, m.prompt_tokens, m.max_tokens, t);
-            let token = match m.choice {
-                TokenChoice::Spark => TokenType::Spark,
-                TokenChoice::Sogni => TokenType::Sogni,
-                TokenChoice::Auto => auto_token(&store.account(&m.account_id)?.balances, cost(TokenType::Spark)?),
+            let tender = |t: TokenType| m.price.cost(rates, m.prompt_tokens, m.max_tokens, t).map(|a| (t, a));
+            // `auto` pays in Spark when the Spark balance covers the worst case, else in SOGNI.
+            let tenders = match m.choice {
+                TokenChoice::Spark => vec![tender(TokenType::Spark)?],
+                TokenChoice::Sogni => vec![tender(TokenType::Sogni)?],
+                TokenChoice::Auto => vec![tender(TokenType::Spark)?, tender(TokenType::Sogni)?],
             };
-            Ok(store.hold(&m.job_id, &m.account_id, token, cost(token)?)?)
+            Ok(store.hold_first(&m.job_id, &m.account_id, &tenders)?)
         })
     }
 }

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::amount::Amount;
-use crate::store::{Balances, TokenType};
+use crate::store::TokenType;
 
 /// USD per million tokens of one model (the tier's price).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,15 +64,6 @@ impl ModelPrice {
     }
 }
 
-/// `token_type=auto`: Spark when its balance covers the hold, else SOGNI.
-pub fn auto_token(balances: &Balances, spark_hold: Amount) -> TokenType {
-    if balances.spark >= spark_hold {
-        TokenType::Spark
-    } else {
-        TokenType::Sogni
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,13 +80,6 @@ mod tests {
         assert_eq!(p.cost(&r, 0, 1, TokenType::Spark).unwrap(), a("0.00018"));
         assert_eq!(p.cost(&r, 1000, 500, TokenType::Spark).unwrap(), a("0.15"));
         assert_eq!(p.cost(&r, 0, 0, TokenType::Sogni).unwrap(), Amount::ZERO);
-    }
-
-    #[test]
-    fn auto_prefers_spark_when_it_covers_the_hold() {
-        let b = Balances { spark: a("1"), sogni: a("5") };
-        assert_eq!(auto_token(&b, a("1")), TokenType::Spark);
-        assert_eq!(auto_token(&b, a("1.000000000000000001")), TokenType::Sogni);
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! `POST /v1/chat/completions`: authenticate, validate, admit under the key's limits, then
-//! hand the turn to a SessionActor and write its events as one JSON response or as SSE
-//! chunks. Errors before the first token get their HTTP status; an error after streaming
-//! has begun is sent as a `data: {"error":...}` event followed by `[DONE]`. Dropping the
-//! response (the client went away) drops the session's channel, which cancels the job.
+//! `POST /v1/chat/completions`: authenticate (while the prompt is prepared), validate,
+//! admit under the key's limits, then hand the turn to a SessionActor and write its events
+//! as one JSON response or as SSE chunks. Errors before the first token get their HTTP
+//! status; an error after streaming has begun is sent as a `data: {"error":...}` event
+//! followed by `[DONE]`. Dropping the response (the client went away) drops the session's
+//! channel, which cancels the job.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,7 +22,9 @@ use crate::api::chat_request::{ChatRequest, TokenChoice};
 use crate::api::chat_response::{finish_reason, sse_event, AssistantMessage, CompletionId, SSE_DONE};
 use crate::api::error::ApiError;
 use crate::ids::random_hex;
-use crate::session::actor::{SessionActor, SessionEvent, Turn};
+use crate::session::actor::{Services, SessionActor, SessionEvent, Turn};
+use crate::session::models::ModelEntry;
+use crate::session::prompt::{prepare, PreparedPrompt};
 use crate::telemetry::trace_context::follow;
 
 pub async fn chat_completions(req: HttpRequest, payload: web::Payload, state: web::Data<FrontState>) -> HttpResponse {
@@ -40,17 +43,14 @@ pub async fn chat_completions(req: HttpRequest, payload: web::Payload, state: we
 
 async fn chat(req: HttpRequest, payload: web::Payload, state: web::Data<FrontState>, span: tracing::Span, arrived: Instant) -> Result<HttpResponse, ApiError> {
     let s = &state.services;
-    let key = api_key(&req)?;
-    let key = s.billing.authenticate(key).instrument(tracing::info_span!("billing.authenticate")).await.map_err(|e| ApiError::logged("authenticating", e))?.ok_or_else(|| ApiError::unauthorized("Incorrect API key provided"))?;
-    let body = json_body(&req, payload, s.config.server.max_body_bytes).await?;
-    let mut request = ChatRequest::parse(&body)?;
-    if request.token_type.is_none() {
-        request.token_type = header_token_type(&req)?;
-    }
-    let model = match request.model.as_deref() {
-        Some(id) => s.models.get(id).ok_or_else(|| ApiError::model_not_found(id))?,
-        None => s.models.default_model().ok_or_else(|| ApiError::unavailable("This server serves no model"))?,
-    };
+    let secret = api_key(&req)?;
+    // The key is looked up (a store round trip on a blocking thread) while the body is read
+    // and the prompt rendered and tokenized. Its verdict is still taken first: a bad key gets
+    // its 401 whatever the body holds, and nothing is spent or held for it.
+    let authenticate = s.billing.authenticate(secret).instrument(tracing::info_span!("billing.authenticate"));
+    let (key, read) = futures_util::future::join(authenticate, read_request(&req, payload, s)).await;
+    let key = key.map_err(|e| ApiError::logged("authenticating", e))?.ok_or_else(|| ApiError::unauthorized("Incorrect API key provided"))?;
+    let (request, model, prompt) = read?;
     let permit = s.billing.admit(&key, s.config.limits).await.map_err(|e| ApiError::logged("admitting", e))?.map_err(|l| ApiError::rate_limited(l.message, l.retry_after_secs))?;
 
     let job = random_hex(12).map_err(|e| ApiError::logged("a job id", e))?;
@@ -58,7 +58,7 @@ async fn chat(req: HttpRequest, payload: web::Payload, state: web::Data<FrontSta
     let (stream, include_usage) = (request.stream, request.include_usage);
     span.record("model", model.id.as_str()).record("job", id.id.as_str());
     let turn = Turn { job_id: id.id.clone(), key, model, request, permit, span, arrived };
-    let mut events = SessionActor::start_turn(Arc::clone(&state.services), turn);
+    let mut events = SessionActor::start_turn(Arc::clone(&state.services), turn, prompt);
     match events.recv().await {
         Some(SessionEvent::Started) => {}
         Some(SessionEvent::Error(e)) => return Err(e),
@@ -69,6 +69,21 @@ async fn chat(req: HttpRequest, payload: web::Payload, state: web::Data<FrontSta
     } else {
         whole(events, &id).await
     }
+}
+
+/// The body read and parsed, the model it names, and its prompt made ready for a worker.
+async fn read_request(req: &HttpRequest, payload: web::Payload, s: &Services) -> Result<(ChatRequest, Arc<ModelEntry>, PreparedPrompt), ApiError> {
+    let body = json_body(req, payload, s.config.server.max_body_bytes).await?;
+    let mut request = ChatRequest::parse(&body)?;
+    if request.token_type.is_none() {
+        request.token_type = header_token_type(req)?;
+    }
+    let model = match request.model.as_deref() {
+        Some(id) => s.models.get(id).ok_or_else(|| ApiError::model_not_found(id))?,
+        None => s.models.default_model().ok_or_else(|| ApiError::unavailable("This server serves no model"))?,
+    };
+    let prompt = tracing::info_span!("session.prepare").in_scope(|| prepare(&request, &model.text(), &model.tier.limits()))?;
+    Ok((request, model, prompt))
 }
 
 /// `X-Token-Type`, used when the body names no `token_type`.

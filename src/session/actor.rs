@@ -1,6 +1,6 @@
 //! The SessionActor: one chat request's turn, from validated request to settled bill.
 //!
-//! It renders and tokenizes the prompt, has the account's BillingAccountActor hold the
+//! Given the prompt the front prepared, it has the account's BillingAccountActor hold the
 //! worst case, has the pool place the job on a worker and relays the worker's events to the
 //! front as [`SessionEvent`]s. When the job ends it settles the exact usage and releases the
 //! rest of the hold. If the client goes away the job is cancelled at once, and the session
@@ -23,7 +23,7 @@ use super::inbox::{JobUpdate, NodeInbox, Subscribe, Unsubscribe};
 use super::markup::Markup;
 use super::models::{ModelCatalog, ModelEntry};
 use super::pool::Pool;
-use super::prompt::prepare;
+use super::prompt::PreparedPrompt;
 use crate::api::chat_request::{ChatRequest, TokenChoice};
 use crate::api::chat_response::{finish_reason, Delta, Usage};
 use crate::api::error::ApiError;
@@ -87,6 +87,8 @@ pub struct Turn {
 pub struct SessionActor {
     services: Arc<Services>,
     turn: Turn,
+    /// The prompt as the front prepared it, until the hold is asked for.
+    prompt: Option<PreparedPrompt>,
     out: UnboundedSender<SessionEvent>,
     /// The job as last placed (its attempt is the current one); set once the hold is in.
     job: Option<JobSpec>,
@@ -117,11 +119,11 @@ pub struct SessionActor {
 impl SessionActor {
     /// Starts the turn; its events arrive on the returned receiver, and dropping the
     /// receiver cancels the turn.
-    pub fn start_turn(services: Arc<Services>, turn: Turn) -> UnboundedReceiver<SessionEvent> {
+    pub fn start_turn(services: Arc<Services>, turn: Turn, prompt: PreparedPrompt) -> UnboundedReceiver<SessionEvent> {
         let (out, rx) = unbounded_channel();
         let metrics = metrics().model(&turn.model.id);
         let in_flight = GaugeGuard::new(metrics.waiting.clone());
-        let fresh = SessionActor { services, turn, out, job: None, held: None, worker_id: None, lost: Vec::new(), produced: Resume::default(), started: false, waiting: None, client_gone: false, markup: None, metrics, in_flight, dispatched: None, last_token: None };
+        let fresh = SessionActor { services, turn, prompt: Some(prompt), out, job: None, held: None, worker_id: None, lost: Vec::new(), produced: Resume::default(), started: false, waiting: None, client_gone: false, markup: None, metrics, in_flight, dispatched: None, last_token: None };
         fresh.start();
         rx
     }
@@ -317,7 +319,7 @@ impl SessionActor {
 impl Actor for SessionActor {
     type Context = Context<Self>;
 
-    /// Step 1: prompt and hold.
+    /// Step 1: the hold.
     fn started(&mut self, ctx: &mut Context<Self>) {
         let out = self.out.clone();
         ctx.spawn(async move { out.closed().await }.into_actor(self).map(|(), act, _| {
@@ -325,11 +327,8 @@ impl Actor for SessionActor {
             act.cancel();
         }));
 
+        let Some(prepared) = self.prompt.take() else { return };
         let m = &self.turn.model;
-        let prepared = match self.turn.span.in_scope(|| tracing::info_span!("session.prepare").in_scope(|| prepare(&self.turn.request, &m.text(), &m.tier.limits()))) {
-            Ok(p) => p,
-            Err(e) => return self.fail(e, ctx),
-        };
         self.markup = Some(Markup::new(prepared.tools, prepared.thinking, Box::new(call_id)));
         let hold = HoldJob {
             job_id: self.turn.job_id.clone(),

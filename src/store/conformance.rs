@@ -16,6 +16,7 @@ pub fn run(store: &dyn Store) {
     accounts_and_credits(store);
     holds_take_the_worst_case_and_settle_the_rest(store);
     holds_and_settlements_are_idempotent(store);
+    holds_take_the_first_covered_tender(store);
     bad_money_changes_nothing(store);
     keys_are_hashed_regenerated_and_disabled(store);
     holds_left_open_expire(store);
@@ -88,6 +89,22 @@ fn holds_and_settlements_are_idempotent(store: &dyn Store) {
     assert_eq!(store.settle("job-2", a("1"), None).expect("settle").settled, Some(a("0.5")));
     assert_eq!(store.account(&acct.id).expect("account").balances.spark, a("4.5"));
     assert_eq!(store.ledger(&acct.id, 100).expect("ledger").len(), 4);
+}
+
+fn holds_take_the_first_covered_tender(store: &dyn Store) {
+    let acct = store.create_account("frank", &balances("1", "5")).expect("create");
+    let auto = |spark: &str, sogni: &str| [(TokenType::Spark, a(spark)), (TokenType::Sogni, a(sogni))];
+    let h = store.hold_first("job-a1", &acct.id, &auto("1", "3")).expect("hold");
+    assert_eq!((h.token_type, h.amount), (TokenType::Spark, a("1")));
+    // Spark is spent: the next one falls to SOGNI, and a replay returns the first hold.
+    let h = store.hold_first("job-a2", &acct.id, &auto("0.1", "3")).expect("hold");
+    assert_eq!((h.token_type, h.amount), (TokenType::Sogni, a("3")));
+    assert_eq!(store.hold_first("job-a1", &acct.id, &auto("1", "3")).expect("replay").token_type, TokenType::Spark);
+    assert!(matches!(store.hold_first("job-a1", &acct.id, &auto("2", "3")), Err(StoreError::HoldMismatch { .. })));
+    // Neither covers it: refused as the last tender, and nothing changed.
+    assert!(matches!(store.hold_first("job-a3", &acct.id, &auto("0.1", "2.5")), Err(StoreError::Insufficient { token: "sogni", .. })));
+    assert_eq!(store.account(&acct.id).expect("account").balances, balances("0", "2"));
+    assert!(matches!(store.hold_first("job-a4", &acct.id, &[]), Err(StoreError::Backend(_))));
 }
 
 fn bad_money_changes_nothing(store: &dyn Store) {

@@ -24,7 +24,7 @@ use std::path::Path;
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{apply, key_hash, new_secret, non_negative, now, random_id, Account, ApiKeyRecord, Balances, Earning, EntryKind, Hold, LedgerEntry, NewKey, Store, StoreError, StoredKey, TokenType, HOLD_LEASE_SECS};
+use super::{apply, first_covered, key_hash, new_secret, non_negative, replays, now, random_id, Account, ApiKeyRecord, Balances, Earning, EntryKind, Hold, LedgerEntry, NewKey, Store, StoreError, StoredKey, TokenType, HOLD_LEASE_SECS};
 use crate::billing::amount::Amount;
 
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
@@ -183,16 +183,14 @@ impl Store for RedbStore {
         Ok(out)
     }
 
-    fn hold(&self, job_id: &str, account_id: &str, token: TokenType, amount: Amount) -> Result<Hold, StoreError> {
-        non_negative(amount)?;
+    fn hold_first(&self, job_id: &str, account_id: &str, tenders: &[(TokenType, Amount)]) -> Result<Hold, StoreError> {
         self.write(|tx| {
             if let Some(h) = load::<Hold>(tx, HOLDS, job_id)? {
-                if h.amount != amount || h.account_id != account_id || h.token_type != token {
-                    return Err(StoreError::HoldMismatch { job: job_id.to_string(), held: h.amount, asked: amount });
-                }
+                replays(&h, account_id, tenders)?;
                 return Ok(h);
             }
             let mut acct = account_in(tx, account_id)?;
+            let (token, amount) = first_covered(&acct.balances, tenders)?;
             apply(&mut acct.balances, token, amount, true)?;
             save(tx, ACCOUNTS, account_id, &acct)?;
             append(tx, &acct, EntryKind::Hold, token, amount, job_id)?;

@@ -181,7 +181,15 @@ pub trait Store: Send + Sync {
 
     /// Takes `amount` off the balance for job `job_id`. Idempotent: repeating the same hold
     /// returns it unchanged; a different amount for the same job is an error.
-    fn hold(&self, job_id: &str, account_id: &str, token: TokenType, amount: Amount) -> Result<Hold, StoreError>;
+    fn hold(&self, job_id: &str, account_id: &str, token: TokenType, amount: Amount) -> Result<Hold, StoreError> {
+        self.hold_first(job_id, account_id, &[(token, amount)])
+    }
+    /// Holds the first of `tenders` (a token and the amount in it) that its balance covers,
+    /// or, when none is covered, fails as the last one does. The choice is made on the
+    /// record the hold is taken from, so `auto` billing costs no separate read and cannot
+    /// pick a balance that another writer emptied meanwhile. A replay returns the hold
+    /// placed when it matches one of `tenders`.
+    fn hold_first(&self, job_id: &str, account_id: &str, tenders: &[(TokenType, Amount)]) -> Result<Hold, StoreError>;
     /// Charges `charged` (at most the held amount) and gives back the rest; a charge above
     /// zero is recorded as the earning of `worker_id`, the worker that ran the job (none
     /// when the job never ran). Idempotent: settling again returns the first settlement.
@@ -242,6 +250,27 @@ fn key_hash(key: &str) -> String {
 }
 
 /// An amount that must not be negative (credits, holds, charges).
+/// The tender of [`Store::hold_first`] to take from `balances`.
+fn first_covered(balances: &Balances, tenders: &[(TokenType, Amount)]) -> Result<(TokenType, Amount), StoreError> {
+    let last = *tenders.last().ok_or_else(|| StoreError::Backend("a hold needs at least one tender".into()))?;
+    for &(token, amount) in tenders {
+        non_negative(amount)?;
+        if balances.get(token) >= amount {
+            return Ok((token, amount));
+        }
+    }
+    Ok(last)
+}
+
+/// Whether a hold already placed is the one `tenders` asks for (a replay).
+fn replays(hold: &Hold, account_id: &str, tenders: &[(TokenType, Amount)]) -> Result<(), StoreError> {
+    if hold.account_id == account_id && tenders.iter().any(|&(t, a)| hold.token_type == t && hold.amount == a) {
+        return Ok(());
+    }
+    let asked = tenders.iter().find(|(t, _)| *t == hold.token_type).or(tenders.last()).map_or(Amount::ZERO, |(_, a)| *a);
+    Err(StoreError::HoldMismatch { job: hold.job_id.clone(), held: hold.amount, asked })
+}
+
 fn non_negative(a: Amount) -> Result<Amount, StoreError> {
     if a.is_negative() {
         Err(StoreError::NegativeAmount(a))

@@ -29,7 +29,7 @@ use std::time::Duration;
 use redis::{Client, Commands, Connection, RedisError, Script};
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{apply, key_hash, new_secret, non_negative, now, random_id, Account, ApiKeyRecord, Balances, Earning, EntryKind, Hold, LedgerEntry, NewKey, Store, StoreError, StoredKey, TokenType, HOLD_LEASE_SECS};
+use super::{apply, first_covered, key_hash, new_secret, non_negative, replays, now, random_id, Account, ApiKeyRecord, Balances, Earning, EntryKind, Hold, LedgerEntry, NewKey, Store, StoreError, StoredKey, TokenType, HOLD_LEASE_SECS};
 use crate::billing::amount::Amount;
 
 const SEQ: &str = "sn:v1:ledger:seq";
@@ -334,8 +334,7 @@ impl Store for RedisStore {
         self.newest(&ledger_key(account_id), limit)
     }
 
-    fn hold(&self, job_id: &str, account_id: &str, token: TokenType, amount: Amount) -> Result<Hold, StoreError> {
-        non_negative(amount)?;
+    fn hold_first(&self, job_id: &str, account_id: &str, tenders: &[(TokenType, Amount)]) -> Result<Hold, StoreError> {
         // The first try assumes the hold is new (the commit checks that it is), saving a
         // read on the common path; a retry reads it, and replays one already placed.
         self.transact(
@@ -343,12 +342,11 @@ impl Store for RedisStore {
                 let key = hold_key(job_id);
                 let existing = if fresh { self.get::<Hold>(&key)? } else { None };
                 if let Some(h) = existing {
-                    if h.amount != amount || h.account_id != account_id || h.token_type != token {
-                        return Err(StoreError::HoldMismatch { job: job_id.to_string(), held: h.amount, asked: amount });
-                    }
+                    replays(&h, account_id, tenders)?;
                     return Ok(Err(h));
                 }
                 let (raw, mut acct) = self.account_raw(account_id, fresh)?;
+                let (token, amount) = first_covered(&acct.balances, tenders)?;
                 apply(&mut acct.balances, token, amount, true)?;
                 let e = entry(&acct, EntryKind::Hold, token, amount, job_id);
                 let h = Hold { job_id: job_id.to_string(), account_id: account_id.to_string(), token_type: token, amount, settled: None, worker_id: None };
