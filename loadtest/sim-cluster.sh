@@ -6,8 +6,9 @@
 #   loadtest/sim-cluster.sh                      # prints BASE_URL and API_KEY, runs until Ctrl-C
 #   loadtest/sim-cluster.sh 'target/release/loadtest run --base-url $BASE_URL --api-key $API_KEY --rate 100'
 #
-# With a command, runs it (with BASE_URL, API_KEY, REDIS_URL and the PIDs COORDINATOR_PID,
-# FRONT_PID, WORKER_PIDS exported), then stops everything. Settings, from the environment:
+# With a command, runs it (with BASE_URL, API_KEY, REDIS_URL, COORDINATOR_METRICS (its
+# /metrics URL) and the PIDs COORDINATOR_PID, FRONT_PID, WORKER_PIDS exported), then stops
+# everything. Settings, from the environment:
 #   WORKERS (1)            simulated workers in all
 #   WORKER_PROCESSES (1)   processes they are spread over
 #   TOKENS_PER_S (50)      PREFILL_MS (20)   JITTER (0)   MAX_BATCH (8)   MAX_QUEUE (64)
@@ -21,8 +22,11 @@ port=${PORT:-18700}
 data=$(mktemp -d)
 pids=()
 stop() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  # Redis (the first) goes last, so the others can say they are leaving.
+  for p in "${pids[@]:1}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]:1}"; do wait "$p" 2>/dev/null || true; done
+  kill -TERM "${pids[0]}" 2>/dev/null || true
+  wait "${pids[0]}" 2>/dev/null || true
   rm -rf "$data"
 }
 trap stop EXIT
@@ -64,6 +68,8 @@ for _ in $(seq 600); do
   sleep 0.2
 done
 [ "${seen:-0}" -ge "$workers" ] || { echo "only ${seen:-0} of $workers simulated workers registered; logs in $data" >&2; tail -5 "$data"/*.log >&2; exit 1; }
+
+export COORDINATOR_METRICS=$(sed -nE 's#.*metrics on (http://[^ ]+/metrics).*#\1#p' "$data/coordinator.log" | head -1)
 
 if [ $# -gt 0 ]; then
   bash -c "$*"

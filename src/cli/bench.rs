@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use clap::Args;
+use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use crate::engine::backend::Arithmetic;
@@ -29,10 +29,14 @@ use crate::engine::model::SeqBatch;
 use crate::engine::{Backend, CpuBackend, Model};
 
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct BenchArgs {
+    /// Something other than the engine to measure.
+    #[command(subcommand)]
+    pub target: Option<BenchTarget>,
     /// Path to a GGUF model file.
-    #[arg(long, env = "SUPERNET_MODEL")]
-    pub model: PathBuf,
+    #[arg(long, env = "SUPERNET_MODEL", required = true)]
+    pub model: Option<PathBuf>,
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -58,6 +62,13 @@ pub struct BenchArgs {
     /// Print one JSON object as the last line.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchTarget {
+    /// A cluster's coordinator: placement rate and latency, driven straight through the bus
+    /// against simulated workers (see loadtest/sim-cluster.sh).
+    Placement(super::bench_placement::PlacementArgs),
 }
 
 #[derive(Serialize)]
@@ -181,12 +192,16 @@ fn run_batched(a: &BenchArgs, model: &Model, be: &CpuBackend) -> anyhow::Result<
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
-    let model = Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let path = match a.target {
+        Some(BenchTarget::Placement(p)) => return super::bench_placement::run(p),
+        None => a.model.clone().context("--model FILE (or SUPERNET_MODEL) names the GGUF model to measure")?,
+    };
+    let model = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
     let be = CpuBackend::new(a.threads.unwrap_or_else(default_threads));
     model.prepare(&be);
     let vocab = model.config.vocab_size;
     let reps = a.repetitions.max(1);
-    eprintln!("model {} ({}), backend {}", a.model.display(), model.config.arch.name(), be.describe());
+    eprintln!("model {} ({}), backend {}", path.display(), model.config.arch.name(), be.describe());
     if let Some(schema) = &a.json_schema {
         return super::bench_constraint::run(&a, schema, model, &be);
     }
@@ -212,7 +227,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let (tg, tg_sd) = measure("tg", a.gen_tokens, &|t| tg_run(&model, &be, t))?;
 
     let report = Report {
-        model: a.model.display().to_string(),
+        model: path.display().to_string(),
         backend: be.describe(),
         threads: be.threads(),
         prompt_tokens: a.prompt_tokens,

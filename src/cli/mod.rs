@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod bench;
 mod bench_constraint;
+mod bench_placement;
 pub mod coordinator;
 pub mod engine;
 pub mod front;

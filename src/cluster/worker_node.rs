@@ -175,9 +175,9 @@ async fn serve(a: WorkerArgs, ids: Vec<String>, card: ModelCard, make: MakeWorke
         }
     }
     beats.iter().for_each(|b| b.abort());
-    for (info, worker) in &workers {
-        beat(bus.as_ref(), info, worker, true).await;
-    }
+    // Side by side: a process of many simulated workers whose Redis is gone waits out one
+    // connection timeout, not one per worker.
+    futures_util::future::join_all(workers.iter().map(|(info, worker)| beat(bus.as_ref(), info, worker, true))).await;
     tracing::info!(workers = workers.len(), "drained; leaving");
     Ok(())
 }
