@@ -1,7 +1,8 @@
 """The load harness end to end: `loadtest run` against a real `supernet serve`, its JSON
 report checked against the published schema and against the server's own billing; and
 `supernet worker --simulate` in a real cluster, which a coordinator ignores unless it was
-started with --allow-simulated."""
+started with --allow-simulated; and `supernet bench placement`, the coordinator driven straight
+through the bus."""
 import json
 import subprocess
 import time
@@ -85,3 +86,32 @@ def test_simulated_workers_get_jobs_only_where_simulation_is_allowed(cluster):
     assert chunks[-1].choices == [] and any(c.choices and c.choices[0].finish_reason == "length" for c in chunks)
     models = httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10).json()["data"]
     assert [(m["id"], m["workers"]) for m in models] == [("simulated", 2)]
+
+
+def bench_placement(cluster, *args):
+    out = subprocess.run([str(REPO / "target/release/supernet"), "bench", "placement", "--redis", cluster.redis_url, "--json", *args],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_bench_placement_times_every_job_through_the_coordinator(cluster):
+    cluster.coordinator("coord1")
+    cluster.spawn("sim", "worker", "--redis", cluster.redis_url, "--simulate", "--simulate-workers", "4", "--worker-id", "sim",
+                  "--tokens-per-s", "1000", "--prefill-ms", "0", "--metrics-addr", "127.0.0.1:0")
+    poll(lambda: "ignoring a simulated worker" in cluster.logs("coord1"), "the coordinator to ignore the simulator")
+    # Without --allow-simulated no worker serves the model: every job is refused, none lost.
+    r = bench_placement(cluster, "--rate", "100", "--duration", "1")
+    assert (r["sent"], r["refused"], r["placed"], r["unanswered"]) == (100, 100, 0, 0)
+
+    cluster.kill("coord1")
+    cluster.coordinator("coord2", "--allow-simulated")
+    cluster.wait_workers(cluster.front("front1"), 4)
+    coordinator = cluster.procs["coord2"][0].pid
+    r = bench_placement(cluster, "--rate", "300", "--duration", "2", "--max-tokens", "3", "--cpu-of", str(coordinator))
+    assert (r["sent"], r["placed"], r["finished"], r["refused"], r["unanswered"]) == (600, 600, 600, 0, 0)
+    assert 0 < r["placement_ms"]["p50"] <= r["placement_ms"]["p99"] <= r["placement_ms"]["max"]
+    # A job is placed before its worker takes it, and taken before it ends.
+    assert r["placement_ms"]["p50"] <= r["accepted_ms"]["p50"] <= r["finished_ms"]["p50"]
+    assert 0 < r["cpu_percent"] < 200
+    assert 250 < r["placed_per_s"] < 350
