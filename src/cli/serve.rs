@@ -94,7 +94,7 @@ async fn serve(config: Config, store: Arc<dyn Store>, loaded: Vec<Loaded>, engin
     let inbox = NodeInbox::new(Arc::clone(&bus), &node_id);
     actix::spawn(reap_holds(Arc::clone(&store)));
     let billing = Arc::new(Billing::new(store, config.billing.clone()));
-    let (host, port) = (config.server.host.clone(), config.server.port);
+    let (host, port, http_threads) = (config.server.host.clone(), config.server.port, config.server.http_threads());
     let services = Arc::new(Services { node_id, bus, billing, pool: Pool::Local(coordinator), inbox: inbox.start(), models, config });
 
     let mut handoff = Handoff::new(String::new())?;
@@ -103,6 +103,7 @@ async fn serve(config: Config, store: Arc<dyn Store>, loaded: Vec<Loaded>, engin
     // Streamed tokens are small writes that must leave at once, not wait on Nagle's timer.
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
         .tcp_nodelay(true)
+        .workers(http_threads)
         .bind((host.as_str(), port))
         .with_context(|| format!("binding {host}:{port}"))?;
     let bound = *server.addrs().first().context("the server bound no address")?;
