@@ -30,7 +30,7 @@ async fn holds_settle_to_the_exact_price_of_the_usage() {
     assert!(billing.authenticate("sn-wrong".into()).await.expect("auth").is_none());
 
     let price = ModelPrice::default();
-    let hold = |job: &str, max_tokens: u64, choice| HoldJob { job_id: job.into(), account_id: acct.id.clone(), choice, price: price.clone(), prompt_tokens: 1000, max_tokens };
+    let hold = |job: &str, max_tokens: u64, choice| HoldJob { job_id: job.into(), account_id: acct.id.clone(), choice, price: price.clone(), prompt_tokens: 1000, max_tokens, then: None };
     // 1000 * 0.00006 + 500 * 0.00018 = 0.15 Spark held.
     let h = billing.hold(hold("j1", 500, TokenChoice::Spark)).await.expect("hold");
     assert_eq!((h.token_type, h.amount), (TokenType::Spark, a("0.15")));

@@ -19,6 +19,7 @@ use super::limits::{KeyLimits, KeyWindow, Limited, Permit};
 use super::pricing::{ModelPrice, PricingError, TokenRates};
 use super::store_queue::StoreQueue;
 use crate::api::chat_request::TokenChoice;
+use crate::bus::Outbox;
 use crate::store::{ApiKeyRecord, Hold, Store, StoreError, TokenType};
 
 /// An account actor with nothing in flight stops after this long without requests.
@@ -164,6 +165,8 @@ pub struct HoldJob {
     pub price: ModelPrice,
     pub prompt_tokens: u64,
     pub max_tokens: u64,
+    /// Written with the hold, or not at all: the job's placement request, in a cluster.
+    pub then: Option<Outbox>,
 }
 
 impl Handler<HoldJob> for BillingAccountActor {
@@ -178,7 +181,7 @@ impl Handler<HoldJob> for BillingAccountActor {
                 TokenChoice::Sogni => vec![tender(TokenType::Sogni)?],
                 TokenChoice::Auto => vec![tender(TokenType::Spark)?, tender(TokenType::Sogni)?],
             };
-            Ok(store.hold_first(&m.job_id, &m.account_id, &tenders)?)
+            Ok(store.hold_first(&m.job_id, &m.account_id, &tenders, m.then.as_ref())?)
         })
     }
 }

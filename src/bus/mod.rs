@@ -85,6 +85,29 @@ impl Envelope {
     }
 }
 
+/// An entry for a stream, to be appended by a store change in the same transaction (a
+/// transactional outbox): the entry exists if and only if the change applied. A session's
+/// hold carries its placement request this way, so a job is never placed without its hold,
+/// and the request is in the coordinator's stream without a round trip of its own. Only a
+/// store kept in the bus's own Redis can take one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbox {
+    pub stream: String,
+    /// Entries the stream keeps, about.
+    pub max_len: usize,
+    /// The entry's one field and its value, as [`Bus::publish`] would write them.
+    pub field: &'static str,
+    pub bytes: Vec<u8>,
+}
+
+impl Outbox {
+    /// `payload` wrapped in an envelope as [`send`] would send it to `stream`.
+    pub fn new<T: Serialize>(stream: String, max_len: usize, kind: &str, sender: &str, correlation_id: &str, payload: &T) -> Result<Self, BusError> {
+        let bytes = Envelope::new(kind, sender, correlation_id, payload)?.to_bytes()?;
+        Ok(Self { stream, max_len, field: coalesce::FIELD, bytes })
+    }
+}
+
 /// A message handed to a consumer; ack it by `id` once handled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {

@@ -191,21 +191,37 @@ impl SessionActor {
         }));
     }
 
-    /// The hold is in place: place the first attempt.
-    fn dispatch(&mut self, job: JobSpec, ctx: &mut Context<Self>) {
-        if self.client_gone {
-            return self.finish(0, 0, None, ctx);
-        }
+    /// Has the node inbox route the job's events here. The inbox takes its messages in
+    /// order, so the subscription is in before any answer to a placement sent after this.
+    fn subscribe(&mut self, ctx: &mut Context<Self>) -> Result<(), ApiError> {
         let inbox = &self.services.inbox;
         if !inbox.connected() {
-            return self.fail(ApiError::logged("the node inbox", "it has stopped"), ctx);
+            return Err(ApiError::logged("the node inbox", "it has stopped"));
         }
-        // The inbox takes its messages in order: the subscription is in before any answer to
-        // the placement below can be.
-        inbox.do_send(Subscribe { job_id: job.job_id.clone(), session: ctx.address().recipient() });
+        inbox.do_send(Subscribe { job_id: self.turn.job_id.clone(), session: ctx.address().recipient() });
+        Ok(())
+    }
+
+    /// The hold is in place: place the first attempt, unless the hold already wrote its
+    /// placement request (`placed`; the session subscribed before asking for the hold).
+    fn dispatch(&mut self, job: JobSpec, placed: bool, ctx: &mut Context<Self>) {
+        if !placed {
+            if self.client_gone {
+                return self.finish(0, 0, None, ctx);
+            }
+            if let Err(e) = self.subscribe(ctx) {
+                return self.fail(e, ctx);
+            }
+        }
         self.job = Some(job);
         self.dispatched = Some(Instant::now());
-        self.place(ctx);
+        if !placed {
+            self.place(ctx);
+        } else if self.client_gone {
+            // The request is out: take it back from the queue, or stop it on its worker once
+            // the placement is known.
+            self.cancel();
+        }
         ctx.run_later(QUEUE_TIMEOUT, |act, ctx| {
             if !act.started {
                 let why = act.waiting.map_or("no worker took it", |r| r.as_str());
@@ -328,34 +344,38 @@ impl Actor for SessionActor {
         }));
 
         let Some(prepared) = self.prompt.take() else { return };
-        let m = &self.turn.model;
         self.markup = Some(Markup::new(prepared.tools, prepared.thinking, Box::new(call_id)));
-        let hold = HoldJob {
-            job_id: self.turn.job_id.clone(),
-            account_id: self.turn.key.account_id.clone(),
-            choice: self.turn.request.token_type.unwrap_or(TokenChoice::Auto),
-            price: m.tier.price(),
-            prompt_tokens: prepared.prompt_ids.len() as u64,
-            max_tokens: prepared.params.max_tokens as u64,
-        };
-        let (prompt_tokens, max_tokens, auto) = (hold.prompt_tokens, hold.max_tokens, hold.choice == TokenChoice::Auto);
+        let (prompt_tokens, max_tokens) = (prepared.prompt_ids.len() as u64, prepared.params.max_tokens as u64);
         let job = JobSpec {
             job_id: self.turn.job_id.clone(),
             attempt: 0,
             account_id: self.turn.key.account_id.clone(),
-            model: m.id.clone(),
+            model: self.turn.model.id.clone(),
             prompt: prepared.prompt_ids,
             params: prepared.params,
             resume: Resume::default(),
             reply_to: streams::node(&self.services.node_id),
         };
+        let then = match self.turn.span.in_scope(|| self.services.pool.placement_outbox(&self.services, &job, self.turn.model.tier.priority)) {
+            Ok(then) => then,
+            Err(e) => return self.fail(e, ctx),
+        };
+        let placed = then.is_some();
+        if placed {
+            if let Err(e) = self.subscribe(ctx) {
+                return self.fail(e, ctx);
+            }
+        }
+        let choice = self.turn.request.token_type.unwrap_or(TokenChoice::Auto);
+        let auto = choice == TokenChoice::Auto;
+        let hold = HoldJob { job_id: self.turn.job_id.clone(), account_id: self.turn.key.account_id.clone(), choice, price: self.turn.model.tier.price(), prompt_tokens, max_tokens, then };
         let billing = Arc::clone(&self.services.billing);
         let span = tracing::info_span!(parent: &self.turn.span, "billing.hold", prompt_tokens, max_tokens);
         ctx.wait(async move { billing.hold(hold).await }.instrument(span).into_actor(self).map(move |r, act, ctx| match r {
             Ok(h) => {
                 metrics().billing_holds.with_label_values(&["held"]).inc();
                 act.held = Some(h);
-                act.dispatch(job, ctx);
+                act.dispatch(job, placed, ctx);
             }
             Err(BillingError::Store(StoreError::Insufficient { token, needed, available })) => {
                 metrics().billing_holds.with_label_values(&["insufficient"]).inc();
@@ -369,6 +389,11 @@ impl Actor for SessionActor {
             }
             Err(e) => {
                 metrics().billing_holds.with_label_values(&["failed"]).inc();
+                if placed {
+                    // The hold may have been written, and its placement request with it: take
+                    // the request back (a hold written stays open until the reaper releases it).
+                    act.job = Some(job);
+                }
                 act.fail(ApiError::logged("the hold", e), ctx)
             }
         }));

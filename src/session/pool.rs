@@ -10,7 +10,7 @@ use tracing::Instrument;
 
 use super::actor::Services;
 use crate::api::error::ApiError;
-use crate::bus::{send, streams};
+use crate::bus::{send, streams, Outbox};
 use crate::cluster::front_view::ClusterView;
 use crate::cluster::protocol::{CoordinatorCommand, PlaceRequest, KIND_COORDINATOR};
 use crate::coordinator::{loads, CoordinatorActor, Place, PlaceError, Workers};
@@ -62,10 +62,21 @@ impl Pool {
             }
             Pool::Cluster(_) => {
                 let job_id = job.job_id.clone();
-                let request = CoordinatorCommand::Place(Box::new(PlaceRequest { prefix: PlaceRequest::prefix_of(&job.prompt), job, priority, exclude }));
-                publish(s, &job_id, &request).await?;
+                publish(s, &job_id, &place_request(job, priority, exclude)).await?;
                 Ok(None)
             }
+        }
+    }
+
+    /// In a cluster, the first placement request of `job` as an entry for the hold to
+    /// write with itself (see [`Outbox`]): the request is on its way the moment the hold is
+    /// in, with no round trip between. Locally, none: the job is placed once held.
+    pub fn placement_outbox(&self, s: &Services, job: &JobSpec, priority: u8) -> Result<Option<Outbox>, ApiError> {
+        match self {
+            Pool::Local(_) => Ok(None),
+            Pool::Cluster(_) => Outbox::new(streams::coordinator(), COORDINATOR_STREAM_LEN, KIND_COORDINATOR, &s.node_id, &job.job_id, &place_request(job.clone(), priority, Vec::new()))
+                .map(Some)
+                .map_err(|e| ApiError::logged("the placement request", e)),
         }
     }
 
@@ -78,6 +89,10 @@ impl Pool {
             }
         }
     }
+}
+
+fn place_request(job: JobSpec, priority: u8, exclude: Vec<String>) -> CoordinatorCommand {
+    CoordinatorCommand::Place(Box::new(PlaceRequest { prefix: PlaceRequest::prefix_of(&job.prompt), job, priority, exclude }))
 }
 
 async fn publish(s: &Services, job_id: &str, command: &CoordinatorCommand) -> Result<(), ApiError> {

@@ -1,5 +1,5 @@
 //! The behaviour every [`Store`] must have, written once: the embedded store runs it here,
-//! and the Redis store will run the same checks.
+//! and the Redis store runs the same checks.
 
 use super::*;
 
@@ -94,17 +94,17 @@ fn holds_and_settlements_are_idempotent(store: &dyn Store) {
 fn holds_take_the_first_covered_tender(store: &dyn Store) {
     let acct = store.create_account("frank", &balances("1", "5")).expect("create");
     let auto = |spark: &str, sogni: &str| [(TokenType::Spark, a(spark)), (TokenType::Sogni, a(sogni))];
-    let h = store.hold_first("job-a1", &acct.id, &auto("1", "3")).expect("hold");
+    let h = store.hold_first("job-a1", &acct.id, &auto("1", "3"), None).expect("hold");
     assert_eq!((h.token_type, h.amount), (TokenType::Spark, a("1")));
     // Spark is spent: the next one falls to SOGNI, and a replay returns the first hold.
-    let h = store.hold_first("job-a2", &acct.id, &auto("0.1", "3")).expect("hold");
+    let h = store.hold_first("job-a2", &acct.id, &auto("0.1", "3"), None).expect("hold");
     assert_eq!((h.token_type, h.amount), (TokenType::Sogni, a("3")));
-    assert_eq!(store.hold_first("job-a1", &acct.id, &auto("1", "3")).expect("replay").token_type, TokenType::Spark);
-    assert!(matches!(store.hold_first("job-a1", &acct.id, &auto("2", "3")), Err(StoreError::HoldMismatch { .. })));
+    assert_eq!(store.hold_first("job-a1", &acct.id, &auto("1", "3"), None).expect("replay").token_type, TokenType::Spark);
+    assert!(matches!(store.hold_first("job-a1", &acct.id, &auto("2", "3"), None), Err(StoreError::HoldMismatch { .. })));
     // Neither covers it: refused as the last tender, and nothing changed.
-    assert!(matches!(store.hold_first("job-a3", &acct.id, &auto("0.1", "2.5")), Err(StoreError::Insufficient { token: "sogni", .. })));
+    assert!(matches!(store.hold_first("job-a3", &acct.id, &auto("0.1", "2.5"), None), Err(StoreError::Insufficient { token: "sogni", .. })));
     assert_eq!(store.account(&acct.id).expect("account").balances, balances("0", "2"));
-    assert!(matches!(store.hold_first("job-a4", &acct.id, &[]), Err(StoreError::Backend(_))));
+    assert!(matches!(store.hold_first("job-a4", &acct.id, &[], None), Err(StoreError::Backend(_))));
 }
 
 fn bad_money_changes_nothing(store: &dyn Store) {
@@ -205,4 +205,33 @@ fn two_redis_fronts_never_overspend_one_account() {
     assert_eq!(ledger.iter().filter(|e| e.kind == EntryKind::Hold).count(), 20);
     let seqs: std::collections::BTreeSet<u64> = ledger.iter().map(|e| e.seq).collect();
     assert_eq!(seqs.len(), ledger.len(), "sequence numbers are unique");
+}
+
+/// A hold that carries a bus entry writes it with itself, exactly once: not when the
+/// balance does not cover the hold, not on a replay. What it writes reads back through the
+/// bus as the envelope it was made from. The embedded store, which cannot reach a bus
+/// stream, refuses one and holds nothing.
+#[tokio::test]
+async fn a_redis_hold_writes_its_outbox_entry_with_itself() {
+    use crate::bus::{Bus, Outbox};
+    let server = crate::test_redis::TestRedis::start();
+    let store = redis::RedisStore::connect(&server.url).expect("connect");
+    let bus = crate::bus::redis::RedisBus::connect(&server.url).await.expect("bus");
+    let acct = store.create_account("outbox", &balances("1", "0")).expect("create");
+    let entry = |job: &str| Outbox::new("sn:test:outbox".into(), 100, "test.place", "front-1", job, &job.to_string()).expect("an entry");
+
+    store.hold_first("job-o1", &acct.id, &[(TokenType::Spark, a("0.6"))], Some(&entry("job-o1"))).expect("hold");
+    store.hold_first("job-o1", &acct.id, &[(TokenType::Spark, a("0.6"))], Some(&entry("job-o1"))).expect("replay");
+    assert!(matches!(store.hold_first("job-o2", &acct.id, &[(TokenType::Spark, a("0.6"))], Some(&entry("job-o2"))), Err(StoreError::Insufficient { .. })));
+
+    let read = bus.consume("sn:test:outbox", "readers", "r1", 10, std::time::Duration::from_millis(1)).await.expect("read");
+    let jobs: Vec<String> = read.iter().map(|d| d.envelope.payload::<String>().expect("payload")).collect();
+    assert_eq!(jobs, ["job-o1"], "one entry, for the hold that was placed");
+    assert_eq!((read[0].envelope.kind.as_str(), read[0].envelope.correlation_id.as_str()), ("test.place", "job-o1"));
+
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let embedded = embedded::RedbStore::open(dir.path()).expect("open");
+    let acct = embedded.create_account("outbox", &balances("1", "0")).expect("create");
+    assert!(matches!(embedded.hold_first("job-o3", &acct.id, &[(TokenType::Spark, a("0.5"))], Some(&entry("job-o3"))), Err(StoreError::Backend(_))));
+    assert_eq!(embedded.account(&acct.id).expect("account").balances.spark, a("1"));
 }

@@ -26,6 +26,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::{apply, first_covered, key_hash, new_secret, non_negative, replays, now, random_id, Account, ApiKeyRecord, Balances, Earning, EntryKind, Hold, LedgerEntry, NewKey, Store, StoreError, StoredKey, TokenType, HOLD_LEASE_SECS};
 use crate::billing::amount::Amount;
+use crate::bus::Outbox;
 
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
@@ -183,7 +184,10 @@ impl Store for RedbStore {
         Ok(out)
     }
 
-    fn hold_first(&self, job_id: &str, account_id: &str, tenders: &[(TokenType, Amount)]) -> Result<Hold, StoreError> {
+    fn hold_first(&self, job_id: &str, account_id: &str, tenders: &[(TokenType, Amount)], then: Option<&Outbox>) -> Result<Hold, StoreError> {
+        if let Some(o) = then {
+            return Err(StoreError::Backend(format!("the embedded store cannot append to the bus stream {}", o.stream)));
+        }
         self.write(|tx| {
             if let Some(h) = load::<Hold>(tx, HOLDS, job_id)? {
                 replays(&h, account_id, tenders)?;

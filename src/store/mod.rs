@@ -19,6 +19,7 @@ mod conformance;
 use serde::{Deserialize, Serialize};
 
 use crate::billing::amount::Amount;
+use crate::bus::Outbox;
 
 /// What an account pays with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -182,14 +183,17 @@ pub trait Store: Send + Sync {
     /// Takes `amount` off the balance for job `job_id`. Idempotent: repeating the same hold
     /// returns it unchanged; a different amount for the same job is an error.
     fn hold(&self, job_id: &str, account_id: &str, token: TokenType, amount: Amount) -> Result<Hold, StoreError> {
-        self.hold_first(job_id, account_id, &[(token, amount)])
+        self.hold_first(job_id, account_id, &[(token, amount)], None)
     }
     /// Holds the first of `tenders` (a token and the amount in it) that its balance covers,
     /// or, when none is covered, fails as the last one does. The choice is made on the
     /// record the hold is taken from, so `auto` billing costs no separate read and cannot
     /// pick a balance that another writer emptied meanwhile. A replay returns the hold
     /// placed when it matches one of `tenders`.
-    fn hold_first(&self, job_id: &str, account_id: &str, tenders: &[(TokenType, Amount)]) -> Result<Hold, StoreError>;
+    ///
+    /// With `then`, the new hold and that bus entry are written together or not at all (a
+    /// replay writes neither); a store that cannot reach the bus's streams refuses it.
+    fn hold_first(&self, job_id: &str, account_id: &str, tenders: &[(TokenType, Amount)], then: Option<&Outbox>) -> Result<Hold, StoreError>;
     /// Charges `charged` (at most the held amount) and gives back the rest; a charge above
     /// zero is recorded as the earning of `worker_id`, the worker that ran the job (none
     /// when the job never ran). Idempotent: settling again returns the first settlement.

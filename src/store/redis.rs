@@ -31,6 +31,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::{apply, first_covered, key_hash, new_secret, non_negative, replays, now, random_id, Account, ApiKeyRecord, Balances, Earning, EntryKind, Hold, LedgerEntry, NewKey, Store, StoreError, StoredKey, TokenType, HOLD_LEASE_SECS};
 use crate::billing::amount::Amount;
+use crate::bus::Outbox;
 
 const SEQ: &str = "sn:v1:ledger:seq";
 const OPEN_HOLDS: &str = "sn:v1:holds:open";
@@ -59,11 +60,12 @@ fn apikey_hash_key(hash: &str) -> String {
 
 /// Applies one money change if the records it was computed from are unchanged.
 ///
-/// KEYS: account, hold, ledger seq, account ledger, open holds, earnings.
+/// KEYS: account, hold, ledger seq, account ledger, open holds, earnings, outbox stream.
 /// ARGV: expected account ("" = absent), new account, expected hold ("" = absent, "-" =
 /// not checked), new hold ("" = unchanged), job id, hold lease ("open:SECS" to open,
-/// "close" to close, "" unchanged), earning ("" = none), then ledger entries whose `seq`
-/// is assigned here. Returns the assigned seqs, or -1 when a record changed.
+/// "close" to close, "" unchanged), earning ("" = none), the outbox stream's length ("" =
+/// no outbox entry), field and value, then ledger entries whose `seq` is assigned here.
+/// Returns the assigned seqs, or -1 when a record changed.
 const COMMIT: &str = r#"
 if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return -1 end
 if ARGV[3] ~= '-' and (redis.call('GET', KEYS[2]) or '') ~= ARGV[3] then return -1 end
@@ -75,8 +77,9 @@ elseif ARGV[6] == 'close' then
   redis.call('ZREM', KEYS[5], ARGV[5])
 end
 if ARGV[7] ~= '' then redis.call('RPUSH', KEYS[6], ARGV[7]) end
+if ARGV[8] ~= '' then redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[8], '*', ARGV[9], ARGV[10]) end
 local seqs = {}
-for i = 8, #ARGV do
+for i = 11, #ARGV do
   local entry = cjson.decode(ARGV[i])
   entry.seq = redis.call('INCR', KEYS[3]) - 1
   redis.call('RPUSH', KEYS[4], cjson.encode(entry))
@@ -86,7 +89,7 @@ return seqs
 "#;
 
 /// One money change, as computed from the records read.
-struct Change {
+struct Change<'a> {
     account_id: String,
     expected_account: String,
     account: Account,
@@ -96,6 +99,8 @@ struct Change {
     earning: Option<Earning>,
     /// The ledger entries to append; the commit assigns their `seq`.
     entries: Vec<LedgerEntry>,
+    /// A bus entry written with the change.
+    outbox: Option<&'a Outbox>,
 }
 
 /// What a change does to the hold's place in the open-holds set.
@@ -229,7 +234,7 @@ impl RedisStore {
     }
 
     /// Commits `change`; `Ok(None)` when a record changed underneath (compute again).
-    fn commit(&self, change: &Change) -> Result<Option<Vec<u64>>, StoreError> {
+    fn commit(&self, change: &Change<'_>) -> Result<Option<Vec<u64>>, StoreError> {
         let (hold_key, expected_hold, new_hold) = match &change.hold {
             Some((k, expected, new)) => (k.clone(), expected.clone(), new.as_ref().map(encode).transpose()?.unwrap_or_default()),
             None => (hold_key(""), "-".to_string(), String::new()),
@@ -243,9 +248,15 @@ impl RedisStore {
         let earning_key = change.earning.as_ref().map_or_else(|| earnings_key(""), |e| earnings_key(&e.worker_id));
         let new_account = encode(&change.account)?;
         let mut inv = self.commit.prepare_invoke();
-        inv.key(account_key(&change.account_id)).key(&hold_key).key(SEQ).key(ledger_key(&change.account_id)).key(OPEN_HOLDS).key(earning_key);
+        // An absent outbox still names a key, as a script's keys must be declared; it is not touched.
+        let outbox_stream = change.outbox.map_or(OPEN_HOLDS, |o| o.stream.as_str());
+        inv.key(account_key(&change.account_id)).key(&hold_key).key(SEQ).key(ledger_key(&change.account_id)).key(OPEN_HOLDS).key(earning_key).key(outbox_stream);
         inv.arg(&change.expected_account).arg(&new_account).arg(&expected_hold).arg(&new_hold).arg(job).arg(lease);
         inv.arg(change.earning.as_ref().map(encode).transpose()?.unwrap_or_default());
+        match change.outbox {
+            Some(o) => inv.arg(o.max_len.max(1)).arg(o.field).arg(&o.bytes),
+            None => inv.arg("").arg("").arg(""),
+        };
         for e in &change.entries {
             inv.arg(encode(e)?);
         }
@@ -267,7 +278,7 @@ impl RedisStore {
     }
 
     /// Computes and commits a change until it applies against current records.
-    fn transact<T>(&self, mut compute: impl FnMut(bool) -> Result<Result<(Change, T), T>, StoreError>, done: impl Fn(T, Vec<u64>) -> T) -> Result<T, StoreError> {
+    fn transact<'c, T>(&self, mut compute: impl FnMut(bool) -> Result<Result<(Change<'c>, T), T>, StoreError>, done: impl Fn(T, Vec<u64>) -> T) -> Result<T, StoreError> {
         for attempt in 0..ATTEMPTS {
             // The first try may compute from remembered records; a retry reads afresh, and so
             // does a first try that refused (the refusal may be the remembered record's).
@@ -307,7 +318,7 @@ impl Store for RedisStore {
                 entries.push(entry(&acct, EntryKind::Credit, token, amount, "opening balance"));
             }
         }
-        let change = Change { account_id: id, expected_account: String::new(), account: acct.clone(), hold: None, lease: Lease::Unchanged, earning: None, entries };
+        let change = Change { account_id: id, expected_account: String::new(), account: acct.clone(), hold: None, lease: Lease::Unchanged, earning: None, entries, outbox: None };
         self.commit(&change)?.ok_or_else(|| backend("account id collision"))?;
         Ok(acct)
     }
@@ -323,7 +334,7 @@ impl Store for RedisStore {
                 let (raw, mut acct) = self.account_raw(account_id, fresh)?;
                 apply(&mut acct.balances, token, amount, false)?;
                 let e = entry(&acct, EntryKind::Credit, token, amount, reference);
-                Ok(Ok((Change { account_id: account_id.to_string(), expected_account: raw, account: acct, hold: None, lease: Lease::Unchanged, earning: None, entries: vec![e.clone()] }, e)))
+                Ok(Ok((Change { account_id: account_id.to_string(), expected_account: raw, account: acct, hold: None, lease: Lease::Unchanged, earning: None, entries: vec![e.clone()], outbox: None }, e)))
             },
             |e, seqs| LedgerEntry { seq: seqs.first().copied().unwrap_or(e.seq), ..e },
         )
@@ -334,7 +345,7 @@ impl Store for RedisStore {
         self.newest(&ledger_key(account_id), limit)
     }
 
-    fn hold_first(&self, job_id: &str, account_id: &str, tenders: &[(TokenType, Amount)]) -> Result<Hold, StoreError> {
+    fn hold_first(&self, job_id: &str, account_id: &str, tenders: &[(TokenType, Amount)], then: Option<&Outbox>) -> Result<Hold, StoreError> {
         // The first try assumes the hold is new (the commit checks that it is), saving a
         // read on the common path; a retry reads it, and replays one already placed.
         self.transact(
@@ -358,6 +369,7 @@ impl Store for RedisStore {
                     lease: Lease::Open(now() + HOLD_LEASE_SECS),
                     earning: None,
                     entries: vec![e],
+                    outbox: then,
                 };
                 Ok(Ok((change, h)))
             },
@@ -394,6 +406,7 @@ impl Store for RedisStore {
                     lease: Lease::Close,
                     earning,
                     entries: vec![settle, release],
+                    outbox: None,
                 };
                 Ok(Ok((change, h)))
             },
