@@ -25,12 +25,13 @@ async fn holds_settle_to_the_exact_price_of_the_usage() {
     let key = store.create_key(&acct.id).expect("key");
     let billing = Billing::new(Arc::clone(&store), TokenRates::default());
 
-    let rec = billing.authenticate(key.api_key.clone()).await.expect("auth").expect("a valid key");
+    let presented = billing.authenticate(key.api_key.clone()).await.expect("auth").expect("a valid key");
+    let rec = presented.record.clone();
     assert_eq!(rec.account_id, acct.id);
     assert!(billing.authenticate("sn-wrong".into()).await.expect("auth").is_none());
 
     let price = ModelPrice::default();
-    let hold = |job: &str, max_tokens: u64, choice| HoldJob { job_id: job.into(), account_id: acct.id.clone(), choice, price: price.clone(), prompt_tokens: 1000, max_tokens, then: None };
+    let hold = |job: &str, max_tokens: u64, choice| HoldJob { job_id: job.into(), account_id: acct.id.clone(), choice, price: price.clone(), prompt_tokens: 1000, max_tokens, key: presented.proof.clone(), then: None };
     // 1000 * 0.00006 + 500 * 0.00018 = 0.15 Spark held.
     let h = billing.hold(hold("j1", 500, TokenChoice::Spark)).await.expect("hold");
     assert_eq!((h.token_type, h.amount), (TokenType::Spark, a("0.15")));
@@ -59,4 +60,14 @@ async fn holds_settle_to_the_exact_price_of_the_usage() {
     assert_eq!(refused.retry_after_secs, 1);
     drop(p);
     billing.admit(&rec, limits).await.expect("billing").expect("admitted again");
+
+    // A key disabled after it was looked up may still be trusted for a moment, but holds
+    // nothing: the hold checks it, and after that refusal it is looked up afresh.
+    store.disable_key(&key.key_id).expect("disable");
+    assert!(billing.authenticate(key.api_key.clone()).await.expect("auth").is_some(), "trusted for a moment");
+    let before = store.account(&acct.id).expect("account").balances;
+    let r = billing.hold(hold("j4", 10, TokenChoice::Spark)).await;
+    assert!(matches!(r, Err(BillingError::Store(StoreError::KeyRevoked(_)))), "{r:?}");
+    assert_eq!(store.account(&acct.id).expect("account").balances, before);
+    assert!(billing.authenticate(key.api_key.clone()).await.expect("auth").is_none(), "looked up again after the refusal");
 }

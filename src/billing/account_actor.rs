@@ -20,10 +20,16 @@ use super::pricing::{ModelPrice, PricingError, TokenRates};
 use super::store_queue::StoreQueue;
 use crate::api::chat_request::TokenChoice;
 use crate::bus::Outbox;
-use crate::store::{ApiKeyRecord, Hold, Store, StoreError, TokenType};
+use crate::store::{key_hash, ApiKeyRecord, Hold, HoldOrder, KeyProof, Store, StoreError, TokenType};
 
 /// An account actor with nothing in flight stops after this long without requests.
 const IDLE_AFTER: Duration = Duration::from_secs(300);
+/// How long a key found valid is trusted without asking the store again. Spending still
+/// checks it: every hold carries the key's [`KeyProof`], so a key disabled or regenerated
+/// meanwhile gets nothing held and its request a 401.
+const KEY_TRUST: Duration = Duration::from_secs(10);
+/// Keys remembered at most; past this the memory starts over.
+const MAX_TRUSTED_KEYS: usize = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BillingError {
@@ -40,21 +46,47 @@ pub struct Billing {
     store: Arc<dyn Store>,
     rates: TokenRates,
     accounts: Mutex<HashMap<String, Addr<BillingAccountActor>>>,
+    /// Keys found valid lately, by the hash of their secret, and when.
+    trusted: Mutex<HashMap<String, (ApiKeyRecord, Instant)>>,
+}
+
+/// A key a request presented and the store knew: its record, and the proof its holds carry.
+#[derive(Debug, Clone)]
+pub struct Presented {
+    pub record: ApiKeyRecord,
+    pub proof: KeyProof,
 }
 
 impl Billing {
     pub fn new(store: Arc<dyn Store>, rates: TokenRates) -> Self {
-        Self { store, rates, accounts: Mutex::new(HashMap::new()) }
+        Self { store, rates, accounts: Mutex::new(HashMap::new()), trusted: Mutex::new(HashMap::new()) }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
 
-    /// The enabled key with this secret, if any.
-    pub async fn authenticate(&self, api_key: String) -> Result<Option<ApiKeyRecord>, BillingError> {
-        let store = Arc::clone(&self.store);
-        blocking(move || Ok(store.authenticate(&api_key)?)).await
+    /// The enabled key with this secret, if any. A key found valid in the last
+    /// [`KEY_TRUST`] is taken without a store round trip (it is on every request's path);
+    /// an unknown secret always asks the store.
+    pub async fn authenticate(&self, api_key: String) -> Result<Option<Presented>, BillingError> {
+        let secret_hash = key_hash(&api_key);
+        let trusted = self.trusted.lock().unwrap_or_else(PoisonError::into_inner).get(&secret_hash).filter(|(_, at)| at.elapsed() < KEY_TRUST).map(|(r, _)| r.clone());
+        let record = match trusted {
+            Some(r) => r,
+            None => {
+                let store = Arc::clone(&self.store);
+                let Some(r) = blocking(move || Ok(store.authenticate(&api_key)?)).await? else { return Ok(None) };
+                let mut keys = self.trusted.lock().unwrap_or_else(PoisonError::into_inner);
+                if keys.len() >= MAX_TRUSTED_KEYS {
+                    keys.clear();
+                }
+                keys.insert(secret_hash.clone(), (r.clone(), Instant::now()));
+                r
+            }
+        };
+        let proof = KeyProof { key_id: record.key_id.clone(), secret_hash };
+        Ok(Some(Presented { record, proof }))
     }
 
     /// Admits one request of `key` under `limits`, or says when to retry.
@@ -62,8 +94,14 @@ impl Billing {
         self.ask(&key.account_id, Admit { key_id: key.key_id.clone(), limits }).await
     }
 
+    /// Holds the job's worst case; a key found revoked is no longer trusted.
     pub async fn hold(&self, job: HoldJob) -> Result<Hold, BillingError> {
-        self.ask(&job.account_id.clone(), job).await?
+        let secret_hash = job.key.secret_hash.clone();
+        let held = self.ask(&job.account_id.clone(), job).await?;
+        if let Err(BillingError::Store(StoreError::KeyRevoked(_))) = &held {
+            self.trusted.lock().unwrap_or_else(PoisonError::into_inner).remove(&secret_hash);
+        }
+        held
     }
 
     pub async fn settle(&self, account_id: &str, job: SettleJob) -> Result<Hold, BillingError> {
@@ -165,6 +203,8 @@ pub struct HoldJob {
     pub price: ModelPrice,
     pub prompt_tokens: u64,
     pub max_tokens: u64,
+    /// The key of the request: nothing is held if it was revoked since it was looked up.
+    pub key: KeyProof,
     /// Written with the hold, or not at all: the job's placement request, in a cluster.
     pub then: Option<Outbox>,
 }
@@ -181,7 +221,7 @@ impl Handler<HoldJob> for BillingAccountActor {
                 TokenChoice::Sogni => vec![tender(TokenType::Sogni)?],
                 TokenChoice::Auto => vec![tender(TokenType::Spark)?, tender(TokenType::Sogni)?],
             };
-            Ok(store.hold_first(&m.job_id, &m.account_id, &tenders, m.then.as_ref())?)
+            Ok(store.hold_first(&HoldOrder { job_id: &m.job_id, account_id: &m.account_id, tenders: &tenders, key: Some(&m.key), then: m.then.as_ref() })?)
         })
     }
 }

@@ -44,14 +44,15 @@ pub async fn chat_completions(req: HttpRequest, payload: web::Payload, state: we
 async fn chat(req: HttpRequest, payload: web::Payload, state: web::Data<FrontState>, span: tracing::Span, arrived: Instant) -> Result<HttpResponse, ApiError> {
     let s = &state.services;
     let secret = api_key(&req)?;
-    // The key is looked up (a store round trip on a blocking thread) while the body is read
-    // and the prompt rendered and tokenized. Its verdict is still taken first: a bad key gets
-    // its 401 whatever the body holds, and nothing is spent or held for it.
+    // The key is looked up (unless it was found valid a moment ago: a store round trip on a
+    // blocking thread) while the body is read and the prompt rendered and tokenized. Its
+    // verdict is still taken first: a bad key gets its 401 whatever the body holds, and
+    // nothing is spent or held for it (the hold checks the key again, atomically).
     let authenticate = s.billing.authenticate(secret).instrument(tracing::info_span!("billing.authenticate"));
     let (key, read) = futures_util::future::join(authenticate, read_request(&req, payload, s)).await;
     let key = key.map_err(|e| ApiError::logged("authenticating", e))?.ok_or_else(|| ApiError::unauthorized("Incorrect API key provided"))?;
     let (request, model, prompt) = read?;
-    let permit = s.billing.admit(&key, s.config.limits).await.map_err(|e| ApiError::logged("admitting", e))?.map_err(|l| ApiError::rate_limited(l.message, l.retry_after_secs))?;
+    let permit = s.billing.admit(&key.record, s.config.limits).await.map_err(|e| ApiError::logged("admitting", e))?.map_err(|l| ApiError::rate_limited(l.message, l.retry_after_secs))?;
 
     let job = random_hex(12).map_err(|e| ApiError::logged("a job id", e))?;
     let id = Arc::new(CompletionId { id: format!("chatcmpl-{job}"), created: unix_now(), model: model.id.clone() });

@@ -27,13 +27,13 @@ use super::prompt::PreparedPrompt;
 use crate::api::chat_request::{ChatRequest, TokenChoice};
 use crate::api::chat_response::{finish_reason, Delta, Usage};
 use crate::api::error::ApiError;
-use crate::billing::account_actor::{Billing, BillingError, HoldJob, SettleJob};
+use crate::billing::account_actor::{Billing, BillingError, HoldJob, Presented, SettleJob};
 use crate::billing::limits::Permit;
 use crate::bus::{streams, Bus};
 use crate::config::Config;
 use crate::engine::generate::{FinishReason, Resume};
 use crate::ids::random_hex;
-use crate::store::{ApiKeyRecord, Hold, StoreError};
+use crate::store::{Hold, StoreError};
 use crate::telemetry::metrics::{front as metrics, GaugeGuard, ModelMetrics};
 use crate::worker::actor::send_command;
 use crate::worker::engine_thread::JobEvent;
@@ -72,7 +72,7 @@ pub enum SessionEvent {
 /// One request admitted by the front.
 pub struct Turn {
     pub job_id: String,
-    pub key: ApiKeyRecord,
+    pub key: Presented,
     pub model: Arc<ModelEntry>,
     pub request: ChatRequest,
     /// Held for the whole turn: the key's concurrency count.
@@ -153,7 +153,7 @@ impl SessionActor {
             return;
         };
         let billing = Arc::clone(&self.services.billing);
-        let account = self.turn.key.account_id.clone();
+        let account = self.turn.key.record.account_id.clone();
         let job = SettleJob {
             job_id: self.turn.job_id.clone(),
             price: self.turn.model.tier.price(),
@@ -349,7 +349,7 @@ impl Actor for SessionActor {
         let job = JobSpec {
             job_id: self.turn.job_id.clone(),
             attempt: 0,
-            account_id: self.turn.key.account_id.clone(),
+            account_id: self.turn.key.record.account_id.clone(),
             model: self.turn.model.id.clone(),
             prompt: prepared.prompt_ids,
             params: prepared.params,
@@ -368,7 +368,7 @@ impl Actor for SessionActor {
         }
         let choice = self.turn.request.token_type.unwrap_or(TokenChoice::Auto);
         let auto = choice == TokenChoice::Auto;
-        let hold = HoldJob { job_id: self.turn.job_id.clone(), account_id: self.turn.key.account_id.clone(), choice, price: self.turn.model.tier.price(), prompt_tokens, max_tokens, then };
+        let hold = HoldJob { job_id: self.turn.job_id.clone(), account_id: self.turn.key.record.account_id.clone(), choice, price: self.turn.model.tier.price(), prompt_tokens, max_tokens, key: self.turn.key.proof.clone(), then };
         let billing = Arc::clone(&self.services.billing);
         let span = tracing::info_span!(parent: &self.turn.span, "billing.hold", prompt_tokens, max_tokens);
         ctx.wait(async move { billing.hold(hold).await }.instrument(span).into_actor(self).map(move |r, act, ctx| match r {
@@ -386,6 +386,10 @@ impl Actor for SessionActor {
                      Lower max_tokens or add credit."
                 );
                 act.fail(ApiError::insufficient_balance(message), ctx)
+            }
+            Err(BillingError::Store(StoreError::KeyRevoked(_))) => {
+                metrics().billing_holds.with_label_values(&["revoked"]).inc();
+                act.fail(ApiError::unauthorized("Incorrect API key provided"), ctx)
             }
             Err(e) => {
                 metrics().billing_holds.with_label_values(&["failed"]).inc();

@@ -11,6 +11,10 @@ fn balances(spark: &str, sogni: &str) -> Balances {
     Balances { spark: a(spark), sogni: a(sogni) }
 }
 
+fn order<'a>(job_id: &'a str, account_id: &'a str, tenders: &'a [(TokenType, Amount)], key: Option<&'a KeyProof>, then: Option<&'a Outbox>) -> HoldOrder<'a> {
+    HoldOrder { job_id, account_id, tenders, key, then }
+}
+
 /// Runs every check against a fresh, empty store.
 pub fn run(store: &dyn Store) {
     accounts_and_credits(store);
@@ -19,6 +23,7 @@ pub fn run(store: &dyn Store) {
     holds_take_the_first_covered_tender(store);
     bad_money_changes_nothing(store);
     keys_are_hashed_regenerated_and_disabled(store);
+    holds_check_the_key_they_were_asked_with(store);
     holds_left_open_expire(store);
 }
 
@@ -94,17 +99,17 @@ fn holds_and_settlements_are_idempotent(store: &dyn Store) {
 fn holds_take_the_first_covered_tender(store: &dyn Store) {
     let acct = store.create_account("frank", &balances("1", "5")).expect("create");
     let auto = |spark: &str, sogni: &str| [(TokenType::Spark, a(spark)), (TokenType::Sogni, a(sogni))];
-    let h = store.hold_first("job-a1", &acct.id, &auto("1", "3"), None).expect("hold");
+    let h = store.hold_first(&order("job-a1", &acct.id, &auto("1", "3"), None, None)).expect("hold");
     assert_eq!((h.token_type, h.amount), (TokenType::Spark, a("1")));
     // Spark is spent: the next one falls to SOGNI, and a replay returns the first hold.
-    let h = store.hold_first("job-a2", &acct.id, &auto("0.1", "3"), None).expect("hold");
+    let h = store.hold_first(&order("job-a2", &acct.id, &auto("0.1", "3"), None, None)).expect("hold");
     assert_eq!((h.token_type, h.amount), (TokenType::Sogni, a("3")));
-    assert_eq!(store.hold_first("job-a1", &acct.id, &auto("1", "3"), None).expect("replay").token_type, TokenType::Spark);
-    assert!(matches!(store.hold_first("job-a1", &acct.id, &auto("2", "3"), None), Err(StoreError::HoldMismatch { .. })));
+    assert_eq!(store.hold_first(&order("job-a1", &acct.id, &auto("1", "3"), None, None)).expect("replay").token_type, TokenType::Spark);
+    assert!(matches!(store.hold_first(&order("job-a1", &acct.id, &auto("2", "3"), None, None)), Err(StoreError::HoldMismatch { .. })));
     // Neither covers it: refused as the last tender, and nothing changed.
-    assert!(matches!(store.hold_first("job-a3", &acct.id, &auto("0.1", "2.5"), None), Err(StoreError::Insufficient { token: "sogni", .. })));
+    assert!(matches!(store.hold_first(&order("job-a3", &acct.id, &auto("0.1", "2.5"), None, None)), Err(StoreError::Insufficient { token: "sogni", .. })));
     assert_eq!(store.account(&acct.id).expect("account").balances, balances("0", "2"));
-    assert!(matches!(store.hold_first("job-a4", &acct.id, &[], None), Err(StoreError::Backend(_))));
+    assert!(matches!(store.hold_first(&order("job-a4", &acct.id, &[], None, None)), Err(StoreError::Backend(_))));
 }
 
 fn bad_money_changes_nothing(store: &dyn Store) {
@@ -137,6 +142,30 @@ fn keys_are_hashed_regenerated_and_disabled(store: &dyn Store) {
     assert!(store.authenticate(&k2.api_key).expect("auth").is_none());
     assert!(matches!(store.create_key("acct_missing"), Err(StoreError::NoAccount(_))));
     assert!(matches!(store.disable_key("key_missing"), Err(StoreError::NoKey(_))));
+}
+
+/// A hold made with a key proof places nothing once that key is disabled or its secret
+/// regenerated, and the balance and ledger stay as they were.
+fn holds_check_the_key_they_were_asked_with(store: &dyn Store) {
+    let acct = store.create_account("hank", &balances("5", "0")).expect("create");
+    let spark = [(TokenType::Spark, a("1"))];
+    let first = store.create_key(&acct.id).expect("key");
+    let proof = |k: &NewKey| KeyProof { key_id: k.key_id.clone(), secret_hash: key_hash(&k.api_key) };
+    store.hold_first(&order("job-k1", &acct.id, &spark, Some(&proof(&first)), None)).expect("a live key holds");
+
+    let second = store.regenerate_key(&first.key_id).expect("regenerate");
+    let revoked = store.hold_first(&order("job-k2", &acct.id, &spark, Some(&proof(&first)), None));
+    assert!(matches!(revoked, Err(StoreError::KeyRevoked(ref id)) if *id == first.key_id), "{revoked:?}");
+    store.hold_first(&order("job-k3", &acct.id, &spark, Some(&proof(&second)), None)).expect("the new secret holds");
+
+    store.disable_key(&second.key_id).expect("disable");
+    assert!(matches!(store.hold_first(&order("job-k4", &acct.id, &spark, Some(&proof(&second)), None)), Err(StoreError::KeyRevoked(_))));
+    let other = KeyProof { key_id: "key_missing".into(), secret_hash: key_hash("sn-nothing") };
+    assert!(matches!(store.hold_first(&order("job-k5", &acct.id, &spark, Some(&other), None)), Err(StoreError::KeyRevoked(_))));
+
+    assert_eq!(store.account(&acct.id).expect("account").balances.spark, a("3"), "only the two valid holds spent");
+    assert!(matches!(store.hold_of("job-k2"), Err(StoreError::NoHold(_))));
+    assert_eq!(store.ledger(&acct.id, 100).expect("ledger").iter().filter(|e| e.kind == EntryKind::Hold).count(), 2);
 }
 
 #[test]
@@ -213,16 +242,16 @@ fn two_redis_fronts_never_overspend_one_account() {
 /// stream, refuses one and holds nothing.
 #[tokio::test]
 async fn a_redis_hold_writes_its_outbox_entry_with_itself() {
-    use crate::bus::{Bus, Outbox};
+    use crate::bus::Bus;
     let server = crate::test_redis::TestRedis::start();
     let store = redis::RedisStore::connect(&server.url).expect("connect");
     let bus = crate::bus::redis::RedisBus::connect(&server.url).await.expect("bus");
     let acct = store.create_account("outbox", &balances("1", "0")).expect("create");
     let entry = |job: &str| Outbox::new("sn:test:outbox".into(), 100, "test.place", "front-1", job, &job.to_string()).expect("an entry");
 
-    store.hold_first("job-o1", &acct.id, &[(TokenType::Spark, a("0.6"))], Some(&entry("job-o1"))).expect("hold");
-    store.hold_first("job-o1", &acct.id, &[(TokenType::Spark, a("0.6"))], Some(&entry("job-o1"))).expect("replay");
-    assert!(matches!(store.hold_first("job-o2", &acct.id, &[(TokenType::Spark, a("0.6"))], Some(&entry("job-o2"))), Err(StoreError::Insufficient { .. })));
+    store.hold_first(&order("job-o1", &acct.id, &[(TokenType::Spark, a("0.6"))], None, Some(&entry("job-o1")))).expect("hold");
+    store.hold_first(&order("job-o1", &acct.id, &[(TokenType::Spark, a("0.6"))], None, Some(&entry("job-o1")))).expect("replay");
+    assert!(matches!(store.hold_first(&order("job-o2", &acct.id, &[(TokenType::Spark, a("0.6"))], None, Some(&entry("job-o2")))), Err(StoreError::Insufficient { .. })));
 
     let read = bus.consume("sn:test:outbox", "readers", "r1", 10, std::time::Duration::from_millis(1)).await.expect("read");
     let jobs: Vec<String> = read.iter().map(|d| d.envelope.payload::<String>().expect("payload")).collect();
@@ -232,6 +261,6 @@ async fn a_redis_hold_writes_its_outbox_entry_with_itself() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let embedded = embedded::RedbStore::open(dir.path()).expect("open");
     let acct = embedded.create_account("outbox", &balances("1", "0")).expect("create");
-    assert!(matches!(embedded.hold_first("job-o3", &acct.id, &[(TokenType::Spark, a("0.5"))], Some(&entry("job-o3"))), Err(StoreError::Backend(_))));
+    assert!(matches!(embedded.hold_first(&order("job-o3", &acct.id, &[(TokenType::Spark, a("0.5"))], None, Some(&entry("job-o3")))), Err(StoreError::Backend(_))));
     assert_eq!(embedded.account(&acct.id).expect("account").balances.spark, a("1"));
 }

@@ -24,9 +24,8 @@ use std::path::Path;
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{apply, first_covered, key_hash, new_secret, non_negative, replays, now, random_id, Account, ApiKeyRecord, Balances, Earning, EntryKind, Hold, LedgerEntry, NewKey, Store, StoreError, StoredKey, TokenType, HOLD_LEASE_SECS};
+use super::{apply, first_covered, key_hash, new_secret, non_negative, replays, now, random_id, Account, ApiKeyRecord, Balances, Earning, EntryKind, Hold, HoldOrder, LedgerEntry, NewKey, Store, StoreError, StoredKey, TokenType, HOLD_LEASE_SECS};
 use crate::billing::amount::Amount;
-use crate::bus::Outbox;
 
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
@@ -184,7 +183,8 @@ impl Store for RedbStore {
         Ok(out)
     }
 
-    fn hold_first(&self, job_id: &str, account_id: &str, tenders: &[(TokenType, Amount)], then: Option<&Outbox>) -> Result<Hold, StoreError> {
+    fn hold_first(&self, order: &HoldOrder<'_>) -> Result<Hold, StoreError> {
+        let HoldOrder { job_id, account_id, tenders, key, then } = *order;
         if let Some(o) = then {
             return Err(StoreError::Backend(format!("the embedded store cannot append to the bus stream {}", o.stream)));
         }
@@ -192,6 +192,12 @@ impl Store for RedbStore {
             if let Some(h) = load::<Hold>(tx, HOLDS, job_id)? {
                 replays(&h, account_id, tenders)?;
                 return Ok(h);
+            }
+            if let Some(proof) = key {
+                let stored = load::<StoredKey>(tx, KEYS, &proof.key_id)?;
+                if !stored.is_some_and(|k| proof.holds_for(&k)) {
+                    return Err(StoreError::KeyRevoked(proof.key_id.clone()));
+                }
             }
             let mut acct = account_in(tx, account_id)?;
             let (token, amount) = first_covered(&acct.balances, tenders)?;

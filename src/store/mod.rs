@@ -146,12 +146,43 @@ pub enum StoreError {
     NegativeAmount(Amount),
     #[error("settling {charged} against a hold of {held}")]
     OverCharge { charged: Amount, held: Amount },
+    #[error("API key `{0}` was disabled or given a new secret")]
+    KeyRevoked(String),
     #[error("{0} is in use by another process (a running `supernet serve`?)")]
     InUse(String),
     #[error("balance overflow")]
     Overflow,
     #[error("{0}")]
     Backend(String),
+}
+
+/// What a hold asks of [`Store::hold_first`].
+pub struct HoldOrder<'a> {
+    pub job_id: &'a str,
+    pub account_id: &'a str,
+    /// Tokens and the amount in each, in order of preference.
+    pub tenders: &'a [(TokenType, Amount)],
+    /// The key the request came with: no new hold is placed if that key has since been
+    /// disabled or given a new secret ([`StoreError::KeyRevoked`]), so a front may trust a
+    /// key it looked up a moment ago and still spend nothing for one revoked meanwhile.
+    pub key: Option<&'a KeyProof>,
+    /// Written with the new hold, or not at all (a replay writes neither); a store that
+    /// cannot reach the bus's streams refuses an order with one.
+    pub then: Option<&'a Outbox>,
+}
+
+/// A key as a request presented it: which key, and the hash of the secret it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyProof {
+    pub key_id: String,
+    pub secret_hash: String,
+}
+
+impl KeyProof {
+    /// Whether `stored` is still this key, enabled, with this secret.
+    fn holds_for(&self, stored: &StoredKey) -> bool {
+        stored.record.key_id == self.key_id && stored.hash == self.secret_hash && !stored.record.disabled
+    }
 }
 
 /// A new API key: its id, and the key itself, which is shown once and never stored.
@@ -183,17 +214,15 @@ pub trait Store: Send + Sync {
     /// Takes `amount` off the balance for job `job_id`. Idempotent: repeating the same hold
     /// returns it unchanged; a different amount for the same job is an error.
     fn hold(&self, job_id: &str, account_id: &str, token: TokenType, amount: Amount) -> Result<Hold, StoreError> {
-        self.hold_first(job_id, account_id, &[(token, amount)], None)
+        self.hold_first(&HoldOrder { job_id, account_id, tenders: &[(token, amount)], key: None, then: None })
     }
-    /// Holds the first of `tenders` (a token and the amount in it) that its balance covers,
-    /// or, when none is covered, fails as the last one does. The choice is made on the
-    /// record the hold is taken from, so `auto` billing costs no separate read and cannot
-    /// pick a balance that another writer emptied meanwhile. A replay returns the hold
-    /// placed when it matches one of `tenders`.
-    ///
-    /// With `then`, the new hold and that bus entry are written together or not at all (a
-    /// replay writes neither); a store that cannot reach the bus's streams refuses it.
-    fn hold_first(&self, job_id: &str, account_id: &str, tenders: &[(TokenType, Amount)], then: Option<&Outbox>) -> Result<Hold, StoreError>;
+    /// Holds the first of the order's tenders (a token and the amount in it) that its
+    /// balance covers, or, when none is covered, fails as the last one does. The choice is
+    /// made on the record the hold is taken from, so `auto` billing costs no separate read
+    /// and cannot pick a balance that another writer emptied meanwhile. A replay returns the
+    /// hold placed when it matches one of the tenders. See [`HoldOrder`] for its checks and
+    /// what it writes with the hold.
+    fn hold_first(&self, order: &HoldOrder<'_>) -> Result<Hold, StoreError>;
     /// Charges `charged` (at most the held amount) and gives back the rest; a charge above
     /// zero is recorded as the earning of `worker_id`, the worker that ran the job (none
     /// when the job never ran). Idempotent: settling again returns the first settlement.
@@ -248,7 +277,7 @@ fn new_secret() -> Result<(String, String), StoreError> {
 }
 
 /// What is stored instead of a key: its SHA-256, in hex.
-fn key_hash(key: &str) -> String {
+pub fn key_hash(key: &str) -> String {
     use sha2::{Digest, Sha256};
     crate::ids::hex(&Sha256::digest(key.as_bytes()))
 }

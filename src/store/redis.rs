@@ -29,7 +29,7 @@ use std::time::Duration;
 use redis::{Client, Commands, Connection, RedisError, Script};
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{apply, first_covered, key_hash, new_secret, non_negative, replays, now, random_id, Account, ApiKeyRecord, Balances, Earning, EntryKind, Hold, LedgerEntry, NewKey, Store, StoreError, StoredKey, TokenType, HOLD_LEASE_SECS};
+use super::{apply, first_covered, key_hash, new_secret, non_negative, replays, now, random_id, Account, ApiKeyRecord, Balances, Earning, EntryKind, Hold, HoldOrder, KeyProof, LedgerEntry, NewKey, Store, StoreError, StoredKey, TokenType, HOLD_LEASE_SECS};
 use crate::billing::amount::Amount;
 use crate::bus::Outbox;
 
@@ -60,13 +60,20 @@ fn apikey_hash_key(hash: &str) -> String {
 
 /// Applies one money change if the records it was computed from are unchanged.
 ///
-/// KEYS: account, hold, ledger seq, account ledger, open holds, earnings, outbox stream.
-/// ARGV: expected account ("" = absent), new account, expected hold ("" = absent, "-" =
-/// not checked), new hold ("" = unchanged), job id, hold lease ("open:SECS" to open,
+/// KEYS: account, hold, ledger seq, account ledger, open holds, earnings, outbox stream,
+/// API key. ARGV: expected account ("" = absent), new account, expected hold ("" = absent,
+/// "-" = not checked), new hold ("" = unchanged), job id, hold lease ("open:SECS" to open,
 /// "close" to close, "" unchanged), earning ("" = none), the outbox stream's length ("" =
-/// no outbox entry), field and value, then ledger entries whose `seq` is assigned here.
-/// Returns the assigned seqs, or -1 when a record changed.
+/// no outbox entry), field and value, the hash the API key's secret must have ("" = no
+/// key check), then ledger entries whose `seq` is assigned here. Returns the assigned
+/// seqs, -1 when a record changed, or -2 when the key is disabled or has another secret.
 const COMMIT: &str = r#"
+if ARGV[11] ~= '' then
+  local k = redis.call('GET', KEYS[8])
+  if not k then return -2 end
+  local stored = cjson.decode(k)
+  if stored.hash ~= ARGV[11] or stored.record.disabled ~= false then return -2 end
+end
 if (redis.call('GET', KEYS[1]) or '') ~= ARGV[1] then return -1 end
 if ARGV[3] ~= '-' and (redis.call('GET', KEYS[2]) or '') ~= ARGV[3] then return -1 end
 redis.call('SET', KEYS[1], ARGV[2])
@@ -79,7 +86,7 @@ end
 if ARGV[7] ~= '' then redis.call('RPUSH', KEYS[6], ARGV[7]) end
 if ARGV[8] ~= '' then redis.call('XADD', KEYS[7], 'MAXLEN', '~', ARGV[8], '*', ARGV[9], ARGV[10]) end
 local seqs = {}
-for i = 11, #ARGV do
+for i = 12, #ARGV do
   local entry = cjson.decode(ARGV[i])
   entry.seq = redis.call('INCR', KEYS[3]) - 1
   redis.call('RPUSH', KEYS[4], cjson.encode(entry))
@@ -101,6 +108,8 @@ struct Change<'a> {
     entries: Vec<LedgerEntry>,
     /// A bus entry written with the change.
     outbox: Option<&'a Outbox>,
+    /// The API key that must still be valid for the change to apply.
+    key: Option<&'a KeyProof>,
 }
 
 /// What a change does to the hold's place in the open-holds set.
@@ -250,13 +259,15 @@ impl RedisStore {
         let mut inv = self.commit.prepare_invoke();
         // An absent outbox still names a key, as a script's keys must be declared; it is not touched.
         let outbox_stream = change.outbox.map_or(OPEN_HOLDS, |o| o.stream.as_str());
-        inv.key(account_key(&change.account_id)).key(&hold_key).key(SEQ).key(ledger_key(&change.account_id)).key(OPEN_HOLDS).key(earning_key).key(outbox_stream);
+        let api_key = apikey_key(change.key.map_or("", |k| k.key_id.as_str()));
+        inv.key(account_key(&change.account_id)).key(&hold_key).key(SEQ).key(ledger_key(&change.account_id)).key(OPEN_HOLDS).key(earning_key).key(outbox_stream).key(api_key);
         inv.arg(&change.expected_account).arg(&new_account).arg(&expected_hold).arg(&new_hold).arg(job).arg(lease);
         inv.arg(change.earning.as_ref().map(encode).transpose()?.unwrap_or_default());
         match change.outbox {
             Some(o) => inv.arg(o.max_len.max(1)).arg(o.field).arg(&o.bytes),
             None => inv.arg("").arg("").arg(""),
         };
+        inv.arg(change.key.map_or("", |k| k.secret_hash.as_str()));
         for e in &change.entries {
             inv.arg(encode(e)?);
         }
@@ -265,6 +276,7 @@ impl RedisStore {
         // A settled hold is never changed again: nothing to remember.
         let open_hold = change.hold.as_ref().and_then(|h| h.2.as_ref()).filter(|h| h.settled.is_none()).map(|_| new_hold.clone());
         match reply {
+            redis::Value::Int(-2) => Err(StoreError::KeyRevoked(change.key.map(|k| k.key_id.clone()).unwrap_or_default())),
             redis::Value::Int(-1) => {
                 self.learn((account, None), change.hold.is_some().then_some((hold_key, None)));
                 Ok(None)
@@ -318,7 +330,7 @@ impl Store for RedisStore {
                 entries.push(entry(&acct, EntryKind::Credit, token, amount, "opening balance"));
             }
         }
-        let change = Change { account_id: id, expected_account: String::new(), account: acct.clone(), hold: None, lease: Lease::Unchanged, earning: None, entries, outbox: None };
+        let change = Change { account_id: id, expected_account: String::new(), account: acct.clone(), hold: None, lease: Lease::Unchanged, earning: None, entries, outbox: None, key: None };
         self.commit(&change)?.ok_or_else(|| backend("account id collision"))?;
         Ok(acct)
     }
@@ -334,7 +346,7 @@ impl Store for RedisStore {
                 let (raw, mut acct) = self.account_raw(account_id, fresh)?;
                 apply(&mut acct.balances, token, amount, false)?;
                 let e = entry(&acct, EntryKind::Credit, token, amount, reference);
-                Ok(Ok((Change { account_id: account_id.to_string(), expected_account: raw, account: acct, hold: None, lease: Lease::Unchanged, earning: None, entries: vec![e.clone()], outbox: None }, e)))
+                Ok(Ok((Change { account_id: account_id.to_string(), expected_account: raw, account: acct, hold: None, lease: Lease::Unchanged, earning: None, entries: vec![e.clone()], outbox: None, key: None }, e)))
             },
             |e, seqs| LedgerEntry { seq: seqs.first().copied().unwrap_or(e.seq), ..e },
         )
@@ -345,7 +357,8 @@ impl Store for RedisStore {
         self.newest(&ledger_key(account_id), limit)
     }
 
-    fn hold_first(&self, job_id: &str, account_id: &str, tenders: &[(TokenType, Amount)], then: Option<&Outbox>) -> Result<Hold, StoreError> {
+    fn hold_first(&self, order: &HoldOrder<'_>) -> Result<Hold, StoreError> {
+        let HoldOrder { job_id, account_id, tenders, key: proof, then } = *order;
         // The first try assumes the hold is new (the commit checks that it is), saving a
         // read on the common path; a retry reads it, and replays one already placed.
         self.transact(
@@ -370,6 +383,7 @@ impl Store for RedisStore {
                     earning: None,
                     entries: vec![e],
                     outbox: then,
+                    key: proof,
                 };
                 Ok(Ok((change, h)))
             },
@@ -407,6 +421,7 @@ impl Store for RedisStore {
                     earning,
                     entries: vec![settle, release],
                     outbox: None,
+                    key: None,
                 };
                 Ok(Ok((change, h)))
             },

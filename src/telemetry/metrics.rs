@@ -71,7 +71,7 @@ pub fn front() -> &'static Front {
         request_success: counter("supernet:request_success_total", "Requests that finished, by finish reason.", &["model", "finished_reason"]),
         request_errors: counter("supernet:request_errors_total", "Error responses, by OpenAI error type and HTTP status.", &["type", "status"]),
         failovers: counter("supernet:failovers_total", "Jobs moved to another worker after theirs was lost.", &["model"]),
-        billing_holds: counter("supernet:billing_holds_total", "Billing holds, by outcome (held, insufficient, failed).", &["outcome"]),
+        billing_holds: counter("supernet:billing_holds_total", "Billing holds, by outcome (held, insufficient, revoked, failed).", &["outcome"]),
         billing_settles: counter("supernet:billing_settles_total", "Billing settlements, by outcome (settled, failed).", &["outcome"]),
     });
     &FRONT

@@ -65,15 +65,22 @@ def test_keys(server, account):
         assert h.post("/v1/chat/completions", json=OK, headers={"api-key": account[1]}).status_code == 200
     with pytest.raises(openai.AuthenticationError):
         server.client("sn-wrong").chat.completions.create(**OK)
-    # A disabled key stops working at once; a regenerated one replaces the old secret.
+    # A disabled key stops working at once; a regenerated one replaces the old secret. Each
+    # was just used (the front trusts a key it looked up for a few seconds), and the refused
+    # requests spend nothing.
     acct, key, key_id = server.account()
+    server.client(key).chat.completions.create(**OK)
     new = server.admin("keys", "regenerate", "--key-id", key_id)["api_key"]
+    spent = server.balances(acct)
     with pytest.raises(openai.AuthenticationError):
         server.client(key).chat.completions.create(**OK)
+    assert server.balances(acct) == spent
     server.client(new).chat.completions.create(**OK)
     server.admin("keys", "disable", "--key-id", key_id)
+    spent = server.balances(acct)
     with pytest.raises(openai.AuthenticationError):
         server.client(new).chat.completions.create(**OK)
+    assert server.balances(acct) == spent
 
 
 def test_unknown_models_and_routes_get_404(server, account):
