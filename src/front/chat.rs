@@ -25,6 +25,7 @@ use crate::ids::random_hex;
 use crate::session::actor::{Services, SessionActor, SessionEvent, Turn};
 use crate::session::models::ModelEntry;
 use crate::session::prompt::{prepare, PreparedPrompt};
+use crate::telemetry::metrics;
 use crate::telemetry::trace_context::follow;
 
 pub async fn chat_completions(req: HttpRequest, payload: web::Payload, state: web::Data<FrontState>) -> HttpResponse {
@@ -103,7 +104,7 @@ async fn whole(mut events: UnboundedReceiver<SessionEvent>, id: &CompletionId) -
     let mut message = AssistantMessage::default();
     loop {
         match events.recv().await {
-            Some(SessionEvent::Delta(d)) => message.apply(d),
+            Some(SessionEvent::Delta(d, _)) => message.apply(d),
             Some(SessionEvent::Done { finish, tool_calls, usage }) => return Ok(HttpResponse::Ok().json(id.response(&message, finish_reason(finish, tool_calls), usage))),
             Some(SessionEvent::Error(e)) => return Err(e),
             Some(SessionEvent::Started) => {}
@@ -146,8 +147,9 @@ fn sse(events: UnboundedReceiver<SessionEvent>, id: Arc<CompletionId>, include_u
 fn frame(frames: &mut String, event: Option<SessionEvent>, id: &CompletionId, include_usage: bool) -> bool {
     match event {
         Some(SessionEvent::Started) => return true,
-        Some(SessionEvent::Delta(d)) => {
+        Some(SessionEvent::Delta(d, received)) => {
             frames.push_str(&id.delta_event(&d));
+            metrics::front().relay.observe(received.elapsed().as_secs_f64());
             return true;
         }
         Some(SessionEvent::Done { finish, tool_calls, usage }) => {

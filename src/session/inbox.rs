@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::{Actor, AsyncContext, Context, Handler, Message, Recipient, WrapFuture};
 
@@ -20,6 +21,8 @@ const GROUP: &str = "sessions";
 pub struct JobUpdate {
     pub message: NodeMessage,
     pub sender: String,
+    /// When it came off the bus.
+    pub received: Instant,
 }
 
 pub struct NodeInbox {
@@ -42,7 +45,7 @@ impl Actor for NodeInbox {
         let read = read_stream(Arc::clone(&self.bus), streams::node(&self.node_id), GROUP.into(), self.node_id.clone(), move |env| {
             let Some(me) = me.upgrade() else { return ControlFlow::Break(()) };
             match env.payload::<NodeMessage>() {
-                Ok(message) => me.do_send(Deliver { job_id: env.correlation_id, update: JobUpdate { message, sender: env.sender } }),
+                Ok(message) => me.do_send(Deliver { job_id: env.correlation_id, update: JobUpdate { message, sender: env.sender, received: Instant::now() } }),
                 Err(e) => tracing::warn!(kind = %env.kind, "dropping an unreadable job message: {e}"),
             }
             ControlFlow::Continue(())

@@ -64,6 +64,9 @@ def assert_front_counted(before, after, usages):
         assert delta(before, after, f"supernet:{h}_bucket", model=MODEL_ID, le="+Inf") == 3, h
     # One gap per token after the first.
     assert delta(before, after, "supernet:inter_token_latency_seconds_count", model=MODEL_ID) == sum(u.completion_tokens - 1 for u in usages)
+    # Only the streamed request relays chunks; at least one piece of text, each relayed once.
+    relayed = delta(before, after, "supernet:front_relay_seconds_count")
+    assert 1 <= relayed <= usages[-1].completion_tokens, relayed
     assert delta(before, after, "supernet:request_errors_total", type="invalid_request_error", status="400") == 1
     assert delta(before, after, "supernet:request_errors_total", type="authentication_error", status="401") == 1
     assert delta(before, after, "supernet:billing_holds_total", outcome="held") == 3
