@@ -12,7 +12,7 @@
 #   WORKERS (1)            simulated workers in all
 #   WORKER_PROCESSES (1)   processes they are spread over
 #   TOKENS_PER_S (50)      PREFILL_MS (20)   JITTER (0)   MAX_BATCH (8)   MAX_QUEUE (64)
-#   PORT (18700)           REDIS_PORT (a free one)
+#   PORT (18700)           REDIS_PORT (a free one)   HTTP_WORKERS (0: the front's default)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${SUPERNET_BIN:-target/release/supernet}
@@ -52,7 +52,7 @@ for i in $(seq 0 $((processes - 1))); do
 done
 export WORKER_PIDS
 # The load is one API key's: lift the per-key limits.
-printf '[limits]\nmax_concurrent = 0\nrequests_per_minute = 0\n' >"$data/front.toml"
+printf '[server]\nhttp_workers = %s\n[limits]\nmax_concurrent = 0\nrequests_per_minute = 0\n' "${HTTP_WORKERS:-0}" >"$data/front.toml"
 "$bin" front --redis "$REDIS_URL" --host 127.0.0.1 --port "$port" --config "$data/front.toml" >"$data/front.log" 2>&1 &
 pids+=($!)
 export FRONT_PID=$!
