@@ -57,8 +57,9 @@ pub struct Front {
     pub failovers: IntCounterVec,
     pub billing_holds: IntCounterVec,
     pub billing_settles: IntCounterVec,
-    /// What the front itself adds to each streamed piece of text: from the worker's event
-    /// arriving on this node's stream to its SSE chunk being handed to the connection.
+    /// What the front itself adds to each streamed piece of text once it has read it: from
+    /// the worker's event being read off this node's stream to its SSE chunk being handed to
+    /// the connection. Time an entry waits in Redis for the front's next read is not in it.
     pub relay: Histogram,
 }
 
@@ -76,7 +77,7 @@ pub fn front() -> &'static Front {
         failovers: counter("supernet:failovers_total", "Jobs moved to another worker after theirs was lost.", &["model"]),
         billing_holds: counter("supernet:billing_holds_total", "Billing holds, by outcome (held, insufficient, revoked, failed).", &["outcome"]),
         billing_settles: counter("supernet:billing_settles_total", "Billing settlements, by outcome (settled, failed).", &["outcome"]),
-        relay: register(Histogram::with_opts(HistogramOpts::new("supernet:front_relay_seconds", "Seconds from a worker's text arriving on this front's stream to its SSE chunk leaving for the client.").buckets(DECISION.to_vec())).expect("valid metric")),
+        relay: register(Histogram::with_opts(HistogramOpts::new("supernet:front_relay_seconds", "Seconds from reading a worker's text off this front's stream to its SSE chunk leaving for the client.").buckets(DECISION.to_vec())).expect("valid metric")),
     });
     &FRONT
 }
