@@ -5,7 +5,10 @@
 //! time ([`StoreQueue`]); the store's transactions keep each balance consistent.
 //!
 //! [`Billing`] hands out the actor of an account: started on first use, stopped after a
-//! few idle minutes, started again when the account comes back.
+//! few idle minutes, started again when the account comes back. It also authenticates
+//! keys, and trusts one it found valid for a few seconds: looking a key up is a store round
+//! trip on every request's path, while a revoked key must still never spend, which the hold
+//! guarantees by checking the key in the same step.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
