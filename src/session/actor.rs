@@ -204,15 +204,10 @@ impl SessionActor {
     }
 
     /// The hold is in place: place the first attempt, unless the hold already wrote its
-    /// placement request (`placed`; the session subscribed before asking for the hold).
+    /// placement request (`placed`).
     fn dispatch(&mut self, job: JobSpec, placed: bool, ctx: &mut Context<Self>) {
-        if !placed {
-            if self.client_gone {
-                return self.finish(0, 0, None, ctx);
-            }
-            if let Err(e) = self.subscribe(ctx) {
-                return self.fail(e, ctx);
-            }
+        if !placed && self.client_gone {
+            return self.finish(0, 0, None, ctx);
         }
         self.job = Some(job);
         self.dispatched = Some(Instant::now());
@@ -362,10 +357,10 @@ impl Actor for SessionActor {
             Err(e) => return self.fail(e, ctx),
         };
         let placed = then.is_some();
-        if placed {
-            if let Err(e) = self.subscribe(ctx) {
-                return self.fail(e, ctx);
-            }
+        // Before the hold: with `then`, the answer to the placement can come before the
+        // hold's own reply.
+        if let Err(e) = self.subscribe(ctx) {
+            return self.fail(e, ctx);
         }
         let choice = self.turn.request.token_type.unwrap_or(TokenChoice::Auto);
         let auto = choice == TokenChoice::Auto;
