@@ -1,13 +1,15 @@
 //! Publishing to Redis in batches without waiting to batch. Every token a worker streams is
-//! one stream entry, and at tens of thousands of tokens a second one `XADD` round trip each
-//! costs the worker, Redis and the network far more than the entries themselves. So each
-//! stream gets one writer task: a publish joins the stream's queue, and the writer sends
-//! everything queued as one pipeline of `XADD`s, one round trip, then the next batch.
+//! a message, and at tens of thousands of tokens a second one `XADD` each (one stream entry
+//! for Redis to store, hand out, track as pending and acknowledge, and one for the reader to
+//! parse) costs the worker, Redis and the reading front far more than the tokens
+//! themselves. So each stream gets one writer task: a publish joins the stream's queue, and
+//! the writer packs everything queued into one entry, envelopes back to back
+//! ([`super::Envelope::unpack`] reads them), written with one `XADD`, then the next batch.
 //!
 //! Nothing waits for a batch to fill: a publish to an idle stream goes out at once, and only
-//! what arrives while a round trip is in flight shares the next one, so batches grow with
-//! load and latency does not. Entries stay one per envelope (ids, acknowledgement and
-//! claiming are unchanged) and a stream's entries keep the order of its publishes.
+//! what arrives while a write is in flight shares the next one, so batches grow with load
+//! and latency does not. A stream's messages keep the order of its publishes; those packed
+//! together share an entry id, and are acknowledged and claimed together.
 //!
 //! A writer that has been idle for [`IDLE`] ends, so a coordinator that once wrote to
 //! thousands of worker inboxes does not keep thousands of tasks.
@@ -22,14 +24,14 @@ use tokio::sync::oneshot;
 
 use super::BusError;
 
-/// The entry field that holds the envelope.
+/// The entry field that holds the envelopes.
 pub const FIELD: &str = "m";
-/// Entries sent in one round trip at most.
+/// Messages packed into one entry at most.
 const MAX_BATCH: usize = 512;
 /// How long a stream's writer waits for more before it ends.
 const IDLE: Duration = Duration::from_secs(30);
 
-/// One entry to append, and who waits for its id.
+/// One message to append, and who waits for its entry's id.
 struct Publish {
     bytes: Vec<u8>,
     max_len: usize,
@@ -76,7 +78,7 @@ impl Coalescer {
     }
 }
 
-/// One stream's writer: a batch per round trip until idle.
+/// One stream's writer: an entry per round trip until idle.
 async fn write(stream: String, mut queue: UnboundedReceiver<Publish>, mut connection: ConnectionManager, queues: Queues) {
     loop {
         let first = match tokio::time::timeout(IDLE, queue.recv()).await {
@@ -104,23 +106,12 @@ async fn write(stream: String, mut queue: UnboundedReceiver<Publish>, mut connec
                 Err(_) => break,
             }
         }
-        let mut pipe = redis::pipe();
-        for p in &batch {
-            pipe.cmd("XADD").arg(&stream).arg("MAXLEN").arg("~").arg(p.max_len.max(1)).arg("*").arg(FIELD).arg(&p.bytes);
+        let max_len = batch.iter().map(|p| p.max_len).max().unwrap_or(1).max(1);
+        let mut packed = Vec::with_capacity(batch.iter().map(|p| p.bytes.len()).sum());
+        batch.iter().for_each(|p| packed.extend_from_slice(&p.bytes));
+        let appended: Result<String, _> = redis::cmd("XADD").arg(&stream).arg("MAXLEN").arg("~").arg(max_len).arg("*").arg(FIELD).arg(packed).query_async(&mut connection).await;
+        for p in batch {
+            let _ = p.done.send(appended.as_ref().map(String::clone).map_err(|e| BusError::Transport(e.to_string())));
         }
-        match pipe.query_async::<Vec<String>>(&mut connection).await {
-            Ok(ids) if ids.len() == batch.len() => batch.into_iter().zip(ids).for_each(|(p, id)| drop(p.done.send(Ok(id)))),
-            Ok(ids) => {
-                let reason = format!("Redis answered {} of {} appends", ids.len(), batch.len());
-                fail(batch, &reason)
-            }
-            Err(e) => fail(batch, &e.to_string()),
-        }
-    }
-}
-
-fn fail(batch: Vec<Publish>, reason: &str) {
-    for p in batch {
-        let _ = p.done.send(Err(BusError::Transport(reason.to_string())));
     }
 }

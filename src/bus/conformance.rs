@@ -32,6 +32,7 @@ pub async fn run(bus: Arc<dyn Bus>) {
     consume_waits_for_a_publish_and_times_out(Arc::clone(&bus)).await;
     streams_are_trimmed(&*bus).await;
     publishes_keep_the_order_they_were_made_in(&*bus).await;
+    messages_published_together_are_claimed_and_acked_together(&*bus).await;
 }
 
 async fn groups_each_see_every_message_once(bus: &dyn Bus) {
@@ -95,20 +96,47 @@ async fn streams_are_trimmed(bus: &dyn Bus) {
     assert_eq!(numbers(&got).last(), Some(&999));
 }
 
-/// Publishes made before any is awaited (the Redis bus writes them in batches) are appended
-/// in the order they were made, each with an id of its own, stream by stream.
+/// Publishes made before any is awaited (the Redis bus packs them into shared entries) are
+/// appended in the order they were made, stream by stream, and each is told the id of the
+/// entry it is delivered in.
 async fn publishes_keep_the_order_they_were_made_in(bus: &dyn Bus) {
     let pending: Vec<_> = (0..2000).map(|n| bus.publish(if n % 3 == 0 { "s6" } else { "s7" }, ping(n), 100_000)).collect();
     let ids = futures_util::future::join_all(pending).await.into_iter().collect::<Result<Vec<_>, _>>().expect("publish");
-    let distinct: std::collections::HashSet<_> = ids.iter().enumerate().map(|(n, id)| (n % 3 == 0, id)).collect();
-    assert_eq!(distinct.len(), 2000, "every entry has an id of its own in its stream");
     let (s6, s7) = (bus.consume("s6", "g", "c", 10_000, NOW).await.expect("consume"), bus.consume("s7", "g", "c", 10_000, NOW).await.expect("consume"));
     assert_eq!(numbers(&s6), (0..2000).filter(|n| n % 3 == 0).collect::<Vec<_>>());
     assert_eq!(numbers(&s7), (0..2000).filter(|n| n % 3 != 0).collect::<Vec<_>>());
+    let published: Vec<_> = ids.iter().enumerate().filter(|(n, _)| n % 3 == 0).map(|(_, id)| id.as_str()).collect();
+    assert_eq!(published, s6.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), "the ids publish gave are those delivered");
     let late = post(bus, "s6", 100_000, "ping", "node-a", "job-x", &Ping { n: 5000, text: String::new() });
     bus.publish("s6", ping(5001), 100_000).await.expect("publish");
     late.await.expect("post");
     assert_eq!(numbers(&bus.consume("s6", "g", "c", 10, NOW).await.expect("consume")), [5000, 5001]);
+}
+
+/// Messages that share an entry are handed over together when their consumer dies, and
+/// acking the ids delivered acks them all.
+async fn messages_published_together_are_claimed_and_acked_together(bus: &dyn Bus) {
+    let pending: Vec<_> = (0..3).map(|n| bus.publish("s8", ping(n), 100)).collect();
+    futures_util::future::join_all(pending).await.into_iter().collect::<Result<Vec<_>, _>>().expect("publish");
+    assert_eq!(numbers(&bus.consume("s8", "g", "dead", 10, NOW).await.expect("consume")), [0, 1, 2]);
+    let claimed = bus.claim_stale("s8", "g", "alive", NOW, 10).await.expect("claim");
+    assert_eq!(numbers(&claimed), [0, 1, 2]);
+    let mut ids: Vec<String> = claimed.into_iter().map(|d| d.id).collect();
+    ids.dedup();
+    bus.ack("s8", "g", &ids).await.expect("ack");
+    assert!(bus.claim_stale("s8", "g", "alive", NOW, 10).await.expect("claim").is_empty());
+}
+
+#[test]
+fn entries_unpack_into_their_envelopes() {
+    let (a, b) = (ping(1), ping(2));
+    let mut entry = [a.to_bytes().expect("encode"), b.to_bytes().expect("encode")].concat();
+    let (read, error) = Envelope::unpack(&entry);
+    assert!(read == [a.clone(), b.clone()] && error.is_none());
+    entry.extend_from_slice(&[1, 2, 3]);
+    let (read, error) = Envelope::unpack(&entry);
+    assert_eq!(read, [a, b], "what precedes an unreadable envelope is kept");
+    assert!(matches!(error, Some(BusError::Decode(_))));
 }
 
 #[test]

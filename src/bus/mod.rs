@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-/// The envelope format this build speaks; others are rejected, never guessed at.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The envelope format this build speaks; others are rejected, never guessed at. Version 2:
+/// a Redis stream entry holds one or more envelopes back to back ([`Envelope::unpack`]).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// One message: routing and tracing data around an encoded payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,11 +78,33 @@ impl Envelope {
 
     /// Reads wire bytes, rejecting other protocol versions.
     pub fn from_bytes(b: &[u8]) -> Result<Self, BusError> {
-        let (env, _): (Envelope, usize) = bincode::serde::decode_from_slice(b, codec()).map_err(|e| BusError::Decode(e.to_string()))?;
+        Self::read(b).map(|(env, _)| env)
+    }
+
+    /// The envelope at the start of `b`, and how many bytes it took.
+    fn read(b: &[u8]) -> Result<(Self, usize), BusError> {
+        let (env, used): (Envelope, usize) = bincode::serde::decode_from_slice(b, codec()).map_err(|e| BusError::Decode(e.to_string()))?;
         if env.version != PROTOCOL_VERSION {
             return Err(BusError::Version { got: env.version });
         }
-        Ok(env)
+        Ok((env, used))
+    }
+
+    /// The envelopes of one stream entry, written back to back (the Redis bus packs what is
+    /// published to a stream together into one entry). An unreadable one ends the entry,
+    /// since where the next begins is then unknown: the error comes with those before it.
+    pub fn unpack(mut b: &[u8]) -> (Vec<Self>, Option<BusError>) {
+        let mut all = Vec::new();
+        while !b.is_empty() {
+            match Self::read(b) {
+                Ok((env, used)) => {
+                    all.push(env);
+                    b = &b[used.min(b.len())..];
+                }
+                Err(e) => return (all, Some(e)),
+            }
+        }
+        (all, None)
     }
 }
 
@@ -108,7 +131,9 @@ impl Outbox {
     }
 }
 
-/// A message handed to a consumer; ack it by `id` once handled.
+/// A message handed to a consumer; ack it by `id` once handled. Messages published together
+/// may share an entry, and so an id: acking it acks them all, and a claim hands them over
+/// together.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     pub id: String,
@@ -124,8 +149,8 @@ pub trait Bus: Send + Sync {
     /// future gives the entry id once it is written.
     fn publish<'a>(&'a self, stream: &'a str, envelope: Envelope, max_len: usize) -> BusFuture<'a, String>;
 
-    /// Up to `max` entries of `stream` not yet delivered to `group`, waiting up to `block`
-    /// for the first. Each stays pending for `consumer` until acked.
+    /// The messages of up to `max` entries of `stream` not yet delivered to `group`, waiting
+    /// up to `block` for the first. Each entry stays pending for `consumer` until acked.
     fn consume<'a>(&'a self, stream: &'a str, group: &'a str, consumer: &'a str, max: usize, block: Duration) -> BusFuture<'a, Vec<Delivery>>;
 
     /// Marks entries handled.
@@ -157,24 +182,26 @@ pub fn post<'a, T: Serialize>(bus: &'a dyn Bus, stream: &'a str, max_len: usize,
 /// Stream names. They carry the protocol version, so nodes of two versions never read each
 /// other's streams.
 pub mod streams {
+    use super::PROTOCOL_VERSION;
+
     /// One worker's inbox: jobs to run and cancellations.
     pub fn worker(worker_id: &str) -> String {
-        format!("sn:v1:worker:{worker_id}")
+        format!("sn:v{PROTOCOL_VERSION}:worker:{worker_id}")
     }
 
     /// One front node's inbox: the job events of its sessions.
     pub fn node(node_id: &str) -> String {
-        format!("sn:v1:node:{node_id}")
+        format!("sn:v{PROTOCOL_VERSION}:node:{node_id}")
     }
 
     /// Placement requests, read by the leader coordinator.
     pub fn coordinator() -> String {
-        "sn:v1:coordinator".to_string()
+        format!("sn:v{PROTOCOL_VERSION}:coordinator")
     }
 
     /// Worker registrations, loads and departures, read by every coordinator.
     pub fn heartbeats() -> String {
-        "sn:v1:heartbeats".to_string()
+        format!("sn:v{PROTOCOL_VERSION}:heartbeats")
     }
 }
 
@@ -191,17 +218,17 @@ pub async fn read_stream(bus: std::sync::Arc<dyn Bus>, stream: String, group: St
                 continue;
             }
         };
-        let mut handled = Vec::with_capacity(batch.len());
-        let mut stop = false;
+        let mut handled: Vec<String> = Vec::with_capacity(batch.len());
         for d in batch {
             if handle(d.envelope).is_break() {
-                stop = true;
-                break;
+                // An entry only partly handled stays pending, to be handed over whole.
+                handled.retain(|id| *id != d.id);
+                return ack(bus.as_ref(), &stream, &group, &handled).await;
             }
-            handled.push(d.id);
-        }
-        if stop {
-            return ack(bus.as_ref(), &stream, &group, &handled).await;
+            // Messages of one entry come together and share its id.
+            if handled.last() != Some(&d.id) {
+                handled.push(d.id);
+            }
         }
         // The next read need not wait for this acknowledgement.
         let (bus, stream, group) = (std::sync::Arc::clone(&bus), stream.clone(), group.clone());

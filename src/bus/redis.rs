@@ -3,16 +3,17 @@
 //!
 //! # Streams and keys
 //!
-//! Every name starts with `sn:v1:`; the `v1` is [`super::PROTOCOL_VERSION`], so nodes of two
-//! protocol versions never read each other's data. Each entry has one field, `m`, holding the
-//! bincode [`Envelope`].
+//! Every name starts with `sn:v2:`; the `v2` is [`super::PROTOCOL_VERSION`], so nodes of two
+//! protocol versions never read each other's messages. Each entry has one field, `m`,
+//! holding one or more bincode [`Envelope`]s back to back: a writer packs what it publishes
+//! to a stream together into one entry ([`super::coalesce`]).
 //!
 //! | stream | written by | read by (group) | carries |
 //! |---|---|---|---|
-//! | `sn:v1:worker:{id}` | coordinator, sessions | that worker (`workers`) | jobs to run, cancellations |
-//! | `sn:v1:node:{id}` | workers, coordinator | that front (`sessions`) | job events, placement answers, lost jobs |
-//! | `sn:v1:coordinator` | sessions | the leader coordinator (`coordinator`) | placement requests |
-//! | `sn:v1:heartbeats` | workers | every coordinator (`coord-{node}`) | registration, load, leaving |
+//! | `sn:v2:worker:{id}` | coordinator, sessions | that worker (`workers`) | jobs to run, cancellations |
+//! | `sn:v2:node:{id}` | workers, coordinator | that front (`sessions`) | job events, placement answers, lost jobs |
+//! | `sn:v2:coordinator` | sessions | the leader coordinator (`coordinator`) | placement requests |
+//! | `sn:v2:heartbeats` | workers | every coordinator (`coord-{node}`) | registration, load, leaving |
 //!
 //! Entries are appended with `XADD ... MAXLEN ~ N`, read with `XREADGROUP ... BLOCK`, and
 //! acknowledged with `XACK` once handled. A consumer that dies leaves its entries pending;
@@ -23,8 +24,8 @@
 //! The keys beside the streams (leader lease, pool view, model cards) are described in
 //! [`crate::cluster::state`].
 //!
-//! Writes share one auto-reconnecting connection, and publishes to a stream are sent in
-//! pipelined batches ([`super::coalesce`]); each blocking read borrows a connection of its
+//! Writes share one auto-reconnecting connection, and publishes to a stream are packed into
+//! entries ([`super::coalesce`]); each blocking read borrows a connection of its
 //! own, since a blocked connection can carry nothing else.
 
 use std::sync::Mutex;
@@ -98,24 +99,19 @@ impl RedisBus {
 }
 
 fn deliveries(ids: Vec<StreamId>) -> Vec<Delivery> {
-    ids.into_iter()
-        .filter_map(|entry| {
-            let bytes: Vec<u8> = match entry.map.get(FIELD) {
-                Some(Value::BulkString(b)) => b.clone(),
-                _ => {
-                    tracing::warn!(id = %entry.id, "skipping a stream entry without an envelope");
-                    return None;
-                }
-            };
-            match Envelope::from_bytes(&bytes) {
-                Ok(envelope) => Some(Delivery { id: entry.id, envelope }),
-                Err(e) => {
-                    tracing::warn!(id = %entry.id, "skipping an unreadable stream entry: {e}");
-                    None
-                }
-            }
-        })
-        .collect()
+    let mut out = Vec::with_capacity(ids.len());
+    for mut entry in ids {
+        let Some(Value::BulkString(bytes)) = entry.map.remove(FIELD) else {
+            tracing::warn!(id = %entry.id, "skipping a stream entry without an envelope");
+            continue;
+        };
+        let (envelopes, error) = Envelope::unpack(&bytes);
+        if let Some(e) = error {
+            tracing::warn!(id = %entry.id, read = envelopes.len(), "skipping the unreadable rest of a stream entry: {e}");
+        }
+        out.extend(envelopes.into_iter().map(|envelope| Delivery { id: entry.id.clone(), envelope }));
+    }
+    out
 }
 
 fn is_nogroup(e: &RedisError) -> bool {

@@ -1,10 +1,11 @@
-//! The cluster's Redis keys beside the bus streams (see [`crate::bus::redis`]):
+//! The cluster's Redis keys beside the bus streams (see [`crate::bus::redis`]). Like the streams
+//! they carry the protocol version, since they hold its messages (bincode).
 //!
 //! | key | written by | value |
 //! |---|---|---|
-//! | `sn:v1:coordinator:leader` | the leader (`SET NX PX`, renewed) | the leader's node id |
-//! | `sn:v1:pool` | the leader, every tick (expires) | [`PoolView`] (bincode) |
-//! | `sn:v1:card:{model}` | each worker at start | [`ModelCard`] (bincode) |
+//! | `sn:v2:coordinator:leader` | the leader (`SET NX PX`, renewed) | the leader's node id |
+//! | `sn:v2:pool` | the leader, every tick (expires) | [`PoolView`] (bincode) |
+//! | `sn:v2:card:{model}` | each worker at start | [`ModelCard`] (bincode) |
 //!
 //! The lease is what makes one coordinator the leader: it is taken with `SET NX PX` and
 //! renewed by a script that extends it only for its holder, so a leader that stalls past
@@ -19,11 +20,11 @@ use serde::{de::DeserializeOwned, Serialize};
 use super::protocol::{ModelCard, PoolView};
 use crate::bus::redis::connection_manager;
 
-const LEADER: &str = "sn:v1:coordinator:leader";
-const POOL: &str = "sn:v1:pool";
+const LEADER: &str = "sn:v2:coordinator:leader";
+const POOL: &str = "sn:v2:pool";
 
 fn card_key(model: &str) -> String {
-    format!("sn:v1:card:{model}")
+    format!("sn:v2:card:{model}")
 }
 
 /// Extends the lease only if this node still holds it.
@@ -103,5 +104,14 @@ impl ClusterState {
         bytes
             .map(|b| bincode::serde::decode_from_slice(&b, codec()).map(|(v, _)| v).map_err(|e| StateError::Corrupt { key: key.into(), reason: e.to_string() }))
             .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn keys_carry_the_protocol_version() {
+        let version = format!("sn:v{}:", crate::bus::PROTOCOL_VERSION);
+        assert!([super::LEADER, super::POOL, &super::card_key("m")].iter().all(|k| k.starts_with(&version)));
     }
 }
