@@ -7,7 +7,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use actix::Actor;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use clap::Args;
@@ -68,7 +67,7 @@ async fn serve(redis: String, config: Config, store: Arc<dyn Store>, admin: Opti
     let view = Arc::new(ClusterView::new(ClusterState::connect(&redis).await?));
     let models = Arc::new(ModelCatalog::default());
     actix::spawn(Arc::clone(&view).watch(Arc::clone(&models), config.clone()));
-    let inbox = NodeInbox::new(Arc::clone(&bus), &node_id).start();
+    let inbox = NodeInbox::start(Arc::clone(&bus), &node_id);
     let billing = Arc::new(Billing::new(store, config.billing.clone()));
     let (host, port, http_threads) = (config.server.host.clone(), config.server.port, config.server.http_threads());
     tracing::info!(node = %node_id, "front joining the cluster");

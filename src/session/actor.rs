@@ -19,7 +19,7 @@ use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler,
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::Instrument;
 
-use super::inbox::{JobUpdate, NodeInbox, Subscribe, Unsubscribe};
+use super::inbox::{JobUpdate, NodeInbox};
 use super::markup::Markup;
 use super::models::{ModelCatalog, ModelEntry};
 use super::pool::Pool;
@@ -53,7 +53,7 @@ pub struct Services {
     pub billing: Arc<Billing>,
     pub pool: Pool,
     /// Reads this node's stream (`streams::node(node_id)`).
-    pub inbox: actix::Addr<NodeInbox>,
+    pub inbox: NodeInbox,
     pub models: Arc<ModelCatalog>,
     pub config: Config,
 }
@@ -192,14 +192,14 @@ impl SessionActor {
         }));
     }
 
-    /// Has the node inbox route the job's events here. The inbox takes its messages in
-    /// order, so the subscription is in before any answer to a placement sent after this.
+    /// Has the node inbox route the job's events here, from now on: any answer to a
+    /// placement sent after this finds the session.
     fn subscribe(&mut self, ctx: &mut Context<Self>) -> Result<(), ApiError> {
         let inbox = &self.services.inbox;
-        if !inbox.connected() {
+        if !inbox.is_reading() {
             return Err(ApiError::logged("the node inbox", "it has stopped"));
         }
-        inbox.do_send(Subscribe { job_id: self.turn.job_id.clone(), session: ctx.address().recipient() });
+        inbox.subscribe(&self.turn.job_id, ctx.address().recipient());
         Ok(())
     }
 
@@ -400,7 +400,7 @@ impl Actor for SessionActor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        self.services.inbox.do_send(Unsubscribe(self.turn.job_id.clone()));
+        self.services.inbox.unsubscribe(&self.turn.job_id);
     }
 }
 

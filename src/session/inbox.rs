@@ -2,13 +2,19 @@
 //! node's sessions. One reader consumes it and hands each message to the session of its job
 //! (by correlation id), so a session needs no bus reader of its own. Messages for a session
 //! that has ended are dropped: its job was cancelled when it ended.
+//!
+//! Every streamed token passes through here, so the reader routes it straight to its
+//! session's mailbox, with no actor of its own in between: the table of sessions is shared
+//! with the sessions, which enter themselves before their placement is sent (so no answer
+//! can come before its session is in the table) and leave when they stop.
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
-use actix::{Actor, AsyncContext, Context, Handler, Message, Recipient, WrapFuture};
+use actix::{Message, Recipient};
+use tokio::task::JoinHandle;
 
 use crate::bus::{read_stream, streams, Bus};
 use crate::worker::protocol::NodeMessage;
@@ -25,76 +31,58 @@ pub struct JobUpdate {
     pub received: Instant,
 }
 
+type Sessions = Mutex<HashMap<String, Recipient<JobUpdate>>>;
+
 pub struct NodeInbox {
-    bus: Arc<dyn Bus>,
-    node_id: String,
-    sessions: HashMap<String, Recipient<JobUpdate>>,
+    sessions: Arc<Sessions>,
+    reader: JoinHandle<()>,
 }
 
 impl NodeInbox {
-    pub fn new(bus: Arc<dyn Bus>, node_id: &str) -> Self {
-        Self { bus, node_id: node_id.to_string(), sessions: HashMap::new() }
+    /// Starts reading `node_id`'s stream, on the current actix arbiter, until dropped.
+    pub fn start(bus: Arc<dyn Bus>, node_id: &str) -> Self {
+        let sessions = Arc::new(Sessions::default());
+        let table = Arc::downgrade(&sessions);
+        let reader = actix::spawn(read_stream(bus, streams::node(node_id), GROUP.into(), node_id.to_string(), move |env| route(&table, env)));
+        Self { sessions, reader }
+    }
+
+    /// Whether the inbox is still read (a session with no reader would wait forever).
+    pub fn is_reading(&self) -> bool {
+        !self.reader.is_finished()
+    }
+
+    /// Routes the messages of `job_id` to `session` until [`unsubscribe`](Self::unsubscribe).
+    pub fn subscribe(&self, job_id: &str, session: Recipient<JobUpdate>) {
+        lock(&self.sessions).insert(job_id.to_string(), session);
+    }
+
+    pub fn unsubscribe(&self, job_id: &str) {
+        lock(&self.sessions).remove(job_id);
     }
 }
 
-impl Actor for NodeInbox {
-    type Context = Context<Self>;
+impl Drop for NodeInbox {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
 
-    fn started(&mut self, ctx: &mut Context<Self>) {
-        let me = ctx.address().downgrade();
-        let read = read_stream(Arc::clone(&self.bus), streams::node(&self.node_id), GROUP.into(), self.node_id.clone(), move |env| {
-            let Some(me) = me.upgrade() else { return ControlFlow::Break(()) };
-            match env.payload::<NodeMessage>() {
-                Ok(message) => me.do_send(Deliver { job_id: env.correlation_id, update: JobUpdate { message, sender: env.sender, received: Instant::now() } }),
-                Err(e) => tracing::warn!(kind = %env.kind, "dropping an unreadable job message: {e}"),
+/// Hands one message to its session; stops the reader once the inbox is gone (what it did
+/// not take stays pending for the node's next reader).
+fn route(table: &Weak<Sessions>, env: crate::bus::Envelope) -> ControlFlow<()> {
+    let Some(sessions) = table.upgrade() else { return ControlFlow::Break(()) };
+    match env.payload::<NodeMessage>() {
+        Ok(message) => {
+            if let Some(session) = lock(&sessions).get(&env.correlation_id) {
+                session.do_send(JobUpdate { message, sender: env.sender, received: Instant::now() });
             }
-            ControlFlow::Continue(())
-        });
-        ctx.spawn(read.into_actor(self));
-    }
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Deliver {
-    job_id: String,
-    update: JobUpdate,
-}
-
-impl Handler<Deliver> for NodeInbox {
-    type Result = ();
-
-    fn handle(&mut self, msg: Deliver, _: &mut Context<Self>) {
-        if let Some(session) = self.sessions.get(&msg.job_id) {
-            session.do_send(msg.update);
         }
+        Err(e) => tracing::warn!(kind = %env.kind, "dropping an unreadable job message: {e}"),
     }
+    ControlFlow::Continue(())
 }
 
-/// Route the events of `job_id` to `session` until [`Unsubscribe`].
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Subscribe {
-    pub job_id: String,
-    pub session: Recipient<JobUpdate>,
-}
-
-impl Handler<Subscribe> for NodeInbox {
-    type Result = ();
-
-    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
-        self.sessions.insert(msg.job_id, msg.session);
-    }
-}
-
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Unsubscribe(pub String);
-
-impl Handler<Unsubscribe> for NodeInbox {
-    type Result = ();
-
-    fn handle(&mut self, msg: Unsubscribe, _: &mut Context<Self>) {
-        self.sessions.remove(&msg.0);
-    }
+fn lock(sessions: &Sessions) -> std::sync::MutexGuard<'_, HashMap<String, Recipient<JobUpdate>>> {
+    sessions.lock().unwrap_or_else(|e| e.into_inner())
 }
