@@ -2,9 +2,12 @@
 //! when the response ended, what `usage` said, and how it failed if it did (HTTP status and
 //! the OpenAI error envelope's `type`, or a transport failure).
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use futures_util::StreamExt;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::mix::Body;
@@ -118,15 +121,17 @@ async fn read_stream(r: reqwest::Response, start: Instant, out: &mut Outcome) ->
                 out.output_tokens = usage.unwrap_or(chunks);
                 return Ok(());
             }
-            let v: Value = serde_json::from_str(&data).map_err(|e| Failure { status, kind: "bad_event".into(), message: format!("{e}: {data}") })?;
-            if v.get("error").is_some() {
+            // Only the fields timed are read: at tens of thousands of chunks a second a JSON
+            // tree per chunk would cost the harness more than the server it measures.
+            let chunk: Chunk = serde_json::from_str(&data).map_err(|e| Failure { status, kind: "bad_event".into(), message: format!("{e}: {data}") })?;
+            if chunk.error.is_some() {
                 return Err(Failure::from_body(status, &data));
             }
-            if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+            if let Some(UsageCounts { completion_tokens: Some(n), prompt_tokens }) = chunk.usage {
                 usage = Some(n);
-                out.prompt_tokens = v["usage"]["prompt_tokens"].as_u64().unwrap_or(0);
+                out.prompt_tokens = prompt_tokens.unwrap_or(0);
             }
-            if has_output(&v) {
+            if chunk.has_output() {
                 chunks += 1;
                 match last {
                     None => out.ttft = Some((now - start).as_secs_f64() * 1e3),
@@ -139,12 +144,43 @@ async fn read_stream(r: reqwest::Response, start: Instant, out: &mut Outcome) ->
     Err(Failure { status, kind: "stream".into(), message: "the stream ended without [DONE]".into() })
 }
 
-/// A chunk carries output when its delta has text, reasoning or a tool call.
-fn has_output(v: &Value) -> bool {
-    let Some(choice) = v["choices"].get(0) else { return false };
-    let d = &choice["delta"];
-    let text = |k: &str| d[k].as_str().is_some_and(|s| !s.is_empty());
-    text("content") || text("reasoning_content") || d["tool_calls"].as_array().is_some_and(|a| !a.is_empty())
+/// What the harness reads of a streamed chunk.
+#[derive(Deserialize)]
+struct Chunk<'a> {
+    #[serde(default, borrow)]
+    choices: Vec<Choice<'a>>,
+    usage: Option<UsageCounts>,
+    error: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct Choice<'a> {
+    #[serde(borrow)]
+    delta: Option<Delta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    reasoning_content: Option<Cow<'a, str>>,
+    tool_calls: Option<Vec<IgnoredAny>>,
+}
+
+#[derive(Deserialize)]
+struct UsageCounts {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+}
+
+impl Chunk<'_> {
+    /// A chunk carries output when its delta has text, reasoning or a tool call.
+    fn has_output(&self) -> bool {
+        let Some(d) = self.choices.first().and_then(|c| c.delta.as_ref()) else { return false };
+        let text = |t: &Option<Cow<str>>| t.as_deref().is_some_and(|s| !s.is_empty());
+        text(&d.content) || text(&d.reasoning_content) || d.tool_calls.as_ref().is_some_and(|a| !a.is_empty())
+    }
 }
 
 /// Splits a byte stream into the `data` of server-sent events (events end at a blank line;
@@ -195,12 +231,14 @@ mod tests {
 
     #[test]
     fn output_is_text_reasoning_or_tool_calls() {
-        let chunk = |d: Value| serde_json::json!({ "choices": [{ "delta": d }] });
-        assert!(has_output(&chunk(serde_json::json!({ "content": "hi" }))));
-        assert!(has_output(&chunk(serde_json::json!({ "reasoning_content": "hm" }))));
-        assert!(has_output(&chunk(serde_json::json!({ "tool_calls": [{ "index": 0 }] }))));
-        assert!(!has_output(&chunk(serde_json::json!({ "role": "assistant", "content": "" }))));
-        assert!(!has_output(&serde_json::json!({ "choices": [], "usage": {} })));
+        let has_output = |chunk: &str| serde_json::from_str::<Chunk>(chunk).expect("a chunk").has_output();
+        assert!(has_output(r#"{"choices":[{"delta":{"content":"hi \"there\""}}]}"#));
+        assert!(has_output(r#"{"choices":[{"delta":{"reasoning_content":"hm"}}]}"#));
+        assert!(has_output(r#"{"choices":[{"delta":{"tool_calls":[{"index":0}]}}]}"#));
+        assert!(!has_output(r#"{"choices":[{"delta":{"role":"assistant","content":""}}]}"#));
+        assert!(!has_output(r#"{"choices":[{"delta":{"content":null}}]}"#));
+        assert!(!has_output(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}"#));
+        assert!(serde_json::from_str::<Chunk>(r#"{"error":{"type":"x"}}"#).expect("an error chunk").error.is_some());
     }
 
     #[test]
