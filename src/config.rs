@@ -48,10 +48,13 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Jobs waiting per worker beyond the running one; more get 429.
     pub max_queue: usize,
-    /// Threads serving HTTP; 0 means one per core but one. A request's work hops between
-    /// these threads, the bus and the actors, and on a small machine a core left to the rest
-    /// (Redis, the bus, blocking store calls) serves faster than one more HTTP thread: on
-    /// 2 cores one HTTP thread cut the added TTFT at 500 req/s by a fifth and its p99 by half.
+    /// Threads serving HTTP; 0 means two per core. Each thread runs the sessions of the
+    /// requests it took, and relays their tokens one after another, so a thread that is
+    /// preempted or draining a burst holds up only its share of the streams: with more
+    /// threads than cores the kernel interleaves them. On 2 cores, relaying 50,000 tokens/s
+    /// to 500 streams, the p99 the front adds per token was 16-21 ms with one thread, 4.6-8.6
+    /// with two and 2.5-3.8 with four, and the added TTFT at 500 req/s was the same with
+    /// each (docs/BENCHMARKS.md).
     pub http_workers: usize,
 }
 
@@ -59,7 +62,7 @@ impl ServerConfig {
     /// How many HTTP threads to run.
     pub fn http_threads(&self) -> usize {
         match self.http_workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1)),
+            0 => std::thread::available_parallelism().map_or(2, |n| 2 * n.get()),
             n => n,
         }
     }
