@@ -56,7 +56,7 @@ pub struct MemoryBus {
 }
 
 fn delivery(seq: u64, bytes: &[u8]) -> Result<Delivery, BusError> {
-    Ok(Delivery { id: seq.to_string(), envelope: Envelope::from_bytes(bytes)? })
+    Ok(Delivery { id: seq.to_string(), envelope: Envelope::from_bytes(bytes)?, appended: None })
 }
 
 impl MemoryBus {

@@ -138,6 +138,9 @@ impl Outbox {
 pub struct Delivery {
     pub id: String,
     pub envelope: Envelope,
+    /// When its entry was appended, by the clock of the bus, where the bus keeps one (a
+    /// Redis entry id holds Redis's millisecond: this is its middle).
+    pub appended: Option<std::time::SystemTime>,
 }
 
 pub type BusFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BusError>> + Send + 'a>>;
@@ -205,10 +208,10 @@ pub mod streams {
     }
 }
 
-/// Reads `stream` as `consumer` of `group`, handing each envelope to `handle` and acking it,
+/// Reads `stream` as `consumer` of `group`, handing each delivery to `handle` and acking it,
 /// until `handle` breaks (its owner is gone; what it did not take stays pending for another
 /// consumer). Transport errors are logged and retried a second later.
-pub async fn read_stream(bus: std::sync::Arc<dyn Bus>, stream: String, group: String, consumer: String, mut handle: impl FnMut(Envelope) -> std::ops::ControlFlow<()>) {
+pub async fn read_stream(bus: std::sync::Arc<dyn Bus>, stream: String, group: String, consumer: String, mut handle: impl FnMut(Delivery) -> std::ops::ControlFlow<()>) {
     loop {
         let batch = match bus.consume(&stream, &group, &consumer, 256, Duration::from_millis(500)).await {
             Ok(b) => b,
@@ -220,14 +223,15 @@ pub async fn read_stream(bus: std::sync::Arc<dyn Bus>, stream: String, group: St
         };
         let mut handled: Vec<String> = Vec::with_capacity(batch.len());
         for d in batch {
-            if handle(d.envelope).is_break() {
+            let id = d.id.clone();
+            if handle(d).is_break() {
                 // An entry only partly handled stays pending, to be handed over whole.
-                handled.retain(|id| *id != d.id);
+                handled.retain(|h| *h != id);
                 return ack(bus.as_ref(), &stream, &group, &handled).await;
             }
             // Messages of one entry come together and share its id.
-            if handled.last() != Some(&d.id) {
-                handled.push(d.id);
+            if handled.last() != Some(&id) {
+                handled.push(id);
             }
         }
         // The next read need not wait for this acknowledgement.

@@ -29,7 +29,7 @@
 //! own, since a blocked connection can carry nothing else.
 
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
@@ -109,9 +109,16 @@ fn deliveries(ids: Vec<StreamId>) -> Vec<Delivery> {
         if let Some(e) = error {
             tracing::warn!(id = %entry.id, read = envelopes.len(), "skipping the unreadable rest of a stream entry: {e}");
         }
-        out.extend(envelopes.into_iter().map(|envelope| Delivery { id: entry.id.clone(), envelope }));
+        let appended = appended(&entry.id);
+        out.extend(envelopes.into_iter().map(|envelope| Delivery { id: entry.id.clone(), envelope, appended }));
     }
     out
+}
+
+/// The middle of the millisecond an entry id (`{unix ms}-{seq}`) says Redis appended it in.
+fn appended(id: &str) -> Option<SystemTime> {
+    let ms: u64 = id.split_once('-')?.0.parse().ok()?;
+    UNIX_EPOCH.checked_add(Duration::from_micros(ms.checked_mul(1000)?.checked_add(500)?))
 }
 
 fn is_nogroup(e: &RedisError) -> bool {

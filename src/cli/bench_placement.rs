@@ -195,7 +195,8 @@ fn job(a: &PlacementArgs, node: &str, inbox: &str, n: usize) -> JobSpec {
 /// The inbox's answers, as they are read.
 fn listen(bus: Arc<dyn Bus>, inbox: String, node: String) -> UnboundedReceiver<Answer> {
     let (tx, rx) = unbounded_channel();
-    tokio::spawn(read_stream(bus, inbox, "bench".into(), node, move |env| {
+    tokio::spawn(read_stream(bus, inbox, "bench".into(), node, move |d| {
+        let env = d.envelope;
         let at = Instant::now();
         match env.payload::<NodeMessage>() {
             Ok(message) => match tx.send(Answer { job_id: env.correlation_id, message, at }) {

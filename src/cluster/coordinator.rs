@@ -138,7 +138,8 @@ impl Actor for Coordinator {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let me = ctx.address().downgrade();
-        let beats = read_stream(Arc::clone(&self.bus), streams::heartbeats(), format!("coord-{}", self.node_id), self.node_id.clone(), move |env| {
+        let beats = read_stream(Arc::clone(&self.bus), streams::heartbeats(), format!("coord-{}", self.node_id), self.node_id.clone(), move |d| {
+            let env = d.envelope;
             let Some(me) = me.upgrade() else { return ControlFlow::Break(()) };
             match env.payload::<Heartbeat>() {
                 Ok(hb) => me.do_send(Beat(hb)),

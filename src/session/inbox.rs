@@ -11,12 +11,13 @@
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use actix::{Message, Recipient};
 use tokio::task::JoinHandle;
 
-use crate::bus::{read_stream, streams, Bus};
+use crate::bus::{read_stream, streams, Bus, Delivery};
+use crate::telemetry::metrics;
 use crate::worker::protocol::NodeMessage;
 
 const GROUP: &str = "sessions";
@@ -43,7 +44,7 @@ impl NodeInbox {
     pub fn start(bus: Arc<dyn Bus>, node_id: &str) -> Self {
         let sessions = Arc::new(Sessions::default());
         let table = Arc::downgrade(&sessions);
-        let reader = actix::spawn(read_stream(bus, streams::node(node_id), GROUP.into(), node_id.to_string(), move |env| route(&table, env)));
+        let reader = actix::spawn(read_stream(bus, streams::node(node_id), GROUP.into(), node_id.to_string(), move |d| route(&table, d)));
         Self { sessions, reader }
     }
 
@@ -70,8 +71,12 @@ impl Drop for NodeInbox {
 
 /// Hands one message to its session; stops the reader once the inbox is gone (what it did
 /// not take stays pending for the node's next reader).
-fn route(table: &Weak<Sessions>, env: crate::bus::Envelope) -> ControlFlow<()> {
+fn route(table: &Weak<Sessions>, delivery: Delivery) -> ControlFlow<()> {
     let Some(sessions) = table.upgrade() else { return ControlFlow::Break(()) };
+    if let Some(waited) = delivery.appended.and_then(|at| SystemTime::now().duration_since(at).ok()) {
+        metrics::front().stream_wait.observe(waited.as_secs_f64());
+    }
+    let env = delivery.envelope;
     match env.payload::<NodeMessage>() {
         Ok(message) => {
             if let Some(session) = lock(&sessions).get(&env.correlation_id) {

@@ -129,7 +129,8 @@ impl Actor for WorkerActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let me = ctx.address().downgrade();
         let stream = streams::worker(&self.info.worker_id);
-        let read = read_stream(Arc::clone(&self.bus), stream, GROUP.into(), self.info.worker_id.clone(), move |env| {
+        let read = read_stream(Arc::clone(&self.bus), stream, GROUP.into(), self.info.worker_id.clone(), move |d| {
+            let env = d.envelope;
             let Some(me) = me.upgrade() else { return ControlFlow::Break(()) };
             match env.payload::<WorkerCommand>() {
                 Ok(c) => me.do_send(Command(c, env.traceparent)),
