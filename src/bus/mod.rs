@@ -223,15 +223,14 @@ pub async fn read_stream(bus: std::sync::Arc<dyn Bus>, stream: String, group: St
         };
         let mut handled: Vec<String> = Vec::with_capacity(batch.len());
         for d in batch {
-            let id = d.id.clone();
-            if handle(d).is_break() {
-                // An entry only partly handled stays pending, to be handed over whole.
-                handled.retain(|h| *h != id);
-                return ack(bus.as_ref(), &stream, &group, &handled).await;
-            }
             // Messages of one entry come together and share its id.
-            if handled.last() != Some(&id) {
-                handled.push(id);
+            if handled.last() != Some(&d.id) {
+                handled.push(d.id.clone());
+            }
+            if handle(d).is_break() {
+                // The entry being handled (the last id) stays pending, to be handed over whole.
+                handled.pop();
+                return ack(bus.as_ref(), &stream, &group, &handled).await;
             }
         }
         // The next read need not wait for this acknowledgement.
