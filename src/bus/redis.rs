@@ -26,9 +26,10 @@
 //!
 //! Writes share one auto-reconnecting connection, and publishes to a stream are packed into
 //! entries ([`super::coalesce`]); each blocking read borrows a connection of its
-//! own, since a blocked connection can carry nothing else.
+//! own, since a blocked connection can carry nothing else, and one made on its own thread.
 
 use std::sync::Mutex;
+use std::thread::{self, ThreadId};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
@@ -59,8 +60,8 @@ pub struct RedisBus {
     client: Client,
     writer: ConnectionManager,
     publisher: Coalescer,
-    /// Idle connections for blocking reads.
-    readers: Mutex<Vec<MultiplexedConnection>>,
+    /// Idle connections for blocking reads, with the thread each was made on.
+    readers: Mutex<Vec<(ThreadId, MultiplexedConnection)>>,
 }
 
 impl RedisBus {
@@ -71,20 +72,27 @@ impl RedisBus {
         Ok(Self { client, publisher: Coalescer::new(writer.clone()), writer, readers: Mutex::new(Vec::new()) })
     }
 
-    async fn reader(&self) -> Result<MultiplexedConnection, BusError> {
-        let idle = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
+    /// A connection for a blocking read, made on this thread: a connection's replies are
+    /// read and parsed by a task on the thread that made it, so one made on another thread
+    /// would have a reply wait for that thread too.
+    async fn reader(&self) -> Result<(ThreadId, MultiplexedConnection), BusError> {
+        let here = thread::current().id();
+        let idle = {
+            let mut idle = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+            idle.iter().rposition(|(made_on, _)| *made_on == here).map(|i| idle.swap_remove(i))
+        };
         match idle {
-            Some(c) => Ok(c),
+            Some(lent) => Ok(lent),
             None => {
                 // Reads block for at most a few seconds; the timeout only catches a dead server.
                 let config = AsyncConnectionConfig::new().set_connection_timeout(RESPONSE_TIMEOUT).set_response_timeout(Duration::from_secs(60));
-                self.client.get_multiplexed_async_connection_with_config(&config).await.map_err(transport)
+                self.client.get_multiplexed_async_connection_with_config(&config).await.map(|c| (here, c)).map_err(transport)
             }
         }
     }
 
-    fn give_back(&self, c: MultiplexedConnection) {
-        self.readers.lock().unwrap_or_else(|e| e.into_inner()).push(c);
+    fn give_back(&self, lent: (ThreadId, MultiplexedConnection)) {
+        self.readers.lock().unwrap_or_else(|e| e.into_inner()).push(lent);
     }
 
     /// Creates `group` on `stream` at its start if it does not exist yet.
@@ -135,7 +143,7 @@ impl Bus for RedisBus {
         Box::pin(async move {
             let mut tried_creating = false;
             loop {
-                let mut c = self.reader().await?;
+                let (made_on, mut c) = self.reader().await?;
                 let mut cmd = redis::cmd("XREADGROUP");
                 cmd.arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(max.max(1));
                 // BLOCK 0 would wait forever; no BLOCK returns at once.
@@ -146,11 +154,11 @@ impl Bus for RedisBus {
                 let r: Result<Option<StreamReadReply>, RedisError> = cmd.query_async(&mut c).await;
                 match r {
                     Ok(reply) => {
-                        self.give_back(c);
+                        self.give_back((made_on, c));
                         return Ok(reply.map(|r| r.keys.into_iter().flat_map(|k| deliveries(k.ids)).collect()).unwrap_or_default());
                     }
                     Err(e) if is_nogroup(&e) && !tried_creating => {
-                        self.give_back(c);
+                        self.give_back((made_on, c));
                         tried_creating = true;
                         self.ensure_group(stream, group).await?;
                     }

@@ -20,7 +20,7 @@ use crate::cluster::state::ClusterState;
 use crate::config::Config;
 use crate::front::{configure, FrontState};
 use crate::session::actor::Services;
-use crate::session::inbox::NodeInbox;
+use crate::session::inbox::NodeInboxes;
 use crate::session::models::ModelCatalog;
 use crate::session::pool::Pool;
 use crate::store::redis::RedisStore;
@@ -67,11 +67,11 @@ async fn serve(redis: String, config: Config, store: Arc<dyn Store>, admin: Opti
     let view = Arc::new(ClusterView::new(ClusterState::connect(&redis).await?));
     let models = Arc::new(ModelCatalog::default());
     actix::spawn(Arc::clone(&view).watch(Arc::clone(&models), config.clone()));
-    let inbox = NodeInbox::start(Arc::clone(&bus), &node_id);
+    let inboxes = NodeInboxes::new(Arc::clone(&bus), &node_id);
     let billing = Arc::new(Billing::new(store, config.billing.clone()));
     let (host, port, http_threads) = (config.server.host.clone(), config.server.port, config.server.http_threads());
     tracing::info!(node = %node_id, "front joining the cluster");
-    let services = Arc::new(Services { node_id, bus, billing, pool: Pool::Cluster(view), inbox, models, config });
+    let services = Arc::new(Services { node_id, bus, billing, pool: Pool::Cluster(view), inboxes, models, config });
     let state = web::Data::new(FrontState { services, admin });
     crate::telemetry::metrics::front();
     // Streamed tokens are small writes that must leave at once, not wait on Nagle's timer.

@@ -24,7 +24,7 @@ use crate::engine::tokenizer::Tokenizer;
 use crate::engine::Model;
 use crate::front::{configure, FrontState};
 use crate::session::actor::Services;
-use crate::session::inbox::NodeInbox;
+use crate::session::inbox::NodeInboxes;
 use crate::session::models::{model_id, ModelCatalog, ModelEntry};
 use crate::store::embedded::RedbStore;
 use crate::session::pool::Pool;
@@ -91,11 +91,11 @@ async fn serve(config: Config, store: Arc<dyn Store>, loaded: Vec<Loaded>, engin
         let tier = config.tier(&l.id).clone();
         models.add(ModelEntry::new(l.id, l.model.config.context_length, l.template, l.tokenizer, tier));
     }
-    let inbox = NodeInbox::start(Arc::clone(&bus), &node_id);
+    let inboxes = NodeInboxes::new(Arc::clone(&bus), &node_id);
     actix::spawn(reap_holds(Arc::clone(&store)));
     let billing = Arc::new(Billing::new(store, config.billing.clone()));
     let (host, port, http_threads) = (config.server.host.clone(), config.server.port, config.server.http_threads());
-    let services = Arc::new(Services { node_id, bus, billing, pool: Pool::Local(coordinator), inbox, models, config });
+    let services = Arc::new(Services { node_id, bus, billing, pool: Pool::Local(coordinator), inboxes, models, config });
 
     let mut handoff = Handoff::new(String::new())?;
     let state = web::Data::new(FrontState { services, admin: Some(handoff.clone()) });

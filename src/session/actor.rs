@@ -19,7 +19,7 @@ use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler,
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::Instrument;
 
-use super::inbox::{JobUpdate, NodeInbox};
+use super::inbox::{JobUpdate, NodeInbox, NodeInboxes};
 use super::markup::Markup;
 use super::models::{ModelCatalog, ModelEntry};
 use super::pool::Pool;
@@ -29,7 +29,7 @@ use crate::api::chat_response::{finish_reason, Delta, Usage};
 use crate::api::error::ApiError;
 use crate::billing::account_actor::{Billing, BillingError, HoldJob, Presented, SettleJob};
 use crate::billing::limits::Permit;
-use crate::bus::{streams, Bus};
+use crate::bus::Bus;
 use crate::config::Config;
 use crate::engine::generate::{FinishReason, Resume};
 use crate::ids::random_hex;
@@ -52,8 +52,8 @@ pub struct Services {
     pub bus: Arc<dyn Bus>,
     pub billing: Arc<Billing>,
     pub pool: Pool,
-    /// Reads this node's stream (`streams::node(node_id)`).
-    pub inbox: NodeInbox,
+    /// Route the answers to sessions, one stream per thread.
+    pub inboxes: NodeInboxes,
     pub models: Arc<ModelCatalog>,
     pub config: Config,
 }
@@ -115,6 +115,8 @@ pub struct SessionActor {
     dispatched: Option<Instant>,
     /// When the last token arrived.
     last_token: Option<Instant>,
+    /// The inbox of this session's thread, once the session is in it.
+    inbox: Option<Arc<NodeInbox>>,
 }
 
 impl SessionActor {
@@ -124,7 +126,7 @@ impl SessionActor {
         let (out, rx) = unbounded_channel();
         let metrics = metrics().model(&turn.model.id);
         let in_flight = GaugeGuard::new(metrics.waiting.clone());
-        let fresh = SessionActor { services, turn, prompt: Some(prompt), out, job: None, held: None, worker_id: None, lost: Vec::new(), produced: Resume::default(), started: false, waiting: None, client_gone: false, markup: None, metrics, in_flight, dispatched: None, last_token: None };
+        let fresh = SessionActor { services, turn, prompt: Some(prompt), out, job: None, held: None, worker_id: None, lost: Vec::new(), produced: Resume::default(), started: false, waiting: None, client_gone: false, markup: None, metrics, in_flight, dispatched: None, last_token: None, inbox: None };
         fresh.start();
         rx
     }
@@ -190,17 +192,6 @@ impl SessionActor {
             }
             ctx.stop();
         }));
-    }
-
-    /// Has the node inbox route the job's events here, from now on: any answer to a
-    /// placement sent after this finds the session.
-    fn subscribe(&mut self, ctx: &mut Context<Self>) -> Result<(), ApiError> {
-        let inbox = &self.services.inbox;
-        if !inbox.is_reading() {
-            return Err(ApiError::logged("the node inbox", "it has stopped"));
-        }
-        inbox.subscribe(&self.turn.job_id, ctx.address().recipient());
-        Ok(())
     }
 
     /// The hold is in place: place the first attempt, unless the hold already wrote its
@@ -340,6 +331,7 @@ impl Actor for SessionActor {
         }));
 
         let Some(prepared) = self.prompt.take() else { return };
+        let inbox = self.services.inboxes.here();
         self.markup = Some(Markup::new(prepared.tools, prepared.thinking, Box::new(call_id)));
         let (prompt_tokens, max_tokens) = (prepared.prompt_ids.len() as u64, prepared.params.max_tokens as u64);
         let job = JobSpec {
@@ -350,7 +342,7 @@ impl Actor for SessionActor {
             prompt: prepared.prompt_ids,
             params: prepared.params,
             resume: Resume::default(),
-            reply_to: streams::node(&self.services.node_id),
+            reply_to: inbox.stream().to_string(),
         };
         let then = match self.turn.span.in_scope(|| self.services.pool.placement_outbox(&self.services, &job, self.turn.model.tier.priority)) {
             Ok(then) => then,
@@ -358,10 +350,9 @@ impl Actor for SessionActor {
         };
         let placed = then.is_some();
         // Before the hold: with `then`, the answer to the placement can come before the
-        // hold's own reply.
-        if let Err(e) = self.subscribe(ctx) {
-            return self.fail(e, ctx);
-        }
+        // hold's own reply. From now on every answer finds the session.
+        inbox.subscribe(&self.turn.job_id, ctx.address().recipient());
+        self.inbox = Some(inbox);
         let choice = self.turn.request.token_type.unwrap_or(TokenChoice::Auto);
         let auto = choice == TokenChoice::Auto;
         let hold = HoldJob { job_id: self.turn.job_id.clone(), account_id: self.turn.key.record.account_id.clone(), choice, price: self.turn.model.tier.price(), prompt_tokens, max_tokens, key: self.turn.key.proof.clone(), then };
@@ -400,7 +391,9 @@ impl Actor for SessionActor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        self.services.inbox.unsubscribe(&self.turn.job_id);
+        if let Some(inbox) = &self.inbox {
+            inbox.unsubscribe(&self.turn.job_id);
+        }
     }
 }
 

@@ -1,16 +1,22 @@
-//! This node's inbox: the bus stream on which workers and the coordinator answer the
-//! node's sessions. One reader consumes it and hands each message to the session of its job
+//! This node's inboxes: the bus streams on which workers and the coordinator answer the
+//! node's sessions. A reader consumes each and hands each message to the session of its job
 //! (by correlation id), so a session needs no bus reader of its own. Messages for a session
 //! that has ended are dropped: its job was cancelled when it ended.
 //!
-//! Every streamed token passes through here, so the reader routes it straight to its
-//! session's mailbox, with no actor of its own in between: the table of sessions is shared
-//! with the sessions, which enter themselves before their placement is sent (so no answer
-//! can come before its session is in the table) and leave when they stop.
+//! Every streamed token passes through here, so each thread that runs sessions (each HTTP
+//! worker thread) has an inbox of its own, read on that thread: a token goes from the bus
+//! to its session's mailbox and out as an SSE chunk without changing threads, no thread
+//! reads for all the others (a preempted one holds up only its own streams), and the
+//! node's reading scales with its threads. A session names its thread's stream as its
+//! job's `reply_to`. The table of sessions is shared with the sessions, which enter
+//! themselves before their placement is sent (so no answer can come before its session is
+//! in the table) and leave when they stop.
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::thread::{self, ThreadId};
 use std::time::{Instant, SystemTime};
 
 use actix::{Message, Recipient};
@@ -34,22 +40,62 @@ pub struct JobUpdate {
 
 type Sessions = Mutex<HashMap<String, Recipient<JobUpdate>>>;
 
+/// The node's inboxes, one per thread that runs sessions, each started by the first
+/// session of its thread.
+pub struct NodeInboxes {
+    bus: Arc<dyn Bus>,
+    node_id: String,
+    /// Inboxes started so far, which numbers the next one's stream.
+    started: AtomicUsize,
+    by_thread: Mutex<HashMap<ThreadId, Arc<NodeInbox>>>,
+}
+
+impl NodeInboxes {
+    pub fn new(bus: Arc<dyn Bus>, node_id: &str) -> Self {
+        Self { bus, node_id: node_id.to_string(), started: AtomicUsize::new(0), by_thread: Mutex::default() }
+    }
+
+    /// The calling thread's inbox, started on its actix arbiter if it has none that is
+    /// read (a thread that ended took its inbox's reader with it, so those are let go).
+    pub fn here(&self) -> Arc<NodeInbox> {
+        let mut all = lock(&self.by_thread);
+        let thread = thread::current().id();
+        if let Some(inbox) = all.get(&thread).filter(|i| i.is_reading()) {
+            return Arc::clone(inbox);
+        }
+        all.retain(|_, i| i.is_reading());
+        let n = self.started.fetch_add(1, Ordering::Relaxed);
+        let inbox = Arc::new(NodeInbox::start(Arc::clone(&self.bus), &format!("{}.{n}", self.node_id)));
+        all.insert(thread, Arc::clone(&inbox));
+        inbox
+    }
+}
+
+/// One thread's inbox: a stream, its reader, and the sessions it routes to.
 pub struct NodeInbox {
+    stream: String,
     sessions: Arc<Sessions>,
     reader: JoinHandle<()>,
 }
 
 impl NodeInbox {
-    /// Starts reading `node_id`'s stream, on the current actix arbiter, until dropped.
-    pub fn start(bus: Arc<dyn Bus>, node_id: &str) -> Self {
+    /// Starts reading the stream named `name` ([`streams::node`]), on the current actix
+    /// arbiter, until dropped.
+    fn start(bus: Arc<dyn Bus>, name: &str) -> Self {
         let sessions = Arc::new(Sessions::default());
         let table = Arc::downgrade(&sessions);
-        let reader = actix::spawn(read_stream(bus, streams::node(node_id), GROUP.into(), node_id.to_string(), move |d| route(&table, d)));
-        Self { sessions, reader }
+        let stream = streams::node(name);
+        let reader = actix::spawn(read_stream(bus, stream.clone(), GROUP.into(), name.to_string(), move |d| route(&table, d)));
+        Self { stream, sessions, reader }
+    }
+
+    /// The stream workers answer this inbox's sessions on (their jobs' `reply_to`).
+    pub fn stream(&self) -> &str {
+        &self.stream
     }
 
     /// Whether the inbox is still read (a session with no reader would wait forever).
-    pub fn is_reading(&self) -> bool {
+    fn is_reading(&self) -> bool {
         !self.reader.is_finished()
     }
 
@@ -88,6 +134,6 @@ fn route(table: &Weak<Sessions>, delivery: Delivery) -> ControlFlow<()> {
     ControlFlow::Continue(())
 }
 
-fn lock(sessions: &Sessions) -> std::sync::MutexGuard<'_, HashMap<String, Recipient<JobUpdate>>> {
-    sessions.lock().unwrap_or_else(|e| e.into_inner())
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
