@@ -119,8 +119,9 @@ impl Drop for NodeInbox {
 /// not take stays pending for the node's next reader).
 fn route(table: &Weak<Sessions>, delivery: Delivery) -> ControlFlow<()> {
     let Some(sessions) = table.upgrade() else { return ControlFlow::Break(()) };
-    if let Some(waited) = delivery.appended.and_then(|at| SystemTime::now().duration_since(at).ok()) {
-        metrics::front().stream_wait.observe(waited.as_secs_f64());
+    if let Some(at) = delivery.appended {
+        // `at` is the middle of its millisecond: a read in its first half reads as no wait.
+        metrics::front().stream_wait.observe(SystemTime::now().duration_since(at).unwrap_or_default().as_secs_f64());
     }
     let env = delivery.envelope;
     match env.payload::<NodeMessage>() {
