@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use super::{Bus, BusError, BusFuture, Delivery, Envelope};
+use super::{Ack, Bus, BusError, BusFuture, Delivery, Envelope};
 
 struct Entry {
     seq: u64,
@@ -70,7 +70,7 @@ impl MemoryBus {
     }
 
     /// New entries for the group, now, without waiting.
-    fn take_new(&self, stream: &str, group: &str, max: usize) -> Result<Vec<Delivery>, BusError> {
+    fn take_new(&self, stream: &str, group: &str, max: usize, ack: Ack) -> Result<Vec<Delivery>, BusError> {
         let mut streams = self.lock();
         let s = streams.entry(stream.to_string()).or_default();
         let first = s.entries.front().map_or(s.next_seq, |e| e.seq);
@@ -78,9 +78,11 @@ impl MemoryBus {
         let g = s.group(group);
         g.cursor = g.cursor.max(first);
         let seqs: Vec<u64> = (g.cursor..next_seq).take(max).collect();
-        let now = Instant::now();
-        for &seq in &seqs {
-            g.pending.insert(seq, Pending { since: now });
+        if ack == Ack::Explicit {
+            let now = Instant::now();
+            for &seq in &seqs {
+                g.pending.insert(seq, Pending { since: now });
+            }
         }
         g.cursor += seqs.len() as u64;
         seqs.iter().filter_map(|&seq| s.bytes(seq).map(|b| delivery(seq, b))).collect()
@@ -107,7 +109,7 @@ impl Bus for MemoryBus {
         Box::pin(std::future::ready(appended))
     }
 
-    fn consume<'a>(&'a self, stream: &'a str, group: &'a str, _consumer: &'a str, max: usize, block: Duration) -> BusFuture<'a, Vec<Delivery>> {
+    fn consume<'a>(&'a self, stream: &'a str, group: &'a str, _consumer: &'a str, max: usize, block: Duration, ack: Ack) -> BusFuture<'a, Vec<Delivery>> {
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + block;
             loop {
@@ -115,7 +117,7 @@ impl Bus for MemoryBus {
                 let notified = self.published.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                let got = self.take_new(stream, group, max)?;
+                let got = self.take_new(stream, group, max, ack)?;
                 if !got.is_empty() || tokio::time::Instant::now() >= deadline {
                     return Ok(got);
                 }

@@ -143,6 +143,18 @@ pub struct Delivery {
     pub appended: Option<std::time::SystemTime>,
 }
 
+/// How a consumer's reads are acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ack {
+    /// Each entry stays pending for its consumer until acked, and another consumer claims it
+    /// if that one dies.
+    Explicit,
+    /// Reading an entry handles it (Redis's `NOACK`): for a stream no other consumer could
+    /// stand in for, as a front's inbox, whose sessions die with it. Saves the bus tracking
+    /// pending entries and the reader its acknowledgements.
+    OnRead,
+}
+
 pub type BusFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, BusError>> + Send + 'a>>;
 
 pub trait Bus: Send + Sync {
@@ -153,8 +165,9 @@ pub trait Bus: Send + Sync {
     fn publish<'a>(&'a self, stream: &'a str, envelope: Envelope, max_len: usize) -> BusFuture<'a, String>;
 
     /// The messages of up to `max` entries of `stream` not yet delivered to `group`, waiting
-    /// up to `block` for the first. Each entry stays pending for `consumer` until acked.
-    fn consume<'a>(&'a self, stream: &'a str, group: &'a str, consumer: &'a str, max: usize, block: Duration) -> BusFuture<'a, Vec<Delivery>>;
+    /// up to `block` for the first. With [`Ack::Explicit`] each entry stays pending for
+    /// `consumer` until acked.
+    fn consume<'a>(&'a self, stream: &'a str, group: &'a str, consumer: &'a str, max: usize, block: Duration, ack: Ack) -> BusFuture<'a, Vec<Delivery>>;
 
     /// Marks entries handled.
     fn ack<'a>(&'a self, stream: &'a str, group: &'a str, ids: &'a [String]) -> BusFuture<'a, ()>;
@@ -208,12 +221,13 @@ pub mod streams {
     }
 }
 
-/// Reads `stream` as `consumer` of `group`, handing each delivery to `handle` and acking it,
-/// until `handle` breaks (its owner is gone; what it did not take stays pending for another
-/// consumer). Transport errors are logged and retried a second later.
-pub async fn read_stream(bus: std::sync::Arc<dyn Bus>, stream: String, group: String, consumer: String, mut handle: impl FnMut(Delivery) -> std::ops::ControlFlow<()>) {
+/// Reads `stream` as `consumer` of `group`, handing each delivery to `handle` and acking it
+/// as `ack` says, until `handle` breaks (its owner is gone; with [`Ack::Explicit`] what it
+/// did not take stays pending for another consumer). Transport errors are logged and
+/// retried a second later.
+pub async fn read_stream(bus: std::sync::Arc<dyn Bus>, stream: String, group: String, consumer: String, ack: Ack, mut handle: impl FnMut(Delivery) -> std::ops::ControlFlow<()>) {
     loop {
-        let batch = match bus.consume(&stream, &group, &consumer, 256, Duration::from_millis(500)).await {
+        let batch = match bus.consume(&stream, &group, &consumer, 256, Duration::from_millis(500), ack).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(%stream, "reading: {e}");
@@ -221,6 +235,12 @@ pub async fn read_stream(bus: std::sync::Arc<dyn Bus>, stream: String, group: St
                 continue;
             }
         };
+        if ack == Ack::OnRead {
+            if batch.into_iter().any(|d| handle(d).is_break()) {
+                return;
+            }
+            continue;
+        }
         let mut handled: Vec<String> = Vec::with_capacity(batch.len());
         for d in batch {
             // Messages of one entry come together and share its id.
@@ -230,16 +250,16 @@ pub async fn read_stream(bus: std::sync::Arc<dyn Bus>, stream: String, group: St
             if handle(d).is_break() {
                 // The entry being handled (the last id) stays pending, to be handed over whole.
                 handled.pop();
-                return ack(bus.as_ref(), &stream, &group, &handled).await;
+                return acknowledge(bus.as_ref(), &stream, &group, &handled).await;
             }
         }
         // The next read need not wait for this acknowledgement.
         let (bus, stream, group) = (std::sync::Arc::clone(&bus), stream.clone(), group.clone());
-        tokio::spawn(async move { ack(bus.as_ref(), &stream, &group, &handled).await });
+        tokio::spawn(async move { acknowledge(bus.as_ref(), &stream, &group, &handled).await });
     }
 }
 
-async fn ack(bus: &dyn Bus, stream: &str, group: &str, ids: &[String]) {
+async fn acknowledge(bus: &dyn Bus, stream: &str, group: &str, ids: &[String]) {
     if let Err(e) = bus.ack(stream, group, ids).await {
         tracing::error!(%stream, "acknowledging: {e}");
     }

@@ -11,15 +11,16 @@
 //! | stream | written by | read by (group) | carries |
 //! |---|---|---|---|
 //! | `sn:v2:worker:{id}` | coordinator, sessions | that worker (`workers`) | jobs to run, cancellations |
-//! | `sn:v2:node:{id}` | workers, coordinator | that front (`sessions`) | job events, placement answers, lost jobs |
+//! | `sn:v2:node:{id}.{n}` | workers, coordinator | that front's thread `n` (`sessions`, `NOACK`) | job events, placement answers, lost jobs |
 //! | `sn:v2:coordinator` | sessions | the leader coordinator (`coordinator`) | placement requests |
 //! | `sn:v2:heartbeats` | workers | every coordinator (`coord-{node}`) | registration, load, leaving |
 //!
 //! Entries are appended with `XADD ... MAXLEN ~ N`, read with `XREADGROUP ... BLOCK`, and
-//! acknowledged with `XACK` once handled. A consumer that dies leaves its entries pending;
-//! `XAUTOCLAIM` hands them to a live consumer after they have been idle long enough. Groups
-//! are created on first read at the start of the stream (`XGROUP CREATE ... 0 MKSTREAM`), so
-//! nothing published before a group's first reader is missed, as in the memory bus.
+//! acknowledged with `XACK` once handled (or as read, `NOACK`, for [`Ack::OnRead`]). A
+//! consumer that dies leaves its entries pending; `XAUTOCLAIM` hands them to a live consumer
+//! after they have been idle long enough. Groups are created on first read at the start of
+//! the stream (`XGROUP CREATE ... 0 MKSTREAM`), so nothing published before a group's first
+//! reader is missed, as in the memory bus.
 //!
 //! The keys beside the streams (leader lease, pool view, model cards) are described in
 //! [`crate::cluster::state`].
@@ -37,7 +38,7 @@ use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, RedisError, Value};
 
 use super::coalesce::{Coalescer, FIELD};
-use super::{Bus, BusError, BusFuture, Delivery, Envelope};
+use super::{Ack, Bus, BusError, BusFuture, Delivery, Envelope};
 
 /// How long any one command may take (blocking reads add their block time).
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -139,7 +140,7 @@ impl Bus for RedisBus {
         Box::pin(async move { queued?.await })
     }
 
-    fn consume<'a>(&'a self, stream: &'a str, group: &'a str, consumer: &'a str, max: usize, block: Duration) -> BusFuture<'a, Vec<Delivery>> {
+    fn consume<'a>(&'a self, stream: &'a str, group: &'a str, consumer: &'a str, max: usize, block: Duration, ack: Ack) -> BusFuture<'a, Vec<Delivery>> {
         Box::pin(async move {
             let mut tried_creating = false;
             loop {
@@ -149,6 +150,9 @@ impl Bus for RedisBus {
                 // BLOCK 0 would wait forever; no BLOCK returns at once.
                 if block >= Duration::from_millis(1) {
                     cmd.arg("BLOCK").arg(block.as_millis() as u64);
+                }
+                if ack == Ack::OnRead {
+                    cmd.arg("NOACK");
                 }
                 cmd.arg("STREAMS").arg(stream).arg(">");
                 let r: Result<Option<StreamReadReply>, RedisError> = cmd.query_async(&mut c).await;

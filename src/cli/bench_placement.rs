@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::bus::redis::RedisBus;
-use crate::bus::{read_stream, send, streams, Bus};
+use crate::bus::{read_stream, send, streams, Ack, Bus};
 use crate::cluster::protocol::{CoordinatorCommand, PlaceRequest, KIND_COORDINATOR};
 use crate::engine::generate::{GenerateParams, Resume};
 use crate::engine::sampler::SamplerParams;
@@ -134,7 +134,7 @@ async fn drive(a: &PlacementArgs) -> anyhow::Result<Report> {
     let node = format!("bench-{}", crate::ids::random_hex(4)?);
     let inbox = streams::node(&node);
     // The first read creates the inbox's group, so no answer can come before it exists.
-    bus.consume(&inbox, "bench", &node, 1, Duration::ZERO).await?;
+    bus.consume(&inbox, "bench", &node, 1, Duration::ZERO, Ack::OnRead).await?;
     let answers = listen(Arc::clone(&bus), inbox.clone(), node.clone());
     let jobs: Arc<Mutex<HashMap<String, Job>>> = Arc::default();
     let collect = tokio::spawn(collect(answers, Arc::clone(&jobs)));
@@ -195,7 +195,7 @@ fn job(a: &PlacementArgs, node: &str, inbox: &str, n: usize) -> JobSpec {
 /// The inbox's answers, as they are read.
 fn listen(bus: Arc<dyn Bus>, inbox: String, node: String) -> UnboundedReceiver<Answer> {
     let (tx, rx) = unbounded_channel();
-    tokio::spawn(read_stream(bus, inbox, "bench".into(), node, move |d| {
+    tokio::spawn(read_stream(bus, inbox, "bench".into(), node, Ack::OnRead, move |d| {
         let env = d.envelope;
         let at = Instant::now();
         match env.payload::<NodeMessage>() {

@@ -29,7 +29,7 @@ use tracing::Instrument;
 
 use super::protocol::{unix_ms, CoordinatorCommand, Heartbeat, PlaceRequest, PoolView};
 use super::state::ClusterState;
-use crate::bus::{read_stream, streams, Bus};
+use crate::bus::{read_stream, streams, Ack, Bus};
 use crate::store::{reap_expired, Store};
 use crate::telemetry::metrics::coordinator as metrics;
 use crate::telemetry::trace_context::follow;
@@ -138,7 +138,7 @@ impl Actor for Coordinator {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let me = ctx.address().downgrade();
-        let beats = read_stream(Arc::clone(&self.bus), streams::heartbeats(), format!("coord-{}", self.node_id), self.node_id.clone(), move |d| {
+        let beats = read_stream(Arc::clone(&self.bus), streams::heartbeats(), format!("coord-{}", self.node_id), self.node_id.clone(), Ack::OnRead, move |d| {
             let env = d.envelope;
             let Some(me) = me.upgrade() else { return ControlFlow::Break(()) };
             match env.payload::<Heartbeat>() {
@@ -165,7 +165,7 @@ async fn read_requests(me: Addr<Coordinator>, bus: Arc<dyn Bus>, node: String, l
         let batch = if claim.swap(false, Ordering::SeqCst) {
             bus.claim_stale(&stream, GROUP, &node, Duration::ZERO, 10_000).await
         } else {
-            bus.consume(&stream, GROUP, &node, 256, Duration::from_millis(500)).await
+            bus.consume(&stream, GROUP, &node, 256, Duration::from_millis(500), Ack::Explicit).await
         };
         match batch {
             Ok(batch) => {

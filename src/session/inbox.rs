@@ -22,7 +22,7 @@ use std::time::{Instant, SystemTime};
 use actix::{Message, Recipient};
 use tokio::task::JoinHandle;
 
-use crate::bus::{read_stream, streams, Bus, Delivery};
+use crate::bus::{read_stream, streams, Ack, Bus, Delivery};
 use crate::telemetry::metrics;
 use crate::worker::protocol::NodeMessage;
 
@@ -85,7 +85,7 @@ impl NodeInbox {
         let sessions = Arc::new(Sessions::default());
         let table = Arc::downgrade(&sessions);
         let stream = streams::node(name);
-        let reader = actix::spawn(read_stream(bus, stream.clone(), GROUP.into(), name.to_string(), move |d| route(&table, d)));
+        let reader = actix::spawn(read_stream(bus, stream.clone(), GROUP.into(), name.to_string(), Ack::OnRead, move |d| route(&table, d)));
         Self { stream, sessions, reader }
     }
 

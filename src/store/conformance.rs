@@ -253,7 +253,7 @@ async fn a_redis_hold_writes_its_outbox_entry_with_itself() {
     store.hold_first(&order("job-o1", &acct.id, &[(TokenType::Spark, a("0.6"))], None, Some(&entry("job-o1")))).expect("replay");
     assert!(matches!(store.hold_first(&order("job-o2", &acct.id, &[(TokenType::Spark, a("0.6"))], None, Some(&entry("job-o2")))), Err(StoreError::Insufficient { .. })));
 
-    let read = bus.consume("sn:test:outbox", "readers", "r1", 10, std::time::Duration::from_millis(1)).await.expect("read");
+    let read = bus.consume("sn:test:outbox", "readers", "r1", 10, std::time::Duration::from_millis(1), crate::bus::Ack::Explicit).await.expect("read");
     let jobs: Vec<String> = read.iter().map(|d| d.envelope.payload::<String>().expect("payload")).collect();
     assert_eq!(jobs, ["job-o1"], "one entry, for the hold that was placed");
     assert_eq!((read[0].envelope.kind.as_str(), read[0].envelope.correlation_id.as_str()), ("test.place", "job-o1"));

@@ -16,7 +16,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use super::engine_thread::{EngineConfig, EngineThread, Job, JobEvent, JobRunner, SubmitError};
 use super::simulator::Simulator;
 use super::protocol::{JobRef, JobSpec, NodeMessage, WorkerCommand, WorkerEvent, KIND_COMMAND, KIND_NODE};
-use crate::bus::{post, read_stream, send, streams, Bus, BusError, BusFuture};
+use crate::bus::{post, read_stream, send, streams, Ack, Bus, BusError, BusFuture};
 use crate::engine::batch::BatchStats;
 use crate::engine::kv::BLOCK;
 use crate::engine::tokenizer::Tokenizer;
@@ -129,7 +129,7 @@ impl Actor for WorkerActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let me = ctx.address().downgrade();
         let stream = streams::worker(&self.info.worker_id);
-        let read = read_stream(Arc::clone(&self.bus), stream, GROUP.into(), self.info.worker_id.clone(), move |d| {
+        let read = read_stream(Arc::clone(&self.bus), stream, GROUP.into(), self.info.worker_id.clone(), Ack::Explicit, move |d| {
             let env = d.envelope;
             let Some(me) = me.upgrade() else { return ControlFlow::Break(()) };
             match env.payload::<WorkerCommand>() {
