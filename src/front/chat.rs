@@ -147,9 +147,14 @@ fn sse(events: UnboundedReceiver<SessionEvent>, id: Arc<CompletionId>, include_u
 fn frame(frames: &mut String, event: Option<SessionEvent>, id: &CompletionId, include_usage: bool) -> bool {
     match event {
         Some(SessionEvent::Started) => return true,
-        Some(SessionEvent::Delta(d, received)) => {
+        Some(SessionEvent::Delta(d, arrival)) => {
             frames.push_str(&id.delta_event(&d));
-            metrics::front().relay.observe(received.elapsed().as_secs_f64());
+            let front = metrics::front();
+            front.relay.observe(arrival.read.elapsed().as_secs_f64());
+            if let Some(at) = arrival.appended {
+                // `at` is the middle of its millisecond: earlier than that reads as no delay.
+                front.token_delay.observe(std::time::SystemTime::now().duration_since(at).unwrap_or_default().as_secs_f64());
+            }
             return true;
         }
         Some(SessionEvent::Done { finish, tool_calls, usage }) => {

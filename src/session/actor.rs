@@ -19,7 +19,7 @@ use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler,
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use tracing::Instrument;
 
-use super::inbox::{JobUpdate, NodeInbox, NodeInboxes};
+use super::inbox::{Arrival, JobUpdate, NodeInbox, NodeInboxes};
 use super::markup::Markup;
 use super::models::{ModelCatalog, ModelEntry};
 use super::pool::Pool;
@@ -64,7 +64,7 @@ pub struct Services {
 pub enum SessionEvent {
     Started,
     /// A piece of the message, and when the worker's event that brought it reached this node.
-    Delta(Delta, Instant),
+    Delta(Delta, Arrival),
     /// `tool_calls`: the message made calls (so a natural end is `finish_reason: "tool_calls"`).
     Done { finish: FinishReason, tool_calls: bool, usage: Usage },
     Error(ApiError),
@@ -412,13 +412,13 @@ impl Handler<JobUpdate> for SessionActor {
                     self.cancel_on(msg.sender);
                 }
             }
-            NodeMessage::Worker { event, .. } => self.worker_event(event, msg.received, ctx),
+            NodeMessage::Worker { event, .. } => self.worker_event(event, msg.arrival, ctx),
         }
     }
 }
 
 impl SessionActor {
-    fn worker_event(&mut self, event: WorkerEvent, received: Instant, ctx: &mut Context<Self>) {
+    fn worker_event(&mut self, event: WorkerEvent, arrival: Arrival, ctx: &mut Context<Self>) {
         match event {
             WorkerEvent::Accepted { worker_id } => {
                 self.worker_id = Some(worker_id);
@@ -445,7 +445,7 @@ impl SessionActor {
                 self.produced.text_bytes += text.len();
                 if !self.client_gone {
                     let deltas = self.markup.as_mut().map(|m| m.push(&text)).unwrap_or_default();
-                    deltas.into_iter().for_each(|d| self.emit(SessionEvent::Delta(d, received)));
+                    deltas.into_iter().for_each(|d| self.emit(SessionEvent::Delta(d, arrival)));
                     if self.client_gone {
                         self.cancel();
                     }
@@ -453,7 +453,7 @@ impl SessionActor {
             }
             WorkerEvent::Job(JobEvent::Finished { finish, prompt_tokens, completion_tokens }) => {
                 let deltas = self.markup.as_mut().map(Markup::finish).unwrap_or_default();
-                deltas.into_iter().for_each(|d| self.emit(SessionEvent::Delta(d, received)));
+                deltas.into_iter().for_each(|d| self.emit(SessionEvent::Delta(d, arrival)));
                 let tool_calls = self.markup.as_ref().is_some_and(Markup::made_calls);
                 self.count_finished(finish, tool_calls, prompt_tokens, completion_tokens);
                 let done = SessionEvent::Done { finish, tool_calls, usage: Usage { prompt_tokens, completion_tokens } };

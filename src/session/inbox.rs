@@ -23,7 +23,6 @@ use actix::{Message, Recipient};
 use tokio::task::JoinHandle;
 
 use crate::bus::{read_stream, streams, Ack, Bus, Delivery};
-use crate::telemetry::metrics;
 use crate::worker::protocol::NodeMessage;
 
 const GROUP: &str = "sessions";
@@ -34,8 +33,16 @@ const GROUP: &str = "sessions";
 pub struct JobUpdate {
     pub message: NodeMessage,
     pub sender: String,
+    pub arrival: Arrival,
+}
+
+/// When a message reached this node, for the front's per-token timings.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
     /// When it came off the bus.
-    pub received: Instant,
+    pub read: Instant,
+    /// When its entry was appended to the stream, where the bus keeps that.
+    pub appended: Option<SystemTime>,
 }
 
 type Sessions = Mutex<HashMap<String, Recipient<JobUpdate>>>;
@@ -119,15 +126,11 @@ impl Drop for NodeInbox {
 /// not take stays pending for the node's next reader).
 fn route(table: &Weak<Sessions>, delivery: Delivery) -> ControlFlow<()> {
     let Some(sessions) = table.upgrade() else { return ControlFlow::Break(()) };
-    if let Some(at) = delivery.appended {
-        // `at` is the middle of its millisecond: a read in its first half reads as no wait.
-        metrics::front().stream_wait.observe(SystemTime::now().duration_since(at).unwrap_or_default().as_secs_f64());
-    }
     let env = delivery.envelope;
     match env.payload::<NodeMessage>() {
         Ok(message) => {
             if let Some(session) = lock(&sessions).get(&env.correlation_id) {
-                session.do_send(JobUpdate { message, sender: env.sender, received: Instant::now() });
+                session.do_send(JobUpdate { message, sender: env.sender, arrival: Arrival { read: Instant::now(), appended: delivery.appended } });
             }
         }
         Err(e) => tracing::warn!(kind = %env.kind, "dropping an unreadable job message: {e}"),

@@ -61,11 +61,11 @@ pub struct Front {
     /// the worker's event being read off this node's stream to its SSE chunk being handed to
     /// the connection. Time an entry waits in Redis for the front's next read is not in it.
     pub relay: Histogram,
-    /// How long the messages on this node's stream waited to be read: from their entry's
-    /// append (by Redis's clock, so a skew between the hosts counts; the entry id keeps
-    /// only the millisecond, read as its middle) to the front's read. With `relay`, what the
-    /// front's side of the bus adds to each token.
-    pub stream_wait: Histogram,
+    /// What the front's side of the bus adds to each streamed piece of text: from its
+    /// entry's append to this node's stream (by Redis's clock, so a skew between the hosts
+    /// counts; the entry id keeps only the millisecond, read as its middle) to its SSE chunk
+    /// being handed to the connection. The relay and the wait for the front's read together.
+    pub token_delay: Histogram,
 }
 
 pub fn front() -> &'static Front {
@@ -82,7 +82,7 @@ pub fn front() -> &'static Front {
         failovers: counter("supernet:failovers_total", "Jobs moved to another worker after theirs was lost.", &["model"]),
         billing_holds: counter("supernet:billing_holds_total", "Billing holds, by outcome (held, insufficient, revoked, failed).", &["outcome"]),
         billing_settles: counter("supernet:billing_settles_total", "Billing settlements, by outcome (settled, failed).", &["outcome"]),
-        stream_wait: register(Histogram::with_opts(HistogramOpts::new("supernet:front_stream_wait_seconds", "Seconds the messages on this front's stream waited to be read: from their entry's append (Redis's clock, to the millisecond) to the read.").buckets(DECISION.to_vec())).expect("valid metric")),
+        token_delay: register(Histogram::with_opts(HistogramOpts::new("supernet:front_token_delay_seconds", "Seconds from a worker's text entering this front's stream (its entry's append, Redis's clock, to the millisecond) to its SSE chunk leaving for the client.").buckets(DECISION.to_vec())).expect("valid metric")),
         relay: register(Histogram::with_opts(HistogramOpts::new("supernet:front_relay_seconds", "Seconds from reading a worker's text off this front's stream to its SSE chunk leaving for the client.").buckets(DECISION.to_vec())).expect("valid metric")),
     });
     &FRONT
