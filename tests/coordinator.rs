@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use actix::Actor;
 use supernet::bus::memory::MemoryBus;
-use supernet::bus::{streams, Bus};
+use supernet::bus::{streams, Ack, Bus};
 use supernet::coordinator::{loads, CoordinatorActor, Place, PlaceError, Register, Workers};
 use supernet::engine::batch::BatchConfig;
 use supernet::engine::generate::{GenerateParams, Resume};
@@ -29,7 +29,7 @@ fn run(id: &str, model: &str, prompt: &[u32], max_tokens: usize) -> WorkerComman
 /// The next event on the test's node stream, with its job id.
 async fn next_event(bus: &MemoryBus) -> (String, WorkerEvent) {
     let stream = streams::node("test");
-    let d = bus.consume(&stream, "sessions", "t", 1, Duration::from_secs(30)).await.expect("consume").pop().expect("an event within 30 s");
+    let d = bus.consume(&stream, "sessions", "t", 1, Duration::from_secs(30), Ack::OnRead).await.expect("consume").pop().expect("an event within 30 s");
     bus.ack(&stream, "sessions", std::slice::from_ref(&d.id)).await.expect("ack");
     match d.envelope.payload().expect("a node message") {
         NodeMessage::Worker { event, .. } => (d.envelope.correlation_id.clone(), event),
