@@ -49,12 +49,12 @@ pub struct ServerConfig {
     /// Jobs waiting per worker beyond the running one; more get 429.
     pub max_queue: usize,
     /// Threads serving HTTP; 0 means two per core. Each thread runs the sessions of the
-    /// requests it took, and relays their tokens one after another, so a thread that is
-    /// preempted or draining a burst holds up only its share of the streams: with more
-    /// threads than cores the kernel interleaves them. On 2 cores, relaying 50,000 tokens/s
-    /// to 500 streams, the p99 the front adds per token was 16-21 ms with one thread, 4.6-8.6
-    /// with two and 2.5-3.8 with four, and the added TTFT at 500 req/s was the same with
-    /// each (docs/BENCHMARKS.md).
+    /// requests it took, reads their tokens off an inbox stream of its own and relays them
+    /// one after another, so a thread that is preempted or draining a burst holds up only
+    /// its share of the streams: with more threads than cores the kernel interleaves them.
+    /// On 2 cores, relaying 50,000 tokens/s to 500 streams, the front's relay p99 was 12.7-14
+    /// ms with two threads and 2.2-6.8 ms with four in the same hour, and the added TTFT at
+    /// 500 req/s does not depend on it (docs/BENCHMARKS.md).
     pub http_workers: usize,
 }
 
