@@ -52,7 +52,8 @@ pub struct Services {
     pub bus: Arc<dyn Bus>,
     pub billing: Arc<Billing>,
     pub pool: Pool,
-    /// Route the answers to sessions, one stream per thread.
+    /// Route workers' and the coordinator's answers to this node's sessions, one stream per
+    /// thread.
     pub inboxes: NodeInboxes,
     pub models: Arc<ModelCatalog>,
     pub config: Config,

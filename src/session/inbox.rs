@@ -122,8 +122,8 @@ impl Drop for NodeInbox {
     }
 }
 
-/// Hands one message to its session; stops the reader once the inbox is gone (what it did
-/// not take stays pending for the node's next reader).
+/// Hands one message to its session; stops the reader once the inbox is gone (and with it
+/// every session that could be answered on its stream).
 fn route(table: &Weak<Sessions>, delivery: Delivery) -> ControlFlow<()> {
     let Some(sessions) = table.upgrade() else { return ControlFlow::Break(()) };
     let env = delivery.envelope;
