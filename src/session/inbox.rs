@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::thread::{self, ThreadId};
 use std::time::{Instant, SystemTime};
@@ -52,28 +51,33 @@ type Sessions = Mutex<HashMap<String, Recipient<JobUpdate>>>;
 pub struct NodeInboxes {
     bus: Arc<dyn Bus>,
     node_id: String,
+    threads: Mutex<Threads>,
+}
+
+#[derive(Default)]
+struct Threads {
     /// Inboxes started so far, which numbers the next one's stream.
-    started: AtomicUsize,
-    by_thread: Mutex<HashMap<ThreadId, Arc<NodeInbox>>>,
+    started: usize,
+    by_thread: HashMap<ThreadId, Arc<NodeInbox>>,
 }
 
 impl NodeInboxes {
     pub fn new(bus: Arc<dyn Bus>, node_id: &str) -> Self {
-        Self { bus, node_id: node_id.to_string(), started: AtomicUsize::new(0), by_thread: Mutex::default() }
+        Self { bus, node_id: node_id.to_string(), threads: Mutex::default() }
     }
 
     /// The calling thread's inbox, started on its actix arbiter if it has none that is
     /// read (a thread that ended took its inbox's reader with it, so those are let go).
     pub fn here(&self) -> Arc<NodeInbox> {
-        let mut all = lock(&self.by_thread);
+        let mut threads = lock(&self.threads);
         let thread = thread::current().id();
-        if let Some(inbox) = all.get(&thread).filter(|i| i.is_reading()) {
+        if let Some(inbox) = threads.by_thread.get(&thread).filter(|i| i.is_reading()) {
             return Arc::clone(inbox);
         }
-        all.retain(|_, i| i.is_reading());
-        let n = self.started.fetch_add(1, Ordering::Relaxed);
-        let inbox = Arc::new(NodeInbox::start(Arc::clone(&self.bus), &format!("{}.{n}", self.node_id)));
-        all.insert(thread, Arc::clone(&inbox));
+        threads.by_thread.retain(|_, i| i.is_reading());
+        let inbox = Arc::new(NodeInbox::start(Arc::clone(&self.bus), &format!("{}.{}", self.node_id, threads.started)));
+        threads.started += 1;
+        threads.by_thread.insert(thread, Arc::clone(&inbox));
         inbox
     }
 }
