@@ -9,7 +9,7 @@ use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult, WrapFuture};
+use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult, WrapFuture};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
@@ -190,10 +190,16 @@ impl WorkerActor {
         match self.engine.submit(job) {
             Ok(()) => {
                 self.running.insert(spec.job_id.clone(), (cancel, job_ref));
-                let job_id = spec.job_id;
-                ctx.spawn(reply.forward(rx).into_actor(self).map(move |(), act, _| {
-                    act.running.remove(&job_id);
-                }));
+                // A task of its own, not `ctx.spawn`: a context polls every future spawned
+                // in it whenever any of them wakes, so each token would poll every job's
+                // forwarding.
+                let (me, job_id) = (ctx.address().downgrade(), spec.job_id);
+                actix::spawn(async move {
+                    reply.forward(rx).await;
+                    if let Some(me) = me.upgrade() {
+                        me.do_send(Forwarded(job_id));
+                    }
+                });
             }
             Err(rejected) => {
                 let busy = rejected.reason == SubmitError::QueueFull;
@@ -201,6 +207,19 @@ impl WorkerActor {
                 ctx.spawn(reply.reject(busy, reason).into_actor(self));
             }
         }
+    }
+}
+
+/// A job's last event is on the bus: the worker no longer holds it.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Forwarded(String);
+
+impl Handler<Forwarded> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Forwarded, _: &mut Context<Self>) {
+        self.running.remove(&msg.0);
     }
 }
 
