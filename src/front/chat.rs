@@ -6,7 +6,7 @@
 //! channel, which cancels the job.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use actix_web::web::Bytes;
@@ -23,6 +23,7 @@ use crate::api::chat_response::{finish_reason, sse_event, AssistantMessage, Comp
 use crate::api::error::ApiError;
 use crate::ids::random_hex;
 use crate::session::actor::{Services, SessionActor, SessionEvent, Turn};
+use crate::session::inbox::Arrival;
 use crate::session::models::ModelEntry;
 use crate::session::prompt::{prepare, PreparedPrompt};
 use crate::telemetry::metrics;
@@ -117,23 +118,21 @@ async fn whole(mut events: UnboundedReceiver<SessionEvent>, id: &CompletionId) -
 /// when asked for, then `[DONE]`. Chunks that are ready together go out in one write.
 fn sse(events: UnboundedReceiver<SessionEvent>, id: Arc<CompletionId>, include_usage: bool) -> HttpResponse {
     let first = stream::once(std::future::ready(Ok::<_, actix_web::Error>(Bytes::from(sse_event(&id.role_chunk())))));
-    let rest = stream::unfold(Some(events), move |events| {
-        let id = Arc::clone(&id);
-        async move {
-            let mut events = events?;
-            let mut frames = String::new();
-            let mut event = events.recv().await;
-            loop {
-                if !frame(&mut frames, event, &id, include_usage) {
-                    return Some((Ok(Bytes::from(frames)), None));
-                }
-                event = match events.try_recv() {
-                    Ok(e) => Some(e),
-                    Err(TryRecvError::Empty) if frames.is_empty() => events.recv().await,
-                    Err(TryRecvError::Empty) => return Some((Ok(Bytes::from(frames)), Some(events))),
-                    Err(TryRecvError::Disconnected) => None,
-                };
+    let relay = Relay { id, include_usage, last_delay: None };
+    let rest = stream::unfold(Some((events, relay)), move |state| async move {
+        let (mut events, mut relay) = state?;
+        let mut frames = String::new();
+        let mut event = events.recv().await;
+        loop {
+            if !relay.frame(&mut frames, event) {
+                return Some((Ok(Bytes::from(frames)), None));
             }
+            event = match events.try_recv() {
+                Ok(e) => Some(e),
+                Err(TryRecvError::Empty) if frames.is_empty() => events.recv().await,
+                Err(TryRecvError::Empty) => return Some((Ok(Bytes::from(frames)), Some((events, relay)))),
+                Err(TryRecvError::Disconnected) => None,
+            };
         }
     });
     HttpResponse::Ok()
@@ -142,32 +141,51 @@ fn sse(events: UnboundedReceiver<SessionEvent>, id: Arc<CompletionId>, include_u
         .streaming(first.chain(rest))
 }
 
-/// Appends the SSE text of `event` (`None`: the session is gone) to `frames`; false once
-/// the stream is over.
-fn frame(frames: &mut String, event: Option<SessionEvent>, id: &CompletionId, include_usage: bool) -> bool {
-    match event {
-        Some(SessionEvent::Started) => return true,
-        Some(SessionEvent::Delta(d, arrival)) => {
-            frames.push_str(&id.delta_event(&d));
-            let front = metrics::front();
-            front.relay.observe(arrival.read.elapsed().as_secs_f64());
-            if let Some(at) = arrival.appended {
-                // `at` is the middle of its millisecond: earlier than that reads as no delay.
-                front.token_delay.observe(std::time::SystemTime::now().duration_since(at).unwrap_or_default().as_secs_f64());
+/// One stream's framing of session events, and the timing of each piece of text it relays.
+struct Relay {
+    id: Arc<CompletionId>,
+    include_usage: bool,
+    /// The token delay of the stream's previous piece of text.
+    last_delay: Option<Duration>,
+}
+
+impl Relay {
+    /// Appends the SSE text of `event` (`None`: the session is gone) to `frames`; false once
+    /// the stream is over.
+    fn frame(&mut self, frames: &mut String, event: Option<SessionEvent>) -> bool {
+        match event {
+            Some(SessionEvent::Started) => return true,
+            Some(SessionEvent::Delta(d, arrival)) => {
+                frames.push_str(&self.id.delta_event(&d));
+                self.timed(&arrival);
+                return true;
             }
-            return true;
-        }
-        Some(SessionEvent::Done { finish, tool_calls, usage }) => {
-            frames.push_str(&sse_event(&id.finish_chunk(finish_reason(finish, tool_calls))));
-            if include_usage {
-                frames.push_str(&sse_event(&id.usage_chunk(usage)));
+            Some(SessionEvent::Done { finish, tool_calls, usage }) => {
+                frames.push_str(&sse_event(&self.id.finish_chunk(finish_reason(finish, tool_calls))));
+                if self.include_usage {
+                    frames.push_str(&sse_event(&self.id.usage_chunk(usage)));
+                }
+                frames.push_str(SSE_DONE);
             }
-            frames.push_str(SSE_DONE);
+            Some(SessionEvent::Error(e)) => frames.push_str(&stream_error(&e)),
+            None => frames.push_str(&stream_error(&ApiError::logged("the session", "ended mid-stream"))),
         }
-        Some(SessionEvent::Error(e)) => frames.push_str(&stream_error(&e)),
-        None => frames.push_str(&stream_error(&ApiError::logged("the session", "ended mid-stream"))),
+        false
     }
-    false
+
+    /// Observes the relay, the token delay, and how much longer than its gap on the bus the
+    /// gap before this piece of text became (its delay less the previous one's).
+    fn timed(&mut self, arrival: &Arrival) {
+        let front = metrics::front();
+        front.relay.observe(arrival.read.elapsed().as_secs_f64());
+        let Some(at) = arrival.appended else { return };
+        // `at` is the middle of its millisecond: earlier than that reads as no delay.
+        let delay = std::time::SystemTime::now().duration_since(at).unwrap_or_default();
+        front.token_delay.observe(delay.as_secs_f64());
+        if let Some(last) = self.last_delay.replace(delay) {
+            front.gap_added.observe(delay.saturating_sub(last).as_secs_f64());
+        }
+    }
 }
 
 /// An error after streaming began: an error event, then `[DONE]`.

@@ -66,6 +66,12 @@ pub struct Front {
     /// counts; the entry id keeps only the millisecond, read as its middle) to its SSE chunk
     /// being handed to the connection. The relay and the wait for the front's read together.
     pub token_delay: Histogram,
+    /// What the front adds to each inter-token gap of a stream: a piece of text's token
+    /// delay less the previous one's (none: the gap is no longer than on the bus). A delay
+    /// every token shares adds nothing here (it adds to the first token's wait); one token
+    /// held back lengthens its gap. Each append time is known to the millisecond, so a gap's
+    /// figure is off by up to 1 ms either way.
+    pub gap_added: Histogram,
 }
 
 pub fn front() -> &'static Front {
@@ -83,6 +89,7 @@ pub fn front() -> &'static Front {
         billing_holds: counter("supernet:billing_holds_total", "Billing holds, by outcome (held, insufficient, revoked, failed).", &["outcome"]),
         billing_settles: counter("supernet:billing_settles_total", "Billing settlements, by outcome (settled, failed).", &["outcome"]),
         token_delay: register(Histogram::with_opts(HistogramOpts::new("supernet:front_token_delay_seconds", "Seconds from a worker's text entering this front's stream (its entry's append, Redis's clock, to the millisecond) to its SSE chunk leaving for the client.").buckets(DECISION.to_vec())).expect("valid metric")),
+        gap_added: register(Histogram::with_opts(HistogramOpts::new("supernet:front_token_gap_added_seconds", "Seconds the front added to the gap between a stream's consecutive pieces of text: each one's token delay less the previous one's, or 0.").buckets(DECISION.to_vec())).expect("valid metric")),
         relay: register(Histogram::with_opts(HistogramOpts::new("supernet:front_relay_seconds", "Seconds from reading a worker's text off this front's stream to its SSE chunk leaving for the client.").buckets(DECISION.to_vec())).expect("valid metric")),
     });
     &FRONT

@@ -106,6 +106,8 @@ def test_every_cluster_process_serves_metrics_that_move_under_load(cluster):
     relayed = delta(before[front], after[front], "supernet:front_relay_seconds_count")
     delayed = delta(before[front], after[front], "supernet:front_token_delay_seconds_count")
     assert relayed >= 1 and delayed == relayed, (relayed, delayed)
+    # And every piece but the stream's first had its gap to the one before timed.
+    assert delta(before[front], after[front], "supernet:front_token_gap_added_seconds_count") == relayed - 1
     c0, c1 = before[coordinator], after[coordinator]
     assert value(c1, "supernet:coordinator_is_leader") == 1
     assert delta(c0, c1, "supernet:placements_total", outcome="placed") == 3
