@@ -13,6 +13,10 @@
 #   WORKER_PROCESSES (1)   processes they are spread over
 #   TOKENS_PER_S (50)      PREFILL_MS (20)   JITTER (0)   MAX_BATCH (8)   MAX_QUEUE (64)
 #   PORT (18700)           REDIS_PORT (a free one)   HTTP_WORKERS (0: the front's default)
+#   ISOLATE (0)            1: Redis and the front run SCHED_FIFO (needs root or CAP_SYS_NICE),
+#                          so the harness and the simulated workers, which stand for clients
+#                          and GPU machines elsewhere, get only the CPU those two leave: as if
+#                          the front and Redis had cores of their own
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${SUPERNET_BIN:-target/release/supernet}
@@ -56,6 +60,11 @@ printf '[server]\nhttp_workers = %s\n[limits]\nmax_concurrent = 0\nrequests_per_
 "$bin" front --redis "$REDIS_URL" --host 127.0.0.1 --port "$port" --config "$data/front.toml" >"$data/front.log" 2>&1 &
 pids+=($!)
 export FRONT_PID=$!
+if [ "${ISOLATE:-0}" = 1 ]; then
+  for p in "${pids[0]}" "$FRONT_PID"; do
+    chrt --fifo --all-tasks --pid 10 "$p" || { echo "ISOLATE=1: cannot make pid $p SCHED_FIFO (root or CAP_SYS_NICE needed)" >&2; exit 1; }
+  done
+fi
 
 field() { sed -E "s/.*\"$1\":\"([^\"]+)\".*/\1/"; }
 account=$("$bin" admin --redis "$REDIS_URL" accounts create --name loadtest --spark 1000000000 | field account_id)
