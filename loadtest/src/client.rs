@@ -3,6 +3,7 @@
 //! the OpenAI error envelope's `type`, or a transport failure).
 
 use std::borrow::Cow;
+use std::ops::ControlFlow;
 use std::time::Instant;
 
 use futures_util::StreamExt;
@@ -116,16 +117,18 @@ async fn read_stream(r: reqwest::Response, start: Instant, out: &mut Outcome) ->
     while let Some(piece) = bytes.next().await {
         let piece = piece.map_err(|e| Failure::transport(&e))?;
         let now = Instant::now();
-        for data in events.push(&piece) {
+        let flow = events.push(&piece, |data| {
             if data == "[DONE]" {
-                out.output_tokens = usage.unwrap_or(chunks);
-                return Ok(());
+                return ControlFlow::Break(Ok(()));
             }
             // Only the fields timed are read: at tens of thousands of chunks a second a JSON
             // tree per chunk would cost the harness more than the server it measures.
-            let chunk: Chunk = serde_json::from_str(&data).map_err(|e| Failure { status, kind: "bad_event".into(), message: format!("{e}: {data}") })?;
+            let chunk: Chunk = match serde_json::from_str(data) {
+                Ok(c) => c,
+                Err(e) => return ControlFlow::Break(Err(Failure { status, kind: "bad_event".into(), message: format!("{e}: {data}") })),
+            };
             if chunk.error.is_some() {
-                return Err(Failure::from_body(status, &data));
+                return ControlFlow::Break(Err(Failure::from_body(status, data)));
             }
             if let Some(UsageCounts { completion_tokens: Some(n), prompt_tokens }) = chunk.usage {
                 usage = Some(n);
@@ -139,6 +142,13 @@ async fn read_stream(r: reqwest::Response, start: Instant, out: &mut Outcome) ->
                 }
                 last = Some(now);
             }
+            ControlFlow::Continue(())
+        });
+        if let ControlFlow::Break(end) = flow {
+            if end.is_ok() {
+                out.output_tokens = usage.unwrap_or(chunks);
+            }
+            return end;
         }
     }
     Err(Failure { status, kind: "stream".into(), message: "the stream ended without [DONE]".into() })
@@ -191,18 +201,42 @@ pub struct EventSplitter {
 }
 
 impl EventSplitter {
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<String> {
+    /// Takes the next bytes and hands `each` the data of every event they complete, in
+    /// order, until it breaks. An event of one `data:` line (every chunk of a chat
+    /// completion) is handed over without copying.
+    pub fn push<B>(&mut self, bytes: &[u8], mut each: impl FnMut(&str) -> ControlFlow<B>) -> ControlFlow<B> {
         self.buf.extend_from_slice(bytes);
-        let mut events = Vec::new();
-        while let Some((end, skip)) = event_end(&self.buf) {
-            let raw: Vec<u8> = self.buf.drain(..end + skip).take(end).collect();
-            let text = String::from_utf8_lossy(&raw);
-            let data: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.strip_prefix(' ').unwrap_or(d)).collect();
-            if !data.is_empty() {
-                events.push(data.join("\n"));
+        let (mut start, mut flow) = (0, ControlFlow::Continue(()));
+        while let Some((end, skip)) = event_end(&self.buf[start..]) {
+            let raw = &self.buf[start..start + end];
+            start += end + skip;
+            flow = match std::str::from_utf8(raw) {
+                Ok(text) => event_data(text, &mut each),
+                Err(_) => event_data(&String::from_utf8_lossy(raw), &mut each),
+            };
+            if flow.is_break() {
+                break;
             }
         }
-        events
+        self.buf.drain(..start);
+        flow
+    }
+}
+
+/// Hands `each` the data of one event's text, if it has any.
+fn event_data<B>(text: &str, each: &mut impl FnMut(&str) -> ControlFlow<B>) -> ControlFlow<B> {
+    let mut lines = text.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.strip_prefix(' ').unwrap_or(d));
+    match (lines.next(), lines.next()) {
+        (None, _) => ControlFlow::Continue(()),
+        (Some(only), None) => each(only),
+        (Some(first), Some(second)) => {
+            let mut data = format!("{first}\n{second}");
+            for line in lines {
+                data.push('\n');
+                data.push_str(line);
+            }
+            each(&data)
+        }
     }
 }
 
@@ -220,13 +254,35 @@ fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
 mod tests {
     use super::*;
 
+    /// The data of the events `bytes` completes.
+    fn split(s: &mut EventSplitter, bytes: &[u8]) -> Vec<String> {
+        let mut events = Vec::new();
+        let _ = s.push::<()>(bytes, |d| {
+            events.push(d.to_string());
+            ControlFlow::Continue(())
+        });
+        events
+    }
+
     #[test]
     fn events_split_across_reads_and_line_endings() {
         let mut s = EventSplitter::default();
-        assert!(s.push(b"data: {\"a\"").is_empty());
-        assert_eq!(s.push(b":1}\n\n: ping\n\ndata: x\r\n\r\ndata: [DO"), vec!["{\"a\":1}", "x"]);
-        assert_eq!(s.push(b"NE]\n\n"), vec!["[DONE]"]);
-        assert_eq!(s.push(b"event: e\ndata: one\ndata: two\n\n"), vec!["one\ntwo"]);
+        assert!(split(&mut s, b"data: {\"a\"").is_empty());
+        assert_eq!(split(&mut s, b":1}\n\n: ping\n\ndata: x\r\n\r\ndata: [DO"), vec!["{\"a\":1}", "x"]);
+        assert_eq!(split(&mut s, b"NE]\n\n"), vec!["[DONE]"]);
+        assert_eq!(split(&mut s, b"event: e\ndata: one\ndata: two\n\ndata: caf\xc3"), vec!["one\ntwo"]);
+        assert_eq!(split(&mut s, b"\xa9 \xff\n\n"), vec!["caf\u{e9} \u{fffd}"]);
+    }
+
+    #[test]
+    fn a_break_stops_at_its_event() {
+        let mut s = EventSplitter::default();
+        let mut seen = Vec::new();
+        let flow = s.push(b"data: 1\n\ndata: 2\n\ndata: 3\n\n", |d| {
+            seen.push(d.to_string());
+            if d == "2" { ControlFlow::Break(d.len()) } else { ControlFlow::Continue(()) }
+        });
+        assert_eq!((flow, seen), (ControlFlow::Break(1), vec!["1".to_string(), "2".to_string()]));
     }
 
     #[test]
