@@ -119,7 +119,7 @@ async fn whole(mut events: UnboundedReceiver<SessionEvent>, id: &CompletionId) -
 fn sse(events: UnboundedReceiver<SessionEvent>, id: Arc<CompletionId>, include_usage: bool) -> HttpResponse {
     let first = stream::once(std::future::ready(Ok::<_, actix_web::Error>(Bytes::from(sse_event(&id.role_chunk())))));
     let relay = Relay { id, include_usage, last_delay: None };
-    let rest = stream::unfold(Some((events, relay)), move |state| async move {
+    let rest = stream::unfold(Some((events, relay)), |state| async move {
         let (mut events, mut relay) = state?;
         let mut frames = String::new();
         let mut event = events.recv().await;

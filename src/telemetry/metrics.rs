@@ -36,6 +36,11 @@ fn histogram(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> Histog
     register(HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels).expect("valid metric"))
 }
 
+/// A histogram without labels.
+fn single_histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
+    register(Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())).expect("valid metric"))
+}
+
 fn gauge(name: &str, help: &str) -> IntGauge {
     register(IntGauge::new(name, help).expect("valid metric"))
 }
@@ -88,9 +93,9 @@ pub fn front() -> &'static Front {
         failovers: counter("supernet:failovers_total", "Jobs moved to another worker after theirs was lost.", &["model"]),
         billing_holds: counter("supernet:billing_holds_total", "Billing holds, by outcome (held, insufficient, revoked, failed).", &["outcome"]),
         billing_settles: counter("supernet:billing_settles_total", "Billing settlements, by outcome (settled, failed).", &["outcome"]),
-        token_delay: register(Histogram::with_opts(HistogramOpts::new("supernet:front_token_delay_seconds", "Seconds from a worker's text entering this front's stream (its entry's append, Redis's clock, to the millisecond) to its SSE chunk leaving for the client.").buckets(DECISION.to_vec())).expect("valid metric")),
-        gap_added: register(Histogram::with_opts(HistogramOpts::new("supernet:front_token_gap_added_seconds", "Seconds the front added to the gap between a stream's consecutive pieces of text: each one's token delay less the previous one's, or 0.").buckets(DECISION.to_vec())).expect("valid metric")),
-        relay: register(Histogram::with_opts(HistogramOpts::new("supernet:front_relay_seconds", "Seconds from reading a worker's text off this front's stream to its SSE chunk leaving for the client.").buckets(DECISION.to_vec())).expect("valid metric")),
+        token_delay: single_histogram("supernet:front_token_delay_seconds", "Seconds from a worker's text entering this front's stream (its entry's append, Redis's clock, to the millisecond) to its SSE chunk leaving for the client.", DECISION),
+        gap_added: single_histogram("supernet:front_token_gap_added_seconds", "Seconds the front added to the gap between a stream's consecutive pieces of text: each one's token delay less the previous one's, or 0.", DECISION),
+        relay: single_histogram("supernet:front_relay_seconds", "Seconds from reading a worker's text off this front's stream to its SSE chunk leaving for the client.", DECISION),
     });
     &FRONT
 }
@@ -139,8 +144,8 @@ pub struct Coordinator {
 
 pub fn coordinator() -> &'static Coordinator {
     static COORDINATOR: LazyLock<Coordinator> = LazyLock::new(|| Coordinator {
-        placement: register(Histogram::with_opts(HistogramOpts::new("supernet:placement_seconds", "Seconds from a placement request's arrival to its job's dispatch (queueing included).").buckets(LATENCY.to_vec())).expect("valid metric")),
-        decision: register(Histogram::with_opts(HistogramOpts::new("supernet:placement_decision_seconds", "Seconds to choose a worker for one request.").buckets(DECISION.to_vec())).expect("valid metric")),
+        placement: single_histogram("supernet:placement_seconds", "Seconds from a placement request's arrival to its job's dispatch (queueing included).", LATENCY),
+        decision: single_histogram("supernet:placement_decision_seconds", "Seconds to choose a worker for one request.", DECISION),
         placements: counter("supernet:placements_total", "Placement requests handled, by outcome (placed, refused, withdrawn).", &["outcome"]),
         queue_depth: gauge("supernet:coordinator_queue_depth", "Jobs waiting for a worker with room."),
         leader: gauge("supernet:coordinator_is_leader", "1 while this coordinator holds the leader lease."),
