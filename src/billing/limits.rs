@@ -1,7 +1,7 @@
 //! Per-key request limits: requests in flight and requests started in the last minute.
 //! Over either, a request gets 429 with the seconds until it would be admitted, so clients
-//! back off by `Retry-After` instead of guessing. The state lives in the key's
-//! BillingAccountActor, which admits requests one at a time.
+//! back off by `Retry-After` instead of guessing. The state lives with the key's account in
+//! [`Billing`](super::accounts::Billing), which admits requests one at a time under a lock.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,8 +1,8 @@
-//! Money: exact [`amount`]s, model [`pricing`], per-key request [`limits`], and the
-//! per-account actors that hold and settle jobs ([`account_actor`]), whose store calls run
+//! Money: exact [`amount`]s, model [`pricing`], per-key request [`limits`], and each
+//! account's billing, which holds and settles jobs ([`accounts`]), whose store calls run
 //! one at a time through a [`store_queue`].
 
-pub mod account_actor;
+pub mod accounts;
 pub mod amount;
 pub mod limits;
 pub mod pricing;

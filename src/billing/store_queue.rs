@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::oneshot;
 
-use super::account_actor::BillingError;
+use super::accounts::BillingError;
 use super::pricing::TokenRates;
 use crate::store::Store;
 

@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::admin::Handoff;
-use crate::billing::account_actor::Billing;
+use crate::billing::accounts::Billing;
 use crate::bus::redis::RedisBus;
 use crate::bus::Bus;
 use crate::cluster::front_view::ClusterView;

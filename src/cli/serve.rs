@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::admin::Handoff;
-use crate::billing::account_actor::Billing;
+use crate::billing::accounts::Billing;
 use crate::bus::memory::MemoryBus;
 use crate::bus::Bus;
 use crate::config::Config;

@@ -54,7 +54,7 @@ async fn chat(req: HttpRequest, payload: web::Payload, state: web::Data<FrontSta
     let (key, read) = futures_util::future::join(authenticate, read_request(&req, payload, s)).await;
     let key = key.map_err(|e| ApiError::logged("authenticating", e))?.ok_or_else(|| ApiError::unauthorized("Incorrect API key provided"))?;
     let (request, model, prompt) = read?;
-    let permit = s.billing.admit(&key.record, s.config.limits).await.map_err(|e| ApiError::logged("admitting", e))?.map_err(|l| ApiError::rate_limited(l.message, l.retry_after_secs))?;
+    let permit = s.billing.admit(&key.record, s.config.limits).map_err(|l| ApiError::rate_limited(l.message, l.retry_after_secs))?;
 
     let job = random_hex(12).map_err(|e| ApiError::logged("a job id", e))?;
     let id = Arc::new(CompletionId { id: format!("chatcmpl-{job}"), created: unix_now(), model: model.id.clone() });

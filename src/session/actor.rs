@@ -1,6 +1,6 @@
 //! The SessionActor: one chat request's turn, from validated request to settled bill.
 //!
-//! Given the prompt the front prepared, it has the account's BillingAccountActor hold the
+//! Given the prompt the front prepared, it has the account's billing hold the
 //! worst case, has the pool place the job on a worker and relays the worker's events to the
 //! front as [`SessionEvent`]s. When the job ends it settles the exact usage and releases the
 //! rest of the hold. If the client goes away the job is cancelled at once, and the session
@@ -27,7 +27,7 @@ use super::prompt::PreparedPrompt;
 use crate::api::chat_request::{ChatRequest, TokenChoice};
 use crate::api::chat_response::{finish_reason, Delta, Usage};
 use crate::api::error::ApiError;
-use crate::billing::account_actor::{Billing, BillingError, HoldJob, Presented, SettleJob};
+use crate::billing::accounts::{Billing, BillingError, HoldJob, Presented, SettleJob};
 use crate::billing::limits::Permit;
 use crate::bus::Bus;
 use crate::config::Config;

@@ -1,4 +1,4 @@
-//! The BillingAccountActor over a real store: a hold takes the worst case, a settlement
+//! An account's billing over a real store: a hold takes the worst case, a settlement
 //! charges exactly the price of the usage and records the worker's earning, a hold the
 //! balance cannot cover changes nothing, `token_type=auto` falls back to SOGNI, and per-key
 //! limits answer with when to retry.
@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use supernet::api::chat_request::TokenChoice;
-use supernet::billing::account_actor::{Billing, BillingError, HoldJob, SettleJob};
+use supernet::billing::accounts::{Billing, BillingError, HoldJob, SettleJob};
 use supernet::billing::amount::Amount;
 use supernet::billing::limits::KeyLimits;
 use supernet::billing::pricing::{ModelPrice, TokenRates};
@@ -55,11 +55,11 @@ async fn holds_settle_to_the_exact_price_of_the_usage() {
 
     // Limits are per key and released with the permit.
     let limits = KeyLimits { max_concurrent: 1, requests_per_minute: 0 };
-    let p = billing.admit(&rec, limits).await.expect("billing").expect("admitted");
-    let refused = billing.admit(&rec, limits).await.expect("billing").expect_err("over the limit");
+    let p = billing.admit(&rec, limits).expect("admitted");
+    let refused = billing.admit(&rec, limits).expect_err("over the limit");
     assert_eq!(refused.retry_after_secs, 1);
     drop(p);
-    billing.admit(&rec, limits).await.expect("billing").expect("admitted again");
+    billing.admit(&rec, limits).expect("admitted again");
 
     // A key disabled after it was looked up may still be trusted for a moment, but holds
     // nothing: the hold checks it, and after that refusal it is looked up afresh.
