@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use super::amount::Amount;
 use super::limits::{KeyLimits, KeyWindow, Limited, Permit};
 use super::pricing::{ModelPrice, PricingError, TokenRates};
-use super::store_queue::StoreQueue;
+use super::store_queue::{StoreQueue, Urgency};
 use crate::api::chat_request::TokenChoice;
 use crate::bus::Outbox;
 use crate::store::{key_hash, ApiKeyRecord, Hold, HoldOrder, KeyProof, Store, StoreError, TokenType};
@@ -142,7 +142,7 @@ impl Billing {
     /// Holds the job's worst case; a key found revoked is no longer trusted.
     pub async fn hold(&self, m: HoldJob) -> Result<Hold, BillingError> {
         let secret_hash = m.key.secret_hash.clone();
-        let held = self.in_store(&m.account_id.clone(), move |store, rates| {
+        let held = self.in_store(&m.account_id.clone(), Urgency::First, move |store, rates| {
             let tender = |t: TokenType| m.price.cost(rates, m.prompt_tokens, m.max_tokens, t).map(|a| (t, a));
             // `auto` pays in Spark when the Spark balance covers the worst case, else in SOGNI.
             let tenders = match m.choice {
@@ -162,7 +162,7 @@ impl Billing {
     /// Charges what a job used (at most its hold) to the worker that ran it, and releases
     /// the rest.
     pub async fn settle(&self, account_id: &str, m: SettleJob) -> Result<Hold, BillingError> {
-        self.in_store(account_id, move |store, rates| {
+        self.in_store(account_id, Urgency::Later, move |store, rates| {
             let hold = match m.hold {
                 Some(h) => h,
                 None => store.hold_of(&m.job_id)?,
@@ -175,10 +175,10 @@ impl Billing {
     }
 
     /// One request's store work, queued behind the account's other store calls.
-    fn in_store<T: Send + 'static>(&self, account_id: &str, f: impl FnOnce(&dyn Store, &TokenRates) -> Result<T, BillingError> + Send + 'static) -> impl std::future::Future<Output = Result<T, BillingError>> {
+    fn in_store<T: Send + 'static>(&self, account_id: &str, urgency: Urgency, f: impl FnOnce(&dyn Store, &TokenRates) -> Result<T, BillingError> + Send + 'static) -> impl std::future::Future<Output = Result<T, BillingError>> {
         let account = self.account(account_id);
         account.touch();
-        account.queue.run(f)
+        account.queue.run(urgency, f)
     }
 
     /// The account's billing, started on first use; accounts idle for [`IDLE_AFTER`] are
