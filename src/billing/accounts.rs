@@ -19,7 +19,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-
 use super::amount::Amount;
 use super::limits::{KeyLimits, KeyWindow, Limited, Permit};
 use super::pricing::{ModelPrice, PricingError, TokenRates};
@@ -76,10 +75,8 @@ struct Recent {
 }
 
 impl Account {
-    fn touch(&self) -> Instant {
-        let now = Instant::now();
-        self.recent.lock().unwrap_or_else(PoisonError::into_inner).active = now;
-        now
+    fn touch(&self) {
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner).active = Instant::now();
     }
 
     /// Lets go of idle keys' windows; true when nothing is left and nothing happened lately.
