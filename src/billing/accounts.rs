@@ -131,15 +131,16 @@ impl Billing {
     pub fn admit(&self, key: &ApiKeyRecord, limits: KeyLimits) -> Result<Permit, Limited> {
         let account = self.account(&key.account_id);
         let mut r = account.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        r.active = Instant::now();
-        let now = r.active;
+        let now = Instant::now();
+        r.active = now;
         r.keys.entry(key.key_id.clone()).or_default().admit(limits, now)
     }
 
     /// Holds the job's worst case; a key found revoked is no longer trusted.
     pub async fn hold(&self, m: HoldJob) -> Result<Hold, BillingError> {
         let secret_hash = m.key.secret_hash.clone();
-        let held = self.in_store(&m.account_id.clone(), Urgency::First, move |store, rates| {
+        let account_id = m.account_id.clone();
+        let held = self.in_store(&account_id, Urgency::First, move |store, rates| {
             let tender = |t: TokenType| m.price.cost(rates, m.prompt_tokens, m.max_tokens, t).map(|a| (t, a));
             // `auto` pays in Spark when the Spark balance covers the worst case, else in SOGNI.
             let tenders = match m.choice {
@@ -148,8 +149,8 @@ impl Billing {
                 TokenChoice::Auto => vec![tender(TokenType::Spark)?, tender(TokenType::Sogni)?],
             };
             Ok(store.hold_first(&HoldOrder { job_id: &m.job_id, account_id: &m.account_id, tenders: &tenders, key: Some(&m.key), then: m.then.as_ref() })?)
-        });
-        let held = held.await;
+        })
+        .await;
         if let Err(BillingError::Store(StoreError::KeyRevoked(_))) = &held {
             self.trusted.lock().unwrap_or_else(PoisonError::into_inner).remove(&secret_hash);
         }
@@ -187,11 +188,13 @@ impl Billing {
             accounts.swept = now;
             accounts.by_id.retain(|_, a| !a.forget_idle(now));
         }
-        let account = accounts.by_id.entry(account_id.to_string()).or_insert_with(|| {
-            let recent = Mutex::new(Recent { keys: HashMap::new(), active: now });
-            Arc::new(Account { queue: StoreQueue::new(Arc::clone(&self.store), self.rates.clone()), recent })
-        });
-        Arc::clone(account)
+        if let Some(account) = accounts.by_id.get(account_id) {
+            return Arc::clone(account);
+        }
+        let recent = Mutex::new(Recent { keys: HashMap::new(), active: now });
+        let account = Arc::new(Account { queue: StoreQueue::new(Arc::clone(&self.store), self.rates.clone()), recent });
+        accounts.by_id.insert(account_id.to_string(), Arc::clone(&account));
+        account
     }
 }
 
