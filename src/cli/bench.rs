@@ -21,7 +21,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
+use super::backend::{open_gpu, BackendChoice};
 use crate::engine::backend::Arithmetic;
+use crate::engine::cuda::CudaOptions;
 use crate::engine::cpu::default_threads;
 use crate::engine::kv::blocks::BlockPool;
 use crate::engine::kv::blocks_for;
@@ -62,6 +64,10 @@ pub struct BenchArgs {
     /// Print one JSON object as the last line.
     #[arg(long)]
     pub json: bool,
+    /// Where the model runs; on a GPU the bench also measures its bandwidth and launch
+    /// floors, and batched decode at 1, 8, 32, 64 and 128 unless --concurrency says.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
+    pub backend: BackendChoice,
 }
 
 #[derive(Subcommand, Debug)]
@@ -94,7 +100,7 @@ struct Report {
     tg_sd: f64,
 }
 
-fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+pub(super) fn tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
     let mut x = seed | 1;
     (0..n)
         .map(|_| {
@@ -155,7 +161,7 @@ fn batch_run(model: &Model, be: &dyn Backend, c: usize, prompt: usize, gen: usiz
     ((c * gen) as f64 / t.elapsed().as_secs_f64(), steps)
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+pub(super) fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted.get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1))).copied().unwrap_or(0.0)
 }
 
@@ -197,6 +203,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         None => a.model.clone().context("--model FILE (or SUPERNET_MODEL) names the GGUF model to measure")?,
     };
     let model = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
+    if let Some(mut gpu) = open_gpu(a.backend, &model, CudaOptions::default())? {
+        eprintln!("model {} ({}), backend {}", path.display(), model.config.arch.name(), gpu.describe());
+        return super::bench_gpu::run(&a, &mut gpu, &path.display().to_string(), model.config.vocab_size);
+    }
     let be = CpuBackend::new(a.threads.unwrap_or_else(default_threads));
     model.prepare(&be);
     let vocab = model.config.vocab_size;

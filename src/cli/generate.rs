@@ -8,7 +8,10 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::engine::cpu::default_threads;
-use crate::engine::generate::{generate, FinishReason, GenerateParams};
+use super::backend::{open_gpu, BackendChoice};
+use crate::engine::cuda::{CudaOptions, Pick, Picked};
+use crate::engine::generate::{generate, generate_with, FinishReason, GenerateParams};
+use crate::engine::EngineError;
 use crate::engine::sampler::SamplerParams;
 use crate::engine::template::{ChatMessage, ChatTemplate};
 use crate::engine::tokenizer::Tokenizer;
@@ -52,6 +55,9 @@ pub struct GenerateArgs {
     /// CPU threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where the model runs.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
+    pub backend: BackendChoice,
     /// Print one JSON object with token ids, text and speeds instead of streaming text.
     #[arg(long)]
     pub json: bool,
@@ -79,8 +85,6 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         a.prompt.clone()
     };
     let prompt = tok.encode(&prompt_text)?;
-    let be = CpuBackend::new(a.threads.unwrap_or_else(default_threads));
-    model.prepare(&be);
     let params = GenerateParams {
         max_tokens: a.max_tokens,
         stop: a.stop.clone(),
@@ -96,14 +100,36 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
         grammar: None,
     };
     let mut stdout = std::io::stdout().lock();
-    let g = generate(&model, &be, &tok, &prompt, &params, |t, _| {
+    let on_text = |t: &str, _| {
         // A closed pipe (`| head`) ends the generation quietly.
         if a.json || stdout.write_all(t.as_bytes()).and_then(|_| stdout.flush()).is_ok() {
             std::ops::ControlFlow::Continue(())
         } else {
             std::ops::ControlFlow::Break(())
         }
-    })?;
+    };
+    let limit = model.config.context_length;
+    let g = match open_gpu(a.backend, &model, CudaOptions { kv_tokens: limit, max_seqs: 1, ..CudaOptions::default() })? {
+        Some(mut gpu) => {
+            // One sequence: the cache's blocks in order.
+            let blocks: Vec<u32> = (0..gpu.kv_blocks() as u32).collect();
+            let mut pos = 0;
+            let mut forward = |t: &[u32]| -> Result<Vec<f32>, EngineError> {
+                let picked = gpu.run_sequence(&blocks, pos, t, Pick::Logits)?;
+                pos += t.len();
+                match picked {
+                    Picked::Logits(l) => Ok(l),
+                    other => unreachable!("asked for logits, got {other:?}"),
+                }
+            };
+            generate_with(&tok, &prompt, &params, limit.min(blocks.len() * 16), &mut forward, on_text)?
+        }
+        None => {
+            let be = CpuBackend::new(a.threads.unwrap_or_else(default_threads));
+            model.prepare(&be);
+            generate(&model, &be, &tok, &prompt, &params, on_text)?
+        }
+    };
     let rate = |n: usize, d: std::time::Duration| if d.is_zero() { 0.0 } else { n as f64 / d.as_secs_f64() };
     if a.json {
         let out = JsonOutput {

@@ -2,8 +2,10 @@
 //! module and takes its parsed arguments.
 
 pub mod admin;
+mod backend;
 pub mod bench;
 mod bench_constraint;
+mod bench_gpu;
 mod bench_placement;
 pub mod coordinator;
 pub mod engine;

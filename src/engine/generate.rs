@@ -258,6 +258,24 @@ pub fn generate(
     tok: &Tokenizer,
     prompt: &[u32],
     params: &GenerateParams,
+    on_text: impl FnMut(&str, Option<u32>) -> ControlFlow<()>,
+) -> Result<Generation, EngineError> {
+    let mut cache = model.new_cache(None);
+    generate_with(tok, prompt, params, model.config.context_length, &mut |t| model.forward(be, &mut cache, t), on_text)
+}
+
+/// A forward pass over one sequence: the given tokens at its next positions in, the last
+/// one's logits out.
+pub type ForwardFn<'a> = dyn FnMut(&[u32]) -> Result<Vec<f32>, EngineError> + 'a;
+
+/// [`generate`] over any forward pass (the CPU model's, or the GPU's) within `limit`
+/// positions.
+pub fn generate_with(
+    tok: &Tokenizer,
+    prompt: &[u32],
+    params: &GenerateParams,
+    limit: usize,
+    forward: &mut ForwardFn<'_>,
     mut on_text: impl FnMut(&str, Option<u32>) -> ControlFlow<()>,
 ) -> Result<Generation, EngineError> {
     if prompt.is_empty() {
@@ -266,11 +284,9 @@ pub fn generate(
     if params.grammar.is_some() {
         return Err(EngineError::Grammar("constrained generation runs in the batch scheduler".into()));
     }
-    let limit = model.config.context_length;
     if prompt.len() >= limit {
         return Err(EngineError::ContextFull { needed: prompt.len() + 1, limit });
     }
-    let mut cache = model.new_cache(None);
     let (mut decoding, first) = Decoding::new(tok, prompt, params, limit, &Resume::default(), None);
     let mut out = Generation {
         token_ids: Vec::new(),
@@ -281,7 +297,7 @@ pub fn generate(
         decode_time: Duration::ZERO,
     };
     let t0 = Instant::now();
-    let mut logits = model.forward(be, &mut cache, prompt)?;
+    let mut logits = forward(prompt)?;
     out.prefill_time = t0.elapsed();
     let t1 = Instant::now();
     let mut step = first;
@@ -298,7 +314,7 @@ pub fn generate(
             break;
         }
         let Some(next) = step.token else { break };
-        logits = model.forward(be, &mut cache, &[next])?;
+        logits = forward(&[next])?;
         out.decode_steps += 1;
         step = decoding.advance(tok, &mut logits);
     }

@@ -2,7 +2,7 @@
 //!
 //! It knows no network, no HTTP and no OpenAI JSON. Workers wrap it. The layers, bottom up:
 //! `gguf` (the file), `quant` (block formats and dot kernels), `cpu` (the [`Backend`] on CPU
-//! threads), `model` (the forward pass), `kv` (the paged KV cache), `tokenizer`, `template` (chat prompts),
+//! threads), `cuda` (the forward pass on NVIDIA GPUs), `model` (the forward pass), `kv` (the paged KV cache), `tokenizer`, `template` (chat prompts),
 //! `sampler`, `generate` (one sequence's decoding: streaming text, stop strings; and the
 //! single-sequence loop), and `batch` (continuous batching over the paged cache).
 
@@ -10,6 +10,7 @@ pub mod backend;
 pub mod batch;
 pub mod constraint;
 pub mod cpu;
+pub mod cuda;
 pub mod generate;
 pub mod gguf;
 pub mod kv;
@@ -42,4 +43,6 @@ pub enum EngineError {
     ContextFull { needed: usize, limit: usize },
     #[error("token id {token} is outside the vocabulary of {vocab} tokens")]
     BadToken { token: u32, vocab: usize },
+    #[error(transparent)]
+    Cuda(#[from] cuda::CudaError),
 }

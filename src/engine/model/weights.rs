@@ -51,6 +51,13 @@ impl Weight {
         self.interleaved.get_or_init(|| interleave(self.ty, self.data(), self.rows, self.cols)).as_deref()
     }
 
+    /// A matrix over bytes of its own rather than a mapped file (kernel checks, benchmarks).
+    pub fn from_bytes(name: &str, ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> std::io::Result<Weight> {
+        let mut map = memmap2::MmapMut::map_anon(data.len().max(1))?;
+        map[..data.len()].copy_from_slice(data);
+        Ok(Weight { map: Arc::new(map.make_read_only()?), offset: 0, ty, rows, cols, name: name.to_string(), interleaved: Arc::default() })
+    }
+
     /// Rows `start..start + n` as their own matrix (experts of a stacked 3-D tensor).
     pub fn rows_view(&self, start: usize, n: usize) -> Weight {
         Weight {
