@@ -128,8 +128,16 @@ pub fn execute(store: &dyn Store, command: AdminCommand) -> anyhow::Result<Value
             let acct = store.create_account(&name, &Balances { spark, sogni })?;
             json!({ "account_id": acct.id })
         }
-        AdminCommand::Accounts(AccountsCommand::Credit { account, spark, sogni, reference }) => {
-            anyhow::ensure!(spark.is_some() || sogni.is_some(), "give --spark, --sogni or both");
+        AdminCommand::Accounts(AccountsCommand::Credit {
+            account,
+            spark,
+            sogni,
+            reference,
+        }) => {
+            anyhow::ensure!(
+                spark.is_some() || sogni.is_some(),
+                "give --spark, --sogni or both"
+            );
             let mut entries = Vec::new();
             for (token, amount) in [(TokenType::Spark, spark), (TokenType::Sogni, sogni)] {
                 if let Some(amount) = amount {
@@ -148,9 +156,15 @@ pub fn execute(store: &dyn Store, command: AdminCommand) -> anyhow::Result<Value
                 "ledger": store.ledger(&account, entries)?,
             })
         }
-        AdminCommand::Keys(KeysCommand::Create { account }) => serde_json::to_value(store.create_key(&account)?)?,
-        AdminCommand::Keys(KeysCommand::Regenerate { key_id }) => serde_json::to_value(store.regenerate_key(&key_id)?)?,
-        AdminCommand::Keys(KeysCommand::Disable { key_id }) => serde_json::to_value(store.disable_key(&key_id)?)?,
+        AdminCommand::Keys(KeysCommand::Create { account }) => {
+            serde_json::to_value(store.create_key(&account)?)?
+        }
+        AdminCommand::Keys(KeysCommand::Regenerate { key_id }) => {
+            serde_json::to_value(store.regenerate_key(&key_id)?)?
+        }
+        AdminCommand::Keys(KeysCommand::Disable { key_id }) => {
+            serde_json::to_value(store.disable_key(&key_id)?)?
+        }
         AdminCommand::Workers(_) => bail!("`workers` commands need a running server"),
     })
 }
@@ -166,7 +180,10 @@ pub struct Handoff {
 impl Handoff {
     /// A fresh token for a server listening on `addr`.
     pub fn new(addr: String) -> anyhow::Result<Self> {
-        Ok(Self { addr, token: crate::ids::random_hex(24)? })
+        Ok(Self {
+            addr,
+            token: crate::ids::random_hex(24)?,
+        })
     }
 
     pub fn path(data_dir: &Path) -> PathBuf {
@@ -180,7 +197,9 @@ impl Handoff {
         options.write(true).create(true).truncate(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut f = options.open(&path).with_context(|| format!("writing {}", path.display()))?;
+        let mut f = options
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
         f.write_all(serde_json::to_string(self)?.as_bytes())?;
         Ok(())
     }
@@ -195,10 +214,22 @@ impl Handoff {
 /// Sends `command` to the server that holds `data_dir`.
 pub fn via_server(data_dir: &Path, command: &AdminCommand) -> anyhow::Result<Value> {
     let path = Handoff::path(data_dir);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("no running server found: {} (left by one) cannot be read", path.display()))?;
-    let h: Handoff = serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no running server found: {} (left by one) cannot be read",
+            path.display()
+        )
+    })?;
+    let h: Handoff =
+        serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
     let body = serde_json::to_string(command)?;
-    let mut conn = TcpStream::connect(&h.addr).with_context(|| format!("the server at {} (from {}) does not answer", h.addr, path.display()))?;
+    let mut conn = TcpStream::connect(&h.addr).with_context(|| {
+        format!(
+            "the server at {} (from {}) does not answer",
+            h.addr,
+            path.display()
+        )
+    })?;
     conn.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         conn,
@@ -210,9 +241,12 @@ pub fn via_server(data_dir: &Path, command: &AdminCommand) -> anyhow::Result<Val
     let mut response = Vec::new();
     conn.read_to_end(&mut response)?;
     let response = String::from_utf8_lossy(&response);
-    let (head, body) = response.split_once("\r\n\r\n").context("a malformed response from the server")?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .context("a malformed response from the server")?;
     let status = head.split_whitespace().nth(1).unwrap_or("");
-    let v: Value = serde_json::from_str(body).with_context(|| format!("the server answered {status}: {body}"))?;
+    let v: Value = serde_json::from_str(body)
+        .with_context(|| format!("the server answered {status}: {body}"))?;
     if status != "200" {
         bail!("{}", v["error"]["message"].as_str().unwrap_or(body));
     }

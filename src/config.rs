@@ -70,7 +70,13 @@ impl ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { host: "127.0.0.1".into(), port: 8080, max_body_bytes: 25 << 20, max_queue: 64, http_workers: 0 }
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            max_body_bytes: 25 << 20,
+            max_queue: 64,
+            http_workers: 0,
+        }
     }
 }
 
@@ -106,11 +112,19 @@ impl Default for Tier {
 
 impl Tier {
     pub fn price(&self) -> ModelPrice {
-        ModelPrice { input_usd_per_m: self.input_usd_per_m, output_usd_per_m: self.output_usd_per_m }
+        ModelPrice {
+            input_usd_per_m: self.input_usd_per_m,
+            output_usd_per_m: self.output_usd_per_m,
+        }
     }
 
     pub fn limits(&self) -> TierLimits {
-        TierLimits { default_max_tokens: self.default_max_tokens, max_tokens: self.max_tokens, max_temperature: self.max_temperature, max_top_k: self.max_top_k }
+        TierLimits {
+            default_max_tokens: self.default_max_tokens,
+            max_tokens: self.max_tokens,
+            max_temperature: self.max_temperature,
+            max_top_k: self.max_top_k,
+        }
     }
 }
 
@@ -128,7 +142,10 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
 }
@@ -136,14 +153,26 @@ pub enum ConfigError {
 impl Config {
     /// The defaults, overridden by `path` when given.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        let Some(path) = path else { return Ok(Self::default()) };
+        let Some(path) = path else {
+            return Ok(Self::default());
+        };
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
-        Self::parse(&text).map_err(|message| ConfigError::Invalid { path: shown, message })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: shown,
+            message,
+        })
     }
 
     /// [`Config::load`], then the command line's `--host` and `--port` over the file's.
-    pub fn load_for_server(path: Option<&Path>, host: Option<String>, port: Option<u16>) -> Result<Self, ConfigError> {
+    pub fn load_for_server(
+        path: Option<&Path>,
+        host: Option<String>,
+        port: Option<u16>,
+    ) -> Result<Self, ConfigError> {
         let mut c = Self::load(path)?;
         if let Some(h) = host {
             c.server.host = h;
@@ -156,7 +185,10 @@ impl Config {
 
     pub fn parse(text: &str) -> Result<Self, String> {
         let c: Config = toml::from_str(text).map_err(|e| e.to_string())?;
-        for (name, rate) in [("billing.spark_usd", c.billing.spark_usd), ("billing.sogni_usd", c.billing.sogni_usd)] {
+        for (name, rate) in [
+            ("billing.spark_usd", c.billing.spark_usd),
+            ("billing.sogni_usd", c.billing.sogni_usd),
+        ] {
             if rate <= Amount::ZERO {
                 return Err(format!("{name} must be positive"));
             }
@@ -185,11 +217,20 @@ mod tests {
             .collect::<Vec<_>>()
             .join("\n");
         let c = Config::parse(&doc).expect("the example in the module docs");
-        assert_eq!((c.server.host.as_str(), c.server.port, c.server.max_queue), ("0.0.0.0", 8080, 64));
+        assert_eq!(
+            (c.server.host.as_str(), c.server.port, c.server.max_queue),
+            ("0.0.0.0", 8080, 64)
+        );
         assert_eq!(c.billing.sogni_usd.to_string(), "0.01");
         assert_eq!(c.limits, KeyLimits::default());
         let smol = c.tier("SmolLM2-135M-Instruct");
-        assert_eq!((smol.input_usd_per_m.to_string(), smol.output_usd_per_m.to_string()), ("0.1".into(), "0.9".into()));
+        assert_eq!(
+            (
+                smol.input_usd_per_m.to_string(),
+                smol.output_usd_per_m.to_string()
+            ),
+            ("0.1".into(), "0.9".into())
+        );
         assert_eq!(smol.default_max_tokens, 256);
         assert_eq!(c.tier("other").max_tokens, 4096);
         assert_eq!(Config::load(None).expect("defaults"), Config::default());
@@ -199,11 +240,13 @@ mod tests {
     fn mistakes_are_named() {
         let e = Config::parse("[server]\nprot = 1\n").expect_err("a typo");
         assert!(e.contains("prot"), "{e}");
-        let e = Config::parse("[default_tier]\ninput_usd_per_m = \"cheap\"\n").expect_err("a bad amount");
+        let e = Config::parse("[default_tier]\ninput_usd_per_m = \"cheap\"\n")
+            .expect_err("a bad amount");
         assert!(e.contains("cheap"), "{e}");
         let e = Config::parse("[billing]\nspark_usd = \"0\"\n").expect_err("a zero rate");
         assert!(e.contains("spark_usd"), "{e}");
-        let e = Config::load(Some(Path::new("/nonexistent/supernet.toml"))).expect_err("a missing file");
+        let e = Config::load(Some(Path::new("/nonexistent/supernet.toml")))
+            .expect_err("a missing file");
         assert!(e.to_string().contains("/nonexistent/supernet.toml"));
     }
 }

@@ -22,15 +22,43 @@ use supernet::worker::engine_thread::{EngineConfig, JobEvent};
 use supernet::worker::protocol::{JobSpec, NodeMessage, WorkerCommand, WorkerEvent};
 
 fn run(id: &str, model: &str, prompt: &[u32], max_tokens: usize) -> WorkerCommand {
-    let params = GenerateParams { max_tokens, sampler: SamplerParams::greedy(), stop: Vec::new(), grammar: None };
-    WorkerCommand::Run(Box::new(JobSpec { job_id: id.into(), attempt: 0, account_id: "acct".into(), model: model.into(), prompt: prompt.to_vec(), params, resume: Resume::default(), reply_to: streams::node("test") }))
+    let params = GenerateParams {
+        max_tokens,
+        sampler: SamplerParams::greedy(),
+        stop: Vec::new(),
+        grammar: None,
+    };
+    WorkerCommand::Run(Box::new(JobSpec {
+        job_id: id.into(),
+        attempt: 0,
+        account_id: "acct".into(),
+        model: model.into(),
+        prompt: prompt.to_vec(),
+        params,
+        resume: Resume::default(),
+        reply_to: streams::node("test"),
+    }))
 }
 
 /// The next event on the test's node stream, with its job id.
 async fn next_event(bus: &MemoryBus) -> (String, WorkerEvent) {
     let stream = streams::node("test");
-    let d = bus.consume(&stream, "sessions", "t", 1, Duration::from_secs(30), Ack::OnRead).await.expect("consume").pop().expect("an event within 30 s");
-    bus.ack(&stream, "sessions", std::slice::from_ref(&d.id)).await.expect("ack");
+    let d = bus
+        .consume(
+            &stream,
+            "sessions",
+            "t",
+            1,
+            Duration::from_secs(30),
+            Ack::OnRead,
+        )
+        .await
+        .expect("consume")
+        .pop()
+        .expect("an event within 30 s");
+    bus.ack(&stream, "sessions", std::slice::from_ref(&d.id))
+        .await
+        .expect("ack");
     match d.envelope.payload().expect("a node message") {
         NodeMessage::Worker { event, .. } => (d.envelope.correlation_id.clone(), event),
         other => panic!("expected a worker event, got {other:?}"),
@@ -45,28 +73,103 @@ async fn jobs_go_to_a_worker_of_their_model_or_are_refused_at_once() {
     let bus = Arc::new(MemoryBus::default());
     let coord = CoordinatorActor::default().start();
 
-    let r = coord.send(Place { model: "smol".into() }).await.expect("mailbox");
+    let r = coord
+        .send(Place {
+            model: "smol".into(),
+        })
+        .await
+        .expect("mailbox");
     assert_eq!(r, Err(PlaceError::NoWorker("smol".into())));
 
     // Room for one waiting job behind the running one.
-    let config = EngineConfig { threads: 2, batch: BatchConfig { max_batch: 1, ..BatchConfig::default() }, max_queue: 1 };
-    let worker = WorkerActor::new("w1", "smol", Arc::clone(&model), Arc::clone(&tok), config, bus.clone()).expect("worker");
+    let config = EngineConfig {
+        threads: 2,
+        batch: BatchConfig {
+            max_batch: 1,
+            ..BatchConfig::default()
+        },
+        max_queue: 1,
+    };
+    let worker = WorkerActor::new(
+        "w1",
+        "smol",
+        Arc::clone(&model),
+        Arc::clone(&tok),
+        config,
+        bus.clone(),
+    )
+    .expect("worker");
     let info = worker.info.clone();
     let worker = worker.start();
-    coord.send(Register { info, addr: worker }).await.expect("mailbox");
+    coord
+        .send(Register { info, addr: worker })
+        .await
+        .expect("mailbox");
 
     // A job for another model is refused by the worker itself.
-    send_command(bus.as_ref(), "test", "w1", "j0", &run("j0", "other", &prompt, 4)).await.expect("send");
-    assert!(matches!(next_event(&bus).await, (j, WorkerEvent::Rejected { busy: false, .. }) if j == "j0"));
+    send_command(
+        bus.as_ref(),
+        "test",
+        "w1",
+        "j0",
+        &run("j0", "other", &prompt, 4),
+    )
+    .await
+    .expect("send");
+    assert!(
+        matches!(next_event(&bus).await, (j, WorkerEvent::Rejected { busy: false, .. }) if j == "j0")
+    );
 
-    assert_eq!(coord.send(Place { model: "smol".into() }).await.expect("mailbox"), Ok("w1".to_string()));
-    send_command(bus.as_ref(), "test", "w1", "j1", &run("j1", "smol", &prompt, 200)).await.expect("send");
-    assert_eq!(next_event(&bus).await, ("j1".into(), WorkerEvent::Accepted { worker_id: "w1".into() }));
-    assert!(matches!(next_event(&bus).await, (j, WorkerEvent::Job(JobEvent::Text { .. })) if j == "j1"));
+    assert_eq!(
+        coord
+            .send(Place {
+                model: "smol".into()
+            })
+            .await
+            .expect("mailbox"),
+        Ok("w1".to_string())
+    );
+    send_command(
+        bus.as_ref(),
+        "test",
+        "w1",
+        "j1",
+        &run("j1", "smol", &prompt, 200),
+    )
+    .await
+    .expect("send");
+    assert_eq!(
+        next_event(&bus).await,
+        (
+            "j1".into(),
+            WorkerEvent::Accepted {
+                worker_id: "w1".into()
+            }
+        )
+    );
+    assert!(
+        matches!(next_event(&bus).await, (j, WorkerEvent::Job(JobEvent::Text { .. })) if j == "j1")
+    );
 
     // j1 runs (it has streamed), so j2 waits and a third finds no room.
-    assert_eq!(coord.send(Place { model: "smol".into() }).await.expect("mailbox"), Ok("w1".to_string()));
-    send_command(bus.as_ref(), "test", "w1", "j2", &run("j2", "smol", &prompt, 4)).await.expect("send");
+    assert_eq!(
+        coord
+            .send(Place {
+                model: "smol".into()
+            })
+            .await
+            .expect("mailbox"),
+        Ok("w1".to_string())
+    );
+    send_command(
+        bus.as_ref(),
+        "test",
+        "w1",
+        "j2",
+        &run("j2", "smol", &prompt, 4),
+    )
+    .await
+    .expect("send");
     let l = loop {
         let l = loads(&coord.send(Workers).await.expect("mailbox")).await;
         if l[0].2.queued == 1 {
@@ -75,13 +178,36 @@ async fn jobs_go_to_a_worker_of_their_model_or_are_refused_at_once() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     assert_eq!((l.len(), l[0].2.running, l[0].2.capacity), (1, 1, 2));
-    assert_eq!(coord.send(Place { model: "smol".into() }).await.expect("mailbox"), Err(PlaceError::Busy("smol".into())));
+    assert_eq!(
+        coord
+            .send(Place {
+                model: "smol".into()
+            })
+            .await
+            .expect("mailbox"),
+        Err(PlaceError::Busy("smol".into()))
+    );
 
-    send_command(bus.as_ref(), "test", "w1", "j1", &WorkerCommand::Cancel { job_id: "j1".into() }).await.expect("send");
+    send_command(
+        bus.as_ref(),
+        "test",
+        "w1",
+        "j1",
+        &WorkerCommand::Cancel {
+            job_id: "j1".into(),
+        },
+    )
+    .await
+    .expect("send");
     let mut finished = Vec::new();
     while finished.len() < 2 {
         match next_event(&bus).await {
-            (j, WorkerEvent::Job(JobEvent::Finished { completion_tokens, .. })) => finished.push((j, completion_tokens)),
+            (
+                j,
+                WorkerEvent::Job(JobEvent::Finished {
+                    completion_tokens, ..
+                }),
+            ) => finished.push((j, completion_tokens)),
             (_, WorkerEvent::Job(JobEvent::Text { .. }) | WorkerEvent::Accepted { .. }) => {}
             other => panic!("unexpected {other:?}"),
         }

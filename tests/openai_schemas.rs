@@ -7,7 +7,9 @@ mod common;
 use std::process::Command;
 
 use serde_json::{json, Value};
-use supernet::api::chat_response::{model_list, AssistantMessage, Capabilities, CompletionId, Delta, ModelCard, Pricing, Usage};
+use supernet::api::chat_response::{
+    model_list, AssistantMessage, Capabilities, CompletionId, Delta, ModelCard, Pricing, Usage,
+};
 use supernet::api::error::ApiError;
 
 #[test]
@@ -17,36 +19,92 @@ fn response_bodies_match_openais_schemas() {
         created: 1_700_000_000,
         owned_by: "supernet".into(),
         context_length: 8192,
-        capabilities: Capabilities { tools: true, vision: false, reasoning: false },
-        pricing: Pricing { input: "0.3".into(), output: "0.9".into() },
+        capabilities: Capabilities {
+            tools: true,
+            vision: false,
+            reasoning: false,
+        },
+        pricing: Pricing {
+            input: "0.3".into(),
+            output: "0.9".into(),
+        },
         workers: 1,
     };
-    let id = CompletionId { id: "chatcmpl-abc".into(), created: 1_700_000_001, model: card.id.clone() };
-    let usage = Usage { prompt_tokens: 12, completion_tokens: 5 };
-    let text = |t: &str| AssistantMessage { content: t.into(), ..AssistantMessage::default() };
-    let call_start = Delta::ToolCall { index: 0, id: "call_1".into(), name: "get_weather".into() };
-    let call_args = Delta::Arguments { index: 0, fragment: "{\"city\": \"Paris\"}".into() };
-    let mut call = AssistantMessage { reasoning: "The user wants weather.".into(), ..AssistantMessage::default() };
+    let id = CompletionId {
+        id: "chatcmpl-abc".into(),
+        created: 1_700_000_001,
+        model: card.id.clone(),
+    };
+    let usage = Usage {
+        prompt_tokens: 12,
+        completion_tokens: 5,
+    };
+    let text = |t: &str| AssistantMessage {
+        content: t.into(),
+        ..AssistantMessage::default()
+    };
+    let call_start = Delta::ToolCall {
+        index: 0,
+        id: "call_1".into(),
+        name: "get_weather".into(),
+    };
+    let call_args = Delta::Arguments {
+        index: 0,
+        fragment: "{\"city\": \"Paris\"}".into(),
+    };
+    let mut call = AssistantMessage {
+        reasoning: "The user wants weather.".into(),
+        ..AssistantMessage::default()
+    };
     call.apply(call_start.clone());
     call.apply(call_args.clone());
     // What streams on the wire: the SSE event's JSON.
     let event = |d: &Delta| -> Value {
         let e = id.delta_event(d);
-        serde_json::from_str(e.strip_prefix("data: ").and_then(|e| e.strip_suffix("\n\n")).expect("one SSE event")).expect("JSON")
+        serde_json::from_str(
+            e.strip_prefix("data: ")
+                .and_then(|e| e.strip_suffix("\n\n"))
+                .expect("one SSE event"),
+        )
+        .expect("JSON")
     };
     let mut samples: Vec<(&str, Value)> = vec![
-        ("ListModelsResponse", model_list(std::slice::from_ref(&card))),
+        (
+            "ListModelsResponse",
+            model_list(std::slice::from_ref(&card)),
+        ),
         ("Model", card.json()),
-        ("CreateChatCompletionResponse", id.response(&text("Paris."), "stop", usage)),
-        ("CreateChatCompletionResponse", id.response(&text(""), "length", usage)),
-        ("CreateChatCompletionResponse", id.response(&call, "tool_calls", usage)),
+        (
+            "CreateChatCompletionResponse",
+            id.response(&text("Paris."), "stop", usage),
+        ),
+        (
+            "CreateChatCompletionResponse",
+            id.response(&text(""), "length", usage),
+        ),
+        (
+            "CreateChatCompletionResponse",
+            id.response(&call, "tool_calls", usage),
+        ),
         ("CreateChatCompletionStreamResponse", id.role_chunk()),
-        ("CreateChatCompletionStreamResponse", event(&Delta::Content("Par".into()))),
-        ("CreateChatCompletionStreamResponse", event(&Delta::Reasoning("Hmm".into()))),
+        (
+            "CreateChatCompletionStreamResponse",
+            event(&Delta::Content("Par".into())),
+        ),
+        (
+            "CreateChatCompletionStreamResponse",
+            event(&Delta::Reasoning("Hmm".into())),
+        ),
         ("CreateChatCompletionStreamResponse", event(&call_start)),
         ("CreateChatCompletionStreamResponse", event(&call_args)),
-        ("CreateChatCompletionStreamResponse", id.finish_chunk("tool_calls")),
-        ("CreateChatCompletionStreamResponse", id.finish_chunk("stop")),
+        (
+            "CreateChatCompletionStreamResponse",
+            id.finish_chunk("tool_calls"),
+        ),
+        (
+            "CreateChatCompletionStreamResponse",
+            id.finish_chunk("stop"),
+        ),
         ("CreateChatCompletionStreamResponse", id.usage_chunk(usage)),
     ];
     for e in [
@@ -70,7 +128,14 @@ fn response_bodies_match_openais_schemas() {
         .arg(&path)
         .output()
         .expect("running python3 (pip install jsonschema)");
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "schema validation failed:\n{report}");
-    assert!(report.contains(&format!("{} samples, 0 failures", samples.len())), "{report}");
+    assert!(
+        report.contains(&format!("{} samples, 0 failures", samples.len())),
+        "{report}"
+    );
 }

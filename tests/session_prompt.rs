@@ -19,8 +19,21 @@ struct Setup {
 }
 
 impl Setup {
-    fn prepare(&self, req: &ChatRequest, limits: &TierLimits, context_length: usize) -> Result<PreparedPrompt, supernet::api::error::ApiError> {
-        prepare(req, &ModelText { template: &self.tmpl, tokenizer: &self.tok, context_length }, limits)
+    fn prepare(
+        &self,
+        req: &ChatRequest,
+        limits: &TierLimits,
+        context_length: usize,
+    ) -> Result<PreparedPrompt, supernet::api::error::ApiError> {
+        prepare(
+            req,
+            &ModelText {
+                template: &self.tmpl,
+                tokenizer: &self.tok,
+                context_length,
+            },
+            limits,
+        )
     }
 }
 
@@ -40,28 +53,66 @@ fn renders_through_the_models_template_and_clamps_to_the_tier() {
         "max_tokens": 100000, "temperature": 1.9, "top_k": 0, "seed": 3, "stop": ["\n"]
     }))
     .expect("valid");
-    let limits = TierLimits { default_max_tokens: 64, max_tokens: 256, max_temperature: 1.0, max_top_k: 50 };
+    let limits = TierLimits {
+        default_max_tokens: 64,
+        max_tokens: 256,
+        max_temperature: 1.0,
+        max_top_k: 50,
+    };
     let p = s.prepare(&req, &limits, ctx).expect("prepared");
 
     // The same ids as rendering the equivalent messages directly (developer -> system).
     let direct = tmpl
-        .render(&[ChatMessage::new("system", "Answer briefly."), ChatMessage::new("user", "Capital of France?")], None, true, &Default::default())
+        .render(
+            &[
+                ChatMessage::new("system", "Answer briefly."),
+                ChatMessage::new("user", "Capital of France?"),
+            ],
+            None,
+            true,
+            &Default::default(),
+        )
         .expect("render");
     assert!(direct.ends_with("<|im_start|>assistant\n"), "{direct:?}");
     assert_eq!(p.prompt_ids, tok.encode(&direct).expect("encode"));
     assert_eq!(p.params.max_tokens, 256);
-    assert_eq!((p.params.sampler.temperature, p.params.sampler.top_k, p.params.sampler.seed), (1.0, 50, 3));
+    assert_eq!(
+        (
+            p.params.sampler.temperature,
+            p.params.sampler.top_k,
+            p.params.sampler.seed
+        ),
+        (1.0, 50, 3)
+    );
     assert_eq!(p.params.stop, ["\n"]);
-    assert_eq!(p.task_profile, TaskProfile::Coding, "a developer message defaults to coding");
+    assert_eq!(
+        p.task_profile,
+        TaskProfile::Coding,
+        "a developer message defaults to coding"
+    );
 
-    let plain = ChatRequest::parse(&json!({"messages": [{"role": "user", "content": "hi"}]})).expect("valid");
+    let plain = ChatRequest::parse(&json!({"messages": [{"role": "user", "content": "hi"}]}))
+        .expect("valid");
     let p = s.prepare(&plain, &limits, ctx).expect("prepared");
-    assert_eq!((p.params.max_tokens, p.task_profile), (64, TaskProfile::General));
-    assert!(p.params.grammar.is_none() && !p.tools, "plain chat is unconstrained");
+    assert_eq!(
+        (p.params.max_tokens, p.task_profile),
+        (64, TaskProfile::General)
+    );
+    assert!(
+        p.params.grammar.is_none() && !p.tools,
+        "plain chat is unconstrained"
+    );
     // Omitted sampling fields come from the profile's preset.
     let sampling = |profile: &str| {
-        let req = ChatRequest::parse(&json!({"messages": [{"role": "user", "content": "hi"}], "task_profile": profile})).expect("valid");
-        let p = s.prepare(&req, &TierLimits::default(), ctx).expect("prepared").params.sampler;
+        let req = ChatRequest::parse(
+            &json!({"messages": [{"role": "user", "content": "hi"}], "task_profile": profile}),
+        )
+        .expect("valid");
+        let p = s
+            .prepare(&req, &TierLimits::default(), ctx)
+            .expect("prepared")
+            .params
+            .sampler;
         (p.temperature, p.top_p, p.top_k)
     };
     assert_eq!(sampling("general"), (0.7, 0.8, 20));
@@ -73,12 +124,23 @@ fn renders_through_the_models_template_and_clamps_to_the_tier() {
 fn a_prompt_that_fills_the_context_is_a_400() {
     let s = setup();
     let long = "word ".repeat(300);
-    let req = ChatRequest::parse(&json!({"messages": [{"role": "user", "content": long}], "max_tokens": 50})).expect("valid");
-    let n = s.prepare(&req, &TierLimits::default(), 10_000).expect("fits").prompt_ids.len();
+    let req = ChatRequest::parse(
+        &json!({"messages": [{"role": "user", "content": long}], "max_tokens": 50}),
+    )
+    .expect("valid");
+    let n = s
+        .prepare(&req, &TierLimits::default(), 10_000)
+        .expect("fits")
+        .prompt_ids
+        .len();
     // With a little room left, max_tokens shrinks to fit it.
-    let p = s.prepare(&req, &TierLimits::default(), n + 10).expect("fits");
+    let p = s
+        .prepare(&req, &TierLimits::default(), n + 10)
+        .expect("fits");
     assert_eq!(p.params.max_tokens, 10);
-    let e = s.prepare(&req, &TierLimits::default(), n).expect_err("too long");
+    let e = s
+        .prepare(&req, &TierLimits::default(), n)
+        .expect_err("too long");
     assert_eq!((e.status, e.param.as_deref()), (400, Some("messages")));
 }
 
@@ -88,21 +150,58 @@ fn tools_are_described_and_constrained_and_a_bad_schema_is_a_400() {
     let ctx = s.model.config.context_length;
     let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
     let req = ChatRequest::parse(&json!({"messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": tools, "tool_choice": "required"})).expect("valid");
-    let p = s.prepare(&req, &TierLimits::default(), ctx).expect("prepared");
+    let p = s
+        .prepare(&req, &TierLimits::default(), ctx)
+        .expect("prepared");
     let prompt = s.tok.decode(&p.prompt_ids);
-    assert!(prompt.starts_with("<|im_start|>system\n# Tools") && prompt.contains("<tool_call>"), "{prompt}");
-    assert!(p.tools && p.params.grammar.as_deref().is_some_and(|g| g.contains(r#""const":"get_weather""#)));
+    assert!(
+        prompt.starts_with("<|im_start|>system\n# Tools") && prompt.contains("<tool_call>"),
+        "{prompt}"
+    );
+    assert!(
+        p.tools
+            && p.params
+                .grammar
+                .as_deref()
+                .is_some_and(|g| g.contains(r#""const":"get_weather""#))
+    );
 
-    let bad = |body: serde_json::Value| s.prepare(&ChatRequest::parse(&body).expect("valid"), &TierLimits::default(), ctx).expect_err("a 400");
-    let e = bad(json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {"$ref": "#/$defs/missing"}}}}));
-    assert_eq!((e.status, e.param.as_deref()), (400, Some("response_format.json_schema.schema")), "{}", e.message);
-    let e = bad(json!({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "string", "minLength": 5, "maxLength": 2}}, "required": ["a"]}}}], "tool_choice": "required"}));
-    assert_eq!((e.status, e.param.as_deref()), (400, Some("tools")), "{}", e.message);
+    let bad = |body: serde_json::Value| {
+        s.prepare(
+            &ChatRequest::parse(&body).expect("valid"),
+            &TierLimits::default(),
+            ctx,
+        )
+        .expect_err("a 400")
+    };
+    let e = bad(
+        json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {"$ref": "#/$defs/missing"}}}}),
+    );
+    assert_eq!(
+        (e.status, e.param.as_deref()),
+        (400, Some("response_format.json_schema.schema")),
+        "{}",
+        e.message
+    );
+    let e = bad(
+        json!({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {"a": {"type": "string", "minLength": 5, "maxLength": 2}}, "required": ["a"]}}}], "tool_choice": "required"}),
+    );
+    assert_eq!(
+        (e.status, e.param.as_deref()),
+        (400, Some("tools")),
+        "{}",
+        e.message
+    );
 }
 
 /// Whether `grammar` allows `text` (tokenized as the model would) from start to end.
 fn allows(s: &Setup, grammar: &str, text: &str) -> bool {
-    let mut c = s.tok.grammars().expect("an index").compile(grammar).expect("compiles");
+    let mut c = s
+        .tok
+        .grammars()
+        .expect("an index")
+        .compile(grammar)
+        .expect("compiles");
     let mut logits = vec![0f32; s.tok.vocab_size()];
     for t in s.tok.encode_plain(text).expect("tokenizes") {
         logits.fill(0.0);
@@ -127,30 +226,70 @@ fn every_grammar_shape_compiles_and_means_what_it_says() {
     let two = format!("{call}\n{call}");
     let req = |extra: serde_json::Value| {
         let mut body = json!({"messages": [{"role": "user", "content": "x"}]});
-        body.as_object_mut().expect("object").extend(extra.as_object().expect("object").clone());
+        body.as_object_mut()
+            .expect("object")
+            .extend(extra.as_object().expect("object").clone());
         ChatRequest::parse(&body).expect("valid")
     };
     let g = |extra: serde_json::Value, thinking| grammar(&req(extra), thinking).expect("a grammar");
 
     let auto = g(json!({"tools": tools}), Thinking::Off);
-    assert!(allows(&s, &auto, "Just text.") && allows(&s, &auto, &format!("Checking.\n{call}")) && allows(&s, &auto, &two));
-    assert!(!allows(&s, &auto, "<tool_call>\n{\"name\": \"x\"") && !allows(&s, &auto, "<tool_response>"), "a started call must be valid");
-    let single = g(json!({"tools": tools, "parallel_tool_calls": false}), Thinking::Off);
+    assert!(
+        allows(&s, &auto, "Just text.")
+            && allows(&s, &auto, &format!("Checking.\n{call}"))
+            && allows(&s, &auto, &two)
+    );
+    assert!(
+        !allows(&s, &auto, "<tool_call>\n{\"name\": \"x\"")
+            && !allows(&s, &auto, "<tool_response>"),
+        "a started call must be valid"
+    );
+    let single = g(
+        json!({"tools": tools, "parallel_tool_calls": false}),
+        Thinking::Off,
+    );
     assert!(allows(&s, &single, call) && !allows(&s, &single, &two));
-    let required = g(json!({"tools": tools, "tool_choice": "required"}), Thinking::Off);
+    let required = g(
+        json!({"tools": tools, "tool_choice": "required"}),
+        Thinking::Off,
+    );
     assert!(allows(&s, &required, &two) && !allows(&s, &required, "text"));
-    let none = g(json!({"tools": tools, "tool_choice": "none"}), Thinking::Off);
+    let none = g(
+        json!({"tools": tools, "tool_choice": "none"}),
+        Thinking::Off,
+    );
     assert!(allows(&s, &none, "text") && !allows(&s, &none, call));
     let answer = g(json!({"response_format": format}), Thinking::Off);
-    assert!(allows(&s, &answer, "{\"a\": 7}") && !allows(&s, &answer, "{\"a\": 7, \"b\": 1}") && !allows(&s, &answer, "{\"a\": \"x\"}"));
-    let either = g(json!({"tools": tools, "response_format": format}), Thinking::Off);
-    assert!(allows(&s, &either, "{\"a\": 7}") && allows(&s, &either, call) && !allows(&s, &either, "text"));
+    assert!(
+        allows(&s, &answer, "{\"a\": 7}")
+            && !allows(&s, &answer, "{\"a\": 7, \"b\": 1}")
+            && !allows(&s, &answer, "{\"a\": \"x\"}")
+    );
+    let either = g(
+        json!({"tools": tools, "response_format": format}),
+        Thinking::Off,
+    );
+    assert!(
+        allows(&s, &either, "{\"a\": 7}")
+            && allows(&s, &either, call)
+            && !allows(&s, &either, "text")
+    );
 
     // Reasoning models: an optional `<think>` block first, or the rest of one the prompt opened.
-    let thinking = g(json!({"tools": tools, "tool_choice": "required"}), Thinking::Optional);
-    assert!(allows(&s, &thinking, &format!("<think>\nweather</think>\n\n{call}")));
+    let thinking = g(
+        json!({"tools": tools, "tool_choice": "required"}),
+        Thinking::Optional,
+    );
+    assert!(allows(
+        &s,
+        &thinking,
+        &format!("<think>\nweather</think>\n\n{call}")
+    ));
     assert!(allows(&s, &thinking, call));
     let open = g(json!({"response_format": format}), Thinking::Open);
     assert!(allows(&s, &open, "so, a = 7</think>\n{\"a\": 7}") && !allows(&s, &open, "{\"a\": 7}"));
-    assert!(grammar(&req(json!({})), Thinking::Off).is_none(), "plain chat is free");
+    assert!(
+        grammar(&req(json!({})), Thinking::Off).is_none(),
+        "plain chat is free"
+    );
 }

@@ -15,7 +15,10 @@ use std::process::Command;
 #[test]
 fn generate_matches_llama_cpp_greedy_references() {
     let cases = check_references(&common::reference().join("smollm2-greedy.jsonl"));
-    assert!(cases >= 3, "expected at least 3 reference cases, found {cases}");
+    assert!(
+        cases >= 3,
+        "expected at least 3 reference cases, found {cases}"
+    );
 }
 
 #[test]
@@ -35,14 +38,38 @@ fn check_references(path: &Path) -> usize {
         let out = Command::new(env!("CARGO_BIN_EXE_supernet"))
             .args(["generate", "--model"])
             .arg(&model)
-            .args(["--prompt", prompt, "--json", "--temperature", "0", "--max-tokens", "48"])
+            .args([
+                "--prompt",
+                prompt,
+                "--json",
+                "--temperature",
+                "0",
+                "--max-tokens",
+                "48",
+            ])
             .output()
             .expect("running supernet");
-        assert!(out.status.success(), "generate failed: {}", String::from_utf8_lossy(&out.stderr));
-        let o: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
-        assert_eq!(common::ids(&o["prompt_token_ids"]), common::ids(&r["prompt_token_ids"]), "prompt ids for {prompt:?}");
-        assert_eq!(common::ids(&o["token_ids"]), common::ids(&r["generated_token_ids"]), "generated ids for {prompt:?}");
-        assert_eq!(o["prompt_tokens"].as_u64(), r["prompt_token_ids"].as_array().map(|a| a.len() as u64));
+        assert!(
+            out.status.success(),
+            "generate failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let o: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("one JSON object on stdout");
+        assert_eq!(
+            common::ids(&o["prompt_token_ids"]),
+            common::ids(&r["prompt_token_ids"]),
+            "prompt ids for {prompt:?}"
+        );
+        assert_eq!(
+            common::ids(&o["token_ids"]),
+            common::ids(&r["generated_token_ids"]),
+            "generated ids for {prompt:?}"
+        );
+        assert_eq!(
+            o["prompt_tokens"].as_u64(),
+            r["prompt_token_ids"].as_array().map(|a| a.len() as u64)
+        );
         for key in ["text", "completion_tokens", "prefill_tok_s", "decode_tok_s"] {
             assert!(o.get(key).is_some(), "missing `{key}` in {o}");
         }

@@ -32,14 +32,29 @@ struct Case {
 
 #[test]
 fn every_output_validates_against_its_schema() {
-    let data: Value = serde_json::from_str(&std::fs::read_to_string(common::repo().join("tests/data/structured.json")).expect("the schemas")).expect("JSON");
+    let data: Value = serde_json::from_str(
+        &std::fs::read_to_string(common::repo().join("tests/data/structured.json"))
+            .expect("the schemas"),
+    )
+    .expect("JSON");
     let model = Arc::new(Model::load(common::smollm2()).expect("the model"));
     let tok = Arc::new(Tokenizer::from_gguf(&model.file).expect("tokenizer"));
     let template = ChatTemplate::from_gguf(&model.file, &tok).expect("template");
-    let text = ModelText { template: &template, tokenizer: &tok, context_length: model.config.context_length };
+    let text = ModelText {
+        template: &template,
+        tokenizer: &tok,
+        context_length: model.config.context_length,
+    };
     let be = CpuBackend::new(2);
     model.prepare(&be);
-    let mut scheduler = Scheduler::new(Arc::clone(&model), Arc::clone(&tok), BatchConfig { max_batch: 16, ..BatchConfig::default() });
+    let mut scheduler = Scheduler::new(
+        Arc::clone(&model),
+        Arc::clone(&tok),
+        BatchConfig {
+            max_batch: 16,
+            ..BatchConfig::default()
+        },
+    );
 
     let mut bodies = Vec::new();
     for f in data["formats"].as_array().expect("formats") {
@@ -62,24 +77,57 @@ fn every_output_validates_against_its_schema() {
         let p = prepare(&req, &text, &TierLimits::default()).expect("prepared");
         assert!(p.params.grammar.is_some(), "constrained");
         let mut n = 0;
-        let markup = Markup::new(p.tools, p.thinking, Box::new(move || {
-            n += 1;
-            format!("call_{n}")
-        }));
-        scheduler.add(id as u64, Request { prompt: p.prompt_ids, params: p.params, resume: Resume::default() }).expect("queued");
-        cases.insert(id as u64, Case { schema, call, markup, message: AssistantMessage::default(), finished: false });
+        let markup = Markup::new(
+            p.tools,
+            p.thinking,
+            Box::new(move || {
+                n += 1;
+                format!("call_{n}")
+            }),
+        );
+        scheduler
+            .add(
+                id as u64,
+                Request {
+                    prompt: p.prompt_ids,
+                    params: p.params,
+                    resume: Resume::default(),
+                },
+            )
+            .expect("queued");
+        cases.insert(
+            id as u64,
+            Case {
+                schema,
+                call,
+                markup,
+                message: AssistantMessage::default(),
+                finished: false,
+            },
+        );
     }
     while !scheduler.is_idle() {
         for out in scheduler.step(&be) {
             match out {
                 Output::Token { id, text, .. } => {
                     let c = cases.get_mut(&id).expect("a case");
-                    c.markup.push(&text).into_iter().for_each(|d: Delta| c.message.apply(d));
+                    c.markup
+                        .push(&text)
+                        .into_iter()
+                        .for_each(|d: Delta| c.message.apply(d));
                 }
                 Output::Finished { id, finish, .. } => {
                     let c = cases.get_mut(&id).expect("a case");
-                    c.markup.finish().into_iter().for_each(|d| c.message.apply(d));
-                    assert_eq!(finish, supernet::engine::generate::FinishReason::Stop, "case {id} ended early: {:?}", c.message);
+                    c.markup
+                        .finish()
+                        .into_iter()
+                        .for_each(|d| c.message.apply(d));
+                    assert_eq!(
+                        finish,
+                        supernet::engine::generate::FinishReason::Stop,
+                        "case {id} ended early: {:?}",
+                        c.message
+                    );
                     c.finished = true;
                 }
             }
@@ -94,13 +142,20 @@ fn every_output_validates_against_its_schema() {
                 c.message.content.clone()
             }
             Some(name) => {
-                assert!(c.message.content.is_empty(), "case {id}: no text beside a forced call: {:?}", c.message.content);
-                let [call] = c.message.tool_calls.as_slice() else { panic!("case {id}: one call, got {:?}", c.message.tool_calls) };
+                assert!(
+                    c.message.content.is_empty(),
+                    "case {id}: no text beside a forced call: {:?}",
+                    c.message.content
+                );
+                let [call] = c.message.tool_calls.as_slice() else {
+                    panic!("case {id}: one call, got {:?}", c.message.tool_calls)
+                };
                 assert_eq!(&call.name, name);
                 call.arguments.clone()
             }
         };
-        let value: Value = serde_json::from_str(&output).unwrap_or_else(|e| panic!("case {id}: {output:?} is not JSON: {e}"));
+        let value: Value = serde_json::from_str(&output)
+            .unwrap_or_else(|e| panic!("case {id}: {output:?} is not JSON: {e}"));
         if let Err(e) = validator.validate(&value) {
             panic!("case {id}: {output} does not fit {}: {e}", c.schema);
         }

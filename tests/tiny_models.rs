@@ -26,7 +26,12 @@ fn tiny_models_match_llama_cpp() {
         let model = Model::load(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         let tok = Tokenizer::from_gguf(&model.file).expect("tokenizer");
         let prompt = common::ids(&r["prompt_token_ids"]);
-        assert_eq!(tok.encode(r["prompt"].as_str().unwrap_or_default()).expect("encode"), prompt, "{file}: prompt ids");
+        assert_eq!(
+            tok.encode(r["prompt"].as_str().unwrap_or_default())
+                .expect("encode"),
+            prompt,
+            "{file}: prompt ids"
+        );
         let want = common::ids(&r["generated_token_ids"]);
 
         let mut cache = model.new_cache(None);
@@ -43,17 +48,29 @@ fn tiny_models_match_llama_cpp() {
             }
         }
         let required = if arch == "qwen3moe" {
-            r["robustness_leading_tokens_equal"]["kv_f32_fa_off"].as_u64().unwrap_or(32) as usize
+            r["robustness_leading_tokens_equal"]["kv_f32_fa_off"]
+                .as_u64()
+                .unwrap_or(32) as usize
         } else {
             want.len()
         };
-        println!("{file:28} {:?}: {matched}/{} tokens equal (required {required})", &r["prompt"].as_str().unwrap_or("")[..12], want.len());
+        println!(
+            "{file:28} {:?}: {matched}/{} tokens equal (required {required})",
+            &r["prompt"].as_str().unwrap_or("")[..12],
+            want.len()
+        );
         if matched < required {
-            failures.push(format!("{file} prompt {:?}: {matched} < {required}", r["prompt"]));
+            failures.push(format!(
+                "{file} prompt {:?}: {matched} < {required}",
+                r["prompt"]
+            ));
         }
         checked += 1;
     }
-    assert!(checked >= 51, "expected 51 reference lines, checked {checked}");
+    assert!(
+        checked >= 51,
+        "expected 51 reference lines, checked {checked}"
+    );
     assert!(failures.is_empty(), "mismatches:\n{}", failures.join("\n"));
 }
 
@@ -85,7 +102,9 @@ fn prompt_logits_equal_llama_cpp_bit_for_bit() {
         if !BIT_EXACT.contains(&file) {
             continue;
         }
-        let path = r["harness_check"]["prompt_last_logits_file"].as_str().expect("a logits file");
+        let path = r["harness_check"]["prompt_last_logits_file"]
+            .as_str()
+            .expect("a logits file");
         let want: Vec<f32> = std::fs::read(dir.join(path))
             .expect("reading reference logits")
             .chunks_exact(4)
@@ -93,10 +112,20 @@ fn prompt_logits_equal_llama_cpp_bit_for_bit() {
             .collect();
         let model = Model::load(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         let mut cache = model.new_cache(None);
-        let got = model.forward(&be, &mut cache, &common::ids(&r["prompt_token_ids"])).expect("prefill");
+        let got = model
+            .forward(&be, &mut cache, &common::ids(&r["prompt_token_ids"]))
+            .expect("prefill");
         assert_eq!(got.len(), want.len(), "{file}: vocabulary");
-        let differing = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
-        assert_eq!(differing, 0, "{file} {:?}: {differing} logits differ from llama.cpp's", r["prompt"]);
+        let differing = got
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(
+            differing, 0,
+            "{file} {:?}: {differing} logits differ from llama.cpp's",
+            r["prompt"]
+        );
         checked += 1;
     }
     assert_eq!(checked, BIT_EXACT.len() * 3);

@@ -36,8 +36,13 @@ fn special_tokens_encode_as_single_ids() {
     let tok = smollm2();
     assert_eq!(tok.encode("<|im_start|>").unwrap(), vec![1]);
     assert_eq!(tok.encode("<|im_end|>").unwrap(), vec![2]);
-    let ids = tok.encode("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n").unwrap();
-    assert_eq!(ids, vec![1, 4093, 198, 1780, 314, 216, 34, 27, 34, 47, 2, 198, 1, 520, 9531, 198]);
+    let ids = tok
+        .encode("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
+        .unwrap();
+    assert_eq!(
+        ids,
+        vec![1, 4093, 198, 1780, 314, 216, 34, 27, 34, 47, 2, 198, 1, 520, 9531, 198]
+    );
     // SmolLM2 asks for no BOS.
     assert!(!tok.add_bos);
 }
@@ -51,7 +56,10 @@ fn streaming_decode_emits_only_complete_characters() {
         let mut out = String::new();
         for &id in &ids {
             let piece = dec.push(&tok, id);
-            assert!(!piece.contains('\u{FFFD}'), "replacement character streamed for {s:?}");
+            assert!(
+                !piece.contains('\u{FFFD}'),
+                "replacement character streamed for {s:?}"
+            );
             out.push_str(&piece);
         }
         out.push_str(&dec.finish());
@@ -59,9 +67,15 @@ fn streaming_decode_emits_only_complete_characters() {
     }
     // An emoji's bytes spread over several byte-level tokens: nothing until it is whole.
     let ids = tok.encode("🤖").unwrap();
-    assert!(ids.len() > 1, "expected the emoji to take several tokens: {ids:?}");
+    assert!(
+        ids.len() > 1,
+        "expected the emoji to take several tokens: {ids:?}"
+    );
     let mut dec = StreamDecoder::default();
     let pieces: Vec<String> = ids.iter().map(|&i| dec.push(&tok, i)).collect();
-    assert!(pieces[..pieces.len() - 1].iter().all(String::is_empty), "{pieces:?}");
+    assert!(
+        pieces[..pieces.len() - 1].iter().all(String::is_empty),
+        "{pieces:?}"
+    );
     assert_eq!(pieces.last().unwrap(), "🤖");
 }

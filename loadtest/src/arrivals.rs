@@ -35,7 +35,11 @@ pub struct Poisson {
 
 impl Poisson {
     pub fn new(rate: f64, seed: u64) -> Self {
-        Self { rng: StdRng::seed_from_u64(seed), rate, at: Duration::ZERO }
+        Self {
+            rng: StdRng::seed_from_u64(seed),
+            rate,
+            at: Duration::ZERO,
+        }
     }
 }
 
@@ -61,7 +65,10 @@ mod tests {
     #[test]
     fn arrivals_are_poisson() {
         let rate = 200.0;
-        let times: Vec<f64> = Poisson::new(rate, 7).take(100_000).map(|d| d.as_secs_f64()).collect();
+        let times: Vec<f64> = Poisson::new(rate, 7)
+            .take(100_000)
+            .map(|d| d.as_secs_f64())
+            .collect();
         let gaps: Vec<f64> = times.windows(2).map(|w| w[1] - w[0]).collect();
         let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
         let sd = (gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64).sqrt();

@@ -21,7 +21,9 @@ pub struct Row {
 pub fn rows(a: &Report, b: &Report) -> Vec<Row> {
     let metrics: [Metric; 13] = [
         ("requests/s", |r| Some(r.throughput.requests_per_s)),
-        ("output tokens/s", |r| Some(r.throughput.output_tokens_per_s)),
+        ("output tokens/s", |r| {
+            Some(r.throughput.output_tokens_per_s)
+        }),
         ("TTFT p50 (ms)", |r| r.ttft.map(|s| s.p50)),
         ("TTFT p90 (ms)", |r| r.ttft.map(|s| s.p90)),
         ("TTFT p99 (ms)", |r| r.ttft.map(|s| s.p99)),
@@ -39,7 +41,12 @@ pub fn rows(a: &Report, b: &Report) -> Vec<Row> {
         .map(|(metric, get)| {
             let (a, b) = (get(a), get(b));
             let ratio = a.zip(b).filter(|(a, _)| *a != 0.0).map(|(a, b)| b / a);
-            Row { metric, a, b, ratio }
+            Row {
+                metric,
+                a,
+                b,
+                ratio,
+            }
         })
         .collect()
 }
@@ -47,11 +54,23 @@ pub fn rows(a: &Report, b: &Report) -> Vec<Row> {
 /// The table for people.
 pub fn table(a: &Report, b: &Report) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "── {} {} · A = {} ({}) · B = {} ({}) ──", a.load.mode, a.load.level, a.label, a.base_url, b.label, b.base_url);
+    let _ = writeln!(
+        s,
+        "── {} {} · A = {} ({}) · B = {} ({}) ──",
+        a.load.mode, a.load.level, a.label, a.base_url, b.label, b.base_url
+    );
     let _ = writeln!(s, "{:<18} {:>12} {:>12} {:>8}", "metric", "A", "B", "B/A");
     let num = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
     for r in rows(a, b) {
-        let _ = writeln!(s, "{:<18} {:>12} {:>12} {:>8}", r.metric, num(r.a), num(r.b), r.ratio.map_or_else(|| "-".to_string(), |v| format!("{v:.2}×")));
+        let _ = writeln!(
+            s,
+            "{:<18} {:>12} {:>12} {:>8}",
+            r.metric,
+            num(r.a),
+            num(r.b),
+            r.ratio
+                .map_or_else(|| "-".to_string(), |v| format!("{v:.2}×"))
+        );
     }
     s
 }
@@ -64,8 +83,20 @@ mod tests {
     use crate::report::{RunInfo, Slo};
 
     fn report(label: &str, ttft: f64, seconds: f64) -> Report {
-        let o = Outcome { ttft: Some(ttft), itl: vec![5.0], e2e: ttft + 5.0, output_tokens: 2, ..Outcome::default() };
-        let info = RunInfo { label, base_url: "http://h/v1", model: "m", load: Load::Concurrency(1), slo: Slo::default() };
+        let o = Outcome {
+            ttft: Some(ttft),
+            itl: vec![5.0],
+            e2e: ttft + 5.0,
+            output_tokens: 2,
+            ..Outcome::default()
+        };
+        let info = RunInfo {
+            label,
+            base_url: "http://h/v1",
+            model: "m",
+            load: Load::Concurrency(1),
+            slo: Slo::default(),
+        };
         Report::build(&info, &[o], seconds)
     }
 

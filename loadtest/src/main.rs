@@ -37,7 +37,11 @@ use runner::{Plan, Target};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "loadtest", version, about = "Load harness for OpenAI-compatible chat endpoints (vLLM benchmark_serving metrics)")]
+#[command(
+    name = "loadtest",
+    version,
+    about = "Load harness for OpenAI-compatible chat endpoints (vLLM benchmark_serving metrics)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,7 +61,12 @@ struct RunArgs {
     #[arg(long)]
     base_url: String,
     /// The API key (sent as a bearer token; empty sends none).
-    #[arg(long, env = "OPENAI_API_KEY", default_value = "", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "OPENAI_API_KEY",
+        default_value = "",
+        hide_env_values = true
+    )]
     api_key: String,
     /// The model [default: the first one /models lists].
     #[arg(long)]
@@ -78,7 +87,12 @@ struct CompareArgs {
     #[arg(long)]
     b: String,
     /// The API key for both, unless --a-key or --b-key is given.
-    #[arg(long, env = "OPENAI_API_KEY", default_value = "", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "OPENAI_API_KEY",
+        default_value = "",
+        hide_env_values = true
+    )]
     api_key: String,
     #[arg(long)]
     a_key: Option<String>,
@@ -103,7 +117,12 @@ struct CompareArgs {
 struct LoadArgs {
     /// Closed loop: this many clients, each with one request in flight. A list (1,4,16)
     /// runs one level after another.
-    #[arg(long, value_delimiter = ',', required_unless_present = "rate", conflicts_with = "rate")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required_unless_present = "rate",
+        conflicts_with = "rate"
+    )]
     concurrency: Vec<usize>,
     /// Open loop: Poisson arrivals at this many requests per second. A list sweeps.
     #[arg(long, value_delimiter = ',')]
@@ -155,7 +174,12 @@ impl LoadArgs {
         if self.rate.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
             bail!("--rate must be a positive number of requests per second");
         }
-        Ok(self.concurrency.iter().map(|&n| Load::Concurrency(n)).chain(self.rate.iter().map(|&r| Load::Rate(r))).collect())
+        Ok(self
+            .concurrency
+            .iter()
+            .map(|&n| Load::Concurrency(n))
+            .chain(self.rate.iter().map(|&r| Load::Rate(r)))
+            .collect())
     }
 
     fn plan(&self) -> anyhow::Result<Plan> {
@@ -169,16 +193,34 @@ impl LoadArgs {
             Some(path) => Mix::load(path, self.max_tokens)?,
             None => Mix::default_with(self.max_tokens),
         };
-        let requests = self.requests.or(if self.duration.is_none() { Some(100) } else { None });
-        let slo = Slo { ttft_ms: self.slo_ttft_ms, tpot_ms: self.slo_tpot_ms, e2e_ms: self.slo_e2e_ms };
-        Ok(Plan { requests, duration: self.duration.map(Duration::from_secs_f64), seed: self.seed, mix, slo })
+        let requests = self.requests.or(if self.duration.is_none() {
+            Some(100)
+        } else {
+            None
+        });
+        let slo = Slo {
+            ttft_ms: self.slo_ttft_ms,
+            tpot_ms: self.slo_tpot_ms,
+            e2e_ms: self.slo_e2e_ms,
+        };
+        Ok(Plan {
+            requests,
+            duration: self.duration.map(Duration::from_secs_f64),
+            seed: self.seed,
+            mix,
+            slo,
+        })
     }
 
     fn http(&self) -> anyhow::Result<reqwest::Client> {
         if !(self.timeout.is_finite() && self.timeout > 0.0) {
             bail!("--timeout must be a positive number of seconds");
         }
-        Ok(reqwest::Client::builder().timeout(Duration::from_secs_f64(self.timeout)).tcp_nodelay(true).pool_max_idle_per_host(usize::MAX).build()?)
+        Ok(reqwest::Client::builder()
+            .timeout(Duration::from_secs_f64(self.timeout))
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(usize::MAX)
+            .build()?)
     }
 }
 
@@ -188,7 +230,10 @@ fn main() {
         Command::Run(a) => a.load.threads,
         Command::Compare(a) => a.load.threads,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).enable_all().build();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build();
     let result = runtime.map_err(anyhow::Error::from).and_then(|rt| {
         rt.block_on(async {
             match cli.command {
@@ -221,14 +266,31 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
 async fn compare(a: CompareArgs) -> anyhow::Result<()> {
     let (levels, plan, http) = (a.load.levels()?, a.load.plan()?, a.load.http()?);
     let key = |k: Option<String>| k.unwrap_or_else(|| a.api_key.clone());
-    let ta = target(&http, &a.a, &key(a.a_key.clone()), a.a_model.or(a.model.clone()), Some(a.a_label)).await?;
-    let tb = target(&http, &a.b, &key(a.b_key.clone()), a.b_model.or(a.model), Some(a.b_label)).await?;
+    let ta = target(
+        &http,
+        &a.a,
+        &key(a.a_key.clone()),
+        a.a_model.or(a.model.clone()),
+        Some(a.a_label),
+    )
+    .await?;
+    let tb = target(
+        &http,
+        &a.b,
+        &key(a.b_key.clone()),
+        a.b_model.or(a.model),
+        Some(a.b_label),
+    )
+    .await?;
     let (mut ra, mut rb) = (Vec::new(), Vec::new());
     for load in levels {
         let x = runner::run(&http, &ta, &plan, load).await;
         let y = runner::run(&http, &tb, &plan, load).await;
         if a.load.json {
-            println!("{}", json!({ "a": x, "b": y, "ratios": compare::rows(&x, &y) }));
+            println!(
+                "{}",
+                json!({ "a": x, "b": y, "ratios": compare::rows(&x, &y) })
+            );
         } else {
             println!("{}", compare::table(&x, &y));
         }
@@ -254,28 +316,65 @@ fn print(r: &Report, as_json: bool) {
 
 /// Resolves the endpoint's model (the first `/models` lists unless named) and checks with
 /// one short request that it answers, so a wrong URL or key fails at once and clearly.
-async fn target(http: &reqwest::Client, base: &str, key: &str, model: Option<String>, label: Option<String>) -> anyhow::Result<Target> {
+async fn target(
+    http: &reqwest::Client,
+    base: &str,
+    key: &str,
+    model: Option<String>,
+    label: Option<String>,
+) -> anyhow::Result<Target> {
     let base = base.trim_end_matches('/').to_string();
-    let label = label.unwrap_or_else(|| reqwest::Url::parse(&base).ok().and_then(|u| u.host_str().map(|h| format!("{h}:{}", u.port_or_known_default().unwrap_or(0)))).unwrap_or_else(|| base.clone()));
+    let label = label.unwrap_or_else(|| {
+        reqwest::Url::parse(&base)
+            .ok()
+            .and_then(|u| {
+                u.host_str()
+                    .map(|h| format!("{h}:{}", u.port_or_known_default().unwrap_or(0)))
+            })
+            .unwrap_or_else(|| base.clone())
+    });
     let model = match model {
         Some(m) => m,
         None => first_model(http, &base, key).await?,
     };
-    let target = Target { label, base_url: base, api_key: key.to_string(), model };
-    let probe = mix::Body { json: json!({ "model": target.model, "messages": [{ "role": "user", "content": "Say hi." }], "max_tokens": 2, "stream": true }), stream: true };
+    let target = Target {
+        label,
+        base_url: base,
+        api_key: key.to_string(),
+        model,
+    };
+    let probe = mix::Body {
+        json: json!({ "model": target.model, "messages": [{ "role": "user", "content": "Say hi." }], "max_tokens": 2, "stream": true }),
+        stream: true,
+    };
     let o = client::send(http, &target.base_url, &target.api_key, &probe).await;
     if let Some(f) = o.failure {
-        bail!("{} refused a probe request ({} {}): {}", target.base_url, f.status, f.kind, f.message);
+        bail!(
+            "{} refused a probe request ({} {}): {}",
+            target.base_url,
+            f.status,
+            f.kind,
+            f.message
+        );
     }
     Ok(target)
 }
 
 async fn first_model(http: &reqwest::Client, base: &str, key: &str) -> anyhow::Result<String> {
-    let r = client::authorized(http.get(format!("{base}/models")), key).send().await.with_context(|| format!("GET {base}/models"))?;
+    let r = client::authorized(http.get(format!("{base}/models")), key)
+        .send()
+        .await
+        .with_context(|| format!("GET {base}/models"))?;
     let status = r.status();
-    let body: serde_json::Value = r.json().await.with_context(|| format!("GET {base}/models: not JSON"))?;
+    let body: serde_json::Value = r
+        .json()
+        .await
+        .with_context(|| format!("GET {base}/models: not JSON"))?;
     if !status.is_success() {
         bail!("GET {base}/models answered {status}: {body}");
     }
-    body["data"][0]["id"].as_str().map(str::to_string).with_context(|| format!("GET {base}/models lists no model; name one with --model"))
+    body["data"][0]["id"]
+        .as_str()
+        .map(str::to_string)
+        .with_context(|| format!("GET {base}/models lists no model; name one with --model"))
 }

@@ -52,8 +52,12 @@ impl Length {
 
     fn check(self, what: &str) -> anyhow::Result<()> {
         match self {
-            Self::Uniform { min, max } if min > max => bail!("{what}: min {min} is above max {max}"),
-            Self::Normal { mean, stddev } if !(mean.is_finite() && stddev.is_finite() && mean > 0.0 && stddev >= 0.0) => {
+            Self::Uniform { min, max } if min > max => {
+                bail!("{what}: min {min} is above max {max}")
+            }
+            Self::Normal { mean, stddev }
+                if !(mean.is_finite() && stddev.is_finite() && mean > 0.0 && stddev >= 0.0) =>
+            {
                 bail!("{what}: mean must be positive and stddev not negative")
             }
             _ => Ok(()),
@@ -114,12 +118,27 @@ pub struct Body {
 impl Mix {
     /// The mix without a file: ~128-token prompts, `max_tokens` out, streamed.
     pub fn default_with(max_tokens: u32) -> Self {
-        let shape = Shape { name: None, weight: 1.0, prompt_tokens: default_prompt(), max_tokens: None, stream: true, system: None, tools: None, tool_choice: None, extra: Map::new() };
-        Self { shapes: vec![shape], total: 1.0, max_tokens }
+        let shape = Shape {
+            name: None,
+            weight: 1.0,
+            prompt_tokens: default_prompt(),
+            max_tokens: None,
+            stream: true,
+            system: None,
+            tools: None,
+            tool_choice: None,
+            extra: Map::new(),
+        };
+        Self {
+            shapes: vec![shape],
+            total: 1.0,
+            max_tokens,
+        }
     }
 
     pub fn load(path: &Path, max_tokens: u32) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading the mix {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the mix {}", path.display()))?;
         Self::parse(&text, max_tokens).with_context(|| format!("the mix {}", path.display()))
     }
 
@@ -129,7 +148,10 @@ impl Mix {
             bail!("it has no [[request]] shapes");
         }
         for (i, s) in file.request.iter().enumerate() {
-            let what = s.name.clone().unwrap_or_else(|| format!("request {}", i + 1));
+            let what = s
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("request {}", i + 1));
             if !(s.weight.is_finite() && s.weight >= 0.0) {
                 bail!("{what}: weight must be a number >= 0");
             }
@@ -142,7 +164,11 @@ impl Mix {
         if total <= 0.0 {
             bail!("every weight is 0");
         }
-        Ok(Self { shapes: file.request, total, max_tokens })
+        Ok(Self {
+            shapes: file.request,
+            total,
+            max_tokens,
+        })
     }
 
     /// The `n`-th request's body for `model`.
@@ -152,9 +178,14 @@ impl Mix {
             pick -= s.weight;
             pick < 0.0 && s.weight > 0.0
         });
-        let shape = shape.or_else(|| self.shapes.iter().rev().find(|s| s.weight > 0.0)).unwrap_or(&self.shapes[0]);
+        let shape = shape
+            .or_else(|| self.shapes.iter().rev().find(|s| s.weight > 0.0))
+            .unwrap_or(&self.shapes[0]);
         let words = shape.prompt_tokens.draw(rng).max(1);
-        let max_tokens = shape.max_tokens.map_or(self.max_tokens, |m| m.draw(rng)).max(1);
+        let max_tokens = shape
+            .max_tokens
+            .map_or(self.max_tokens, |m| m.draw(rng))
+            .max(1);
         let mut messages = Vec::new();
         if let Some(system) = &shape.system {
             messages.push(json!({ "role": "system", "content": system }));
@@ -173,16 +204,23 @@ impl Mix {
         if let Some(obj) = body.as_object_mut() {
             obj.extend(shape.extra.clone());
         }
-        Body { json: body, stream: shape.stream }
+        Body {
+            json: body,
+            stream: shape.stream,
+        }
     }
 }
 
 const WORDS: &[&str] = &[
-    "the", "sea", "light", "house", "keeper", "night", "storm", "ship", "wind", "rock", "lamp", "oil", "fog", "bell", "rope", "boat", "north", "south", "east",
-    "west", "cold", "warm", "long", "short", "old", "new", "red", "blue", "green", "white", "black", "day", "year", "time", "way", "man", "woman", "child",
-    "world", "life", "hand", "part", "place", "case", "week", "point", "work", "fact", "group", "number", "water", "room", "mother", "area", "money", "story",
-    "month", "lot", "right", "study", "book", "eye", "job", "word", "issue", "side", "kind", "head", "far", "small", "large", "next", "early", "young",
-    "good", "high", "bad", "same", "able", "tree", "river", "road", "town", "bird", "fish", "stone", "sand", "wave", "star", "moon", "sun", "rain", "snow",
+    "the", "sea", "light", "house", "keeper", "night", "storm", "ship", "wind", "rock", "lamp",
+    "oil", "fog", "bell", "rope", "boat", "north", "south", "east", "west", "cold", "warm", "long",
+    "short", "old", "new", "red", "blue", "green", "white", "black", "day", "year", "time", "way",
+    "man", "woman", "child", "world", "life", "hand", "part", "place", "case", "week", "point",
+    "work", "fact", "group", "number", "water", "room", "mother", "area", "money", "story",
+    "month", "lot", "right", "study", "book", "eye", "job", "word", "issue", "side", "kind",
+    "head", "far", "small", "large", "next", "early", "young", "good", "high", "bad", "same",
+    "able", "tree", "river", "road", "town", "bird", "fish", "stone", "sand", "wave", "star",
+    "moon", "sun", "rain", "snow",
 ];
 
 /// A prompt of `words` words: the request number, then random words (so no two prompts
@@ -228,7 +266,11 @@ mod tests {
         let streamed = bodies.iter().filter(|b| b.stream).count() as f64 / 4000.0;
         assert!((streamed - 0.75).abs() < 0.03, "{streamed}");
         for b in &bodies {
-            let words = b.json["messages"].as_array().unwrap().last().unwrap()["content"].as_str().unwrap().split(' ').count();
+            let words = b.json["messages"].as_array().unwrap().last().unwrap()["content"]
+                .as_str()
+                .unwrap()
+                .split(' ')
+                .count();
             if b.stream {
                 assert!((5..=10).contains(&words), "{words}");
                 assert_eq!(b.json["max_tokens"], 8);
@@ -239,7 +281,13 @@ mod tests {
                 assert_eq!(b.json["max_tokens"], 16, "--max-tokens fills in");
                 assert_eq!(b.json["messages"][0]["content"], "Be brief.");
                 assert_eq!(b.json["tools"][0]["function"]["name"], "f");
-                assert_eq!((b.json["tool_choice"].as_str(), b.json["sogni_tools"].as_bool()), (Some("auto"), Some(false)));
+                assert_eq!(
+                    (
+                        b.json["tool_choice"].as_str(),
+                        b.json["sogni_tools"].as_bool()
+                    ),
+                    (Some("auto"), Some(false))
+                );
             }
         }
     }
@@ -248,7 +296,8 @@ mod tests {
     fn bad_mixes_say_what_is_wrong() {
         let err = |t: &str| Mix::parse(t, 8).unwrap_err().to_string();
         assert!(err("").contains("request"));
-        assert!(err("[[request]]\nprompt_tokens = { min = 9, max = 2 }").contains("min 9 is above max 2"));
+        assert!(err("[[request]]\nprompt_tokens = { min = 9, max = 2 }")
+            .contains("min 9 is above max 2"));
         assert!(err("[[request]]\nweight = 0").contains("every weight is 0"));
         assert!(err("[[request]]\npromt_tokens = 3").contains("unknown field"));
     }
@@ -256,7 +305,10 @@ mod tests {
     #[test]
     fn normal_lengths_center_on_their_mean() {
         let mut rng = StdRng::seed_from_u64(1);
-        let l = Length::Normal { mean: 200.0, stddev: 20.0 };
+        let l = Length::Normal {
+            mean: 200.0,
+            stddev: 20.0,
+        };
         let v: Vec<f64> = (0..20_000).map(|_| f64::from(l.draw(&mut rng))).collect();
         let mean = v.iter().sum::<f64>() / v.len() as f64;
         assert!((mean - 200.0).abs() < 1.0, "{mean}");

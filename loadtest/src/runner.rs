@@ -45,7 +45,8 @@ impl Plan {
     }
 
     fn may_send(&self, n: u64, started: Instant) -> bool {
-        self.requests.is_none_or(|max| n < max) && self.duration.is_none_or(|d| started.elapsed() < d)
+        self.requests.is_none_or(|max| n < max)
+            && self.duration.is_none_or(|d| started.elapsed() < d)
     }
 }
 
@@ -63,16 +64,35 @@ pub async fn run(http: &reqwest::Client, target: &Target, plan: &Plan, load: Loa
     let outcomes = collect.await.unwrap_or_default();
     let duration = started.elapsed().as_secs_f64();
     progress.finish_and_clear();
-    let info = RunInfo { label: &target.label, base_url: &target.base_url, model: &target.model, load, slo: plan.slo };
+    let info = RunInfo {
+        label: &target.label,
+        base_url: &target.base_url,
+        model: &target.model,
+        load,
+        slo: plan.slo,
+    };
     Report::build(&info, &outcomes, duration)
 }
 
 /// `clients` clients, each sending its next request when its last one ends.
-async fn closed_loop(http: &reqwest::Client, target: &Target, plan: &Plan, clients: usize, started: Instant, tx: &mpsc::UnboundedSender<Outcome>) {
+async fn closed_loop(
+    http: &reqwest::Client,
+    target: &Target,
+    plan: &Plan,
+    clients: usize,
+    started: Instant,
+    tx: &mpsc::UnboundedSender<Outcome>,
+) {
     let next = Arc::new(AtomicU64::new(0));
     let mut set = JoinSet::new();
     for _ in 0..clients.max(1) {
-        let (http, target, plan, next, tx) = (http.clone(), target.clone(), plan.clone(), Arc::clone(&next), tx.clone());
+        let (http, target, plan, next, tx) = (
+            http.clone(),
+            target.clone(),
+            plan.clone(),
+            Arc::clone(&next),
+            tx.clone(),
+        );
         set.spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::SeqCst);
@@ -89,7 +109,14 @@ async fn closed_loop(http: &reqwest::Client, target: &Target, plan: &Plan, clien
 
 /// Poisson arrivals at `rate` per second, each request sent whether or not earlier ones
 /// have ended.
-async fn open_loop(http: &reqwest::Client, target: &Target, plan: &Plan, rate: f64, started: Instant, tx: &mpsc::UnboundedSender<Outcome>) {
+async fn open_loop(
+    http: &reqwest::Client,
+    target: &Target,
+    plan: &Plan,
+    rate: f64,
+    started: Instant,
+    tx: &mpsc::UnboundedSender<Outcome>,
+) {
     let mut set = JoinSet::new();
     for (n, at) in (0u64..).zip(Poisson::new(rate, plan.seed)) {
         if plan.duration.is_some_and(|d| at >= d) || !plan.may_send(n, started) {
@@ -122,11 +149,16 @@ async fn collect(mut rx: mpsc::UnboundedReceiver<Outcome>, progress: ProgressBar
 }
 
 fn bar(plan: &Plan, label: &str, load: Load) -> ProgressBar {
-    let style = |t: &str| ProgressStyle::with_template(t).unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style =
+        |t: &str| ProgressStyle::with_template(t).unwrap_or_else(|_| ProgressStyle::default_bar());
     let prefix = format!("{label} · {}", load.describe());
     let bar = match plan.requests {
-        Some(n) => ProgressBar::new(n).with_style(style("{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")),
-        None => ProgressBar::new_spinner().with_style(style("{prefix} [{elapsed_precise}] {spinner} {pos} requests {msg}")),
+        Some(n) => ProgressBar::new(n).with_style(style(
+            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}",
+        )),
+        None => ProgressBar::new_spinner().with_style(style(
+            "{prefix} [{elapsed_precise}] {spinner} {pos} requests {msg}",
+        )),
     };
     bar.enable_steady_tick(Duration::from_millis(200));
     bar.with_prefix(prefix)

@@ -44,7 +44,16 @@ impl Summary {
         // Population standard deviation, as numpy.std computes it.
         let std = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt();
         let p = |q| percentile(&v, q).unwrap_or(f64::NAN);
-        Some(Self { count: v.len(), mean, std, min: v[0], p50: p(50.0), p90: p(90.0), p99: p(99.0), max: v[v.len() - 1] })
+        Some(Self {
+            count: v.len(),
+            mean,
+            std,
+            min: v[0],
+            p50: p(50.0),
+            p90: p(90.0),
+            p99: p(99.0),
+            max: v[v.len() - 1],
+        })
     }
 }
 

@@ -5,7 +5,10 @@
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use super::tools::{parse_response_format, parse_tool_calls, parse_tool_choice, parse_tools, FunctionTool, ResponseFormat, ToolCall, ToolChoice};
+use super::tools::{
+    parse_response_format, parse_tool_calls, parse_tool_choice, parse_tools, FunctionTool,
+    ResponseFormat, ToolCall, ToolChoice,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -114,7 +117,10 @@ impl<'a> Fields<'a> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(ApiError::invalid(self.param(key), format!("`{}` must be a string", self.param(key)))),
+            Some(_) => Err(ApiError::invalid(
+                self.param(key),
+                format!("`{}` must be a string", self.param(key)),
+            )),
         }
     }
 
@@ -122,38 +128,72 @@ impl<'a> Fields<'a> {
         match self.get(key) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(_) => Err(ApiError::invalid(self.param(key), format!("`{}` must be a boolean", self.param(key)))),
+            Some(_) => Err(ApiError::invalid(
+                self.param(key),
+                format!("`{}` must be a boolean", self.param(key)),
+            )),
         }
     }
 
     /// A number within `lo..=hi`.
     pub(super) fn number(&self, key: &str, lo: f64, hi: f64) -> Result<Option<f32>, ApiError> {
-        let Some(v) = self.get(key) else { return Ok(None) };
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
         let p = self.param(key);
-        let x = v.as_f64().ok_or_else(|| ApiError::invalid(&p, format!("`{p}` must be a number")))?;
+        let x = v
+            .as_f64()
+            .ok_or_else(|| ApiError::invalid(&p, format!("`{p}` must be a number")))?;
         if !(lo..=hi).contains(&x) {
-            return Err(ApiError::invalid(&p, format!("`{p}` must be between {lo} and {hi}, got {x}")));
+            return Err(ApiError::invalid(
+                &p,
+                format!("`{p}` must be between {lo} and {hi}, got {x}"),
+            ));
         }
         Ok(Some(x as f32))
     }
 
     /// An integer within `lo..=hi`.
     pub(super) fn integer(&self, key: &str, lo: i64, hi: i64) -> Result<Option<i64>, ApiError> {
-        let Some(v) = self.get(key) else { return Ok(None) };
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
         let p = self.param(key);
-        let x = v.as_i64().ok_or_else(|| ApiError::invalid(&p, format!("`{p}` must be an integer")))?;
+        let x = v
+            .as_i64()
+            .ok_or_else(|| ApiError::invalid(&p, format!("`{p}` must be an integer")))?;
         if !(lo..=hi).contains(&x) {
-            return Err(ApiError::invalid(&p, format!("`{p}` must be between {lo} and {hi}, got {x}")));
+            return Err(ApiError::invalid(
+                &p,
+                format!("`{p}` must be between {lo} and {hi}, got {x}"),
+            ));
         }
         Ok(Some(x))
     }
 
-    pub(super) fn choice<T: Copy>(&self, key: &str, options: &[(&str, T)]) -> Result<Option<T>, ApiError> {
-        let Some(s) = self.string(key)? else { return Ok(None) };
-        options.iter().find(|(name, _)| *name == s).map(|(_, v)| Some(*v)).ok_or_else(|| {
-            let names: Vec<_> = options.iter().map(|(n, _)| *n).collect();
-            ApiError::invalid(self.param(key), format!("`{}` must be one of {}, got `{s}`", self.param(key), names.join(", ")))
-        })
+    pub(super) fn choice<T: Copy>(
+        &self,
+        key: &str,
+        options: &[(&str, T)],
+    ) -> Result<Option<T>, ApiError> {
+        let Some(s) = self.string(key)? else {
+            return Ok(None);
+        };
+        options
+            .iter()
+            .find(|(name, _)| *name == s)
+            .map(|(_, v)| Some(*v))
+            .ok_or_else(|| {
+                let names: Vec<_> = options.iter().map(|(n, _)| *n).collect();
+                ApiError::invalid(
+                    self.param(key),
+                    format!(
+                        "`{}` must be one of {}, got `{s}`",
+                        self.param(key),
+                        names.join(", ")
+                    ),
+                )
+            })
     }
 }
 
@@ -165,13 +205,27 @@ impl ChatRequest {
 
     /// Parses and validates a request body.
     pub fn parse(body: &Value) -> Result<Self, ApiError> {
-        let obj = body.as_object().ok_or_else(|| ApiError::bad_body("The request body must be a JSON object"))?;
-        let f = Fields { obj, path: String::new() };
+        let obj = body
+            .as_object()
+            .ok_or_else(|| ApiError::bad_body("The request body must be a JSON object"))?;
+        let f = Fields {
+            obj,
+            path: String::new(),
+        };
 
         let messages = match f.get("messages") {
             None => return Err(ApiError::invalid("messages", "`messages` is required")),
-            Some(Value::Array(a)) if a.is_empty() => return Err(ApiError::invalid("messages", "`messages` must not be empty")),
-            Some(Value::Array(a)) => a.iter().enumerate().map(|(i, m)| parse_message(i, m)).collect::<Result<Vec<_>, _>>()?,
+            Some(Value::Array(a)) if a.is_empty() => {
+                return Err(ApiError::invalid(
+                    "messages",
+                    "`messages` must not be empty",
+                ))
+            }
+            Some(Value::Array(a)) => a
+                .iter()
+                .enumerate()
+                .map(|(i, m)| parse_message(i, m))
+                .collect::<Result<Vec<_>, _>>()?,
             Some(_) => return Err(ApiError::invalid("messages", "`messages` must be an array")),
         };
 
@@ -191,26 +245,57 @@ impl ChatRequest {
             Some(Value::Array(a)) if a.len() <= MAX_STOP => a
                 .iter()
                 .enumerate()
-                .map(|(i, s)| s.as_str().map(str::to_string).ok_or_else(|| ApiError::invalid(format!("stop[{i}]"), "stop sequences must be strings")))
+                .map(|(i, s)| {
+                    s.as_str().map(str::to_string).ok_or_else(|| {
+                        ApiError::invalid(format!("stop[{i}]"), "stop sequences must be strings")
+                    })
+                })
                 .collect::<Result<_, _>>()?,
-            Some(Value::Array(_)) => return Err(ApiError::invalid("stop", format!("at most {MAX_STOP} stop sequences"))),
-            Some(_) => return Err(ApiError::invalid("stop", "`stop` must be a string or an array of strings")),
+            Some(Value::Array(_)) => {
+                return Err(ApiError::invalid(
+                    "stop",
+                    format!("at most {MAX_STOP} stop sequences"),
+                ))
+            }
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "stop",
+                    "`stop` must be a string or an array of strings",
+                ))
+            }
         };
 
         let stream = f.bool("stream")?.unwrap_or(false);
         let include_usage = match f.get("stream_options") {
             None => false,
-            Some(Value::Object(o)) => Fields { obj: o, path: "stream_options".into() }.bool("include_usage")?.unwrap_or(false),
-            Some(_) => return Err(ApiError::invalid("stream_options", "`stream_options` must be an object")),
+            Some(Value::Object(o)) => Fields {
+                obj: o,
+                path: "stream_options".into(),
+            }
+            .bool("include_usage")?
+            .unwrap_or(false),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "stream_options",
+                    "`stream_options` must be an object",
+                ))
+            }
         };
 
         let mut chat_template_kwargs = match f.get("chat_template_kwargs") {
             None => Map::new(),
             Some(Value::Object(o)) => o.clone(),
-            Some(_) => return Err(ApiError::invalid("chat_template_kwargs", "`chat_template_kwargs` must be an object")),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "chat_template_kwargs",
+                    "`chat_template_kwargs` must be an object",
+                ))
+            }
         };
         if let Some(think) = f.bool("think")? {
-            chat_template_kwargs.entry("enable_thinking").or_insert(think.into());
+            chat_template_kwargs
+                .entry("enable_thinking")
+                .or_insert(think.into());
         }
         let tools = parse_tools(f.get("tools"))?;
         let tool_choice = parse_tool_choice(f.get("tool_choice"), &tools)?;
@@ -235,9 +320,23 @@ impl ChatRequest {
             max_tokens: max_tokens.map(|n| n as u32),
             stop,
             sampling,
-            task_profile: f.choice("task_profile", &[("general", TaskProfile::General), ("coding", TaskProfile::Coding), ("reasoning", TaskProfile::Reasoning)])?,
+            task_profile: f.choice(
+                "task_profile",
+                &[
+                    ("general", TaskProfile::General),
+                    ("coding", TaskProfile::Coding),
+                    ("reasoning", TaskProfile::Reasoning),
+                ],
+            )?,
             chat_template_kwargs,
-            token_type: f.choice("token_type", &[("spark", TokenChoice::Spark), ("sogni", TokenChoice::Sogni), ("auto", TokenChoice::Auto)])?,
+            token_type: f.choice(
+                "token_type",
+                &[
+                    ("spark", TokenChoice::Spark),
+                    ("sogni", TokenChoice::Sogni),
+                    ("auto", TokenChoice::Auto),
+                ],
+            )?,
             tools,
             tool_choice,
             parallel_tool_calls: f.bool("parallel_tool_calls")?.unwrap_or(true),
@@ -248,19 +347,52 @@ impl ChatRequest {
 
 fn parse_message(i: usize, m: &Value) -> Result<Message, ApiError> {
     let path = format!("messages[{i}]");
-    let obj = m.as_object().ok_or_else(|| ApiError::invalid(&path, format!("`{path}` must be an object")))?;
-    let f = Fields { obj, path: path.clone() };
-    let roles = [("system", Role::System), ("developer", Role::Developer), ("user", Role::User), ("assistant", Role::Assistant), ("tool", Role::Tool)];
-    let role = f.choice("role", &roles)?.ok_or_else(|| ApiError::invalid(f.param("role"), format!("`{path}.role` is required")))?;
+    let obj = m
+        .as_object()
+        .ok_or_else(|| ApiError::invalid(&path, format!("`{path}` must be an object")))?;
+    let f = Fields {
+        obj,
+        path: path.clone(),
+    };
+    let roles = [
+        ("system", Role::System),
+        ("developer", Role::Developer),
+        ("user", Role::User),
+        ("assistant", Role::Assistant),
+        ("tool", Role::Tool),
+    ];
+    let role = f
+        .choice("role", &roles)?
+        .ok_or_else(|| ApiError::invalid(f.param("role"), format!("`{path}.role` is required")))?;
     let content = match f.get("content") {
         None if role == Role::Assistant => String::new(),
-        None => return Err(ApiError::invalid(f.param("content"), format!("`{path}.content` is required for a {} message", role.name()))),
+        None => {
+            return Err(ApiError::invalid(
+                f.param("content"),
+                format!("`{path}.content` is required for a {} message", role.name()),
+            ))
+        }
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(parts)) => text_parts(&path, parts)?,
-        Some(_) => return Err(ApiError::invalid(f.param("content"), format!("`{path}.content` must be a string or an array of parts"))),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                f.param("content"),
+                format!("`{path}.content` must be a string or an array of parts"),
+            ))
+        }
     };
-    let tool_calls = if role == Role::Assistant { parse_tool_calls(obj, &path)? } else { Vec::new() };
-    Ok(Message { role, content, name: f.string("name")?, tool_call_id: f.string("tool_call_id")?, tool_calls })
+    let tool_calls = if role == Role::Assistant {
+        parse_tool_calls(obj, &path)?
+    } else {
+        Vec::new()
+    };
+    Ok(Message {
+        role,
+        content,
+        name: f.string("name")?,
+        tool_call_id: f.string("tool_call_id")?,
+        tool_calls,
+    })
 }
 
 /// The text of an array of content parts. Image parts get a clear 400 until vision lands.
@@ -268,15 +400,37 @@ fn text_parts(path: &str, parts: &[Value]) -> Result<String, ApiError> {
     let mut text = String::new();
     for (j, part) in parts.iter().enumerate() {
         let p = format!("{path}.content[{j}]");
-        let obj = part.as_object().ok_or_else(|| ApiError::invalid(&p, format!("`{p}` must be an object")))?;
+        let obj = part
+            .as_object()
+            .ok_or_else(|| ApiError::invalid(&p, format!("`{p}` must be an object")))?;
         match obj.get("type").and_then(Value::as_str) {
             Some("text") => match obj.get("text") {
                 Some(Value::String(s)) => text.push_str(s),
-                _ => return Err(ApiError::invalid(format!("{p}.text"), format!("`{p}.text` must be a string"))),
+                _ => {
+                    return Err(ApiError::invalid(
+                        format!("{p}.text"),
+                        format!("`{p}.text` must be a string"),
+                    ))
+                }
             },
-            Some("image_url") => return Err(ApiError::invalid(&p, "image input is not supported by this server yet")),
-            Some(other) => return Err(ApiError::invalid(format!("{p}.type"), format!("unsupported content part type `{other}`"))),
-            None => return Err(ApiError::invalid(format!("{p}.type"), format!("`{p}.type` is required"))),
+            Some("image_url") => {
+                return Err(ApiError::invalid(
+                    &p,
+                    "image input is not supported by this server yet",
+                ))
+            }
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    format!("{p}.type"),
+                    format!("unsupported content part type `{other}`"),
+                ))
+            }
+            None => {
+                return Err(ApiError::invalid(
+                    format!("{p}.type"),
+                    format!("`{p}.type` is required"),
+                ))
+            }
         }
     }
     Ok(text)
@@ -311,47 +465,119 @@ mod tests {
         .expect("valid");
         assert_eq!(r.messages.len(), 4);
         assert_eq!(r.messages[1].content, "hi there");
-        assert_eq!((r.messages[2].role, r.messages[2].content.as_str()), (Role::Assistant, ""));
+        assert_eq!(
+            (r.messages[2].role, r.messages[2].content.as_str()),
+            (Role::Assistant, "")
+        );
         assert_eq!(r.max_tokens, Some(16), "max_completion_tokens wins");
         assert_eq!(r.sampling.seed, Some(u64::MAX));
         assert!(r.stream && r.include_usage);
         assert_eq!(r.stop, ["\n\n", "END"]);
-        assert_eq!((r.task_profile, r.token_type), (Some(TaskProfile::Reasoning), Some(TokenChoice::Auto)));
+        assert_eq!(
+            (r.task_profile, r.token_type),
+            (Some(TaskProfile::Reasoning), Some(TokenChoice::Auto))
+        );
     }
 
     #[test]
     fn nulls_count_as_absent() {
         let r = ChatRequest::parse(&json!({"model": null, "messages": [{"role": "user", "content": "x"}], "temperature": null, "stop": null})).expect("valid");
-        assert_eq!((r.model, r.sampling.temperature, r.stop.len()), (None, None, 0));
+        assert_eq!(
+            (r.model, r.sampling.temperature, r.stop.len()),
+            (None, None, 0)
+        );
     }
 
     #[test]
     fn every_bad_field_is_named() {
         let ok = || json!({"role": "user", "content": "x"});
-        assert_eq!(ChatRequest::parse(&json!([1, 2])).expect_err("not an object").param, None);
+        assert_eq!(
+            ChatRequest::parse(&json!([1, 2]))
+                .expect_err("not an object")
+                .param,
+            None
+        );
         assert_eq!(param_of(json!({})), "messages");
         assert_eq!(param_of(json!({"messages": []})), "messages");
         assert_eq!(param_of(json!({"messages": "hi"})), "messages");
-        assert_eq!(param_of(json!({"messages": [ok(), {"role": "robot", "content": "x"}]})), "messages[1].role");
-        assert_eq!(param_of(json!({"messages": [{"content": "x"}]})), "messages[0].role");
-        assert_eq!(param_of(json!({"messages": [{"role": "user"}]})), "messages[0].content");
-        assert_eq!(param_of(json!({"messages": [{"role": "user", "content": 5}]})), "messages[0].content");
-        assert_eq!(param_of(json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]})), "messages[0].content[0]");
-        assert_eq!(param_of(json!({"messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]})), "messages[0].content[0].text");
-        assert_eq!(param_of(json!({"messages": [ok()], "max_tokens": -5})), "max_tokens");
-        assert_eq!(param_of(json!({"messages": [ok()], "max_tokens": 0})), "max_tokens");
-        assert_eq!(param_of(json!({"messages": [ok()], "max_tokens": "ten"})), "max_tokens");
-        assert_eq!(param_of(json!({"messages": [ok()], "temperature": "hot"})), "temperature");
-        assert_eq!(param_of(json!({"messages": [ok()], "temperature": 2.5})), "temperature");
+        assert_eq!(
+            param_of(json!({"messages": [ok(), {"role": "robot", "content": "x"}]})),
+            "messages[1].role"
+        );
+        assert_eq!(
+            param_of(json!({"messages": [{"content": "x"}]})),
+            "messages[0].role"
+        );
+        assert_eq!(
+            param_of(json!({"messages": [{"role": "user"}]})),
+            "messages[0].content"
+        );
+        assert_eq!(
+            param_of(json!({"messages": [{"role": "user", "content": 5}]})),
+            "messages[0].content"
+        );
+        assert_eq!(
+            param_of(
+                json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]})
+            ),
+            "messages[0].content[0]"
+        );
+        assert_eq!(
+            param_of(
+                json!({"messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]})
+            ),
+            "messages[0].content[0].text"
+        );
+        assert_eq!(
+            param_of(json!({"messages": [ok()], "max_tokens": -5})),
+            "max_tokens"
+        );
+        assert_eq!(
+            param_of(json!({"messages": [ok()], "max_tokens": 0})),
+            "max_tokens"
+        );
+        assert_eq!(
+            param_of(json!({"messages": [ok()], "max_tokens": "ten"})),
+            "max_tokens"
+        );
+        assert_eq!(
+            param_of(json!({"messages": [ok()], "temperature": "hot"})),
+            "temperature"
+        );
+        assert_eq!(
+            param_of(json!({"messages": [ok()], "temperature": 2.5})),
+            "temperature"
+        );
         assert_eq!(param_of(json!({"messages": [ok()], "top_k": 1.5})), "top_k");
         assert_eq!(param_of(json!({"messages": [ok()], "n": 2})), "n");
-        assert_eq!(param_of(json!({"messages": [ok()], "stop": ["a", "b", "c", "d", "e"]})), "stop");
-        assert_eq!(param_of(json!({"messages": [ok()], "stop": [1]})), "stop[0]");
-        assert_eq!(param_of(json!({"messages": [ok()], "stream": "yes"})), "stream");
-        assert_eq!(param_of(json!({"messages": [ok()], "stream_options": {"include_usage": 1}})), "stream_options.include_usage");
-        assert_eq!(param_of(json!({"messages": [ok()], "task_profile": "poetry"})), "task_profile");
-        assert_eq!(param_of(json!({"messages": [ok()], "token_type": "usd"})), "token_type");
-        assert_eq!(param_of(json!({"messages": [ok()], "chat_template_kwargs": []})), "chat_template_kwargs");
+        assert_eq!(
+            param_of(json!({"messages": [ok()], "stop": ["a", "b", "c", "d", "e"]})),
+            "stop"
+        );
+        assert_eq!(
+            param_of(json!({"messages": [ok()], "stop": [1]})),
+            "stop[0]"
+        );
+        assert_eq!(
+            param_of(json!({"messages": [ok()], "stream": "yes"})),
+            "stream"
+        );
+        assert_eq!(
+            param_of(json!({"messages": [ok()], "stream_options": {"include_usage": 1}})),
+            "stream_options.include_usage"
+        );
+        assert_eq!(
+            param_of(json!({"messages": [ok()], "task_profile": "poetry"})),
+            "task_profile"
+        );
+        assert_eq!(
+            param_of(json!({"messages": [ok()], "token_type": "usd"})),
+            "token_type"
+        );
+        assert_eq!(
+            param_of(json!({"messages": [ok()], "chat_template_kwargs": []})),
+            "chat_template_kwargs"
+        );
         assert_eq!(param_of(json!({"messages": [ok()], "model": 7})), "model");
     }
 }

@@ -32,9 +32,16 @@ pub enum Delta {
     /// What the model wrote inside `<think>...</think>`.
     Reasoning(String),
     /// A call begins: its position among the calls, its id and the function's name.
-    ToolCall { index: usize, id: String, name: String },
+    ToolCall {
+        index: usize,
+        id: String,
+        name: String,
+    },
     /// More of call `index`'s arguments (a JSON text, in pieces).
-    Arguments { index: usize, fragment: String },
+    Arguments {
+        index: usize,
+        fragment: String,
+    },
 }
 
 /// The whole message, assembled from its deltas.
@@ -50,7 +57,11 @@ impl AssistantMessage {
         match d {
             Delta::Content(t) => self.content.push_str(&t),
             Delta::Reasoning(t) => self.reasoning.push_str(&t),
-            Delta::ToolCall { id, name, .. } => self.tool_calls.push(ToolCall { id, name, arguments: String::new() }),
+            Delta::ToolCall { id, name, .. } => self.tool_calls.push(ToolCall {
+                id,
+                name,
+                arguments: String::new(),
+            }),
             Delta::Arguments { index, fragment } => {
                 if let Some(c) = self.tool_calls.get_mut(index) {
                     c.arguments.push_str(&fragment);
@@ -61,7 +72,11 @@ impl AssistantMessage {
 
     fn json(&self) -> Value {
         // OpenAI sends `content: null` beside calls when there is no text.
-        let content = if self.content.is_empty() && !self.tool_calls.is_empty() { Value::Null } else { self.content.clone().into() };
+        let content = if self.content.is_empty() && !self.tool_calls.is_empty() {
+            Value::Null
+        } else {
+            self.content.clone().into()
+        };
         let mut m = json!({ "role": "assistant", "content": content, "refusal": null });
         if !self.tool_calls.is_empty() {
             m["tool_calls"] = self.tool_calls.iter().map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}})).collect();
@@ -126,7 +141,18 @@ impl CompletionId {
     }
 
     fn event<D: Serialize>(&self, delta: D) -> String {
-        let chunk = DeltaChunk { id: &self.id, object: "chat.completion.chunk", created: self.created, model: &self.model, choices: [DeltaChoice { index: 0, delta, logprobs: None, finish_reason: None }] };
+        let chunk = DeltaChunk {
+            id: &self.id,
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: &self.model,
+            choices: [DeltaChoice {
+                index: 0,
+                delta,
+                logprobs: None,
+                finish_reason: None,
+            }],
+        };
         let mut out = b"data: ".to_vec();
         // Strings and numbers only: serializing cannot fail, and the output is UTF-8.
         let _ = serde_json::to_writer(&mut out, &chunk);
@@ -240,27 +266,82 @@ mod tests {
 
     #[test]
     fn shapes_carry_the_always_present_fields() {
-        let id = CompletionId { id: "chatcmpl-1".into(), created: 7, model: "m".into() };
-        let text = AssistantMessage { content: "hi".into(), ..Default::default() };
-        let r = id.response(&text, "stop", Usage { prompt_tokens: 3, completion_tokens: 1 });
+        let id = CompletionId {
+            id: "chatcmpl-1".into(),
+            created: 7,
+            model: "m".into(),
+        };
+        let text = AssistantMessage {
+            content: "hi".into(),
+            ..Default::default()
+        };
+        let r = id.response(
+            &text,
+            "stop",
+            Usage {
+                prompt_tokens: 3,
+                completion_tokens: 1,
+            },
+        );
         assert_eq!(r["choices"][0]["message"]["refusal"], Value::Null);
         assert!(r["choices"][0]["message"].get("tool_calls").is_none());
         assert_eq!(r["choices"][0]["logprobs"], Value::Null);
         assert_eq!(r["usage"]["total_tokens"], 4);
         let chunk = |d: Delta| -> Value {
             let event = id.delta_event(&d);
-            serde_json::from_str(event.strip_prefix("data: ").and_then(|e| e.strip_suffix("\n\n")).expect("one SSE event")).expect("JSON")
+            serde_json::from_str(
+                event
+                    .strip_prefix("data: ")
+                    .and_then(|e| e.strip_suffix("\n\n"))
+                    .expect("one SSE event"),
+            )
+            .expect("JSON")
         };
         let with = |delta: Value| json!({"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 7, "model": "m", "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}]});
-        assert_eq!(chunk(Delta::Content("a\"\n".into())), with(json!({"content": "a\"\n"})));
-        assert_eq!(chunk(Delta::Reasoning("r".into())), with(json!({"reasoning_content": "r"})));
-        assert_eq!(chunk(Delta::Arguments { index: 1, fragment: "{".into() }), with(json!({"tool_calls": [{"index": 1, "function": {"arguments": "{"}}]})));
+        assert_eq!(
+            chunk(Delta::Content("a\"\n".into())),
+            with(json!({"content": "a\"\n"}))
+        );
+        assert_eq!(
+            chunk(Delta::Reasoning("r".into())),
+            with(json!({"reasoning_content": "r"}))
+        );
+        assert_eq!(
+            chunk(Delta::Arguments {
+                index: 1,
+                fragment: "{".into()
+            }),
+            with(json!({"tool_calls": [{"index": 1, "function": {"arguments": "{"}}]}))
+        );
         let mut call = AssistantMessage::default();
-        call.apply(Delta::ToolCall { index: 0, id: "call_1".into(), name: "f".into() });
-        call.apply(Delta::Arguments { index: 0, fragment: "{}".into() });
-        let m = &id.response(&call, "tool_calls", Usage { prompt_tokens: 1, completion_tokens: 1 })["choices"][0]["message"];
-        assert_eq!((&m["content"], &m["tool_calls"][0]["function"]["arguments"]), (&Value::Null, &json!("{}")));
-        assert_eq!(id.usage_chunk(Usage { prompt_tokens: 1, completion_tokens: 2 })["choices"], json!([]));
+        call.apply(Delta::ToolCall {
+            index: 0,
+            id: "call_1".into(),
+            name: "f".into(),
+        });
+        call.apply(Delta::Arguments {
+            index: 0,
+            fragment: "{}".into(),
+        });
+        let m = &id.response(
+            &call,
+            "tool_calls",
+            Usage {
+                prompt_tokens: 1,
+                completion_tokens: 1,
+            },
+        )["choices"][0]["message"];
+        assert_eq!(
+            (&m["content"], &m["tool_calls"][0]["function"]["arguments"]),
+            (&Value::Null, &json!("{}"))
+        );
+        assert_eq!(
+            id.usage_chunk(Usage {
+                prompt_tokens: 1,
+                completion_tokens: 2
+            })["choices"],
+            json!([])
+        );
         assert_eq!(sse_event(&json!({"a": 1})), "data: {\"a\":1}\n\n");
     }
 }

@@ -18,13 +18,28 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: u16, kind: &'static str, code: Option<&'static str>, message: impl Into<String>) -> Self {
-        Self { status, message: message.into(), kind, param: None, code, retry_after: None }
+    fn new(
+        status: u16,
+        kind: &'static str,
+        code: Option<&'static str>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code,
+            retry_after: None,
+        }
     }
 
     /// 400, naming the field at fault.
     pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { param: Some(param.into()), ..Self::new(400, "invalid_request_error", None, message) }
+        Self {
+            param: Some(param.into()),
+            ..Self::new(400, "invalid_request_error", None, message)
+        }
     }
 
     /// 400 for a body that is not a JSON object at all.
@@ -33,11 +48,21 @@ impl ApiError {
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(401, "authentication_error", Some("invalid_api_key"), message)
+        Self::new(
+            401,
+            "authentication_error",
+            Some("invalid_api_key"),
+            message,
+        )
     }
 
     pub fn insufficient_balance(message: impl Into<String>) -> Self {
-        Self::new(402, "insufficient_quota", Some("insufficient_balance"), message)
+        Self::new(
+            402,
+            "insufficient_quota",
+            Some("insufficient_balance"),
+            message,
+        )
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -45,24 +70,53 @@ impl ApiError {
     }
 
     pub fn model_not_found(model: &str) -> Self {
-        Self { param: Some("model".into()), ..Self::new(404, "invalid_request_error", Some("model_not_found"), format!("The model `{model}` does not exist")) }
+        Self {
+            param: Some("model".into()),
+            ..Self::new(
+                404,
+                "invalid_request_error",
+                Some("model_not_found"),
+                format!("The model `{model}` does not exist"),
+            )
+        }
     }
 
     pub fn too_large(limit: usize) -> Self {
-        Self::new(413, "invalid_request_error", Some("request_too_large"), format!("The request body is larger than {limit} bytes"))
+        Self::new(
+            413,
+            "invalid_request_error",
+            Some("request_too_large"),
+            format!("The request body is larger than {limit} bytes"),
+        )
     }
 
     pub fn rate_limited(message: impl Into<String>, retry_after: u64) -> Self {
-        Self { retry_after: Some(retry_after), ..Self::new(429, "rate_limit_error", Some("rate_limit_exceeded"), message) }
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                429,
+                "rate_limit_error",
+                Some("rate_limit_exceeded"),
+                message,
+            )
+        }
     }
 
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self { retry_after: Some(1), ..Self::new(503, "service_unavailable", Some("no_worker"), message) }
+        Self {
+            retry_after: Some(1),
+            ..Self::new(503, "service_unavailable", Some("no_worker"), message)
+        }
     }
 
     /// 500: the details go to the log, never to the client.
     pub fn internal() -> Self {
-        Self::new(500, "server_error", None, "The server had an error while processing the request")
+        Self::new(
+            500,
+            "server_error",
+            None,
+            "The server had an error while processing the request",
+        )
     }
 
     /// 500 for `error`, which is logged with what failed.
@@ -92,7 +146,10 @@ mod tests {
     #[test]
     fn the_envelope_has_all_four_fields() {
         let e = ApiError::invalid("messages[0].role", "unknown role `robot`").envelope();
-        assert_eq!(e, json!({"error": {"message": "unknown role `robot`", "type": "invalid_request_error", "param": "messages[0].role", "code": null}}));
+        assert_eq!(
+            e,
+            json!({"error": {"message": "unknown role `robot`", "type": "invalid_request_error", "param": "messages[0].role", "code": null}})
+        );
         let e = ApiError::internal().envelope();
         assert_eq!(e["error"]["param"], Value::Null);
         assert_eq!(e["error"]["code"], Value::Null);

@@ -35,7 +35,10 @@ pub enum ResponseFormat {
     /// Any JSON object.
     JsonObject,
     /// JSON that validates against `schema`.
-    JsonSchema { name: String, schema: Value },
+    JsonSchema {
+        name: String,
+        schema: Value,
+    },
 }
 
 /// A call an assistant turn made.
@@ -49,13 +52,22 @@ pub struct ToolCall {
 
 /// What OpenAI allows in a function name.
 fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn object<'a>(v: &'a Value, path: &str) -> Result<Fields<'a>, ApiError> {
     match v {
-        Value::Object(obj) => Ok(Fields { obj, path: path.to_string() }),
-        _ => Err(ApiError::invalid(path, format!("`{path}` must be an object"))),
+        Value::Object(obj) => Ok(Fields {
+            obj,
+            path: path.to_string(),
+        }),
+        _ => Err(ApiError::invalid(
+            path,
+            format!("`{path}` must be an object"),
+        )),
     }
 }
 
@@ -71,31 +83,69 @@ pub fn parse_tools(v: Option<&Value>) -> Result<Vec<FunctionTool>, ApiError> {
         let f = object(t, &format!("tools[{i}]"))?;
         match f.string("type")?.as_deref() {
             Some("function") => {}
-            Some(other) => return Err(ApiError::invalid(f.param("type"), format!("unsupported tool type `{other}`; only `function` tools are supported"))),
-            None => return Err(ApiError::invalid(f.param("type"), format!("`{}` is required", f.param("type")))),
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    f.param("type"),
+                    format!("unsupported tool type `{other}`; only `function` tools are supported"),
+                ))
+            }
+            None => {
+                return Err(ApiError::invalid(
+                    f.param("type"),
+                    format!("`{}` is required", f.param("type")),
+                ))
+            }
         }
-        let func = f.get("function").ok_or_else(|| ApiError::invalid(f.param("function"), format!("`{}` is required", f.param("function"))))?;
+        let func = f.get("function").ok_or_else(|| {
+            ApiError::invalid(
+                f.param("function"),
+                format!("`{}` is required", f.param("function")),
+            )
+        })?;
         let func = object(func, &f.param("function"))?;
-        let name = func.string("name")?.ok_or_else(|| ApiError::invalid(func.param("name"), format!("`{}` is required", func.param("name"))))?;
+        let name = func.string("name")?.ok_or_else(|| {
+            ApiError::invalid(
+                func.param("name"),
+                format!("`{}` is required", func.param("name")),
+            )
+        })?;
         if !valid_name(&name) {
             return Err(ApiError::invalid(func.param("name"), format!("`{name}` is not a valid function name: use 1 to 64 letters, digits, underscores or dashes")));
         }
         if tools.iter().any(|t| t.name == name) {
-            return Err(ApiError::invalid(func.param("name"), format!("two tools are named `{name}`")));
+            return Err(ApiError::invalid(
+                func.param("name"),
+                format!("two tools are named `{name}`"),
+            ));
         }
         let parameters = match func.get("parameters") {
             None => serde_json::json!({"type": "object", "properties": {}}),
             Some(p @ Value::Object(_)) => p.clone(),
-            Some(_) => return Err(ApiError::invalid(func.param("parameters"), format!("`{}` must be a JSON schema object", func.param("parameters")))),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    func.param("parameters"),
+                    format!(
+                        "`{}` must be a JSON schema object",
+                        func.param("parameters")
+                    ),
+                ))
+            }
         };
         func.bool("strict")?;
-        tools.push(FunctionTool { name, description: func.string("description")?, parameters });
+        tools.push(FunctionTool {
+            name,
+            description: func.string("description")?,
+            parameters,
+        });
     }
     Ok(tools)
 }
 
 /// `tool_choice`, checked against the tools it may name.
-pub fn parse_tool_choice(v: Option<&Value>, tools: &[FunctionTool]) -> Result<Option<ToolChoice>, ApiError> {
+pub fn parse_tool_choice(
+    v: Option<&Value>,
+    tools: &[FunctionTool],
+) -> Result<Option<ToolChoice>, ApiError> {
     let choice = match v {
         None => return Ok(None),
         Some(Value::String(s)) => match s.as_str() {
@@ -119,21 +169,34 @@ pub fn parse_tool_choice(v: Option<&Value>, tools: &[FunctionTool]) -> Result<Op
         Some(_) => return Err(ApiError::invalid("tool_choice", "`tool_choice` must be a string or an object")),
     };
     if tools.is_empty() && matches!(choice, ToolChoice::Required | ToolChoice::Function(_)) {
-        return Err(ApiError::invalid("tool_choice", "`tool_choice` asks for a call, but the request has no `tools`"));
+        return Err(ApiError::invalid(
+            "tool_choice",
+            "`tool_choice` asks for a call, but the request has no `tools`",
+        ));
     }
     Ok(Some(choice))
 }
 
 /// `response_format`.
 pub fn parse_response_format(v: Option<&Value>) -> Result<ResponseFormat, ApiError> {
-    let Some(v) = v else { return Ok(ResponseFormat::Text) };
+    let Some(v) = v else {
+        return Ok(ResponseFormat::Text);
+    };
     let f = object(v, "response_format")?;
     match f.string("type")?.as_deref() {
         Some("text") => Ok(ResponseFormat::Text),
         Some("json_object") => Ok(ResponseFormat::JsonObject),
         Some("json_schema") => {
-            let js = object(f.get("json_schema").unwrap_or(&Value::Null), "response_format.json_schema")?;
-            let name = js.string("name")?.ok_or_else(|| ApiError::invalid("response_format.json_schema.name", "`response_format.json_schema.name` is required"))?;
+            let js = object(
+                f.get("json_schema").unwrap_or(&Value::Null),
+                "response_format.json_schema",
+            )?;
+            let name = js.string("name")?.ok_or_else(|| {
+                ApiError::invalid(
+                    "response_format.json_schema.name",
+                    "`response_format.json_schema.name` is required",
+                )
+            })?;
             if !valid_name(&name) {
                 return Err(ApiError::invalid("response_format.json_schema.name", format!("`{name}` is not a valid schema name: use 1 to 64 letters, digits, underscores or dashes")));
             }
@@ -142,12 +205,25 @@ pub fn parse_response_format(v: Option<&Value>) -> Result<ResponseFormat, ApiErr
             let schema = match js.get("schema") {
                 None => serde_json::json!({}),
                 Some(s @ (Value::Object(_) | Value::Bool(true))) => s.clone(),
-                Some(_) => return Err(ApiError::invalid("response_format.json_schema.schema", "`response_format.json_schema.schema` must be a JSON schema object")),
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        "response_format.json_schema.schema",
+                        "`response_format.json_schema.schema` must be a JSON schema object",
+                    ))
+                }
             };
             Ok(ResponseFormat::JsonSchema { name, schema })
         }
-        Some(other) => Err(ApiError::invalid("response_format.type", format!("`response_format.type` must be text, json_object or json_schema, got `{other}`"))),
-        None => Err(ApiError::invalid("response_format.type", "`response_format.type` is required")),
+        Some(other) => Err(ApiError::invalid(
+            "response_format.type",
+            format!(
+                "`response_format.type` must be text, json_object or json_schema, got `{other}`"
+            ),
+        )),
+        None => Err(ApiError::invalid(
+            "response_format.type",
+            "`response_format.type` is required",
+        )),
     }
 }
 
@@ -156,16 +232,35 @@ pub fn parse_tool_calls(obj: &Map<String, Value>, path: &str) -> Result<Vec<Tool
     let items = match obj.get("tool_calls") {
         None | Some(Value::Null) => return Ok(Vec::new()),
         Some(Value::Array(items)) => items,
-        Some(_) => return Err(ApiError::invalid(format!("{path}.tool_calls"), format!("`{path}.tool_calls` must be an array"))),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                format!("{path}.tool_calls"),
+                format!("`{path}.tool_calls` must be an array"),
+            ))
+        }
     };
     items
         .iter()
         .enumerate()
         .map(|(i, c)| {
             let f = object(c, &format!("{path}.tool_calls[{i}]"))?;
-            let func = object(f.get("function").unwrap_or(&Value::Null), &f.param("function"))?;
-            let required = |fields: &Fields, key: &str| fields.string(key)?.ok_or_else(|| ApiError::invalid(fields.param(key), format!("`{}` is required", fields.param(key))));
-            Ok(ToolCall { id: required(&f, "id")?, name: required(&func, "name")?, arguments: required(&func, "arguments")? })
+            let func = object(
+                f.get("function").unwrap_or(&Value::Null),
+                &f.param("function"),
+            )?;
+            let required = |fields: &Fields, key: &str| {
+                fields.string(key)?.ok_or_else(|| {
+                    ApiError::invalid(
+                        fields.param(key),
+                        format!("`{}` is required", fields.param(key)),
+                    )
+                })
+            };
+            Ok(ToolCall {
+                id: required(&f, "id")?,
+                name: required(&func, "name")?,
+                arguments: required(&func, "arguments")?,
+            })
         })
         .collect()
 }
@@ -187,14 +282,35 @@ mod tests {
             {"type": "function", "function": {"name": "now"}}
         ])))
         .expect("valid");
-        assert_eq!(tools[1].parameters, json!({"type": "object", "properties": {}}));
+        assert_eq!(
+            tools[1].parameters,
+            json!({"type": "object", "properties": {}})
+        );
         let choice = |v: Value| parse_tool_choice(Some(&v), &tools);
-        assert_eq!(choice(json!("required")).expect("valid"), Some(ToolChoice::Required));
-        assert_eq!(choice(json!({"type": "function", "function": {"name": "now"}})).expect("valid"), Some(ToolChoice::Function("now".into())));
-        assert_eq!(param(choice(json!({"type": "function", "function": {"name": "later"}})).unwrap_err()), "tool_choice.function.name");
-        assert_eq!(param(choice(json!("sometimes")).unwrap_err()), "tool_choice");
-        assert_eq!(param(parse_tool_choice(Some(&json!("required")), &[]).unwrap_err()), "tool_choice");
-        assert_eq!(parse_tool_choice(Some(&json!("none")), &[]).expect("none needs no tools"), Some(ToolChoice::None));
+        assert_eq!(
+            choice(json!("required")).expect("valid"),
+            Some(ToolChoice::Required)
+        );
+        assert_eq!(
+            choice(json!({"type": "function", "function": {"name": "now"}})).expect("valid"),
+            Some(ToolChoice::Function("now".into()))
+        );
+        assert_eq!(
+            param(choice(json!({"type": "function", "function": {"name": "later"}})).unwrap_err()),
+            "tool_choice.function.name"
+        );
+        assert_eq!(
+            param(choice(json!("sometimes")).unwrap_err()),
+            "tool_choice"
+        );
+        assert_eq!(
+            param(parse_tool_choice(Some(&json!("required")), &[]).unwrap_err()),
+            "tool_choice"
+        );
+        assert_eq!(
+            parse_tool_choice(Some(&json!("none")), &[]).expect("none needs no tools"),
+            Some(ToolChoice::None)
+        );
     }
 
     #[test]
@@ -203,27 +319,71 @@ mod tests {
         assert_eq!(bad(json!({})), "tools");
         assert_eq!(bad(json!([{"type": "retrieval"}])), "tools[0].type");
         assert_eq!(bad(json!([{"type": "function"}])), "tools[0].function");
-        assert_eq!(bad(json!([{"type": "function", "function": {"name": "a b"}}])), "tools[0].function.name");
-        assert_eq!(bad(json!([{"type": "function", "function": {"name": "a"}}, {"type": "function", "function": {"name": "a"}}])), "tools[1].function.name");
-        assert_eq!(bad(json!([{"type": "function", "function": {"name": "a", "parameters": "x"}}])), "tools[0].function.parameters");
+        assert_eq!(
+            bad(json!([{"type": "function", "function": {"name": "a b"}}])),
+            "tools[0].function.name"
+        );
+        assert_eq!(
+            bad(
+                json!([{"type": "function", "function": {"name": "a"}}, {"type": "function", "function": {"name": "a"}}])
+            ),
+            "tools[1].function.name"
+        );
+        assert_eq!(
+            bad(json!([{"type": "function", "function": {"name": "a", "parameters": "x"}}])),
+            "tools[0].function.parameters"
+        );
     }
 
     #[test]
     fn response_formats_parse() {
-        assert_eq!(parse_response_format(Some(&json!({"type": "json_object"}))).expect("valid"), ResponseFormat::JsonObject);
+        assert_eq!(
+            parse_response_format(Some(&json!({"type": "json_object"}))).expect("valid"),
+            ResponseFormat::JsonObject
+        );
         let f = parse_response_format(Some(&json!({"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "integer"}, "strict": true}}))).expect("valid");
-        assert_eq!(f, ResponseFormat::JsonSchema { name: "p".into(), schema: json!({"type": "integer"}) });
-        assert_eq!(param(parse_response_format(Some(&json!({"type": "xml"}))).unwrap_err()), "response_format.type");
-        assert_eq!(param(parse_response_format(Some(&json!({"type": "json_schema"}))).unwrap_err()), "response_format.json_schema");
-        assert_eq!(param(parse_response_format(Some(&json!({"type": "json_schema", "json_schema": {"name": "p", "schema": 3}}))).unwrap_err()), "response_format.json_schema.schema");
+        assert_eq!(
+            f,
+            ResponseFormat::JsonSchema {
+                name: "p".into(),
+                schema: json!({"type": "integer"})
+            }
+        );
+        assert_eq!(
+            param(parse_response_format(Some(&json!({"type": "xml"}))).unwrap_err()),
+            "response_format.type"
+        );
+        assert_eq!(
+            param(parse_response_format(Some(&json!({"type": "json_schema"}))).unwrap_err()),
+            "response_format.json_schema"
+        );
+        assert_eq!(
+            param(
+                parse_response_format(Some(
+                    &json!({"type": "json_schema", "json_schema": {"name": "p", "schema": 3}})
+                ))
+                .unwrap_err()
+            ),
+            "response_format.json_schema.schema"
+        );
     }
 
     #[test]
     fn assistant_tool_calls_parse() {
         let m = json!({"tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}}]});
         let calls = parse_tool_calls(m.as_object().expect("object"), "messages[1]").expect("valid");
-        assert_eq!(calls, [ToolCall { id: "call_1".into(), name: "f".into(), arguments: "{\"a\":1}".into() }]);
+        assert_eq!(
+            calls,
+            [ToolCall {
+                id: "call_1".into(),
+                name: "f".into(),
+                arguments: "{\"a\":1}".into()
+            }]
+        );
         let m = json!({"tool_calls": [{"id": "call_1", "function": {"name": "f"}}]});
-        assert_eq!(param(parse_tool_calls(m.as_object().expect("object"), "messages[1]").unwrap_err()), "messages[1].tool_calls[0].function.arguments");
+        assert_eq!(
+            param(parse_tool_calls(m.as_object().expect("object"), "messages[1]").unwrap_err()),
+            "messages[1].tool_calls[0].function.arguments"
+        );
     }
 }

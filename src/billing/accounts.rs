@@ -25,7 +25,9 @@ use super::pricing::{ModelPrice, PricingError, TokenRates};
 use super::store_queue::{StoreQueue, Urgency};
 use crate::api::chat_request::TokenChoice;
 use crate::bus::Outbox;
-use crate::store::{key_hash, ApiKeyRecord, Hold, HoldOrder, KeyProof, Store, StoreError, TokenType};
+use crate::store::{
+    key_hash, ApiKeyRecord, Hold, HoldOrder, KeyProof, Store, StoreError, TokenType,
+};
 
 /// An account with nothing in flight is forgotten after this long without requests.
 const IDLE_AFTER: Duration = Duration::from_secs(300);
@@ -76,7 +78,10 @@ struct Recent {
 
 impl Account {
     fn touch(&self) {
-        self.recent.lock().unwrap_or_else(PoisonError::into_inner).active = Instant::now();
+        self.recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .active = Instant::now();
     }
 
     /// Lets go of idle keys' windows; true when nothing is left and nothing happened lately.
@@ -96,8 +101,16 @@ pub struct Presented {
 
 impl Billing {
     pub fn new(store: Arc<dyn Store>, rates: TokenRates) -> Self {
-        let accounts = Accounts { by_id: HashMap::new(), swept: Instant::now() };
-        Self { store, rates, accounts: Mutex::new(accounts), trusted: Mutex::new(HashMap::new()) }
+        let accounts = Accounts {
+            by_id: HashMap::new(),
+            swept: Instant::now(),
+        };
+        Self {
+            store,
+            rates,
+            accounts: Mutex::new(accounts),
+            trusted: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -109,12 +122,20 @@ impl Billing {
     /// an unknown secret always asks the store.
     pub async fn authenticate(&self, api_key: String) -> Result<Option<Presented>, BillingError> {
         let secret_hash = key_hash(&api_key);
-        let trusted = self.trusted.lock().unwrap_or_else(PoisonError::into_inner).get(&secret_hash).filter(|(_, at)| at.elapsed() < KEY_TRUST).map(|(r, _)| r.clone());
+        let trusted = self
+            .trusted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&secret_hash)
+            .filter(|(_, at)| at.elapsed() < KEY_TRUST)
+            .map(|(r, _)| r.clone());
         let record = match trusted {
             Some(r) => r,
             None => {
                 let store = Arc::clone(&self.store);
-                let Some(r) = blocking(move || Ok(store.authenticate(&api_key)?)).await? else { return Ok(None) };
+                let Some(r) = blocking(move || Ok(store.authenticate(&api_key)?)).await? else {
+                    return Ok(None);
+                };
                 let mut keys = self.trusted.lock().unwrap_or_else(PoisonError::into_inner);
                 if keys.len() >= MAX_TRUSTED_KEYS {
                     keys.clear();
@@ -123,36 +144,59 @@ impl Billing {
                 r
             }
         };
-        let proof = KeyProof { key_id: record.key_id.clone(), secret_hash };
+        let proof = KeyProof {
+            key_id: record.key_id.clone(),
+            secret_hash,
+        };
         Ok(Some(Presented { record, proof }))
     }
 
     /// Admits one request of `key` under `limits`, or says when to retry.
     pub fn admit(&self, key: &ApiKeyRecord, limits: KeyLimits) -> Result<Permit, Limited> {
         let account = self.account(&key.account_id);
-        let mut r = account.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut r = account
+            .recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
         r.active = now;
-        r.keys.entry(key.key_id.clone()).or_default().admit(limits, now)
+        r.keys
+            .entry(key.key_id.clone())
+            .or_default()
+            .admit(limits, now)
     }
 
     /// Holds the job's worst case; a key found revoked is no longer trusted.
     pub async fn hold(&self, m: HoldJob) -> Result<Hold, BillingError> {
         let secret_hash = m.key.secret_hash.clone();
         let account_id = m.account_id.clone();
-        let held = self.in_store(&account_id, Urgency::First, move |store, rates| {
-            let tender = |t: TokenType| m.price.cost(rates, m.prompt_tokens, m.max_tokens, t).map(|a| (t, a));
-            // `auto` pays in Spark when the Spark balance covers the worst case, else in SOGNI.
-            let tenders = match m.choice {
-                TokenChoice::Spark => vec![tender(TokenType::Spark)?],
-                TokenChoice::Sogni => vec![tender(TokenType::Sogni)?],
-                TokenChoice::Auto => vec![tender(TokenType::Spark)?, tender(TokenType::Sogni)?],
-            };
-            Ok(store.hold_first(&HoldOrder { job_id: &m.job_id, account_id: &m.account_id, tenders: &tenders, key: Some(&m.key), then: m.then.as_ref() })?)
-        })
-        .await;
+        let held = self
+            .in_store(&account_id, Urgency::First, move |store, rates| {
+                let tender = |t: TokenType| {
+                    m.price
+                        .cost(rates, m.prompt_tokens, m.max_tokens, t)
+                        .map(|a| (t, a))
+                };
+                // `auto` pays in Spark when the Spark balance covers the worst case, else in SOGNI.
+                let tenders = match m.choice {
+                    TokenChoice::Spark => vec![tender(TokenType::Spark)?],
+                    TokenChoice::Sogni => vec![tender(TokenType::Sogni)?],
+                    TokenChoice::Auto => vec![tender(TokenType::Spark)?, tender(TokenType::Sogni)?],
+                };
+                Ok(store.hold_first(&HoldOrder {
+                    job_id: &m.job_id,
+                    account_id: &m.account_id,
+                    tenders: &tenders,
+                    key: Some(&m.key),
+                    then: m.then.as_ref(),
+                })?)
+            })
+            .await;
         if let Err(BillingError::Store(StoreError::KeyRevoked(_))) = &held {
-            self.trusted.lock().unwrap_or_else(PoisonError::into_inner).remove(&secret_hash);
+            self.trusted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&secret_hash);
         }
         held
     }
@@ -165,7 +209,9 @@ impl Billing {
                 Some(h) => h,
                 None => store.hold_of(&m.job_id)?,
             };
-            let used = m.price.cost(rates, m.prompt_tokens, m.completion_tokens, hold.token_type)?;
+            let used =
+                m.price
+                    .cost(rates, m.prompt_tokens, m.completion_tokens, hold.token_type)?;
             let charged = used.min(hold.amount).max(Amount::ZERO);
             Ok(store.settle(&m.job_id, charged, m.worker_id.as_deref())?)
         })
@@ -173,7 +219,12 @@ impl Billing {
     }
 
     /// One request's store work, queued behind the account's other store calls.
-    fn in_store<T: Send + 'static>(&self, account_id: &str, urgency: Urgency, f: impl FnOnce(&dyn Store, &TokenRates) -> Result<T, BillingError> + Send + 'static) -> impl std::future::Future<Output = Result<T, BillingError>> {
+    fn in_store<T: Send + 'static>(
+        &self,
+        account_id: &str,
+        urgency: Urgency,
+        f: impl FnOnce(&dyn Store, &TokenRates) -> Result<T, BillingError> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, BillingError>> {
         let account = self.account(account_id);
         account.touch();
         account.queue.run(urgency, f)
@@ -191,18 +242,30 @@ impl Billing {
         if let Some(account) = accounts.by_id.get(account_id) {
             return Arc::clone(account);
         }
-        let recent = Mutex::new(Recent { keys: HashMap::new(), active: now });
-        let account = Arc::new(Account { queue: StoreQueue::new(Arc::clone(&self.store), self.rates.clone()), recent });
-        accounts.by_id.insert(account_id.to_string(), Arc::clone(&account));
+        let recent = Mutex::new(Recent {
+            keys: HashMap::new(),
+            active: now,
+        });
+        let account = Arc::new(Account {
+            queue: StoreQueue::new(Arc::clone(&self.store), self.rates.clone()),
+            recent,
+        });
+        accounts
+            .by_id
+            .insert(account_id.to_string(), Arc::clone(&account));
         account
     }
 }
 
 /// Runs blocking store calls off the executor.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, BillingError> + Send + 'static) -> Result<T, BillingError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, BillingError> + Send + 'static,
+) -> Result<T, BillingError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
-        Err(e) => Err(BillingError::Unavailable(format!("a store call failed: {e}"))),
+        Err(e) => Err(BillingError::Unavailable(format!(
+            "a store call failed: {e}"
+        ))),
     }
 }
 
@@ -244,13 +307,21 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temp dir");
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(dir.path()).expect("store"));
         let billing = Billing::new(store, TokenRates::default());
-        let key = ApiKeyRecord { key_id: "k1".into(), account_id: "a1".into(), created: 0, disabled: false };
+        let key = ApiKeyRecord {
+            key_id: "k1".into(),
+            account_id: "a1".into(),
+            created: 0,
+            disabled: false,
+        };
         let permit = billing.admit(&key, KeyLimits::default()).expect("admitted");
         let account = billing.account("a1");
         let later = Instant::now() + IDLE_AFTER + Duration::from_secs(61);
         assert!(!account.forget_idle(later), "a request is in flight");
         drop(permit);
-        assert!(account.forget_idle(later), "nothing in flight, nothing lately");
+        assert!(
+            account.forget_idle(later),
+            "nothing in flight, nothing lately"
+        );
         assert!(!account.forget_idle(Instant::now()), "active a moment ago");
     }
 }

@@ -80,12 +80,27 @@ impl FromStr for Amount {
         };
         let (whole, frac) = body.split_once('.').unwrap_or((body, ""));
         let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
-        if whole.is_empty() && frac.is_empty() || !digits(whole) || !digits(frac) || frac.len() > SCALE as usize {
+        if whole.is_empty() && frac.is_empty()
+            || !digits(whole)
+            || !digits(frac)
+            || frac.len() > SCALE as usize
+        {
             return Err(bad());
         }
-        let w: i128 = if whole.is_empty() { 0 } else { whole.parse().map_err(|_| bad())? };
-        let f: i128 = if frac.is_empty() { 0 } else { frac.parse::<i128>().map_err(|_| bad())? * 10i128.pow(SCALE - frac.len() as u32) };
-        let v = w.checked_mul(ONE).and_then(|w| w.checked_add(f)).ok_or_else(bad)?;
+        let w: i128 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| bad())?
+        };
+        let f: i128 = if frac.is_empty() {
+            0
+        } else {
+            frac.parse::<i128>().map_err(|_| bad())? * 10i128.pow(SCALE - frac.len() as u32)
+        };
+        let v = w
+            .checked_mul(ONE)
+            .and_then(|w| w.checked_add(f))
+            .ok_or_else(bad)?;
         Ok(Amount(if neg { -v } else { v }))
     }
 }
@@ -132,7 +147,16 @@ mod tests {
         }
         assert_eq!(a("1.50").to_string(), "1.5");
         assert_eq!(a(".5").to_string(), "0.5");
-        for bad in ["", ".", "1.2.3", "1e5", "abc", "1.0000000000000000001", "--1", "1,5"] {
+        for bad in [
+            "",
+            ".",
+            "1.2.3",
+            "1e5",
+            "abc",
+            "1.0000000000000000001",
+            "--1",
+            "1,5",
+        ] {
             assert!(bad.parse::<Amount>().is_err(), "{bad:?}");
         }
     }
@@ -140,15 +164,25 @@ mod tests {
     #[test]
     fn arithmetic_is_exact() {
         // 0.30 USD per million tokens is 0.00006 Spark per token at 0.005 USD per Spark.
-        let per_token = a("0.30").div_ceil(a("1000000")).unwrap().div_ceil(a("0.005")).unwrap();
+        let per_token = a("0.30")
+            .div_ceil(a("1000000"))
+            .unwrap()
+            .div_ceil(a("0.005"))
+            .unwrap();
         assert_eq!(per_token, a("0.00006"));
         assert_eq!(per_token.checked_mul_int(12345).unwrap(), a("0.7407"));
-        assert_eq!(a("1").div_ceil(a("3")).unwrap().to_string(), "0.333333333333333334");
+        assert_eq!(
+            a("1").div_ceil(a("3")).unwrap().to_string(),
+            "0.333333333333333334"
+        );
         assert_eq!(a("1").div_ceil(Amount::ZERO), None);
         assert_eq!(a("0.1").checked_add(a("0.2")).unwrap(), a("0.3"));
         // Large values do not overflow through the intermediate product.
         assert_eq!(a("750").div_ceil(a("5000")).unwrap(), a("0.15"));
-        assert_eq!(a("0.9").mul_div_ceil(100_000_000, a("5000")).unwrap(), a("18000"));
+        assert_eq!(
+            a("0.9").mul_div_ceil(100_000_000, a("5000")).unwrap(),
+            a("18000")
+        );
     }
 
     #[test]

@@ -22,7 +22,10 @@ pub struct KeyLimits {
 
 impl Default for KeyLimits {
     fn default() -> Self {
-        Self { max_concurrent: 32, requests_per_minute: 600 }
+        Self {
+            max_concurrent: 32,
+            requests_per_minute: 600,
+        }
     }
 }
 
@@ -53,7 +56,11 @@ pub struct KeyWindow {
 
 impl KeyWindow {
     pub fn admit(&mut self, limits: KeyLimits, now: Instant) -> Result<Permit, Limited> {
-        while self.started.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
+        while self
+            .started
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= WINDOW)
+        {
             self.started.pop_front();
         }
         let rpm = limits.requests_per_minute as usize;
@@ -67,7 +74,12 @@ impl KeyWindow {
         }
         let max = limits.max_concurrent as usize;
         if max > 0 && self.in_flight.load(Ordering::SeqCst) >= max {
-            return Err(Limited { message: format!("Too many concurrent requests: at most {max} at once for this API key"), retry_after_secs: 1 });
+            return Err(Limited {
+                message: format!(
+                    "Too many concurrent requests: at most {max} at once for this API key"
+                ),
+                retry_after_secs: 1,
+            });
         }
         self.started.push_back(now);
         self.in_flight.fetch_add(1, Ordering::SeqCst);
@@ -76,7 +88,11 @@ impl KeyWindow {
 
     /// Nothing in flight and nothing started within the window.
     pub fn is_idle(&self, now: Instant) -> bool {
-        self.in_flight.load(Ordering::SeqCst) == 0 && self.started.back().is_none_or(|t| now.duration_since(*t) >= WINDOW)
+        self.in_flight.load(Ordering::SeqCst) == 0
+            && self
+                .started
+                .back()
+                .is_none_or(|t| now.duration_since(*t) >= WINDOW)
     }
 }
 
@@ -86,7 +102,10 @@ mod tests {
 
     #[test]
     fn concurrency_frees_on_drop_and_the_minute_slides() {
-        let limits = KeyLimits { max_concurrent: 2, requests_per_minute: 3 };
+        let limits = KeyLimits {
+            max_concurrent: 2,
+            requests_per_minute: 3,
+        };
         let mut w = KeyWindow::default();
         let t0 = Instant::now();
         let a = w.admit(limits, t0).expect("first");
@@ -94,16 +113,28 @@ mod tests {
         let e = w.admit(limits, t0).expect_err("a third at once");
         assert_eq!(e.retry_after_secs, 1);
         drop(a);
-        let _c = w.admit(limits, t0 + Duration::from_secs(10)).expect("room again");
-        let e = w.admit(limits, t0 + Duration::from_secs(20)).expect_err("the fourth in a minute");
+        let _c = w
+            .admit(limits, t0 + Duration::from_secs(10))
+            .expect("room again");
+        let e = w
+            .admit(limits, t0 + Duration::from_secs(20))
+            .expect_err("the fourth in a minute");
         assert!(e.message.contains("3 requests per minute"), "{}", e.message);
         assert_eq!(e.retry_after_secs, 40);
         assert!(!w.is_idle(t0 + Duration::from_secs(20)));
         drop(_b);
         drop(_c);
-        assert!(w.admit(limits, t0 + Duration::from_secs(60)).is_ok(), "the first start left the window");
-        let unlimited = KeyLimits { max_concurrent: 0, requests_per_minute: 0 };
-        let held: Vec<_> = (0..100).map(|_| w.admit(unlimited, t0).expect("no limit")).collect();
+        assert!(
+            w.admit(limits, t0 + Duration::from_secs(60)).is_ok(),
+            "the first start left the window"
+        );
+        let unlimited = KeyLimits {
+            max_concurrent: 0,
+            requests_per_minute: 0,
+        };
+        let held: Vec<_> = (0..100)
+            .map(|_| w.admit(unlimited, t0).expect("no limit"))
+            .collect();
         assert_eq!(held.len(), 100);
     }
 }

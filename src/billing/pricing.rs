@@ -16,7 +16,10 @@ pub struct ModelPrice {
 
 impl Default for ModelPrice {
     fn default() -> Self {
-        Self { input_usd_per_m: Amount::from_millis(300), output_usd_per_m: Amount::from_millis(900) }
+        Self {
+            input_usd_per_m: Amount::from_millis(300),
+            output_usd_per_m: Amount::from_millis(900),
+        }
     }
 }
 
@@ -32,7 +35,10 @@ pub struct TokenRates {
 
 impl Default for TokenRates {
     fn default() -> Self {
-        Self { spark_usd: Amount::from_millis(5), sogni_usd: Amount::from_millis(5) }
+        Self {
+            spark_usd: Amount::from_millis(5),
+            sogni_usd: Amount::from_millis(5),
+        }
     }
 }
 
@@ -46,7 +52,13 @@ pub enum PricingError {
 
 impl ModelPrice {
     /// The price of `prompt` input and `completion` output tokens in `token`.
-    pub fn cost(&self, rates: &TokenRates, prompt: u64, completion: u64, token: TokenType) -> Result<Amount, PricingError> {
+    pub fn cost(
+        &self,
+        rates: &TokenRates,
+        prompt: u64,
+        completion: u64,
+        token: TokenType,
+    ) -> Result<Amount, PricingError> {
         let rate = match token {
             TokenType::Spark => rates.spark_usd,
             TokenType::Sogni => rates.sogni_usd,
@@ -59,7 +71,9 @@ impl ModelPrice {
         if rate.is_negative() || rate == Amount::ZERO {
             return Err(PricingError::BadRate(token.name()));
         }
-        let per_unit = rate.checked_mul_int(1_000_000).ok_or(PricingError::Overflow)?;
+        let per_unit = rate
+            .checked_mul_int(1_000_000)
+            .ok_or(PricingError::Overflow)?;
         micro_usd.div_ceil(per_unit).ok_or(PricingError::Overflow)
     }
 }
@@ -84,13 +98,29 @@ mod tests {
 
     #[test]
     fn odd_rates_round_up_once() {
-        let r = TokenRates { spark_usd: a("0.005"), sogni_usd: a("0.03") };
-        let c = ModelPrice::default().cost(&r, 1, 0, TokenType::Sogni).unwrap();
+        let r = TokenRates {
+            spark_usd: a("0.005"),
+            sogni_usd: a("0.03"),
+        };
+        let c = ModelPrice::default()
+            .cost(&r, 1, 0, TokenType::Sogni)
+            .unwrap();
         assert_eq!(c, a("0.00001")); // 0.30e-6 / 0.03, exact
-        let r = TokenRates { spark_usd: a("0.005"), sogni_usd: a("0.07") };
-        let c = ModelPrice::default().cost(&r, 1, 0, TokenType::Sogni).unwrap();
+        let r = TokenRates {
+            spark_usd: a("0.005"),
+            sogni_usd: a("0.07"),
+        };
+        let c = ModelPrice::default()
+            .cost(&r, 1, 0, TokenType::Sogni)
+            .unwrap();
         assert_eq!(c.to_string(), "0.000004285714285715");
-        let zero = TokenRates { spark_usd: Amount::ZERO, sogni_usd: a("1") };
-        assert_eq!(ModelPrice::default().cost(&zero, 1, 1, TokenType::Spark), Err(PricingError::BadRate("spark")));
+        let zero = TokenRates {
+            spark_usd: Amount::ZERO,
+            sogni_usd: a("1"),
+        };
+        assert_eq!(
+            ModelPrice::default().cost(&zero, 1, 1, TokenType::Spark),
+            Err(PricingError::BadRate("spark"))
+        );
     }
 }

@@ -47,11 +47,19 @@ struct Pending {
 
 impl StoreQueue {
     pub fn new(store: Arc<dyn Store>, rates: TokenRates) -> Arc<Self> {
-        Arc::new(Self { store, rates, pending: Mutex::new(Pending::default()) })
+        Arc::new(Self {
+            store,
+            rates,
+            pending: Mutex::new(Pending::default()),
+        })
     }
 
     /// Queues `f` and resolves to its result.
-    pub fn run<T: Send + 'static>(self: &Arc<Self>, urgency: Urgency, f: impl FnOnce(&dyn Store, &TokenRates) -> Result<T, BillingError> + Send + 'static) -> impl std::future::Future<Output = Result<T, BillingError>> {
+    pub fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        urgency: Urgency,
+        f: impl FnOnce(&dyn Store, &TokenRates) -> Result<T, BillingError> + Send + 'static,
+    ) -> impl std::future::Future<Output = Result<T, BillingError>> {
         let (tx, rx) = oneshot::channel();
         let call: Call = Box::new(move |store, rates| {
             let _ = tx.send(f(store, rates));
@@ -68,7 +76,10 @@ impl StoreQueue {
             let me = Arc::clone(self);
             tokio::task::spawn_blocking(move || me.drain());
         }
-        async move { rx.await.unwrap_or_else(|_| Err(BillingError::Unavailable("a store call failed".into()))) }
+        async move {
+            rx.await
+                .unwrap_or_else(|_| Err(BillingError::Unavailable("a store call failed".into())))
+        }
     }
 
     /// Runs calls until none wait. A call that panics drops its sender, so its caller gets
@@ -85,7 +96,9 @@ impl StoreQueue {
                     }
                 }
             };
-            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| call(self.store.as_ref(), &self.rates)));
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                call(self.store.as_ref(), &self.rates)
+            }));
         }
     }
 }
@@ -98,7 +111,10 @@ mod tests {
     #[tokio::test]
     async fn holds_go_ahead_of_settlements_queued_before_them() {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let queue = StoreQueue::new(Arc::new(RedbStore::open(dir.path()).expect("store")), TokenRates::default());
+        let queue = StoreQueue::new(
+            Arc::new(RedbStore::open(dir.path()).expect("store")),
+            TokenRates::default(),
+        );
         let ran = Arc::new(Mutex::new(Vec::new()));
         let call = |name: &'static str, gate: Option<std::sync::mpsc::Receiver<()>>| {
             let ran = Arc::clone(&ran);

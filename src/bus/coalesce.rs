@@ -48,15 +48,33 @@ pub struct Coalescer {
 
 impl Coalescer {
     pub fn new(connection: ConnectionManager) -> Self {
-        Self { connection, queues: Arc::default() }
+        Self {
+            connection,
+            queues: Arc::default(),
+        }
     }
 
     /// Queues `bytes` for `stream` (which keeps about `max_len` entries) now, behind what
     /// was queued before; the future gives the entry id once the batch is written.
-    pub fn publish(&self, stream: &str, bytes: Vec<u8>, max_len: usize) -> impl std::future::Future<Output = Result<String, BusError>> + Send + 'static {
+    pub fn publish(
+        &self,
+        stream: &str,
+        bytes: Vec<u8>,
+        max_len: usize,
+    ) -> impl std::future::Future<Output = Result<String, BusError>> + Send + 'static {
         let (done, id) = oneshot::channel();
-        self.enqueue(stream, Publish { bytes, max_len, done });
-        async move { id.await.map_err(|_| BusError::Transport("the stream's writer stopped".into()))? }
+        self.enqueue(
+            stream,
+            Publish {
+                bytes,
+                max_len,
+                done,
+            },
+        );
+        async move {
+            id.await
+                .map_err(|_| BusError::Transport("the stream's writer stopped".into()))?
+        }
     }
 
     fn enqueue(&self, stream: &str, publish: Publish) {
@@ -74,12 +92,22 @@ impl Coalescer {
         // A new channel's receiver is alive, so this send succeeds.
         let _ = tx.send(publish);
         queues.insert(stream.to_string(), tx);
-        tokio::spawn(write(stream.to_string(), rx, self.connection.clone(), Arc::clone(&self.queues)));
+        tokio::spawn(write(
+            stream.to_string(),
+            rx,
+            self.connection.clone(),
+            Arc::clone(&self.queues),
+        ));
     }
 }
 
 /// One stream's writer: an entry per round trip until idle.
-async fn write(stream: String, mut queue: UnboundedReceiver<Publish>, mut connection: ConnectionManager, queues: Queues) {
+async fn write(
+    stream: String,
+    mut queue: UnboundedReceiver<Publish>,
+    mut connection: ConnectionManager,
+    queues: Queues,
+) {
     loop {
         let first = match tokio::time::timeout(IDLE, queue.recv()).await {
             Ok(Some(p)) => p,
@@ -108,10 +136,26 @@ async fn write(stream: String, mut queue: UnboundedReceiver<Publish>, mut connec
         }
         let max_len = batch.iter().map(|p| p.max_len).max().unwrap_or(1).max(1);
         let mut packed = Vec::with_capacity(batch.iter().map(|p| p.bytes.len()).sum());
-        batch.iter().for_each(|p| packed.extend_from_slice(&p.bytes));
-        let appended: Result<String, _> = redis::cmd("XADD").arg(&stream).arg("MAXLEN").arg("~").arg(max_len).arg("*").arg(FIELD).arg(packed).query_async(&mut connection).await;
+        batch
+            .iter()
+            .for_each(|p| packed.extend_from_slice(&p.bytes));
+        let appended: Result<String, _> = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(max_len)
+            .arg("*")
+            .arg(FIELD)
+            .arg(packed)
+            .query_async(&mut connection)
+            .await;
         for p in batch {
-            let _ = p.done.send(appended.as_ref().map(String::clone).map_err(|e| BusError::Transport(e.to_string())));
+            let _ = p.done.send(
+                appended
+                    .as_ref()
+                    .map(String::clone)
+                    .map_err(|e| BusError::Transport(e.to_string())),
+            );
         }
     }
 }

@@ -45,7 +45,12 @@ impl Stream {
     /// before its first consumer started is missed.
     fn group(&mut self, name: &str) -> &mut Group {
         let start = self.entries.front().map_or(self.next_seq, |e| e.seq);
-        self.groups.entry(name.to_string()).or_insert_with(|| Group { cursor: start, pending: BTreeMap::new() })
+        self.groups
+            .entry(name.to_string())
+            .or_insert_with(|| Group {
+                cursor: start,
+                pending: BTreeMap::new(),
+            })
     }
 }
 
@@ -56,7 +61,11 @@ pub struct MemoryBus {
 }
 
 fn delivery(seq: u64, bytes: &[u8]) -> Result<Delivery, BusError> {
-    Ok(Delivery { id: seq.to_string(), envelope: Envelope::from_bytes(bytes)?, appended: None })
+    Ok(Delivery {
+        id: seq.to_string(),
+        envelope: Envelope::from_bytes(bytes)?,
+        appended: None,
+    })
 }
 
 impl MemoryBus {
@@ -70,7 +79,13 @@ impl MemoryBus {
     }
 
     /// New entries for the group, now, without waiting.
-    fn take_new(&self, stream: &str, group: &str, max: usize, ack: Ack) -> Result<Vec<Delivery>, BusError> {
+    fn take_new(
+        &self,
+        stream: &str,
+        group: &str,
+        max: usize,
+        ack: Ack,
+    ) -> Result<Vec<Delivery>, BusError> {
         let mut streams = self.lock();
         let s = streams.entry(stream.to_string()).or_default();
         let first = s.entries.front().map_or(s.next_seq, |e| e.seq);
@@ -85,12 +100,19 @@ impl MemoryBus {
             }
         }
         g.cursor += seqs.len() as u64;
-        seqs.iter().filter_map(|&seq| s.bytes(seq).map(|b| delivery(seq, b))).collect()
+        seqs.iter()
+            .filter_map(|&seq| s.bytes(seq).map(|b| delivery(seq, b)))
+            .collect()
     }
 }
 
 impl Bus for MemoryBus {
-    fn publish<'a>(&'a self, stream: &'a str, envelope: Envelope, max_len: usize) -> BusFuture<'a, String> {
+    fn publish<'a>(
+        &'a self,
+        stream: &'a str,
+        envelope: Envelope,
+        max_len: usize,
+    ) -> BusFuture<'a, String> {
         let appended = envelope.to_bytes().map(|bytes| {
             let seq = {
                 let mut streams = self.lock();
@@ -109,7 +131,15 @@ impl Bus for MemoryBus {
         Box::pin(std::future::ready(appended))
     }
 
-    fn consume<'a>(&'a self, stream: &'a str, group: &'a str, _consumer: &'a str, max: usize, block: Duration, ack: Ack) -> BusFuture<'a, Vec<Delivery>> {
+    fn consume<'a>(
+        &'a self,
+        stream: &'a str,
+        group: &'a str,
+        _consumer: &'a str,
+        max: usize,
+        block: Duration,
+        ack: Ack,
+    ) -> BusFuture<'a, Vec<Delivery>> {
         Box::pin(async move {
             let deadline = tokio::time::Instant::now() + block;
             loop {
@@ -131,7 +161,10 @@ impl Bus for MemoryBus {
     fn ack<'a>(&'a self, stream: &'a str, group: &'a str, ids: &'a [String]) -> BusFuture<'a, ()> {
         Box::pin(async move {
             let mut streams = self.lock();
-            if let Some(g) = streams.get_mut(stream).and_then(|s| s.groups.get_mut(group)) {
+            if let Some(g) = streams
+                .get_mut(stream)
+                .and_then(|s| s.groups.get_mut(group))
+            {
                 for id in ids {
                     if let Ok(seq) = id.parse::<u64>() {
                         g.pending.remove(&seq);
@@ -142,13 +175,30 @@ impl Bus for MemoryBus {
         })
     }
 
-    fn claim_stale<'a>(&'a self, stream: &'a str, group: &'a str, _consumer: &'a str, min_idle: Duration, max: usize) -> BusFuture<'a, Vec<Delivery>> {
+    fn claim_stale<'a>(
+        &'a self,
+        stream: &'a str,
+        group: &'a str,
+        _consumer: &'a str,
+        min_idle: Duration,
+        max: usize,
+    ) -> BusFuture<'a, Vec<Delivery>> {
         Box::pin(async move {
             let mut streams = self.lock();
-            let Some(s) = streams.get_mut(stream) else { return Ok(Vec::new()) };
-            let Some(g) = s.groups.get_mut(group) else { return Ok(Vec::new()) };
+            let Some(s) = streams.get_mut(stream) else {
+                return Ok(Vec::new());
+            };
+            let Some(g) = s.groups.get_mut(group) else {
+                return Ok(Vec::new());
+            };
             let now = Instant::now();
-            let stale: Vec<u64> = g.pending.iter().filter(|(_, p)| now.duration_since(p.since) >= min_idle).map(|(&seq, _)| seq).take(max).collect();
+            let stale: Vec<u64> = g
+                .pending
+                .iter()
+                .filter(|(_, p)| now.duration_since(p.since) >= min_idle)
+                .map(|(&seq, _)| seq)
+                .take(max)
+                .collect();
             for seq in &stale {
                 g.pending.insert(*seq, Pending { since: now });
             }

@@ -9,10 +9,10 @@
 //! Only this module knows the wire codec (bincode) and stream names.
 
 mod coalesce;
-pub mod memory;
-pub mod redis;
 #[cfg(test)]
 mod conformance;
+pub mod memory;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -58,9 +58,25 @@ fn codec() -> bincode::config::Configuration {
 impl Envelope {
     /// Wraps a payload, with the trace context of the span the caller is in (so a sender
     /// traces a message by sending it inside its span, e.g. with `Instrument`).
-    pub fn new<T: Serialize>(kind: &str, sender: &str, correlation_id: &str, payload: &T) -> Result<Self, BusError> {
-        let payload = bincode::serde::encode_to_vec(payload, codec()).map_err(|e| BusError::Encode { kind: kind.into(), reason: e.to_string() })?;
-        Ok(Self { version: PROTOCOL_VERSION, kind: kind.into(), sender: sender.into(), correlation_id: correlation_id.into(), traceparent: crate::telemetry::trace_context::current(), payload })
+    pub fn new<T: Serialize>(
+        kind: &str,
+        sender: &str,
+        correlation_id: &str,
+        payload: &T,
+    ) -> Result<Self, BusError> {
+        let payload =
+            bincode::serde::encode_to_vec(payload, codec()).map_err(|e| BusError::Encode {
+                kind: kind.into(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            version: PROTOCOL_VERSION,
+            kind: kind.into(),
+            sender: sender.into(),
+            correlation_id: correlation_id.into(),
+            traceparent: crate::telemetry::trace_context::current(),
+            payload,
+        })
     }
 
     /// The payload, if this build speaks the envelope's version.
@@ -68,12 +84,17 @@ impl Envelope {
         if self.version != PROTOCOL_VERSION {
             return Err(BusError::Version { got: self.version });
         }
-        bincode::serde::decode_from_slice(&self.payload, codec()).map(|(v, _)| v).map_err(|e| BusError::Decode(e.to_string()))
+        bincode::serde::decode_from_slice(&self.payload, codec())
+            .map(|(v, _)| v)
+            .map_err(|e| BusError::Decode(e.to_string()))
     }
 
     /// The bytes on the wire.
     pub fn to_bytes(&self) -> Result<Vec<u8>, BusError> {
-        bincode::serde::encode_to_vec(self, codec()).map_err(|e| BusError::Encode { kind: self.kind.clone(), reason: e.to_string() })
+        bincode::serde::encode_to_vec(self, codec()).map_err(|e| BusError::Encode {
+            kind: self.kind.clone(),
+            reason: e.to_string(),
+        })
     }
 
     /// Reads wire bytes, rejecting other protocol versions.
@@ -83,7 +104,8 @@ impl Envelope {
 
     /// The envelope at the start of `b`, and how many bytes it took.
     fn read(b: &[u8]) -> Result<(Self, usize), BusError> {
-        let (env, used): (Envelope, usize) = bincode::serde::decode_from_slice(b, codec()).map_err(|e| BusError::Decode(e.to_string()))?;
+        let (env, used): (Envelope, usize) = bincode::serde::decode_from_slice(b, codec())
+            .map_err(|e| BusError::Decode(e.to_string()))?;
         if env.version != PROTOCOL_VERSION {
             return Err(BusError::Version { got: env.version });
         }
@@ -125,9 +147,21 @@ pub struct Outbox {
 
 impl Outbox {
     /// `payload` wrapped in an envelope as [`send`] would send it to `stream`.
-    pub fn new<T: Serialize>(stream: String, max_len: usize, kind: &str, sender: &str, correlation_id: &str, payload: &T) -> Result<Self, BusError> {
+    pub fn new<T: Serialize>(
+        stream: String,
+        max_len: usize,
+        kind: &str,
+        sender: &str,
+        correlation_id: &str,
+        payload: &T,
+    ) -> Result<Self, BusError> {
         let bytes = Envelope::new(kind, sender, correlation_id, payload)?.to_bytes()?;
-        Ok(Self { stream, max_len, field: coalesce::FIELD, bytes })
+        Ok(Self {
+            stream,
+            max_len,
+            field: coalesce::FIELD,
+            bytes,
+        })
     }
 }
 
@@ -162,30 +196,66 @@ pub trait Bus: Send + Sync {
     /// The entry takes its place in the stream when this is called, so the entries of
     /// several publishes keep their order even when the futures are awaited together; the
     /// future gives the entry id once it is written.
-    fn publish<'a>(&'a self, stream: &'a str, envelope: Envelope, max_len: usize) -> BusFuture<'a, String>;
+    fn publish<'a>(
+        &'a self,
+        stream: &'a str,
+        envelope: Envelope,
+        max_len: usize,
+    ) -> BusFuture<'a, String>;
 
     /// The messages of up to `max` entries of `stream` not yet delivered to `group`, waiting
     /// up to `block` for the first. With [`Ack::Explicit`] each entry stays pending for
     /// `consumer` until acked.
-    fn consume<'a>(&'a self, stream: &'a str, group: &'a str, consumer: &'a str, max: usize, block: Duration, ack: Ack) -> BusFuture<'a, Vec<Delivery>>;
+    fn consume<'a>(
+        &'a self,
+        stream: &'a str,
+        group: &'a str,
+        consumer: &'a str,
+        max: usize,
+        block: Duration,
+        ack: Ack,
+    ) -> BusFuture<'a, Vec<Delivery>>;
 
     /// Marks entries handled.
     fn ack<'a>(&'a self, stream: &'a str, group: &'a str, ids: &'a [String]) -> BusFuture<'a, ()>;
 
     /// Takes over up to `max` entries pending in `group` for at least `min_idle` (their
     /// consumer is presumed dead) and delivers them to `consumer`.
-    fn claim_stale<'a>(&'a self, stream: &'a str, group: &'a str, consumer: &'a str, min_idle: Duration, max: usize) -> BusFuture<'a, Vec<Delivery>>;
+    fn claim_stale<'a>(
+        &'a self,
+        stream: &'a str,
+        group: &'a str,
+        consumer: &'a str,
+        min_idle: Duration,
+        max: usize,
+    ) -> BusFuture<'a, Vec<Delivery>>;
 }
 
 /// Wraps `payload` in an envelope and appends it to `stream` (keeping about `max_len`
 /// entries).
-pub async fn send<T: Serialize>(bus: &dyn Bus, stream: &str, max_len: usize, kind: &str, sender: &str, correlation_id: &str, payload: &T) -> Result<(), BusError> {
+pub async fn send<T: Serialize>(
+    bus: &dyn Bus,
+    stream: &str,
+    max_len: usize,
+    kind: &str,
+    sender: &str,
+    correlation_id: &str,
+    payload: &T,
+) -> Result<(), BusError> {
     post(bus, stream, max_len, kind, sender, correlation_id, payload).await
 }
 
 /// [`send`], with the entry's place in the stream taken now: what is posted later to the
 /// same stream comes after it, however the futures are awaited.
-pub fn post<'a, T: Serialize>(bus: &'a dyn Bus, stream: &'a str, max_len: usize, kind: &str, sender: &str, correlation_id: &str, payload: &T) -> BusFuture<'a, ()> {
+pub fn post<'a, T: Serialize>(
+    bus: &'a dyn Bus,
+    stream: &'a str,
+    max_len: usize,
+    kind: &str,
+    sender: &str,
+    correlation_id: &str,
+    payload: &T,
+) -> BusFuture<'a, ()> {
     match Envelope::new(kind, sender, correlation_id, payload) {
         Ok(env) => {
             let appended = bus.publish(stream, env, max_len);
@@ -225,9 +295,26 @@ pub mod streams {
 /// as `ack` says, until `handle` breaks (its owner is gone; with [`Ack::Explicit`] what it
 /// did not take stays pending for another consumer). Transport errors are logged and
 /// retried a second later.
-pub async fn read_stream(bus: std::sync::Arc<dyn Bus>, stream: String, group: String, consumer: String, ack: Ack, mut handle: impl FnMut(Delivery) -> std::ops::ControlFlow<()>) {
+pub async fn read_stream(
+    bus: std::sync::Arc<dyn Bus>,
+    stream: String,
+    group: String,
+    consumer: String,
+    ack: Ack,
+    mut handle: impl FnMut(Delivery) -> std::ops::ControlFlow<()>,
+) {
     loop {
-        let batch = match bus.consume(&stream, &group, &consumer, 256, Duration::from_millis(500), ack).await {
+        let batch = match bus
+            .consume(
+                &stream,
+                &group,
+                &consumer,
+                256,
+                Duration::from_millis(500),
+                ack,
+            )
+            .await
+        {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(%stream, "reading: {e}");

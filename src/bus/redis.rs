@@ -70,7 +70,12 @@ impl RedisBus {
     pub async fn connect(url: &str) -> Result<Self, BusError> {
         let client = Client::open(url).map_err(transport)?;
         let writer = connection_manager(&client).await.map_err(transport)?;
-        Ok(Self { client, publisher: Coalescer::new(writer.clone()), writer, readers: Mutex::new(Vec::new()) })
+        Ok(Self {
+            client,
+            publisher: Coalescer::new(writer.clone()),
+            writer,
+            readers: Mutex::new(Vec::new()),
+        })
     }
 
     /// A connection for a blocking read, made on this thread: a connection's replies are
@@ -80,26 +85,44 @@ impl RedisBus {
         let here = thread::current().id();
         let idle = {
             let mut idle = self.readers.lock().unwrap_or_else(|e| e.into_inner());
-            idle.iter().rposition(|(made_on, _)| *made_on == here).map(|i| idle.swap_remove(i))
+            idle.iter()
+                .rposition(|(made_on, _)| *made_on == here)
+                .map(|i| idle.swap_remove(i))
         };
         match idle {
             Some(lent) => Ok(lent),
             None => {
                 // Reads block for at most a few seconds; the timeout only catches a dead server.
-                let config = AsyncConnectionConfig::new().set_connection_timeout(RESPONSE_TIMEOUT).set_response_timeout(Duration::from_secs(60));
-                self.client.get_multiplexed_async_connection_with_config(&config).await.map(|c| (here, c)).map_err(transport)
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(RESPONSE_TIMEOUT)
+                    .set_response_timeout(Duration::from_secs(60));
+                self.client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .map(|c| (here, c))
+                    .map_err(transport)
             }
         }
     }
 
     fn give_back(&self, lent: (ThreadId, MultiplexedConnection)) {
-        self.readers.lock().unwrap_or_else(|e| e.into_inner()).push(lent);
+        self.readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(lent);
     }
 
     /// Creates `group` on `stream` at its start if it does not exist yet.
     async fn ensure_group(&self, stream: &str, group: &str) -> Result<(), BusError> {
         let mut c = self.writer.clone();
-        let r: Result<(), RedisError> = redis::cmd("XGROUP").arg("CREATE").arg(stream).arg(group).arg("0").arg("MKSTREAM").query_async(&mut c).await;
+        let r: Result<(), RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(stream)
+            .arg(group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut c)
+            .await;
         match r {
             Err(e) if e.code() != Some("BUSYGROUP") => Err(transport(e)),
             _ => Ok(()),
@@ -119,7 +142,11 @@ fn deliveries(ids: Vec<StreamId>) -> Vec<Delivery> {
             tracing::warn!(id = %entry.id, read = envelopes.len(), "skipping the unreadable rest of a stream entry: {e}");
         }
         let appended = appended(&entry.id);
-        out.extend(envelopes.into_iter().map(|envelope| Delivery { id: entry.id.clone(), envelope, appended }));
+        out.extend(envelopes.into_iter().map(|envelope| Delivery {
+            id: entry.id.clone(),
+            envelope,
+            appended,
+        }));
     }
     out
 }
@@ -127,7 +154,9 @@ fn deliveries(ids: Vec<StreamId>) -> Vec<Delivery> {
 /// The middle of the millisecond an entry id (`{unix ms}-{seq}`) says Redis appended it in.
 fn appended(id: &str) -> Option<SystemTime> {
     let ms: u64 = id.split_once('-')?.0.parse().ok()?;
-    UNIX_EPOCH.checked_add(Duration::from_micros(ms.checked_mul(1000)?.checked_add(500)?))
+    UNIX_EPOCH.checked_add(Duration::from_micros(
+        ms.checked_mul(1000)?.checked_add(500)?,
+    ))
 }
 
 fn is_nogroup(e: &RedisError) -> bool {
@@ -135,18 +164,37 @@ fn is_nogroup(e: &RedisError) -> bool {
 }
 
 impl Bus for RedisBus {
-    fn publish<'a>(&'a self, stream: &'a str, envelope: Envelope, max_len: usize) -> BusFuture<'a, String> {
-        let queued = envelope.to_bytes().map(|bytes| self.publisher.publish(stream, bytes, max_len));
+    fn publish<'a>(
+        &'a self,
+        stream: &'a str,
+        envelope: Envelope,
+        max_len: usize,
+    ) -> BusFuture<'a, String> {
+        let queued = envelope
+            .to_bytes()
+            .map(|bytes| self.publisher.publish(stream, bytes, max_len));
         Box::pin(async move { queued?.await })
     }
 
-    fn consume<'a>(&'a self, stream: &'a str, group: &'a str, consumer: &'a str, max: usize, block: Duration, ack: Ack) -> BusFuture<'a, Vec<Delivery>> {
+    fn consume<'a>(
+        &'a self,
+        stream: &'a str,
+        group: &'a str,
+        consumer: &'a str,
+        max: usize,
+        block: Duration,
+        ack: Ack,
+    ) -> BusFuture<'a, Vec<Delivery>> {
         Box::pin(async move {
             let mut tried_creating = false;
             loop {
                 let (made_on, mut c) = self.reader().await?;
                 let mut cmd = redis::cmd("XREADGROUP");
-                cmd.arg("GROUP").arg(group).arg(consumer).arg("COUNT").arg(max.max(1));
+                cmd.arg("GROUP")
+                    .arg(group)
+                    .arg(consumer)
+                    .arg("COUNT")
+                    .arg(max.max(1));
                 // BLOCK 0 would wait forever; no BLOCK returns at once.
                 if block >= Duration::from_millis(1) {
                     cmd.arg("BLOCK").arg(block.as_millis() as u64);
@@ -159,7 +207,9 @@ impl Bus for RedisBus {
                 match r {
                     Ok(reply) => {
                         self.give_back((made_on, c));
-                        return Ok(reply.map(|r| r.keys.into_iter().flat_map(|k| deliveries(k.ids)).collect()).unwrap_or_default());
+                        return Ok(reply
+                            .map(|r| r.keys.into_iter().flat_map(|k| deliveries(k.ids)).collect())
+                            .unwrap_or_default());
                     }
                     Err(e) if is_nogroup(&e) && !tried_creating => {
                         self.give_back((made_on, c));
@@ -179,11 +229,25 @@ impl Bus for RedisBus {
                 return Ok(());
             }
             let mut c = self.writer.clone();
-            redis::cmd("XACK").arg(stream).arg(group).arg(ids).query_async::<i64>(&mut c).await.map(drop).map_err(transport)
+            redis::cmd("XACK")
+                .arg(stream)
+                .arg(group)
+                .arg(ids)
+                .query_async::<i64>(&mut c)
+                .await
+                .map(drop)
+                .map_err(transport)
         })
     }
 
-    fn claim_stale<'a>(&'a self, stream: &'a str, group: &'a str, consumer: &'a str, min_idle: Duration, max: usize) -> BusFuture<'a, Vec<Delivery>> {
+    fn claim_stale<'a>(
+        &'a self,
+        stream: &'a str,
+        group: &'a str,
+        consumer: &'a str,
+        min_idle: Duration,
+        max: usize,
+    ) -> BusFuture<'a, Vec<Delivery>> {
         Box::pin(async move {
             let mut c = self.writer.clone();
             let r: Result<StreamAutoClaimReply, RedisError> = redis::cmd("XAUTOCLAIM")

@@ -30,14 +30,20 @@ pub struct AdminArgs {
 pub fn run(a: AdminArgs) -> anyhow::Result<()> {
     let out = if let Some(url) = &a.redis {
         anyhow::ensure!(!a.command.needs_server(), "`workers` commands act on a running `supernet serve`; in a cluster, stop a worker with SIGTERM to drain it");
-        execute(&RedisStore::connect(url).with_context(|| format!("connecting to {url}"))?, a.command)?
+        execute(
+            &RedisStore::connect(url).with_context(|| format!("connecting to {url}"))?,
+            a.command,
+        )?
     } else if a.command.needs_server() {
         via_server(&a.data_dir, &a.command)?
     } else {
         match RedbStore::open(&a.data_dir) {
             Ok(store) => execute(&store, a.command)?,
             Err(StoreError::InUse(_)) => via_server(&a.data_dir, &a.command)?,
-            Err(e) => return Err(e).with_context(|| format!("opening the store in {}", a.data_dir.display())),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("opening the store in {}", a.data_dir.display()))
+            }
         }
     };
     // A closed pipe (`| head`) is the reader's choice, not an error.

@@ -23,8 +23,8 @@ use serde::Serialize;
 
 use super::backend::{open_gpu, BackendChoice};
 use crate::engine::backend::Arithmetic;
-use crate::engine::cuda::CudaOptions;
 use crate::engine::cpu::default_threads;
+use crate::engine::cuda::CudaOptions;
 use crate::engine::kv::blocks::BlockPool;
 use crate::engine::kv::blocks_for;
 use crate::engine::model::SeqBatch;
@@ -117,7 +117,11 @@ pub(super) fn mean_sd(v: &[f64]) -> (f64, f64) {
         return (0.0, 0.0);
     }
     let m = v.iter().sum::<f64>() / v.len() as f64;
-    let var = if v.len() > 1 { v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64 } else { 0.0 };
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64
+    } else {
+        0.0
+    };
     (m, var.sqrt())
 }
 
@@ -139,22 +143,51 @@ fn tg_run(model: &Model, be: &dyn Backend, toks: &[u32]) -> anyhow::Result<f64> 
 
 /// `c` sequences of `prompt` tokens, then `gen` batched decode steps: aggregate tokens per
 /// second and each step's time.
-fn batch_run(model: &Model, be: &dyn Backend, c: usize, prompt: usize, gen: usize, seed: u64) -> (f64, Vec<f64>) {
+fn batch_run(
+    model: &Model,
+    be: &dyn Backend,
+    c: usize,
+    prompt: usize,
+    gen: usize,
+    seed: u64,
+) -> (f64, Vec<f64>) {
     let vocab = model.config.vocab_size;
     let per_seq = blocks_for(prompt + gen);
     let mut pool = BlockPool::new(per_seq * c);
-    let tables: Vec<Vec<u32>> = (0..c).map(|_| (0..per_seq).filter_map(|_| pool.allocate()).collect()).collect();
+    let tables: Vec<Vec<u32>> = (0..c)
+        .map(|_| (0..per_seq).filter_map(|_| pool.allocate()).collect())
+        .collect();
     let mut store = model.new_store();
     store.grow_to(pool.high_water());
-    let prompts: Vec<Vec<u32>> = (0..c).map(|i| tokens(prompt, vocab, seed + i as u64)).collect();
-    let seqs: Vec<SeqBatch> = prompts.iter().zip(&tables).map(|(p, b)| SeqBatch { tokens: p, start: 0, blocks: b, logits: true }).collect();
+    let prompts: Vec<Vec<u32>> = (0..c)
+        .map(|i| tokens(prompt, vocab, seed + i as u64))
+        .collect();
+    let seqs: Vec<SeqBatch> = prompts
+        .iter()
+        .zip(&tables)
+        .map(|(p, b)| SeqBatch {
+            tokens: p,
+            start: 0,
+            blocks: b,
+            logits: true,
+        })
+        .collect();
     model.forward_batch(be, &mut store, &seqs, Arithmetic::Invariant);
     let next = tokens(gen * c, vocab, seed ^ 0xdec0de);
     let mut steps = Vec::with_capacity(gen);
     let t = Instant::now();
     for (step, toks) in next.chunks_exact(c).enumerate() {
         let s = Instant::now();
-        let seqs: Vec<SeqBatch> = toks.chunks(1).zip(&tables).map(|(t, b)| SeqBatch { tokens: t, start: prompt + step, blocks: b, logits: true }).collect();
+        let seqs: Vec<SeqBatch> = toks
+            .chunks(1)
+            .zip(&tables)
+            .map(|(t, b)| SeqBatch {
+                tokens: t,
+                start: prompt + step,
+                blocks: b,
+                logits: true,
+            })
+            .collect();
         model.forward_batch(be, &mut store, &seqs, Arithmetic::Invariant);
         steps.push(s.elapsed().as_secs_f64());
     }
@@ -162,27 +195,52 @@ fn batch_run(model: &Model, be: &dyn Backend, c: usize, prompt: usize, gen: usiz
 }
 
 pub(super) fn percentile(sorted: &[f64], q: f64) -> f64 {
-    sorted.get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1))).copied().unwrap_or(0.0)
+    sorted
+        .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0.0)
 }
 
 fn run_batched(a: &BenchArgs, model: &Model, be: &CpuBackend) -> anyhow::Result<()> {
-    anyhow::ensure!(a.gen_tokens > 0 && a.batch_prompt > 0, "--gen-tokens and --batch-prompt must be positive");
-    anyhow::ensure!(a.batch_prompt + a.gen_tokens <= model.config.context_length, "--batch-prompt plus --gen-tokens pass the model's context");
+    anyhow::ensure!(
+        a.gen_tokens > 0 && a.batch_prompt > 0,
+        "--gen-tokens and --batch-prompt must be positive"
+    );
+    anyhow::ensure!(
+        a.batch_prompt + a.gen_tokens <= model.config.context_length,
+        "--batch-prompt plus --gen-tokens pass the model's context"
+    );
     let reps = a.repetitions.max(1);
     let mut reports = Vec::new();
     for &c in a.concurrency.iter().filter(|&&c| c > 0) {
         batch_run(model, be, c, a.batch_prompt, a.gen_tokens.min(16), 0x5eed); // warm-up
         let (mut rates, mut steps) = (Vec::new(), Vec::new());
         for r in 0..reps {
-            let (rate, s) = batch_run(model, be, c, a.batch_prompt, a.gen_tokens, 0x5eed + 1000 * (r as u64 + 1));
+            let (rate, s) = batch_run(
+                model,
+                be,
+                c,
+                a.batch_prompt,
+                a.gen_tokens,
+                0x5eed + 1000 * (r as u64 + 1),
+            );
             rates.push(rate);
             steps.extend(s);
             eprint!("\rconcurrency {c}: run {}/{reps}", r + 1);
         }
         steps.sort_by(f64::total_cmp);
         let (m, sd) = mean_sd(&rates);
-        let r = BatchReport { concurrency: c, tok_s: m, tok_s_sd: sd, step_p50_ms: percentile(&steps, 0.5) * 1e3, step_p99_ms: percentile(&steps, 0.99) * 1e3 };
-        eprintln!("\rconcurrency {c}: {m:8.1} ± {sd:5.1} tok/s, step p50 {:.1} ms, p99 {:.1} ms", r.step_p50_ms, r.step_p99_ms);
+        let r = BatchReport {
+            concurrency: c,
+            tok_s: m,
+            tok_s_sd: sd,
+            step_p50_ms: percentile(&steps, 0.5) * 1e3,
+            step_p99_ms: percentile(&steps, 0.99) * 1e3,
+        };
+        eprintln!(
+            "\rconcurrency {c}: {m:8.1} ± {sd:5.1} tok/s, step p50 {:.1} ms, p99 {:.1} ms",
+            r.step_p50_ms, r.step_p99_ms
+        );
         reports.push(r);
     }
     if a.json {
@@ -191,7 +249,15 @@ fn run_batched(a: &BenchArgs, model: &Model, be: &CpuBackend) -> anyhow::Result<
         println!("| concurrency | threads | tok/s | step p50 ms | step p99 ms |");
         println!("|---:|---:|---:|---:|---:|");
         for r in &reports {
-            println!("| {} | {} | {:.1} ± {:.1} | {:.1} | {:.1} |", r.concurrency, be.threads(), r.tok_s, r.tok_s_sd, r.step_p50_ms, r.step_p99_ms);
+            println!(
+                "| {} | {} | {:.1} ± {:.1} | {:.1} | {:.1} |",
+                r.concurrency,
+                be.threads(),
+                r.tok_s,
+                r.tok_s_sd,
+                r.step_p50_ms,
+                r.step_p99_ms
+            );
         }
     }
     Ok(())
@@ -200,18 +266,36 @@ fn run_batched(a: &BenchArgs, model: &Model, be: &CpuBackend) -> anyhow::Result<
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let path = match a.target {
         Some(BenchTarget::Placement(p)) => return super::bench_placement::run(p),
-        None => a.model.clone().context("--model FILE (or SUPERNET_MODEL) names the GGUF model to measure")?,
+        None => a
+            .model
+            .clone()
+            .context("--model FILE (or SUPERNET_MODEL) names the GGUF model to measure")?,
     };
     let model = Model::load(&path).with_context(|| format!("loading {}", path.display()))?;
     if let Some(mut gpu) = open_gpu(a.backend, &model, CudaOptions::default())? {
-        eprintln!("model {} ({}), backend {}", path.display(), model.config.arch.name(), gpu.describe());
-        return super::bench_gpu::run(&a, &mut gpu, &path.display().to_string(), model.config.vocab_size);
+        eprintln!(
+            "model {} ({}), backend {}",
+            path.display(),
+            model.config.arch.name(),
+            gpu.describe()
+        );
+        return super::bench_gpu::run(
+            &a,
+            &mut gpu,
+            &path.display().to_string(),
+            model.config.vocab_size,
+        );
     }
     let be = CpuBackend::new(a.threads.unwrap_or_else(default_threads));
     model.prepare(&be);
     let vocab = model.config.vocab_size;
     let reps = a.repetitions.max(1);
-    eprintln!("model {} ({}), backend {}", path.display(), model.config.arch.name(), be.describe());
+    eprintln!(
+        "model {} ({}), backend {}",
+        path.display(),
+        model.config.arch.name(),
+        be.describe()
+    );
     if let Some(schema) = &a.json_schema {
         return super::bench_constraint::run(&a, schema, model, &be);
     }
@@ -219,7 +303,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         return run_batched(&a, &model, &be);
     }
 
-    let measure = |name: &str, n: usize, f: &dyn Fn(&[u32]) -> anyhow::Result<f64>| -> anyhow::Result<(f64, f64)> {
+    let measure = |name: &str,
+                   n: usize,
+                   f: &dyn Fn(&[u32]) -> anyhow::Result<f64>|
+     -> anyhow::Result<(f64, f64)> {
         if n == 0 {
             return Ok((0.0, 0.0));
         }
@@ -254,10 +341,16 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         println!("| test | threads | tok/s |");
         println!("|---|---:|---:|");
         if a.prompt_tokens > 0 {
-            println!("| pp{} | {} | {:.1} ± {:.1} |", a.prompt_tokens, report.threads, pp, pp_sd);
+            println!(
+                "| pp{} | {} | {:.1} ± {:.1} |",
+                a.prompt_tokens, report.threads, pp, pp_sd
+            );
         }
         if a.gen_tokens > 0 {
-            println!("| tg{} | {} | {:.1} ± {:.1} |", a.gen_tokens, report.threads, tg, tg_sd);
+            println!(
+                "| tg{} | {} | {:.1} ± {:.1} |",
+                a.gen_tokens, report.threads, tg, tg_sd
+            );
         }
     }
     Ok(())

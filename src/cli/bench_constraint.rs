@@ -37,9 +37,22 @@ struct Report {
 }
 
 /// Decodes `params` after `prompt` alone; returns the tokens and decode tokens per second.
-fn decode(model: &Arc<Model>, tok: &Arc<Tokenizer>, be: &CpuBackend, prompt: &[u32], params: GenerateParams) -> anyhow::Result<(Vec<u32>, f64)> {
+fn decode(
+    model: &Arc<Model>,
+    tok: &Arc<Tokenizer>,
+    be: &CpuBackend,
+    prompt: &[u32],
+    params: GenerateParams,
+) -> anyhow::Result<(Vec<u32>, f64)> {
     let mut s = Scheduler::new(Arc::clone(model), Arc::clone(tok), BatchConfig::default());
-    s.add(0, Request { prompt: prompt.to_vec(), params, resume: Resume::default() })?;
+    s.add(
+        0,
+        Request {
+            prompt: prompt.to_vec(),
+            params,
+            resume: Resume::default(),
+        },
+    )?;
     let (mut produced, mut first) = (Vec::new(), None);
     while !s.is_idle() {
         for out in s.step(be) {
@@ -57,28 +70,67 @@ fn decode(model: &Arc<Model>, tok: &Arc<Tokenizer>, be: &CpuBackend, prompt: &[u
     Ok((produced, rate))
 }
 
-pub fn run(a: &BenchArgs, schema_path: &std::path::Path, model: Model, be: &CpuBackend) -> anyhow::Result<()> {
-    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(schema_path).with_context(|| format!("reading {}", schema_path.display()))?)
-        .with_context(|| format!("{} is not JSON", schema_path.display()))?;
+pub fn run(
+    a: &BenchArgs,
+    schema_path: &std::path::Path,
+    model: Model,
+    be: &CpuBackend,
+) -> anyhow::Result<()> {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(schema_path)
+            .with_context(|| format!("reading {}", schema_path.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", schema_path.display()))?;
     let tok = Arc::new(Tokenizer::from_gguf(&model.file)?);
     let template = ChatTemplate::from_gguf(&model.file, &tok)?;
-    let text = ModelText { template: &template, tokenizer: &tok, context_length: model.config.context_length };
+    let text = ModelText {
+        template: &template,
+        tokenizer: &tok,
+        context_length: model.config.context_length,
+    };
     let body = json!({
         "messages": [{"role": "user", "content": format!("Write a JSON value that fits this schema: {schema}")}],
         "response_format": {"type": "json_schema", "json_schema": {"name": "bench", "schema": schema}},
         "temperature": 0, "max_tokens": a.gen_tokens,
     });
     let req = ChatRequest::parse(&body).map_err(|e| anyhow::anyhow!("{}", e.message))?;
-    let prepared = prepare(&req, &text, &TierLimits { max_tokens: u32::MAX, ..TierLimits::default() }).map_err(|e| anyhow::anyhow!("{}", e.message))?;
-    let grammar = prepared.params.grammar.clone().context("the schema gave no grammar")?;
-    let free = GenerateParams { grammar: None, ..prepared.params.clone() };
+    let prepared = prepare(
+        &req,
+        &text,
+        &TierLimits {
+            max_tokens: u32::MAX,
+            ..TierLimits::default()
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let grammar = prepared
+        .params
+        .grammar
+        .clone()
+        .context("the schema gave no grammar")?;
+    let free = GenerateParams {
+        grammar: None,
+        ..prepared.params.clone()
+    };
     let model = Arc::new(model);
 
-    decode(&model, &tok, be, &prepared.prompt_ids, prepared.params.clone())?; // warm-up
+    decode(
+        &model,
+        &tok,
+        be,
+        &prepared.prompt_ids,
+        prepared.params.clone(),
+    )?; // warm-up
     let (mut free_rates, mut rates, mut produced) = (Vec::new(), Vec::new(), Vec::new());
     for r in 0..a.repetitions.max(1) {
         free_rates.push(decode(&model, &tok, be, &prepared.prompt_ids, free.clone())?.1);
-        let (tokens, rate) = decode(&model, &tok, be, &prepared.prompt_ids, prepared.params.clone())?;
+        let (tokens, rate) = decode(
+            &model,
+            &tok,
+            be,
+            &prepared.prompt_ids,
+            prepared.params.clone(),
+        )?;
         rates.push(rate);
         produced = tokens;
         eprint!("\rrun {}/{}", r + 1, a.repetitions.max(1));
@@ -96,14 +148,26 @@ pub fn run(a: &BenchArgs, schema_path: &std::path::Path, model: Model, be: &CpuB
 
     let ((f, fsd), (m, sd)) = (mean_sd(&free_rates), mean_sd(&rates));
     eprintln!("\rfree {f:.1} ± {fsd:.1} tok/s, constrained {m:.1} ± {sd:.1} tok/s ({} tokens), constraint {us:.0} µs/token", produced.len());
-    let report = Report { gen_tokens: a.gen_tokens, free_tok_s: f, free_sd: fsd, constrained_tok_s: m, constrained_sd: sd, constrained_tokens: produced.len(), constraint_us_per_token: us };
+    let report = Report {
+        gen_tokens: a.gen_tokens,
+        free_tok_s: f,
+        free_sd: fsd,
+        constrained_tok_s: m,
+        constrained_sd: sd,
+        constrained_tokens: produced.len(),
+        constraint_us_per_token: us,
+    };
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!("| decode | threads | tok/s |");
         println!("|---|---:|---:|");
         println!("| unconstrained | {} | {f:.1} ± {fsd:.1} |", be.threads());
-        println!("| JSON schema ({} tokens) | {} | {m:.1} ± {sd:.1} |", produced.len(), be.threads());
+        println!(
+            "| JSON schema ({} tokens) | {} | {m:.1} ± {sd:.1} |",
+            produced.len(),
+            be.threads()
+        );
         println!("| constraint alone | | {us:.0} µs/token |");
     }
     Ok(())

@@ -74,8 +74,18 @@ struct Latency {
 impl Latency {
     fn of(mut ms: Vec<f64>) -> Self {
         ms.sort_by(f64::total_cmp);
-        let at = |q: f64| ms.get(((ms.len() as f64 * q) as usize).min(ms.len().saturating_sub(1))).copied().unwrap_or(0.0);
-        Self { p50: at(0.5), p90: at(0.9), p99: at(0.99), max: ms.last().copied().unwrap_or(0.0), count: ms.len() }
+        let at = |q: f64| {
+            ms.get(((ms.len() as f64 * q) as usize).min(ms.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0.0)
+        };
+        Self {
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            max: ms.last().copied().unwrap_or(0.0),
+            count: ms.len(),
+        }
     }
 }
 
@@ -121,20 +131,34 @@ struct Answer {
 }
 
 pub fn run(a: PlacementArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(a.rate > 0.0 && a.rate.is_finite(), "--rate must be a positive number");
-    anyhow::ensure!(a.duration > 0.0 && a.duration.is_finite(), "--duration must be a positive number of seconds");
+    anyhow::ensure!(
+        a.rate > 0.0 && a.rate.is_finite(),
+        "--rate must be a positive number"
+    );
+    anyhow::ensure!(
+        a.duration > 0.0 && a.duration.is_finite(),
+        "--duration must be a positive number of seconds"
+    );
     anyhow::ensure!(a.max_tokens > 0, "--max-tokens must be at least 1");
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let report = runtime.block_on(drive(&a))?;
     print(&a, &report)
 }
 
 async fn drive(a: &PlacementArgs) -> anyhow::Result<Report> {
-    let bus: Arc<dyn Bus> = Arc::new(RedisBus::connect(&a.redis).await.with_context(|| format!("connecting to {}", a.redis))?);
+    let bus: Arc<dyn Bus> = Arc::new(
+        RedisBus::connect(&a.redis)
+            .await
+            .with_context(|| format!("connecting to {}", a.redis))?,
+    );
     let node = format!("bench-{}", crate::ids::random_hex(4)?);
     let inbox = streams::node(&node);
     // The first read creates the inbox's group, so no answer can come before it exists.
-    bus.consume(&inbox, "bench", &node, 1, Duration::ZERO, Ack::OnRead).await?;
+    bus.consume(&inbox, "bench", &node, 1, Duration::ZERO, Ack::OnRead)
+        .await?;
     let answers = listen(Arc::clone(&bus), inbox.clone(), node.clone());
     let jobs: Arc<Mutex<HashMap<String, Job>>> = Arc::default();
     let collect = tokio::spawn(collect(answers, Arc::clone(&jobs)));
@@ -145,18 +169,42 @@ async fn drive(a: &PlacementArgs) -> anyhow::Result<Report> {
     let mut sent = 0;
     let mut ticker = tokio::time::interval(Duration::from_millis(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    eprintln!("placing {total} jobs at {} a second for {} s", a.rate, a.duration);
+    eprintln!(
+        "placing {total} jobs at {} a second for {} s",
+        a.rate, a.duration
+    );
     while sent < total {
         ticker.tick().await;
         let due = ((start.elapsed().as_secs_f64() * a.rate) as usize + 1).min(total);
         for n in sent..due {
             let job = job(a, &node, &inbox, n);
             let job_id = job.job_id.clone();
-            jobs.lock().unwrap_or_else(PoisonError::into_inner).insert(job_id.clone(), Job { sent: Some(Instant::now()), ..Job::default() });
-            let request = CoordinatorCommand::Place(Box::new(PlaceRequest { prefix: PlaceRequest::prefix_of(&job.prompt), priority: 0, exclude: Vec::new(), job }));
+            jobs.lock().unwrap_or_else(PoisonError::into_inner).insert(
+                job_id.clone(),
+                Job {
+                    sent: Some(Instant::now()),
+                    ..Job::default()
+                },
+            );
+            let request = CoordinatorCommand::Place(Box::new(PlaceRequest {
+                prefix: PlaceRequest::prefix_of(&job.prompt),
+                priority: 0,
+                exclude: Vec::new(),
+                job,
+            }));
             let (bus, node) = (Arc::clone(&bus), node.clone());
             tokio::spawn(async move {
-                if let Err(e) = send(bus.as_ref(), &streams::coordinator(), COORDINATOR_STREAM_LEN, KIND_COORDINATOR, &node, &job_id, &request).await {
+                if let Err(e) = send(
+                    bus.as_ref(),
+                    &streams::coordinator(),
+                    COORDINATOR_STREAM_LEN,
+                    KIND_COORDINATOR,
+                    &node,
+                    &job_id,
+                    &request,
+                )
+                .await
+                {
                     eprintln!("publishing a placement request: {e}");
                 }
             });
@@ -165,7 +213,9 @@ async fn drive(a: &PlacementArgs) -> anyhow::Result<Report> {
     }
     let sending = start.elapsed();
     let cpu = match (a.cpu_of, cpu_before) {
-        (Some(pid), Some(before)) => Some(100.0 * (cpu_seconds(pid)? - before) / sending.as_secs_f64()),
+        (Some(pid), Some(before)) => {
+            Some(100.0 * (cpu_seconds(pid)? - before) / sending.as_secs_f64())
+        }
         _ => None,
     };
     let deadline = Instant::now() + DRAIN;
@@ -179,14 +229,21 @@ async fn drive(a: &PlacementArgs) -> anyhow::Result<Report> {
 
 /// The request of job `n`: a prompt of its own, the sampler greedy.
 fn job(a: &PlacementArgs, node: &str, inbox: &str, n: usize) -> JobSpec {
-    let prompt = (0..a.prompt_tokens).map(|i| ((n * 31 + i * 7) % 250) as u32).collect();
+    let prompt = (0..a.prompt_tokens)
+        .map(|i| ((n * 31 + i * 7) % 250) as u32)
+        .collect();
     JobSpec {
         job_id: format!("{node}-{n}"),
         attempt: 0,
         account_id: format!("{node}-account"),
         model: a.model_id.clone(),
         prompt,
-        params: GenerateParams { max_tokens: a.max_tokens, sampler: SamplerParams::greedy(), stop: Vec::new(), grammar: None },
+        params: GenerateParams {
+            max_tokens: a.max_tokens,
+            sampler: SamplerParams::greedy(),
+            stop: Vec::new(),
+            grammar: None,
+        },
         resume: Resume::default(),
         reply_to: inbox.to_string(),
     }
@@ -195,45 +252,96 @@ fn job(a: &PlacementArgs, node: &str, inbox: &str, n: usize) -> JobSpec {
 /// The inbox's answers, as they are read.
 fn listen(bus: Arc<dyn Bus>, inbox: String, node: String) -> UnboundedReceiver<Answer> {
     let (tx, rx) = unbounded_channel();
-    tokio::spawn(read_stream(bus, inbox, "bench".into(), node, Ack::OnRead, move |d| {
-        let env = d.envelope;
-        let at = Instant::now();
-        match env.payload::<NodeMessage>() {
-            Ok(message) => match tx.send(Answer { job_id: env.correlation_id, message, at }) {
-                Ok(()) => ControlFlow::Continue(()),
-                Err(_) => ControlFlow::Break(()),
-            },
-            Err(e) => {
-                eprintln!("an unreadable answer: {e}");
-                ControlFlow::Continue(())
+    tokio::spawn(read_stream(
+        bus,
+        inbox,
+        "bench".into(),
+        node,
+        Ack::OnRead,
+        move |d| {
+            let env = d.envelope;
+            let at = Instant::now();
+            match env.payload::<NodeMessage>() {
+                Ok(message) => match tx.send(Answer {
+                    job_id: env.correlation_id,
+                    message,
+                    at,
+                }) {
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(_) => ControlFlow::Break(()),
+                },
+                Err(e) => {
+                    eprintln!("an unreadable answer: {e}");
+                    ControlFlow::Continue(())
+                }
             }
-        }
-    }));
+        },
+    ));
     rx
 }
 
 async fn collect(mut answers: UnboundedReceiver<Answer>, jobs: Arc<Mutex<HashMap<String, Job>>>) {
-    while let Some(Answer { job_id, message, at }) = answers.recv().await {
+    while let Some(Answer {
+        job_id,
+        message,
+        at,
+    }) = answers.recv().await
+    {
         let mut jobs = jobs.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(job) = jobs.get_mut(&job_id) else { continue };
-        let ms = job.sent.map_or(0.0, |s| at.duration_since(s).as_secs_f64() * 1e3);
+        let Some(job) = jobs.get_mut(&job_id) else {
+            continue;
+        };
+        let ms = job
+            .sent
+            .map_or(0.0, |s| at.duration_since(s).as_secs_f64() * 1e3);
         match message {
-            NodeMessage::Placement { placement: Placement::Placed { .. }, .. } => job.placed = Some(ms),
-            NodeMessage::Placement { placement: Placement::Waiting(_), .. } => job.waited = true,
-            NodeMessage::Placement { placement: Placement::Refused { .. }, .. } | NodeMessage::Lost { .. } => job.refused = true,
-            NodeMessage::Worker { event: WorkerEvent::Accepted { .. }, .. } => job.accepted = Some(ms),
-            NodeMessage::Worker { event: WorkerEvent::Rejected { .. }, .. } => job.refused = true,
-            NodeMessage::Worker { event: WorkerEvent::Job(JobEvent::Finished { .. } | JobEvent::Failed(_)), .. } => job.finished = Some(ms),
-            NodeMessage::Worker { event: WorkerEvent::Job(JobEvent::Text { .. }), .. } => {}
+            NodeMessage::Placement {
+                placement: Placement::Placed { .. },
+                ..
+            } => job.placed = Some(ms),
+            NodeMessage::Placement {
+                placement: Placement::Waiting(_),
+                ..
+            } => job.waited = true,
+            NodeMessage::Placement {
+                placement: Placement::Refused { .. },
+                ..
+            }
+            | NodeMessage::Lost { .. } => job.refused = true,
+            NodeMessage::Worker {
+                event: WorkerEvent::Accepted { .. },
+                ..
+            } => job.accepted = Some(ms),
+            NodeMessage::Worker {
+                event: WorkerEvent::Rejected { .. },
+                ..
+            } => job.refused = true,
+            NodeMessage::Worker {
+                event: WorkerEvent::Job(JobEvent::Finished { .. } | JobEvent::Failed(_)),
+                ..
+            } => job.finished = Some(ms),
+            NodeMessage::Worker {
+                event: WorkerEvent::Job(JobEvent::Text { .. }),
+                ..
+            } => {}
         }
     }
 }
 
 fn all_done(jobs: &Mutex<HashMap<String, Job>>) -> bool {
-    jobs.lock().unwrap_or_else(PoisonError::into_inner).values().all(|j| j.refused || (j.placed.is_some() && j.finished.is_some()))
+    jobs.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .values()
+        .all(|j| j.refused || (j.placed.is_some() && j.finished.is_some()))
 }
 
-fn report(a: &PlacementArgs, sent: usize, sending: Duration, jobs: &HashMap<String, Job>, cpu_percent: Option<f64>) -> Report {
+fn report(
+    a: &PlacementArgs,
+    sent: usize,
+    sending: Duration,
+    jobs: &HashMap<String, Job>,
+    cpu_percent: Option<f64>,
+) -> Report {
     let series = |f: fn(&Job) -> Option<f64>| Latency::of(jobs.values().filter_map(f).collect());
     let placement_ms = series(|j| j.placed);
     Report {
@@ -244,7 +352,10 @@ fn report(a: &PlacementArgs, sent: usize, sending: Duration, jobs: &HashMap<Stri
         finished: jobs.values().filter(|j| j.finished.is_some()).count(),
         refused: jobs.values().filter(|j| j.refused).count(),
         waited: jobs.values().filter(|j| j.waited).count(),
-        unanswered: jobs.values().filter(|j| j.placed.is_none() && !j.refused).count(),
+        unanswered: jobs
+            .values()
+            .filter(|j| j.placed.is_none() && !j.refused)
+            .count(),
         placement_ms,
         accepted_ms: series(|j| j.accepted),
         finished_ms: series(|j| j.finished),
@@ -253,10 +364,18 @@ fn report(a: &PlacementArgs, sent: usize, sending: Duration, jobs: &HashMap<Stri
 }
 
 fn print(a: &PlacementArgs, r: &Report) -> anyhow::Result<()> {
-    let line = |name: &str, l: &Latency| println!("| {name} | {} | {:.3} | {:.3} | {:.3} | {:.3} |", l.count, l.p50, l.p90, l.p99, l.max);
+    let line = |name: &str, l: &Latency| {
+        println!(
+            "| {name} | {} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            l.count, l.p50, l.p90, l.p99, l.max
+        )
+    };
     println!("offered {:.0}/s, sent {}, placed {} ({:.0}/s), finished {}, refused {}, waited {}, unanswered {}", r.offered_per_s, r.sent, r.placed, r.placed_per_s, r.finished, r.refused, r.waited, r.unanswered);
     if let Some(cpu) = r.cpu_percent {
-        println!("CPU of process {}: {cpu:.1} % of one core", a.cpu_of.unwrap_or_default());
+        println!(
+            "CPU of process {}: {cpu:.1} % of one core",
+            a.cpu_of.unwrap_or_default()
+        );
     }
     println!("| from the request to | jobs | p50 ms | p90 ms | p99 ms | max ms |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -271,10 +390,19 @@ fn print(a: &PlacementArgs, r: &Report) -> anyhow::Result<()> {
 
 /// User plus system CPU seconds of process `pid` so far (Linux's /proc).
 fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("reading the CPU use of process {pid}"))?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading the CPU use of process {pid}"))?;
     // The fields after the command name (which may hold spaces) start after its last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).with_context(|| format!("process {pid}'s stat has no field {i}"));
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .with_context(|| format!("process {pid}'s stat has no field {i}"))
+    };
     // utime and stime, the 14th and 15th fields of the line (11 and 12 after the name), in
     // clock ticks of USER_HZ, which is 100 on Linux.
     Ok((ticks(11)? + ticks(12)?) / 100.0)

@@ -42,8 +42,15 @@ pub struct CoordinatorArgs {
 }
 
 pub fn run(a: CoordinatorArgs) -> anyhow::Result<()> {
-    let store = Arc::new(RedisStore::connect(&a.redis).with_context(|| format!("connecting to {}", a.redis))?);
-    let settings = Settings { lease: Duration::from_millis(a.lease_ms), dead_after: Duration::from_millis(a.dead_after_ms), max_jobs_per_account: a.max_jobs_per_account, allow_simulated: a.allow_simulated };
+    let store = Arc::new(
+        RedisStore::connect(&a.redis).with_context(|| format!("connecting to {}", a.redis))?,
+    );
+    let settings = Settings {
+        lease: Duration::from_millis(a.lease_ms),
+        dead_after: Duration::from_millis(a.dead_after_ms),
+        max_jobs_per_account: a.max_jobs_per_account,
+        allow_simulated: a.allow_simulated,
+    };
     actix::System::new().block_on(async move {
         let node_id = format!("coord-{}", crate::ids::random_hex(4)?);
         let bus = Arc::new(RedisBus::connect(&a.redis).await?);

@@ -33,7 +33,12 @@ impl EngineArgs {
     pub fn config(&self, max_queue: usize) -> EngineConfig {
         EngineConfig {
             threads: self.threads.unwrap_or_else(default_threads),
-            batch: BatchConfig { max_batch: self.max_batch, max_batch_tokens: self.max_batch_tokens, kv_tokens: self.kv_tokens, prefix_cache: !self.no_prefix_cache },
+            batch: BatchConfig {
+                max_batch: self.max_batch,
+                max_batch_tokens: self.max_batch_tokens,
+                kv_tokens: self.kv_tokens,
+                prefix_cache: !self.no_prefix_cache,
+            },
             max_queue,
         }
     }

@@ -54,14 +54,26 @@ pub fn run(a: FrontArgs) -> anyhow::Result<()> {
     let config = Config::load_for_server(a.config.as_deref(), a.host.clone(), a.port)?;
     let admin = match a.admin_key.as_deref().map(str::trim) {
         None | Some("") => None,
-        Some(k) if k.len() < MIN_ADMIN_KEY => anyhow::bail!("--admin-key must be at least {MIN_ADMIN_KEY} characters"),
-        Some(k) => Some(Handoff { addr: String::new(), token: k.to_string() }),
+        Some(k) if k.len() < MIN_ADMIN_KEY => {
+            anyhow::bail!("--admin-key must be at least {MIN_ADMIN_KEY} characters")
+        }
+        Some(k) => Some(Handoff {
+            addr: String::new(),
+            token: k.to_string(),
+        }),
     };
-    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&a.redis).with_context(|| format!("connecting to {}", a.redis))?);
+    let store: Arc<dyn Store> = Arc::new(
+        RedisStore::connect(&a.redis).with_context(|| format!("connecting to {}", a.redis))?,
+    );
     actix_web::rt::System::new().block_on(serve(a.redis, config, store, admin))
 }
 
-async fn serve(redis: String, config: Config, store: Arc<dyn Store>, admin: Option<Handoff>) -> anyhow::Result<()> {
+async fn serve(
+    redis: String,
+    config: Config,
+    store: Arc<dyn Store>,
+    admin: Option<Handoff>,
+) -> anyhow::Result<()> {
     let node_id = format!("front-{}", crate::ids::random_hex(4)?);
     let bus: Arc<dyn Bus> = Arc::new(RedisBus::connect(&redis).await?);
     let view = Arc::new(ClusterView::new(ClusterState::connect(&redis).await?));
@@ -69,9 +81,21 @@ async fn serve(redis: String, config: Config, store: Arc<dyn Store>, admin: Opti
     actix::spawn(Arc::clone(&view).watch(Arc::clone(&models), config.clone()));
     let inboxes = NodeInboxes::new(Arc::clone(&bus), &node_id);
     let billing = Arc::new(Billing::new(store, config.billing.clone()));
-    let (host, port, http_threads) = (config.server.host.clone(), config.server.port, config.server.http_threads());
+    let (host, port, http_threads) = (
+        config.server.host.clone(),
+        config.server.port,
+        config.server.http_threads(),
+    );
     tracing::info!(node = %node_id, "front joining the cluster");
-    let services = Arc::new(Services { node_id, bus, billing, pool: Pool::Cluster(view), inboxes, models, config });
+    let services = Arc::new(Services {
+        node_id,
+        bus,
+        billing,
+        pool: Pool::Cluster(view),
+        inboxes,
+        models,
+        config,
+    });
     let state = web::Data::new(FrontState { services, admin });
     crate::telemetry::metrics::front();
     // Streamed tokens are small writes that must leave at once, not wait on Nagle's timer.
@@ -80,7 +104,10 @@ async fn serve(redis: String, config: Config, store: Arc<dyn Store>, admin: Opti
         .workers(http_threads)
         .bind((host.as_str(), port))
         .with_context(|| format!("binding {host}:{port}"))?;
-    let bound = *server.addrs().first().context("the server bound no address")?;
+    let bound = *server
+        .addrs()
+        .first()
+        .context("the server bound no address")?;
     tracing::info!("listening on http://{bound}");
     server.run().await.context("the HTTP server failed")
 }

@@ -7,14 +7,14 @@ use anyhow::Context;
 use clap::Args;
 use serde::Serialize;
 
-use crate::engine::cpu::default_threads;
 use super::backend::{open_gpu, BackendChoice};
+use crate::engine::cpu::default_threads;
 use crate::engine::cuda::{CudaOptions, Pick, Picked};
 use crate::engine::generate::{generate, generate_with, FinishReason, GenerateParams};
-use crate::engine::EngineError;
 use crate::engine::sampler::SamplerParams;
 use crate::engine::template::{ChatMessage, ChatTemplate};
 use crate::engine::tokenizer::Tokenizer;
+use crate::engine::EngineError;
 use crate::engine::{CpuBackend, Model};
 
 #[derive(Args, Debug)]
@@ -80,7 +80,12 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let tok = Tokenizer::from_gguf(&model.file)?;
     let prompt_text = if a.chat {
         let tmpl = ChatTemplate::from_gguf(&model.file, &tok)?;
-        tmpl.render(&[ChatMessage::new("user", &a.prompt)], None, true, &Default::default())?
+        tmpl.render(
+            &[ChatMessage::new("user", &a.prompt)],
+            None,
+            true,
+            &Default::default(),
+        )?
     } else {
         a.prompt.clone()
     };
@@ -102,14 +107,27 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     let on_text = |t: &str, _| {
         // A closed pipe (`| head`) ends the generation quietly.
-        if a.json || stdout.write_all(t.as_bytes()).and_then(|_| stdout.flush()).is_ok() {
+        if a.json
+            || stdout
+                .write_all(t.as_bytes())
+                .and_then(|_| stdout.flush())
+                .is_ok()
+        {
             std::ops::ControlFlow::Continue(())
         } else {
             std::ops::ControlFlow::Break(())
         }
     };
     let limit = model.config.context_length;
-    let g = match open_gpu(a.backend, &model, CudaOptions { kv_tokens: limit, max_seqs: 1, ..CudaOptions::default() })? {
+    let g = match open_gpu(
+        a.backend,
+        &model,
+        CudaOptions {
+            kv_tokens: limit,
+            max_seqs: 1,
+            ..CudaOptions::default()
+        },
+    )? {
         Some(mut gpu) => {
             // One sequence: the cache's blocks in order.
             let blocks: Vec<u32> = (0..gpu.kv_blocks() as u32).collect();
@@ -122,7 +140,14 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
                     other => unreachable!("asked for logits, got {other:?}"),
                 }
             };
-            generate_with(&tok, &prompt, &params, limit.min(blocks.len() * 16), &mut forward, on_text)?
+            generate_with(
+                &tok,
+                &prompt,
+                &params,
+                limit.min(blocks.len() * 16),
+                &mut forward,
+                on_text,
+            )?
         }
         None => {
             let be = CpuBackend::new(a.threads.unwrap_or_else(default_threads));
@@ -130,7 +155,13 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
             generate(&model, &be, &tok, &prompt, &params, on_text)?
         }
     };
-    let rate = |n: usize, d: std::time::Duration| if d.is_zero() { 0.0 } else { n as f64 / d.as_secs_f64() };
+    let rate = |n: usize, d: std::time::Duration| {
+        if d.is_zero() {
+            0.0
+        } else {
+            n as f64 / d.as_secs_f64()
+        }
+    };
     if a.json {
         let out = JsonOutput {
             prompt_tokens: prompt.len(),

@@ -18,13 +18,23 @@ use clap::{Parser, Subcommand};
 use crate::telemetry::LogFormat;
 
 #[derive(Parser)]
-#[command(name = "supernet", version, about = "OpenAI-compatible LLM serving on a pool of GPU workers")]
+#[command(
+    name = "supernet",
+    version,
+    about = "OpenAI-compatible LLM serving on a pool of GPU workers"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// How the long-running roles log to stderr: readable lines, or one JSON object per line.
     /// Traces go over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set.
-    #[arg(long, global = true, value_enum, default_value_t, env = "SUPERNET_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t,
+        env = "SUPERNET_LOG_FORMAT"
+    )]
     pub log_format: LogFormat,
 }
 
@@ -57,7 +67,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(_) => Some("supernet-worker"),
         Command::Generate(_) | Command::Bench(_) | Command::Admin(_) => None,
     };
-    let _telemetry = service.map(|s| crate::telemetry::init(s, cli.log_format)).transpose()?;
+    let _telemetry = service
+        .map(|s| crate::telemetry::init(s, cli.log_format))
+        .transpose()?;
     match cli.command {
         Command::Serve(a) => serve::run(a),
         Command::Generate(a) => generate::run(a),

@@ -12,13 +12,13 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use clap::Args;
 
+use super::engine::EngineArgs;
 use crate::admin::Handoff;
 use crate::billing::accounts::Billing;
 use crate::bus::memory::MemoryBus;
 use crate::bus::Bus;
 use crate::config::Config;
 use crate::coordinator::{CoordinatorActor, Register};
-use super::engine::EngineArgs;
 use crate::engine::template::ChatTemplate;
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::Model;
@@ -26,8 +26,8 @@ use crate::front::{configure, FrontState};
 use crate::session::actor::Services;
 use crate::session::inbox::NodeInboxes;
 use crate::session::models::{model_id, ModelCatalog, ModelEntry};
-use crate::store::embedded::RedbStore;
 use crate::session::pool::Pool;
+use crate::store::embedded::RedbStore;
 use crate::store::{reap_expired, Store};
 use crate::worker::actor::WorkerActor;
 use crate::worker::engine_thread::EngineConfig;
@@ -63,42 +63,89 @@ struct Loaded {
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load_for_server(a.config.as_deref(), a.host.clone(), a.port)?;
-    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&a.data_dir).with_context(|| format!("opening the store in {}", a.data_dir.display()))?);
+    let store: Arc<dyn Store> = Arc::new(
+        RedbStore::open(&a.data_dir)
+            .with_context(|| format!("opening the store in {}", a.data_dir.display()))?,
+    );
     let mut loaded = Vec::new();
     for path in &a.models {
         let model = Model::load(path)?;
-        let tokenizer = Tokenizer::from_gguf(&model.file).with_context(|| format!("reading the tokenizer of {}", path.display()))?;
-        let template = ChatTemplate::from_gguf(&model.file, &tokenizer).with_context(|| format!("reading the chat template of {}", path.display()))?;
+        let tokenizer = Tokenizer::from_gguf(&model.file)
+            .with_context(|| format!("reading the tokenizer of {}", path.display()))?;
+        let template = ChatTemplate::from_gguf(&model.file, &tokenizer)
+            .with_context(|| format!("reading the chat template of {}", path.display()))?;
         let id = model_id(path);
-        anyhow::ensure!(loaded.iter().all(|l: &Loaded| l.id != id), "two --model files have the id `{id}`");
-        loaded.push(Loaded { id, model: Arc::new(model), tokenizer: Arc::new(tokenizer), template });
+        anyhow::ensure!(
+            loaded.iter().all(|l: &Loaded| l.id != id),
+            "two --model files have the id `{id}`"
+        );
+        loaded.push(Loaded {
+            id,
+            model: Arc::new(model),
+            tokenizer: Arc::new(tokenizer),
+            template,
+        });
     }
     let engine = a.engine.config(config.server.max_queue);
     actix_web::rt::System::new().block_on(serve(config, store, loaded, engine, a.data_dir))
 }
 
-async fn serve(config: Config, store: Arc<dyn Store>, loaded: Vec<Loaded>, engine: EngineConfig, data_dir: PathBuf) -> anyhow::Result<()> {
+async fn serve(
+    config: Config,
+    store: Arc<dyn Store>,
+    loaded: Vec<Loaded>,
+    engine: EngineConfig,
+    data_dir: PathBuf,
+) -> anyhow::Result<()> {
     let node_id = "local".to_string();
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::default());
     let coordinator = CoordinatorActor::default().start();
     let models = Arc::new(ModelCatalog::default());
     for (i, l) in loaded.into_iter().enumerate() {
         tracing::info!(model = %l.id, threads = engine.threads, "loading the model");
-        let worker = WorkerActor::new(&format!("{node_id}-w{i}"), &l.id, Arc::clone(&l.model), Arc::clone(&l.tokenizer), engine, Arc::clone(&bus))?;
+        let worker = WorkerActor::new(
+            &format!("{node_id}-w{i}"),
+            &l.id,
+            Arc::clone(&l.model),
+            Arc::clone(&l.tokenizer),
+            engine,
+            Arc::clone(&bus),
+        )?;
         let info = worker.info.clone();
         let worker = worker.start();
         coordinator.send(Register { info, addr: worker }).await?;
         let tier = config.tier(&l.id).clone();
-        models.add(ModelEntry::new(l.id, l.model.config.context_length, l.template, l.tokenizer, tier));
+        models.add(ModelEntry::new(
+            l.id,
+            l.model.config.context_length,
+            l.template,
+            l.tokenizer,
+            tier,
+        ));
     }
     let inboxes = NodeInboxes::new(Arc::clone(&bus), &node_id);
     actix::spawn(reap_holds(Arc::clone(&store)));
     let billing = Arc::new(Billing::new(store, config.billing.clone()));
-    let (host, port, http_threads) = (config.server.host.clone(), config.server.port, config.server.http_threads());
-    let services = Arc::new(Services { node_id, bus, billing, pool: Pool::Local(coordinator), inboxes, models, config });
+    let (host, port, http_threads) = (
+        config.server.host.clone(),
+        config.server.port,
+        config.server.http_threads(),
+    );
+    let services = Arc::new(Services {
+        node_id,
+        bus,
+        billing,
+        pool: Pool::Local(coordinator),
+        inboxes,
+        models,
+        config,
+    });
 
     let mut handoff = Handoff::new(String::new())?;
-    let state = web::Data::new(FrontState { services, admin: Some(handoff.clone()) });
+    let state = web::Data::new(FrontState {
+        services,
+        admin: Some(handoff.clone()),
+    });
     crate::telemetry::metrics::front();
     // Streamed tokens are small writes that must leave at once, not wait on Nagle's timer.
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
@@ -106,7 +153,10 @@ async fn serve(config: Config, store: Arc<dyn Store>, loaded: Vec<Loaded>, engin
         .workers(http_threads)
         .bind((host.as_str(), port))
         .with_context(|| format!("binding {host}:{port}"))?;
-    let bound = *server.addrs().first().context("the server bound no address")?;
+    let bound = *server
+        .addrs()
+        .first()
+        .context("the server bound no address")?;
     handoff.addr = local(bound).to_string();
     handoff.write(&data_dir)?;
     tracing::info!("listening on http://{bound}");
@@ -129,8 +179,12 @@ async fn reap_holds(store: Arc<dyn Store>) {
 /// How this machine reaches `addr` (loopback for a wildcard address).
 pub fn local(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
-        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port()),
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
         _ => addr,
     }
 }

@@ -69,7 +69,10 @@ struct Tracked {
 
 impl Tracked {
     fn jobs(&self) -> impl Iterator<Item = &JobRef> {
-        self.load.jobs.iter().chain(self.placed.values().map(|(_, j)| j))
+        self.load
+            .jobs
+            .iter()
+            .chain(self.placed.values().map(|(_, j)| j))
     }
 
     fn busy(&self) -> usize {
@@ -113,7 +116,13 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    pub fn new(node_id: String, bus: Arc<dyn Bus>, state: ClusterState, store: Arc<dyn Store>, settings: Settings) -> Self {
+    pub fn new(
+        node_id: String,
+        bus: Arc<dyn Bus>,
+        state: ClusterState,
+        store: Arc<dyn Store>,
+        settings: Settings,
+    ) -> Self {
         Self {
             node_id,
             bus,
@@ -138,24 +147,45 @@ impl Actor for Coordinator {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let me = ctx.address().downgrade();
-        let beats = read_stream(Arc::clone(&self.bus), streams::heartbeats(), format!("coord-{}", self.node_id), self.node_id.clone(), Ack::OnRead, move |d| {
-            let env = d.envelope;
-            let Some(me) = me.upgrade() else { return ControlFlow::Break(()) };
-            match env.payload::<Heartbeat>() {
-                Ok(hb) => me.do_send(Beat(hb)),
-                Err(e) => tracing::warn!("dropping an unreadable heartbeat: {e}"),
-            }
-            ControlFlow::Continue(())
-        });
+        let beats = read_stream(
+            Arc::clone(&self.bus),
+            streams::heartbeats(),
+            format!("coord-{}", self.node_id),
+            self.node_id.clone(),
+            Ack::OnRead,
+            move |d| {
+                let env = d.envelope;
+                let Some(me) = me.upgrade() else {
+                    return ControlFlow::Break(());
+                };
+                match env.payload::<Heartbeat>() {
+                    Ok(hb) => me.do_send(Beat(hb)),
+                    Err(e) => tracing::warn!("dropping an unreadable heartbeat: {e}"),
+                }
+                ControlFlow::Continue(())
+            },
+        );
         ctx.spawn(beats.into_actor(self));
-        let requests = read_requests(ctx.address(), Arc::clone(&self.bus), self.node_id.clone(), Arc::clone(&self.leading), Arc::clone(&self.claim));
+        let requests = read_requests(
+            ctx.address(),
+            Arc::clone(&self.bus),
+            self.node_id.clone(),
+            Arc::clone(&self.leading),
+            Arc::clone(&self.claim),
+        );
         ctx.spawn(requests.into_actor(self));
         ctx.run_interval(TICK, |act, ctx| act.tick(ctx));
     }
 }
 
 /// Reads placement requests while this coordinator leads.
-async fn read_requests(me: Addr<Coordinator>, bus: Arc<dyn Bus>, node: String, leading: Arc<AtomicBool>, claim: Arc<AtomicBool>) {
+async fn read_requests(
+    me: Addr<Coordinator>,
+    bus: Arc<dyn Bus>,
+    node: String,
+    leading: Arc<AtomicBool>,
+    claim: Arc<AtomicBool>,
+) {
     let stream = streams::coordinator();
     loop {
         if !leading.load(Ordering::SeqCst) {
@@ -163,15 +193,28 @@ async fn read_requests(me: Addr<Coordinator>, bus: Arc<dyn Bus>, node: String, l
             continue;
         }
         let batch = if claim.swap(false, Ordering::SeqCst) {
-            bus.claim_stale(&stream, GROUP, &node, Duration::ZERO, 10_000).await
+            bus.claim_stale(&stream, GROUP, &node, Duration::ZERO, 10_000)
+                .await
         } else {
-            bus.consume(&stream, GROUP, &node, 256, Duration::from_millis(500), Ack::Explicit).await
+            bus.consume(
+                &stream,
+                GROUP,
+                &node,
+                256,
+                Duration::from_millis(500),
+                Ack::Explicit,
+            )
+            .await
         };
         match batch {
             Ok(batch) => {
                 for d in batch {
                     match d.envelope.payload::<CoordinatorCommand>() {
-                        Ok(command) => me.do_send(Request { delivery: d.id, command, traceparent: d.envelope.traceparent }),
+                        Ok(command) => me.do_send(Request {
+                            delivery: d.id,
+                            command,
+                            traceparent: d.envelope.traceparent,
+                        }),
                         Err(e) => {
                             tracing::warn!("dropping an unreadable placement request: {e}");
                             let _ = bus.ack(&stream, GROUP, &[d.id]).await;
@@ -215,12 +258,24 @@ impl Handler<Beat> for Coordinator {
         let now = Instant::now();
         match self.workers.get_mut(&id) {
             Some(w) => {
-                w.placed.retain(|job, (at, _)| now.duration_since(*at) < PLACED_GRACE && !hb.received.contains(job) && !hb.load.jobs.iter().any(|j| &j.job_id == job));
+                w.placed.retain(|job, (at, _)| {
+                    now.duration_since(*at) < PLACED_GRACE
+                        && !hb.received.contains(job)
+                        && !hb.load.jobs.iter().any(|j| &j.job_id == job)
+                });
                 (w.info, w.load, w.seen) = (hb.info, hb.load, now);
             }
             None => {
                 tracing::info!(worker = %id, model = %hb.info.model_id, capacity = hb.load.capacity, "worker joined");
-                self.workers.insert(id, Tracked { info: hb.info, load: hb.load, seen: now, placed: HashMap::new() });
+                self.workers.insert(
+                    id,
+                    Tracked {
+                        info: hb.info,
+                        load: hb.load,
+                        seen: now,
+                        placed: HashMap::new(),
+                    },
+                );
             }
         }
     }
@@ -258,13 +313,23 @@ impl Handler<Request> for Coordinator {
         }
         match msg.command {
             CoordinatorCommand::Place(request) => {
-                if self.queue.iter().any(|w| w.request.job.job_id == request.job.job_id && w.request.job.attempt >= request.job.attempt) {
+                if self.queue.iter().any(|w| {
+                    w.request.job.job_id == request.job.job_id
+                        && w.request.job.attempt >= request.job.attempt
+                }) {
                     return self.ack(vec![msg.delivery]);
                 }
                 self.arrivals += 1;
                 let span = tracing::info_span!("coordinator.queue", job = %request.job.job_id, attempt = request.job.attempt, model = %request.job.model, waited_for = tracing::field::Empty);
                 follow(&span, msg.traceparent.as_deref());
-                let waiting = Waiting { delivery: msg.delivery, request: *request, arrived: self.arrivals, told: None, span, since: Instant::now() };
+                let waiting = Waiting {
+                    delivery: msg.delivery,
+                    request: *request,
+                    arrived: self.arrivals,
+                    told: None,
+                    span,
+                    since: Instant::now(),
+                };
                 if let Some(w) = self.try_place(waiting) {
                     self.queue.push(w);
                 }
@@ -289,25 +354,49 @@ impl Handler<Request> for Coordinator {
 
 impl Coordinator {
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        let (state, node, lease) = (self.state.clone(), self.node_id.clone(), self.settings.lease);
-        ctx.spawn(async move { state.lead(&node, lease).await }.into_actor(self).map(|r, act, _| act.leadership(r)));
+        let (state, node, lease) = (
+            self.state.clone(),
+            self.node_id.clone(),
+            self.settings.lease,
+        );
+        ctx.spawn(
+            async move { state.lead(&node, lease).await }
+                .into_actor(self)
+                .map(|r, act, _| act.leadership(r)),
+        );
         if !self.leading.load(Ordering::SeqCst) {
             return;
         }
         self.bury_the_dead();
         // Expired prefixes go here, once a tick: pruning on every placement made each one
         // walk every prefix seen in the last AFFINITY_TTL.
-        self.affinity.retain(|_, (_, at)| at.elapsed() < AFFINITY_TTL);
+        self.affinity
+            .retain(|_, (_, at)| at.elapsed() < AFFINITY_TTL);
         let waiting = std::mem::take(&mut self.queue);
-        let mut order: Vec<_> = waiting.into_iter().map(|w| (w.request.priority, self.in_flight(&w.request.job.account_id), w)).collect();
-        order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.arrived.cmp(&b.2.arrived)));
+        let mut order: Vec<_> = waiting
+            .into_iter()
+            .map(|w| {
+                (
+                    w.request.priority,
+                    self.in_flight(&w.request.job.account_id),
+                    w,
+                )
+            })
+            .collect();
+        order.sort_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then(a.1.cmp(&b.1))
+                .then(a.2.arrived.cmp(&b.2.arrived))
+        });
         for (_, _, w) in order {
             if let Some(w) = self.try_place(w) {
                 self.queue.push(w);
             }
         }
         metrics().queue_depth.set(self.queue.len() as i64);
-        let view = PoolView { workers: self.pool() };
+        let view = PoolView {
+            workers: self.pool(),
+        };
         let state = self.state.clone();
         let ttl = self.settings.lease;
         actix::spawn(async move {
@@ -353,26 +442,47 @@ impl Coordinator {
     fn bury_the_dead(&mut self) {
         let now = Instant::now();
         let since = |seen: Instant| self.trouble.map_or(seen, |t| t.max(seen));
-        let dead: Vec<String> = self.workers.iter().filter(|(_, w)| now.duration_since(since(w.seen)) > self.settings.dead_after).map(|(id, _)| id.clone()).collect();
+        let dead: Vec<String> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| now.duration_since(since(w.seen)) > self.settings.dead_after)
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in dead {
-            let Some(w) = self.workers.remove(&id) else { continue };
+            let Some(w) = self.workers.remove(&id) else {
+                continue;
+            };
             let jobs: Vec<JobRef> = w.jobs().cloned().collect();
             tracing::warn!(worker = %id, jobs = jobs.len(), "worker missed its heartbeats; declared dead");
             metrics().workers_dead.inc();
             metrics().jobs_lost.inc_by(jobs.len() as u64);
             for job in jobs {
-                self.tell(&job.reply_to, &job.job_id, NodeMessage::Lost { attempt: job.attempt, worker_id: id.clone() });
+                self.tell(
+                    &job.reply_to,
+                    &job.job_id,
+                    NodeMessage::Lost {
+                        attempt: job.attempt,
+                        worker_id: id.clone(),
+                    },
+                );
             }
         }
     }
 
     /// Every live worker with its load, as heartbeats report them.
     fn pool(&self) -> Vec<(WorkerInfo, WorkerLoad)> {
-        self.workers.values().map(|w| (w.info.clone(), w.load.clone())).collect()
+        self.workers
+            .values()
+            .map(|w| (w.info.clone(), w.load.clone()))
+            .collect()
     }
 
     fn in_flight(&self, account: &str) -> usize {
-        self.workers.values().flat_map(|w| w.jobs()).filter(|j| j.account_id == account).count()
+        self.workers
+            .values()
+            .flat_map(|w| w.jobs())
+            .filter(|j| j.account_id == account)
+            .count()
     }
 
     /// Places the job if a worker has room; otherwise hands it back to wait (telling its
@@ -386,11 +496,25 @@ impl Coordinator {
 
     fn decide(&mut self, mut w: Waiting) -> Option<Waiting> {
         let job = &w.request.job;
-        let serving: Vec<&Tracked> = self.workers.values().filter(|t| t.info.model_id == job.model && !t.load.draining && !w.request.exclude.contains(&t.info.worker_id)).collect();
+        let serving: Vec<&Tracked> = self
+            .workers
+            .values()
+            .filter(|t| {
+                t.info.model_id == job.model
+                    && !t.load.draining
+                    && !w.request.exclude.contains(&t.info.worker_id)
+            })
+            .collect();
         let reason = if serving.is_empty() {
             if job.attempt == 0 {
                 let reason = format!("no live worker serves model `{}`", job.model);
-                let refusal = NodeMessage::Placement { attempt: job.attempt, placement: Placement::Refused { busy: false, reason } };
+                let refusal = NodeMessage::Placement {
+                    attempt: job.attempt,
+                    placement: Placement::Refused {
+                        busy: false,
+                        reason,
+                    },
+                };
                 let _in_trace = w.span.enter();
                 self.tell(&job.reply_to, &job.job_id, refusal);
                 metrics().placements.with_label_values(&["refused"]).inc();
@@ -398,10 +522,15 @@ impl Coordinator {
                 return None;
             }
             QueueReason::NoWorkers
-        } else if self.settings.max_jobs_per_account > 0 && self.in_flight(&job.account_id) >= self.settings.max_jobs_per_account {
+        } else if self.settings.max_jobs_per_account > 0
+            && self.in_flight(&job.account_id) >= self.settings.max_jobs_per_account
+        {
             QueueReason::ConcurrencyLimit
         } else {
-            let free: Vec<&Tracked> = serving.into_iter().filter(|t| t.busy() < t.load.capacity).collect();
+            let free: Vec<&Tracked> = serving
+                .into_iter()
+                .filter(|t| t.busy() < t.load.capacity)
+                .collect();
             match self.choose(&free, &job.model, w.request.prefix) {
                 Some(worker) => {
                     self.dispatch(w, worker);
@@ -414,7 +543,14 @@ impl Coordinator {
             w.told = Some(reason);
             w.span.record("waited_for", reason.as_str());
             let _in_trace = w.span.enter();
-            self.tell(&job.reply_to, &job.job_id, NodeMessage::Placement { attempt: job.attempt, placement: Placement::Waiting(reason) });
+            self.tell(
+                &job.reply_to,
+                &job.job_id,
+                NodeMessage::Placement {
+                    attempt: job.attempt,
+                    placement: Placement::Waiting(reason),
+                },
+            );
         }
         Some(w)
     }
@@ -422,8 +558,13 @@ impl Coordinator {
     /// The least loaded worker, or the prefix's recent worker if it is nearly as idle.
     fn choose(&self, free: &[&Tracked], model: &str, prefix: u64) -> Option<String> {
         let best = free.iter().min_by(|a, b| a.score().total_cmp(&b.score()))?;
-        let recent = self.affinity.get(&(model.to_string(), prefix)).filter(|(_, at)| at.elapsed() < AFFINITY_TTL);
-        let warm = recent.and_then(|(id, _)| free.iter().find(|t| &t.info.worker_id == id)).filter(|t| t.busy() <= best.busy() + 1);
+        let recent = self
+            .affinity
+            .get(&(model.to_string(), prefix))
+            .filter(|(_, at)| at.elapsed() < AFFINITY_TTL);
+        let warm = recent
+            .and_then(|(id, _)| free.iter().find(|t| &t.info.worker_id == id))
+            .filter(|t| t.busy() <= best.busy() + 1);
         Some(warm.unwrap_or(best).info.worker_id.clone())
     }
 
@@ -434,19 +575,47 @@ impl Coordinator {
         let job = w.request.job;
         let job_ref = job.job_ref();
         if let Some(t) = self.workers.get_mut(&worker_id) {
-            t.placed.insert(job.job_id.clone(), (Instant::now(), job_ref));
+            t.placed
+                .insert(job.job_id.clone(), (Instant::now(), job_ref));
         }
-        self.affinity.insert((job.model.clone(), w.request.prefix), (worker_id.clone(), Instant::now()));
+        self.affinity.insert(
+            (job.model.clone(), w.request.prefix),
+            (worker_id.clone(), Instant::now()),
+        );
         tracing::debug!(job = %job.job_id, attempt = job.attempt, worker = %worker_id, "placed");
-        let (bus, node, stream, delivery) = (Arc::clone(&self.bus), self.node_id.clone(), streams::coordinator(), w.delivery);
+        let (bus, node, stream, delivery) = (
+            Arc::clone(&self.bus),
+            self.node_id.clone(),
+            streams::coordinator(),
+            w.delivery,
+        );
         let span = tracing::info_span!(parent: &w.span, "coordinator.place", worker = %worker_id);
         let dispatch = async move {
-            let (job_id, attempt, reply_to) = (job.job_id.clone(), job.attempt, job.reply_to.clone());
-            let placement = match send_command(bus.as_ref(), &node, &worker_id, &job_id, &WorkerCommand::Run(Box::new(job))).await {
+            let (job_id, attempt, reply_to) =
+                (job.job_id.clone(), job.attempt, job.reply_to.clone());
+            let placement = match send_command(
+                bus.as_ref(),
+                &node,
+                &worker_id,
+                &job_id,
+                &WorkerCommand::Run(Box::new(job)),
+            )
+            .await
+            {
                 Ok(()) => Placement::Placed { worker_id },
-                Err(e) => Placement::Refused { busy: false, reason: format!("the bus: {e}") },
+                Err(e) => Placement::Refused {
+                    busy: false,
+                    reason: format!("the bus: {e}"),
+                },
             };
-            send_to_node(bus.as_ref(), &node, &reply_to, &job_id, NodeMessage::Placement { attempt, placement }).await;
+            send_to_node(
+                bus.as_ref(),
+                &node,
+                &reply_to,
+                &job_id,
+                NodeMessage::Placement { attempt, placement },
+            )
+            .await;
             if let Err(e) = bus.ack(&stream, GROUP, &[delivery]).await {
                 tracing::warn!("acknowledging a placement: {e}");
             }
@@ -456,8 +625,16 @@ impl Coordinator {
 
     /// Sends `message` to a session, in the trace of the span the caller is in.
     fn tell(&self, stream: &str, job_id: &str, message: NodeMessage) {
-        let (bus, node, stream, job_id) = (Arc::clone(&self.bus), self.node_id.clone(), stream.to_string(), job_id.to_string());
-        actix::spawn(async move { send_to_node(bus.as_ref(), &node, &stream, &job_id, message).await }.in_current_span());
+        let (bus, node, stream, job_id) = (
+            Arc::clone(&self.bus),
+            self.node_id.clone(),
+            stream.to_string(),
+            job_id.to_string(),
+        );
+        actix::spawn(
+            async move { send_to_node(bus.as_ref(), &node, &stream, &job_id, message).await }
+                .in_current_span(),
+        );
     }
 
     fn ack(&self, ids: Vec<String>) {

@@ -25,12 +25,19 @@ pub struct ClusterView {
 
 impl ClusterView {
     pub fn new(state: ClusterState) -> Self {
-        Self { state, view: RwLock::new(PoolView::default()) }
+        Self {
+            state,
+            view: RwLock::new(PoolView::default()),
+        }
     }
 
     /// The live workers, as the leader last published them.
     pub fn workers(&self) -> Vec<(WorkerInfo, WorkerLoad)> {
-        self.view.read().unwrap_or_else(|e| e.into_inner()).workers.clone()
+        self.view
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .workers
+            .clone()
     }
 
     /// Refreshes the view and the catalog forever.
@@ -50,7 +57,9 @@ impl ClusterView {
             if models.contains(&info.model_id) {
                 continue;
             }
-            let Some(card) = self.state.card(&info.model_id).await? else { continue };
+            let Some(card) = self.state.card(&info.model_id).await? else {
+                continue;
+            };
             let entry = entry_from_card(&card, config)?;
             tracing::info!(model = %card.model_id, architecture = %card.architecture, "serving a model a worker published");
             models.add(entry);
@@ -62,8 +71,17 @@ impl ClusterView {
 
 /// The catalog entry of a model from its card.
 pub fn entry_from_card(card: &ModelCard, config: &Config) -> anyhow::Result<ModelEntry> {
-    let file = GgufFile::from_bytes(&format!("the model card of {}", card.model_id), &card.gguf_metadata)?;
+    let file = GgufFile::from_bytes(
+        &format!("the model card of {}", card.model_id),
+        &card.gguf_metadata,
+    )?;
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let template = ChatTemplate::from_gguf(&file, &tokenizer)?;
-    Ok(ModelEntry::new(card.model_id.clone(), card.context_length, template, Arc::new(tokenizer), config.tier(&card.model_id).clone()))
+    Ok(ModelEntry::new(
+        card.model_id.clone(),
+        card.context_length,
+        template,
+        Arc::new(tokenizer),
+        config.tier(&card.model_id).clone(),
+    ))
 }

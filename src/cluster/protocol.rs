@@ -40,7 +40,9 @@ impl PlaceRequest {
 pub enum CoordinatorCommand {
     Place(Box<PlaceRequest>),
     /// The session gave up on a job that waits: drop it from the queue.
-    Withdraw { job_id: String },
+    Withdraw {
+        job_id: String,
+    },
 }
 
 /// A worker's registration and load, sent every heartbeat interval and whenever a job ends.
@@ -60,7 +62,9 @@ pub struct Heartbeat {
 
 /// Unix milliseconds now.
 pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The live pool as the leader sees it, published for fronts.

@@ -55,7 +55,9 @@ fn codec() -> bincode::config::Configuration {
 impl ClusterState {
     pub async fn connect(url: &str) -> Result<Self, StateError> {
         let client = Client::open(url)?;
-        Ok(Self { conn: connection_manager(&client).await? })
+        Ok(Self {
+            conn: connection_manager(&client).await?,
+        })
     }
 
     /// Takes the leader lease for `node`, or keeps it if `node` holds it; true if `node`
@@ -63,14 +65,25 @@ impl ClusterState {
     pub async fn lead(&self, node: &str, ttl: Duration) -> Result<bool, StateError> {
         let mut c = self.conn.clone();
         let ms = ttl.as_millis() as u64;
-        let renewed: i64 = Script::new(RENEW).key(LEADER).arg(node).arg(ms).invoke_async(&mut c).await?;
+        let renewed: i64 = Script::new(RENEW)
+            .key(LEADER)
+            .arg(node)
+            .arg(ms)
+            .invoke_async(&mut c)
+            .await?;
         if renewed == 1 {
             return Ok(true);
         }
-        let taken: Option<String> = redis::cmd("SET").arg(LEADER).arg(node).arg("NX").arg("PX").arg(ms).query_async(&mut c).await?;
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(LEADER)
+            .arg(node)
+            .arg("NX")
+            .arg("PX")
+            .arg(ms)
+            .query_async(&mut c)
+            .await?;
         Ok(taken.is_some())
     }
-
 
     pub async fn put_pool(&self, view: &PoolView, ttl: Duration) -> Result<(), StateError> {
         self.put(POOL, view, Some(ttl)).await
@@ -88,11 +101,22 @@ impl ClusterState {
         self.get(&card_key(model)).await
     }
 
-    async fn put<T: Serialize>(&self, key: &str, v: &T, ttl: Option<Duration>) -> Result<(), StateError> {
-        let bytes = bincode::serde::encode_to_vec(v, codec()).map_err(|e| StateError::Corrupt { key: key.into(), reason: e.to_string() })?;
+    async fn put<T: Serialize>(
+        &self,
+        key: &str,
+        v: &T,
+        ttl: Option<Duration>,
+    ) -> Result<(), StateError> {
+        let bytes = bincode::serde::encode_to_vec(v, codec()).map_err(|e| StateError::Corrupt {
+            key: key.into(),
+            reason: e.to_string(),
+        })?;
         let mut c = self.conn.clone();
         match ttl {
-            Some(t) => c.pset_ex::<_, _, ()>(key, bytes, t.as_millis() as u64).await?,
+            Some(t) => {
+                c.pset_ex::<_, _, ()>(key, bytes, t.as_millis() as u64)
+                    .await?
+            }
             None => c.set::<_, _, ()>(key, bytes).await?,
         }
         Ok(())
@@ -102,7 +126,14 @@ impl ClusterState {
         let mut c = self.conn.clone();
         let bytes: Option<Vec<u8>> = c.get(key).await?;
         bytes
-            .map(|b| bincode::serde::decode_from_slice(&b, codec()).map(|(v, _)| v).map_err(|e| StateError::Corrupt { key: key.into(), reason: e.to_string() }))
+            .map(|b| {
+                bincode::serde::decode_from_slice(&b, codec())
+                    .map(|(v, _)| v)
+                    .map_err(|e| StateError::Corrupt {
+                        key: key.into(),
+                        reason: e.to_string(),
+                    })
+            })
             .transpose()
     }
 }
@@ -112,6 +143,8 @@ mod tests {
     #[test]
     fn keys_carry_the_protocol_version() {
         let version = format!("sn:v{}:", crate::bus::PROTOCOL_VERSION);
-        assert!([super::LEADER, super::POOL, &super::card_key("m")].iter().all(|k| k.starts_with(&version)));
+        assert!([super::LEADER, super::POOL, &super::card_key("m")]
+            .iter()
+            .all(|k| k.starts_with(&version)));
     }
 }

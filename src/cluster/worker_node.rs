@@ -40,7 +40,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "SUPERNET_REDIS")]
     pub redis: String,
     /// The GGUF model to serve.
-    #[arg(long, required_unless_present = "simulate", conflicts_with = "simulate")]
+    #[arg(
+        long,
+        required_unless_present = "simulate",
+        conflicts_with = "simulate"
+    )]
     pub model: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -87,13 +91,32 @@ pub struct SimulationArgs {
 
 impl SimulationArgs {
     fn settings(&self, engine: &EngineArgs, max_queue: usize) -> anyhow::Result<SimSettings> {
-        anyhow::ensure!(self.tokens_per_s.is_finite() && self.tokens_per_s > 0.0, "--tokens-per-s must be positive");
-        anyhow::ensure!(self.prefill_ms.is_finite() && self.prefill_ms >= 0.0, "--prefill-ms must not be negative");
-        anyhow::ensure!((0.0..=1.0).contains(&self.jitter), "--jitter must be between 0 and 1");
-        anyhow::ensure!(self.simulate_workers >= 1, "--simulate-workers must be at least 1");
+        anyhow::ensure!(
+            self.tokens_per_s.is_finite() && self.tokens_per_s > 0.0,
+            "--tokens-per-s must be positive"
+        );
+        anyhow::ensure!(
+            self.prefill_ms.is_finite() && self.prefill_ms >= 0.0,
+            "--prefill-ms must not be negative"
+        );
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.jitter),
+            "--jitter must be between 0 and 1"
+        );
+        anyhow::ensure!(
+            self.simulate_workers >= 1,
+            "--simulate-workers must be at least 1"
+        );
         anyhow::ensure!(engine.max_batch >= 1, "--max-batch must be at least 1");
         let prefill = Duration::from_secs_f64(self.prefill_ms / 1e3);
-        Ok(SimSettings { tokens_per_s: self.tokens_per_s, prefill, jitter: self.jitter, max_batch: engine.max_batch, max_queue, max_output: self.max_output_tokens })
+        Ok(SimSettings {
+            tokens_per_s: self.tokens_per_s,
+            prefill,
+            jitter: self.jitter,
+            max_batch: engine.max_batch,
+            max_queue,
+            max_output: self.max_output_tokens,
+        })
     }
 }
 
@@ -108,64 +131,116 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
     };
     if a.simulation.simulate {
         let settings = a.simulation.settings(&a.engine, a.max_queue)?;
-        let card = ModelCard { model_id: card::MODEL_ID.into(), architecture: card::ARCHITECTURE.into(), context_length: card::CONTEXT, gguf_metadata: card::metadata() };
+        let card = ModelCard {
+            model_id: card::MODEL_ID.into(),
+            architecture: card::ARCHITECTURE.into(),
+            context_length: card::CONTEXT,
+            gguf_metadata: card::metadata(),
+        };
         let count = a.simulation.simulate_workers;
-        let ids: Vec<String> = if count == 1 { vec![base_id] } else { (0..count).map(|i| format!("{base_id}-{i}")).collect() };
+        let ids: Vec<String> = if count == 1 {
+            vec![base_id]
+        } else {
+            (0..count).map(|i| format!("{base_id}-{i}")).collect()
+        };
         let make: MakeWorker = Box::new(move |id, bus| {
             // Ids differ, so jitter sequences do.
-            let seed = id.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-            Ok(WorkerActor::simulated(id, Simulator::new(settings, seed), bus))
+            let seed = id
+                .bytes()
+                .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+            Ok(WorkerActor::simulated(
+                id,
+                Simulator::new(settings, seed),
+                bus,
+            ))
         });
         tracing::warn!(workers = count, tokens_per_s = settings.tokens_per_s, prefill_ms = a.simulation.prefill_ms, "SIMULATED workers: no model, placeholder tokens; placed only by coordinators started with --allow-simulated");
         return actix::System::new().block_on(serve(a, ids, card, make));
     }
     let path = a.model.clone().context("--model is required")?;
     let model = Model::load(&path)?;
-    let tokenizer = Tokenizer::from_gguf(&model.file).with_context(|| format!("reading the tokenizer of {}", path.display()))?;
+    let tokenizer = Tokenizer::from_gguf(&model.file)
+        .with_context(|| format!("reading the tokenizer of {}", path.display()))?;
     let card = ModelCard {
         model_id: model_id(&path),
-        architecture: model.file.str("general.architecture").unwrap_or("unknown").to_string(),
+        architecture: model
+            .file
+            .str("general.architecture")
+            .unwrap_or("unknown")
+            .to_string(),
         context_length: model.config.context_length,
         gguf_metadata: model.file.metadata_only(),
     };
     let config = a.engine.config(a.max_queue);
     let (model, tokenizer, id) = (Arc::new(model), Arc::new(tokenizer), card.model_id.clone());
     let make: MakeWorker = Box::new(move |worker_id, bus| {
-        let w = WorkerActor::new(worker_id, &id, Arc::clone(&model), Arc::clone(&tokenizer), config, bus)?;
+        let w = WorkerActor::new(
+            worker_id,
+            &id,
+            Arc::clone(&model),
+            Arc::clone(&tokenizer),
+            config,
+            bus,
+        )?;
         tracing::info!(worker = %worker_id, model = %id, threads = config.threads, max_batch = config.batch.max_batch, "worker ready");
         Ok(w)
     });
     actix::System::new().block_on(serve(a, vec![base_id], card, make))
 }
 
-async fn serve(a: WorkerArgs, ids: Vec<String>, card: ModelCard, make: MakeWorker) -> anyhow::Result<()> {
-    let bus: Arc<dyn Bus> = Arc::new(RedisBus::connect(&a.redis).await.with_context(|| format!("connecting to {}", a.redis))?);
-    let state = ClusterState::connect(&a.redis).await.with_context(|| format!("connecting to {}", a.redis))?;
-    state.put_card(&card).await.context("publishing the model card")?;
+async fn serve(
+    a: WorkerArgs,
+    ids: Vec<String>,
+    card: ModelCard,
+    make: MakeWorker,
+) -> anyhow::Result<()> {
+    let bus: Arc<dyn Bus> = Arc::new(
+        RedisBus::connect(&a.redis)
+            .await
+            .with_context(|| format!("connecting to {}", a.redis))?,
+    );
+    let state = ClusterState::connect(&a.redis)
+        .await
+        .with_context(|| format!("connecting to {}", a.redis))?;
+    state
+        .put_card(&card)
+        .await
+        .context("publishing the model card")?;
     let mut workers = Vec::with_capacity(ids.len());
     for id in &ids {
         let worker = make(id, Arc::clone(&bus))?;
         workers.push((worker.info.clone(), worker.start()));
     }
     let own = workers.clone();
-    metrics_http::start(&a.metrics_addr, Arc::new(move || {
-        let own = own.clone();
-        Box::pin(async move {
-            let mut loads = Vec::with_capacity(own.len());
-            for (info, worker) in &own {
-                if let Ok(load) = worker.send(GetLoad).await {
-                    loads.push((info.clone(), load));
+    metrics_http::start(
+        &a.metrics_addr,
+        Arc::new(move || {
+            let own = own.clone();
+            Box::pin(async move {
+                let mut loads = Vec::with_capacity(own.len());
+                for (info, worker) in &own {
+                    if let Ok(load) = worker.send(GetLoad).await {
+                        loads.push((info.clone(), load));
+                    }
                 }
-            }
-            let mut out = String::new();
-            snapshot::workers(&mut out, &loads);
-            out
+                let mut out = String::new();
+                snapshot::workers(&mut out, &loads);
+                out
+            })
+        }),
+    )?;
+    let beats: Vec<_> = workers
+        .iter()
+        .map(|(info, worker)| {
+            actix::spawn(heartbeats(Arc::clone(&bus), info.clone(), worker.clone()))
         })
-    }))?;
-    let beats: Vec<_> = workers.iter().map(|(info, worker)| actix::spawn(heartbeats(Arc::clone(&bus), info.clone(), worker.clone()))).collect();
+        .collect();
 
     shutdown_signal().await;
-    tracing::info!(workers = workers.len(), "draining: finishing held jobs, taking no new ones");
+    tracing::info!(
+        workers = workers.len(),
+        "draining: finishing held jobs, taking no new ones"
+    );
     for (_, worker) in &workers {
         worker.send(SetDraining(true)).await?;
     }
@@ -177,7 +252,12 @@ async fn serve(a: WorkerArgs, ids: Vec<String>, card: ModelCard, make: MakeWorke
     beats.iter().for_each(|b| b.abort());
     // Side by side: a process of many simulated workers whose Redis is gone waits out one
     // connection timeout, not one per worker.
-    futures_util::future::join_all(workers.iter().map(|(info, worker)| beat(bus.as_ref(), info, worker, true))).await;
+    futures_util::future::join_all(
+        workers
+            .iter()
+            .map(|(info, worker)| beat(bus.as_ref(), info, worker, true)),
+    )
+    .await;
     tracing::info!(workers = workers.len(), "drained; leaving");
     Ok(())
 }
@@ -191,9 +271,28 @@ async fn heartbeats(bus: Arc<dyn Bus>, info: WorkerInfo, worker: Addr<WorkerActo
 }
 
 async fn beat(bus: &dyn Bus, info: &WorkerInfo, worker: &Addr<WorkerActor>, leaving: bool) {
-    let (Ok(received), Ok(load)) = (worker.send(TakeReceived).await, worker.send(GetLoad).await) else { return };
-    let hb = Heartbeat { info: info.clone(), load, received, leaving, sent_at_ms: unix_ms() };
-    if let Err(e) = send(bus, &streams::heartbeats(), HEARTBEAT_STREAM_LEN, KIND_HEARTBEAT, &info.worker_id, &info.worker_id, &hb).await {
+    let (Ok(received), Ok(load)) = (worker.send(TakeReceived).await, worker.send(GetLoad).await)
+    else {
+        return;
+    };
+    let hb = Heartbeat {
+        info: info.clone(),
+        load,
+        received,
+        leaving,
+        sent_at_ms: unix_ms(),
+    };
+    if let Err(e) = send(
+        bus,
+        &streams::heartbeats(),
+        HEARTBEAT_STREAM_LEN,
+        KIND_HEARTBEAT,
+        &info.worker_id,
+        &info.worker_id,
+        &hb,
+    )
+    .await
+    {
         tracing::warn!("sending a heartbeat: {e}");
     }
 }
@@ -202,14 +301,15 @@ async fn beat(bus: &dyn Bus, info: &WorkerInfo, worker: &Addr<WorkerActor>, leav
 pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!("cannot watch SIGTERM: {e}");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("cannot watch SIGTERM: {e}");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}

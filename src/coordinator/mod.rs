@@ -37,7 +37,8 @@ impl Handler<Register> for CoordinatorActor {
     type Result = ();
 
     fn handle(&mut self, msg: Register, _: &mut Context<Self>) {
-        self.workers.retain(|(i, _)| i.worker_id != msg.info.worker_id);
+        self.workers
+            .retain(|(i, _)| i.worker_id != msg.info.worker_id);
         self.workers.push((msg.info, msg.addr));
     }
 }
@@ -54,17 +55,30 @@ impl Handler<Place> for CoordinatorActor {
     type Result = ResponseFuture<Result<String, PlaceError>>;
 
     fn handle(&mut self, msg: Place, _: &mut Context<Self>) -> Self::Result {
-        let candidates: Vec<_> = self.workers.iter().filter(|(i, _)| i.model_id == msg.model).cloned().collect();
+        let candidates: Vec<_> = self
+            .workers
+            .iter()
+            .filter(|(i, _)| i.model_id == msg.model)
+            .cloned()
+            .collect();
         Box::pin(async move {
             if candidates.is_empty() {
                 return Err(PlaceError::NoWorker(msg.model));
             }
-            let serving: Vec<_> = loads(&candidates).await.into_iter().filter(|(_, _, l)| !l.draining).collect();
+            let serving: Vec<_> = loads(&candidates)
+                .await
+                .into_iter()
+                .filter(|(_, _, l)| !l.draining)
+                .collect();
             if serving.is_empty() {
                 return Err(PlaceError::NoWorker(msg.model));
             }
-            let free = serving.into_iter().filter(|(_, _, l)| l.busy() < l.capacity).min_by_key(|(_, _, l)| l.busy());
-            free.map(|(info, _, _)| info.worker_id).ok_or(PlaceError::Busy(msg.model))
+            let free = serving
+                .into_iter()
+                .filter(|(_, _, l)| l.busy() < l.capacity)
+                .min_by_key(|(_, _, l)| l.busy());
+            free.map(|(info, _, _)| info.worker_id)
+                .ok_or(PlaceError::Busy(msg.model))
         })
     }
 }
@@ -83,7 +97,9 @@ impl Handler<Workers> for CoordinatorActor {
 }
 
 /// The current load of each worker; one that does not answer is left out, not waited for.
-pub async fn loads(workers: &[(WorkerInfo, Addr<WorkerActor>)]) -> Vec<(WorkerInfo, Addr<WorkerActor>, WorkerLoad)> {
+pub async fn loads(
+    workers: &[(WorkerInfo, Addr<WorkerActor>)],
+) -> Vec<(WorkerInfo, Addr<WorkerActor>, WorkerLoad)> {
     let mut out = Vec::new();
     for (info, addr) in workers {
         if let Ok(load) = addr.send(GetLoad).await {

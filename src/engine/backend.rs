@@ -62,7 +62,14 @@ pub trait Backend: Send + Sync {
     fn rms_norm(&self, x: &mut [f32], dim: usize, weight: &[f32], eps: f32);
 
     /// Rotates every `head_dim`-wide head of each token row by its position.
-    fn rope(&self, x: &mut [f32], head_dim: usize, positions: &[usize], rope: &RopeConfig, freq_factors: Option<&[f32]>);
+    fn rope(
+        &self,
+        x: &mut [f32],
+        head_dim: usize,
+        positions: &[usize],
+        rope: &RopeConfig,
+        freq_factors: Option<&[f32]>,
+    );
 
     /// Causal attention of `q` (each sequence's `n_tokens` rows of `n_head * head_dim_k`,
     /// one sequence after the other) over each sequence's cache.

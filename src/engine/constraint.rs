@@ -31,7 +31,10 @@ impl TokenizerEnv for Vocabulary {
     }
 
     fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
-        match std::str::from_utf8(s).ok().map(|text| self.encoder.encode_fast(text, false)) {
+        match std::str::from_utf8(s)
+            .ok()
+            .map(|text| self.encoder.encode_fast(text, false))
+        {
             Some(Ok(enc)) => enc.get_ids().to_vec(),
             // Bytes that are not text (a cut character) or that the tokenizer refuses.
             _ => self.trie.greedy_tokenize(s),
@@ -47,7 +50,9 @@ pub struct Grammars {
 impl Grammars {
     /// Indexes `tok`'s vocabulary (~100 ms for 49k tokens); `encoder` is its text tokenizer.
     pub(crate) fn index(tok: &Tokenizer, encoder: tokenizers::Tokenizer) -> Result<Self, String> {
-        let eos = tok.eos.ok_or("the model declares no end-of-sequence token")?;
+        let eos = tok
+            .eos
+            .ok_or("the model declares no end-of-sequence token")?;
         let words: Vec<Vec<u8>> = (0..tok.vocab_size() as u32)
             .map(|id| {
                 let piece = tok.piece(id);
@@ -67,8 +72,13 @@ impl Grammars {
 
     /// Compiles a Lark grammar into a fresh constraint at the start of the output.
     pub fn compile(&self, lark: &str) -> Result<Constraint, EngineError> {
-        let parser = self.factory.create_parser(TopLevelGrammar::from_lark(lark.to_string())).map_err(|e| EngineError::Grammar(e.to_string()))?;
-        Ok(Constraint { matcher: Matcher::new(Ok(parser)) })
+        let parser = self
+            .factory
+            .create_parser(TopLevelGrammar::from_lark(lark.to_string()))
+            .map_err(|e| EngineError::Grammar(e.to_string()))?;
+        Ok(Constraint {
+            matcher: Matcher::new(Ok(parser)),
+        })
     }
 }
 
@@ -80,7 +90,10 @@ pub struct Constraint {
 impl Constraint {
     /// Sets the logit of every token the grammar does not allow next to minus infinity.
     pub fn mask(&mut self, logits: &mut [f32]) -> Result<(), EngineError> {
-        let allowed = self.matcher.compute_mask_or_eos().map_err(|e| EngineError::Grammar(e.to_string()))?;
+        let allowed = self
+            .matcher
+            .compute_mask_or_eos()
+            .map_err(|e| EngineError::Grammar(e.to_string()))?;
         let vocab = allowed.len().min(logits.len());
         allowed.iter_unset_entries(|i| {
             if i < vocab {
@@ -94,6 +107,8 @@ impl Constraint {
 
     /// Moves past `token`, which the last mask allowed.
     pub fn accept(&mut self, token: u32) -> Result<(), EngineError> {
-        self.matcher.consume_token(token).map_err(|e| EngineError::Grammar(e.to_string()))
+        self.matcher
+            .consume_token(token)
+            .map_err(|e| EngineError::Grammar(e.to_string()))
     }
 }

@@ -76,13 +76,19 @@ struct StopMatcher {
 impl StopMatcher {
     /// Adds text; returns what can be released now and whether a stop string matched.
     fn push(&mut self, piece: &str) -> (String, bool) {
-        let search_from = self.released.saturating_sub(self.stops.iter().map(String::len).max().unwrap_or(0));
+        let search_from = self
+            .released
+            .saturating_sub(self.stops.iter().map(String::len).max().unwrap_or(0));
         self.text.push_str(piece);
         let hit = self
             .stops
             .iter()
             .filter(|s| !s.is_empty())
-            .filter_map(|s| self.text[search_from..].find(s.as_str()).map(|i| search_from + i))
+            .filter_map(|s| {
+                self.text[search_from..]
+                    .find(s.as_str())
+                    .map(|i| search_from + i)
+            })
             .min();
         if let Some(at) = hit {
             self.text.truncate(at);
@@ -92,7 +98,9 @@ impl StopMatcher {
         let mut hold = 0;
         for s in &self.stops {
             for n in (1..s.len().min(self.text.len() + 1)).rev() {
-                if self.text.is_char_boundary(self.text.len() - n) && s.starts_with(&self.text[self.text.len() - n..]) {
+                if self.text.is_char_boundary(self.text.len() - n)
+                    && s.starts_with(&self.text[self.text.len() - n..])
+                {
                     hold = hold.max(n);
                     break;
                 }
@@ -147,13 +155,24 @@ impl Decoding {
     /// sampler moves past them), within `context` positions. Returns the state and what to
     /// deliver at once: text of the resumed tokens past what was delivered, and a finish if
     /// nothing is left to generate. `constraint` is `params.grammar` compiled.
-    pub fn new(tok: &Tokenizer, prompt: &[u32], params: &GenerateParams, context: usize, resume: &Resume, constraint: Option<Constraint>) -> (Self, Advance) {
+    pub fn new(
+        tok: &Tokenizer,
+        prompt: &[u32],
+        params: &GenerateParams,
+        context: usize,
+        resume: &Resume,
+        constraint: Option<Constraint>,
+    ) -> (Self, Advance) {
         let mut d = Self {
             sampler: Sampler::new(params.sampler.clone()),
             history: prompt.to_vec(),
             prompt_len: prompt.len(),
             decoder: StreamDecoder::default(),
-            stops: StopMatcher { stops: params.stop.clone(), text: String::new(), released: 0 },
+            stops: StopMatcher {
+                stops: params.stop.clone(),
+                text: String::new(),
+                released: 0,
+            },
             max_tokens: params.max_tokens,
             context,
             delivered: resume.text_bytes,
@@ -213,7 +232,11 @@ impl Decoding {
     /// Ends without a new token.
     fn end(&mut self, finish: FinishReason) -> Advance {
         let text = self.finish();
-        Advance { text, token: None, finish: Some(finish) }
+        Advance {
+            text,
+            token: None,
+            finish: Some(finish),
+        }
     }
 
     /// Takes `t` as the next token.
@@ -221,7 +244,11 @@ impl Decoding {
         self.history.push(t);
         let (text, hit) = self.stops.push(&self.decoder.push(tok, t));
         self.text.push_str(&text);
-        let mut a = Advance { text: self.fresh(text), token: None, finish: None };
+        let mut a = Advance {
+            text: self.fresh(text),
+            token: None,
+            finish: None,
+        };
         if hit {
             a.finish = Some(FinishReason::Stop);
         } else if self.produced().len() >= self.max_tokens || self.history.len() > self.context {
@@ -235,7 +262,11 @@ impl Decoding {
     /// Releases what was held back for a possible stop string or an unfinished character.
     fn finish(&mut self) -> String {
         let (text, hit) = self.stops.push(&self.decoder.finish());
-        let rest = if hit { text } else { text + &self.stops.finish() };
+        let rest = if hit {
+            text
+        } else {
+            text + &self.stops.finish()
+        };
         self.text.push_str(&rest);
         self.fresh(rest)
     }
@@ -261,7 +292,14 @@ pub fn generate(
     on_text: impl FnMut(&str, Option<u32>) -> ControlFlow<()>,
 ) -> Result<Generation, EngineError> {
     let mut cache = model.new_cache(None);
-    generate_with(tok, prompt, params, model.config.context_length, &mut |t| model.forward(be, &mut cache, t), on_text)
+    generate_with(
+        tok,
+        prompt,
+        params,
+        model.config.context_length,
+        &mut |t| model.forward(be, &mut cache, t),
+        on_text,
+    )
 }
 
 /// A forward pass over one sequence: the given tokens at its next positions in, the last
@@ -282,10 +320,15 @@ pub fn generate_with(
         return Err(EngineError::Tokenizer("the prompt is empty".into()));
     }
     if params.grammar.is_some() {
-        return Err(EngineError::Grammar("constrained generation runs in the batch scheduler".into()));
+        return Err(EngineError::Grammar(
+            "constrained generation runs in the batch scheduler".into(),
+        ));
     }
     if prompt.len() >= limit {
-        return Err(EngineError::ContextFull { needed: prompt.len() + 1, limit });
+        return Err(EngineError::ContextFull {
+            needed: prompt.len() + 1,
+            limit,
+        });
     }
     let (mut decoding, first) = Decoding::new(tok, prompt, params, limit, &Resume::default(), None);
     let mut out = Generation {
@@ -329,7 +372,11 @@ mod tests {
     use super::StopMatcher;
 
     fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
-        let mut m = StopMatcher { stops: stops.iter().map(|s| s.to_string()).collect(), text: String::new(), released: 0 };
+        let mut m = StopMatcher {
+            stops: stops.iter().map(|s| s.to_string()).collect(),
+            text: String::new(),
+            released: 0,
+        };
         let mut out = String::new();
         for p in pieces {
             let (t, hit) = m.push(p);
@@ -344,16 +391,25 @@ mod tests {
 
     #[test]
     fn a_stop_split_across_pieces_is_caught_and_never_streamed() {
-        assert_eq!(run(&["END"], &["abc E", "N", "D tail"]), ("abc ".to_string(), true));
+        assert_eq!(
+            run(&["END"], &["abc E", "N", "D tail"]),
+            ("abc ".to_string(), true)
+        );
     }
 
     #[test]
     fn held_back_text_is_released_when_it_cannot_be_a_stop() {
-        assert_eq!(run(&["END"], &["abc E", "x"]), ("abc Ex".to_string(), false));
+        assert_eq!(
+            run(&["END"], &["abc E", "x"]),
+            ("abc Ex".to_string(), false)
+        );
     }
 
     #[test]
     fn the_earliest_of_several_stops_wins() {
-        assert_eq!(run(&["world", "lo w"], &["hello world"]), ("hel".to_string(), true));
+        assert_eq!(
+            run(&["world", "lo w"], &["hello world"]),
+            ("hel".to_string(), true)
+        );
     }
 }

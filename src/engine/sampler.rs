@@ -49,7 +49,10 @@ impl Default for SamplerParams {
 
 impl SamplerParams {
     pub fn greedy() -> Self {
-        Self { temperature: 0.0, ..Self::default() }
+        Self {
+            temperature: 0.0,
+            ..Self::default()
+        }
     }
 }
 
@@ -115,9 +118,15 @@ impl Sampler {
             *counts.entry(t).or_default() += 1;
         }
         for (&t, &c) in &counts {
-            let Some(l) = logits.get_mut(t as usize) else { continue };
+            let Some(l) = logits.get_mut(t as usize) else {
+                continue;
+            };
             if p.repetition_penalty != 1.0 {
-                *l = if *l > 0.0 { *l / p.repetition_penalty } else { *l * p.repetition_penalty };
+                *l = if *l > 0.0 {
+                    *l / p.repetition_penalty
+                } else {
+                    *l * p.repetition_penalty
+                };
             }
             *l -= c as f32 * p.frequency_penalty + p.presence_penalty;
         }
@@ -145,8 +154,16 @@ impl Sampler {
         }
         let p = self.params.clone();
         // Candidates sorted by logit, highest first (lowest id first on ties).
-        let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, &l)| (i as u32, l)).collect();
-        let k = if p.top_k == 0 { cand.len() } else { p.top_k.min(cand.len()) };
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
+        let k = if p.top_k == 0 {
+            cand.len()
+        } else {
+            p.top_k.min(cand.len())
+        };
         let by_logit = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if k < cand.len() {
             cand.select_nth_unstable_by(k - 1, by_logit);
@@ -181,7 +198,10 @@ impl Sampler {
 
 fn softmax(cand: &[(u32, f32)], temperature: f32) -> Vec<f64> {
     let max = cand[0].1;
-    let e: Vec<f64> = cand.iter().map(|&(_, l)| (((l - max) / temperature) as f64).exp()).collect();
+    let e: Vec<f64> = cand
+        .iter()
+        .map(|&(_, l)| (((l - max) / temperature) as f64).exp())
+        .collect();
     let sum: f64 = e.iter().sum();
     e.into_iter().map(|v| v / sum).collect()
 }

@@ -33,7 +33,11 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: &str, content: &str) -> Self {
-        Self { role: role.into(), content: content.into(), ..Default::default() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+            ..Default::default()
+        }
     }
 }
 
@@ -60,7 +64,11 @@ fn strftime_now(format: String) -> String {
 impl ChatTemplate {
     pub fn from_gguf(f: &GgufFile, tok: &Tokenizer) -> Result<Self, EngineError> {
         let source = f.str_opt("tokenizer.chat_template")?;
-        let text = |id: Option<u32>| id.and_then(|i| tok.token_text(i)).unwrap_or_default().to_string();
+        let text = |id: Option<u32>| {
+            id.and_then(|i| tok.token_text(i))
+                .unwrap_or_default()
+                .to_string()
+        };
         Self::new(source, text(tok.bos), text(tok.eos))
     }
 
@@ -74,9 +82,18 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.add_template_owned("chat", source.unwrap_or(CHATML).to_string())
-            .map_err(|e| EngineError::Template(format!("the model's chat template does not parse: {e}")))?;
+            .map_err(|e| {
+                EngineError::Template(format!("the model's chat template does not parse: {e}"))
+            })?;
         let mentions = |what: &str| source.is_some_and(|s| s.contains(what));
-        Ok(Self { env, bos, eos, is_model_template: source.is_some(), handles_tools: mentions("tools"), handles_thinking: mentions("<think>") })
+        Ok(Self {
+            env,
+            bos,
+            eos,
+            is_model_template: source.is_some(),
+            handles_tools: mentions("tools"),
+            handles_thinking: mentions("<think>"),
+        })
     }
 
     /// Renders `messages`; `tools` (OpenAI-style function list) and `kwargs` (extra template
@@ -92,15 +109,22 @@ impl ChatTemplate {
         for (k, v) in kwargs {
             ctx.insert(k.clone(), v.clone());
         }
-        ctx.insert("messages".into(), serde_json::to_value(messages).map_err(|e| EngineError::Template(e.to_string()))?);
+        ctx.insert(
+            "messages".into(),
+            serde_json::to_value(messages).map_err(|e| EngineError::Template(e.to_string()))?,
+        );
         ctx.insert("add_generation_prompt".into(), add_generation_prompt.into());
         ctx.insert("bos_token".into(), self.bos.clone().into());
         ctx.insert("eos_token".into(), self.eos.clone().into());
         if let Some(t) = tools {
             ctx.insert("tools".into(), t.clone());
         }
-        let tmpl = self.env.get_template("chat").map_err(|e| EngineError::Template(e.to_string()))?;
-        tmpl.render(Value::from_serialize(&ctx)).map_err(|e| EngineError::Template(format!("rendering failed: {e}")))
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| EngineError::Template(e.to_string()))?;
+        tmpl.render(Value::from_serialize(&ctx))
+            .map_err(|e| EngineError::Template(format!("rendering failed: {e}")))
     }
 }
 
@@ -111,8 +135,18 @@ mod tests {
     #[test]
     fn chatml_fallback_renders_a_turn() {
         let t = ChatTemplate::new(None, String::new(), String::new()).unwrap();
-        let out = t.render(&[ChatMessage::new("user", "hi")], None, true, &Default::default()).unwrap();
-        assert_eq!(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+        let out = t
+            .render(
+                &[ChatMessage::new("user", "hi")],
+                None,
+                true,
+                &Default::default(),
+            )
+            .unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
 
     #[test]
@@ -123,9 +157,21 @@ mod tests {
         let tools = serde_json::json!([{"type": "function"}]);
         let mut kw = serde_json::Map::new();
         kw.insert("enable_thinking".into(), false.into());
-        let out = t.render(&[ChatMessage::new("user", "  hi ")], Some(&tools), false, &kw).unwrap();
-        assert_eq!(out, r#"hi|[{"type":"function"}]|False|4"#, "booleans render as Python Jinja does");
-        let err = t.render(&[ChatMessage::new("user", "xy")], None, false, &kw).unwrap_err();
+        let out = t
+            .render(
+                &[ChatMessage::new("user", "  hi ")],
+                Some(&tools),
+                false,
+                &kw,
+            )
+            .unwrap();
+        assert_eq!(
+            out, r#"hi|[{"type":"function"}]|False|4"#,
+            "booleans render as Python Jinja does"
+        );
+        let err = t
+            .render(&[ChatMessage::new("user", "xy")], None, false, &kw)
+            .unwrap_err();
         assert!(err.to_string().contains("no x"), "{err}");
     }
 
@@ -135,7 +181,14 @@ mod tests {
         let t = ChatTemplate::new(Some(src), String::new(), String::new()).unwrap();
         let mut tool = ChatMessage::new("tool", "42");
         tool.tool_call_id = Some("call_1".into());
-        let out = t.render(&[ChatMessage::new("developer", "be brief"), tool], None, false, &Default::default()).unwrap();
+        let out = t
+            .render(
+                &[ChatMessage::new("developer", "be brief"), tool],
+                None,
+                false,
+                &Default::default(),
+            )
+            .unwrap();
         assert_eq!(out, "developer:be brief;tool:42#call_1;");
     }
 }

@@ -25,7 +25,8 @@ const QWEN2_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'
 const LLAMA3_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Pre-tokenizer names we understand, for error messages.
-pub const SUPPORTED_PRE: &str = "smollm, starcoder, refact, gpt-2, qwen2, deepseek-r1-qwen, llama3, llama-v3, llama-bpe";
+pub const SUPPORTED_PRE: &str =
+    "smollm, starcoder, refact, gpt-2, qwen2, deepseek-r1-qwen, llama3, llama-v3, llama-bpe";
 
 /// `(split regexes, ignore_merges)` for a `tokenizer.ggml.pre` name.
 fn pre_tokenizer_for(pre: &str) -> Option<(&'static [&'static str], bool)> {
@@ -45,8 +46,15 @@ const TOKEN_BYTE: i64 = 6;
 
 /// Texts of control tokens that end a generation, besides the declared EOS/EOT ids
 /// (llama.cpp recognises the same ones).
-const END_OF_GENERATION: &[&str] =
-    &["<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<|end|>", "<end_of_turn>", "<|eom_id|>"];
+const END_OF_GENERATION: &[&str] = &[
+    "<|endoftext|>",
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|end_of_text|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|eom_id|>",
+];
 
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
@@ -75,7 +83,10 @@ fn byte_level_decoder() -> HashMap<char, u8> {
             n += 1;
         }
     }
-    bs.into_iter().zip(cs).filter_map(|(b, c)| char::from_u32(c).map(|c| (c, b as u8))).collect()
+    bs.into_iter()
+        .zip(cs)
+        .filter_map(|(b, c)| char::from_u32(c).map(|c| (c, b as u8)))
+        .collect()
 }
 
 impl Tokenizer {
@@ -83,11 +94,16 @@ impl Tokenizer {
         let err = |m: String| EngineError::Tokenizer(format!("{}: {m}", f.path().display()));
         let model = f.str("tokenizer.ggml.model")?;
         if model != "gpt2" {
-            return Err(err(format!("tokenizer model `{model}` is not supported (only gpt2 byte-level BPE)")));
+            return Err(err(format!(
+                "tokenizer model `{model}` is not supported (only gpt2 byte-level BPE)"
+            )));
         }
         let pre = f.str_opt("tokenizer.ggml.pre")?.unwrap_or("default");
-        let (splits, ignore_merges) = pre_tokenizer_for(pre)
-            .ok_or_else(|| err(format!("pre-tokenizer `{pre}` is not supported (supported: {SUPPORTED_PRE})")))?;
+        let (splits, ignore_merges) = pre_tokenizer_for(pre).ok_or_else(|| {
+            err(format!(
+                "pre-tokenizer `{pre}` is not supported (supported: {SUPPORTED_PRE})"
+            ))
+        })?;
 
         let tokens: Vec<String> = f
             .array("tokenizer.ggml.tokens")?
@@ -96,7 +112,10 @@ impl Tokenizer {
             .collect::<Option<_>>()
             .ok_or_else(|| err("tokenizer.ggml.tokens holds a non-string".into()))?;
         let types: Vec<i64> = match f.array_opt("tokenizer.ggml.token_type")? {
-            Some(a) => a.iter().map(|v| v.as_i64().unwrap_or(TOKEN_NORMAL)).collect(),
+            Some(a) => a
+                .iter()
+                .map(|v| v.as_i64().unwrap_or(TOKEN_NORMAL))
+                .collect(),
             None => vec![TOKEN_NORMAL; tokens.len()],
         };
         let merges: Vec<(String, String)> = f
@@ -108,9 +127,15 @@ impl Tokenizer {
                 Some((a.to_string(), b.to_string()))
             })
             .collect::<Option<_>>()
-            .ok_or_else(|| err("tokenizer.ggml.merges holds an entry that is not \"a b\"".into()))?;
+            .ok_or_else(
+                || err("tokenizer.ggml.merges holds an entry that is not \"a b\"".into()),
+            )?;
 
-        let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
             .ignore_merges(ignore_merges)
@@ -118,8 +143,12 @@ impl Tokenizer {
             .map_err(|e| err(format!("building BPE: {e}")))?;
         let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
         for re in splits {
-            let split = Split::new(SplitPattern::Regex(re.to_string()), SplitDelimiterBehavior::Isolated, false)
-                .map_err(|e| err(format!("split regex: {e}")))?;
+            let split = Split::new(
+                SplitPattern::Regex(re.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| err(format!("split regex: {e}")))?;
             steps.push(split.into());
         }
         steps.push(ByteLevel::new(false, false, false).into());
@@ -147,13 +176,21 @@ impl Tokenizer {
         inner.add_special_tokens(&specials);
 
         let id = |key: &str| -> Result<Option<u32>, EngineError> {
-            Ok(f.u64_opt(key)?.map(|v| v as u32).filter(|&v| (v as usize) < tokens.len()))
+            Ok(f.u64_opt(key)?
+                .map(|v| v as u32)
+                .filter(|&v| (v as usize) < tokens.len()))
         };
         let bos = id("tokenizer.ggml.bos_token_id")?;
         let eos = id("tokenizer.ggml.eos_token_id")?;
-        let mut end_of_generation: Vec<u32> = [eos, id("tokenizer.ggml.eot_token_id")?].into_iter().flatten().collect();
+        let mut end_of_generation: Vec<u32> = [eos, id("tokenizer.ggml.eot_token_id")?]
+            .into_iter()
+            .flatten()
+            .collect();
         for (i, (tok, &ty)) in tokens.iter().zip(&types).enumerate() {
-            if ty == TOKEN_CONTROL && END_OF_GENERATION.contains(&tok.as_str()) && !end_of_generation.contains(&(i as u32)) {
+            if ty == TOKEN_CONTROL
+                && END_OF_GENERATION.contains(&tok.as_str())
+                && !end_of_generation.contains(&(i as u32))
+            {
                 end_of_generation.push(i as u32);
             }
         }
@@ -183,15 +220,22 @@ impl Tokenizer {
 
     /// Tokenizes `text` without BOS.
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, EngineError> {
-        let enc = self.inner.encode_fast(text, false).map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Compiles grammars over this vocabulary. The index is built on the first call and
     /// shared by everyone holding this tokenizer (a process's front and worker alike).
     pub fn grammars(&self) -> Result<&Grammars, EngineError> {
-        let built = self.grammars.get_or_init(|| Grammars::index(self, self.inner.clone()));
-        built.as_ref().map_err(|e| EngineError::Grammar(format!("indexing the vocabulary: {e}")))
+        let built = self
+            .grammars
+            .get_or_init(|| Grammars::index(self, self.inner.clone()));
+        built
+            .as_ref()
+            .map_err(|e| EngineError::Grammar(format!("indexing the vocabulary: {e}")))
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -220,7 +264,10 @@ impl Tokenizer {
 
     /// Decodes ids to text; invalid UTF-8 (a sequence cut mid-character) becomes U+FFFD.
     pub fn decode(&self, ids: &[u32]) -> String {
-        let bytes: Vec<u8> = ids.iter().flat_map(|&i| self.piece(i).iter().copied()).collect();
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&i| self.piece(i).iter().copied())
+            .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 }

@@ -19,7 +19,9 @@ use tracing::Instrument;
 use super::http::{api_key, count_error, error_response, json_body};
 use super::FrontState;
 use crate::api::chat_request::{ChatRequest, TokenChoice};
-use crate::api::chat_response::{finish_reason, sse_event, AssistantMessage, CompletionId, SSE_DONE};
+use crate::api::chat_response::{
+    finish_reason, sse_event, AssistantMessage, CompletionId, SSE_DONE,
+};
 use crate::api::error::ApiError;
 use crate::ids::random_hex;
 use crate::session::actor::{Services, SessionActor, SessionEvent, Turn};
@@ -29,13 +31,31 @@ use crate::session::prompt::{prepare, PreparedPrompt};
 use crate::telemetry::metrics;
 use crate::telemetry::trace_context::follow;
 
-pub async fn chat_completions(req: HttpRequest, payload: web::Payload, state: web::Data<FrontState>) -> HttpResponse {
+pub async fn chat_completions(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<FrontState>,
+) -> HttpResponse {
     // The request's trace: a child of the caller's when it sent a `traceparent`. The session
     // keeps it open until the turn is settled.
-    let span = tracing::info_span!("POST /v1/chat/completions", otel.kind = "server", model = tracing::field::Empty, job = tracing::field::Empty, http.response.status_code = tracing::field::Empty);
-    follow(&span, req.headers().get("traceparent").and_then(|v| v.to_str().ok()));
+    let span = tracing::info_span!(
+        "POST /v1/chat/completions",
+        otel.kind = "server",
+        model = tracing::field::Empty,
+        job = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty
+    );
+    follow(
+        &span,
+        req.headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok()),
+    );
     let arrived = Instant::now();
-    let r = match chat(req, payload, state, span.clone(), arrived).instrument(span.clone()).await {
+    let r = match chat(req, payload, state, span.clone(), arrived)
+        .instrument(span.clone())
+        .await
+    {
         Ok(r) => r,
         Err(e) => error_response(&e),
     };
@@ -43,29 +63,62 @@ pub async fn chat_completions(req: HttpRequest, payload: web::Payload, state: we
     r
 }
 
-async fn chat(req: HttpRequest, payload: web::Payload, state: web::Data<FrontState>, span: tracing::Span, arrived: Instant) -> Result<HttpResponse, ApiError> {
+async fn chat(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<FrontState>,
+    span: tracing::Span,
+    arrived: Instant,
+) -> Result<HttpResponse, ApiError> {
     let s = &state.services;
     let secret = api_key(&req)?;
     // The key is looked up (unless it was found valid a moment ago: a store round trip on a
     // blocking thread) while the body is read and the prompt rendered and tokenized. Its
     // verdict is still taken first: a bad key gets its 401 whatever the body holds, and
     // nothing is spent or held for it (the hold checks the key again, atomically).
-    let authenticate = s.billing.authenticate(secret).instrument(tracing::info_span!("billing.authenticate"));
-    let (key, read) = futures_util::future::join(authenticate, read_request(&req, payload, s)).await;
-    let key = key.map_err(|e| ApiError::logged("authenticating", e))?.ok_or_else(|| ApiError::unauthorized("Incorrect API key provided"))?;
+    let authenticate = s
+        .billing
+        .authenticate(secret)
+        .instrument(tracing::info_span!("billing.authenticate"));
+    let (key, read) =
+        futures_util::future::join(authenticate, read_request(&req, payload, s)).await;
+    let key = key
+        .map_err(|e| ApiError::logged("authenticating", e))?
+        .ok_or_else(|| ApiError::unauthorized("Incorrect API key provided"))?;
     let (request, model, prompt) = read?;
-    let permit = s.billing.admit(&key.record, s.config.limits).map_err(|l| ApiError::rate_limited(l.message, l.retry_after_secs))?;
+    let permit = s
+        .billing
+        .admit(&key.record, s.config.limits)
+        .map_err(|l| ApiError::rate_limited(l.message, l.retry_after_secs))?;
 
     let job = random_hex(12).map_err(|e| ApiError::logged("a job id", e))?;
-    let id = Arc::new(CompletionId { id: format!("chatcmpl-{job}"), created: unix_now(), model: model.id.clone() });
+    let id = Arc::new(CompletionId {
+        id: format!("chatcmpl-{job}"),
+        created: unix_now(),
+        model: model.id.clone(),
+    });
     let (stream, include_usage) = (request.stream, request.include_usage);
-    span.record("model", model.id.as_str()).record("job", id.id.as_str());
-    let turn = Turn { job_id: id.id.clone(), key, model, request, permit, span, arrived };
+    span.record("model", model.id.as_str())
+        .record("job", id.id.as_str());
+    let turn = Turn {
+        job_id: id.id.clone(),
+        key,
+        model,
+        request,
+        permit,
+        span,
+        arrived,
+    };
     let mut events = SessionActor::start_turn(Arc::clone(&state.services), turn, prompt);
     match events.recv().await {
         Some(SessionEvent::Started) => {}
         Some(SessionEvent::Error(e)) => return Err(e),
-        other => return Err(ApiError::logged("starting the session", format!("unexpected first event {other:?}"))),
+        other => {
+            return Err(ApiError::logged(
+                "starting the session",
+                format!("unexpected first event {other:?}"),
+            ))
+        }
     }
     if stream {
         Ok(sse(events, id, include_usage))
@@ -75,38 +128,67 @@ async fn chat(req: HttpRequest, payload: web::Payload, state: web::Data<FrontSta
 }
 
 /// The body read and parsed, the model it names, and its prompt made ready for a worker.
-async fn read_request(req: &HttpRequest, payload: web::Payload, s: &Services) -> Result<(ChatRequest, Arc<ModelEntry>, PreparedPrompt), ApiError> {
+async fn read_request(
+    req: &HttpRequest,
+    payload: web::Payload,
+    s: &Services,
+) -> Result<(ChatRequest, Arc<ModelEntry>, PreparedPrompt), ApiError> {
     let body = json_body(req, payload, s.config.server.max_body_bytes).await?;
     let mut request = ChatRequest::parse(&body)?;
     if request.token_type.is_none() {
         request.token_type = header_token_type(req)?;
     }
     let model = match request.model.as_deref() {
-        Some(id) => s.models.get(id).ok_or_else(|| ApiError::model_not_found(id))?,
-        None => s.models.default_model().ok_or_else(|| ApiError::unavailable("This server serves no model"))?,
+        Some(id) => s
+            .models
+            .get(id)
+            .ok_or_else(|| ApiError::model_not_found(id))?,
+        None => s
+            .models
+            .default_model()
+            .ok_or_else(|| ApiError::unavailable("This server serves no model"))?,
     };
-    let prompt = tracing::info_span!("session.prepare").in_scope(|| prepare(&request, &model.text(), &model.tier.limits()))?;
+    let prompt = tracing::info_span!("session.prepare")
+        .in_scope(|| prepare(&request, &model.text(), &model.tier.limits()))?;
     Ok((request, model, prompt))
 }
 
 /// `X-Token-Type`, used when the body names no `token_type`.
 fn header_token_type(req: &HttpRequest) -> Result<Option<TokenChoice>, ApiError> {
-    let Some(v) = req.headers().get("x-token-type") else { return Ok(None) };
+    let Some(v) = req.headers().get("x-token-type") else {
+        return Ok(None);
+    };
     match v.to_str().map(|v| v.trim().to_ascii_lowercase()).as_deref() {
         Ok("spark") => Ok(Some(TokenChoice::Spark)),
         Ok("sogni") => Ok(Some(TokenChoice::Sogni)),
         Ok("auto") => Ok(Some(TokenChoice::Auto)),
-        _ => Err(ApiError::invalid("X-Token-Type", "the X-Token-Type header must be spark, sogni or auto")),
+        _ => Err(ApiError::invalid(
+            "X-Token-Type",
+            "the X-Token-Type header must be spark, sogni or auto",
+        )),
     }
 }
 
 /// The non-streaming response, once the turn is done.
-async fn whole(mut events: UnboundedReceiver<SessionEvent>, id: &CompletionId) -> Result<HttpResponse, ApiError> {
+async fn whole(
+    mut events: UnboundedReceiver<SessionEvent>,
+    id: &CompletionId,
+) -> Result<HttpResponse, ApiError> {
     let mut message = AssistantMessage::default();
     loop {
         match events.recv().await {
             Some(SessionEvent::Delta(d, _)) => message.apply(d),
-            Some(SessionEvent::Done { finish, tool_calls, usage }) => return Ok(HttpResponse::Ok().json(id.response(&message, finish_reason(finish, tool_calls), usage))),
+            Some(SessionEvent::Done {
+                finish,
+                tool_calls,
+                usage,
+            }) => {
+                return Ok(HttpResponse::Ok().json(id.response(
+                    &message,
+                    finish_reason(finish, tool_calls),
+                    usage,
+                )))
+            }
             Some(SessionEvent::Error(e)) => return Err(e),
             Some(SessionEvent::Started) => {}
             None => return Err(ApiError::logged("the session", "ended without a result")),
@@ -116,9 +198,19 @@ async fn whole(mut events: UnboundedReceiver<SessionEvent>, id: &CompletionId) -
 
 /// The SSE response: the role chunk, one chunk per delta, the finish chunk, the usage chunk
 /// when asked for, then `[DONE]`. Chunks that are ready together go out in one write.
-fn sse(events: UnboundedReceiver<SessionEvent>, id: Arc<CompletionId>, include_usage: bool) -> HttpResponse {
-    let first = stream::once(std::future::ready(Ok::<_, actix_web::Error>(Bytes::from(sse_event(&id.role_chunk())))));
-    let relay = Relay { id, include_usage, last_delay: None };
+fn sse(
+    events: UnboundedReceiver<SessionEvent>,
+    id: Arc<CompletionId>,
+    include_usage: bool,
+) -> HttpResponse {
+    let first = stream::once(std::future::ready(Ok::<_, actix_web::Error>(Bytes::from(
+        sse_event(&id.role_chunk()),
+    ))));
+    let relay = Relay {
+        id,
+        include_usage,
+        last_delay: None,
+    };
     let rest = stream::unfold(Some((events, relay)), |state| async move {
         let (mut events, mut relay) = state?;
         let mut frames = String::new();
@@ -130,7 +222,9 @@ fn sse(events: UnboundedReceiver<SessionEvent>, id: Arc<CompletionId>, include_u
             event = match events.try_recv() {
                 Ok(e) => Some(e),
                 Err(TryRecvError::Empty) if frames.is_empty() => events.recv().await,
-                Err(TryRecvError::Empty) => return Some((Ok(Bytes::from(frames)), Some((events, relay)))),
+                Err(TryRecvError::Empty) => {
+                    return Some((Ok(Bytes::from(frames)), Some((events, relay))))
+                }
                 Err(TryRecvError::Disconnected) => None,
             };
         }
@@ -160,15 +254,24 @@ impl Relay {
                 self.timed(&arrival);
                 return true;
             }
-            Some(SessionEvent::Done { finish, tool_calls, usage }) => {
-                frames.push_str(&sse_event(&self.id.finish_chunk(finish_reason(finish, tool_calls))));
+            Some(SessionEvent::Done {
+                finish,
+                tool_calls,
+                usage,
+            }) => {
+                frames.push_str(&sse_event(
+                    &self.id.finish_chunk(finish_reason(finish, tool_calls)),
+                ));
                 if self.include_usage {
                     frames.push_str(&sse_event(&self.id.usage_chunk(usage)));
                 }
                 frames.push_str(SSE_DONE);
             }
             Some(SessionEvent::Error(e)) => frames.push_str(&stream_error(&e)),
-            None => frames.push_str(&stream_error(&ApiError::logged("the session", "ended mid-stream"))),
+            None => frames.push_str(&stream_error(&ApiError::logged(
+                "the session",
+                "ended mid-stream",
+            ))),
         }
         false
     }
@@ -180,10 +283,14 @@ impl Relay {
         front.relay.observe(arrival.read.elapsed().as_secs_f64());
         let Some(at) = arrival.appended else { return };
         // `at` is the middle of its millisecond: earlier than that reads as no delay.
-        let delay = std::time::SystemTime::now().duration_since(at).unwrap_or_default();
+        let delay = std::time::SystemTime::now()
+            .duration_since(at)
+            .unwrap_or_default();
         front.token_delay.observe(delay.as_secs_f64());
         if let Some(last) = self.last_delay.replace(delay) {
-            front.gap_added.observe(delay.saturating_sub(last).as_secs_f64());
+            front
+                .gap_added
+                .observe(delay.saturating_sub(last).as_secs_f64());
         }
     }
 }
@@ -195,5 +302,7 @@ fn stream_error(e: &ApiError) -> String {
 }
 
 pub fn unix_now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }

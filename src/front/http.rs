@@ -22,7 +22,10 @@ pub fn error_response(e: &ApiError) -> HttpResponse {
 
 /// Counts an error sent to a client, by type and status.
 pub fn count_error(e: &ApiError) {
-    crate::telemetry::metrics::front().request_errors.with_label_values(&[e.kind, &e.status.to_string()]).inc();
+    crate::telemetry::metrics::front()
+        .request_errors
+        .with_label_values(&[e.kind, &e.status.to_string()])
+        .inc();
 }
 
 /// The key of `Authorization: Bearer KEY`, or of `api-key: KEY` (what Sogni's SDKs send).
@@ -30,8 +33,14 @@ pub fn api_key(req: &HttpRequest) -> Result<String, ApiError> {
     let text = |v: &HeaderValue| v.to_str().map(str::trim).map(str::to_string).ok();
     if let Some(v) = req.headers().get(AUTHORIZATION).and_then(text) {
         return match v.split_once(' ') {
-            Some((scheme, key)) if scheme.eq_ignore_ascii_case("bearer") && !key.trim().is_empty() => Ok(key.trim().to_string()),
-            _ => Err(ApiError::unauthorized("The Authorization header must be `Bearer YOUR_API_KEY`")),
+            Some((scheme, key))
+                if scheme.eq_ignore_ascii_case("bearer") && !key.trim().is_empty() =>
+            {
+                Ok(key.trim().to_string())
+            }
+            _ => Err(ApiError::unauthorized(
+                "The Authorization header must be `Bearer YOUR_API_KEY`",
+            )),
         };
     }
     match req.headers().get("api-key").and_then(text) {
@@ -43,21 +52,33 @@ pub fn api_key(req: &HttpRequest) -> Result<String, ApiError> {
 }
 
 /// The body as one JSON value; larger than `limit` bytes is 413 before or while reading.
-pub async fn json_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Value, ApiError> {
-    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+pub async fn json_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Value, ApiError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::too_large(limit));
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_body(format!("could not read the request body: {e}")))?;
+        let chunk = chunk
+            .map_err(|e| ApiError::bad_body(format!("could not read the request body: {e}")))?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::too_large(limit));
         }
         body.extend_from_slice(&chunk);
     }
     if body.is_empty() {
-        return Err(ApiError::bad_body("The request body is empty; send a JSON object"));
+        return Err(ApiError::bad_body(
+            "The request body is empty; send a JSON object",
+        ));
     }
-    serde_json::from_slice(&body).map_err(|e| ApiError::bad_body(format!("The request body is not valid JSON: {e}")))
+    serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_body(format!("The request body is not valid JSON: {e}")))
 }

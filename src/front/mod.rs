@@ -24,12 +24,24 @@ pub struct FrontState {
 
 /// The routes, for `App::configure`.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/v1/chat/completions").route(web::post().to(chat::chat_completions)).default_service(web::to(routes::method_not_allowed)))
-        .service(web::resource("/v1/models").route(web::get().to(routes::list_models)).default_service(web::to(routes::method_not_allowed)))
-        .service(web::resource("/v1/models/{id:.+}").route(web::get().to(routes::get_model)).default_service(web::to(routes::method_not_allowed)))
-        .route("/healthz", web::get().to(routes::healthz))
-        .route("/readyz", web::get().to(routes::readyz))
-        .route("/metrics", web::get().to(routes::metrics))
-        .route(ENDPOINT, web::post().to(routes::admin))
-        .default_service(web::to(routes::not_found));
+    cfg.service(
+        web::resource("/v1/chat/completions")
+            .route(web::post().to(chat::chat_completions))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/models")
+            .route(web::get().to(routes::list_models))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/models/{id:.+}")
+            .route(web::get().to(routes::get_model))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .route("/healthz", web::get().to(routes::healthz))
+    .route("/readyz", web::get().to(routes::readyz))
+    .route("/metrics", web::get().to(routes::metrics))
+    .route(ENDPOINT, web::post().to(routes::admin))
+    .default_service(web::to(routes::not_found));
 }

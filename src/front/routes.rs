@@ -10,8 +10,8 @@ use crate::admin::{execute, AdminCommand, WorkersCommand};
 use crate::api::chat_response::{model_list, Capabilities, ModelCard, Pricing};
 use crate::api::error::ApiError;
 use crate::coordinator::Workers;
-use crate::session::pool::Pool;
 use crate::session::models::ModelEntry;
+use crate::session::pool::Pool;
 use crate::telemetry::{metrics_http, snapshot};
 use crate::worker::actor::{SetDraining, WorkerInfo, WorkerLoad};
 
@@ -27,15 +27,31 @@ fn card(m: &ModelEntry, workers: &[(WorkerInfo, WorkerLoad)]) -> ModelCard {
         owned_by: "supernet".into(),
         context_length: m.context_length,
         // Every model calls tools: the template renders them, or the session describes them.
-        capabilities: Capabilities { tools: true, vision: false, reasoning: m.template.handles_thinking },
-        pricing: Pricing { input: m.tier.input_usd_per_m.to_string(), output: m.tier.output_usd_per_m.to_string() },
-        workers: workers.iter().filter(|(i, l)| i.model_id == m.id && !l.draining).count(),
+        capabilities: Capabilities {
+            tools: true,
+            vision: false,
+            reasoning: m.template.handles_thinking,
+        },
+        pricing: Pricing {
+            input: m.tier.input_usd_per_m.to_string(),
+            output: m.tier.output_usd_per_m.to_string(),
+        },
+        workers: workers
+            .iter()
+            .filter(|(i, l)| i.model_id == m.id && !l.draining)
+            .count(),
     }
 }
 
 pub async fn list_models(state: web::Data<FrontState>) -> HttpResponse {
     let workers = worker_loads(&state).await;
-    let cards: Vec<_> = state.services.models.list().iter().map(|m| card(m, &workers)).collect();
+    let cards: Vec<_> = state
+        .services
+        .models
+        .list()
+        .iter()
+        .map(|m| card(m, &workers))
+        .collect();
     HttpResponse::Ok().json(model_list(&cards))
 }
 
@@ -52,7 +68,11 @@ pub async fn healthz() -> HttpResponse {
 
 /// Ready when a worker is loaded and serving (not drained).
 pub async fn readyz(state: web::Data<FrontState>) -> HttpResponse {
-    let serving = worker_loads(&state).await.iter().filter(|(_, l)| !l.draining).count();
+    let serving = worker_loads(&state)
+        .await
+        .iter()
+        .filter(|(_, l)| !l.draining)
+        .count();
     if serving == 0 {
         return error_response(&ApiError::unavailable("No worker is serving"));
     }
@@ -72,11 +92,20 @@ pub async fn metrics(state: web::Data<FrontState>) -> HttpResponse {
 }
 
 /// `supernet admin` while this server holds the store.
-pub async fn admin(req: HttpRequest, payload: web::Payload, state: web::Data<FrontState>) -> HttpResponse {
-    if !api_key(&req).is_ok_and(|presented| state.admin.as_ref().is_some_and(|h| h.accepts(&presented))) {
+pub async fn admin(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<FrontState>,
+) -> HttpResponse {
+    if !api_key(&req)
+        .is_ok_and(|presented| state.admin.as_ref().is_some_and(|h| h.accepts(&presented)))
+    {
         return error_response(&ApiError::unauthorized("Not an admin token of this server"));
     }
-    let command: AdminCommand = match json_body(&req, payload, 1 << 20).await.and_then(|v| serde_json::from_value(v).map_err(|e| ApiError::bad_body(format!("not an admin command: {e}")))) {
+    let command: AdminCommand = match json_body(&req, payload, 1 << 20).await.and_then(|v| {
+        serde_json::from_value(v)
+            .map_err(|e| ApiError::bad_body(format!("not an admin command: {e}")))
+    }) {
         Ok(c) => c,
         Err(e) => return error_response(&e),
     };
@@ -94,7 +123,10 @@ pub async fn admin(req: HttpRequest, payload: web::Payload, state: web::Data<Fro
     }
 }
 
-async fn workers_command(state: &FrontState, command: WorkersCommand) -> Result<serde_json::Value, ApiError> {
+async fn workers_command(
+    state: &FrontState,
+    command: WorkersCommand,
+) -> Result<serde_json::Value, ApiError> {
     let (worker_id, drain) = match command {
         WorkersCommand::List => {
             let list: Vec<_> = worker_loads(state)
@@ -108,19 +140,39 @@ async fn workers_command(state: &FrontState, command: WorkersCommand) -> Result<
         WorkersCommand::Resume { worker_id } => (worker_id, false),
     };
     let Pool::Local(coordinator) = &state.services.pool else {
-        return Err(ApiError::bad_body("In a cluster, drain a worker by stopping it (SIGTERM): it finishes its jobs first"));
+        return Err(ApiError::bad_body(
+            "In a cluster, drain a worker by stopping it (SIGTERM): it finishes its jobs first",
+        ));
     };
-    let workers = coordinator.send(Workers).await.map_err(|e| ApiError::logged("the coordinator", e))?;
-    let (_, addr) = workers.iter().find(|(i, _)| i.worker_id == worker_id).ok_or_else(|| ApiError::bad_body(format!("no worker `{worker_id}`")))?;
-    addr.send(SetDraining(drain)).await.map_err(|e| ApiError::logged("the worker", e))?;
+    let workers = coordinator
+        .send(Workers)
+        .await
+        .map_err(|e| ApiError::logged("the coordinator", e))?;
+    let (_, addr) = workers
+        .iter()
+        .find(|(i, _)| i.worker_id == worker_id)
+        .ok_or_else(|| ApiError::bad_body(format!("no worker `{worker_id}`")))?;
+    addr.send(SetDraining(drain))
+        .await
+        .map_err(|e| ApiError::logged("the worker", e))?;
     Ok(json!({ "worker_id": worker_id, "draining": drain }))
 }
 
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
-    error_response(&ApiError::not_found(format!("Unknown route: {} {}", req.method(), req.path())))
+    error_response(&ApiError::not_found(format!(
+        "Unknown route: {} {}",
+        req.method(),
+        req.path()
+    )))
 }
 
 pub async fn method_not_allowed(req: HttpRequest) -> HttpResponse {
-    let e = ApiError { status: 405, ..ApiError::not_found(format!("{} is not allowed on {}", req.method(), req.path())) };
-    error_response(&ApiError { code: Some("method_not_allowed"), ..e })
+    let e = ApiError {
+        status: 405,
+        ..ApiError::not_found(format!("{} is not allowed on {}", req.method(), req.path()))
+    };
+    error_response(&ApiError {
+        code: Some("method_not_allowed"),
+        ..e
+    })
 }

@@ -37,7 +37,9 @@ use crate::store::{Hold, StoreError};
 use crate::telemetry::metrics::{front as metrics, GaugeGuard, ModelMetrics};
 use crate::worker::actor::send_command;
 use crate::worker::engine_thread::JobEvent;
-use crate::worker::protocol::{JobSpec, NodeMessage, Placement, QueueReason, WorkerCommand, WorkerEvent};
+use crate::worker::protocol::{
+    JobSpec, NodeMessage, Placement, QueueReason, WorkerCommand, WorkerEvent,
+};
 
 /// How long a job may wait for a worker before the request gives up.
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -67,7 +69,11 @@ pub enum SessionEvent {
     /// A piece of the message, and when the worker's event that brought it reached this node.
     Delta(Delta, Arrival),
     /// `tool_calls`: the message made calls (so a natural end is `finish_reason: "tool_calls"`).
-    Done { finish: FinishReason, tool_calls: bool, usage: Usage },
+    Done {
+        finish: FinishReason,
+        tool_calls: bool,
+        usage: Usage,
+    },
     Error(ApiError),
 }
 
@@ -123,11 +129,34 @@ pub struct SessionActor {
 impl SessionActor {
     /// Starts the turn; its events arrive on the returned receiver, and dropping the
     /// receiver cancels the turn.
-    pub fn start_turn(services: Arc<Services>, turn: Turn, prompt: PreparedPrompt) -> UnboundedReceiver<SessionEvent> {
+    pub fn start_turn(
+        services: Arc<Services>,
+        turn: Turn,
+        prompt: PreparedPrompt,
+    ) -> UnboundedReceiver<SessionEvent> {
         let (out, rx) = unbounded_channel();
         let metrics = metrics().model(&turn.model.id);
         let in_flight = GaugeGuard::new(metrics.waiting.clone());
-        let fresh = SessionActor { services, turn, prompt: Some(prompt), out, job: None, held: None, worker_id: None, lost: Vec::new(), produced: Resume::default(), started: false, waiting: None, client_gone: false, markup: None, metrics, in_flight, dispatched: None, last_token: None, inbox: None };
+        let fresh = SessionActor {
+            services,
+            turn,
+            prompt: Some(prompt),
+            out,
+            job: None,
+            held: None,
+            worker_id: None,
+            lost: Vec::new(),
+            produced: Resume::default(),
+            started: false,
+            waiting: None,
+            client_gone: false,
+            markup: None,
+            metrics,
+            in_flight,
+            dispatched: None,
+            last_token: None,
+            inbox: None,
+        };
         fresh.start();
         rx
     }
@@ -148,7 +177,13 @@ impl SessionActor {
     /// Settles the hold (if any) for the given usage, then sends `then` and stops. A store
     /// that cannot be reached is retried for a while: the usage is known, and billing it
     /// exactly once matters more than answering at once.
-    fn finish(&mut self, prompt_tokens: usize, completion_tokens: usize, then: Option<SessionEvent>, ctx: &mut Context<Self>) {
+    fn finish(
+        &mut self,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+        then: Option<SessionEvent>,
+        ctx: &mut Context<Self>,
+    ) {
         let Some(hold) = self.held.take() else {
             if let Some(e) = then {
                 self.emit(e);
@@ -174,7 +209,8 @@ impl SessionActor {
                     Err(BillingError::Store(StoreError::Backend(e))) if tries < SETTLE_TRIES => {
                         tracing::warn!(job = %job.job_id, "settling failed, retrying: {e}");
                         tries += 1;
-                        tokio::time::sleep(Duration::from_millis(250 * u64::from(tries.min(8)))).await;
+                        tokio::time::sleep(Duration::from_millis(250 * u64::from(tries.min(8))))
+                            .await;
                     }
                     r => return r,
                 }
@@ -213,7 +249,13 @@ impl SessionActor {
         ctx.run_later(QUEUE_TIMEOUT, |act, ctx| {
             if !act.started {
                 let why = act.waiting.map_or("no worker took it", |r| r.as_str());
-                act.fail(ApiError::unavailable(format!("The request waited {}s for a worker ({why}); try again shortly", QUEUE_TIMEOUT.as_secs())), ctx);
+                act.fail(
+                    ApiError::unavailable(format!(
+                        "The request waited {}s for a worker ({why}); try again shortly",
+                        QUEUE_TIMEOUT.as_secs()
+                    )),
+                    ctx,
+                );
             }
         });
         ctx.run_interval(RENEW_EVERY, |act, _| act.renew_hold());
@@ -224,7 +266,8 @@ impl SessionActor {
         let Some(job) = self.job.clone() else { return };
         let (s, lost) = (Arc::clone(&self.services), self.lost.clone());
         let priority = self.turn.model.tier.priority;
-        let place = async move { s.pool.place(&s, job, priority, lost).await }.instrument(self.turn.span.clone());
+        let place = async move { s.pool.place(&s, job, priority, lost).await }
+            .instrument(self.turn.span.clone());
         ctx.spawn(place.into_actor(self).map(|r, act, ctx| match r {
             Ok(Some((attempt, placement))) => act.placed(attempt, placement, ctx),
             // The answer comes through the inbox.
@@ -254,11 +297,29 @@ impl SessionActor {
             }
             Placement::Refused { busy: true, reason } => {
                 tracing::debug!(job = %self.turn.job_id, "placement refused: {reason}");
-                self.fail(ApiError::rate_limited(format!("The server is at capacity for model `{}`; retry shortly", self.turn.model.id), 1), ctx)
+                self.fail(
+                    ApiError::rate_limited(
+                        format!(
+                            "The server is at capacity for model `{}`; retry shortly",
+                            self.turn.model.id
+                        ),
+                        1,
+                    ),
+                    ctx,
+                )
             }
-            Placement::Refused { busy: false, reason } => {
+            Placement::Refused {
+                busy: false,
+                reason,
+            } => {
                 tracing::debug!(job = %self.turn.job_id, "placement refused: {reason}");
-                self.fail(ApiError::unavailable(format!("No worker is serving model `{}` right now; try again shortly", self.turn.model.id)), ctx)
+                self.fail(
+                    ApiError::unavailable(format!(
+                        "No worker is serving model `{}` right now; try again shortly",
+                        self.turn.model.id
+                    )),
+                    ctx,
+                )
             }
         }
     }
@@ -269,7 +330,10 @@ impl SessionActor {
         tracing::warn!(job = %job.job_id, attempt = job.attempt, worker = %worker_id, produced = self.produced.tokens.len(), "the job's worker is gone; moving the job");
         job.attempt += 1;
         job.resume = self.produced.clone();
-        metrics().failovers.with_label_values(&[job.model.as_str()]).inc();
+        metrics()
+            .failovers
+            .with_label_values(&[job.model.as_str()])
+            .inc();
         self.lost.push(worker_id);
         self.worker_id = None;
         if self.client_gone {
@@ -283,14 +347,26 @@ impl SessionActor {
 
     /// Asks the worker to stop the job; its final event still comes, with what it produced.
     fn cancel(&mut self) {
-        let Some(worker) = self.worker_id.clone() else { return self.withdraw() };
+        let Some(worker) = self.worker_id.clone() else {
+            return self.withdraw();
+        };
         self.cancel_on(worker);
     }
 
     fn cancel_on(&self, worker: String) {
         let (s, job_id) = (Arc::clone(&self.services), self.turn.job_id.clone());
         let cancel = async move {
-            if let Err(e) = send_command(s.bus.as_ref(), &s.node_id, &worker, &job_id, &WorkerCommand::Cancel { job_id: job_id.clone() }).await {
+            if let Err(e) = send_command(
+                s.bus.as_ref(),
+                &s.node_id,
+                &worker,
+                &job_id,
+                &WorkerCommand::Cancel {
+                    job_id: job_id.clone(),
+                },
+            )
+            .await
+            {
                 tracing::error!(job = %job_id, "sending a cancel: {e}");
             }
         };
@@ -309,10 +385,16 @@ impl SessionActor {
         if self.held.is_none() {
             return;
         }
-        let (store, job_id) = (Arc::clone(self.services.billing.store()), self.turn.job_id.clone());
+        let (store, job_id) = (
+            Arc::clone(self.services.billing.store()),
+            self.turn.job_id.clone(),
+        );
         actix::spawn(async move {
             let until = crate::store::now() + crate::store::HOLD_LEASE_SECS;
-            let r = tokio::task::spawn_blocking(move || store.renew_hold(&job_id, until).map_err(|e| (job_id, e))).await;
+            let r = tokio::task::spawn_blocking(move || {
+                store.renew_hold(&job_id, until).map_err(|e| (job_id, e))
+            })
+            .await;
             if let Ok(Err((job, e))) = r {
                 tracing::warn!(job = %job, "renewing the hold: {e}");
             }
@@ -326,15 +408,28 @@ impl Actor for SessionActor {
     /// Step 1: the hold.
     fn started(&mut self, ctx: &mut Context<Self>) {
         let out = self.out.clone();
-        ctx.spawn(async move { out.closed().await }.into_actor(self).map(|(), act, _| {
-            act.client_gone = true;
-            act.cancel();
-        }));
+        ctx.spawn(
+            async move { out.closed().await }
+                .into_actor(self)
+                .map(|(), act, _| {
+                    act.client_gone = true;
+                    act.cancel();
+                }),
+        );
 
-        let Some(prepared) = self.prompt.take() else { return };
+        let Some(prepared) = self.prompt.take() else {
+            return;
+        };
         let inbox = self.services.inboxes.here();
-        self.markup = Some(Markup::new(prepared.tools, prepared.thinking, Box::new(call_id)));
-        let (prompt_tokens, max_tokens) = (prepared.prompt_ids.len() as u64, prepared.params.max_tokens as u64);
+        self.markup = Some(Markup::new(
+            prepared.tools,
+            prepared.thinking,
+            Box::new(call_id),
+        ));
+        let (prompt_tokens, max_tokens) = (
+            prepared.prompt_ids.len() as u64,
+            prepared.params.max_tokens as u64,
+        );
         let job = JobSpec {
             job_id: self.turn.job_id.clone(),
             attempt: 0,
@@ -345,7 +440,11 @@ impl Actor for SessionActor {
             resume: Resume::default(),
             reply_to: inbox.stream().to_string(),
         };
-        let then = match self.turn.span.in_scope(|| self.services.pool.placement_outbox(&self.services, &job, self.turn.model.tier.priority)) {
+        let then = match self.turn.span.in_scope(|| {
+            self.services
+                .pool
+                .placement_outbox(&self.services, &job, self.turn.model.tier.priority)
+        }) {
             Ok(then) => then,
             Err(e) => return self.fail(e, ctx),
         };
@@ -356,9 +455,19 @@ impl Actor for SessionActor {
         self.inbox = Some(inbox);
         let choice = self.turn.request.token_type.unwrap_or(TokenChoice::Auto);
         let auto = choice == TokenChoice::Auto;
-        let hold = HoldJob { job_id: self.turn.job_id.clone(), account_id: self.turn.key.record.account_id.clone(), choice, price: self.turn.model.tier.price(), prompt_tokens, max_tokens, key: self.turn.key.proof.clone(), then };
+        let hold = HoldJob {
+            job_id: self.turn.job_id.clone(),
+            account_id: self.turn.key.record.account_id.clone(),
+            choice,
+            price: self.turn.model.tier.price(),
+            prompt_tokens,
+            max_tokens,
+            key: self.turn.key.proof.clone(),
+            then,
+        };
         let billing = Arc::clone(&self.services.billing);
-        let span = tracing::info_span!(parent: &self.turn.span, "billing.hold", prompt_tokens, max_tokens);
+        let span =
+            tracing::info_span!(parent: &self.turn.span, "billing.hold", prompt_tokens, max_tokens);
         ctx.wait(async move { billing.hold(hold).await }.instrument(span).into_actor(self).map(move |r, act, ctx| match r {
             Ok(h) => {
                 metrics().billing_holds.with_label_values(&["held"]).inc();
@@ -405,11 +514,18 @@ impl Handler<JobUpdate> for SessionActor {
         let current = self.attempt();
         match msg.message {
             NodeMessage::Placement { attempt, placement } => self.placed(attempt, placement, ctx),
-            NodeMessage::Lost { attempt, worker_id } if attempt == current && self.held.is_some() => self.fail_over(worker_id, ctx),
+            NodeMessage::Lost { attempt, worker_id }
+                if attempt == current && self.held.is_some() =>
+            {
+                self.fail_over(worker_id, ctx)
+            }
             NodeMessage::Lost { .. } => {}
             NodeMessage::Worker { attempt, event } if attempt != current => {
                 // A worker that was given up on (it hung) woke up: stop what it still runs.
-                if matches!(event, WorkerEvent::Accepted { .. } | WorkerEvent::Job(JobEvent::Text { .. })) {
+                if matches!(
+                    event,
+                    WorkerEvent::Accepted { .. } | WorkerEvent::Job(JobEvent::Text { .. })
+                ) {
                     self.cancel_on(msg.sender);
                 }
             }
@@ -435,29 +551,60 @@ impl SessionActor {
                     self.cancel();
                 }
             }
-            WorkerEvent::Rejected { busy: true, .. } => self.fail(ApiError::rate_limited("The server is at capacity for this model; retry shortly", 1), ctx),
-            WorkerEvent::Rejected { busy: false, reason } => {
+            WorkerEvent::Rejected { busy: true, .. } => self.fail(
+                ApiError::rate_limited(
+                    "The server is at capacity for this model; retry shortly",
+                    1,
+                ),
+                ctx,
+            ),
+            WorkerEvent::Rejected {
+                busy: false,
+                reason,
+            } => {
                 tracing::warn!(job = %self.turn.job_id, "a worker refused the job: {reason}");
-                self.fail(ApiError::unavailable("No worker could take the request; try again shortly"), ctx)
+                self.fail(
+                    ApiError::unavailable("No worker could take the request; try again shortly"),
+                    ctx,
+                )
             }
             WorkerEvent::Job(JobEvent::Text { text, tokens }) => {
                 self.token_times(tokens.len());
                 self.produced.tokens.extend(tokens);
                 self.produced.text_bytes += text.len();
                 if !self.client_gone {
-                    let deltas = self.markup.as_mut().map(|m| m.push(&text)).unwrap_or_default();
-                    deltas.into_iter().for_each(|d| self.emit(SessionEvent::Delta(d, arrival)));
+                    let deltas = self
+                        .markup
+                        .as_mut()
+                        .map(|m| m.push(&text))
+                        .unwrap_or_default();
+                    deltas
+                        .into_iter()
+                        .for_each(|d| self.emit(SessionEvent::Delta(d, arrival)));
                     if self.client_gone {
                         self.cancel();
                     }
                 }
             }
-            WorkerEvent::Job(JobEvent::Finished { finish, prompt_tokens, completion_tokens }) => {
+            WorkerEvent::Job(JobEvent::Finished {
+                finish,
+                prompt_tokens,
+                completion_tokens,
+            }) => {
                 let deltas = self.markup.as_mut().map(Markup::finish).unwrap_or_default();
-                deltas.into_iter().for_each(|d| self.emit(SessionEvent::Delta(d, arrival)));
+                deltas
+                    .into_iter()
+                    .for_each(|d| self.emit(SessionEvent::Delta(d, arrival)));
                 let tool_calls = self.markup.as_ref().is_some_and(Markup::made_calls);
                 self.count_finished(finish, tool_calls, prompt_tokens, completion_tokens);
-                let done = SessionEvent::Done { finish, tool_calls, usage: Usage { prompt_tokens, completion_tokens } };
+                let done = SessionEvent::Done {
+                    finish,
+                    tool_calls,
+                    usage: Usage {
+                        prompt_tokens,
+                        completion_tokens,
+                    },
+                };
                 self.finish(prompt_tokens, completion_tokens, Some(done), ctx);
             }
             WorkerEvent::Job(JobEvent::Failed(reason)) => {
@@ -477,7 +624,10 @@ impl SessionActor {
         }
         let now = Instant::now();
         match self.last_token {
-            None => self.metrics.time_to_first_token.observe(now.duration_since(self.turn.arrived).as_secs_f64()),
+            None => self
+                .metrics
+                .time_to_first_token
+                .observe(now.duration_since(self.turn.arrived).as_secs_f64()),
             Some(last) => {
                 let gap = now.duration_since(last).as_secs_f64() / tokens as f64;
                 (0..tokens).for_each(|_| self.metrics.inter_token_latency.observe(gap));
@@ -486,12 +636,29 @@ impl SessionActor {
         self.last_token = Some(now);
     }
 
-    fn count_finished(&self, finish: FinishReason, tool_calls: bool, prompt_tokens: usize, completion_tokens: usize) {
-        self.metrics.e2e_latency.observe(self.turn.arrived.elapsed().as_secs_f64());
+    fn count_finished(
+        &self,
+        finish: FinishReason,
+        tool_calls: bool,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    ) {
+        self.metrics
+            .e2e_latency
+            .observe(self.turn.arrived.elapsed().as_secs_f64());
         self.metrics.prompt_tokens.inc_by(prompt_tokens as u64);
-        self.metrics.generation_tokens.inc_by(completion_tokens as u64);
-        let reason = if finish == FinishReason::Cancelled { "abort" } else { finish_reason(finish, tool_calls) };
-        metrics().request_success.with_label_values(&[self.turn.model.id.as_str(), reason]).inc();
+        self.metrics
+            .generation_tokens
+            .inc_by(completion_tokens as u64);
+        let reason = if finish == FinishReason::Cancelled {
+            "abort"
+        } else {
+            finish_reason(finish, tool_calls)
+        };
+        metrics()
+            .request_success
+            .with_label_values(&[self.turn.model.id.as_str(), reason])
+            .inc();
     }
 }
 
@@ -502,7 +669,12 @@ fn call_id() -> String {
         Err(e) => {
             // Ids only need to be unique within the message; the clock will do.
             tracing::warn!("no randomness for a call id: {e}");
-            format!("call_{:024x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()))
+            format!(
+                "call_{:024x}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            )
         }
     }
 }

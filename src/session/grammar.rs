@@ -26,7 +26,6 @@ pub enum Thinking {
     Open,
 }
 
-
 /// JavaScript's `Number.MAX_SAFE_INTEGER`.
 const SAFE_INTEGER: i64 = (1 << 53) - 1;
 
@@ -41,7 +40,11 @@ pub fn grammar(req: &ChatRequest, thinking: Thinking) -> Option<String> {
         ResponseFormat::JsonObject => Some(json!({"type": "object"})),
         ResponseFormat::JsonSchema { schema, .. } => Some(schema.clone()),
     };
-    let choice = req.tool_choice.clone().unwrap_or(if req.tools.is_empty() { ToolChoice::None } else { ToolChoice::Auto });
+    let choice = req.tool_choice.clone().unwrap_or(if req.tools.is_empty() {
+        ToolChoice::None
+    } else {
+        ToolChoice::Auto
+    });
     let mut rules = Vec::new();
     let body = match (&choice, format) {
         (ToolChoice::None, None) if req.tools.is_empty() => return None,
@@ -55,21 +58,35 @@ pub fn grammar(req: &ChatRequest, thinking: Thinking) -> Option<String> {
         }
         (ToolChoice::Required, _) => calls(&mut rules, &req.tools, req.parallel_tool_calls),
         (ToolChoice::Function(name), _) => {
-            let tool: Vec<FunctionTool> = req.tools.iter().filter(|t| &t.name == name).cloned().collect();
+            let tool: Vec<FunctionTool> = req
+                .tools
+                .iter()
+                .filter(|t| &t.name == name)
+                .cloned()
+                .collect();
             // A named function is one call to it.
             calls(&mut rules, &tool, false)
         }
         (ToolChoice::Auto, Some(schema)) => {
             rules.push(format!("answer: %json {}", styled(schema)));
-            format!("answer | {}", calls(&mut rules, &req.tools, req.parallel_tool_calls))
+            format!(
+                "answer | {}",
+                calls(&mut rules, &req.tools, req.parallel_tool_calls)
+            )
         }
         (ToolChoice::Auto, None) => {
             // Free text, or text up to the first `<tool_call>` and then valid calls.
             calls(&mut rules, &req.tools, req.parallel_tool_calls);
             rules.push(TEXT_WITHOUT_CALLS.to_string());
             rules.push(r"lead[lazy]: LEAD".to_string());
-            rules.push(r"LEAD: /(?s:.*)<tool_call>/ & ~/(?s:.*)<\/?tool_response(?s:.*)/".to_string());
-            let more = if req.parallel_tool_calls { r#" ("\n" tool_call)*"# } else { "" };
+            rules.push(
+                r"LEAD: /(?s:.*)<tool_call>/ & ~/(?s:.*)<\/?tool_response(?s:.*)/".to_string(),
+            );
+            let more = if req.parallel_tool_calls {
+                r#" ("\n" tool_call)*"#
+            } else {
+                ""
+            };
             format!(r#"TEXT | lead "\n" call "\n</tool_call>"{more}"#)
         }
     };
@@ -83,16 +100,32 @@ pub fn grammar(req: &ChatRequest, thinking: Thinking) -> Option<String> {
         rules.push(r"thought: thought_text /\s+/?".to_string());
         rules.push(r"thought_text[lazy]: /(?s:.*)<\/think>/".to_string());
     }
-    Some(std::iter::once(start).chain(rules).collect::<Vec<_>>().join("\n"))
+    Some(
+        std::iter::once(start)
+            .chain(rules)
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
 }
 
 /// Adds the rules for one or more calls to `tools`; returns the rule to use.
 fn calls(rules: &mut Vec<String>, tools: &[FunctionTool], parallel: bool) -> String {
     let objects: Vec<Value> = tools.iter().map(call_schema).collect();
-    let schema = if let [one] = objects.as_slice() { one.clone() } else { json!({"anyOf": objects}) };
+    let schema = if let [one] = objects.as_slice() {
+        one.clone()
+    } else {
+        json!({"anyOf": objects})
+    };
     rules.push(format!("call: %json {}", styled(schema)));
     rules.push(r#"tool_call: "<tool_call>\n" call "\n</tool_call>""#.to_string());
-    rules.push(if parallel { r#"calls: tool_call ("\n" tool_call)*"# } else { "calls: tool_call" }.to_string());
+    rules.push(
+        if parallel {
+            r#"calls: tool_call ("\n" tool_call)*"#
+        } else {
+            "calls: tool_call"
+        }
+        .to_string(),
+    );
     "calls".to_string()
 }
 
@@ -114,8 +147,13 @@ fn call_schema(tool: &FunctionTool) -> Value {
 /// - integers without bounds stay within JavaScript's safe range (what JSON parsers can
 ///   hold exactly), so the model cannot write digits forever.
 fn tighten(schema: &mut Value) {
-    let Some(obj) = schema.as_object_mut() else { return };
-    if obj.contains_key("properties") && !obj.contains_key("additionalProperties") && obj.get("type").is_none_or(|t| t == "object") {
+    let Some(obj) = schema.as_object_mut() else {
+        return;
+    };
+    if obj.contains_key("properties")
+        && !obj.contains_key("additionalProperties")
+        && obj.get("type").is_none_or(|t| t == "object")
+    {
         obj.insert("additionalProperties".into(), false.into());
     }
     if obj.get("type").is_some_and(|t| t == "integer") {
@@ -124,9 +162,15 @@ fn tighten(schema: &mut Value) {
     }
     for (key, v) in obj.iter_mut() {
         match key.as_str() {
-            "properties" | "$defs" | "definitions" => v.as_object_mut().into_iter().flat_map(|m| m.values_mut()).for_each(tighten),
+            "properties" | "$defs" | "definitions" => v
+                .as_object_mut()
+                .into_iter()
+                .flat_map(|m| m.values_mut())
+                .for_each(tighten),
             "items" | "additionalProperties" => tighten(v),
-            "anyOf" | "oneOf" | "prefixItems" => v.as_array_mut().into_iter().flatten().for_each(tighten),
+            "anyOf" | "oneOf" | "prefixItems" => {
+                v.as_array_mut().into_iter().flatten().for_each(tighten)
+            }
             _ => {}
         }
     }
@@ -137,7 +181,10 @@ fn tighten(schema: &mut Value) {
 fn styled(mut schema: Value) -> String {
     tighten(&mut schema);
     if let Some(obj) = schema.as_object_mut() {
-        obj.insert("x-guidance".into(), json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}));
+        obj.insert(
+            "x-guidance".into(),
+            json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
+        );
     }
     schema.to_string()
 }

@@ -63,7 +63,11 @@ struct Threads {
 
 impl NodeInboxes {
     pub fn new(bus: Arc<dyn Bus>, node_id: &str) -> Self {
-        Self { bus, node_id: node_id.to_string(), threads: Mutex::default() }
+        Self {
+            bus,
+            node_id: node_id.to_string(),
+            threads: Mutex::default(),
+        }
     }
 
     /// The calling thread's inbox, started on its actix arbiter if it has none that is
@@ -75,7 +79,10 @@ impl NodeInboxes {
             return Arc::clone(inbox);
         }
         threads.by_thread.retain(|_, i| i.is_reading());
-        let inbox = Arc::new(NodeInbox::start(Arc::clone(&self.bus), &format!("{}.{}", self.node_id, threads.started)));
+        let inbox = Arc::new(NodeInbox::start(
+            Arc::clone(&self.bus),
+            &format!("{}.{}", self.node_id, threads.started),
+        ));
         threads.started += 1;
         threads.by_thread.insert(thread, Arc::clone(&inbox));
         inbox
@@ -96,8 +103,19 @@ impl NodeInbox {
         let sessions = Arc::new(Sessions::default());
         let table = Arc::downgrade(&sessions);
         let stream = streams::node(name);
-        let reader = actix::spawn(read_stream(bus, stream.clone(), GROUP.into(), name.to_string(), Ack::OnRead, move |d| route(&table, d)));
-        Self { stream, sessions, reader }
+        let reader = actix::spawn(read_stream(
+            bus,
+            stream.clone(),
+            GROUP.into(),
+            name.to_string(),
+            Ack::OnRead,
+            move |d| route(&table, d),
+        ));
+        Self {
+            stream,
+            sessions,
+            reader,
+        }
     }
 
     /// The stream workers answer this inbox's sessions on (their jobs' `reply_to`).
@@ -129,12 +147,21 @@ impl Drop for NodeInbox {
 /// Hands one message to its session; stops the reader once the inbox is gone (and with it
 /// every session that could be answered on its stream).
 fn route(table: &Weak<Sessions>, delivery: Delivery) -> ControlFlow<()> {
-    let Some(sessions) = table.upgrade() else { return ControlFlow::Break(()) };
+    let Some(sessions) = table.upgrade() else {
+        return ControlFlow::Break(());
+    };
     let env = delivery.envelope;
     match env.payload::<NodeMessage>() {
         Ok(message) => {
             if let Some(session) = lock(&sessions).get(&env.correlation_id) {
-                session.do_send(JobUpdate { message, sender: env.sender, arrival: Arrival { read: Instant::now(), appended: delivery.appended } });
+                session.do_send(JobUpdate {
+                    message,
+                    sender: env.sender,
+                    arrival: Arrival {
+                        read: Instant::now(),
+                        appended: delivery.appended,
+                    },
+                });
             }
         }
         Err(e) => tracing::warn!(kind = %env.kind, "dropping an unreadable job message: {e}"),

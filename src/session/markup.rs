@@ -43,7 +43,18 @@ impl Markup {
     /// `tools`: parse tool calls; `thinking`: the prompt opened a `<think>` block, so the
     /// output starts inside it. `new_id` names each call.
     pub fn new(tools: bool, thinking: bool, new_id: Box<dyn FnMut() -> String + Send>) -> Self {
-        Self { state: if thinking { State::Think } else { State::Content }, tools, pending: String::new(), calls: 0, after_think: false, new_id }
+        Self {
+            state: if thinking {
+                State::Think
+            } else {
+                State::Content
+            },
+            tools,
+            pending: String::new(),
+            calls: 0,
+            after_think: false,
+            new_id,
+        }
     }
 
     /// Whether any tool call was made.
@@ -70,7 +81,11 @@ impl Markup {
     fn step(&mut self, out: &mut Vec<Delta>, end: bool) -> bool {
         match self.state {
             State::Content => {
-                let tags: &[&str] = if self.tools { &[THINK_OPEN, CALL_OPEN] } else { &[THINK_OPEN] };
+                let tags: &[&str] = if self.tools {
+                    &[THINK_OPEN, CALL_OPEN]
+                } else {
+                    &[THINK_OPEN]
+                };
                 if self.after_think {
                     let trimmed = self.pending.trim_start().len();
                     self.pending.drain(..self.pending.len() - trimmed);
@@ -78,17 +93,30 @@ impl Markup {
                 }
                 match find_first(&self.pending, tags) {
                     Some((at, tag)) => {
-                        let before: String = self.pending.drain(..at + tag.len()).take(at).collect();
+                        let before: String =
+                            self.pending.drain(..at + tag.len()).take(at).collect();
                         // Whitespace before a call is not content.
-                        let before = if tag == CALL_OPEN { before.trim_end() } else { &before };
+                        let before = if tag == CALL_OPEN {
+                            before.trim_end()
+                        } else {
+                            &before
+                        };
                         push_text(out, Delta::Content(before.to_string()));
-                        self.state = if tag == THINK_OPEN { State::Think } else { State::CallHead };
+                        self.state = if tag == THINK_OPEN {
+                            State::Think
+                        } else {
+                            State::CallHead
+                        };
                         true
                     }
                     None if end => {
                         let text = std::mem::take(&mut self.pending);
                         // Nor is whitespace after the calls.
-                        let text = if self.made_calls() { text.trim_end() } else { &text };
+                        let text = if self.made_calls() {
+                            text.trim_end()
+                        } else {
+                            &text
+                        };
                         push_text(out, Delta::Content(text.to_string()));
                         false
                     }
@@ -104,14 +132,22 @@ impl Markup {
             }
             State::Think => match self.pending.find(THINK_CLOSE) {
                 Some(at) => {
-                    let text: String = self.pending.drain(..at + THINK_CLOSE.len()).take(at).collect();
+                    let text: String = self
+                        .pending
+                        .drain(..at + THINK_CLOSE.len())
+                        .take(at)
+                        .collect();
                     push_text(out, Delta::Reasoning(text));
                     self.state = State::Content;
                     self.after_think = true;
                     true
                 }
                 None => {
-                    let keep = if end { 0 } else { partial_tag(&self.pending, &[THINK_CLOSE]) };
+                    let keep = if end {
+                        0
+                    } else {
+                        partial_tag(&self.pending, &[THINK_CLOSE])
+                    };
                     let text = self.pending.drain(..self.pending.len() - keep).collect();
                     push_text(out, Delta::Reasoning(text));
                     false
@@ -120,7 +156,11 @@ impl Markup {
             State::CallHead => match call_head(&self.pending) {
                 Some((name, len)) => {
                     self.pending.drain(..len);
-                    out.push(Delta::ToolCall { index: self.calls, id: (self.new_id)(), name });
+                    out.push(Delta::ToolCall {
+                        index: self.calls,
+                        id: (self.new_id)(),
+                        name,
+                    });
                     self.calls += 1;
                     self.state = State::CallArguments;
                     true
@@ -128,7 +168,10 @@ impl Markup {
                 None if end || self.pending.contains(CALL_CLOSE) => {
                     // Not a call we can read (the output was cut short): drop it, never show it as content.
                     tracing::warn!(text = %self.pending, "dropping an unreadable tool call");
-                    let close = self.pending.find(CALL_CLOSE).map_or(self.pending.len(), |at| at + CALL_CLOSE.len());
+                    let close = self
+                        .pending
+                        .find(CALL_CLOSE)
+                        .map_or(self.pending.len(), |at| at + CALL_CLOSE.len());
                     self.pending.drain(..close);
                     self.state = State::Content;
                     !end
@@ -140,17 +183,36 @@ impl Markup {
                 match self.pending.find(CALL_CLOSE) {
                     Some(at) => {
                         let body = self.pending[..at].trim_end();
-                        let args = body.strip_suffix('}').unwrap_or(body).trim_end().to_string();
+                        let args = body
+                            .strip_suffix('}')
+                            .unwrap_or(body)
+                            .trim_end()
+                            .to_string();
                         self.pending.drain(..at + CALL_CLOSE.len());
-                        push_text(out, Delta::Arguments { index, fragment: args });
+                        push_text(
+                            out,
+                            Delta::Arguments {
+                                index,
+                                fragment: args,
+                            },
+                        );
                         self.state = State::Content;
                         true
                     }
                     None => {
                         // Hold back what may be the end of the call: `}` and whitespace, and a partial `</tool_call>`.
-                        let keep = if end { 0 } else { partial_tag(&self.pending, &[CALL_CLOSE]) };
+                        let keep = if end {
+                            0
+                        } else {
+                            partial_tag(&self.pending, &[CALL_CLOSE])
+                        };
                         let head = &self.pending[..self.pending.len() - keep];
-                        let safe = if end { head.len() } else { head.trim_end_matches(|c: char| c == '}' || c.is_whitespace()).len() };
+                        let safe = if end {
+                            head.len()
+                        } else {
+                            head.trim_end_matches(|c: char| c == '}' || c.is_whitespace())
+                                .len()
+                        };
                         let fragment = self.pending.drain(..safe).collect();
                         push_text(out, Delta::Arguments { index, fragment });
                         false
@@ -175,13 +237,24 @@ fn push_text(out: &mut Vec<Delta>, d: Delta) {
 
 /// The earliest of `tags` in `text`, and where.
 fn find_first<'a>(text: &str, tags: &[&'a str]) -> Option<(usize, &'a str)> {
-    tags.iter().filter_map(|t| text.find(t).map(|at| (at, *t))).min_by_key(|(at, _)| *at)
+    tags.iter()
+        .filter_map(|t| text.find(t).map(|at| (at, *t)))
+        .min_by_key(|(at, _)| *at)
 }
 
 /// The length of the longest tail of `text` that is a proper prefix of one of `tags`.
 fn partial_tag(text: &str, tags: &[&str]) -> usize {
     tags.iter()
-        .flat_map(|t| (1..t.len()).rev().filter(|&n| n <= text.len() && text.is_char_boundary(text.len() - n) && t.starts_with(&text[text.len() - n..])).take(1))
+        .flat_map(|t| {
+            (1..t.len())
+                .rev()
+                .filter(|&n| {
+                    n <= text.len()
+                        && text.is_char_boundary(text.len() - n)
+                        && t.starts_with(&text[text.len() - n..])
+                })
+                .take(1)
+        })
         .max()
         .unwrap_or(0)
 }
@@ -189,14 +262,27 @@ fn partial_tag(text: &str, tags: &[&str]) -> usize {
 /// `{"name": "NAME", "arguments": ` at the start of a call (whitespace allowed around each
 /// part): the name and the length of the head.
 fn call_head(s: &str) -> Option<(String, usize)> {
-    let mut rest = s.trim_start().strip_prefix('{')?.trim_start().strip_prefix("\"name\"")?.trim_start().strip_prefix(':')?.trim_start();
+    let mut rest = s
+        .trim_start()
+        .strip_prefix('{')?
+        .trim_start()
+        .strip_prefix("\"name\"")?
+        .trim_start()
+        .strip_prefix(':')?
+        .trim_start();
     // The name is a JSON string; read it with a JSON parser so escapes are honoured.
     let mut de = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
     let name = match de.next()? {
         Ok(Value::String(name)) => name,
         _ => return None,
     };
-    rest = rest[de.byte_offset()..].trim_start().strip_prefix(',')?.trim_start().strip_prefix("\"arguments\"")?.trim_start().strip_prefix(':')?;
+    rest = rest[de.byte_offset()..]
+        .trim_start()
+        .strip_prefix(',')?
+        .trim_start()
+        .strip_prefix("\"arguments\"")?
+        .trim_start()
+        .strip_prefix(':')?;
     let rest = rest.trim_start();
     // The arguments must have begun, so the head is complete.
     rest.starts_with('{').then(|| (name, s.len() - rest.len()))

@@ -22,14 +22,31 @@ pub struct ModelEntry {
 }
 
 impl ModelEntry {
-    pub fn new(id: String, context_length: usize, template: ChatTemplate, tokenizer: Arc<Tokenizer>, tier: Tier) -> Self {
+    pub fn new(
+        id: String,
+        context_length: usize,
+        template: ChatTemplate,
+        tokenizer: Arc<Tokenizer>,
+        tier: Tier,
+    ) -> Self {
         let created = crate::front::chat::unix_now();
-        Self { id, created, context_length, template, tokenizer, tier }
+        Self {
+            id,
+            created,
+            context_length,
+            template,
+            tokenizer,
+            tier,
+        }
     }
 
     /// What preparing a prompt needs of the model.
     pub fn text(&self) -> ModelText<'_> {
-        ModelText { template: &self.template, tokenizer: &self.tokenizer, context_length: self.context_length }
+        ModelText {
+            template: &self.template,
+            tokenizer: &self.tokenizer,
+            context_length: self.context_length,
+        }
     }
 }
 
@@ -67,7 +84,10 @@ impl ModelCatalog {
 
     pub fn default_model(&self) -> Option<Arc<ModelEntry>> {
         let c = self.read();
-        c.default.as_deref().and_then(|id| c.models.get(id)).cloned()
+        c.default
+            .as_deref()
+            .and_then(|id| c.models.get(id))
+            .cloned()
     }
 
     pub fn list(&self) -> Vec<Arc<ModelEntry>> {
@@ -78,7 +98,10 @@ impl ModelCatalog {
 /// A model's id from its file name: the stem without a quantization suffix
 /// (`SmolLM2-135M-Instruct.Q4_1.gguf` is `SmolLM2-135M-Instruct`).
 pub fn model_id(path: &Path) -> String {
-    let stem = path.file_stem().map_or_else(|| path.display().to_string(), |s| s.to_string_lossy().into_owned());
+    let stem = path.file_stem().map_or_else(
+        || path.display().to_string(),
+        |s| s.to_string_lossy().into_owned(),
+    );
     match stem.rsplit_once('.') {
         Some((base, quant)) if !base.is_empty() && is_quant_name(quant) => base.to_string(),
         _ => stem,
@@ -87,7 +110,10 @@ pub fn model_id(path: &Path) -> String {
 
 fn is_quant_name(s: &str) -> bool {
     let s = s.to_ascii_uppercase();
-    ["Q", "IQ", "F16", "F32", "BF16"].iter().any(|p| s.starts_with(p)) && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    ["Q", "IQ", "F16", "F32", "BF16"]
+        .iter()
+        .any(|p| s.starts_with(p))
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]
@@ -96,8 +122,14 @@ mod tests {
 
     #[test]
     fn ids_drop_the_quant_suffix_only() {
-        assert_eq!(model_id(Path::new("models/SmolLM2-135M-Instruct.Q4_1.gguf")), "SmolLM2-135M-Instruct");
-        assert_eq!(model_id(Path::new("/x/llama-3.2-1b.IQ4_XS.gguf")), "llama-3.2-1b");
+        assert_eq!(
+            model_id(Path::new("models/SmolLM2-135M-Instruct.Q4_1.gguf")),
+            "SmolLM2-135M-Instruct"
+        );
+        assert_eq!(
+            model_id(Path::new("/x/llama-3.2-1b.IQ4_XS.gguf")),
+            "llama-3.2-1b"
+        );
         assert_eq!(model_id(Path::new("qwen2.5-0.5b.gguf")), "qwen2.5-0.5b");
         assert_eq!(model_id(Path::new("tiny.f16.gguf")), "tiny");
     }

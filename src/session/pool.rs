@@ -30,7 +30,11 @@ impl Pool {
     pub async fn workers(&self) -> Vec<(WorkerInfo, WorkerLoad)> {
         match self {
             Pool::Local(c) => match c.send(Workers).await {
-                Ok(w) => loads(&w).await.into_iter().map(|(i, _, l)| (i, l)).collect(),
+                Ok(w) => loads(&w)
+                    .await
+                    .into_iter()
+                    .map(|(i, _, l)| (i, l))
+                    .collect(),
                 Err(e) => {
                     tracing::error!("the coordinator does not answer: {e}");
                     Vec::new()
@@ -42,21 +46,44 @@ impl Pool {
 
     /// Places `job`, avoiding the workers in `exclude`. Locally the answer is returned; in a
     /// cluster (`Ok(None)`) it comes to the session's inbox as a [`Placement`].
-    pub async fn place(&self, s: &Services, job: JobSpec, priority: u8, exclude: Vec<String>) -> Result<Option<(u32, Placement)>, ApiError> {
+    pub async fn place(
+        &self,
+        s: &Services,
+        job: JobSpec,
+        priority: u8,
+        exclude: Vec<String>,
+    ) -> Result<Option<(u32, Placement)>, ApiError> {
         match self {
             Pool::Local(c) => {
                 let attempt = job.attempt;
-                let span = tracing::info_span!("placement", attempt, worker = tracing::field::Empty);
-                let placement = match c.send(Place { model: job.model.clone() }).instrument(span.clone()).await.map_err(|e| ApiError::logged("the coordinator", e))? {
+                let span =
+                    tracing::info_span!("placement", attempt, worker = tracing::field::Empty);
+                let placement = match c
+                    .send(Place {
+                        model: job.model.clone(),
+                    })
+                    .instrument(span.clone())
+                    .await
+                    .map_err(|e| ApiError::logged("the coordinator", e))?
+                {
                     Ok(worker_id) => {
                         span.record("worker", worker_id.as_str());
                         let job_id = job.job_id.clone();
                         let run = WorkerCommand::Run(Box::new(job));
-                        send_command(s.bus.as_ref(), &s.node_id, &worker_id, &job_id, &run).instrument(span).await.map_err(|e| ApiError::logged("the bus", e))?;
+                        send_command(s.bus.as_ref(), &s.node_id, &worker_id, &job_id, &run)
+                            .instrument(span)
+                            .await
+                            .map_err(|e| ApiError::logged("the bus", e))?;
                         Placement::Placed { worker_id }
                     }
-                    Err(e @ PlaceError::Busy(_)) => Placement::Refused { busy: true, reason: e.to_string() },
-                    Err(e @ PlaceError::NoWorker(_)) => Placement::Refused { busy: false, reason: e.to_string() },
+                    Err(e @ PlaceError::Busy(_)) => Placement::Refused {
+                        busy: true,
+                        reason: e.to_string(),
+                    },
+                    Err(e @ PlaceError::NoWorker(_)) => Placement::Refused {
+                        busy: false,
+                        reason: e.to_string(),
+                    },
                 };
                 Ok(Some((attempt, placement)))
             }
@@ -71,12 +98,24 @@ impl Pool {
     /// In a cluster, the first placement request of `job` as an entry for the hold to
     /// write with itself (see [`Outbox`]): the request is on its way the moment the hold is
     /// in, with no round trip between. Locally, none: the job is placed once held.
-    pub fn placement_outbox(&self, s: &Services, job: &JobSpec, priority: u8) -> Result<Option<Outbox>, ApiError> {
+    pub fn placement_outbox(
+        &self,
+        s: &Services,
+        job: &JobSpec,
+        priority: u8,
+    ) -> Result<Option<Outbox>, ApiError> {
         match self {
             Pool::Local(_) => Ok(None),
-            Pool::Cluster(_) => Outbox::new(streams::coordinator(), COORDINATOR_STREAM_LEN, KIND_COORDINATOR, &s.node_id, &job.job_id, &place_request(job.clone(), priority, Vec::new()))
-                .map(Some)
-                .map_err(|e| ApiError::logged("the placement request", e)),
+            Pool::Cluster(_) => Outbox::new(
+                streams::coordinator(),
+                COORDINATOR_STREAM_LEN,
+                KIND_COORDINATOR,
+                &s.node_id,
+                &job.job_id,
+                &place_request(job.clone(), priority, Vec::new()),
+            )
+            .map(Some)
+            .map_err(|e| ApiError::logged("the placement request", e)),
         }
     }
 
@@ -84,7 +123,15 @@ impl Pool {
     /// never waits).
     pub async fn withdraw(&self, s: &Services, job_id: &str) {
         if let Pool::Cluster(_) = self {
-            if let Err(e) = publish(s, job_id, &CoordinatorCommand::Withdraw { job_id: job_id.to_string() }).await {
+            if let Err(e) = publish(
+                s,
+                job_id,
+                &CoordinatorCommand::Withdraw {
+                    job_id: job_id.to_string(),
+                },
+            )
+            .await
+            {
                 tracing::warn!(job = %job_id, "withdrawing a waiting job: {}", e.message);
             }
         }
@@ -92,9 +139,24 @@ impl Pool {
 }
 
 fn place_request(job: JobSpec, priority: u8, exclude: Vec<String>) -> CoordinatorCommand {
-    CoordinatorCommand::Place(Box::new(PlaceRequest { prefix: PlaceRequest::prefix_of(&job.prompt), job, priority, exclude }))
+    CoordinatorCommand::Place(Box::new(PlaceRequest {
+        prefix: PlaceRequest::prefix_of(&job.prompt),
+        job,
+        priority,
+        exclude,
+    }))
 }
 
 async fn publish(s: &Services, job_id: &str, command: &CoordinatorCommand) -> Result<(), ApiError> {
-    send(s.bus.as_ref(), &streams::coordinator(), COORDINATOR_STREAM_LEN, KIND_COORDINATOR, &s.node_id, job_id, command).await.map_err(|e| ApiError::logged("the bus", e))
+    send(
+        s.bus.as_ref(),
+        &streams::coordinator(),
+        COORDINATOR_STREAM_LEN,
+        KIND_COORDINATOR,
+        &s.node_id,
+        job_id,
+        command,
+    )
+    .await
+    .map_err(|e| ApiError::logged("the bus", e))
 }

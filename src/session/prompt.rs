@@ -40,7 +40,12 @@ pub struct TierLimits {
 
 impl Default for TierLimits {
     fn default() -> Self {
-        Self { default_max_tokens: 512, max_tokens: 4096, max_temperature: 2.0, max_top_k: 0 }
+        Self {
+            default_max_tokens: 512,
+            max_tokens: 4096,
+            max_temperature: 2.0,
+            max_top_k: 0,
+        }
     }
 }
 
@@ -66,12 +71,21 @@ pub struct ModelText<'a> {
 /// Renders, tokenizes, builds the grammar and fills and clamps the sampling fields. Fails
 /// with a 400 when the prompt leaves no room in the model's context or a schema cannot be
 /// used.
-pub fn prepare(req: &ChatRequest, model: &ModelText, limits: &TierLimits) -> Result<PreparedPrompt, ApiError> {
+pub fn prepare(
+    req: &ChatRequest,
+    model: &ModelText,
+    limits: &TierLimits,
+) -> Result<PreparedPrompt, ApiError> {
     let (template, tok, context_length) = (model.template, model.tokenizer, model.context_length);
     let (messages, tools) = conversation(req, template);
     let rendered = template
         .render(&messages, tools.as_ref(), true, &req.chat_template_kwargs)
-        .map_err(|e| ApiError::invalid("messages", format!("the chat template rejected the messages: {e}")))?;
+        .map_err(|e| {
+            ApiError::invalid(
+                "messages",
+                format!("the chat template rejected the messages: {e}"),
+            )
+        })?;
     let thinking_off = req.chat_template_kwargs.get("enable_thinking") == Some(&false.into());
     let thinking = if rendered.trim_end().ends_with("<think>") {
         Thinking::Open
@@ -82,29 +96,56 @@ pub fn prepare(req: &ChatRequest, model: &ModelText, limits: &TierLimits) -> Res
     };
     let grammar = grammar(req, thinking);
     if let Some(g) = &grammar {
-        model.tokenizer.grammars().and_then(|gs| gs.compile(g)).map_err(|e| ApiError::invalid(grammar_param(req), format!("this schema cannot constrain the output: {e}")))?;
+        model
+            .tokenizer
+            .grammars()
+            .and_then(|gs| gs.compile(g))
+            .map_err(|e| {
+                ApiError::invalid(
+                    grammar_param(req),
+                    format!("this schema cannot constrain the output: {e}"),
+                )
+            })?;
     }
-    let prompt_ids = tok.encode(&rendered).map_err(|e| ApiError::invalid("messages", format!("cannot tokenize the messages: {e}")))?;
+    let prompt_ids = tok
+        .encode(&rendered)
+        .map_err(|e| ApiError::invalid("messages", format!("cannot tokenize the messages: {e}")))?;
     let room = context_length.saturating_sub(prompt_ids.len());
     if room == 0 {
         return Err(ApiError::invalid(
             "messages",
-            format!("the prompt is {} tokens; this model's context holds {context_length}", prompt_ids.len()),
+            format!(
+                "the prompt is {} tokens; this model's context holds {context_length}",
+                prompt_ids.len()
+            ),
         ));
     }
-    let max_tokens = (req.max_tokens.unwrap_or(limits.default_max_tokens).min(limits.max_tokens) as usize).min(room);
+    let max_tokens = (req
+        .max_tokens
+        .unwrap_or(limits.default_max_tokens)
+        .min(limits.max_tokens) as usize)
+        .min(room);
 
-    let task_profile = req.task_profile.unwrap_or(if req.messages.iter().any(|m| m.role == Role::Developer) {
-        TaskProfile::Coding
-    } else {
-        TaskProfile::General
-    });
+    let task_profile =
+        req.task_profile
+            .unwrap_or(if req.messages.iter().any(|m| m.role == Role::Developer) {
+                TaskProfile::Coding
+            } else {
+                TaskProfile::General
+            });
     let preset = preset(task_profile);
     let s = &req.sampling;
     let top_k = s.top_k.unwrap_or(preset.top_k);
-    let top_k = if limits.max_top_k > 0 && (top_k == 0 || top_k > limits.max_top_k) { limits.max_top_k } else { top_k };
+    let top_k = if limits.max_top_k > 0 && (top_k == 0 || top_k > limits.max_top_k) {
+        limits.max_top_k
+    } else {
+        top_k
+    };
     let sampler = SamplerParams {
-        temperature: s.temperature.unwrap_or(preset.temperature).min(limits.max_temperature),
+        temperature: s
+            .temperature
+            .unwrap_or(preset.temperature)
+            .min(limits.max_temperature),
         top_k: top_k as usize,
         top_p: s.top_p.unwrap_or(preset.top_p),
         min_p: s.min_p.unwrap_or(0.0),
@@ -115,7 +156,18 @@ pub fn prepare(req: &ChatRequest, model: &ModelText, limits: &TierLimits) -> Res
         ..SamplerParams::default()
     };
     let tools = req.offers_tools();
-    Ok(PreparedPrompt { prompt_ids, params: GenerateParams { max_tokens, sampler, stop: req.stop.clone(), grammar }, task_profile, tools, thinking: thinking == Thinking::Open })
+    Ok(PreparedPrompt {
+        prompt_ids,
+        params: GenerateParams {
+            max_tokens,
+            sampler,
+            stop: req.stop.clone(),
+            grammar,
+        },
+        task_profile,
+        tools,
+        thinking: thinking == Thinking::Open,
+    })
 }
 
 /// Sampling defaults of a task profile.
@@ -127,16 +179,30 @@ struct Preset {
 
 fn preset(profile: TaskProfile) -> Preset {
     match profile {
-        TaskProfile::General => Preset { temperature: 0.7, top_p: 0.8, top_k: 20 },
-        TaskProfile::Coding => Preset { temperature: 0.2, top_p: 0.95, top_k: 20 },
-        TaskProfile::Reasoning => Preset { temperature: 0.6, top_p: 0.95, top_k: 20 },
+        TaskProfile::General => Preset {
+            temperature: 0.7,
+            top_p: 0.8,
+            top_k: 20,
+        },
+        TaskProfile::Coding => Preset {
+            temperature: 0.2,
+            top_p: 0.95,
+            top_k: 20,
+        },
+        TaskProfile::Reasoning => Preset {
+            temperature: 0.6,
+            top_p: 0.95,
+            top_k: 20,
+        },
     }
 }
 
 /// The request field a grammar that does not compile came from.
 fn grammar_param(req: &ChatRequest) -> &'static str {
     match req.response_format {
-        ResponseFormat::JsonSchema { .. } if !req.offers_tools() => "response_format.json_schema.schema",
+        ResponseFormat::JsonSchema { .. } if !req.offers_tools() => {
+            "response_format.json_schema.schema"
+        }
         _ => "tools",
     }
 }
@@ -146,6 +212,8 @@ fn fresh_seed() -> u64 {
     let mut b = [0u8; 8];
     match getrandom::fill(&mut b) {
         Ok(()) => u64::from_le_bytes(b),
-        Err(_) => std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
     }
 }

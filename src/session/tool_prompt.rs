@@ -17,7 +17,10 @@ use crate::api::tools::{FunctionTool, ToolCall};
 use crate::engine::template::{ChatMessage, ChatTemplate};
 
 /// The messages and the `tools` variable to render `req` with.
-pub fn conversation(req: &ChatRequest, template: &ChatTemplate) -> (Vec<ChatMessage>, Option<Value>) {
+pub fn conversation(
+    req: &ChatRequest,
+    template: &ChatTemplate,
+) -> (Vec<ChatMessage>, Option<Value>) {
     let offered = req.offers_tools();
     if template.handles_tools {
         let tools = offered.then(|| Value::Array(req.tools.iter().map(openai_tool).collect()));
@@ -28,7 +31,11 @@ pub fn conversation(req: &ChatRequest, template: &ChatTemplate) -> (Vec<ChatMess
         match m.role {
             Role::Assistant if !m.tool_calls.is_empty() => {
                 let calls: Vec<String> = m.tool_calls.iter().map(written_call).collect();
-                let content = [m.content.as_str(), &calls.join("\n")].into_iter().filter(|s| !s.is_empty()).collect::<Vec<_>>().join("\n");
+                let content = [m.content.as_str(), &calls.join("\n")]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("\n");
                 messages.push(ChatMessage::new("assistant", &content));
             }
             _ => messages.push(template_message(m)),
@@ -37,7 +44,9 @@ pub fn conversation(req: &ChatRequest, template: &ChatTemplate) -> (Vec<ChatMess
     if offered {
         let block = system_block(&req.tools, req.parallel_tool_calls);
         match messages.first_mut() {
-            Some(first) if first.role == "system" => first.content = format!("{}\n\n{block}", first.content),
+            Some(first) if first.role == "system" => {
+                first.content = format!("{}\n\n{block}", first.content)
+            }
             _ => messages.insert(0, ChatMessage::new("system", &block)),
         }
     }
@@ -52,7 +61,11 @@ fn template_message(m: &Message) -> ChatMessage {
         .map(|c| json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": arguments_value(c)}}))
         .collect();
     ChatMessage {
-        role: if m.role == Role::Developer { "system".into() } else { m.role.name().into() },
+        role: if m.role == Role::Developer {
+            "system".into()
+        } else {
+            m.role.name().into()
+        },
         content: m.content.clone(),
         name: m.name.clone(),
         tool_call_id: m.tool_call_id.clone(),
@@ -84,7 +97,13 @@ fn written_call(c: &ToolCall) -> String {
 /// JSON with `", "` and `": "` separators, as the grammar has the model write it.
 fn spaced(v: &Value) -> String {
     match v {
-        Value::Object(m) => format!("{{{}}}", m.iter().map(|(k, v)| format!("{}: {}", Value::String(k.clone()), spaced(v))).collect::<Vec<_>>().join(", ")),
+        Value::Object(m) => format!(
+            "{{{}}}",
+            m.iter()
+                .map(|(k, v)| format!("{}: {}", Value::String(k.clone()), spaced(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
         Value::Array(a) => format!("[{}]", a.iter().map(spaced).collect::<Vec<_>>().join(", ")),
         other => other.to_string(),
     }
@@ -93,7 +112,11 @@ fn spaced(v: &Value) -> String {
 /// The Hermes / Qwen tool-use instructions.
 fn system_block(tools: &[FunctionTool], parallel: bool) -> String {
     let listed: Vec<String> = tools.iter().map(|t| spaced(&openai_tool(t))).collect();
-    let how_many = if parallel { "You may call one or more functions" } else { "You may call one function" };
+    let how_many = if parallel {
+        "You may call one or more functions"
+    } else {
+        "You may call one function"
+    };
     format!(
         "# Tools\n\n{how_many} to assist with the user query.\n\n\
          You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{}\n</tools>\n\n\
@@ -132,17 +155,28 @@ mod tests {
 {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 </tools>"#), "{}", messages[0].content);
         assert_eq!(messages[2].content, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>");
-        assert_eq!((messages[3].role.as_str(), messages[3].content.as_str()), ("tool", "{\"temp\": 21}"));
+        assert_eq!(
+            (messages[3].role.as_str(), messages[3].content.as_str()),
+            ("tool", "{\"temp\": 21}")
+        );
     }
 
     #[test]
     fn none_offers_no_tools_and_a_system_message_keeps_its_text() {
         let tools = json!([{"type": "function", "function": {"name": "f"}}]);
-        let req = request(json!({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}], "tools": tools, "tool_choice": "none"}));
+        let req = request(
+            json!({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}], "tools": tools, "tool_choice": "none"}),
+        );
         assert_eq!(conversation(&req, &chatml()).0[0].content, "Be brief.");
-        let req = request(json!({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}], "tools": tools}));
+        let req = request(
+            json!({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}], "tools": tools}),
+        );
         let (messages, _) = conversation(&req, &chatml());
-        assert!(messages[0].content.starts_with("Be brief.\n\n# Tools"), "{}", messages[0].content);
+        assert!(
+            messages[0].content.starts_with("Be brief.\n\n# Tools"),
+            "{}",
+            messages[0].content
+        );
         assert_eq!(messages.len(), 2);
     }
 
@@ -154,7 +188,12 @@ mod tests {
             "tools": [{"type": "function", "function": {"name": "w", "description": "weather"}}]
         }));
         let (messages, tools) = conversation(&req, &tmpl);
-        let out = tmpl.render(&messages, tools.as_ref(), false, &Default::default()).expect("render");
-        assert_eq!(out, r#"[{"function":{"description":"weather","name":"w","parameters":{"properties":{},"type":"object"}},"type":"function"}]|Oslo"#);
+        let out = tmpl
+            .render(&messages, tools.as_ref(), false, &Default::default())
+            .expect("render");
+        assert_eq!(
+            out,
+            r#"[{"function":{"description":"weather","name":"w","parameters":{"properties":{},"type":"object"}},"type":"function"}]|Oslo"#
+        );
     }
 }

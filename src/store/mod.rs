@@ -11,10 +11,10 @@
 //! A hold is open on a lease: the session that placed it renews it while its job runs, and
 //! [`reap_expired`] releases holds whose session died with its front (or its process).
 
-pub mod embedded;
-pub mod redis;
 #[cfg(test)]
 mod conformance;
+pub mod embedded;
+pub mod redis;
 
 use serde::{Deserialize, Serialize};
 
@@ -139,9 +139,17 @@ pub enum StoreError {
     #[error("no hold for job `{0}`")]
     NoHold(String),
     #[error("insufficient {token} balance: {needed} needed, {available} available")]
-    Insufficient { token: &'static str, needed: Amount, available: Amount },
+    Insufficient {
+        token: &'static str,
+        needed: Amount,
+        available: Amount,
+    },
     #[error("job `{job}` already holds {held}, not {asked}")]
-    HoldMismatch { job: String, held: Amount, asked: Amount },
+    HoldMismatch {
+        job: String,
+        held: Amount,
+        asked: Amount,
+    },
     #[error("invalid amount {0}: must not be negative")]
     NegativeAmount(Amount),
     #[error("settling {charged} against a hold of {held}")]
@@ -181,7 +189,9 @@ pub struct KeyProof {
 impl KeyProof {
     /// Whether `stored` is still this key, enabled, with this secret.
     fn holds_for(&self, stored: &StoredKey) -> bool {
-        stored.record.key_id == self.key_id && stored.hash == self.secret_hash && !stored.record.disabled
+        stored.record.key_id == self.key_id
+            && stored.hash == self.secret_hash
+            && !stored.record.disabled
     }
 }
 
@@ -207,14 +217,32 @@ pub trait Store: Send + Sync {
     fn create_account(&self, name: &str, opening: &Balances) -> Result<Account, StoreError>;
     fn account(&self, id: &str) -> Result<Account, StoreError>;
     /// Adds `amount` to a balance; `reference` names the operation in the ledger.
-    fn credit(&self, account_id: &str, token: TokenType, amount: Amount, reference: &str) -> Result<LedgerEntry, StoreError>;
+    fn credit(
+        &self,
+        account_id: &str,
+        token: TokenType,
+        amount: Amount,
+        reference: &str,
+    ) -> Result<LedgerEntry, StoreError>;
     /// The account's newest `limit` ledger entries, newest last.
     fn ledger(&self, account_id: &str, limit: usize) -> Result<Vec<LedgerEntry>, StoreError>;
 
     /// Takes `amount` off the balance for job `job_id`. Idempotent: repeating the same hold
     /// returns it unchanged; a different amount for the same job is an error.
-    fn hold(&self, job_id: &str, account_id: &str, token: TokenType, amount: Amount) -> Result<Hold, StoreError> {
-        self.hold_first(&HoldOrder { job_id, account_id, tenders: &[(token, amount)], key: None, then: None })
+    fn hold(
+        &self,
+        job_id: &str,
+        account_id: &str,
+        token: TokenType,
+        amount: Amount,
+    ) -> Result<Hold, StoreError> {
+        self.hold_first(&HoldOrder {
+            job_id,
+            account_id,
+            tenders: &[(token, amount)],
+            key: None,
+            then: None,
+        })
     }
     /// Holds the first of the order's tenders (a token and the amount in it) that its
     /// balance covers, or, when none is covered, fails as the last one does. The choice is
@@ -226,7 +254,12 @@ pub trait Store: Send + Sync {
     /// Charges `charged` (at most the held amount) and gives back the rest; a charge above
     /// zero is recorded as the earning of `worker_id`, the worker that ran the job (none
     /// when the job never ran). Idempotent: settling again returns the first settlement.
-    fn settle(&self, job_id: &str, charged: Amount, worker_id: Option<&str>) -> Result<Hold, StoreError>;
+    fn settle(
+        &self,
+        job_id: &str,
+        charged: Amount,
+        worker_id: Option<&str>,
+    ) -> Result<Hold, StoreError>;
     fn hold_of(&self, job_id: &str) -> Result<Hold, StoreError>;
     /// Keeps an open hold open until `expires_at` (unix seconds); a settled hold is left alone.
     fn renew_hold(&self, job_id: &str, expires_at: i64) -> Result<(), StoreError>;
@@ -257,7 +290,9 @@ pub fn reap_expired(store: &dyn Store) -> Result<usize, StoreError> {
 
 /// Unix seconds now.
 pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// `prefix` and 24 random hex digits.
@@ -284,8 +319,13 @@ pub fn key_hash(key: &str) -> String {
 
 /// An amount that must not be negative (credits, holds, charges).
 /// The tender of [`Store::hold_first`] to take from `balances`.
-fn first_covered(balances: &Balances, tenders: &[(TokenType, Amount)]) -> Result<(TokenType, Amount), StoreError> {
-    let last = *tenders.last().ok_or_else(|| StoreError::Backend("a hold needs at least one tender".into()))?;
+fn first_covered(
+    balances: &Balances,
+    tenders: &[(TokenType, Amount)],
+) -> Result<(TokenType, Amount), StoreError> {
+    let last = *tenders
+        .last()
+        .ok_or_else(|| StoreError::Backend("a hold needs at least one tender".into()))?;
     for &(token, amount) in tenders {
         non_negative(amount)?;
         if balances.get(token) >= amount {
@@ -296,12 +336,28 @@ fn first_covered(balances: &Balances, tenders: &[(TokenType, Amount)]) -> Result
 }
 
 /// Whether a hold already placed is the one `tenders` asks for (a replay).
-fn replays(hold: &Hold, account_id: &str, tenders: &[(TokenType, Amount)]) -> Result<(), StoreError> {
-    if hold.account_id == account_id && tenders.iter().any(|&(t, a)| hold.token_type == t && hold.amount == a) {
+fn replays(
+    hold: &Hold,
+    account_id: &str,
+    tenders: &[(TokenType, Amount)],
+) -> Result<(), StoreError> {
+    if hold.account_id == account_id
+        && tenders
+            .iter()
+            .any(|&(t, a)| hold.token_type == t && hold.amount == a)
+    {
         return Ok(());
     }
-    let asked = tenders.iter().find(|(t, _)| *t == hold.token_type).or(tenders.last()).map_or(Amount::ZERO, |(_, a)| *a);
-    Err(StoreError::HoldMismatch { job: hold.job_id.clone(), held: hold.amount, asked })
+    let asked = tenders
+        .iter()
+        .find(|(t, _)| *t == hold.token_type)
+        .or(tenders.last())
+        .map_or(Amount::ZERO, |(_, a)| *a);
+    Err(StoreError::HoldMismatch {
+        job: hold.job_id.clone(),
+        held: hold.amount,
+        asked,
+    })
 }
 
 fn non_negative(a: Amount) -> Result<Amount, StoreError> {
@@ -313,12 +369,21 @@ fn non_negative(a: Amount) -> Result<Amount, StoreError> {
 }
 
 /// The ledger arithmetic shared by every implementation: the new balance after `delta`.
-fn apply(balances: &mut Balances, token: TokenType, delta: Amount, spend: bool) -> Result<Amount, StoreError> {
+fn apply(
+    balances: &mut Balances,
+    token: TokenType,
+    delta: Amount,
+    spend: bool,
+) -> Result<Amount, StoreError> {
     let b = balances.get_mut(token);
     let next = if spend {
         let next = b.checked_sub(delta).ok_or(StoreError::Overflow)?;
         if next.is_negative() {
-            return Err(StoreError::Insufficient { token: token.name(), needed: delta, available: *b });
+            return Err(StoreError::Insufficient {
+                token: token.name(),
+                needed: delta,
+                available: *b,
+            });
         }
         next
     } else {

@@ -29,7 +29,11 @@ use std::time::Duration;
 use redis::{Client, Commands, Connection, RedisError, Script};
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::{apply, first_covered, key_hash, new_secret, non_negative, replays, now, random_id, Account, ApiKeyRecord, Balances, Earning, EntryKind, Hold, HoldOrder, KeyProof, LedgerEntry, NewKey, Store, StoreError, StoredKey, TokenType, HOLD_LEASE_SECS};
+use super::{
+    apply, first_covered, key_hash, new_secret, non_negative, now, random_id, replays, Account,
+    ApiKeyRecord, Balances, Earning, EntryKind, Hold, HoldOrder, KeyProof, LedgerEntry, NewKey,
+    Store, StoreError, StoredKey, TokenType, HOLD_LEASE_SECS,
+};
 use crate::billing::amount::Amount;
 use crate::bus::Outbox;
 
@@ -163,26 +167,43 @@ impl RedisStore {
     /// Connects to `url`; fails at once if Redis cannot be reached.
     pub fn connect(url: &str) -> Result<Self, StoreError> {
         let client = Client::open(url).map_err(backend)?;
-        let store = Self { client, idle: Mutex::new(Vec::new()), commit: Script::new(COMMIT), authenticate: Script::new(AUTHENTICATE), known: Mutex::new(HashMap::new()) };
+        let store = Self {
+            client,
+            idle: Mutex::new(Vec::new()),
+            commit: Script::new(COMMIT),
+            authenticate: Script::new(AUTHENTICATE),
+            known: Mutex::new(HashMap::new()),
+        };
         store.with(|c| redis::cmd("PING").query::<String>(c))?;
         Ok(store)
     }
 
     /// Runs `f` on a connection of its own, connecting first if none is idle; a connection
     /// that failed is dropped, so the next call reconnects (Redis may have restarted).
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, RedisError>) -> Result<T, StoreError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
+    ) -> Result<T, StoreError> {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut c = match idle {
             Some(c) => c,
             None => {
-                let c = self.client.get_connection_with_timeout(TIMEOUT).map_err(backend)?;
+                let c = self
+                    .client
+                    .get_connection_with_timeout(TIMEOUT)
+                    .map_err(backend)?;
                 c.set_read_timeout(Some(TIMEOUT)).map_err(backend)?;
                 c.set_write_timeout(Some(TIMEOUT)).map_err(backend)?;
                 c
             }
         };
         let r = f(&mut c);
-        let broken = r.as_ref().err().is_some_and(|e| e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_connection_refusal());
+        let broken = r.as_ref().err().is_some_and(|e| {
+            e.is_io_error()
+                || e.is_connection_dropped()
+                || e.is_timeout()
+                || e.is_connection_refusal()
+        });
         if !broken {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < MAX_IDLE {
@@ -213,7 +234,9 @@ impl RedisStore {
     /// The account record as stored (for the commit's check) and decoded; unless `fresh`,
     /// as this process last committed it, when it has.
     fn account_raw(&self, id: &str, fresh: bool) -> Result<(String, Account), StoreError> {
-        let raw = self.current(&account_key(id), fresh)?.ok_or_else(|| StoreError::NoAccount(id.to_string()))?;
+        let raw = self
+            .current(&account_key(id), fresh)?
+            .ok_or_else(|| StoreError::NoAccount(id.to_string()))?;
         let acct = decode(&raw)?;
         Ok((raw, acct))
     }
@@ -221,7 +244,12 @@ impl RedisStore {
     /// A record as stored; unless `fresh`, as this process last committed it, when it has.
     fn current(&self, key: &str, fresh: bool) -> Result<Option<String>, StoreError> {
         if !fresh {
-            if let Some(raw) = self.known.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
+            if let Some(raw) = self
+                .known
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(key)
+            {
                 return Ok(Some(raw.clone()));
             }
         }
@@ -245,24 +273,55 @@ impl RedisStore {
     /// Commits `change`; `Ok(None)` when a record changed underneath (compute again).
     fn commit(&self, change: &Change<'_>) -> Result<Option<Vec<u64>>, StoreError> {
         let (hold_key, expected_hold, new_hold) = match &change.hold {
-            Some((k, expected, new)) => (k.clone(), expected.clone(), new.as_ref().map(encode).transpose()?.unwrap_or_default()),
+            Some((k, expected, new)) => (
+                k.clone(),
+                expected.clone(),
+                new.as_ref().map(encode).transpose()?.unwrap_or_default(),
+            ),
             None => (hold_key(""), "-".to_string(), String::new()),
         };
-        let job = change.hold.as_ref().and_then(|h| h.2.as_ref()).map(|h| h.job_id.clone()).unwrap_or_default();
+        let job = change
+            .hold
+            .as_ref()
+            .and_then(|h| h.2.as_ref())
+            .map(|h| h.job_id.clone())
+            .unwrap_or_default();
         let lease = match change.lease {
             Lease::Unchanged => String::new(),
             Lease::Open(until) => format!("open:{until}"),
             Lease::Close => "close".to_string(),
         };
-        let earning_key = change.earning.as_ref().map_or_else(|| earnings_key(""), |e| earnings_key(&e.worker_id));
+        let earning_key = change
+            .earning
+            .as_ref()
+            .map_or_else(|| earnings_key(""), |e| earnings_key(&e.worker_id));
         let new_account = encode(&change.account)?;
         let mut inv = self.commit.prepare_invoke();
         // An absent outbox still names a key, as a script's keys must be declared; it is not touched.
         let outbox_stream = change.outbox.map_or(OPEN_HOLDS, |o| o.stream.as_str());
         let api_key = apikey_key(change.key.map_or("", |k| k.key_id.as_str()));
-        inv.key(account_key(&change.account_id)).key(&hold_key).key(SEQ).key(ledger_key(&change.account_id)).key(OPEN_HOLDS).key(earning_key).key(outbox_stream).key(api_key);
-        inv.arg(&change.expected_account).arg(&new_account).arg(&expected_hold).arg(&new_hold).arg(job).arg(lease);
-        inv.arg(change.earning.as_ref().map(encode).transpose()?.unwrap_or_default());
+        inv.key(account_key(&change.account_id))
+            .key(&hold_key)
+            .key(SEQ)
+            .key(ledger_key(&change.account_id))
+            .key(OPEN_HOLDS)
+            .key(earning_key)
+            .key(outbox_stream)
+            .key(api_key);
+        inv.arg(&change.expected_account)
+            .arg(&new_account)
+            .arg(&expected_hold)
+            .arg(&new_hold)
+            .arg(job)
+            .arg(lease);
+        inv.arg(
+            change
+                .earning
+                .as_ref()
+                .map(encode)
+                .transpose()?
+                .unwrap_or_default(),
+        );
         match change.outbox {
             Some(o) => inv.arg(o.max_len.max(1)).arg(o.field).arg(&o.bytes),
             None => inv.arg("").arg("").arg(""),
@@ -274,23 +333,40 @@ impl RedisStore {
         let reply: redis::Value = self.with(|c| inv.invoke(c))?;
         let account = account_key(&change.account_id);
         // A settled hold is never changed again: nothing to remember.
-        let open_hold = change.hold.as_ref().and_then(|h| h.2.as_ref()).filter(|h| h.settled.is_none()).map(|_| new_hold.clone());
+        let open_hold = change
+            .hold
+            .as_ref()
+            .and_then(|h| h.2.as_ref())
+            .filter(|h| h.settled.is_none())
+            .map(|_| new_hold.clone());
         match reply {
-            redis::Value::Int(-2) => Err(StoreError::KeyRevoked(change.key.map(|k| k.key_id.clone()).unwrap_or_default())),
+            redis::Value::Int(-2) => Err(StoreError::KeyRevoked(
+                change.key.map(|k| k.key_id.clone()).unwrap_or_default(),
+            )),
             redis::Value::Int(-1) => {
-                self.learn((account, None), change.hold.is_some().then_some((hold_key, None)));
+                self.learn(
+                    (account, None),
+                    change.hold.is_some().then_some((hold_key, None)),
+                );
                 Ok(None)
             }
             v => {
                 let seqs = redis::from_redis_value::<Vec<u64>>(&v).map_err(backend)?;
-                self.learn((account, Some(new_account)), change.hold.is_some().then_some((hold_key, open_hold)));
+                self.learn(
+                    (account, Some(new_account)),
+                    change.hold.is_some().then_some((hold_key, open_hold)),
+                );
                 Ok(Some(seqs))
             }
         }
     }
 
     /// Computes and commits a change until it applies against current records.
-    fn transact<'c, T>(&self, mut compute: impl FnMut(bool) -> Result<Result<(Change<'c>, T), T>, StoreError>, done: impl Fn(T, Vec<u64>) -> T) -> Result<T, StoreError> {
+    fn transact<'c, T>(
+        &self,
+        mut compute: impl FnMut(bool) -> Result<Result<(Change<'c>, T), T>, StoreError>,
+        done: impl Fn(T, Vec<u64>) -> T,
+    ) -> Result<T, StoreError> {
         for attempt in 0..ATTEMPTS {
             // The first try may compute from remembered records; a retry reads afresh, and so
             // does a first try that refused (the refusal may be the remembered record's).
@@ -307,13 +383,30 @@ impl RedisStore {
                 return Ok(done(out, seqs));
             }
         }
-        Err(StoreError::Backend(format!("redis: gave up after {ATTEMPTS} conflicting writers")))
+        Err(StoreError::Backend(format!(
+            "redis: gave up after {ATTEMPTS} conflicting writers"
+        )))
     }
 }
 
 /// A ledger entry whose `seq` the commit assigns.
-fn entry(account: &Account, kind: EntryKind, token: TokenType, amount: Amount, reference: &str) -> LedgerEntry {
-    LedgerEntry { seq: 0, account_id: account.id.clone(), kind, token_type: token, amount, reference: reference.to_string(), balance_after: account.balances.get(token), at: now() }
+fn entry(
+    account: &Account,
+    kind: EntryKind,
+    token: TokenType,
+    amount: Amount,
+    reference: &str,
+) -> LedgerEntry {
+    LedgerEntry {
+        seq: 0,
+        account_id: account.id.clone(),
+        kind,
+        token_type: token,
+        amount,
+        reference: reference.to_string(),
+        balance_after: account.balances.get(token),
+        at: now(),
+    }
 }
 
 impl Store for RedisStore {
@@ -321,34 +414,82 @@ impl Store for RedisStore {
         non_negative(opening.spark)?;
         non_negative(opening.sogni)?;
         let id = random_id("acct_")?;
-        let mut acct = Account { id: id.clone(), name: name.to_string(), created: now(), balances: Balances { spark: Amount::ZERO, sogni: Amount::ZERO } };
+        let mut acct = Account {
+            id: id.clone(),
+            name: name.to_string(),
+            created: now(),
+            balances: Balances {
+                spark: Amount::ZERO,
+                sogni: Amount::ZERO,
+            },
+        };
         let mut entries = Vec::new();
         for token in [TokenType::Spark, TokenType::Sogni] {
             let amount = opening.get(token);
             if amount != Amount::ZERO {
                 apply(&mut acct.balances, token, amount, false)?;
-                entries.push(entry(&acct, EntryKind::Credit, token, amount, "opening balance"));
+                entries.push(entry(
+                    &acct,
+                    EntryKind::Credit,
+                    token,
+                    amount,
+                    "opening balance",
+                ));
             }
         }
-        let change = Change { account_id: id, expected_account: String::new(), account: acct.clone(), hold: None, lease: Lease::Unchanged, earning: None, entries, outbox: None, key: None };
-        self.commit(&change)?.ok_or_else(|| backend("account id collision"))?;
+        let change = Change {
+            account_id: id,
+            expected_account: String::new(),
+            account: acct.clone(),
+            hold: None,
+            lease: Lease::Unchanged,
+            earning: None,
+            entries,
+            outbox: None,
+            key: None,
+        };
+        self.commit(&change)?
+            .ok_or_else(|| backend("account id collision"))?;
         Ok(acct)
     }
 
     fn account(&self, id: &str) -> Result<Account, StoreError> {
-        self.get(&account_key(id))?.ok_or_else(|| StoreError::NoAccount(id.to_string()))
+        self.get(&account_key(id))?
+            .ok_or_else(|| StoreError::NoAccount(id.to_string()))
     }
 
-    fn credit(&self, account_id: &str, token: TokenType, amount: Amount, reference: &str) -> Result<LedgerEntry, StoreError> {
+    fn credit(
+        &self,
+        account_id: &str,
+        token: TokenType,
+        amount: Amount,
+        reference: &str,
+    ) -> Result<LedgerEntry, StoreError> {
         non_negative(amount)?;
         self.transact(
             |fresh| {
                 let (raw, mut acct) = self.account_raw(account_id, fresh)?;
                 apply(&mut acct.balances, token, amount, false)?;
                 let e = entry(&acct, EntryKind::Credit, token, amount, reference);
-                Ok(Ok((Change { account_id: account_id.to_string(), expected_account: raw, account: acct, hold: None, lease: Lease::Unchanged, earning: None, entries: vec![e.clone()], outbox: None, key: None }, e)))
+                Ok(Ok((
+                    Change {
+                        account_id: account_id.to_string(),
+                        expected_account: raw,
+                        account: acct,
+                        hold: None,
+                        lease: Lease::Unchanged,
+                        earning: None,
+                        entries: vec![e.clone()],
+                        outbox: None,
+                        key: None,
+                    },
+                    e,
+                )))
             },
-            |e, seqs| LedgerEntry { seq: seqs.first().copied().unwrap_or(e.seq), ..e },
+            |e, seqs| LedgerEntry {
+                seq: seqs.first().copied().unwrap_or(e.seq),
+                ..e
+            },
         )
     }
 
@@ -358,7 +499,13 @@ impl Store for RedisStore {
     }
 
     fn hold_first(&self, order: &HoldOrder<'_>) -> Result<Hold, StoreError> {
-        let HoldOrder { job_id, account_id, tenders, key: proof, then } = *order;
+        let HoldOrder {
+            job_id,
+            account_id,
+            tenders,
+            key: proof,
+            then,
+        } = *order;
         // The first try assumes the hold is new (the commit checks that it is), saving a
         // read on the common path; a retry reads it, and replays one already placed.
         self.transact(
@@ -373,7 +520,14 @@ impl Store for RedisStore {
                 let (token, amount) = first_covered(&acct.balances, tenders)?;
                 apply(&mut acct.balances, token, amount, true)?;
                 let e = entry(&acct, EntryKind::Hold, token, amount, job_id);
-                let h = Hold { job_id: job_id.to_string(), account_id: account_id.to_string(), token_type: token, amount, settled: None, worker_id: None };
+                let h = Hold {
+                    job_id: job_id.to_string(),
+                    account_id: account_id.to_string(),
+                    token_type: token,
+                    amount,
+                    settled: None,
+                    worker_id: None,
+                };
                 let change = Change {
                     account_id: account_id.to_string(),
                     expected_account: raw,
@@ -391,17 +545,31 @@ impl Store for RedisStore {
         )
     }
 
-    fn settle(&self, job_id: &str, charged: Amount, worker_id: Option<&str>) -> Result<Hold, StoreError> {
+    fn settle(
+        &self,
+        job_id: &str,
+        charged: Amount,
+        worker_id: Option<&str>,
+    ) -> Result<Hold, StoreError> {
         non_negative(charged)?;
         self.transact(
             |fresh| {
                 let key = hold_key(job_id);
-                let raw_hold = self.current(&key, fresh)?.ok_or_else(|| StoreError::NoHold(job_id.to_string()))?;
+                let raw_hold = self
+                    .current(&key, fresh)?
+                    .ok_or_else(|| StoreError::NoHold(job_id.to_string()))?;
                 let mut h: Hold = decode(&raw_hold)?;
                 if h.settled.is_some() {
                     return Ok(Err(h));
                 }
-                let rest = h.amount.checked_sub(charged).filter(|r| !r.is_negative()).ok_or(StoreError::OverCharge { charged, held: h.amount })?;
+                let rest = h
+                    .amount
+                    .checked_sub(charged)
+                    .filter(|r| !r.is_negative())
+                    .ok_or(StoreError::OverCharge {
+                        charged,
+                        held: h.amount,
+                    })?;
                 let (raw, mut acct) = self.account_raw(&h.account_id, fresh)?;
                 // The charge was taken at hold time; the entry records it, the rest comes back.
                 let settle = entry(&acct, EntryKind::Settle, h.token_type, charged, job_id);
@@ -409,7 +577,13 @@ impl Store for RedisStore {
                 let release = entry(&acct, EntryKind::Release, h.token_type, rest, job_id);
                 let earning = worker_id
                     .filter(|_| charged > Amount::ZERO)
-                    .map(|w| Earning { worker_id: w.to_string(), job_id: job_id.to_string(), token_type: h.token_type, amount: charged, at: settle.at });
+                    .map(|w| Earning {
+                        worker_id: w.to_string(),
+                        job_id: job_id.to_string(),
+                        token_type: h.token_type,
+                        amount: charged,
+                        at: settle.at,
+                    });
                 h.settled = Some(charged);
                 h.worker_id = worker_id.map(str::to_string);
                 let change = Change {
@@ -430,16 +604,35 @@ impl Store for RedisStore {
     }
 
     fn hold_of(&self, job_id: &str) -> Result<Hold, StoreError> {
-        self.get(&hold_key(job_id))?.ok_or_else(|| StoreError::NoHold(job_id.to_string()))
+        self.get(&hold_key(job_id))?
+            .ok_or_else(|| StoreError::NoHold(job_id.to_string()))
     }
 
     fn renew_hold(&self, job_id: &str, expires_at: i64) -> Result<(), StoreError> {
         // XX: only a hold still in the open set is renewed.
-        self.with(|c| redis::cmd("ZADD").arg(OPEN_HOLDS).arg("XX").arg(expires_at).arg(job_id).query::<i64>(c)).map(drop)
+        self.with(|c| {
+            redis::cmd("ZADD")
+                .arg(OPEN_HOLDS)
+                .arg("XX")
+                .arg(expires_at)
+                .arg(job_id)
+                .query::<i64>(c)
+        })
+        .map(drop)
     }
 
     fn expired_holds(&self, now: i64, limit: usize) -> Result<Vec<String>, StoreError> {
-        self.with(|c| redis::cmd("ZRANGE").arg(OPEN_HOLDS).arg("-inf").arg(format!("({now}")).arg("BYSCORE").arg("LIMIT").arg(0).arg(limit).query(c))
+        self.with(|c| {
+            redis::cmd("ZRANGE")
+                .arg(OPEN_HOLDS)
+                .arg("-inf")
+                .arg(format!("({now}"))
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query(c)
+        })
     }
 
     fn earnings(&self, worker_id: &str, limit: usize) -> Result<Vec<Earning>, StoreError> {
@@ -450,23 +643,51 @@ impl Store for RedisStore {
         self.account(account_id)?;
         let key_id = random_id("key_")?;
         let (api_key, hash) = new_secret()?;
-        let record = ApiKeyRecord { key_id: key_id.clone(), account_id: account_id.to_string(), created: now(), disabled: false };
-        let stored = encode(&StoredKey { record, hash: hash.clone() })?;
-        self.with(|c| redis::pipe().atomic().set(apikey_key(&key_id), stored).set(apikey_hash_key(&hash), &key_id).query::<()>(c))?;
+        let record = ApiKeyRecord {
+            key_id: key_id.clone(),
+            account_id: account_id.to_string(),
+            created: now(),
+            disabled: false,
+        };
+        let stored = encode(&StoredKey {
+            record,
+            hash: hash.clone(),
+        })?;
+        self.with(|c| {
+            redis::pipe()
+                .atomic()
+                .set(apikey_key(&key_id), stored)
+                .set(apikey_hash_key(&hash), &key_id)
+                .query::<()>(c)
+        })?;
         Ok(NewKey { key_id, api_key })
     }
 
     fn regenerate_key(&self, key_id: &str) -> Result<NewKey, StoreError> {
-        let mut k: StoredKey = self.get(&apikey_key(key_id))?.ok_or_else(|| StoreError::NoKey(key_id.to_string()))?;
+        let mut k: StoredKey = self
+            .get(&apikey_key(key_id))?
+            .ok_or_else(|| StoreError::NoKey(key_id.to_string()))?;
         let (api_key, hash) = new_secret()?;
         let old = std::mem::replace(&mut k.hash, hash.clone());
         let stored = encode(&k)?;
-        self.with(|c| redis::pipe().atomic().del(apikey_hash_key(&old)).set(apikey_hash_key(&hash), key_id).set(apikey_key(key_id), stored).query::<()>(c))?;
-        Ok(NewKey { key_id: key_id.to_string(), api_key })
+        self.with(|c| {
+            redis::pipe()
+                .atomic()
+                .del(apikey_hash_key(&old))
+                .set(apikey_hash_key(&hash), key_id)
+                .set(apikey_key(key_id), stored)
+                .query::<()>(c)
+        })?;
+        Ok(NewKey {
+            key_id: key_id.to_string(),
+            api_key,
+        })
     }
 
     fn disable_key(&self, key_id: &str) -> Result<ApiKeyRecord, StoreError> {
-        let mut k: StoredKey = self.get(&apikey_key(key_id))?.ok_or_else(|| StoreError::NoKey(key_id.to_string()))?;
+        let mut k: StoredKey = self
+            .get(&apikey_key(key_id))?
+            .ok_or_else(|| StoreError::NoKey(key_id.to_string()))?;
         k.record.disabled = true;
         let stored = encode(&k)?;
         self.with(|c| c.set::<_, _, ()>(apikey_key(key_id), stored))?;
@@ -474,8 +695,15 @@ impl Store for RedisStore {
     }
 
     fn authenticate(&self, api_key: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
-        let stored: Option<String> = self.with(|c| self.authenticate.key(apikey_hash_key(&key_hash(api_key))).arg(apikey_key("")).invoke(c))?;
-        let Some(k) = stored.map(|s| decode::<StoredKey>(&s)).transpose()? else { return Ok(None) };
+        let stored: Option<String> = self.with(|c| {
+            self.authenticate
+                .key(apikey_hash_key(&key_hash(api_key)))
+                .arg(apikey_key(""))
+                .invoke(c)
+        })?;
+        let Some(k) = stored.map(|s| decode::<StoredKey>(&s)).transpose()? else {
+            return Ok(None);
+        };
         Ok((!k.record.disabled).then_some(k.record))
     }
 }

@@ -11,20 +11,34 @@
 use std::fmt::Write;
 use std::sync::LazyLock;
 
-use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 
 /// Seconds, from 1 ms to about 2 minutes: request latencies.
-const LATENCY: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0];
+const LATENCY: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+    10.0, 20.0, 40.0, 80.0, 160.0,
+];
 /// Seconds between tokens, from 1 ms to 2.5 s.
-const TOKEN_GAP: &[f64] = &[0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5];
+const TOKEN_GAP: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15,
+    0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+];
 /// Seconds of a placement decision: from 50 µs.
-const DECISION: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0, 120.0];
+const DECISION: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+    30.0, 120.0,
+];
 
 fn register<M: prometheus::core::Collector + Clone + 'static>(m: M) -> M {
     // Names are constants of this file, each registered once: a clash is a bug here.
-    REGISTRY.register(Box::new(m.clone())).expect("each metric is registered once");
+    REGISTRY
+        .register(Box::new(m.clone()))
+        .expect("each metric is registered once");
     m
 }
 
@@ -33,12 +47,21 @@ fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
 }
 
 fn histogram(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
-    register(HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels).expect("valid metric"))
+    register(
+        HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            labels,
+        )
+        .expect("valid metric"),
+    )
 }
 
 /// A histogram without labels.
 fn single_histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
-    register(Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())).expect("valid metric"))
+    register(
+        Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+            .expect("valid metric"),
+    )
 }
 
 fn gauge(name: &str, help: &str) -> IntGauge {
@@ -80,7 +103,8 @@ pub struct Front {
 }
 
 pub fn front() -> &'static Front {
-    static FRONT: LazyLock<Front> = LazyLock::new(|| Front {
+    static FRONT: LazyLock<Front> = LazyLock::new(|| {
+        Front {
         requests_in_flight: register(IntGaugeVec::new(Opts::new("supernet:requests_in_flight", "Chat requests in this front, by state (waiting for a worker, or running)."), &["model", "state"]).expect("valid metric")),
         time_to_first_token: histogram("supernet:time_to_first_token_seconds", "Seconds from the request's arrival to its first token.", &["model"], LATENCY),
         inter_token_latency: histogram("supernet:inter_token_latency_seconds", "Seconds between consecutive tokens of a request.", &["model"], TOKEN_GAP),
@@ -96,6 +120,7 @@ pub fn front() -> &'static Front {
         token_delay: single_histogram("supernet:front_token_delay_seconds", "Seconds from a worker's text entering this front's stream (its entry's append, Redis's clock, to the millisecond) to its SSE chunk leaving for the client.", DECISION),
         gap_added: single_histogram("supernet:front_token_gap_added_seconds", "Seconds the front added to the gap between a stream's consecutive pieces of text: each one's token delay less the previous one's, or 0.", DECISION),
         relay: single_histogram("supernet:front_relay_seconds", "Seconds from reading a worker's text off this front's stream to its SSE chunk leaving for the client.", DECISION),
+    }
     });
     &FRONT
 }
@@ -116,8 +141,12 @@ pub struct ModelMetrics {
 impl Front {
     pub fn model(&self, model: &str) -> ModelMetrics {
         ModelMetrics {
-            waiting: self.requests_in_flight.with_label_values(&[model, "waiting"]),
-            running: self.requests_in_flight.with_label_values(&[model, "running"]),
+            waiting: self
+                .requests_in_flight
+                .with_label_values(&[model, "waiting"]),
+            running: self
+                .requests_in_flight
+                .with_label_values(&[model, "running"]),
             time_to_first_token: self.time_to_first_token.with_label_values(&[model]),
             inter_token_latency: self.inter_token_latency.with_label_values(&[model]),
             e2e_latency: self.e2e_latency.with_label_values(&[model]),
@@ -144,14 +173,50 @@ pub struct Coordinator {
 
 pub fn coordinator() -> &'static Coordinator {
     static COORDINATOR: LazyLock<Coordinator> = LazyLock::new(|| Coordinator {
-        placement: single_histogram("supernet:placement_seconds", "Seconds from a placement request's arrival to its job's dispatch (queueing included).", LATENCY),
-        decision: single_histogram("supernet:placement_decision_seconds", "Seconds to choose a worker for one request.", DECISION),
-        placements: counter("supernet:placements_total", "Placement requests handled, by outcome (placed, refused, withdrawn).", &["outcome"]),
-        queue_depth: gauge("supernet:coordinator_queue_depth", "Jobs waiting for a worker with room."),
-        leader: gauge("supernet:coordinator_is_leader", "1 while this coordinator holds the leader lease."),
-        workers_dead: register(IntCounter::new("supernet:workers_declared_dead_total", "Workers declared dead after missing their heartbeats.").expect("valid metric")),
-        jobs_lost: register(IntCounter::new("supernet:jobs_lost_total", "Jobs whose worker died, reported lost so that they move.").expect("valid metric")),
-        holds_reaped: register(IntCounter::new("supernet:holds_reaped_total", "Billing holds released by the reaper after their lease ran out.").expect("valid metric")),
+        placement: single_histogram(
+            "supernet:placement_seconds",
+            "Seconds from a placement request's arrival to its job's dispatch (queueing included).",
+            LATENCY,
+        ),
+        decision: single_histogram(
+            "supernet:placement_decision_seconds",
+            "Seconds to choose a worker for one request.",
+            DECISION,
+        ),
+        placements: counter(
+            "supernet:placements_total",
+            "Placement requests handled, by outcome (placed, refused, withdrawn).",
+            &["outcome"],
+        ),
+        queue_depth: gauge(
+            "supernet:coordinator_queue_depth",
+            "Jobs waiting for a worker with room.",
+        ),
+        leader: gauge(
+            "supernet:coordinator_is_leader",
+            "1 while this coordinator holds the leader lease.",
+        ),
+        workers_dead: register(
+            IntCounter::new(
+                "supernet:workers_declared_dead_total",
+                "Workers declared dead after missing their heartbeats.",
+            )
+            .expect("valid metric"),
+        ),
+        jobs_lost: register(
+            IntCounter::new(
+                "supernet:jobs_lost_total",
+                "Jobs whose worker died, reported lost so that they move.",
+            )
+            .expect("valid metric"),
+        ),
+        holds_reaped: register(
+            IntCounter::new(
+                "supernet:holds_reaped_total",
+                "Billing holds released by the reaper after their lease ran out.",
+            )
+            .expect("valid metric"),
+        ),
     });
     &COORDINATOR
 }
@@ -196,12 +261,22 @@ impl<'a> Family<'a> {
 
     /// A sample of the family (`suffix` for histogram parts, e.g. `_bucket`).
     pub fn sample(&mut self, suffix: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
-        let _ = writeln!(self.out, "{}{suffix}{{{}}} {value}", self.name, labels.join(","));
+        let labels: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+            .collect();
+        let _ = writeln!(
+            self.out,
+            "{}{suffix}{{{}}} {value}",
+            self.name,
+            labels.join(",")
+        );
     }
 }
 
 /// A label value as the text format wants it.
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

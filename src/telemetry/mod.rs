@@ -11,8 +11,8 @@
 
 pub mod metrics;
 pub mod metrics_http;
-pub mod snapshot;
 mod otlp;
+pub mod snapshot;
 pub mod trace_context;
 
 use std::io::IsTerminal;
@@ -52,21 +52,36 @@ impl Drop for Telemetry {
 /// in one process (tests that run several commands) keeps the first setup.
 pub fn init(service: &str, format: LogFormat) -> anyhow::Result<Telemetry> {
     let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false);
     let fmt = match format {
         LogFormat::Human => fmt.with_ansi(std::io::stderr().is_terminal()).boxed(),
-        LogFormat::Json => fmt.json().with_current_span(true).with_span_list(false).boxed(),
+        LogFormat::Json => fmt
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .boxed(),
     };
     let tracer = otlp::provider(service)?;
     let otel = tracer.as_ref().map(|p| {
         use opentelemetry::trace::TracerProvider;
-        tracing_opentelemetry::layer().with_tracer(p.tracer("supernet")).with_location(false).with_threads(false)
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("supernet"))
+            .with_location(false)
+            .with_threads(false)
     });
-    let installed = tracing_subscriber::registry().with(fmt.with_filter(filter())).with(otel.map(|l| l.with_filter(filter()))).try_init().is_ok();
+    let installed = tracing_subscriber::registry()
+        .with(fmt.with_filter(filter()))
+        .with(otel.map(|l| l.with_filter(filter())))
+        .try_init()
+        .is_ok();
     if installed {
         if let Some(endpoint) = otlp::endpoint() {
             tracing::info!(%endpoint, "exporting traces over OTLP");
         }
     }
-    Ok(Telemetry { tracer: tracer.filter(|_| installed) })
+    Ok(Telemetry {
+        tracer: tracer.filter(|_| installed),
+    })
 }

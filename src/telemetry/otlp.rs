@@ -13,11 +13,21 @@ use opentelemetry_sdk::Resource;
 
 /// Where traces go, if anywhere.
 pub fn endpoint() -> Option<String> {
-    ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"].iter().find_map(|v| std::env::var(v).ok().filter(|e| !e.trim().is_empty()))
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok().filter(|e| !e.trim().is_empty()))
 }
 
 fn protocol() -> anyhow::Result<Protocol> {
-    let var = ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"].iter().find_map(|v| std::env::var(v).ok());
+    let var = [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok());
     match var.as_deref().map(str::trim) {
         None | Some("") | Some("http/protobuf") => Ok(Protocol::HttpBinary),
         Some("http/json") => Ok(Protocol::HttpJson),
@@ -27,19 +37,40 @@ fn protocol() -> anyhow::Result<Protocol> {
 
 /// The tracer provider when an endpoint is configured.
 pub fn provider(service: &str) -> anyhow::Result<Option<SdkTracerProvider>> {
-    let Some(endpoint) = endpoint() else { return Ok(None) };
+    let Some(endpoint) = endpoint() else {
+        return Ok(None);
+    };
     if !endpoint.trim_start().starts_with("http://") {
         bail!("the OTLP endpoint {endpoint} is not http://: this build exports over plain HTTP only; send traces to a collector in the cluster or a sidecar");
     }
-    let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().with_protocol(protocol()?).build().context("starting the OTLP trace exporter")?;
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(protocol()?)
+        .build()
+        .context("starting the OTLP trace exporter")?;
     // The environment's resource (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES) wins over the
     // role's default name.
-    let mut resource = Resource::builder_empty().with_service_name(service.to_string()).with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
-    if std::env::var("OTEL_SERVICE_NAME").is_ok() || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok() {
+    let mut resource = Resource::builder_empty()
+        .with_service_name(service.to_string())
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ));
+    if std::env::var("OTEL_SERVICE_NAME").is_ok()
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok()
+    {
         let env = Resource::builder().build();
-        resource = resource.with_attributes(env.iter().map(|(k, v)| opentelemetry::KeyValue::new(k.clone(), v.clone())));
+        resource = resource.with_attributes(
+            env.iter()
+                .map(|(k, v)| opentelemetry::KeyValue::new(k.clone(), v.clone())),
+        );
     }
-    let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource.build()).build();
-    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    let provider = SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource.build())
+        .build();
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
     Ok(Some(provider))
 }

@@ -10,12 +10,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult, WrapFuture};
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::engine_thread::{EngineConfig, EngineThread, Job, JobEvent, JobRunner, SubmitError};
+use super::protocol::{
+    JobRef, JobSpec, NodeMessage, WorkerCommand, WorkerEvent, KIND_COMMAND, KIND_NODE,
+};
 use super::simulator::Simulator;
-use super::protocol::{JobRef, JobSpec, NodeMessage, WorkerCommand, WorkerEvent, KIND_COMMAND, KIND_NODE};
 use crate::bus::{post, read_stream, send, streams, Ack, Bus, BusError, BusFuture};
 use crate::engine::batch::BatchStats;
 use crate::engine::kv::BLOCK;
@@ -97,18 +99,46 @@ pub struct WorkerActor {
 
 impl WorkerActor {
     /// An LLM worker `worker_id` serving `model` as `model_id`: starts its engine thread.
-    pub fn new(worker_id: &str, model_id: &str, model: Arc<Model>, tokenizer: Arc<Tokenizer>, config: EngineConfig, bus: Arc<dyn Bus>) -> std::io::Result<Self> {
+    pub fn new(
+        worker_id: &str,
+        model_id: &str,
+        model: Arc<Model>,
+        tokenizer: Arc<Tokenizer>,
+        config: EngineConfig,
+        bus: Arc<dyn Bus>,
+    ) -> std::io::Result<Self> {
         let engine = EngineThread::start(model, tokenizer, config)?;
-        Ok(Self::with_runner(worker_id, model_id, config.batch.max_batch, Box::new(engine), bus, false))
+        Ok(Self::with_runner(
+            worker_id,
+            model_id,
+            config.batch.max_batch,
+            Box::new(engine),
+            bus,
+            false,
+        ))
     }
 
     /// A simulated worker `worker_id` serving the simulator's made-up model.
     pub fn simulated(worker_id: &str, simulator: Simulator, bus: Arc<dyn Bus>) -> Self {
         let max_batch = simulator.max_batch();
-        Self::with_runner(worker_id, super::simulator::card::MODEL_ID, max_batch, Box::new(simulator), bus, true)
+        Self::with_runner(
+            worker_id,
+            super::simulator::card::MODEL_ID,
+            max_batch,
+            Box::new(simulator),
+            bus,
+            true,
+        )
     }
 
-    fn with_runner(worker_id: &str, model_id: &str, max_batch: usize, engine: Box<dyn JobRunner>, bus: Arc<dyn Bus>, simulated: bool) -> Self {
+    fn with_runner(
+        worker_id: &str,
+        model_id: &str,
+        max_batch: usize,
+        engine: Box<dyn JobRunner>,
+        bus: Arc<dyn Bus>,
+        simulated: bool,
+    ) -> Self {
         let info = WorkerInfo {
             worker_id: worker_id.into(),
             kind: WorkerKind::Llm,
@@ -118,7 +148,14 @@ impl WorkerActor {
             kv_capacity: engine.status().batch().kv_blocks_total * BLOCK,
             simulated,
         };
-        Self { info, engine, bus, running: HashMap::new(), received: Vec::new(), draining: false }
+        Self {
+            info,
+            engine,
+            bus,
+            running: HashMap::new(),
+            received: Vec::new(),
+            draining: false,
+        }
     }
 }
 
@@ -129,15 +166,26 @@ impl Actor for WorkerActor {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let me = ctx.address().downgrade();
         let stream = streams::worker(&self.info.worker_id);
-        let read = read_stream(Arc::clone(&self.bus), stream, GROUP.into(), self.info.worker_id.clone(), Ack::Explicit, move |d| {
-            let env = d.envelope;
-            let Some(me) = me.upgrade() else { return ControlFlow::Break(()) };
-            match env.payload::<WorkerCommand>() {
-                Ok(c) => me.do_send(Command(c, env.traceparent)),
-                Err(e) => tracing::warn!(kind = %env.kind, "dropping an unreadable worker command: {e}"),
-            }
-            ControlFlow::Continue(())
-        });
+        let read = read_stream(
+            Arc::clone(&self.bus),
+            stream,
+            GROUP.into(),
+            self.info.worker_id.clone(),
+            Ack::Explicit,
+            move |d| {
+                let env = d.envelope;
+                let Some(me) = me.upgrade() else {
+                    return ControlFlow::Break(());
+                };
+                match env.payload::<WorkerCommand>() {
+                    Ok(c) => me.do_send(Command(c, env.traceparent)),
+                    Err(e) => {
+                        tracing::warn!(kind = %env.kind, "dropping an unreadable worker command: {e}")
+                    }
+                }
+                ControlFlow::Continue(())
+            },
+        );
         ctx.spawn(read.into_actor(self));
     }
 }
@@ -172,9 +220,19 @@ impl Handler<Command> for WorkerActor {
 impl WorkerActor {
     fn run(&mut self, spec: JobSpec, span: tracing::Span, ctx: &mut Context<Self>) {
         let job_ref = spec.job_ref();
-        let reply = Reply { bus: Arc::clone(&self.bus), worker_id: self.info.worker_id.clone(), stream: spec.reply_to, job_id: spec.job_id.clone(), attempt: spec.attempt, span };
+        let reply = Reply {
+            bus: Arc::clone(&self.bus),
+            worker_id: self.info.worker_id.clone(),
+            stream: spec.reply_to,
+            job_id: spec.job_id.clone(),
+            attempt: spec.attempt,
+            span,
+        };
         let refusal = if spec.model != self.info.model_id {
-            Some(format!("worker {} serves `{}`, not `{}`", self.info.worker_id, self.info.model_id, spec.model))
+            Some(format!(
+                "worker {} serves `{}`, not `{}`",
+                self.info.worker_id, self.info.model_id, spec.model
+            ))
         } else if self.draining {
             Some(format!("worker {} is draining", self.info.worker_id))
         } else {
@@ -186,7 +244,14 @@ impl WorkerActor {
         }
         let (tx, rx) = unbounded_channel();
         let cancel = Arc::new(AtomicBool::new(false));
-        let job = Job { id: spec.job_id.clone(), prompt: spec.prompt, params: spec.params, resume: spec.resume, cancel: Arc::clone(&cancel), events: tx };
+        let job = Job {
+            id: spec.job_id.clone(),
+            prompt: spec.prompt,
+            params: spec.params,
+            resume: spec.resume,
+            cancel: Arc::clone(&cancel),
+            events: tx,
+        };
         match self.engine.submit(job) {
             Ok(()) => {
                 self.running.insert(spec.job_id.clone(), (cancel, job_ref));
@@ -237,11 +302,24 @@ struct Reply {
 impl Reply {
     /// Queues `event` for the session now, behind what this reply queued before.
     fn post(&self, event: WorkerEvent) -> BusFuture<'_, ()> {
-        post(self.bus.as_ref(), &self.stream, STREAM_LEN, KIND_NODE, &self.worker_id, &self.job_id, &NodeMessage::Worker { attempt: self.attempt, event })
+        post(
+            self.bus.as_ref(),
+            &self.stream,
+            STREAM_LEN,
+            KIND_NODE,
+            &self.worker_id,
+            &self.job_id,
+            &NodeMessage::Worker {
+                attempt: self.attempt,
+                event,
+            },
+        )
     }
 
     async fn reject(self, busy: bool, reason: String) {
-        let sent = self.span.in_scope(|| self.post(WorkerEvent::Rejected { busy, reason }));
+        let sent = self
+            .span
+            .in_scope(|| self.post(WorkerEvent::Rejected { busy, reason }));
         self.logged(sent.await);
     }
 
@@ -255,7 +333,11 @@ impl Reply {
     /// events that come faster than a bus round trip share one.
     async fn forward(self, mut events: UnboundedReceiver<JobEvent>) {
         let mut sending = FuturesUnordered::new();
-        sending.push(self.span.in_scope(|| self.post(WorkerEvent::Accepted { worker_id: self.worker_id.clone() })));
+        sending.push(self.span.in_scope(|| {
+            self.post(WorkerEvent::Accepted {
+                worker_id: self.worker_id.clone(),
+            })
+        }));
         let mut phase = self.span.in_scope(|| tracing::info_span!("prefill"));
         let mut decoding = false;
         loop {
@@ -285,14 +367,39 @@ impl Reply {
 }
 
 /// Puts a command on a worker's inbox.
-pub async fn send_command(bus: &dyn Bus, sender: &str, worker_id: &str, job_id: &str, command: &WorkerCommand) -> Result<(), crate::bus::BusError> {
-    send(bus, &streams::worker(worker_id), STREAM_LEN, KIND_COMMAND, sender, job_id, command).await
+pub async fn send_command(
+    bus: &dyn Bus,
+    sender: &str,
+    worker_id: &str,
+    job_id: &str,
+    command: &WorkerCommand,
+) -> Result<(), crate::bus::BusError> {
+    send(
+        bus,
+        &streams::worker(worker_id),
+        STREAM_LEN,
+        KIND_COMMAND,
+        sender,
+        job_id,
+        command,
+    )
+    .await
 }
 
 /// Tells the session of `job_id` something on its node's inbox `stream`; a failure is
 /// logged (the session's own timeouts cover a message that never arrives).
-pub async fn send_to_node(bus: &dyn Bus, sender: &str, stream: &str, job_id: &str, message: NodeMessage) {
-    log_undelivered(job_id, stream, send(bus, stream, STREAM_LEN, KIND_NODE, sender, job_id, &message).await)
+pub async fn send_to_node(
+    bus: &dyn Bus,
+    sender: &str,
+    stream: &str,
+    job_id: &str,
+    message: NodeMessage,
+) {
+    log_undelivered(
+        job_id,
+        stream,
+        send(bus, stream, STREAM_LEN, KIND_NODE, sender, job_id, &message).await,
+    )
 }
 
 fn log_undelivered(job_id: &str, stream: &str, sent: Result<(), BusError>) {

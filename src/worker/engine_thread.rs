@@ -39,7 +39,11 @@ pub enum JobEvent {
     /// New text (never empty) and the tokens produced since the last text.
     Text { text: String, tokens: Vec<u32> },
     /// The job ended; the counts are what was processed and produced.
-    Finished { finish: FinishReason, prompt_tokens: usize, completion_tokens: usize },
+    Finished {
+        finish: FinishReason,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
     /// The engine refused the job (e.g. the prompt does not fit the context).
     Failed(String),
 }
@@ -69,7 +73,9 @@ impl EngineStatus {
 
     /// Jobs taken that are not running yet.
     pub fn queued(&self) -> usize {
-        self.held.load(Ordering::SeqCst).saturating_sub(self.running())
+        self.held
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.running())
     }
 
     pub fn completed(&self) -> usize {
@@ -174,35 +180,65 @@ pub struct EngineThread {
 
 impl EngineThread {
     /// Starts the thread and returns once the engine is ready (its weights prepared).
-    pub fn start(model: Arc<Model>, tokenizer: Arc<Tokenizer>, config: EngineConfig) -> std::io::Result<Self> {
+    pub fn start(
+        model: Arc<Model>,
+        tokenizer: Arc<Tokenizer>,
+        config: EngineConfig,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = channel::<Job>();
         let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<usize>(1);
         let status = Arc::new(EngineStatus::default());
         let st = Arc::clone(&status);
-        let handle = std::thread::Builder::new().name("engine".into()).spawn(move || {
-            let backend = CpuBackend::new(config.threads);
-            model.prepare(&backend);
-            let scheduler = Scheduler::new(model, tokenizer, config.batch);
-            *st.batch.lock().unwrap_or_else(|e| e.into_inner()) = scheduler.stats();
-            let _ = ready_tx.send(scheduler.context());
-            Engine { scheduler, jobs: HashMap::new(), next_id: 0, status: st }.run(&backend, &rx);
-        })?;
-        let context = ready_rx.recv().map_err(|_| std::io::Error::other("the engine thread died while loading"))?;
-        Ok(Self { queue: Some(tx), capacity: config.capacity(), context, status, handle: Some(handle) })
+        let handle = std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || {
+                let backend = CpuBackend::new(config.threads);
+                model.prepare(&backend);
+                let scheduler = Scheduler::new(model, tokenizer, config.batch);
+                *st.batch.lock().unwrap_or_else(|e| e.into_inner()) = scheduler.stats();
+                let _ = ready_tx.send(scheduler.context());
+                Engine {
+                    scheduler,
+                    jobs: HashMap::new(),
+                    next_id: 0,
+                    status: st,
+                }
+                .run(&backend, &rx);
+            })?;
+        let context = ready_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("the engine thread died while loading"))?;
+        Ok(Self {
+            queue: Some(tx),
+            capacity: config.capacity(),
+            context,
+            status,
+            handle: Some(handle),
+        })
     }
-
 }
 
 impl JobRunner for EngineThread {
     /// Queues a job without waiting.
     fn submit(&self, job: Job) -> Result<(), Rejected> {
-        let Some(queue) = self.queue.as_ref() else { return Err(Rejected { reason: SubmitError::Stopped, job: Box::new(job) }) };
+        let Some(queue) = self.queue.as_ref() else {
+            return Err(Rejected {
+                reason: SubmitError::Stopped,
+                job: Box::new(job),
+            });
+        };
         if !self.status.admit(self.capacity) {
-            return Err(Rejected { reason: SubmitError::QueueFull, job: Box::new(job) });
+            return Err(Rejected {
+                reason: SubmitError::QueueFull,
+                job: Box::new(job),
+            });
         }
         queue.send(job).map_err(|e| {
             self.status.release(None);
-            Rejected { reason: SubmitError::Stopped, job: Box::new(e.0) }
+            Rejected {
+                reason: SubmitError::Stopped,
+                job: Box::new(e.0),
+            }
         })
     }
 
@@ -267,8 +303,16 @@ impl Engine {
                     Err(TryRecvError::Disconnected) => open = false,
                 }
             }
-            let stopped: Vec<SeqId> = self.jobs.iter().filter(|(_, j)| j.cancel.load(Ordering::SeqCst) || j.events.is_closed()).map(|(&id, _)| id).collect();
-            let cancelled: Vec<Output> = stopped.into_iter().filter_map(|id| self.scheduler.cancel(id)).collect();
+            let stopped: Vec<SeqId> = self
+                .jobs
+                .iter()
+                .filter(|(_, j)| j.cancel.load(Ordering::SeqCst) || j.events.is_closed())
+                .map(|(&id, _)| id)
+                .collect();
+            let cancelled: Vec<Output> = stopped
+                .into_iter()
+                .filter_map(|id| self.scheduler.cancel(id))
+                .collect();
             self.publish(cancelled);
             let t = Instant::now();
             let outputs = self.scheduler.step(backend);
@@ -289,13 +333,31 @@ impl Engine {
 
     /// Hands a new job to the scheduler.
     fn take(&mut self, job: Job) {
-        let live = Live { cancel: job.cancel, events: job.events, tokens: Vec::new() };
+        let live = Live {
+            cancel: job.cancel,
+            events: job.events,
+            tokens: Vec::new(),
+        };
         if live.cancel.load(Ordering::SeqCst) || live.events.is_closed() {
-            return self.end(live, JobEvent::Finished { finish: FinishReason::Cancelled, prompt_tokens: 0, completion_tokens: 0 });
+            return self.end(
+                live,
+                JobEvent::Finished {
+                    finish: FinishReason::Cancelled,
+                    prompt_tokens: 0,
+                    completion_tokens: 0,
+                },
+            );
         }
         self.next_id += 1;
         let id = self.next_id;
-        match self.scheduler.add(id, Request { prompt: job.prompt, params: job.params, resume: job.resume }) {
+        match self.scheduler.add(
+            id,
+            Request {
+                prompt: job.prompt,
+                params: job.params,
+                resume: job.resume,
+            },
+        ) {
             Ok(outputs) => {
                 self.jobs.insert(id, live);
                 outputs.into_iter().for_each(|o| self.deliver(o));
@@ -307,16 +369,33 @@ impl Engine {
     fn deliver(&mut self, out: Output) {
         match out {
             Output::Token { id, text, token } => {
-                let Some(live) = self.jobs.get_mut(&id) else { return };
+                let Some(live) = self.jobs.get_mut(&id) else {
+                    return;
+                };
                 live.tokens.extend(token);
                 if !text.is_empty() {
                     // A closed channel is seen before the next step, which cancels the job.
-                    let _ = live.events.send(JobEvent::Text { text, tokens: std::mem::take(&mut live.tokens) });
+                    let _ = live.events.send(JobEvent::Text {
+                        text,
+                        tokens: std::mem::take(&mut live.tokens),
+                    });
                 }
             }
-            Output::Finished { id, finish, prompt_tokens, completion_tokens } => {
+            Output::Finished {
+                id,
+                finish,
+                prompt_tokens,
+                completion_tokens,
+            } => {
                 if let Some(live) = self.jobs.remove(&id) {
-                    self.end(live, JobEvent::Finished { finish, prompt_tokens, completion_tokens });
+                    self.end(
+                        live,
+                        JobEvent::Finished {
+                            finish,
+                            prompt_tokens,
+                            completion_tokens,
+                        },
+                    );
                 }
             }
         }
@@ -333,13 +412,20 @@ impl Engine {
 
     /// Updates the smoothed aggregate decode speed with a step that began at `t`.
     fn measure(&self, outputs: &[Output], t: Instant) {
-        let tokens = outputs.iter().filter(|o| matches!(o, Output::Token { token: Some(_), .. })).count();
+        let tokens = outputs
+            .iter()
+            .filter(|o| matches!(o, Output::Token { token: Some(_), .. }))
+            .count();
         if tokens == 0 {
             return;
         }
         let now = tokens as f32 / t.elapsed().as_secs_f32().max(1e-6);
         let before = self.status.tokens_per_s();
-        let speed = if before == 0.0 { now } else { 0.8 * before + 0.2 * now };
+        let speed = if before == 0.0 {
+            now
+        } else {
+            0.8 * before + 0.2 * now
+        };
         self.status.set_tokens_per_s(speed);
     }
 }

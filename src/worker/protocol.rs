@@ -32,7 +32,12 @@ pub struct JobSpec {
 impl JobSpec {
     /// What a worker reports about the job in its heartbeats.
     pub fn job_ref(&self) -> JobRef {
-        JobRef { job_id: self.job_id.clone(), attempt: self.attempt, account_id: self.account_id.clone(), reply_to: self.reply_to.clone() }
+        JobRef {
+            job_id: self.job_id.clone(),
+            attempt: self.attempt,
+            account_id: self.account_id.clone(),
+            reply_to: self.reply_to.clone(),
+        }
     }
 }
 
@@ -50,15 +55,22 @@ pub struct JobRef {
 pub enum WorkerCommand {
     Run(Box<JobSpec>),
     /// Stop a job now; the worker still reports what it produced.
-    Cancel { job_id: String },
+    Cancel {
+        job_id: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WorkerEvent {
     /// The worker took the job; its events follow.
-    Accepted { worker_id: String },
+    Accepted {
+        worker_id: String,
+    },
     /// The worker did not take the job (`busy`: its queue was full), so nothing ran.
-    Rejected { busy: bool, reason: String },
+    Rejected {
+        busy: bool,
+        reason: String,
+    },
     Job(JobEvent),
 }
 

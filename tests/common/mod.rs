@@ -10,9 +10,14 @@ pub fn repo() -> PathBuf {
 /// `../shared/reference`, or `$SUPERNET_SHARED/reference`.
 #[allow(dead_code)]
 pub fn reference() -> PathBuf {
-    let shared = std::env::var_os("SUPERNET_SHARED").map_or_else(|| repo().join("../shared"), PathBuf::from);
+    let shared =
+        std::env::var_os("SUPERNET_SHARED").map_or_else(|| repo().join("../shared"), PathBuf::from);
     let r = shared.join("reference");
-    assert!(r.is_dir(), "reference material not found at {} (set SUPERNET_SHARED)", r.display());
+    assert!(
+        r.is_dir(),
+        "reference material not found at {} (set SUPERNET_SHARED)",
+        r.display()
+    );
     r
 }
 
@@ -20,11 +25,19 @@ pub fn reference() -> PathBuf {
 #[allow(dead_code)]
 pub fn smollm2() -> PathBuf {
     let p = repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.is_file(), "{} is missing: run `scripts/fetch-model.sh` (or `make model`)", p.display());
+    assert!(
+        p.is_file(),
+        "{} is missing: run `scripts/fetch-model.sh` (or `make model`)",
+        p.display()
+    );
     p
 }
 
 #[allow(dead_code)]
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().expect("an id array").iter().map(|x| x.as_u64().expect("an id") as u32).collect()
+    v.as_array()
+        .expect("an id array")
+        .iter()
+        .map(|x| x.as_u64().expect("an id") as u32)
+        .collect()
 }

@@ -19,8 +19,8 @@ mod sequence;
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use sequence::Sequence;
 pub use sequence::SeqId;
+use sequence::Sequence;
 
 use crate::engine::backend::{Arithmetic, Backend};
 use crate::engine::generate::{Decoding, FinishReason, GenerateParams, Resume};
@@ -47,7 +47,12 @@ pub struct BatchConfig {
 /// larger batch only lengthens every stream's inter-token latency.
 impl Default for BatchConfig {
     fn default() -> Self {
-        Self { max_batch: 8, max_batch_tokens: 256, kv_tokens: 8192, prefix_cache: true }
+        Self {
+            max_batch: 8,
+            max_batch_tokens: 256,
+            kv_tokens: 8192,
+            prefix_cache: true,
+        }
     }
 }
 
@@ -86,9 +91,18 @@ pub struct Request {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
     /// Text to deliver now (possibly empty) and the token produced, if any.
-    Token { id: SeqId, text: String, token: Option<u32> },
+    Token {
+        id: SeqId,
+        text: String,
+        token: Option<u32>,
+    },
     /// The sequence ended; the counts are the prompt's and every produced token.
-    Finished { id: SeqId, finish: FinishReason, prompt_tokens: usize, completion_tokens: usize },
+    Finished {
+        id: SeqId,
+        finish: FinishReason,
+        prompt_tokens: usize,
+        completion_tokens: usize,
+    },
 }
 
 pub struct Scheduler {
@@ -113,8 +127,22 @@ impl Scheduler {
         let blocks = blocks_for(config.kv_tokens).max(1);
         let context = model.config.context_length.min(blocks * BLOCK);
         let store = model.new_store();
-        let stats = BatchStats { kv_blocks_total: blocks, ..BatchStats::default() };
-        Self { model, tok, config, pool: BlockPool::new(blocks), store, waiting: VecDeque::new(), running: Vec::new(), arrivals: 0, context, stats }
+        let stats = BatchStats {
+            kv_blocks_total: blocks,
+            ..BatchStats::default()
+        };
+        Self {
+            model,
+            tok,
+            config,
+            pool: BlockPool::new(blocks),
+            store,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            arrivals: 0,
+            context,
+            stats,
+        }
     }
 
     /// Positions one sequence may use.
@@ -127,7 +155,12 @@ impl Scheduler {
     }
 
     pub fn stats(&self) -> BatchStats {
-        BatchStats { running: self.running.len(), waiting: self.waiting.len(), kv_blocks_used: self.pool.used(), ..self.stats.clone() }
+        BatchStats {
+            running: self.running.len(),
+            waiting: self.waiting.len(),
+            kv_blocks_used: self.pool.used(),
+            ..self.stats.clone()
+        }
     }
 
     /// Queues a generation. Returns what to deliver at once (text of resumed tokens, or the
@@ -139,23 +172,56 @@ impl Scheduler {
         self.model.check_tokens(&req.prompt)?;
         self.model.check_tokens(&req.resume.tokens)?;
         if req.prompt.len() >= self.context {
-            return Err(EngineError::ContextFull { needed: req.prompt.len() + 1, limit: self.context });
+            return Err(EngineError::ContextFull {
+                needed: req.prompt.len() + 1,
+                limit: self.context,
+            });
         }
-        let constraint = req.params.grammar.as_deref().map(|g| self.tok.grammars()?.compile(g)).transpose()?;
-        let (decoding, first) = Decoding::new(&self.tok, &req.prompt, &req.params, self.context, &req.resume, constraint);
+        let constraint = req
+            .params
+            .grammar
+            .as_deref()
+            .map(|g| self.tok.grammars()?.compile(g))
+            .transpose()?;
+        let (decoding, first) = Decoding::new(
+            &self.tok,
+            &req.prompt,
+            &req.params,
+            self.context,
+            &req.resume,
+            constraint,
+        );
         let prompt_len = req.prompt.len();
         let mut tokens = req.prompt;
         tokens.extend(&req.resume.tokens);
         let mut out = Vec::new();
         if !first.text.is_empty() {
-            out.push(Output::Token { id, text: first.text, token: None });
+            out.push(Output::Token {
+                id,
+                text: first.text,
+                token: None,
+            });
         }
         if let Some(finish) = first.finish {
-            out.push(Output::Finished { id, finish, prompt_tokens: prompt_len, completion_tokens: decoding.produced().len() });
+            out.push(Output::Finished {
+                id,
+                finish,
+                prompt_tokens: prompt_len,
+                completion_tokens: decoding.produced().len(),
+            });
             return Ok(out);
         }
         self.arrivals += 1;
-        self.waiting.push_back(Sequence { id, tokens, prompt_len, computed: 0, blocks: Vec::new(), hashes: Vec::new(), decoding, arrival: self.arrivals });
+        self.waiting.push_back(Sequence {
+            id,
+            tokens,
+            prompt_len,
+            computed: 0,
+            blocks: Vec::new(),
+            hashes: Vec::new(),
+            decoding,
+            arrival: self.arrivals,
+        });
         Ok(out)
     }
 
@@ -210,8 +276,11 @@ impl Scheduler {
         // Then waiting sequences, in order, while there is room.
         let mut admitted = Vec::new();
         while self.running.len() + admitted.len() < self.config.max_batch && budget > 0 {
-            let Some(mut seq) = self.waiting.pop_front() else { break };
-            let cached = !self.config.prefix_cache || seq.take_cached_prefix(&mut self.pool, &mut self.store);
+            let Some(mut seq) = self.waiting.pop_front() else {
+                break;
+            };
+            let cached = !self.config.prefix_cache
+                || seq.take_cached_prefix(&mut self.pool, &mut self.store);
             let n = room(&seq, &self.pool, seq.pending().min(budget));
             if !cached || n == 0 || !seq.grow(&mut self.pool, n) {
                 seq.release(&mut self.pool);
@@ -240,14 +309,22 @@ impl Scheduler {
             .iter()
             .zip(rows)
             .filter(|(_, &n)| n > 0)
-            .map(|(s, &n)| SeqBatch { tokens: &s.tokens[s.computed..s.computed + n], start: s.computed, blocks: &s.blocks, logits: s.computed + n == s.tokens.len() })
+            .map(|(s, &n)| SeqBatch {
+                tokens: &s.tokens[s.computed..s.computed + n],
+                start: s.computed,
+                blocks: &s.blocks,
+                logits: s.computed + n == s.tokens.len(),
+            })
             .collect();
         if batch.is_empty() {
             return Vec::new();
         }
         let in_step = batch.len();
         self.store.grow_to(self.pool.high_water());
-        let mut logits = self.model.forward_batch(be, &mut self.store, &batch, Arithmetic::Invariant).into_iter();
+        let mut logits = self
+            .model
+            .forward_batch(be, &mut self.store, &batch, Arithmetic::Invariant)
+            .into_iter();
         drop(batch);
 
         let mut out = Vec::new();
@@ -258,10 +335,16 @@ impl Scheduler {
             if seq.pending() > 0 {
                 continue; // more of the prompt to compute first
             }
-            let mut l = logits.next().expect("one row of logits per sequence whose tokens are all computed");
+            let mut l = logits
+                .next()
+                .expect("one row of logits per sequence whose tokens are all computed");
             let a = seq.decoding.advance(&self.tok, &mut l);
             self.stats.tokens_generated += u64::from(a.token.is_some());
-            out.push(Output::Token { id: seq.id, text: a.text, token: a.token });
+            out.push(Output::Token {
+                id: seq.id,
+                text: a.text,
+                token: a.token,
+            });
             match (a.finish, a.token) {
                 (Some(f), _) => {
                     out.push(finished(seq, f));
@@ -277,7 +360,10 @@ impl Scheduler {
         }
         self.stats.steps += 1;
         self.stats.batch_sum += in_step as u64;
-        let bucket = BATCH_BUCKETS.iter().position(|&b| in_step <= b).unwrap_or(BATCH_BUCKETS.len());
+        let bucket = BATCH_BUCKETS
+            .iter()
+            .position(|&b| in_step <= b)
+            .unwrap_or(BATCH_BUCKETS.len());
         self.stats.batch_sizes[bucket] += 1;
         out
     }
@@ -285,7 +371,11 @@ impl Scheduler {
     /// Frees running sequence `i`'s blocks and queues it first, to be computed again.
     fn preempt(&mut self, i: usize) {
         let mut seq = self.running.remove(i);
-        tracing::debug!(seq = seq.id, tokens = seq.tokens.len(), "KV pool full: preempting the newest sequence");
+        tracing::debug!(
+            seq = seq.id,
+            tokens = seq.tokens.len(),
+            "KV pool full: preempting the newest sequence"
+        );
         seq.release(&mut self.pool);
         self.stats.preemptions += 1;
         self.waiting.push_front(seq);
@@ -298,5 +388,10 @@ fn room(seq: &Sequence, pool: &BlockPool, want: usize) -> usize {
 }
 
 fn finished(seq: &Sequence, finish: FinishReason) -> Output {
-    Output::Finished { id: seq.id, finish, prompt_tokens: seq.prompt_len, completion_tokens: seq.decoding.produced().len() }
+    Output::Finished {
+        id: seq.id,
+        finish,
+        prompt_tokens: seq.prompt_len,
+        completion_tokens: seq.decoding.produced().len(),
+    }
 }

@@ -37,7 +37,9 @@ impl Sequence {
         debug_assert!(self.blocks.is_empty() && self.computed == 0);
         let mut parent = 0;
         for chunk in self.tokens.chunks_exact(BLOCK) {
-            let Some((b, h)) = pool.lookup(parent, chunk) else { break };
+            let Some((b, h)) = pool.lookup(parent, chunk) else {
+                break;
+            };
             self.blocks.push(b);
             self.hashes.push(h);
             parent = h;
@@ -61,7 +63,11 @@ impl Sequence {
 
     /// Holds enough blocks for `n` more positions. On failure it holds what it held before.
     pub fn grow(&mut self, pool: &mut BlockPool, n: usize) -> bool {
-        debug_assert!(self.computed.is_multiple_of(BLOCK) || pool.is_private(self.blocks[self.computed / BLOCK]), "writes go to a private block");
+        debug_assert!(
+            self.computed.is_multiple_of(BLOCK)
+                || pool.is_private(self.blocks[self.computed / BLOCK]),
+            "writes go to a private block"
+        );
         let need = blocks_for(self.computed + n).saturating_sub(self.blocks.len());
         let mut got = Vec::with_capacity(need);
         for _ in 0..need {
@@ -87,7 +93,11 @@ impl Sequence {
         while (self.hashes.len() + 1) * BLOCK <= self.computed {
             let i = self.hashes.len();
             let parent = self.hashes.last().copied().unwrap_or(0);
-            let h = pool.register(self.blocks[i], parent, &self.tokens[i * BLOCK..(i + 1) * BLOCK]);
+            let h = pool.register(
+                self.blocks[i],
+                parent,
+                &self.tokens[i * BLOCK..(i + 1) * BLOCK],
+            );
             self.hashes.push(h);
         }
     }

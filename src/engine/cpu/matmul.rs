@@ -12,15 +12,31 @@ use super::OutPtr;
 /// `out[t][r] = w.row(r) · x[t]` for every job, in one parallel region. Each row's result
 /// is the one-row kernel's in [`Arithmetic::Invariant`]; in [`Arithmetic::Llama`] some
 /// types switch to llama.cpp's batched arithmetic from `BATCHED_FROM` rows on.
-pub fn matmul(pool: &ThreadPool, k: &Kernels, x: &[f32], n_tokens: usize, jobs: &mut [MatmulJob<'_>], arith: Arithmetic) {
+pub fn matmul(
+    pool: &ThreadPool,
+    k: &Kernels,
+    x: &[f32],
+    n_tokens: usize,
+    jobs: &mut [MatmulJob<'_>],
+    arith: Arithmetic,
+) {
     if n_tokens == 0 || jobs.is_empty() {
         return;
     }
     let cols = x.len() / n_tokens;
     let mut acts: Vec<(ActType, Vec<u8>)> = Vec::new();
     for j in jobs.iter() {
-        assert_eq!(j.w.cols, cols, "matmul: {:?} does not take {cols}-wide input", j.w);
-        assert_eq!(j.out.len(), j.w.rows * n_tokens, "matmul: output size for {:?}", j.w);
+        assert_eq!(
+            j.w.cols, cols,
+            "matmul: {:?} does not take {cols}-wide input",
+            j.w
+        );
+        assert_eq!(
+            j.out.len(),
+            j.w.rows * n_tokens,
+            "matmul: output size for {:?}",
+            j.w
+        );
         let at = j.w.ty.act_type().expect("weights are checked at load");
         if !acts.iter().any(|(t, _)| *t == at) {
             acts.push((at, quantize_rows(pool, at, x, n_tokens)));
@@ -41,8 +57,14 @@ pub fn matmul(pool: &ThreadPool, k: &Kernels, x: &[f32], n_tokens: usize, jobs: 
     let mut first_row = 0;
     for j in jobs.iter_mut() {
         let at = j.w.ty.act_type().expect("weights are checked at load");
-        let act = &acts.iter().find(|(t, _)| *t == at).expect("quantized above").1;
-        let groups = k.interleaved(j.w.ty).and_then(|f| Some((f, j.w.interleaved()?)));
+        let act = &acts
+            .iter()
+            .find(|(t, _)| *t == at)
+            .expect("quantized above")
+            .1;
+        let groups = k
+            .interleaved(j.w.ty)
+            .and_then(|f| Some((f, j.w.interleaved()?)));
         targets.push(Target {
             dot: match arith {
                 Arithmetic::Llama => k.dot_for(j.w.ty, n_tokens),
@@ -65,17 +87,36 @@ pub fn matmul(pool: &ThreadPool, k: &Kernels, x: &[f32], n_tokens: usize, jobs: 
         let mut group_out = Vec::new();
         let mut r = range.start;
         while r < range.end {
-            let t = targets.iter().rev().find(|t| t.first_row <= r).expect("row belongs to a job");
+            let t = targets
+                .iter()
+                .rev()
+                .find(|t| t.first_row <= r)
+                .expect("row belongs to a job");
             let local = r - t.first_row;
-            let grouped = local % GROUP == 0 && local + GROUP <= t.w.rows / GROUP * GROUP && r + GROUP <= range.end;
+            let grouped = local % GROUP == 0
+                && local + GROUP <= t.w.rows / GROUP * GROUP
+                && r + GROUP <= range.end;
             match t.groups {
                 Some((f, data)) if grouped => {
                     let gb = group_bytes(t.w.ty, cols);
                     group_out.resize(n_tokens * GROUP, 0.0);
-                    f(&data[local / GROUP * gb..][..gb], t.act, t.act_row, n_tokens, cols, &mut group_out);
+                    f(
+                        &data[local / GROUP * gb..][..gb],
+                        t.act,
+                        t.act_row,
+                        n_tokens,
+                        cols,
+                        &mut group_out,
+                    );
                     for (tok, v) in group_out.chunks_exact(GROUP).enumerate() {
                         // SAFETY: rows (tok, local..local + 4) are written by this thread only.
-                        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), t.out.get().add(tok * t.w.rows + local), GROUP) };
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                v.as_ptr(),
+                                t.out.get().add(tok * t.w.rows + local),
+                                GROUP,
+                            )
+                        };
                     }
                     r += GROUP;
                 }
@@ -107,7 +148,8 @@ fn quantize_rows(pool: &ThreadPool, at: ActType, x: &[f32], n_tokens: usize) -> 
     pool.for_chunks(n_tokens, 4, &|range| {
         for t in range {
             // SAFETY: each token's row is written by one thread only.
-            let o = unsafe { std::slice::from_raw_parts_mut(out.get().cast::<u8>().add(t * row), row) };
+            let o =
+                unsafe { std::slice::from_raw_parts_mut(out.get().cast::<u8>().add(t * row), row) };
             quantize_activations(at, &x[t * cols..(t + 1) * cols], o);
         }
     });

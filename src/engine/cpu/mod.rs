@@ -35,7 +35,10 @@ pub struct CpuBackend {
 impl CpuBackend {
     /// A backend running on `threads` OS threads (the calling thread included).
     pub fn new(threads: usize) -> Self {
-        Self { pool: ThreadPool::new(threads), kernels: kernels() }
+        Self {
+            pool: ThreadPool::new(threads),
+            kernels: kernels(),
+        }
     }
 
     pub fn threads(&self) -> usize {
@@ -50,7 +53,11 @@ pub fn default_threads() -> usize {
 
 impl Backend for CpuBackend {
     fn describe(&self) -> String {
-        format!("cpu ({} kernels, {} threads)", self.kernels.level.name(), self.pool.n_threads())
+        format!(
+            "cpu ({} kernels, {} threads)",
+            self.kernels.level.name(),
+            self.pool.n_threads()
+        )
     }
 
     fn prepare(&self, weights: &[&Weight]) {
@@ -73,7 +80,14 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn rope(&self, x: &mut [f32], head_dim: usize, positions: &[usize], rope: &RopeConfig, freq_factors: Option<&[f32]>) {
+    fn rope(
+        &self,
+        x: &mut [f32],
+        head_dim: usize,
+        positions: &[usize],
+        rope: &RopeConfig,
+        freq_factors: Option<&[f32]>,
+    ) {
         let row = x.len() / positions.len();
         for (r, &pos) in x.chunks_exact_mut(row).zip(positions) {
             ops::rope(r, head_dim, pos, rope, freq_factors);

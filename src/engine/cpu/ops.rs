@@ -15,7 +15,9 @@ pub fn fma_available() -> bool {
     *F.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            is_x86_feature_detected!("fma") && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")
+            is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("f16c")
         }
         #[cfg(not(target_arch = "x86_64"))]
         false
@@ -56,7 +58,13 @@ pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
 /// Rotates each head of one token row. Angles advance by repeated multiplication with
 /// `base^(-2/n_dims)` as ggml's rope cache does, and the rotation fuses like GCC's build.
 #[inline(always)]
-fn rope_body(row: &mut [f32], head_dim: usize, pos: usize, rope: &RopeConfig, freq_factors: Option<&[f32]>) {
+fn rope_body(
+    row: &mut [f32],
+    head_dim: usize,
+    pos: usize,
+    rope: &RopeConfig,
+    freq_factors: Option<&[f32]>,
+) {
     let n = rope.n_dims;
     let theta_scale = rope.base.powf(-2.0 / n as f32);
     let mut cs = [(0.0f32, 0.0f32); 256];
@@ -69,7 +77,11 @@ fn rope_body(row: &mut [f32], head_dim: usize, pos: usize, rope: &RopeConfig, fr
     }
     for head in row.chunks_exact_mut(head_dim) {
         for (i, &(cos, sin)) in cs.iter().take(n / 2).enumerate() {
-            let (a, b) = if rope.neox { (i, i + n / 2) } else { (2 * i, 2 * i + 1) };
+            let (a, b) = if rope.neox {
+                (i, i + n / 2)
+            } else {
+                (2 * i, 2 * i + 1)
+            };
             let (x0, x1) = (head[a], head[b]);
             head[a] = x0.mul_add(cos, -(x1 * sin));
             head[b] = x0.mul_add(sin, x1 * cos);
@@ -85,11 +97,17 @@ pub(crate) fn ggml_expf(x: f32) -> f32 {
     let r = f32::from_bits(0x4b40_0000); // 0x1.8p23
     let z = x.mul_add(f32::from_bits(0x3fb8_aa3b), r); // 0x1.715476p+0
     let n = z - r;
-    let b = (-n).mul_add(f32::from_bits(0x35bf_be8e), (-n).mul_add(f32::from_bits(0x3f31_7200), x));
+    let b = (-n).mul_add(
+        f32::from_bits(0x35bf_be8e),
+        (-n).mul_add(f32::from_bits(0x3f31_7200), x),
+    );
     let u = b * b;
     let j = f32::from_bits(0x3c07_2010)
         .mul_add(b, f32::from_bits(0x3d2b_9f17))
-        .mul_add(u, f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3efffedb)))
+        .mul_add(
+            u,
+            f32::from_bits(0x3e2a_af33).mul_add(b, f32::from_bits(0x3efffedb)),
+        )
         .mul_add(u, f32::from_bits(0x3f7f_fff6).mul_add(b, 1.0));
     if n.abs() > 192.0 {
         return if n <= 0.0 { 0.0 } else { f32::INFINITY };

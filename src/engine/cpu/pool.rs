@@ -77,7 +77,12 @@ impl ThreadPool {
                     .expect("spawning an engine thread")
             })
             .collect();
-        Self { shared, handles, n_threads, run_lock: Mutex::new(()) }
+        Self {
+            shared,
+            handles,
+            n_threads,
+            run_lock: Mutex::new(()),
+        }
     }
 
     pub fn n_threads(&self) -> usize {
@@ -201,7 +206,11 @@ mod tests {
     fn every_thread_runs_once_per_region() {
         let pool = ThreadPool::new(3);
         for _ in 0..1000 {
-            let hits = [AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)];
+            let hits = [
+                AtomicUsize::new(0),
+                AtomicUsize::new(0),
+                AtomicUsize::new(0),
+            ];
             pool.run(&|i| {
                 hits[i].fetch_add(1, Ordering::Relaxed);
             });

@@ -24,7 +24,11 @@ impl<'a> Cursor<'a> {
     }
 
     pub fn error_at(&self, offset: u64, what: String) -> GgufError {
-        GgufError::Malformed { path: self.path.to_path_buf(), offset, what }
+        GgufError::Malformed {
+            path: self.path.to_path_buf(),
+            offset,
+            what,
+        }
     }
 
     pub fn error_here(&self, what: String) -> GgufError {
@@ -70,6 +74,7 @@ impl<'a> Cursor<'a> {
             return Err(self.error_at(at, format!("{what} claims a length of {len} bytes")));
         }
         let b = self.bytes(len, what)?;
-        String::from_utf8(b.to_vec()).map_err(|_| self.error_at(at, format!("{what} is not valid UTF-8")))
+        String::from_utf8(b.to_vec())
+            .map_err(|_| self.error_at(at, format!("{what} is not valid UTF-8")))
     }
 }

@@ -31,13 +31,25 @@ const MAX_DIMS: u32 = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
     #[error("{path}: cannot open: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("{path}: at byte offset {offset}: {what}")]
-    Malformed { path: PathBuf, offset: u64, what: String },
+    Malformed {
+        path: PathBuf,
+        offset: u64,
+        what: String,
+    },
     #[error("{path}: missing metadata key `{key}`")]
     MissingKey { path: PathBuf, key: String },
     #[error("{path}: metadata key `{key}` has type {found}, expected {expected}")]
-    WrongType { path: PathBuf, key: String, found: &'static str, expected: &'static str },
+    WrongType {
+        path: PathBuf,
+        key: String,
+        found: &'static str,
+        expected: &'static str,
+    },
     #[error("{path}: missing tensor `{name}`")]
     MissingTensor { path: PathBuf, name: String },
 }
@@ -88,7 +100,10 @@ impl GgufFile {
     /// Maps and parses `path`. Tensor data is not touched until a view is read.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
         let path = path.as_ref().to_path_buf();
-        let io = |error| GgufError::Io { path: path.clone(), error };
+        let io = |error| GgufError::Io {
+            path: path.clone(),
+            error,
+        };
         let file = File::open(&path).map_err(io)?;
         // SAFETY: the map is read-only and lives as long as `GgufFile`; like every mmap
         // reader we assume the file is not truncated underneath us while in use.
@@ -104,7 +119,10 @@ impl GgufFile {
         }
         let version = c.u32("the format version")?;
         if !(2..=3).contains(&version) {
-            return Err(c.error_at(4, format!("unsupported GGUF version {version} (supported: 2, 3)")));
+            return Err(c.error_at(
+                4,
+                format!("unsupported GGUF version {version} (supported: 2, 3)"),
+            ));
         }
         let n_tensors = c.u64("the tensor count")?;
         let n_kv = c.u64("the metadata count")?;
@@ -129,7 +147,11 @@ impl GgufFile {
             None => DEFAULT_ALIGNMENT,
             Some(v) => match v.as_u64() {
                 Some(a) if a > 0 && a.is_power_of_two() => a,
-                _ => return Err(c.error_here(format!("general.alignment must be a power of two, found {v:?}"))),
+                _ => {
+                    return Err(c.error_here(format!(
+                        "general.alignment must be a power of two, found {v:?}"
+                    )))
+                }
             },
         };
 
@@ -139,7 +161,10 @@ impl GgufFile {
             let name = c.string("a tensor name")?;
             let n_dims = c.u32("a tensor's dimension count")?;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(c.error_at(start, format!("tensor `{name}` has {n_dims} dimensions (1..={MAX_DIMS} expected)")));
+                return Err(c.error_at(
+                    start,
+                    format!("tensor `{name}` has {n_dims} dimensions (1..={MAX_DIMS} expected)"),
+                ));
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
@@ -147,8 +172,12 @@ impl GgufFile {
             }
             let type_at = c.offset();
             let type_id = c.u32("a tensor type")?;
-            let ty = GgmlType::from_id(type_id)
-                .ok_or_else(|| c.error_at(type_at, format!("tensor `{name}` has unknown tensor type id {type_id}")))?;
+            let ty = GgmlType::from_id(type_id).ok_or_else(|| {
+                c.error_at(
+                    type_at,
+                    format!("tensor `{name}` has unknown tensor type id {type_id}"),
+                )
+            })?;
             let rel = c.u64("a tensor data offset")?;
             raw.push((start, name, dims, ty, rel));
         }
@@ -157,7 +186,10 @@ impl GgufFile {
         let mut tensors = Vec::with_capacity(raw.len());
         let mut by_name = HashMap::with_capacity(raw.len());
         for (at, name, dims, ty, rel) in raw {
-            let n: u64 = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).unwrap_or(u64::MAX);
+            let n: u64 = dims
+                .iter()
+                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+                .unwrap_or(u64::MAX);
             let row = dims[0];
             if row % ty.block_elems() as u64 != 0 {
                 return Err(c.error_at(at, format!("tensor `{name}` row length {row} is not a multiple of {ty:?}'s block of {}", ty.block_elems())));
@@ -165,12 +197,21 @@ impl GgufFile {
             let size = (n / ty.block_elems() as u64).checked_mul(ty.block_bytes() as u64);
             let offset = data_start.checked_add(rel);
             let (Some(size), Some(offset)) = (size, offset) else {
-                return Err(c.error_at(at, format!("tensor `{name}` has an impossible size or offset")));
+                return Err(c.error_at(
+                    at,
+                    format!("tensor `{name}` has an impossible size or offset"),
+                ));
             };
             if offset % alignment != 0 {
-                return Err(c.error_at(at, format!("tensor `{name}` data offset {offset} is not aligned to {alignment}")));
+                return Err(c.error_at(
+                    at,
+                    format!("tensor `{name}` data offset {offset} is not aligned to {alignment}"),
+                ));
             }
-            if offset.checked_add(size).is_none_or(|end| end > map.len() as u64) {
+            if offset
+                .checked_add(size)
+                .is_none_or(|end| end > map.len() as u64)
+            {
                 return Err(GgufError::Malformed {
                     path: path.clone(),
                     offset,
@@ -181,10 +222,26 @@ impl GgufFile {
                 });
             }
             by_name.insert(name.clone(), tensors.len());
-            tensors.push(TensorInfo { name, dims, ty, offset, size });
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ty,
+                offset,
+                size,
+            });
         }
 
-        Ok(Self { path, version, alignment, metadata, keys, tensors, by_name, map, metadata_end })
+        Ok(Self {
+            path,
+            version,
+            alignment,
+            metadata,
+            keys,
+            tensors,
+            by_name,
+            map,
+            metadata_end,
+        })
     }
 
     /// The file's metadata as a GGUF file of its own, without tensors: what a node needs to
@@ -199,7 +256,10 @@ impl GgufFile {
     /// Parses a GGUF file held in memory (`name` is used in errors).
     pub fn from_bytes(name: &str, bytes: &[u8]) -> Result<Self, GgufError> {
         let path = PathBuf::from(name);
-        let io = |error| GgufError::Io { path: path.clone(), error };
+        let io = |error| GgufError::Io {
+            path: path.clone(),
+            error,
+        };
         let mut map = memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(io)?;
         map[..bytes.len()].copy_from_slice(bytes);
         let map = map.make_read_only().map_err(io)?;
@@ -228,7 +288,10 @@ impl GgufFile {
         self.by_name
             .get(name)
             .map(|&i| &self.tensors[i])
-            .ok_or_else(|| GgufError::MissingTensor { path: self.path.clone(), name: name.to_string() })
+            .ok_or_else(|| GgufError::MissingTensor {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })
     }
 
     /// The shared memory map, for weights that must outlive this struct's borrow.
@@ -244,22 +307,42 @@ impl GgufFile {
         let t = self.tensor_info(name)?;
         // Bounds were validated in `parse`.
         let data = &self.map[t.offset as usize..(t.offset + t.size) as usize];
-        Ok(TensorView { name: &t.name, dims: &t.dims, ty: t.ty, data })
+        Ok(TensorView {
+            name: &t.name,
+            dims: &t.dims,
+            ty: t.ty,
+            data,
+        })
     }
 
     fn wrong_type(&self, key: &str, v: &Value, expected: &'static str) -> GgufError {
-        GgufError::WrongType { path: self.path.clone(), key: key.to_string(), found: v.type_name(), expected }
+        GgufError::WrongType {
+            path: self.path.clone(),
+            key: key.to_string(),
+            found: v.type_name(),
+            expected,
+        }
     }
 
-    fn typed<T>(&self, key: &str, expected: &'static str, f: impl Fn(&Value) -> Option<T>) -> Result<Option<T>, GgufError> {
+    fn typed<T>(
+        &self,
+        key: &str,
+        expected: &'static str,
+        f: impl Fn(&Value) -> Option<T>,
+    ) -> Result<Option<T>, GgufError> {
         match self.metadata.get(key) {
             None => Ok(None),
-            Some(v) => f(v).map(Some).ok_or_else(|| self.wrong_type(key, v, expected)),
+            Some(v) => f(v)
+                .map(Some)
+                .ok_or_else(|| self.wrong_type(key, v, expected)),
         }
     }
 
     fn required<T>(&self, key: &str, v: Option<T>) -> Result<T, GgufError> {
-        v.ok_or_else(|| GgufError::MissingKey { path: self.path.clone(), key: key.to_string() })
+        v.ok_or_else(|| GgufError::MissingKey {
+            path: self.path.clone(),
+            key: key.to_string(),
+        })
     }
 
     pub fn u64_opt(&self, key: &str) -> Result<Option<u64>, GgufError> {

@@ -48,7 +48,10 @@ fn a_valid_file_parses_with_zero_copy_tensors() {
     let f = open_bytes(&build(b"GGUF", 3, 0)).unwrap();
     assert_eq!(f.version, 3);
     assert_eq!(f.str("general.architecture").unwrap(), "llama");
-    assert_eq!(f.array("test.list").unwrap(), &[Value::U32(7), Value::U32(9)]);
+    assert_eq!(
+        f.array("test.list").unwrap(),
+        &[Value::U32(7), Value::U32(9)]
+    );
     let t = f.tensor("w").unwrap();
     assert_eq!(t.dims, &[8]);
     assert_eq!(&t.data[4..8], &1.0f32.to_le_bytes());
@@ -59,7 +62,10 @@ fn a_valid_file_parses_with_zero_copy_tensors() {
 #[test]
 fn wrong_magic_is_reported() {
     let e = open_bytes(&build(b"GGML", 3, 0)).err().unwrap().to_string();
-    assert!(e.contains("model.gguf") && e.contains("offset 0") && e.contains("magic"), "{e}");
+    assert!(
+        e.contains("model.gguf") && e.contains("offset 0") && e.contains("magic"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -70,8 +76,14 @@ fn unsupported_version_is_reported() {
 
 #[test]
 fn unknown_tensor_type_is_reported_with_its_offset() {
-    let e = open_bytes(&build(b"GGUF", 3, 99)).err().unwrap().to_string();
-    assert!(e.contains("unknown tensor type id 99") && e.contains("byte offset"), "{e}");
+    let e = open_bytes(&build(b"GGUF", 3, 99))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("unknown tensor type id 99") && e.contains("byte offset"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -83,7 +95,10 @@ fn every_truncation_is_an_error_not_a_panic() {
         let msg = msg.unwrap_or_else(|| panic!("a file truncated to {len} bytes parsed"));
         assert!(msg.contains("model.gguf"), "{msg}");
     }
-    let e = open_bytes(&full[..full.len() - 4]).err().unwrap().to_string();
+    let e = open_bytes(&full[..full.len() - 4])
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("truncated"), "{e}");
 }
 
@@ -99,6 +114,9 @@ fn corrupt_lengths_do_not_allocate_or_panic() {
 
 #[test]
 fn a_missing_file_names_the_path() {
-    let e = GgufFile::open("/nonexistent/x.gguf").err().unwrap().to_string();
+    let e = GgufFile::open("/nonexistent/x.gguf")
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("/nonexistent/x.gguf"), "{e}");
 }

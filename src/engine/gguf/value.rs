@@ -115,7 +115,12 @@ fn read_typed(c: &mut Cursor<'_>, ty: u32, at: u64, depth: usize) -> Result<Valu
         7 => match c.u8("a bool value")? {
             0 => Value::Bool(false),
             1 => Value::Bool(true),
-            b => return Err(c.error_at(c.offset() - 1, format!("expected a bool (0 or 1), found {b}"))),
+            b => {
+                return Err(c.error_at(
+                    c.offset() - 1,
+                    format!("expected a bool (0 or 1), found {b}"),
+                ))
+            }
         },
         8 => Value::String(c.string("a string value")?),
         9 => {

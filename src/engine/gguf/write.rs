@@ -80,15 +80,24 @@ mod tests {
             ("a.f64", Value::F64(0.5)),
             ("a.bool", Value::Bool(true)),
             ("a.str", Value::String("héllo".into())),
-            ("a.strs", Value::Array(vec![Value::String("x".into()), Value::String("y z".into())])),
+            (
+                "a.strs",
+                Value::Array(vec![Value::String("x".into()), Value::String("y z".into())]),
+            ),
             ("a.empty", Value::Array(vec![])),
-            ("a.nested", Value::Array(vec![Value::Array(vec![Value::U8(1)])])),
+            (
+                "a.nested",
+                Value::Array(vec![Value::Array(vec![Value::U8(1)])]),
+            ),
         ];
         let f = GgufFile::from_bytes("written", &metadata_file(&pairs)).unwrap();
         assert!(f.tensors().is_empty());
         for (k, v) in &pairs {
             assert_eq!(f.get(k), Some(v), "{k}");
         }
-        assert_eq!(f.keys(), pairs.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            f.keys(),
+            pairs.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>()
+        );
     }
 }

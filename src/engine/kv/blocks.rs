@@ -154,7 +154,11 @@ mod tests {
     #[test]
     fn blocks_are_reused_and_idle_cached_ones_evicted_least_recent_first() {
         let mut p = BlockPool::new(3);
-        let (a, b, c) = (p.allocate().unwrap(), p.allocate().unwrap(), p.allocate().unwrap());
+        let (a, b, c) = (
+            p.allocate().unwrap(),
+            p.allocate().unwrap(),
+            p.allocate().unwrap(),
+        );
         assert_eq!((p.used(), p.allocate()), (3, None));
         let ha = p.register(a, 0, &toks(1));
         p.register(b, ha, &toks(2));
@@ -165,7 +169,10 @@ mod tests {
         // The unregistered block is reused first; then the idle cached ones, oldest first.
         assert_eq!(p.allocate(), Some(c));
         assert_eq!(p.allocate(), Some(a));
-        assert!(p.lookup(0, &toks(1)).is_none(), "an evicted block is no longer cached");
+        assert!(
+            p.lookup(0, &toks(1)).is_none(),
+            "an evicted block is no longer cached"
+        );
         assert_eq!(p.lookup(ha, &toks(2)), Some((b, chain_hash(ha, &toks(2)))));
         assert_eq!(p.allocate(), None, "a looked-up block is held again");
     }

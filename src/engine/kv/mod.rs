@@ -53,7 +53,10 @@ impl<'a> KvView<'a> {
 
     /// `range` cut at block edges: for each run, the keys and values from its first
     /// position to the end of its block (whole rows, all KV heads).
-    pub fn runs(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = (&'a [f32], &'a [f32])> + '_ {
+    pub fn runs(
+        &self,
+        range: std::ops::Range<usize>,
+    ) -> impl Iterator<Item = (&'a [f32], &'a [f32])> + '_ {
         let mut pos = range.start;
         std::iter::from_fn(move || {
             if pos >= range.end {
@@ -61,7 +64,10 @@ impl<'a> KvView<'a> {
             }
             let n = (BLOCK - pos % BLOCK).min(range.end - pos);
             let at = self.blocks[pos / BLOCK] as usize * BLOCK + pos % BLOCK;
-            let run = (&self.k[at * self.dim_k..(at + n) * self.dim_k], &self.v[at * self.dim_v..(at + n) * self.dim_v]);
+            let run = (
+                &self.k[at * self.dim_k..(at + n) * self.dim_k],
+                &self.v[at * self.dim_v..(at + n) * self.dim_v],
+            );
             pos += n;
             Some(run)
         })
@@ -79,7 +85,17 @@ pub struct KvStore {
 
 impl KvStore {
     pub fn new(n_layer: usize, dim_k: usize, dim_v: usize) -> Self {
-        Self { layers: (0..n_layer).map(|_| LayerStore { k: Vec::new(), v: Vec::new() }).collect(), dim_k, dim_v, blocks: 0 }
+        Self {
+            layers: (0..n_layer)
+                .map(|_| LayerStore {
+                    k: Vec::new(),
+                    v: Vec::new(),
+                })
+                .collect(),
+            dim_k,
+            dim_v,
+            blocks: 0,
+        }
     }
 
     /// Makes blocks `0..n` usable.
@@ -102,8 +118,14 @@ impl KvStore {
         for (i, (kr, vr)) in k.chunks_exact(dk).zip(v.chunks_exact(dv)).enumerate() {
             let pos = start + i;
             let at = blocks[pos / BLOCK] as usize * BLOCK + pos % BLOCK;
-            l.k[at * dk..][..dk].iter_mut().zip(kr).for_each(|(d, &x)| *d = f16::from_f32(x).to_f32());
-            l.v[at * dv..][..dv].iter_mut().zip(vr).for_each(|(d, &x)| *d = f16::from_f32(x).to_f32());
+            l.k[at * dk..][..dk]
+                .iter_mut()
+                .zip(kr)
+                .for_each(|(d, &x)| *d = f16::from_f32(x).to_f32());
+            l.v[at * dv..][..dv]
+                .iter_mut()
+                .zip(vr)
+                .for_each(|(d, &x)| *d = f16::from_f32(x).to_f32());
         }
     }
 
@@ -118,7 +140,13 @@ impl KvStore {
 
     pub fn view<'a>(&'a self, layer: usize, blocks: &'a [u32]) -> KvView<'a> {
         let l = &self.layers[layer];
-        KvView { k: &l.k, v: &l.v, blocks, dim_k: self.dim_k, dim_v: self.dim_v }
+        KvView {
+            k: &l.k,
+            v: &l.v,
+            blocks,
+            dim_k: self.dim_k,
+            dim_v: self.dim_v,
+        }
     }
 }
 
@@ -133,7 +161,12 @@ pub struct KvCache {
 
 impl KvCache {
     pub fn new(n_layer: usize, dim_k: usize, dim_v: usize, max_len: usize) -> Self {
-        Self { store: KvStore::new(n_layer, dim_k, dim_v), blocks: Vec::new(), len: 0, max_len }
+        Self {
+            store: KvStore::new(n_layer, dim_k, dim_v),
+            blocks: Vec::new(),
+            len: 0,
+            max_len,
+        }
     }
 
     /// Positions filled so far.
@@ -148,7 +181,10 @@ impl KvCache {
     /// Makes room for `n` more positions; fails, changing nothing, past the context limit.
     pub fn reserve(&mut self, n: usize) -> Result<(), EngineError> {
         if self.len + n > self.max_len {
-            return Err(EngineError::ContextFull { needed: self.len + n, limit: self.max_len });
+            return Err(EngineError::ContextFull {
+                needed: self.len + n,
+                limit: self.max_len,
+            });
         }
         let need = blocks_for(self.len + n);
         self.blocks.extend(self.blocks.len() as u32..need as u32);

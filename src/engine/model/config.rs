@@ -79,10 +79,13 @@ pub struct ModelConfig {
 impl ModelConfig {
     pub fn from_gguf(f: &GgufFile) -> Result<Self, EngineError> {
         let arch_name = f.str("general.architecture")?;
-        let arch = Arch::parse(arch_name).ok_or_else(|| EngineError::UnsupportedArch(arch_name.to_string()))?;
+        let arch = Arch::parse(arch_name)
+            .ok_or_else(|| EngineError::UnsupportedArch(arch_name.to_string()))?;
         let k = |s: &str| format!("{arch_name}.{s}");
         let usize_of = |key: &str| -> Result<usize, EngineError> { Ok(f.u64(&k(key))? as usize) };
-        let opt = |key: &str| -> Result<Option<usize>, EngineError> { Ok(f.u64_opt(&k(key))?.map(|v| v as usize)) };
+        let opt = |key: &str| -> Result<Option<usize>, EngineError> {
+            Ok(f.u64_opt(&k(key))?.map(|v| v as usize))
+        };
 
         let n_embd = usize_of("embedding_length")?;
         let n_head = usize_of("attention.head_count")?;
@@ -97,16 +100,25 @@ impl ModelConfig {
         let head_dim_v = opt("attention.value_length")?.unwrap_or(head_dim_k);
         let n_rot = opt("rope.dimension_count")?.unwrap_or(head_dim_k);
         if n_rot > head_dim_k || n_rot % 2 != 0 {
-            return Err(EngineError::BadModel(format!("rope dimension count {n_rot} does not fit head size {head_dim_k}")));
+            return Err(EngineError::BadModel(format!(
+                "rope dimension count {n_rot} does not fit head size {head_dim_k}"
+            )));
         }
         let freq_scale = match f.str_opt(&k("rope.scaling.type"))? {
             None | Some("none") => match f.f32_opt(&k("rope.scale_linear"))? {
                 Some(s) if s > 0.0 => 1.0 / s,
                 _ => 1.0,
             },
-            Some("linear") => 1.0 / f.f32_opt(&k("rope.scaling.factor"))?.filter(|v| *v > 0.0).unwrap_or(1.0),
+            Some("linear") => {
+                1.0 / f
+                    .f32_opt(&k("rope.scaling.factor"))?
+                    .filter(|v| *v > 0.0)
+                    .unwrap_or(1.0)
+            }
             Some(other) => {
-                return Err(EngineError::BadModel(format!("rope scaling type `{other}` is not supported (none, linear)")))
+                return Err(EngineError::BadModel(format!(
+                    "rope scaling type `{other}` is not supported (none, linear)"
+                )))
             }
         };
         let moe = match arch {
@@ -119,12 +131,20 @@ impl ModelConfig {
         };
         if let Some(m) = moe {
             if m.n_expert_used == 0 || m.n_expert_used > m.n_expert {
-                return Err(EngineError::BadModel(format!("{} experts used out of {}", m.n_expert_used, m.n_expert)));
+                return Err(EngineError::BadModel(format!(
+                    "{} experts used out of {}",
+                    m.n_expert_used, m.n_expert
+                )));
             }
         }
         let vocab_size = match opt("vocab_size")? {
             Some(v) => v,
-            None => f.tensor_info("token_embd.weight")?.dims.get(1).copied().unwrap_or(0) as usize,
+            None => f
+                .tensor_info("token_embd.weight")?
+                .dims
+                .get(1)
+                .copied()
+                .unwrap_or(0) as usize,
         };
         Ok(Self {
             arch,
@@ -137,7 +157,9 @@ impl ModelConfig {
             n_ff: opt("feed_forward_length")?.unwrap_or(0),
             vocab_size,
             context_length: opt("context_length")?.unwrap_or(2048),
-            rms_eps: f.f32_opt(&k("attention.layer_norm_rms_epsilon"))?.unwrap_or(1e-5),
+            rms_eps: f
+                .f32_opt(&k("attention.layer_norm_rms_epsilon"))?
+                .unwrap_or(1e-5),
             rope: RopeConfig {
                 base: f.f32_opt(&k("rope.freq_base"))?.unwrap_or(10000.0),
                 n_dims: n_rot,

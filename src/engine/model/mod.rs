@@ -54,7 +54,11 @@ impl Model {
         let file = GgufFile::open(path)?;
         let config = ModelConfig::from_gguf(&file)?;
         let weights = Weights::load(&file, &config)?;
-        Ok(Self { config, weights, file })
+        Ok(Self {
+            config,
+            weights,
+            file,
+        })
     }
 
     /// Lets `be` get every weight matrix ready (see [`Backend::prepare`]), so the first
@@ -67,7 +71,12 @@ impl Model {
     /// length when `None`).
     pub fn new_cache(&self, max_len: Option<usize>) -> KvCache {
         let c = &self.config;
-        KvCache::new(c.n_layer, c.kv_dim_k(), c.kv_dim_v(), max_len.unwrap_or(c.context_length))
+        KvCache::new(
+            c.n_layer,
+            c.kv_dim_k(),
+            c.kv_dim_v(),
+            max_len.unwrap_or(c.context_length),
+        )
     }
 
     /// A store for the blocks of many sequences.
@@ -79,7 +88,12 @@ impl Model {
     /// Runs `tokens` at the next positions of one sequence's `cache`, as llama.cpp does
     /// (micro-batches of [`UBATCH`], [`Arithmetic::Llama`]), and returns the last token's
     /// logits. Fails without touching the cache if the context limit would be passed.
-    pub fn forward(&self, be: &dyn Backend, cache: &mut KvCache, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+    pub fn forward(
+        &self,
+        be: &dyn Backend,
+        cache: &mut KvCache,
+        tokens: &[u32],
+    ) -> Result<Vec<f32>, EngineError> {
         self.check_tokens(tokens)?;
         cache.reserve(tokens.len())?;
         let mut logits = Vec::new();
@@ -87,8 +101,16 @@ impl Model {
             let last = (i + 1) * UBATCH >= tokens.len();
             let start = cache.len();
             let (store, blocks) = cache.parts();
-            let seq = SeqBatch { tokens: chunk, start, blocks, logits: last };
-            logits = self.forward_batch(be, store, &[seq], Arithmetic::Llama).pop().unwrap_or_default();
+            let seq = SeqBatch {
+                tokens: chunk,
+                start,
+                blocks,
+                logits: last,
+            };
+            logits = self
+                .forward_batch(be, store, &[seq], Arithmetic::Llama)
+                .pop()
+                .unwrap_or_default();
             cache.advance(chunk.len());
         }
         Ok(logits)
@@ -107,7 +129,13 @@ impl Model {
     /// for all rows. Each sequence's keys and values are written into `kv` through its block
     /// table (whose blocks must exist). Returns the logits of each sequence that asked, in
     /// order. Token ids must be valid ([`Model::check_tokens`]).
-    pub fn forward_batch(&self, be: &dyn Backend, kv: &mut KvStore, seqs: &[SeqBatch], arith: Arithmetic) -> Vec<Vec<f32>> {
+    pub fn forward_batch(
+        &self,
+        be: &dyn Backend,
+        kv: &mut KvStore,
+        seqs: &[SeqBatch],
+        arith: Arithmetic,
+    ) -> Vec<Vec<f32>> {
         let c = &self.config;
         let n: usize = seqs.iter().map(|s| s.tokens.len()).sum();
         if n == 0 {
@@ -127,10 +155,16 @@ impl Model {
             up: vec![0.0; n * ff],
             ffn_out: vec![0.0; n * c.n_embd],
         };
-        for (row, &t) in s.x.chunks_exact_mut(c.n_embd).zip(seqs.iter().flat_map(|s| s.tokens)) {
+        for (row, &t) in
+            s.x.chunks_exact_mut(c.n_embd)
+                .zip(seqs.iter().flat_map(|s| s.tokens))
+        {
             self.weights.token_embd.dequantize_row_into(t as usize, row);
         }
-        let positions: Vec<usize> = seqs.iter().flat_map(|s| s.start..s.start + s.tokens.len()).collect();
+        let positions: Vec<usize> = seqs
+            .iter()
+            .flat_map(|s| s.start..s.start + s.tokens.len())
+            .collect();
 
         let n_layer = self.weights.layers.len();
         for (il, lw) in self.weights.layers.iter().enumerate() {
@@ -159,26 +193,58 @@ impl Model {
         let last = &mut s.x[..picked * e];
         be.rms_norm(last, c.n_embd, &self.weights.output_norm, c.rms_eps);
         let mut logits = vec![0.0; picked * c.vocab_size];
-        be.matmul(last, picked, &mut [MatmulJob { w: &self.weights.output, out: &mut logits }], arith);
-        logits.chunks_exact(c.vocab_size).map(<[f32]>::to_vec).collect()
+        be.matmul(
+            last,
+            picked,
+            &mut [MatmulJob {
+                w: &self.weights.output,
+                out: &mut logits,
+            }],
+            arith,
+        );
+        logits
+            .chunks_exact(c.vocab_size)
+            .map(<[f32]>::to_vec)
+            .collect()
     }
 
     /// The feed-forward half of a layer for the first `n` rows of the scratch, added into `x`.
-    fn ffn_block(&self, be: &dyn Backend, lw: &LayerWeights, n: usize, arith: Arithmetic, s: &mut Scratch) {
+    fn ffn_block(
+        &self,
+        be: &dyn Backend,
+        lw: &LayerWeights,
+        n: usize,
+        arith: Arithmetic,
+        s: &mut Scratch,
+    ) {
         let c = &self.config;
         let e = c.n_embd;
         let ff = c.moe.map_or(c.n_ff, |m| m.n_ff_expert);
-        let (x, h, out) = (&mut s.x[..n * e], &mut s.h[..n * e], &mut s.ffn_out[..n * e]);
+        let (x, h, out) = (
+            &mut s.x[..n * e],
+            &mut s.h[..n * e],
+            &mut s.ffn_out[..n * e],
+        );
         h.copy_from_slice(x);
         be.rms_norm(h, e, &lw.ffn_norm, c.rms_eps);
         match &lw.ffn {
             Ffn::Dense { gate, up, down } => {
                 let (g, u) = (&mut s.gate[..n * ff], &mut s.up[..n * ff]);
-                be.matmul(h, n, &mut [MatmulJob { w: gate, out: g }, MatmulJob { w: up, out: u }], arith);
+                be.matmul(
+                    h,
+                    n,
+                    &mut [MatmulJob { w: gate, out: g }, MatmulJob { w: up, out: u }],
+                    arith,
+                );
                 be.swiglu(g, u);
                 be.matmul(g, n, &mut [MatmulJob { w: down, out }], arith);
             }
-            Ffn::Moe { router, gate, up, down } => self.moe(be, h, n, router, gate, up, down, arith, out),
+            Ffn::Moe {
+                router,
+                gate,
+                up,
+                down,
+            } => self.moe(be, h, n, router, gate, up, down, arith, out),
         }
         x.iter_mut().zip(out.iter()).for_each(|(x, y)| *x += y);
     }
@@ -203,9 +269,18 @@ impl Model {
             &s.h,
             n,
             &mut [
-                MatmulJob { w: &lw.wq, out: &mut s.q },
-                MatmulJob { w: &lw.wk, out: &mut s.k },
-                MatmulJob { w: &lw.wv, out: &mut s.v },
+                MatmulJob {
+                    w: &lw.wq,
+                    out: &mut s.q,
+                },
+                MatmulJob {
+                    w: &lw.wk,
+                    out: &mut s.k,
+                },
+                MatmulJob {
+                    w: &lw.wv,
+                    out: &mut s.v,
+                },
             ],
             arith,
         );
@@ -229,7 +304,13 @@ impl Model {
         let mut row = 0;
         for sq in seqs {
             let r = row..row + sq.tokens.len();
-            kv.write(il, sq.blocks, sq.start, &s.k[r.start * dk..r.end * dk], &s.v[r.start * dv..r.end * dv]);
+            kv.write(
+                il,
+                sq.blocks,
+                sq.start,
+                &s.k[r.start * dk..r.end * dk],
+                &s.v[r.start * dv..r.end * dv],
+            );
             row = r.end;
         }
         let views: Vec<SeqAttention> = seqs
@@ -247,7 +328,15 @@ impl Model {
             })
             .collect();
         be.attention(&s.q, &views, arith, &mut s.attn);
-        be.matmul(&s.attn, n, &mut [MatmulJob { w: &lw.wo, out: &mut s.o }], arith);
+        be.matmul(
+            &s.attn,
+            n,
+            &mut [MatmulJob {
+                w: &lw.wo,
+                out: &mut s.o,
+            }],
+            arith,
+        );
         s.x.iter_mut().zip(&s.o).for_each(|(x, o)| *x += o);
     }
 
@@ -269,9 +358,20 @@ impl Model {
         let c = &self.config;
         let m = c.moe.expect("moe layers only in moe models");
         let mut logits = vec![0.0; n * m.n_expert];
-        be.matmul(h, n, &mut [MatmulJob { w: router, out: &mut logits }], arith);
+        be.matmul(
+            h,
+            n,
+            &mut [MatmulJob {
+                w: router,
+                out: &mut logits,
+            }],
+            arith,
+        );
         // routes[t] = [(expert, weight)] in rank order.
-        let routes: Vec<Vec<(usize, f32)>> = logits.chunks_exact(m.n_expert).map(|l| route(l, m.n_expert_used)).collect();
+        let routes: Vec<Vec<(usize, f32)>> = logits
+            .chunks_exact(m.n_expert)
+            .map(|l| route(l, m.n_expert_used))
+            .collect();
 
         out.fill(0.0);
         let mut expert_out = vec![vec![0.0f32; c.n_embd]; n * m.n_expert_used];
@@ -292,12 +392,35 @@ impl Model {
             }
             let mut g = vec![0.0; k * m.n_ff_expert];
             let mut u = vec![0.0; k * m.n_ff_expert];
-            be.matmul(&xin, k, &mut [MatmulJob { w: &gate[e], out: &mut g }, MatmulJob { w: &up[e], out: &mut u }], arith);
+            be.matmul(
+                &xin,
+                k,
+                &mut [
+                    MatmulJob {
+                        w: &gate[e],
+                        out: &mut g,
+                    },
+                    MatmulJob {
+                        w: &up[e],
+                        out: &mut u,
+                    },
+                ],
+                arith,
+            );
             be.swiglu(&mut g, &u);
             let mut y = vec![0.0; k * c.n_embd];
-            be.matmul(&g, k, &mut [MatmulJob { w: &down[e], out: &mut y }], arith);
+            be.matmul(
+                &g,
+                k,
+                &mut [MatmulJob {
+                    w: &down[e],
+                    out: &mut y,
+                }],
+                arith,
+            );
             for (i, &(t, rank)) in picked.iter().enumerate() {
-                expert_out[t * m.n_expert_used + rank].copy_from_slice(&y[i * c.n_embd..(i + 1) * c.n_embd]);
+                expert_out[t * m.n_expert_used + rank]
+                    .copy_from_slice(&y[i * c.n_embd..(i + 1) * c.n_embd]);
             }
         }
         for t in 0..n {

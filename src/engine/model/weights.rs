@@ -26,7 +26,14 @@ pub struct Weight {
 
 impl std::fmt::Debug for Weight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}[{}x{} {}]", self.name, self.rows, self.cols, self.ty.name())
+        write!(
+            f,
+            "{}[{}x{} {}]",
+            self.name,
+            self.rows,
+            self.cols,
+            self.ty.name()
+        )
     }
 }
 
@@ -48,14 +55,30 @@ impl Weight {
     /// The first `rows / 4 * 4` rows in the four-row interleaved layout of
     /// [`crate::engine::quant::interleave`], made on first use; `None` for types without one.
     pub fn interleaved(&self) -> Option<&[u8]> {
-        self.interleaved.get_or_init(|| interleave(self.ty, self.data(), self.rows, self.cols)).as_deref()
+        self.interleaved
+            .get_or_init(|| interleave(self.ty, self.data(), self.rows, self.cols))
+            .as_deref()
     }
 
     /// A matrix over bytes of its own rather than a mapped file (kernel checks, benchmarks).
-    pub fn from_bytes(name: &str, ty: GgmlType, rows: usize, cols: usize, data: &[u8]) -> std::io::Result<Weight> {
+    pub fn from_bytes(
+        name: &str,
+        ty: GgmlType,
+        rows: usize,
+        cols: usize,
+        data: &[u8],
+    ) -> std::io::Result<Weight> {
         let mut map = memmap2::MmapMut::map_anon(data.len().max(1))?;
         map[..data.len()].copy_from_slice(data);
-        Ok(Weight { map: Arc::new(map.make_read_only()?), offset: 0, ty, rows, cols, name: name.to_string(), interleaved: Arc::default() })
+        Ok(Weight {
+            map: Arc::new(map.make_read_only()?),
+            offset: 0,
+            ty,
+            rows,
+            cols,
+            name: name.to_string(),
+            interleaved: Arc::default(),
+        })
     }
 
     /// Rows `start..start + n` as their own matrix (experts of a stacked 3-D tensor).
@@ -93,9 +116,18 @@ pub struct LayerWeights {
 }
 
 pub enum Ffn {
-    Dense { gate: Weight, up: Weight, down: Weight },
+    Dense {
+        gate: Weight,
+        up: Weight,
+        down: Weight,
+    },
     /// Experts are row ranges of stacked tensors; the router is a small dense matrix.
-    Moe { router: Weight, gate: Vec<Weight>, up: Vec<Weight>, down: Vec<Weight> },
+    Moe {
+        router: Weight,
+        gate: Vec<Weight>,
+        up: Vec<Weight>,
+        down: Vec<Weight>,
+    },
 }
 
 pub struct Weights {
@@ -115,7 +147,12 @@ impl Weights {
             all.extend([&l.wq, &l.wk, &l.wv, &l.wo]);
             match &l.ffn {
                 Ffn::Dense { gate, up, down } => all.extend([gate, up, down]),
-                Ffn::Moe { router, gate, up, down } => {
+                Ffn::Moe {
+                    router,
+                    gate,
+                    up,
+                    down,
+                } => {
                     all.push(router);
                     all.extend(gate.iter().chain(up).chain(down));
                 }
@@ -131,18 +168,30 @@ struct Loader<'a> {
 
 impl Loader<'_> {
     fn bad(&self, name: &str, what: String) -> EngineError {
-        EngineError::BadModel(format!("{}: tensor `{name}` {what}", self.f.path().display()))
+        EngineError::BadModel(format!(
+            "{}: tensor `{name}` {what}",
+            self.f.path().display()
+        ))
     }
 
     /// A matrix with `cols` elements per row and `rows` rows (GGUF dims `[cols, rows, ...]`).
     fn matrix(&self, name: &str, cols: usize, rows: usize) -> Result<Weight, EngineError> {
         let t = self.f.tensor_info(name)?;
         if !t.ty.is_supported() {
-            return Err(self.bad(name, format!("has type {}, which this engine cannot compute with", t.ty.name())));
+            return Err(self.bad(
+                name,
+                format!(
+                    "has type {}, which this engine cannot compute with",
+                    t.ty.name()
+                ),
+            ));
         }
         let total: u64 = t.dims[1..].iter().product();
         if t.dims[0] as usize != cols || total as usize != rows {
-            return Err(self.bad(name, format!("has shape {:?}, expected [{cols}, {rows}]", t.dims)));
+            return Err(self.bad(
+                name,
+                format!("has shape {:?}, expected [{cols}, {rows}]", t.dims),
+            ));
         }
         Ok(Weight {
             map: Arc::clone(self.f.map()),
@@ -191,9 +240,14 @@ impl Weights {
                     down: l.matrix(&n("ffn_down.weight"), c.n_ff, c.n_embd)?,
                 },
                 Some(m) => {
-                    let experts = |name: &str, cols: usize, rows: usize| -> Result<Vec<Weight>, EngineError> {
+                    let experts = |name: &str,
+                                   cols: usize,
+                                   rows: usize|
+                     -> Result<Vec<Weight>, EngineError> {
                         let all = l.matrix(&n(name), cols, rows * m.n_expert)?;
-                        Ok((0..m.n_expert).map(|e| all.rows_view(e * rows, rows)).collect())
+                        Ok((0..m.n_expert)
+                            .map(|e| all.rows_view(e * rows, rows))
+                            .collect())
                     };
                     Ffn::Moe {
                         router: l.matrix(&n("ffn_gate_inp.weight"), c.n_embd, m.n_expert)?,
@@ -204,7 +258,13 @@ impl Weights {
                 }
             };
             let qk_norm = matches!(c.arch, Arch::Qwen3 | Arch::Qwen3Moe);
-            let norm = |s: &str, len| if qk_norm { l.vector(&n(s), len).map(Some) } else { Ok(None) };
+            let norm = |s: &str, len| {
+                if qk_norm {
+                    l.vector(&n(s), len).map(Some)
+                } else {
+                    Ok(None)
+                }
+            };
             layers.push(LayerWeights {
                 attn_norm: l.vector(&n("attn_norm.weight"), c.n_embd)?,
                 wq: l.matrix(&n("attn_q.weight"), c.n_embd, q_dim)?,

@@ -62,7 +62,11 @@ pub fn quantize_activations(ty: ActType, x: &[f32], out: &mut [u8]) {
 
 #[inline(always)]
 fn quantize_body(ty: ActType, x: &[f32], out: &mut [u8]) {
-    assert_eq!(out.len(), ty.row_bytes(x.len()), "quantize_activations: length mismatch");
+    assert_eq!(
+        out.len(),
+        ty.row_bytes(x.len()),
+        "quantize_activations: length mismatch"
+    );
     match ty {
         ActType::F32 => {
             for (o, v) in out.chunks_exact_mut(4).zip(x) {

@@ -8,14 +8,21 @@ use super::{f16_at, k_scale_min, GgmlType, KVALUES_IQ4NL};
 /// Panics only on a programming error (a length that does not match the type), never on
 /// tensor contents.
 pub fn dequantize_row(ty: GgmlType, src: &[u8], out: &mut [f32]) {
-    assert_eq!(src.len(), ty.row_bytes(out.len()), "dequantize_row: length mismatch for {}", ty.name());
+    assert_eq!(
+        src.len(),
+        ty.row_bytes(out.len()),
+        "dequantize_row: length mismatch for {}",
+        ty.name()
+    );
     let be = ty.block_elems();
     let bb = ty.block_bytes();
     for (b, y) in src.chunks_exact(bb).zip(out.chunks_exact_mut(be)) {
         match ty {
             GgmlType::F32 => y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
             GgmlType::F16 => y[0] = f16_at(b, 0),
-            GgmlType::BF16 => y[0] = half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
+            GgmlType::BF16 => {
+                y[0] = half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
+            }
             GgmlType::Q4_0 => q4_0(b, y),
             GgmlType::Q4_1 => q4_1(b, y),
             GgmlType::Q5_0 => q5_0(b, y),
@@ -119,7 +126,12 @@ fn q6_k(b: &[u8], y: &mut [f32]) {
     let sc = &b[192..208];
     let d = f16_at(b, 208);
     for n in 0..2 {
-        let (ql, qh, sc, y) = (&ql[64 * n..], &qh[32 * n..], &sc[8 * n..], &mut y[128 * n..]);
+        let (ql, qh, sc, y) = (
+            &ql[64 * n..],
+            &qh[32 * n..],
+            &sc[8 * n..],
+            &mut y[128 * n..],
+        );
         for l in 0..32 {
             let is = l / 16;
             let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;

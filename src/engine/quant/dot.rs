@@ -40,7 +40,9 @@ pub fn scalar_dot_batched(ty: GgmlType, w: &[u8], a: &[u8], n: usize) -> f32 {
 pub const BATCHED_FROM: usize = 8;
 
 fn f32_dot(w: &[u8], a: &[u8], n: usize) -> f32 {
-    let f = |b: &[u8], i: usize| f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
+    let f = |b: &[u8], i: usize| {
+        f32::from_le_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]])
+    };
     (0..n).map(|i| (f(w, i) * f(a, i)) as f64).sum::<f64>() as f32
 }
 

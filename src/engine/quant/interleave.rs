@@ -38,14 +38,19 @@ pub fn interleave(ty: GgmlType, data: &[u8], rows: usize, cols: usize) -> Option
     let groups = rows / GROUP;
     let mut out = Vec::with_capacity(groups * GROUP * rb);
     for g in 0..groups {
-        let row = |r: usize, b: usize| &data[(g * GROUP + r) * rb + b * ty.block_bytes()..][..ty.block_bytes()];
+        let row = |r: usize, b: usize| {
+            &data[(g * GROUP + r) * rb + b * ty.block_bytes()..][..ty.block_bytes()]
+        };
         for b in 0..nb {
             for r in 0..GROUP {
                 out.extend_from_slice(&row(r, b)[..head]);
             }
             if ty == GgmlType::Q4_1 {
                 for pair in [0, 2] {
-                    let (lo, hi) = (element_nibbles(&row(pair, b)[head..]), element_nibbles(&row(pair + 1, b)[head..]));
+                    let (lo, hi) = (
+                        element_nibbles(&row(pair, b)[head..]),
+                        element_nibbles(&row(pair + 1, b)[head..]),
+                    );
                     out.extend((0..32).map(|i| lo[i] | hi[i] << 4));
                 }
             } else {

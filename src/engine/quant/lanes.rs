@@ -83,12 +83,16 @@ pub fn q4_0(w: &[u8], a: &[u8], n: usize) -> f32 {
 
 #[inline(always)]
 pub fn q5_0(w: &[u8], a: &[u8], n: usize) -> f32 {
-    symmetric(w, a, n, 22, |x| q5_values(&x[2..6], &x[6..22]).map(|v| v as i32 - 16))
+    symmetric(w, a, n, 22, |x| {
+        q5_values(&x[2..6], &x[6..22]).map(|v| v as i32 - 16)
+    })
 }
 
 #[inline(always)]
 pub fn q8_0(w: &[u8], a: &[u8], n: usize) -> f32 {
-    symmetric(w, a, n, 34, |x| std::array::from_fn(|e| x[2 + e] as i8 as i32))
+    symmetric(w, a, n, 34, |x| {
+        std::array::from_fn(|e| x[2 + e] as i8 as i32)
+    })
 }
 
 #[inline(always)]
@@ -98,5 +102,7 @@ pub fn q4_1(w: &[u8], a: &[u8], n: usize) -> f32 {
 
 #[inline(always)]
 pub fn q5_1(w: &[u8], a: &[u8], n: usize) -> f32 {
-    affine(w, a, n, 24, |x| q5_values(&x[4..8], &x[8..24]).map(|v| v as i32))
+    affine(w, a, n, 24, |x| {
+        q5_values(&x[4..8], &x[8..24]).map(|v| v as i32)
+    })
 }

@@ -36,7 +36,13 @@ pub(super) fn q8k_bsum(y: &[u8], g: usize) -> i32 {
 
 /// Adds `scale * x[e] * q8[base + e]` for one 32-element group to the lane sums.
 #[inline(always)]
-fn add_group(lanes: &mut [i32; 8], y: &[u8], base: usize, scale: impl Fn(usize) -> i32, x: impl Fn(usize) -> i32) {
+fn add_group(
+    lanes: &mut [i32; 8],
+    y: &[u8],
+    base: usize,
+    scale: impl Fn(usize) -> i32,
+    x: impl Fn(usize) -> i32,
+) {
     for (j, lane) in lanes.iter_mut().enumerate() {
         let mut s = 0i32;
         for e in 4 * j..4 * j + 4 {
@@ -56,7 +62,9 @@ fn fma_lanes(acc: &mut [f32; 8], d: f32, lanes: [i32; 8]) {
 /// Q5_K's (and Q4_K's) exact minimum term of a super-block: `sum(m_g * bsums_g)`.
 #[inline(always)]
 pub(super) fn k_mins(x: &[u8], y: &[u8]) -> i32 {
-    (0..8).map(|g| k_scale_min(g, &x[4..16]).1 as i32 * (q8k_bsum(y, 2 * g) + q8k_bsum(y, 2 * g + 1))).sum()
+    (0..8)
+        .map(|g| k_scale_min(g, &x[4..16]).1 as i32 * (q8k_bsum(y, 2 * g) + q8k_bsum(y, 2 * g + 1)))
+        .sum()
 }
 
 /// Q5_K super-block: the lane sums and the exact minimum term.
@@ -68,7 +76,13 @@ fn q5_k_block(x: &[u8], y: &[u8]) -> ([i32; 8], i32) {
     for g in 0..8 {
         let sc = k_scale_min(g, scales).0 as i32;
         let (q, shift) = (&qs[32 * (g / 2)..], 4 * (g % 2));
-        add_group(&mut lanes, y, 32 * g, |_| sc, |e| (((q[e] >> shift) & 0xF) | (((qh[e] >> g) & 1) << 4)) as i32);
+        add_group(
+            &mut lanes,
+            y,
+            32 * g,
+            |_| sc,
+            |e| (((q[e] >> shift) & 0xF) | (((qh[e] >> g) & 1) << 4)) as i32,
+        );
     }
     (lanes, mins)
 }
@@ -81,7 +95,9 @@ fn q4_k_block(x: &[u8], y: &[u8]) -> (i32, i32) {
     for g in 0..8 {
         let sc = k_scale_min(g, scales).0;
         let (q, shift) = (&qs[32 * (g / 2)..], 4 * (g % 2));
-        let s: i32 = (0..32).map(|e| ((q[e] >> shift) & 0xF) as i32 * q8k_q(y, 32 * g + e)).sum();
+        let s: i32 = (0..32)
+            .map(|e| ((q[e] >> shift) & 0xF) as i32 * q8k_q(y, 32 * g + e))
+            .sum();
         isum += sc as i32 * s;
     }
     (isum, k_mins(x, y))
@@ -98,9 +114,13 @@ fn q6_k_block(x: &[u8], y: &[u8]) -> [i32; 8] {
         // high nibbles of each, with two bits of qh apiece (values 0..63).
         for v in 0..4 {
             let (lo, shift) = (&ql[32 * (v % 2)..], 4 * (v / 2));
-            add_group(&mut lanes, y, 128 * half + 32 * v, |e| sc(8 * half + 2 * v + e / 16), |e| {
-                (((lo[e] >> shift) & 0xF) | (((qh[e] >> (2 * v)) & 3) << 4)) as i32
-            });
+            add_group(
+                &mut lanes,
+                y,
+                128 * half + 32 * v,
+                |e| sc(8 * half + 2 * v + e / 16),
+                |e| (((lo[e] >> shift) & 0xF) | (((qh[e] >> (2 * v)) & 3) << 4)) as i32,
+            );
         }
     }
     for (m, lane) in lanes.iter_mut().enumerate() {
@@ -116,17 +136,28 @@ fn iq4_xs_block(x: &[u8], y: &[u8]) -> [i32; 8] {
     let mut lanes = [0i32; 8];
     for g in 0..8 {
         let (q, ls) = (&qs[16 * g..], iq4_xs_scale(x, g) - 32);
-        add_group(&mut lanes, y, 32 * g, |_| ls, |e| {
-            let nibble = if e < 16 { q[e] & 0xF } else { q[e - 16] >> 4 };
-            KVALUES_IQ4NL[nibble as usize] as i32
-        });
+        add_group(
+            &mut lanes,
+            y,
+            32 * g,
+            |_| ls,
+            |e| {
+                let nibble = if e < 16 { q[e] & 0xF } else { q[e - 16] >> 4 };
+                KVALUES_IQ4NL[nibble as usize] as i32
+            },
+        );
     }
     lanes
 }
 
 /// The super-blocks of one row: `(weight block, activation block)` pairs.
 #[inline(always)]
-pub(super) fn blocks<'a>(w: &'a [u8], a: &'a [u8], n: usize, wb: usize) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
+pub(super) fn blocks<'a>(
+    w: &'a [u8],
+    a: &'a [u8],
+    n: usize,
+    wb: usize,
+) -> impl Iterator<Item = (&'a [u8], &'a [u8])> {
     w.chunks_exact(wb).zip(a.chunks_exact(292)).take(n / 256)
 }
 
@@ -183,7 +214,13 @@ pub fn q4_k(w: &[u8], a: &[u8], n: usize) -> f32 {
 /// The batched float steps over the super-blocks of one row; `block` gives a super-block's
 /// weight scale, its minimum term (scale and sum) if the format has one, and its lanes.
 #[inline(always)]
-pub(super) fn batched(w: &[u8], a: &[u8], n: usize, wb: usize, block: impl Fn(&[u8], &[u8]) -> (f32, Option<(f32, i32)>, [i32; 8])) -> f32 {
+pub(super) fn batched(
+    w: &[u8],
+    a: &[u8],
+    n: usize,
+    wb: usize,
+    block: impl Fn(&[u8], &[u8]) -> (f32, Option<(f32, i32)>, [i32; 8]),
+) -> f32 {
     let mut out = 0.0f32;
     for (x, y) in blocks(w, a, n, wb) {
         let (d, min, lanes) = block(x, y);
@@ -206,10 +243,14 @@ pub fn q5_k_batched(w: &[u8], a: &[u8], n: usize) -> f32 {
 
 #[inline(always)]
 pub fn q6_k_batched(w: &[u8], a: &[u8], n: usize) -> f32 {
-    batched(w, a, n, 210, |x, y| (f16_at(x, 208), None, q6_k_block(x, y)))
+    batched(w, a, n, 210, |x, y| {
+        (f16_at(x, 208), None, q6_k_block(x, y))
+    })
 }
 
 #[inline(always)]
 pub fn iq4_xs_batched(w: &[u8], a: &[u8], n: usize) -> f32 {
-    batched(w, a, n, 136, |x, y| (f16_at(x, 0), None, iq4_xs_block(x, y)))
+    batched(w, a, n, 136, |x, y| {
+        (f16_at(x, 0), None, iq4_xs_block(x, y))
+    })
 }

@@ -128,7 +128,10 @@ impl GgmlType {
             Self::Q5K => "Q5_K",
             Self::Q6K => "Q6_K",
             Self::IQ4XS => "IQ4_XS",
-            Self::Unsupported(id) => UNSUPPORTED_NAMES.iter().find(|&&(i, _)| i == id).map_or("unknown", |&(_, n)| n),
+            Self::Unsupported(id) => UNSUPPORTED_NAMES
+                .iter()
+                .find(|&&(i, _)| i == id)
+                .map_or("unknown", |&(_, n)| n),
         }
     }
 
@@ -184,7 +187,9 @@ impl GgmlType {
 }
 
 /// Non-linear 4-bit codebook shared by IQ4_NL and IQ4_XS.
-pub(crate) const KVALUES_IQ4NL: [i8; 16] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113];
+pub(crate) const KVALUES_IQ4NL: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
 
 /// The f16 at byte `i` as f32, in portable code (no per-call feature detection).
 #[inline(always)]
@@ -198,7 +203,10 @@ pub(crate) fn k_scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 

@@ -25,7 +25,9 @@ fn weight_row(ty: GgmlType, n: usize, seed: u64) -> Vec<u8> {
     for (i, b) in w.chunks_exact_mut(bb).enumerate() {
         let s = 0.001 + (i % 7) as f32 * 0.0003;
         match ty {
-            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4XS => b[0..2].copy_from_slice(&f16(s)),
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 | GgmlType::IQ4XS => {
+                b[0..2].copy_from_slice(&f16(s))
+            }
             GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4K | GgmlType::Q5K => {
                 b[0..2].copy_from_slice(&f16(s));
                 b[2..4].copy_from_slice(&f16(-s * 0.5));
@@ -35,7 +37,9 @@ fn weight_row(ty: GgmlType, n: usize, seed: u64) -> Vec<u8> {
         }
     }
     if ty == GgmlType::F32 {
-        let vals: Vec<u8> = (0..n).flat_map(|i| ((i as f32 * 0.37).sin()).to_le_bytes()).collect();
+        let vals: Vec<u8> = (0..n)
+            .flat_map(|i| ((i as f32 * 0.37).sin()).to_le_bytes())
+            .collect();
         return vals;
     }
     w
@@ -57,7 +61,9 @@ const TYPES: &[GgmlType] = &[
 #[test]
 fn every_kernel_level_matches_the_scalar_reference_exactly() {
     let n = 512;
-    let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0).collect();
+    let x: Vec<f32> = (0..n)
+        .map(|i| ((i * 7919) % 1000) as f32 / 250.0 - 2.0)
+        .collect();
     for level in [SimdLevel::Scalar, SimdLevel::Avx2, SimdLevel::Avx512Vnni] {
         let k = Kernels::at_most(level);
         for &ty in TYPES {
@@ -68,10 +74,22 @@ fn every_kernel_level_matches_the_scalar_reference_exactly() {
                 let w = weight_row(ty, n, seed);
                 let want = scalar_dot(ty, &w, &a, n);
                 let got = (k.dot(ty))(&w, &a, n);
-                assert_eq!(got.to_bits(), want.to_bits(), "{} at {:?}: {got} vs {want}", ty.name(), k.level);
+                assert_eq!(
+                    got.to_bits(),
+                    want.to_bits(),
+                    "{} at {:?}: {got} vs {want}",
+                    ty.name(),
+                    k.level
+                );
                 let want = scalar_dot_batched(ty, &w, &a, n);
                 let got = (k.dot_for(ty, BATCHED_FROM))(&w, &a, n);
-                assert_eq!(got.to_bits(), want.to_bits(), "{} batched at {:?}: {got} vs {want}", ty.name(), k.level);
+                assert_eq!(
+                    got.to_bits(),
+                    want.to_bits(),
+                    "{} batched at {:?}: {got} vs {want}",
+                    ty.name(),
+                    k.level
+                );
             }
         }
     }
@@ -91,7 +109,11 @@ fn dot_products_agree_with_dequantized_arithmetic() {
         quantize_activations(at, &x, &mut a);
         let got = scalar_dot(ty, &w, &a, n);
         let scale: f32 = deq.iter().map(|v| v.abs()).sum::<f32>() / 64.0 + 1e-6;
-        assert!((got - exact).abs() <= scale, "{}: {got} vs {exact}", ty.name());
+        assert!(
+            (got - exact).abs() <= scale,
+            "{}: {got} vs {exact}",
+            ty.name()
+        );
     }
 }
 
@@ -122,7 +144,18 @@ fn q8_activation_rounding_matches_llama_cpp() {
 
 #[test]
 fn type_table_knows_every_format() {
-    for (id, name) in [(0, "F32"), (1, "F16"), (30, "BF16"), (2, "Q4_0"), (3, "Q4_1"), (8, "Q8_0"), (12, "Q4_K"), (13, "Q5_K"), (14, "Q6_K"), (23, "IQ4_XS")] {
+    for (id, name) in [
+        (0, "F32"),
+        (1, "F16"),
+        (30, "BF16"),
+        (2, "Q4_0"),
+        (3, "Q4_1"),
+        (8, "Q8_0"),
+        (12, "Q4_K"),
+        (13, "Q5_K"),
+        (14, "Q6_K"),
+        (23, "IQ4_XS"),
+    ] {
         let t = GgmlType::from_id(id).unwrap();
         assert_eq!(t.name(), name);
         assert!(t.is_supported());
@@ -144,22 +177,38 @@ fn interleaved_kernels_equal_single_rows() {
             let n_tok = 7;
             let mut a = vec![0u8; at.row_bytes(n) * n_tok];
             for (t, a) in a.chunks_exact_mut(at.row_bytes(n)).enumerate() {
-                let x: Vec<f32> = (0..n).map(|i| ((i * 31 + t * 17) % 97) as f32 / 20.0 - 2.4).collect();
+                let x: Vec<f32> = (0..n)
+                    .map(|i| ((i * 31 + t * 17) % 97) as f32 / 20.0 - 2.4)
+                    .collect();
                 quantize_activations(at, &x, a);
             }
-            let data: Vec<u8> = (0..rows).flat_map(|s| weight_row(ty, n, s as u64 + 10)).collect();
+            let data: Vec<u8> = (0..rows)
+                .flat_map(|s| weight_row(ty, n, s as u64 + 10))
+                .collect();
             let packed = interleave::interleave(ty, &data, rows, n).unwrap();
             let gb = interleave::group_bytes(ty, n);
             assert_eq!(packed.len(), 2 * gb);
             for g in 0..2 {
                 let mut got = vec![0.0f32; n_tok * 4];
-                f(&packed[g * gb..(g + 1) * gb], &a, at.row_bytes(n), n_tok, n, &mut got);
+                f(
+                    &packed[g * gb..(g + 1) * gb],
+                    &a,
+                    at.row_bytes(n),
+                    n_tok,
+                    n,
+                    &mut got,
+                );
                 for t in 0..n_tok {
                     let act = &a[t * at.row_bytes(n)..(t + 1) * at.row_bytes(n)];
                     for r in 0..4 {
                         let row = &data[(4 * g + r) * ty.row_bytes(n)..][..ty.row_bytes(n)];
                         let want = scalar_dot(ty, row, act, n);
-                        assert_eq!(got[t * 4 + r].to_bits(), want.to_bits(), "{} {level:?} group {g} token {t} row {r}", ty.name());
+                        assert_eq!(
+                            got[t * 4 + r].to_bits(),
+                            want.to_bits(),
+                            "{} {level:?} group {g} token {t} row {r}",
+                            ty.name()
+                        );
                     }
                 }
             }

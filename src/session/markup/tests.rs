@@ -12,7 +12,12 @@ fn ids() -> Box<dyn FnMut() -> String + Send> {
 }
 
 /// Feeds `text` in pieces of `size` bytes (at char boundaries) and joins the deltas of each kind.
-fn run(tools: bool, thinking: bool, text: &str, size: usize) -> (String, String, Vec<(String, String, String)>) {
+fn run(
+    tools: bool,
+    thinking: bool,
+    text: &str,
+    size: usize,
+) -> (String, String, Vec<(String, String, String)>) {
     let mut m = Markup::new(tools, thinking, ids());
     let mut deltas = Vec::new();
     let mut rest = text;
@@ -25,7 +30,11 @@ fn run(tools: bool, thinking: bool, text: &str, size: usize) -> (String, String,
         rest = &rest[cut..];
     }
     deltas.extend(m.finish());
-    let (mut content, mut reasoning, mut calls) = (String::new(), String::new(), Vec::<(String, String, String)>::new());
+    let (mut content, mut reasoning, mut calls) = (
+        String::new(),
+        String::new(),
+        Vec::<(String, String, String)>::new(),
+    );
     for d in deltas {
         match d {
             Delta::Content(t) => content.push_str(&t),
@@ -50,7 +59,11 @@ fn calls_parse_the_same_however_the_text_is_cut() {
         assert_eq!(
             calls,
             [
-                ("call_1".to_string(), "get_weather".to_string(), "{\"city\": \"Paris\", \"n\": {\"a\": [1, 2]}}".to_string()),
+                (
+                    "call_1".to_string(),
+                    "get_weather".to_string(),
+                    "{\"city\": \"Paris\", \"n\": {\"a\": [1, 2]}}".to_string()
+                ),
                 ("call_2".to_string(), "now".to_string(), "{}".to_string())
             ],
             "size {size}"
@@ -61,8 +74,17 @@ fn calls_parse_the_same_however_the_text_is_cut() {
 #[test]
 fn think_blocks_become_reasoning_and_never_content() {
     for size in [1, 3, 100] {
-        let (content, reasoning, calls) = run(false, false, "<think>\nplan a < b</think>\n\nThe answer is 4.", size);
-        assert_eq!((content.as_str(), reasoning.as_str(), calls.len()), ("The answer is 4.", "\nplan a < b", 0), "size {size}");
+        let (content, reasoning, calls) = run(
+            false,
+            false,
+            "<think>\nplan a < b</think>\n\nThe answer is 4.",
+            size,
+        );
+        assert_eq!(
+            (content.as_str(), reasoning.as_str(), calls.len()),
+            ("The answer is 4.", "\nplan a < b", 0),
+            "size {size}"
+        );
         // The prompt opened the block: the output starts inside it.
         let (content, reasoning, _) = run(false, true, "hmm</think>Yes", size);
         assert_eq!((content.as_str(), reasoning.as_str()), ("Yes", "hmm"));
@@ -72,10 +94,16 @@ fn think_blocks_become_reasoning_and_never_content() {
 #[test]
 fn text_that_only_looks_like_a_tag_is_content() {
     let (content, _, calls) = run(true, false, "a <b> and <tool and <thin", 2);
-    assert_eq!((content.as_str(), calls.len()), ("a <b> and <tool and <thin", 0));
+    assert_eq!(
+        (content.as_str(), calls.len()),
+        ("a <b> and <tool and <thin", 0)
+    );
     // Without tools, call markup is plain text.
     let (content, _, calls) = run(false, false, "x <tool_call>{}</tool_call>", 4);
-    assert_eq!((content.as_str(), calls.len()), ("x <tool_call>{}</tool_call>", 0));
+    assert_eq!(
+        (content.as_str(), calls.len()),
+        ("x <tool_call>{}</tool_call>", 0)
+    );
 }
 
 #[test]
@@ -83,7 +111,12 @@ fn a_cut_short_call_never_leaks_into_content() {
     let (content, _, calls) = run(true, false, "<tool_call>\n{\"name\": \"f\", \"argu", 3);
     assert_eq!((content.as_str(), calls.len()), ("", 0));
     // Announced calls keep the arguments written so far (finish_reason tells it was cut).
-    let (content, _, calls) = run(true, false, "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1", 3);
+    let (content, _, calls) = run(
+        true,
+        false,
+        "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1",
+        3,
+    );
     assert_eq!((content.as_str(), calls[0].2.as_str()), ("", "{\"a\": 1"));
 }
 

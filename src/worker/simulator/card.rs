@@ -20,7 +20,9 @@ pub const IM_END: u32 = 257;
 
 /// The GGUF metadata of the simulated model.
 pub fn metadata() -> Vec<u8> {
-    let mut tokens: Vec<Value> = (0..=255u8).map(|b| Value::String(byte_char(b).to_string())).collect();
+    let mut tokens: Vec<Value> = (0..=255u8)
+        .map(|b| Value::String(byte_char(b).to_string()))
+        .collect();
     tokens.extend(["<|im_start|>", "<|im_end|>"].map(|t| Value::String(t.into())));
     let mut types = vec![Value::I32(1); 256];
     types.extend([Value::I32(3), Value::I32(3)]);
@@ -63,9 +65,15 @@ mod tests {
         let f = GgufFile::from_bytes("simulated", &metadata()).unwrap();
         let tok = Tokenizer::from_gguf(&f).unwrap();
         assert_eq!(tok.encode_plain("héllo!").unwrap().len(), "héllo!".len());
-        assert_eq!(tok.encode_plain("<|im_start|>user\nhi<|im_end|>").unwrap()[0], IM_START);
+        assert_eq!(
+            tok.encode_plain("<|im_start|>user\nhi<|im_end|>").unwrap()[0],
+            IM_START
+        );
         ChatTemplate::from_gguf(&f, &tok).unwrap();
         assert_eq!(tok.vocab_size(), 258);
-        assert_eq!((byte_char(b'a'), byte_char(0), byte_char(b' ')), ('a', 'Ā', 'Ġ'));
+        assert_eq!(
+            (byte_char(b'a'), byte_char(0), byte_char(b' ')),
+            ('a', 'Ā', 'Ġ')
+        );
     }
 }

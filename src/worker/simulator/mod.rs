@@ -54,8 +54,18 @@ impl Simulator {
     pub fn new(settings: SimSettings, seed: u64) -> Self {
         let status = Arc::new(EngineStatus::default());
         let kv_blocks_total = settings.max_batch * card::CONTEXT / BLOCK;
-        status.update_batch(|b| *b = BatchStats { kv_blocks_total, ..BatchStats::default() });
-        Self { settings, status, slots: Arc::new(Semaphore::new(settings.max_batch.max(1))), seed: AtomicU64::new(seed) }
+        status.update_batch(|b| {
+            *b = BatchStats {
+                kv_blocks_total,
+                ..BatchStats::default()
+            }
+        });
+        Self {
+            settings,
+            status,
+            slots: Arc::new(Semaphore::new(settings.max_batch.max(1))),
+            seed: AtomicU64::new(seed),
+        }
     }
 
     pub fn max_batch(&self) -> usize {
@@ -66,10 +76,21 @@ impl Simulator {
 impl JobRunner for Simulator {
     fn submit(&self, job: Job) -> Result<(), Rejected> {
         if !self.status.admit(self.capacity()) {
-            return Err(Rejected { reason: SubmitError::QueueFull, job: Box::new(job) });
+            return Err(Rejected {
+                reason: SubmitError::QueueFull,
+                job: Box::new(job),
+            });
         }
-        let rng = Jitter::new(self.seed.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed), self.settings.jitter);
-        let run = Run { settings: self.settings, status: Arc::clone(&self.status), rng };
+        let rng = Jitter::new(
+            self.seed
+                .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed),
+            self.settings.jitter,
+        );
+        let run = Run {
+            settings: self.settings,
+            status: Arc::clone(&self.status),
+            rng,
+        };
         actix::spawn(run.job(job, Arc::clone(&self.slots)));
         Ok(())
     }
@@ -88,7 +109,9 @@ impl JobRunner for Simulator {
 }
 
 /// Words the placeholder tokens spell.
-const WORDS: [&str; 8] = [" lorem", " ipsum", " dolor", " sit", " amet", " sed", " do", " magna"];
+const WORDS: [&str; 8] = [
+    " lorem", " ipsum", " dolor", " sit", " amet", " sed", " do", " magna",
+];
 
 /// One simulated job.
 struct Run {
@@ -101,7 +124,9 @@ impl Run {
     async fn job(mut self, job: Job, slots: Arc<Semaphore>) {
         let stopped = |job: &Job| job.cancel.load(Ordering::SeqCst) || job.events.is_closed();
         // The semaphore is never closed, so a permit always comes.
-        let Ok(_slot) = slots.acquire_owned().await else { return self.end(&job, FinishReason::Cancelled, 0) };
+        let Ok(_slot) = slots.acquire_owned().await else {
+            return self.end(&job, FinishReason::Cancelled, 0);
+        };
         let blocks = job.prompt.len().div_ceil(BLOCK);
         self.running(1, blocks as isize);
         let owed = job.params.max_tokens.min(self.settings.max_output);
@@ -117,10 +142,17 @@ impl Run {
                 break FinishReason::Cancelled;
             }
             if produced >= owed {
-                break if owed == job.params.max_tokens { FinishReason::Length } else { FinishReason::Stop };
+                break if owed == job.params.max_tokens {
+                    FinishReason::Length
+                } else {
+                    FinishReason::Stop
+                };
             }
             let word = WORDS[produced % WORDS.len()];
-            let _ = job.events.send(JobEvent::Text { text: word.into(), tokens: vec![u32::from(word.as_bytes()[1])] });
+            let _ = job.events.send(JobEvent::Text {
+                text: word.into(),
+                tokens: vec![u32::from(word.as_bytes()[1])],
+            });
             produced += 1;
             self.status.update_batch(|b| b.tokens_generated += 1);
             at += self.rng.scale(interval);
@@ -136,12 +168,17 @@ impl Run {
             b.kv_blocks_used = b.kv_blocks_used.saturating_add_signed(blocks);
         });
         let running = self.status.running() as f64;
-        self.status.set_tokens_per_s((running * self.settings.tokens_per_s) as f32);
+        self.status
+            .set_tokens_per_s((running * self.settings.tokens_per_s) as f32);
     }
 
     fn end(&self, job: &Job, finish: FinishReason, produced: usize) {
         self.status.release(Some(finish));
-        let _ = job.events.send(JobEvent::Finished { finish, prompt_tokens: job.prompt.len(), completion_tokens: produced });
+        let _ = job.events.send(JobEvent::Finished {
+            finish,
+            prompt_tokens: job.prompt.len(),
+            completion_tokens: produced,
+        });
     }
 }
 
@@ -153,7 +190,10 @@ struct Jitter {
 
 impl Jitter {
     fn new(seed: u64, amount: f64) -> Self {
-        Self { state: seed, amount: amount.clamp(0.0, 1.0) }
+        Self {
+            state: seed,
+            amount: amount.clamp(0.0, 1.0),
+        }
     }
 
     fn scale(&mut self, seconds: f64) -> Duration {
@@ -177,14 +217,42 @@ mod tests {
     use crate::engine::sampler::SamplerParams;
 
     fn settings() -> SimSettings {
-        SimSettings { tokens_per_s: 200.0, prefill: Duration::from_millis(30), jitter: 0.0, max_batch: 2, max_queue: 1, max_output: 1000 }
+        SimSettings {
+            tokens_per_s: 200.0,
+            prefill: Duration::from_millis(30),
+            jitter: 0.0,
+            max_batch: 2,
+            max_queue: 1,
+            max_output: 1000,
+        }
     }
 
-    fn job(max_tokens: usize, resume: usize) -> (Job, tokio::sync::mpsc::UnboundedReceiver<JobEvent>) {
+    fn job(
+        max_tokens: usize,
+        resume: usize,
+    ) -> (Job, tokio::sync::mpsc::UnboundedReceiver<JobEvent>) {
         let (tx, rx) = unbounded_channel();
-        let params = GenerateParams { max_tokens, sampler: SamplerParams::default(), stop: Vec::new(), grammar: None };
-        let resume = Resume { tokens: vec![1; resume], text_bytes: 0 };
-        (Job { id: "j".into(), prompt: vec![1; 40], params, resume, cancel: Arc::new(AtomicBool::new(false)), events: tx }, rx)
+        let params = GenerateParams {
+            max_tokens,
+            sampler: SamplerParams::default(),
+            stop: Vec::new(),
+            grammar: None,
+        };
+        let resume = Resume {
+            tokens: vec![1; resume],
+            text_bytes: 0,
+        };
+        (
+            Job {
+                id: "j".into(),
+                prompt: vec![1; 40],
+                params,
+                resume,
+                cancel: Arc::new(AtomicBool::new(false)),
+                events: tx,
+            },
+            rx,
+        )
     }
 
     async fn drain(mut rx: tokio::sync::mpsc::UnboundedReceiver<JobEvent>) -> (usize, JobEvent) {
@@ -208,13 +276,29 @@ mod tests {
         let (texts, last) = drain(rx).await;
         let took = start.elapsed();
         assert_eq!(texts, 10);
-        assert_eq!(last, JobEvent::Finished { finish: FinishReason::Length, prompt_tokens: 40, completion_tokens: 10 });
+        assert_eq!(
+            last,
+            JobEvent::Finished {
+                finish: FinishReason::Length,
+                prompt_tokens: 40,
+                completion_tokens: 10
+            }
+        );
         // 30 ms of prefill, then 9 gaps of 5 ms.
-        assert!(took >= Duration::from_millis(75) && took < Duration::from_millis(300), "{took:?}");
-        assert_eq!((sim.status().completed(), sim.status().batch().running), (1, 0));
+        assert!(
+            took >= Duration::from_millis(75) && took < Duration::from_millis(300),
+            "{took:?}"
+        );
+        assert_eq!(
+            (sim.status().completed(), sim.status().batch().running),
+            (1, 0)
+        );
 
         // Capacity: two run, one waits, the fourth is refused.
-        let rxs: Vec<_> = (0..3).map(|_| job(5, 0)).map(|(j, rx)| (sim.submit(j).unwrap(), rx).1).collect();
+        let rxs: Vec<_> = (0..3)
+            .map(|_| job(5, 0))
+            .map(|(j, rx)| (sim.submit(j).unwrap(), rx).1)
+            .collect();
         let (d, _) = job(5, 0);
         assert_eq!(sim.submit(d).unwrap_err().reason, SubmitError::QueueFull);
         for rx in rxs {
@@ -225,24 +309,51 @@ mod tests {
         let (r, rx) = job(10, 7);
         sim.submit(r).unwrap();
         assert_eq!(drain(rx).await.0, 3);
-        let short = Simulator::new(SimSettings { max_output: 4, ..settings() }, 2);
+        let short = Simulator::new(
+            SimSettings {
+                max_output: 4,
+                ..settings()
+            },
+            2,
+        );
         let (s, rx) = job(10, 0);
         short.submit(s).unwrap();
         let (texts, last) = drain(rx).await;
         assert_eq!(texts, 4);
-        assert!(matches!(last, JobEvent::Finished { finish: FinishReason::Stop, completion_tokens: 4, .. }));
+        assert!(matches!(
+            last,
+            JobEvent::Finished {
+                finish: FinishReason::Stop,
+                completion_tokens: 4,
+                ..
+            }
+        ));
     }
 
     #[actix::test]
     async fn a_cancelled_job_reports_what_it_produced() {
-        let sim = Simulator::new(SimSettings { tokens_per_s: 50.0, prefill: Duration::ZERO, ..settings() }, 3);
+        let sim = Simulator::new(
+            SimSettings {
+                tokens_per_s: 50.0,
+                prefill: Duration::ZERO,
+                ..settings()
+            },
+            3,
+        );
         let (j, mut rx) = job(1000, 0);
         let cancel = Arc::clone(&j.cancel);
         sim.submit(j).unwrap();
         assert!(matches!(rx.recv().await, Some(JobEvent::Text { .. })));
         cancel.store(true, Ordering::SeqCst);
         let (texts, last) = drain(rx).await;
-        let JobEvent::Finished { finish: FinishReason::Cancelled, completion_tokens, .. } = last else { panic!("{last:?}") };
+        let JobEvent::Finished {
+            finish: FinishReason::Cancelled,
+            completion_tokens,
+            ..
+        } = last
+        else {
+            panic!("{last:?}")
+        };
         assert_eq!(completion_tokens, texts + 1);
         assert_eq!(sim.status().cancelled(), 1);
     }

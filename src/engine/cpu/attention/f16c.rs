@@ -22,7 +22,11 @@ unsafe fn dot(k: *const f32, q: *const f32, n: usize) -> f32 {
     let mut acc = [_mm256_setzero_ps(); 8];
     for i in (0..n).step_by(64) {
         for (j, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_fmadd_ps(_mm256_loadu_ps(k.add(i + 8 * j)), _mm256_loadu_ps(q.add(i + 8 * j)), *a);
+            *a = _mm256_fmadd_ps(
+                _mm256_loadu_ps(k.add(i + 8 * j)),
+                _mm256_loadu_ps(q.add(i + 8 * j)),
+                *a,
+            );
         }
     }
     // Accumulator j of ggml is our registers 2j (lanes 0..8) and 2j + 1 (lanes 8..16).
@@ -44,7 +48,16 @@ unsafe fn dot(k: *const f32, q: *const f32, n: usize) -> f32 {
 /// the key width and `acc.len()` the value width, as [`applies`] requires.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn attend(qh: &[f32], k: *const f32, k_row: usize, v: *const f32, v_row: usize, n_ctx: usize, acc: &mut [f32], state: &mut (f32, f32)) {
+pub unsafe fn attend(
+    qh: &[f32],
+    k: *const f32,
+    k_row: usize,
+    v: *const f32,
+    v_row: usize,
+    n_ctx: usize,
+    acc: &mut [f32],
+    state: &mut (f32, f32),
+) {
     let (dk, dv) = (qh.len(), acc.len());
     let scale = 1.0 / (dk as f32).sqrt();
     let a = acc.as_mut_ptr();
@@ -57,7 +70,10 @@ pub unsafe fn attend(qh: &[f32], k: *const f32, k_row: usize, v: *const f32, v_r
             m = sc;
             let s = _mm256_set1_ps(ms);
             for i in (0..dv).step_by(8) {
-                _mm256_storeu_ps(a.add(i), round_f16(_mm256_mul_ps(_mm256_loadu_ps(a.add(i)), s)));
+                _mm256_storeu_ps(
+                    a.add(i),
+                    round_f16(_mm256_mul_ps(_mm256_loadu_ps(a.add(i)), s)),
+                );
             }
         } else {
             vs = (sc - m).exp();

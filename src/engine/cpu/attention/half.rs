@@ -64,7 +64,11 @@ pub(super) struct Scratch {
 
 impl Scratch {
     fn new(s: &AttentionShape) -> Self {
-        Self { qh: vec![0.0; s.head_dim_k], acc: vec![0.0; s.head_dim_v], merged: vec![0.0; s.head_dim_v] }
+        Self {
+            qh: vec![0.0; s.head_dim_k],
+            acc: vec![0.0; s.head_dim_v],
+            merged: vec![0.0; s.head_dim_v],
+        }
     }
 }
 
@@ -72,7 +76,14 @@ impl Scratch {
 /// in `scratch.qh`, continuing the running maximum and sum in `state` and the accumulator
 /// in `scratch.acc`.
 #[inline(always)]
-fn attend_body(kv: &KvView, s: &AttentionShape, kvh: usize, range: Range<usize>, scratch: &mut Scratch, state: &mut (f32, f32)) {
+fn attend_body(
+    kv: &KvView,
+    s: &AttentionShape,
+    kvh: usize,
+    range: Range<usize>,
+    scratch: &mut Scratch,
+    state: &mut (f32, f32),
+) {
     let Scratch { qh, acc, .. } = scratch;
     let (dk, dv) = (s.head_dim_k, s.head_dim_v);
     let scale = 1.0 / (dk as f32).sqrt();
@@ -89,7 +100,9 @@ fn attend_body(kv: &KvView, s: &AttentionShape, kvh: usize, range: Range<usize>,
         } else {
             vs = (sc - m).exp();
         }
-        acc.iter_mut().zip(v).for_each(|(a, &x)| *a = r16(x.mul_add(vs, *a)));
+        acc.iter_mut()
+            .zip(v)
+            .for_each(|(a, &x)| *a = r16(x.mul_add(vs, *a)));
         sum = sum.mul_add(ms, vs);
     }
     *state = (m, sum);
@@ -100,14 +113,22 @@ crate::engine::cpu::ops::fma_dispatch!(fn attend_generic(kv: &KvView, s: &Attent
 /// [`attend_body`] for query row `q_row` from a fresh state, through the F16C path where it
 /// applies (block by block: the state carries over, so the arithmetic is one chain).
 /// Returns the maximum and the sum; the accumulator is left in `scratch.acc`.
-fn attend(q_row: &[f32], kv: &KvView, s: &AttentionShape, kvh: usize, range: Range<usize>, scratch: &mut Scratch) -> (f32, f32) {
+fn attend(
+    q_row: &[f32],
+    kv: &KvView,
+    s: &AttentionShape,
+    kvh: usize,
+    range: Range<usize>,
+    scratch: &mut Scratch,
+) -> (f32, f32) {
     for (d, &v) in scratch.qh.iter_mut().zip(q_row) {
         *d = r16(v);
     }
     scratch.acc.fill(0.0);
     let mut state = (f32::NEG_INFINITY, 0.0f32);
     #[cfg(target_arch = "x86_64")]
-    if super::f16c::applies(s.head_dim_k, s.head_dim_v) && crate::engine::cpu::ops::fma_available() {
+    if super::f16c::applies(s.head_dim_k, s.head_dim_v) && crate::engine::cpu::ops::fma_available()
+    {
         let (dk, dv) = (s.head_dim_k, s.head_dim_v);
         for (k, v) in kv.runs(range) {
             let n = k.len() / kv.dim_k;
@@ -115,7 +136,18 @@ fn attend(q_row: &[f32], kv: &KvView, s: &AttentionShape, kvh: usize, range: Ran
             assert!(k.len() >= (n - 1) * kv.dim_k + dk && v.len() >= (n - 1) * kv.dim_v + dv);
             // SAFETY: the features were detected, the shape checked by `applies`, and the
             // run's bounds just above.
-            unsafe { super::f16c::attend(&scratch.qh, k.as_ptr(), kv.dim_k, v.as_ptr(), kv.dim_v, n, &mut scratch.acc, &mut state) };
+            unsafe {
+                super::f16c::attend(
+                    &scratch.qh,
+                    k.as_ptr(),
+                    kv.dim_k,
+                    v.as_ptr(),
+                    kv.dim_v,
+                    n,
+                    &mut scratch.acc,
+                    &mut state,
+                )
+            };
         }
         return state;
     }
@@ -139,7 +171,16 @@ fn splits(pos: usize) -> bool {
 /// [`SPLIT_PARTS`] equal parts merged in order, as `ggml_flash_attn_ext_reduce_partials`
 /// merges them (with GCC's fused multiply-adds).
 #[allow(clippy::too_many_arguments)]
-fn row(q_row: &[f32], kv: &KvView, s: &AttentionShape, kvh: usize, pos: usize, split: bool, scratch: &mut Scratch, out: &mut [f32]) {
+fn row(
+    q_row: &[f32],
+    kv: &KvView,
+    s: &AttentionShape,
+    kvh: usize,
+    pos: usize,
+    split: bool,
+    scratch: &mut Scratch,
+    out: &mut [f32],
+) {
     let n_ctx = pos + 1;
     if !split {
         let (_, sum) = attend(q_row, kv, s, kvh, 0..n_ctx, scratch);
@@ -173,7 +214,13 @@ fn row(q_row: &[f32], kv: &KvView, s: &AttentionShape, kvh: usize, pos: usize, s
 /// computed as llama.cpp computes it in a batch of its sequence's size, or, with
 /// `per_row_split`, as llama.cpp computes it as a one-token decode step: then a row's result
 /// depends on nothing but its own query and cache (the batch-invariant arithmetic).
-pub(super) fn attention(pool: &ThreadPool, q: &[f32], seqs: &[SeqAttention], per_row_split: bool, out: &mut [f32]) {
+pub(super) fn attention(
+    pool: &ThreadPool,
+    q: &[f32],
+    seqs: &[SeqAttention],
+    per_row_split: bool,
+    out: &mut [f32],
+) {
     let Some(first) = seqs.first() else { return };
     let s = first.shape;
     let (dk, dv) = (s.head_dim_k, s.head_dim_v);
@@ -184,7 +231,8 @@ pub(super) fn attention(pool: &ThreadPool, q: &[f32], seqs: &[SeqAttention], per
         .enumerate()
         .flat_map(|(i, sq)| {
             let one = sq.shape.n_tokens == 1;
-            (sq.shape.start..sq.shape.start + sq.shape.n_tokens).map(move |p| (i, p, (per_row_split || one) && splits(p)))
+            (sq.shape.start..sq.shape.start + sq.shape.n_tokens)
+                .map(move |p| (i, p, (per_row_split || one) && splits(p)))
         })
         .collect();
     let out_ptr = OutPtr(out.as_mut_ptr());
@@ -196,8 +244,19 @@ pub(super) fn attention(pool: &ThreadPool, q: &[f32], seqs: &[SeqAttention], per
             let (i, pos, split) = rows[r];
             let q_row = &q[(r * s.n_head + h) * dk..][..dk];
             // SAFETY: unit u owns output row slice (r, h).
-            let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add((r * s.n_head + h) * dv), dv) };
-            row(q_row, &seqs[i].kv, &s, h / group, pos, split, &mut scratch, o);
+            let o = unsafe {
+                std::slice::from_raw_parts_mut(out_ptr.get().add((r * s.n_head + h) * dv), dv)
+            };
+            row(
+                q_row,
+                &seqs[i].kv,
+                &s,
+                h / group,
+                pos,
+                split,
+                &mut scratch,
+                o,
+            );
         }
     });
 }
@@ -209,16 +268,34 @@ mod tests {
 
     /// Deterministic values in [-2, 2), rounded to f16 as the cache stores them.
     fn values(n: usize, seed: usize) -> Vec<f32> {
-        (0..n).map(|i| r16((((i * 7919 + seed * 104_729) % 4001) as f32 / 1000.0) - 2.0)).collect()
+        (0..n)
+            .map(|i| r16((((i * 7919 + seed * 104_729) % 4001) as f32 / 1000.0) - 2.0))
+            .collect()
     }
 
     #[test]
     fn the_f16c_path_equals_the_generic_one_bit_for_bit_across_blocks() {
-        let s = AttentionShape { n_head: 6, n_head_kv: 2, head_dim_k: 64, head_dim_v: 64, start: 0, n_tokens: 1 };
+        let s = AttentionShape {
+            n_head: 6,
+            n_head_kv: 2,
+            head_dim_k: 64,
+            head_dim_v: 64,
+            start: 0,
+            n_tokens: 1,
+        };
         let n_ctx = 77;
         let blocks = [3, 0, 4, 1, 2];
-        let (k, v) = (values(blocks.len() * BLOCK * 128, 1), values(blocks.len() * BLOCK * 128, 2));
-        let kv = KvView { k: &k, v: &v, blocks: &blocks, dim_k: 128, dim_v: 128 };
+        let (k, v) = (
+            values(blocks.len() * BLOCK * 128, 1),
+            values(blocks.len() * BLOCK * 128, 2),
+        );
+        let kv = KvView {
+            k: &k,
+            v: &v,
+            blocks: &blocks,
+            dim_k: 128,
+            dim_v: 128,
+        };
         let q_row = values(64, 3);
         for kvh in 0..2 {
             for range in [0..n_ctx, 13..n_ctx, 20..20] {
@@ -228,8 +305,17 @@ mod tests {
                 scratch.acc.fill(0.0);
                 let mut generic = (f32::NEG_INFINITY, 0.0);
                 attend_generic(&kv, &s, kvh, range, &mut scratch, &mut generic);
-                assert_eq!((fast.0.to_bits(), fast.1.to_bits()), (generic.0.to_bits(), generic.1.to_bits()));
-                assert!(fast_acc.iter().zip(&scratch.acc).all(|(a, b)| a.to_bits() == b.to_bits()), "kv head {kvh}");
+                assert_eq!(
+                    (fast.0.to_bits(), fast.1.to_bits()),
+                    (generic.0.to_bits(), generic.1.to_bits())
+                );
+                assert!(
+                    fast_acc
+                        .iter()
+                        .zip(&scratch.acc)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "kv head {kvh}"
+                );
             }
         }
     }

@@ -26,11 +26,22 @@ pub const TILE_Q: usize = 64;
 /// In [`Arithmetic::Llama`] a call holds one sequence, computed as llama.cpp computes a
 /// batch of its size; in [`Arithmetic::Invariant`] every row of every sequence is computed
 /// as llama.cpp computes a one-token decode step.
-pub fn attention(pool: &ThreadPool, q: &[f32], seqs: &[SeqAttention], arith: Arithmetic, out: &mut [f32]) {
+pub fn attention(
+    pool: &ThreadPool,
+    q: &[f32],
+    seqs: &[SeqAttention],
+    arith: Arithmetic,
+    out: &mut [f32],
+) {
     match (arith, seqs) {
-        (Arithmetic::Llama, [one]) if one.shape.n_tokens >= TILE_Q => tiled::attention(pool, q, &one.kv, one.shape, out),
+        (Arithmetic::Llama, [one]) if one.shape.n_tokens >= TILE_Q => {
+            tiled::attention(pool, q, &one.kv, one.shape, out)
+        }
         (Arithmetic::Llama, [_]) => half::attention(pool, q, seqs, false, out),
-        (Arithmetic::Llama, _) => panic!("llama.cpp's arithmetic is defined for one sequence per call, not {}", seqs.len()),
+        (Arithmetic::Llama, _) => panic!(
+            "llama.cpp's arithmetic is defined for one sequence per call, not {}",
+            seqs.len()
+        ),
         (Arithmetic::Invariant, _) => half::attention(pool, q, seqs, true, out),
     }
 }

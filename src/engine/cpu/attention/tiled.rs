@@ -40,14 +40,27 @@ pub(super) struct TileScratch {
 
 impl TileScratch {
     fn new(s: &AttentionShape, rows: usize) -> Self {
-        Self { kt: vec![0.0; s.head_dim_k * TILE_KV], acc: vec![0.0; rows * s.head_dim_v], max: vec![0.0; rows], sum: vec![0.0; rows] }
+        Self {
+            kt: vec![0.0; s.head_dim_k * TILE_KV],
+            acc: vec![0.0; rows * s.head_dim_v],
+            max: vec![0.0; rows],
+            sum: vec![0.0; rows],
+        }
     }
 }
 
 /// Head `h`, query rows `tokens` (at most 64) of `q`, written into `out`, which holds those
 /// rows' `head_dim_v`-wide outputs one after the other.
 #[inline(always)]
-fn unit_body(q: &[f32], kv: &KvView, s: &AttentionShape, h: usize, tokens: Range<usize>, scratch: &mut TileScratch, out: &mut [f32]) {
+fn unit_body(
+    q: &[f32],
+    kv: &KvView,
+    s: &AttentionShape,
+    h: usize,
+    tokens: Range<usize>,
+    scratch: &mut TileScratch,
+    out: &mut [f32],
+) {
     let (t0, t1) = (tokens.start, tokens.end);
     let (dk, dv) = (s.head_dim_k, s.head_dim_v);
     let kvh = h / (s.n_head / s.n_head_kv);
@@ -81,7 +94,11 @@ fn unit_body(q: &[f32], kv: &KvView, s: &AttentionShape, h: usize, tokens: Range
                 }
             }
             for (j, a) in sc.iter_mut().enumerate() {
-                *a = if j < valid { *a * scale } else { f32::NEG_INFINITY };
+                *a = if j < valid {
+                    *a * scale
+                } else {
+                    f32::NEG_INFINITY
+                };
             }
             let tile_max = sc.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
             if tile_max == f32::NEG_INFINITY {
@@ -117,7 +134,13 @@ fn unit_body(q: &[f32], kv: &KvView, s: &AttentionShape, h: usize, tokens: Range
 crate::engine::cpu::ops::fma_dispatch!(fn unit(q: &[f32], kv: &KvView, s: &AttentionShape, h: usize, tokens: Range<usize>, scratch: &mut TileScratch, out: &mut [f32]) => unit_body);
 
 /// One unit per head and block of up to [`TILE_Q`] consecutive tokens.
-pub(super) fn attention(pool: &ThreadPool, q: &[f32], kv: &KvView, s: AttentionShape, out: &mut [f32]) {
+pub(super) fn attention(
+    pool: &ThreadPool,
+    q: &[f32],
+    kv: &KvView,
+    s: AttentionShape,
+    out: &mut [f32],
+) {
     let dv = s.head_dim_v;
     let blocks = s.n_tokens.div_ceil(TILE_Q);
     let out_ptr = OutPtr(out.as_mut_ptr());
@@ -132,7 +155,13 @@ pub(super) fn attention(pool: &ThreadPool, q: &[f32], kv: &KvView, s: AttentionS
             unit(q, kv, &s, h, t0..t1, &mut scratch, &mut res);
             for (r, row) in res.chunks_exact(dv).take(t1 - t0).enumerate() {
                 // SAFETY: unit (b, h) owns the output rows (t0..t1, h).
-                unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), out_ptr.get().add(((t0 + r) * s.n_head + h) * dv), dv) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        row.as_ptr(),
+                        out_ptr.get().add(((t0 + r) * s.n_head + h) * dv),
+                        dv,
+                    )
+                };
             }
         }
     });

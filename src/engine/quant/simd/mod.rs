@@ -15,7 +15,8 @@ use super::{scalar_dot, scalar_dot_batched, GgmlType, BATCHED_FROM};
 /// Dot products of one interleaved group of four weight rows (see
 /// [`super::interleave`]) with `n_tok` activation rows of `a_row` bytes each:
 /// `out[t * 4 + r]` is row `r` against token `t`.
-pub type InterleavedFn = fn(w: &[u8], a: &[u8], a_row: usize, n_tok: usize, n: usize, out: &mut [f32]);
+pub type InterleavedFn =
+    fn(w: &[u8], a: &[u8], a_row: usize, n_tok: usize, n: usize, out: &mut [f32]);
 
 /// A dot product of one weight row (its own type) with one activation row (its partner
 /// type) of `n` elements.
@@ -41,7 +42,9 @@ impl SimdLevel {
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
-            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+            let avx2 = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
             let avx512 = avx2
                 && is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
@@ -65,7 +68,9 @@ pub struct Kernels {
 impl Kernels {
     /// Kernels at `level`, or at the best supported level if `level` is not available.
     pub fn at_most(level: SimdLevel) -> Self {
-        Self { level: level.min(SimdLevel::detect()) }
+        Self {
+            level: level.min(SimdLevel::detect()),
+        }
     }
 
     /// The dot product for weights of type `ty` (which must be supported).
@@ -145,7 +150,6 @@ fma_kernels! {
     q8_0_fma => super::lanes::q8_0,
     q4_k_fma => super::lanes_k::q4_k,
 }
-
 
 /// Declares safe wrappers around the hand-written x86 kernels of one feature level.
 #[cfg(target_arch = "x86_64")]

@@ -9,7 +9,6 @@
 
 use std::arch::x86_64::*;
 
-
 /// Two adjacent f16 values (a block's scale and its min or sum) as f32, with F16C.
 #[inline(always)]
 unsafe fn f16_pair(p: *const u8) -> (f32, f32) {
@@ -88,7 +87,12 @@ macro_rules! block_kernels {
 }
 
 block_kernels!(q4_1_avx2, q8_0_avx2, "avx2,fma,f16c", lane_sums_avx2);
-block_kernels!(q4_1_vnni, q8_0_vnni, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", lane_sums_vnni);
+block_kernels!(
+    q4_1_vnni,
+    q8_0_vnni,
+    "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
+    lane_sums_vnni
+);
 
 /// How far ahead of the current block the interleaved kernels prefetch weights, in bytes:
 /// about two hundred nanoseconds of streaming, the latency of memory on our machines.
@@ -102,9 +106,22 @@ const PREFETCH: usize = 4096;
 macro_rules! interleaved_kernels {
     ($q4_1:ident, $q8_0:ident, $features:literal, $lane_sums:ident, $tile:literal) => {
         #[target_feature(enable = $features)]
-        pub unsafe fn $q4_1(w: &[u8], a: &[u8], a_row: usize, n_tok: usize, n: usize, out: &mut [f32]) {
+        pub unsafe fn $q4_1(
+            w: &[u8],
+            a: &[u8],
+            a_row: usize,
+            n_tok: usize,
+            n: usize,
+            out: &mut [f32],
+        ) {
             #[target_feature(enable = $features)]
-            unsafe fn tile<const T: usize>(w: *const u8, a: *const u8, a_row: usize, nb: usize, out: *mut f32) {
+            unsafe fn tile<const T: usize>(
+                w: *const u8,
+                a: *const u8,
+                a_row: usize,
+                nb: usize,
+                out: *mut f32,
+            ) {
                 let mask = _mm256_set1_epi8(0x0F);
                 let mut acc = [[_mm256_setzero_ps(); 4]; T];
                 let mut summs = [_mm256_setzero_ps(); T];
@@ -147,9 +164,22 @@ macro_rules! interleaved_kernels {
         }
 
         #[target_feature(enable = $features)]
-        pub unsafe fn $q8_0(w: &[u8], a: &[u8], a_row: usize, n_tok: usize, n: usize, out: &mut [f32]) {
+        pub unsafe fn $q8_0(
+            w: &[u8],
+            a: &[u8],
+            a_row: usize,
+            n_tok: usize,
+            n: usize,
+            out: &mut [f32],
+        ) {
             #[target_feature(enable = $features)]
-            unsafe fn tile<const T: usize>(w: *const u8, a: *const u8, a_row: usize, nb: usize, out: *mut f32) {
+            unsafe fn tile<const T: usize>(
+                w: *const u8,
+                a: *const u8,
+                a_row: usize,
+                nb: usize,
+                out: *mut f32,
+            ) {
                 let mut acc = [[_mm256_setzero_ps(); 4]; T];
                 for ib in 0..nb {
                     let g = w.add(ib * 136);
@@ -157,7 +187,8 @@ macro_rules! interleaved_kernels {
                     _mm_prefetch::<_MM_HINT_T0>(g.wrapping_add(PREFETCH + 64).cast());
                     // d0 d1 d2 d3 in lanes 0..4 (the upper lanes read quants and are unused).
                     let hdr = _mm256_cvtph_ps(_mm_loadu_si128(g.cast()));
-                    let x: [__m256i; 4] = std::array::from_fn(|r| _mm256_loadu_si256(g.add(8 + 32 * r).cast()));
+                    let x: [__m256i; 4] =
+                        std::array::from_fn(|r| _mm256_loadu_si256(g.add(8 + 32 * r).cast()));
                     let ax = x.map(|x| _mm256_sign_epi8(x, x));
                     for t in 0..T {
                         let y = a.add(t * a_row + ib * 34);
@@ -166,7 +197,11 @@ macro_rules! interleaved_kernels {
                         for r in 0..4 {
                             let dr = _mm256_permutevar8x32_ps(d, _mm256_set1_epi32(r as i32));
                             // |x| times y with x's sign: unsigned-by-signed products equal x * y.
-                            acc[t][r] = _mm256_fmadd_ps(dr, $lane_sums(ax[r], _mm256_sign_epi8(qy, x[r])), acc[t][r]);
+                            acc[t][r] = _mm256_fmadd_ps(
+                                dr,
+                                $lane_sums(ax[r], _mm256_sign_epi8(qy, x[r])),
+                                acc[t][r],
+                            );
                         }
                     }
                 }
@@ -207,5 +242,17 @@ macro_rules! interleaved_tiles {
     }};
 }
 
-interleaved_kernels!(q4_1_avx2_x4, q8_0_avx2_x4, "avx2,fma,f16c", lane_sums_avx2, 2);
-interleaved_kernels!(q4_1_vnni_x4, q8_0_vnni_x4, "avx2,fma,f16c,avx512f,avx512vl,avx512vnni", lane_sums_vnni, 4);
+interleaved_kernels!(
+    q4_1_avx2_x4,
+    q8_0_avx2_x4,
+    "avx2,fma,f16c",
+    lane_sums_avx2,
+    2
+);
+interleaved_kernels!(
+    q4_1_vnni_x4,
+    q8_0_vnni_x4,
+    "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
+    lane_sums_vnni,
+    4
+);
