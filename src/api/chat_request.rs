@@ -5,6 +5,7 @@
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use super::schema_limits::SchemaBudget;
 use super::tools::{
     parse_response_format, parse_tool_calls, parse_tool_choice, parse_tools, FunctionTool,
     ResponseFormat, ToolCall, ToolChoice,
@@ -297,7 +298,8 @@ impl ChatRequest {
                 .entry("enable_thinking")
                 .or_insert(think.into());
         }
-        let tools = parse_tools(f.get("tools"))?;
+        let mut schemas = SchemaBudget::default();
+        let tools = parse_tools(f.get("tools"), &mut schemas)?;
         let tool_choice = parse_tool_choice(f.get("tool_choice"), &tools)?;
 
         let sampling = Sampling {
@@ -340,7 +342,7 @@ impl ChatRequest {
             tools,
             tool_choice,
             parallel_tool_calls: f.bool("parallel_tool_calls")?.unwrap_or(true),
-            response_format: parse_response_format(f.get("response_format"))?,
+            response_format: parse_response_format(f.get("response_format"), &mut schemas)?,
         })
     }
 }

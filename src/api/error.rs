@@ -109,6 +109,14 @@ impl ApiError {
         }
     }
 
+    /// 503 for a server too busy to take the request now.
+    pub fn busy(message: impl Into<String>) -> Self {
+        Self {
+            retry_after: Some(1),
+            ..Self::new(503, "service_unavailable", Some("server_busy"), message)
+        }
+    }
+
     /// 500: the details go to the log, never to the client.
     pub fn internal() -> Self {
         Self::new(

@@ -1,8 +1,10 @@
 //! OpenAI's wire format, and only here: request validation ([`chat_request`], with function
 //! tools and structured output in [`tools`]), response shapes and SSE framing
-//! ([`chat_response`]), and the error envelope ([`error`]).
+//! ([`chat_response`]), the error envelope ([`error`]), and the bounds on
+//! request schemas ([`schema_limits`]).
 
 pub mod chat_request;
 pub mod chat_response;
 pub mod error;
+pub mod schema_limits;
 pub mod tools;

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use super::chat_request::Fields;
 use super::error::ApiError;
+use super::schema_limits::{SchemaBudget, MAX_TOOLS};
 
 /// One function the model may call.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,10 +72,20 @@ fn object<'a>(v: &'a Value, path: &str) -> Result<Fields<'a>, ApiError> {
     }
 }
 
-/// `tools`: function tools only, with unique, well-formed names.
-pub fn parse_tools(v: Option<&Value>) -> Result<Vec<FunctionTool>, ApiError> {
+/// `tools`: function tools only, with unique, well-formed names, and parameters within the
+/// request's schema budget.
+pub fn parse_tools(
+    v: Option<&Value>,
+    budget: &mut SchemaBudget,
+) -> Result<Vec<FunctionTool>, ApiError> {
     let items = match v {
         None => return Ok(Vec::new()),
+        Some(Value::Array(items)) if items.len() > MAX_TOOLS => {
+            return Err(ApiError::invalid(
+                "tools",
+                format!("at most {MAX_TOOLS} tools are allowed; got {}", items.len()),
+            ))
+        }
         Some(Value::Array(items)) => items,
         Some(_) => return Err(ApiError::invalid("tools", "`tools` must be an array")),
     };
@@ -131,6 +142,7 @@ pub fn parse_tools(v: Option<&Value>) -> Result<Vec<FunctionTool>, ApiError> {
                 ))
             }
         };
+        budget.check(&func.param("parameters"), &parameters)?;
         func.bool("strict")?;
         tools.push(FunctionTool {
             name,
@@ -177,8 +189,11 @@ pub fn parse_tool_choice(
     Ok(Some(choice))
 }
 
-/// `response_format`.
-pub fn parse_response_format(v: Option<&Value>) -> Result<ResponseFormat, ApiError> {
+/// `response_format`, its schema within the request's schema budget.
+pub fn parse_response_format(
+    v: Option<&Value>,
+    budget: &mut SchemaBudget,
+) -> Result<ResponseFormat, ApiError> {
     let Some(v) = v else {
         return Ok(ResponseFormat::Text);
     };
@@ -212,6 +227,7 @@ pub fn parse_response_format(v: Option<&Value>) -> Result<ResponseFormat, ApiErr
                     ))
                 }
             };
+            budget.check("response_format.json_schema.schema", &schema)?;
             Ok(ResponseFormat::JsonSchema { name, schema })
         }
         Some(other) => Err(ApiError::invalid(
@@ -280,7 +296,7 @@ mod tests {
         let tools = parse_tools(Some(&json!([
             {"type": "function", "function": {"name": "get_weather", "description": "d", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
             {"type": "function", "function": {"name": "now"}}
-        ])))
+        ])), &mut SchemaBudget::default())
         .expect("valid");
         assert_eq!(
             tools[1].parameters,
@@ -315,7 +331,7 @@ mod tests {
 
     #[test]
     fn bad_tools_are_named() {
-        let bad = |v: Value| param(parse_tools(Some(&v)).unwrap_err());
+        let bad = |v: Value| param(parse_tools(Some(&v), &mut SchemaBudget::default()).unwrap_err());
         assert_eq!(bad(json!({})), "tools");
         assert_eq!(bad(json!([{"type": "retrieval"}])), "tools[0].type");
         assert_eq!(bad(json!([{"type": "function"}])), "tools[0].function");
@@ -338,10 +354,10 @@ mod tests {
     #[test]
     fn response_formats_parse() {
         assert_eq!(
-            parse_response_format(Some(&json!({"type": "json_object"}))).expect("valid"),
+            parse_response_format(Some(&json!({"type": "json_object"})), &mut SchemaBudget::default()).expect("valid"),
             ResponseFormat::JsonObject
         );
-        let f = parse_response_format(Some(&json!({"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "integer"}, "strict": true}}))).expect("valid");
+        let f = parse_response_format(Some(&json!({"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "integer"}, "strict": true}})), &mut SchemaBudget::default()).expect("valid");
         assert_eq!(
             f,
             ResponseFormat::JsonSchema {
@@ -350,18 +366,18 @@ mod tests {
             }
         );
         assert_eq!(
-            param(parse_response_format(Some(&json!({"type": "xml"}))).unwrap_err()),
+            param(parse_response_format(Some(&json!({"type": "xml"})), &mut SchemaBudget::default()).unwrap_err()),
             "response_format.type"
         );
         assert_eq!(
-            param(parse_response_format(Some(&json!({"type": "json_schema"}))).unwrap_err()),
+            param(parse_response_format(Some(&json!({"type": "json_schema"})), &mut SchemaBudget::default()).unwrap_err()),
             "response_format.json_schema"
         );
         assert_eq!(
             param(
                 parse_response_format(Some(
                     &json!({"type": "json_schema", "json_schema": {"name": "p", "schema": 3}})
-                ))
+                ), &mut SchemaBudget::default())
                 .unwrap_err()
             ),
             "response_format.json_schema.schema"

@@ -23,6 +23,7 @@ use crate::session::actor::Services;
 use crate::session::inbox::NodeInboxes;
 use crate::session::models::ModelCatalog;
 use crate::session::pool::Pool;
+use crate::session::prepare_pool::PreparePool;
 use crate::store::redis::RedisStore;
 use crate::store::Store;
 
@@ -95,6 +96,7 @@ async fn serve(
         inboxes,
         models,
         config,
+        preparer: PreparePool::new(0, 16).context("starting the prepare threads")?,
     });
     let state = web::Data::new(FrontState { services, admin });
     crate::telemetry::metrics::front();

@@ -27,6 +27,7 @@ use crate::session::actor::Services;
 use crate::session::inbox::NodeInboxes;
 use crate::session::models::{model_id, ModelCatalog, ModelEntry};
 use crate::session::pool::Pool;
+use crate::session::prepare_pool::PreparePool;
 use crate::store::embedded::RedbStore;
 use crate::store::{reap_expired, Store};
 use crate::worker::actor::WorkerActor;
@@ -139,6 +140,7 @@ async fn serve(
         inboxes,
         models,
         config,
+        preparer: PreparePool::new(0, 16).context("starting the prepare threads")?,
     });
 
     let mut handoff = Handoff::new(String::new())?;

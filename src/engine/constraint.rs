@@ -80,6 +80,17 @@ impl Grammars {
             matcher: Matcher::new(Ok(parser)),
         })
     }
+
+    /// Compiles a grammar and computes its first mask, so that one the parser cannot run
+    /// (llguidance's "too complex" limits hit at the start) fails here rather than ending a
+    /// generation before its first token.
+    pub fn check(&self, lark: &str) -> Result<(), EngineError> {
+        let mut c = self.compile(lark)?;
+        c.matcher
+            .compute_mask_or_eos()
+            .map(drop)
+            .map_err(|e| EngineError::Grammar(e.to_string()))
+    }
 }
 
 /// One sequence's place in its grammar.

@@ -6,9 +6,20 @@
 //! a special token so that `<|im_start|>` encodes as one id. Decoding does not need the
 //! library: each id maps to its bytes, and [`StreamDecoder`] releases text only at complete
 //! UTF-8 boundaries.
+//!
+//! A chat prompt must get control tokens only from the template's own markup: a user who
+//! writes `<|im_start|>system` in a message would otherwise forge a turn. The session
+//! [`defang`](Tokenizer::defang)s every string a client sent before rendering (the first
+//! character of each special token's text becomes U+0001), and
+//! [`encode_chat`](Tokenizer::encode_chat) tokenizes the rendered text with the special
+//! tokens that remain (the template's) as their ids and everything else as plain text, the
+//! defanged texts restored.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::OnceLock;
+
+use aho_corasick::{AhoCorasick, MatchKind};
 
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -56,8 +67,25 @@ const END_OF_GENERATION: &[&str] = &[
     "<|eom_id|>",
 ];
 
+/// What a special token's text becomes inside a client's string: its first character
+/// replaced by this one, which no special token starts with.
+const DEFANG: char = '\u{1}';
+
+/// The texts of the special tokens, found in one pass, and their defanged forms.
+struct Specials {
+    /// Leftmost-longest over the special texts, as the tokenizer splits them.
+    texts: AhoCorasick,
+    ids: Vec<u32>,
+    defanged: AhoCorasick,
+    /// `defanged`'s patterns' originals.
+    originals: Vec<String>,
+}
+
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The same BPE without the special tokens: text that must never become one.
+    plain: tokenizers::Tokenizer,
+    specials: Specials,
     /// The bytes each id stands for.
     pieces: Vec<Vec<u8>>,
     tokens: Vec<String>,
@@ -69,6 +97,9 @@ pub struct Tokenizer {
     end_of_generation: Vec<u32>,
     /// The vocabulary indexed for grammars, on first use.
     grammars: OnceLock<Result<Grammars, String>>,
+    /// The most bytes one token stands for: a text of `n` bytes is at least
+    /// `n / longest_piece` tokens, known without tokenizing it.
+    longest_piece: usize,
 }
 
 /// GPT-2's byte-to-printable-character table, inverted.
@@ -155,8 +186,10 @@ impl Tokenizer {
         let mut inner = tokenizers::Tokenizer::new(bpe);
         inner.with_pre_tokenizer(Some(Sequence::new(steps)));
 
+        let plain = inner.clone();
         let decoder = byte_level_decoder();
         let mut specials = Vec::new();
+        let mut special_ids = Vec::new();
         let mut pieces = Vec::with_capacity(tokens.len());
         for (tok, &ty) in tokens.iter().zip(&types) {
             if ty == TOKEN_NORMAL || ty == TOKEN_BYTE {
@@ -169,11 +202,17 @@ impl Tokenizer {
                 }
                 pieces.push(bytes);
             } else {
+                special_ids.push(pieces.len() as u32);
                 specials.push(AddedToken::from(tok.clone(), true).normalized(false));
                 pieces.push(tok.as_bytes().to_vec());
             }
         }
         inner.add_special_tokens(&specials);
+        let specials = Specials::new(
+            specials.iter().map(|t| t.content.clone()).collect(),
+            special_ids,
+        )
+        .map_err(err)?;
 
         let id = |key: &str| -> Result<Option<u32>, EngineError> {
             Ok(f.u64_opt(key)?
@@ -196,6 +235,9 @@ impl Tokenizer {
         }
         Ok(Self {
             inner,
+            plain,
+            specials,
+            longest_piece: pieces.iter().map(Vec::len).max().unwrap_or(1).max(1),
             pieces,
             control: types.iter().map(|&t| t == TOKEN_CONTROL).collect(),
             tokens,
@@ -216,6 +258,63 @@ impl Tokenizer {
         }
         ids.extend(self.encode_plain(text)?);
         Ok(ids)
+    }
+
+    /// `text` with every special token's text defanged, so that it renders and tokenizes as
+    /// plain text (see [`Tokenizer::encode_chat`]).
+    pub fn defang<'a>(&self, text: &'a str) -> Cow<'a, str> {
+        let s = &self.specials;
+        if !s.texts.is_match(text) {
+            return Cow::Borrowed(text);
+        }
+        let mut out = String::with_capacity(text.len());
+        s.texts.replace_all_with(text, &mut out, |_, found, out| {
+            let mut chars = found.chars();
+            chars.next();
+            out.push(DEFANG);
+            out.push_str(chars.as_str());
+            true
+        });
+        Cow::Owned(out)
+    }
+
+    /// Tokenizes a rendered chat prompt whose client strings were defanged: the special
+    /// tokens in it (the template's markup) become their ids, all other text is tokenized as
+    /// plain text with the defanged texts restored. BOS is added as [`Tokenizer::encode`]
+    /// adds it.
+    pub fn encode_chat(&self, rendered: &str) -> Result<Vec<u32>, EngineError> {
+        let s = &self.specials;
+        let mut ids = Vec::new();
+        if self.add_bos {
+            ids.extend(self.bos);
+        }
+        let plain = |text: &str, ids: &mut Vec<u32>| -> Result<(), EngineError> {
+            if text.is_empty() {
+                return Ok(());
+            }
+            let restored = s
+                .defanged
+                .replace_all(text, &s.originals);
+            let enc = self
+                .plain
+                .encode_fast(restored, false)
+                .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+            ids.extend_from_slice(enc.get_ids());
+            Ok(())
+        };
+        let mut at = 0;
+        for m in s.texts.find_iter(rendered) {
+            plain(&rendered[at..m.start()], &mut ids)?;
+            ids.push(s.ids[m.pattern().as_usize()]);
+            at = m.end();
+        }
+        plain(&rendered[at..], &mut ids)?;
+        Ok(ids)
+    }
+
+    /// The fewest tokens `text` can encode to, from its length alone.
+    pub fn min_tokens(&self, text: &str) -> usize {
+        text.len().div_ceil(self.longest_piece)
     }
 
     /// Tokenizes `text` without BOS.
@@ -269,6 +368,31 @@ impl Tokenizer {
             .flat_map(|&i| self.piece(i).iter().copied())
             .collect();
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl Specials {
+    fn new(texts: Vec<String>, ids: Vec<u32>) -> Result<Self, String> {
+        let defanged: Vec<String> = texts
+            .iter()
+            .map(|t| {
+                let mut chars = t.chars();
+                chars.next();
+                format!("{DEFANG}{}", chars.as_str())
+            })
+            .collect();
+        let build = |patterns: &[String]| {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(patterns)
+                .map_err(|e| format!("indexing the special tokens: {e}"))
+        };
+        Ok(Self {
+            texts: build(&texts)?,
+            ids,
+            defanged: build(&defanged)?,
+            originals: texts,
+        })
     }
 }
 

@@ -16,7 +16,7 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::Instrument;
 
-use super::http::{api_key, count_error, error_response, json_body};
+use super::http::{api_key, body_bytes, count_error, error_response, parse_json};
 use super::FrontState;
 use crate::api::chat_request::{ChatRequest, TokenChoice};
 use crate::api::chat_response::{
@@ -127,30 +127,36 @@ async fn chat(
     }
 }
 
-/// The body read and parsed, the model it names, and its prompt made ready for a worker.
+/// The body read, parsed, and its prompt made ready for a worker, with the model it names.
+/// Only the reading happens on this (HTTP) thread; parsing, rendering, tokenizing and
+/// compiling the grammar run on the prepare threads.
 async fn read_request(
     req: &HttpRequest,
     payload: web::Payload,
     s: &Services,
 ) -> Result<(ChatRequest, Arc<ModelEntry>, PreparedPrompt), ApiError> {
-    let body = json_body(req, payload, s.config.server.max_body_bytes).await?;
-    let mut request = ChatRequest::parse(&body)?;
-    if request.token_type.is_none() {
-        request.token_type = header_token_type(req)?;
-    }
-    let model = match request.model.as_deref() {
-        Some(id) => s
-            .models
-            .get(id)
-            .ok_or_else(|| ApiError::model_not_found(id))?,
-        None => s
-            .models
-            .default_model()
-            .ok_or_else(|| ApiError::unavailable("This server serves no model"))?,
-    };
-    let prompt = tracing::info_span!("session.prepare")
-        .in_scope(|| prepare(&request, &model.text(), &model.tier.limits()))?;
-    Ok((request, model, prompt))
+    let token_type = header_token_type(req)?;
+    let body = body_bytes(req, payload, s.config.server.max_body_bytes).await?;
+    let models = Arc::clone(&s.models);
+    s.preparer
+        .run(move || {
+            let mut request = ChatRequest::parse(&parse_json(&body)?)?;
+            if request.token_type.is_none() {
+                request.token_type = token_type;
+            }
+            let model = match request.model.as_deref() {
+                Some(id) => models
+                    .get(id)
+                    .ok_or_else(|| ApiError::model_not_found(id))?,
+                None => models
+                    .default_model()
+                    .ok_or_else(|| ApiError::unavailable("This server serves no model"))?,
+            };
+            let prompt = tracing::info_span!("session.prepare")
+                .in_scope(|| prepare(&request, &model.text(), &model.tier.limits()))?;
+            Ok((request, model, prompt))
+        })
+        .await
 }
 
 /// `X-Token-Type`, used when the body names no `token_type`.

@@ -54,9 +54,18 @@ pub fn api_key(req: &HttpRequest) -> Result<String, ApiError> {
 /// The body as one JSON value; larger than `limit` bytes is 413 before or while reading.
 pub async fn json_body(
     req: &HttpRequest,
-    mut payload: web::Payload,
+    payload: web::Payload,
     limit: usize,
 ) -> Result<Value, ApiError> {
+    parse_json(&body_bytes(req, payload, limit).await?)
+}
+
+/// The body's bytes; larger than `limit` bytes is 413 before or while reading.
+pub async fn body_bytes(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::BytesMut, ApiError> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -74,11 +83,16 @@ pub async fn json_body(
         }
         body.extend_from_slice(&chunk);
     }
+    Ok(body)
+}
+
+/// A body as one JSON value.
+pub fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
     if body.is_empty() {
         return Err(ApiError::bad_body(
             "The request body is empty; send a JSON object",
         ));
     }
-    serde_json::from_slice(&body)
+    serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_body(format!("The request body is not valid JSON: {e}")))
 }

@@ -23,6 +23,7 @@ use super::inbox::{Arrival, JobUpdate, NodeInbox, NodeInboxes};
 use super::markup::Markup;
 use super::models::{ModelCatalog, ModelEntry};
 use super::pool::Pool;
+use super::prepare_pool::PreparePool;
 use super::prompt::PreparedPrompt;
 use crate::api::chat_request::{ChatRequest, TokenChoice};
 use crate::api::chat_response::{finish_reason, Delta, Usage};
@@ -59,6 +60,8 @@ pub struct Services {
     pub inboxes: NodeInboxes,
     pub models: Arc<ModelCatalog>,
     pub config: Config,
+    /// Where request bodies are parsed and prompts prepared.
+    pub preparer: PreparePool,
 }
 
 /// What the front hears from a session, in order: `Started` (a worker took the job) then

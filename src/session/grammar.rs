@@ -110,12 +110,20 @@ pub fn grammar(req: &ChatRequest, thinking: Thinking) -> Option<String> {
 
 /// Adds the rules for one or more calls to `tools`; returns the rule to use.
 fn calls(rules: &mut Vec<String>, tools: &[FunctionTool], parallel: bool) -> String {
-    let objects: Vec<Value> = tools.iter().map(call_schema).collect();
-    let schema = if let [one] = objects.as_slice() {
+    let objects: Vec<Value> = tools.iter().enumerate().map(call_schema).collect();
+    let mut schema = if let [one] = objects.as_slice() {
         one.clone()
     } else {
         json!({"anyOf": objects})
     };
+    // Each tool's parameters live under the root's `$defs`, so that the references inside
+    // them resolve against them, not against this wrapper.
+    let defs: serde_json::Map<String, Value> = tools
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (tool_def(i), rooted(&t.parameters, &tool_def(i))))
+        .collect();
+    schema["$defs"] = Value::Object(defs);
     rules.push(format!("call: %json {}", styled(schema)));
     rules.push(r#"tool_call: "<tool_call>\n" call "\n</tool_call>""#.to_string());
     rules.push(
@@ -129,14 +137,44 @@ fn calls(rules: &mut Vec<String>, tools: &[FunctionTool], parallel: bool) -> Str
     "calls".to_string()
 }
 
+/// The `$defs` name of the `i`th tool's parameters.
+fn tool_def(i: usize) -> String {
+    format!("supernet_tool_{i}")
+}
+
 /// `{"name": <this function>, "arguments": <its parameters>}`.
-fn call_schema(tool: &FunctionTool) -> Value {
+fn call_schema((i, tool): (usize, &FunctionTool)) -> Value {
     json!({
         "type": "object",
-        "properties": {"name": {"const": tool.name}, "arguments": tool.parameters},
+        "properties": {
+            "name": {"const": tool.name},
+            "arguments": {"$ref": format!("#/$defs/{}", tool_def(i))},
+        },
         "required": ["name", "arguments"],
         "additionalProperties": false,
     })
+}
+
+/// `schema` with its local references (`#`, `#/...`) pointed at `#/$defs/{def}`, where it
+/// will live. (Schemas nest at most `schema_limits::MAX_DEPTH` deep.)
+fn rooted(schema: &Value, def: &str) -> Value {
+    match schema {
+        Value::Object(obj) => Value::Object(
+            obj.iter()
+                .map(|(k, v)| {
+                    let v = match (k.as_str(), v) {
+                        ("$ref", Value::String(r)) if r.starts_with('#') => {
+                            Value::String(format!("#/$defs/{def}{}", &r[1..]))
+                        }
+                        _ => rooted(v, def),
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(|v| rooted(v, def)).collect()),
+        other => other.clone(),
+    }
 }
 
 /// Narrows what a schema allows where a small model would otherwise run on until

@@ -5,7 +5,8 @@
 //! None of the markup ever reaches `content`: text that may be the start of a tag is held
 //! back until it is known not to be. A call is announced (index, id, name) as soon as its
 //! name is complete, and its arguments follow in fragments; the fragments joined are exactly
-//! the arguments object the model wrote. Whitespace between calls is not content.
+//! the arguments object the model wrote, and nothing of the wrapper after it, even when the
+//! output is cut mid-call. Whitespace between calls is not content.
 
 use serde_json::Value;
 
@@ -36,6 +37,8 @@ pub struct Markup {
     calls: usize,
     /// Content is about to begin after `</think>`: its leading whitespace is dropped.
     after_think: bool,
+    /// The current call's arguments, as far as they are read.
+    arguments: ArgumentsEnd,
     new_id: Box<dyn FnMut() -> String + Send>,
 }
 
@@ -53,6 +56,7 @@ impl Markup {
             pending: String::new(),
             calls: 0,
             after_think: false,
+            arguments: ArgumentsEnd::default(),
             new_id,
         }
     }
@@ -162,6 +166,7 @@ impl Markup {
                         name,
                     });
                     self.calls += 1;
+                    self.arguments = ArgumentsEnd::default();
                     self.state = State::CallArguments;
                     true
                 }
@@ -179,47 +184,82 @@ impl Markup {
                 None => false,
             },
             State::CallArguments => {
-                let index = self.calls - 1;
+                if !self.arguments.done {
+                    let n = self.arguments.scan(&self.pending);
+                    let fragment = self.pending.drain(..n).collect();
+                    push_text(
+                        out,
+                        Delta::Arguments {
+                            index: self.calls - 1,
+                            fragment,
+                        },
+                    );
+                    if !self.arguments.done {
+                        return false;
+                    }
+                }
+                // The arguments object is closed: the rest of the call is the wrapper's
+                // (its `}` and `</tool_call>`), never arguments.
                 match self.pending.find(CALL_CLOSE) {
                     Some(at) => {
-                        let body = self.pending[..at].trim_end();
-                        let args = body
-                            .strip_suffix('}')
-                            .unwrap_or(body)
-                            .trim_end()
-                            .to_string();
                         self.pending.drain(..at + CALL_CLOSE.len());
-                        push_text(
-                            out,
-                            Delta::Arguments {
-                                index,
-                                fragment: args,
-                            },
-                        );
                         self.state = State::Content;
                         true
                     }
                     None => {
-                        // Hold back what may be the end of the call: `}` and whitespace, and a partial `</tool_call>`.
                         let keep = if end {
                             0
                         } else {
                             partial_tag(&self.pending, &[CALL_CLOSE])
                         };
-                        let head = &self.pending[..self.pending.len() - keep];
-                        let safe = if end {
-                            head.len()
-                        } else {
-                            head.trim_end_matches(|c: char| c == '}' || c.is_whitespace())
-                                .len()
-                        };
-                        let fragment = self.pending.drain(..safe).collect();
-                        push_text(out, Delta::Arguments { index, fragment });
+                        self.pending.drain(..self.pending.len() - keep);
                         false
                     }
                 }
             }
         }
+    }
+}
+
+/// Where a call's arguments object ends: it follows the object's nesting through strings
+/// and escapes, so the text after its closing brace (the wrapper's) is never taken for
+/// arguments, whether the call closed or the output was cut.
+#[derive(Default)]
+struct ArgumentsEnd {
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+    done: bool,
+}
+
+impl ArgumentsEnd {
+    /// How many bytes at the start of `text` (the next unread part of the arguments) belong
+    /// to them; sets `done` when the object closes within them.
+    fn scan(&mut self, text: &str) -> usize {
+        for (i, b) in text.bytes().enumerate() {
+            if self.in_string {
+                match b {
+                    _ if self.escaped => self.escaped = false,
+                    b'\\' => self.escaped = true,
+                    b'"' => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => {
+                    self.depth = self.depth.saturating_sub(1);
+                    if self.depth == 0 {
+                        self.done = true;
+                        return i + 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        text.len()
     }
 }
 

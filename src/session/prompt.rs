@@ -14,6 +14,7 @@
 //! | `reasoning` | 0.6         | 0.95  | 20    |
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::grammar::{grammar, Thinking};
 use super::tool_prompt::conversation;
@@ -77,7 +78,9 @@ pub fn prepare(
     limits: &TierLimits,
 ) -> Result<PreparedPrompt, ApiError> {
     let (template, tok, context_length) = (model.template, model.tokenizer, model.context_length);
-    let (messages, tools) = conversation(req, template);
+    // Client strings are defanged first, so only the template's markup (and the tool
+    // prompt's) can produce control tokens.
+    let (messages, tools) = conversation(&defanged(req, tok), template);
     let rendered = template
         .render(&messages, tools.as_ref(), true, &req.chat_template_kwargs)
         .map_err(|e| {
@@ -86,6 +89,12 @@ pub fn prepare(
                 format!("the chat template rejected the messages: {e}"),
             )
         })?;
+    // A prompt too long for the context by its length alone is refused before the
+    // (seconds-long, for megabytes) tokenizing.
+    let at_least = tok.min_tokens(&rendered);
+    if at_least >= context_length {
+        return Err(too_long(at_least, context_length, "at least "));
+    }
     let thinking_off = req.chat_template_kwargs.get("enable_thinking") == Some(&false.into());
     let thinking = if rendered.trim_end().ends_with("<think>") {
         Thinking::Open
@@ -99,7 +108,7 @@ pub fn prepare(
         model
             .tokenizer
             .grammars()
-            .and_then(|gs| gs.compile(g))
+            .and_then(|gs| gs.check(g))
             .map_err(|e| {
                 ApiError::invalid(
                     grammar_param(req),
@@ -108,17 +117,11 @@ pub fn prepare(
             })?;
     }
     let prompt_ids = tok
-        .encode(&rendered)
+        .encode_chat(&rendered)
         .map_err(|e| ApiError::invalid("messages", format!("cannot tokenize the messages: {e}")))?;
     let room = context_length.saturating_sub(prompt_ids.len());
     if room == 0 {
-        return Err(ApiError::invalid(
-            "messages",
-            format!(
-                "the prompt is {} tokens; this model's context holds {context_length}",
-                prompt_ids.len()
-            ),
-        ));
+        return Err(too_long(prompt_ids.len(), context_length, ""));
     }
     let max_tokens = (req
         .max_tokens
@@ -168,6 +171,60 @@ pub fn prepare(
         tools,
         thinking: thinking == Thinking::Open,
     })
+}
+
+/// `req` with every string the client wrote defanged ([`Tokenizer::defang`]).
+fn defanged(req: &ChatRequest, tok: &Tokenizer) -> ChatRequest {
+    let text = |s: &str| tok.defang(s).into_owned();
+    let mut safe = req.clone();
+    for m in &mut safe.messages {
+        m.content = text(&m.content);
+        m.name = m.name.as_deref().map(text);
+        m.tool_call_id = m.tool_call_id.as_deref().map(text);
+        for c in &mut m.tool_calls {
+            c.id = text(&c.id);
+            c.name = text(&c.name);
+            c.arguments = text(&c.arguments);
+        }
+    }
+    for t in &mut safe.tools {
+        t.description = t.description.as_deref().map(text);
+        defang_value(&mut t.parameters, tok);
+    }
+    for v in safe.chat_template_kwargs.values_mut() {
+        defang_value(v, tok);
+    }
+    safe
+}
+
+/// Every string in `v` (keys included) defanged. Bodies nest at most 128 deep.
+fn defang_value(v: &mut Value, tok: &Tokenizer) {
+    match v {
+        Value::String(s) => *s = tok.defang(s).into_owned(),
+        Value::Array(items) => items.iter_mut().for_each(|i| defang_value(i, tok)),
+        Value::Object(obj) => {
+            let entries = std::mem::take(obj);
+            *obj = entries
+                .into_iter()
+                .map(|(k, mut v)| {
+                    defang_value(&mut v, tok);
+                    (tok.defang(&k).into_owned(), v)
+                })
+                .collect();
+        }
+        _ => {}
+    }
+}
+
+/// 400 for a prompt of `tokens` (`at_least` when only bounded) that fills the context.
+fn too_long(tokens: usize, context_length: usize, at_least: &str) -> ApiError {
+    ApiError {
+        code: Some("context_length_exceeded"),
+        ..ApiError::invalid(
+            "messages",
+            format!("the prompt is {at_least}{tokens} tokens; this model's context holds {context_length}"),
+        )
+    }
 }
 
 /// Sampling defaults of a task profile.

@@ -125,3 +125,18 @@ fn plain_text_keeps_its_whitespace() {
     let (content, _, _) = run(true, false, "  two\n\nlines \n", 1);
     assert_eq!(content, "  two\n\nlines \n");
 }
+
+#[test]
+fn a_call_cut_after_its_arguments_never_leaks_the_wrapper_into_them() {
+    let args = "{\"city\": \"Pa}r\\\"is\", \"n\": [{\"a\": \"]\"}]}";
+    let call = format!("<tool_call>\n{{\"name\": \"f\", \"arguments\": {args}}}\n</tool_call>");
+    // Every cut of the wrapper after the arguments, and none.
+    for cut in 0..=(call.len() - call.find(args).unwrap() - args.len()) {
+        let text = &call[..call.len() - cut];
+        for size in [1, 2, 5, 1000] {
+            let (content, _, calls) = run(true, false, text, size);
+            assert_eq!(content, "", "cut {cut} size {size}");
+            assert_eq!(calls[0].2, args, "cut {cut} size {size}");
+        }
+    }
+}
