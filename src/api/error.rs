@@ -109,6 +109,16 @@ impl ApiError {
         }
     }
 
+    /// 408 for a body that stopped arriving.
+    pub fn body_timeout(secs: u64) -> Self {
+        Self::new(
+            408,
+            "invalid_request_error",
+            Some("request_timeout"),
+            format!("The request body stopped arriving for {secs} s; send all of it (and a Content-Length that matches)"),
+        )
+    }
+
     /// 503 for a server too busy to take the request now.
     pub fn busy(message: impl Into<String>) -> Self {
         Self {

@@ -152,6 +152,9 @@ async fn serve(
     // Streamed tokens are small writes that must leave at once, not wait on Nagle's timer.
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
         .tcp_nodelay(true)
+        // A client that closes its connection is gone: its request stops at once (the
+        // handler is dropped, which cancels the job), streaming or not.
+        .h1_allow_half_closed(false)
         .workers(http_threads)
         .bind((host.as_str(), port))
         .with_context(|| format!("binding {host}:{port}"))?;

@@ -60,7 +60,12 @@ pub async fn json_body(
     parse_json(&body_bytes(req, payload, limit).await?)
 }
 
-/// The body's bytes; larger than `limit` bytes is 413 before or while reading.
+/// The longest a request body may pause: a client that declares more than it sends (or
+/// trickles it) gets a 408 instead of holding the connection.
+const BODY_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The body's bytes; larger than `limit` bytes is 413 before or while reading, a pause of
+/// [`BODY_IDLE`] is 408.
 pub async fn body_bytes(
     req: &HttpRequest,
     mut payload: web::Payload,
@@ -75,7 +80,12 @@ pub async fn body_bytes(
         return Err(ApiError::too_large(limit));
     }
     let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
+    loop {
+        let chunk = match tokio::time::timeout(BODY_IDLE, payload.next()).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(_) => return Err(ApiError::body_timeout(BODY_IDLE.as_secs())),
+        };
         let chunk = chunk
             .map_err(|e| ApiError::bad_body(format!("could not read the request body: {e}")))?;
         if body.len() + chunk.len() > limit {

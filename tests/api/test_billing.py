@@ -1,6 +1,7 @@
 """Billing through the real server: a request costs exactly the price of its usage, a 402
-changes nothing, a client that disconnects mid-stream is billed only for what was produced
-(and frees the worker), and a restart keeps balances, keys and the ledger."""
+changes nothing, a client that disconnects (mid-stream, or while waiting for a whole
+response) is billed only for what was produced and frees the worker within a second, and a restart keeps balances, keys and the ledger."""
+import time
 from decimal import Decimal
 
 import openai
@@ -56,17 +57,36 @@ def test_a_disconnect_bills_only_what_was_produced(server):
     # The worker stops the job at once and is free again.
     poll(lambda: server.metric("supernet:worker_jobs_finished_total", outcome="cancelled") == cancelled + 1, "the job to be cancelled")
     assert server.metric("supernet:num_requests_running") == 0
+    produced = billed_after_cancel(server, acct, 2000)
+    assert 5 <= produced < 200, f"billed {produced} tokens after a disconnect at 5"
+
+
+def billed_after_cancel(server, acct, max_tokens):
+    """The completion tokens a cancelled request was charged (a whole number, checked)."""
     poll(lambda: ledger(server, acct)[-1]["kind"] == "release", "the settlement")
     hold, settle, release = ledger(server, acct)[-3:]
     prompt_tokens = 1
-    while price(prompt_tokens, 0) < Decimal(hold["amount"]) - price(0, 2000):
+    while price(prompt_tokens, 0) < Decimal(hold["amount"]) - price(0, max_tokens):
         prompt_tokens += 1
-    assert price(prompt_tokens, 2000) == Decimal(hold["amount"])
+    assert price(prompt_tokens, max_tokens) == Decimal(hold["amount"])
     charged = Decimal(settle["amount"])
-    produced = next(n for n in range(2001) if price(prompt_tokens, n) >= charged)
+    produced = next(n for n in range(max_tokens + 1) if price(prompt_tokens, n) >= charged)
     assert price(prompt_tokens, produced) == charged, "the charge is the price of a whole number of tokens"
-    assert 5 <= produced < 200, f"billed {produced} tokens after a disconnect at 5"
     assert server.balances(acct)[0] == Decimal("10") - charged
+    return produced
+
+
+def test_a_non_streaming_disconnect_stops_within_a_second(server):
+    acct, key, _ = server.account(spark="10")
+    cancelled = server.metric("supernet:worker_jobs_finished_total", outcome="cancelled")
+    client = server.client(key).with_options(timeout=1.5)
+    with pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(model=MODEL_ID, messages=MSG, max_tokens=2000, temperature=0)
+    gone = time.time()
+    poll(lambda: server.metric("supernet:worker_jobs_finished_total", outcome="cancelled") == cancelled + 1, "the job to be cancelled")
+    assert time.time() - gone < 1.0
+    produced = billed_after_cancel(server, acct, 2000)
+    assert 1 <= produced < 1000, f"billed {produced} tokens after a disconnect at 1.5 s"
 
 
 def test_a_restart_keeps_balances_keys_and_ledger(make_server):

@@ -207,3 +207,22 @@ def test_a_cut_call_never_carries_wrapper_markup_in_its_arguments(server, accoun
         streamed = "".join(c.choices[0].delta.tool_calls[0].function.arguments or ""
                            for c in stream if c.choices and c.choices[0].delta.tool_calls)
         assert streamed == args, (cut, streamed, args)
+
+
+def test_a_body_shorter_than_its_content_length_times_out_with_the_envelope(server, account):
+    import socket
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {account[1]}\r\n"
+                  "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"messages\":".encode())
+        t = time.time()
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            part = s.recv(65536)
+            if not part:
+                break
+            reply += part
+    assert time.time() - t < 15
+    head, body = reply.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 408"), head
+    assert json.loads(body)["error"]["code"] == "request_timeout"
