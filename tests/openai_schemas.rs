@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 use supernet::api::chat_response::{
-    model_list, AssistantMessage, Capabilities, CompletionId, Delta, ModelCard, Pricing, Usage,
+    model_list, AssistantMessage, Choice, Capabilities, CompletionId, Delta, ModelCard, Pricing, Usage,
 };
 use supernet::api::error::ApiError;
 
@@ -58,9 +58,14 @@ fn response_bodies_match_openais_schemas() {
     };
     call.apply(call_start.clone());
     call.apply(call_args.clone());
+    let entries = vec![
+        json!({"token": "Par", "logprob": -0.25, "bytes": [80, 97, 114], "top_logprobs": [{"token": "Par", "logprob": -0.25, "bytes": [80, 97, 114]}]}),
+    ];
+    let mut with_logprobs = text("Par");
+    with_logprobs.apply(Delta::Logprobs(entries.clone()));
     // What streams on the wire: the SSE event's JSON.
     let event = |d: &Delta| -> Value {
-        let e = id.delta_event(d);
+        let e = id.delta_event(1, d);
         serde_json::from_str(
             e.strip_prefix("data: ")
                 .and_then(|e| e.strip_suffix("\n\n"))
@@ -76,17 +81,17 @@ fn response_bodies_match_openais_schemas() {
         ("Model", card.json()),
         (
             "CreateChatCompletionResponse",
-            id.response(&text("Paris."), "stop", usage),
+            id.response(&[Choice { message: &text("Paris."), finish_reason: "stop" }], usage),
         ),
         (
             "CreateChatCompletionResponse",
-            id.response(&text(""), "length", usage),
+            id.response(&[Choice { message: &text(""), finish_reason: "length" }], usage),
         ),
         (
             "CreateChatCompletionResponse",
-            id.response(&call, "tool_calls", usage),
+            id.response(&[Choice { message: &call, finish_reason: "tool_calls" }, Choice { message: &with_logprobs, finish_reason: "stop" }], usage),
         ),
-        ("CreateChatCompletionStreamResponse", id.role_chunk()),
+        ("CreateChatCompletionStreamResponse", id.role_chunk(1)),
         (
             "CreateChatCompletionStreamResponse",
             event(&Delta::Content("Par".into())),
@@ -96,14 +101,18 @@ fn response_bodies_match_openais_schemas() {
             event(&Delta::Reasoning("Hmm".into())),
         ),
         ("CreateChatCompletionStreamResponse", event(&call_start)),
+        (
+            "CreateChatCompletionStreamResponse",
+            event(&Delta::Logprobs(entries.clone())),
+        ),
         ("CreateChatCompletionStreamResponse", event(&call_args)),
         (
             "CreateChatCompletionStreamResponse",
-            id.finish_chunk("tool_calls"),
+            id.finish_chunk(0, "tool_calls"),
         ),
         (
             "CreateChatCompletionStreamResponse",
-            id.finish_chunk("stop"),
+            id.finish_chunk(2, "stop"),
         ),
         ("CreateChatCompletionStreamResponse", id.usage_chunk(usage)),
     ];

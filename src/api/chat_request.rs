@@ -90,10 +90,21 @@ pub struct ChatRequest {
     pub tool_choice: Option<ToolChoice>,
     pub parallel_tool_calls: bool,
     pub response_format: ResponseFormat,
+    /// Choices to generate (`n`), 1 to [`MAX_CHOICES`].
+    pub n: usize,
+    /// `logprobs`: report each token's log-probability with this many alternatives
+    /// (`top_logprobs`, at most [`MAX_TOP_LOGPROBS`]).
+    pub logprobs: Option<usize>,
+    /// `logit_bias`: token id and bias, -100 to 100.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 /// Most stop sequences accepted (OpenAI's limit).
 const MAX_STOP: usize = 4;
+pub const MAX_CHOICES: usize = 8;
+pub const MAX_TOP_LOGPROBS: usize = 20;
+/// `logit_bias` entries, as OpenAI allows.
+const MAX_LOGIT_BIAS: usize = 300;
 
 /// Reads optional fields of one JSON object, turning type and range errors into 400s.
 pub(super) struct Fields<'a> {
@@ -234,11 +245,19 @@ impl ChatRequest {
             Some(n) => Some(n),
             None => f.integer("max_tokens", 1, u32::MAX as i64)?,
         };
-        if let Some(n) = f.integer("n", 1, i64::MAX)? {
-            if n != 1 {
-                return Err(ApiError::invalid("n", "only `n: 1` is supported"));
+        let n = f.integer("n", 1, MAX_CHOICES as i64)?.unwrap_or(1) as usize;
+        let top_logprobs = f.integer("top_logprobs", 0, MAX_TOP_LOGPROBS as i64)?;
+        let logprobs = match (f.bool("logprobs")?.unwrap_or(false), top_logprobs) {
+            (true, top) => Some(top.unwrap_or(0) as usize),
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(ApiError::invalid(
+                    "top_logprobs",
+                    "`top_logprobs` needs `logprobs: true`",
+                ))
             }
-        }
+        };
+        let logit_bias = parse_logit_bias(f.get("logit_bias"))?;
 
         let stop = match f.get("stop") {
             None => Vec::new(),
@@ -343,8 +362,47 @@ impl ChatRequest {
             tool_choice,
             parallel_tool_calls: f.bool("parallel_tool_calls")?.unwrap_or(true),
             response_format: parse_response_format(f.get("response_format"), &mut schemas)?,
+            n,
+            logprobs,
+            logit_bias,
         })
     }
+}
+
+/// `logit_bias`: token ids (as JSON object keys) to biases from -100 to 100. Whether each
+/// id is in the model's vocabulary is checked where the model is known.
+fn parse_logit_bias(v: Option<&Value>) -> Result<Vec<(u32, f32)>, ApiError> {
+    let obj = match v {
+        None => return Ok(Vec::new()),
+        Some(Value::Object(o)) if o.len() <= MAX_LOGIT_BIAS => o,
+        Some(Value::Object(_)) => {
+            return Err(ApiError::invalid(
+                "logit_bias",
+                format!("`logit_bias` may hold at most {MAX_LOGIT_BIAS} tokens"),
+            ))
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "logit_bias",
+                "`logit_bias` must be an object of token ids to biases",
+            ))
+        }
+    };
+    obj.iter()
+        .map(|(k, v)| {
+            let param = format!("logit_bias.{k}");
+            let id = k.parse::<u32>().map_err(|_| {
+                ApiError::invalid(&param, format!("`{k}` is not a token id"))
+            })?;
+            match v.as_f64() {
+                Some(b) if (-100.0..=100.0).contains(&b) => Ok((id, b as f32)),
+                _ => Err(ApiError::invalid(
+                    &param,
+                    "a logit bias must be a number from -100 to 100",
+                )),
+            }
+        })
+        .collect()
 }
 
 fn parse_message(i: usize, m: &Value) -> Result<Message, ApiError> {
@@ -551,7 +609,7 @@ mod tests {
             "temperature"
         );
         assert_eq!(param_of(json!({"messages": [ok()], "top_k": 1.5})), "top_k");
-        assert_eq!(param_of(json!({"messages": [ok()], "n": 2})), "n");
+        assert_eq!(param_of(json!({"messages": [ok()], "n": 9})), "n");
         assert_eq!(
             param_of(json!({"messages": [ok()], "stop": ["a", "b", "c", "d", "e"]})),
             "stop"

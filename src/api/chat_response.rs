@@ -6,7 +6,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::tools::ToolCall;
-use crate::engine::generate::FinishReason;
+use crate::engine::generate::{FinishReason, TokenLogprob};
+use crate::engine::tokenizer::Tokenizer;
 
 /// Token counts of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +27,7 @@ impl Usage {
 }
 
 /// A piece of the assistant's message as it streams.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Delta {
     Content(String),
     /// What the model wrote inside `<think>...</think>`.
@@ -42,14 +43,45 @@ pub enum Delta {
         index: usize,
         fragment: String,
     },
+    /// `logprobs.content` entries of the tokens produced since the last ones.
+    Logprobs(Vec<Value>),
 }
 
 /// The whole message, assembled from its deltas.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AssistantMessage {
     pub content: String,
     pub reasoning: String,
     pub tool_calls: Vec<ToolCall>,
+    /// `logprobs.content`, when the request asked for log-probabilities.
+    pub logprobs: Option<Vec<Value>>,
+}
+
+/// One choice of a response: its message and `finish_reason`.
+pub struct Choice<'a> {
+    pub message: &'a AssistantMessage,
+    pub finish_reason: &'static str,
+}
+
+/// A token's entry in `logprobs.content`, in OpenAI's shape; minus infinity (a token the
+/// grammar forbids) is written as OpenAI writes it, -9999.
+pub fn logprob_entry(tok: &Tokenizer, lp: &TokenLogprob) -> Value {
+    let entry = |id: u32, logprob: f32| {
+        let bytes = tok.piece(id);
+        json!({
+            "token": String::from_utf8_lossy(bytes),
+            "logprob": logprob.max(-9999.0),
+            "bytes": bytes,
+        })
+    };
+    let mut e = entry(lp.token, lp.logprob);
+    e["top_logprobs"] = lp.top.iter().map(|&(id, l)| entry(id, l)).collect();
+    e
+}
+
+/// The `logprobs` object of a choice or chunk.
+fn logprobs_json(entries: &[Value]) -> Value {
+    json!({ "content": entries, "refusal": null })
 }
 
 impl AssistantMessage {
@@ -67,6 +99,7 @@ impl AssistantMessage {
                     c.arguments.push_str(&fragment);
                 }
             }
+            Delta::Logprobs(entries) => self.logprobs.get_or_insert_default().extend(entries),
         }
     }
 
@@ -98,58 +131,67 @@ pub struct CompletionId {
 
 impl CompletionId {
     /// The non-streaming response.
-    pub fn response(&self, message: &AssistantMessage, finish_reason: &str, usage: Usage) -> Value {
+    pub fn response(&self, choices: &[Choice], usage: Usage) -> Value {
+        let choices: Vec<Value> = choices
+            .iter()
+            .enumerate()
+            .map(|(index, c)| {
+                json!({
+                    "index": index,
+                    "message": c.message.json(),
+                    "logprobs": c.message.logprobs.as_deref().map(logprobs_json),
+                    "finish_reason": c.finish_reason,
+                })
+            })
+            .collect();
         json!({
             "id": self.id,
             "object": "chat.completion",
             "created": self.created,
             "model": self.model,
-            "choices": [{
-                "index": 0,
-                "message": message.json(),
-                "logprobs": null,
-                "finish_reason": finish_reason,
-            }],
+            "choices": choices,
             "usage": usage.json(),
         })
     }
 
-    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Value {
+    fn chunk(&self, index: usize, delta: Value, finish_reason: Option<&str>) -> Value {
         json!({
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
-            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason }],
+            "choices": [{ "index": index, "delta": delta, "logprobs": null, "finish_reason": finish_reason }],
         })
     }
 
-    /// The first chunk: the assistant role, no text yet.
-    pub fn role_chunk(&self) -> Value {
-        self.chunk(json!({ "role": "assistant", "content": "" }), None)
+    /// The first chunk of choice `index`: the assistant role, no text yet.
+    pub fn role_chunk(&self, index: usize) -> Value {
+        self.chunk(index, json!({ "role": "assistant", "content": "" }), None)
     }
 
-    /// The SSE event of one delta. This runs for every token streamed, so it is written
-    /// straight from the borrowed text, with no JSON tree in between.
-    pub fn delta_event(&self, d: &Delta) -> String {
+    /// The SSE event of one delta of choice `index`. This runs for every token streamed, so
+    /// it is written straight from the borrowed text, with no JSON tree in between.
+    pub fn delta_event(&self, index: usize, d: &Delta) -> String {
+        let event = |delta| self.event(index, delta, None);
         match d {
-            Delta::Content(t) => self.event(TextDelta { content: Some(t), reasoning_content: None }),
-            Delta::Reasoning(t) => self.event(TextDelta { content: None, reasoning_content: Some(t) }),
-            Delta::ToolCall { index, id, name } => self.event(json!({ "tool_calls": [{ "index": index, "id": id, "type": "function", "function": { "name": name, "arguments": "" } }] })),
-            Delta::Arguments { index, fragment } => self.event(json!({ "tool_calls": [{ "index": index, "function": { "arguments": fragment } }] })),
+            Delta::Content(t) => self.event(index, TextDelta { content: Some(t), reasoning_content: None }, None),
+            Delta::Reasoning(t) => self.event(index, TextDelta { content: None, reasoning_content: Some(t) }, None),
+            Delta::ToolCall { index: call, id, name } => event(json!({ "tool_calls": [{ "index": call, "id": id, "type": "function", "function": { "name": name, "arguments": "" } }] })),
+            Delta::Arguments { index: call, fragment } => event(json!({ "tool_calls": [{ "index": call, "function": { "arguments": fragment } }] })),
+            Delta::Logprobs(entries) => self.event(index, json!({}), Some(logprobs_json(entries))),
         }
     }
 
-    fn event<D: Serialize>(&self, delta: D) -> String {
+    fn event<D: Serialize>(&self, index: usize, delta: D, logprobs: Option<Value>) -> String {
         let chunk = DeltaChunk {
             id: &self.id,
             object: "chat.completion.chunk",
             created: self.created,
             model: &self.model,
             choices: [DeltaChoice {
-                index: 0,
+                index,
                 delta,
-                logprobs: None,
+                logprobs,
                 finish_reason: None,
             }],
         };
@@ -160,8 +202,8 @@ impl CompletionId {
         String::from_utf8(out).unwrap_or_default()
     }
 
-    pub fn finish_chunk(&self, finish_reason: &str) -> Value {
-        self.chunk(json!({}), Some(finish_reason))
+    pub fn finish_chunk(&self, index: usize, finish_reason: &str) -> Value {
+        self.chunk(index, json!({}), Some(finish_reason))
     }
 
     /// The final chunk of `stream_options.include_usage`: no choices, the usage.
@@ -228,9 +270,9 @@ struct DeltaChunk<'a, D> {
 
 #[derive(Serialize)]
 struct DeltaChoice<D> {
-    index: u32,
+    index: usize,
     delta: D,
-    logprobs: Option<()>,
+    logprobs: Option<Value>,
     finish_reason: Option<&'static str>,
 }
 
@@ -276,8 +318,10 @@ mod tests {
             ..Default::default()
         };
         let r = id.response(
-            &text,
-            "stop",
+            &[Choice {
+                message: &text,
+                finish_reason: "stop",
+            }],
             Usage {
                 prompt_tokens: 3,
                 completion_tokens: 1,
@@ -288,7 +332,7 @@ mod tests {
         assert_eq!(r["choices"][0]["logprobs"], Value::Null);
         assert_eq!(r["usage"]["total_tokens"], 4);
         let chunk = |d: Delta| -> Value {
-            let event = id.delta_event(&d);
+            let event = id.delta_event(0, &d);
             serde_json::from_str(
                 event
                     .strip_prefix("data: ")
@@ -324,8 +368,10 @@ mod tests {
             fragment: "{}".into(),
         });
         let m = &id.response(
-            &call,
-            "tool_calls",
+            &[Choice {
+                message: &call,
+                finish_reason: "tool_calls",
+            }],
             Usage {
                 prompt_tokens: 1,
                 completion_tokens: 1,
@@ -341,6 +387,11 @@ mod tests {
                 completion_tokens: 2
             })["choices"],
             json!([])
+        );
+        let entries = vec![json!({"token": "a", "logprob": -0.5, "bytes": [97], "top_logprobs": []})];
+        assert_eq!(
+            chunk(Delta::Logprobs(entries.clone()))["choices"][0]["logprobs"],
+            json!({"content": entries, "refusal": null})
         );
         assert_eq!(sse_event(&json!({"a": 1})), "data: {\"a\":1}\n\n");
     }

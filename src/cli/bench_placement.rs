@@ -243,6 +243,8 @@ fn job(a: &PlacementArgs, node: &str, inbox: &str, n: usize) -> JobSpec {
             sampler: SamplerParams::greedy(),
             stop: Vec::new(),
             grammar: None,
+            logprobs: None,
+            logit_bias: Vec::new(),
         },
         resume: Resume::default(),
         reply_to: inbox.to_string(),

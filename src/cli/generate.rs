@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::backend::{open_gpu, BackendChoice};
 use crate::engine::cpu::default_threads;
 use crate::engine::cuda::{CudaOptions, Pick, Picked};
-use crate::engine::generate::{generate, generate_with, FinishReason, GenerateParams};
+use crate::engine::generate::{generate, generate_with, FinishReason, GenerateParams, TokenLogprob};
 use crate::engine::sampler::SamplerParams;
 use crate::engine::template::{ChatMessage, ChatTemplate};
 use crate::engine::tokenizer::Tokenizer;
@@ -61,6 +61,10 @@ pub struct GenerateArgs {
     /// Print one JSON object with token ids, text and speeds instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    /// With --json: each token's log-probability and this many most likely alternatives
+    /// (the log-softmax of the logits before penalties and temperature).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=20))]
+    logprobs: Option<u8>,
 }
 
 #[derive(Serialize)]
@@ -73,6 +77,9 @@ struct JsonOutput {
     finish_reason: &'static str,
     prefill_tok_s: f64,
     decode_tok_s: f64,
+    /// With --logprobs: per token, `{token, logprob, top: [[id, logprob], ...]}`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    logprobs: Vec<TokenLogprob>,
 }
 
 pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
@@ -103,6 +110,8 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
             ..SamplerParams::default()
         },
         grammar: None,
+        logprobs: a.logprobs.map(usize::from),
+        logit_bias: Vec::new(),
     };
     let mut stdout = std::io::stdout().lock();
     let on_text = |t: &str, _| {
@@ -176,6 +185,7 @@ pub fn run(a: GenerateArgs) -> anyhow::Result<()> {
             prompt_token_ids: prompt,
             token_ids: g.token_ids,
             text: g.text,
+            logprobs: g.logprobs,
         };
         writeln!(stdout, "{}", serde_json::to_string(&out)?)?;
     } else {

@@ -26,6 +26,47 @@ pub struct GenerateParams {
     /// A Lark grammar (llguidance's dialect) the output must follow; see [`crate::engine::constraint`].
     #[serde(default)]
     pub grammar: Option<String>,
+    /// Report each produced token's log-probability and this many top alternatives.
+    #[serde(default)]
+    pub logprobs: Option<usize>,
+    /// Added to these tokens' logits before anything else looks at them.
+    #[serde(default)]
+    pub logit_bias: Vec<(u32, f32)>,
+}
+
+/// A produced token's log-probability and the most likely tokens at its position, from the
+/// model's distribution after `logit_bias` and the grammar, before the penalties,
+/// temperature and top-k/top-p/min-p: the distribution the sampler starts from, so a
+/// greedy choice is always the top entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    pub token: u32,
+    pub logprob: f32,
+    /// Most likely first (ties by token id).
+    pub top: Vec<(u32, f32)>,
+}
+
+impl TokenLogprob {
+    /// `token`'s entry in the log-softmax of `logits`, with the `k` most likely tokens.
+    pub fn of(logits: &[f32], token: u32, k: usize) -> Self {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+        let lse = max + sum.ln() as f32;
+        let mut top: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
+        for (i, &l) in logits.iter().enumerate() {
+            if top.len() == k && top.last().is_none_or(|&(_, worst)| l <= worst) {
+                continue;
+            }
+            let at = top.partition_point(|&(_, v)| v >= l);
+            top.insert(at, (i as u32, l));
+            top.truncate(k);
+        }
+        Self {
+            token,
+            logprob: logits.get(token as usize).map_or(f32::NEG_INFINITY, |&l| l - lse),
+            top: top.into_iter().map(|(i, l)| (i, l - lse)).collect(),
+        }
+    }
 }
 
 /// Where a generation that another worker started stands, so this one can continue it
@@ -62,6 +103,8 @@ pub struct Generation {
     /// Forward passes after the prompt, and the time they took.
     pub decode_steps: usize,
     pub decode_time: Duration,
+    /// Each produced token's log-probability, when the params ask for them.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 /// Holds back text that could still turn into a stop string.
@@ -130,6 +173,8 @@ pub struct Advance {
     pub token: Option<u32>,
     /// Set when the generation ended with this step.
     pub finish: Option<FinishReason>,
+    /// The new token's log-probability, when the params ask for them.
+    pub logprob: Option<TokenLogprob>,
 }
 
 /// One sequence's generation apart from the model: it picks each token from the logits,
@@ -148,6 +193,8 @@ pub struct Decoding {
     delivered: usize,
     text: String,
     constraint: Option<Constraint>,
+    logprobs: Option<usize>,
+    logit_bias: Vec<(u32, f32)>,
 }
 
 impl Decoding {
@@ -178,6 +225,8 @@ impl Decoding {
             delivered: resume.text_bytes,
             text: String::new(),
             constraint,
+            logprobs: params.logprobs,
+            logit_bias: params.logit_bias.clone(),
         };
         let mut first = Advance::default();
         for &t in &resume.tokens {
@@ -212,10 +261,17 @@ impl Decoding {
 
     /// Samples the next token from `logits` (the last computed position's) and takes it.
     pub fn advance(&mut self, tok: &Tokenizer, logits: &mut [f32]) -> Advance {
+        for &(id, bias) in &self.logit_bias {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += bias;
+            }
+        }
         if let Err(e) = self.constraint.as_mut().map_or(Ok(()), |c| c.mask(logits)) {
             tracing::warn!("the grammar failed; ending the generation: {e}");
             return self.end(FinishReason::Stop);
         }
+        // The sampler changes the logits in place; the log-probabilities are of these.
+        let before = self.logprobs.map(|k| (logits.to_vec(), k));
         let next = self.sampler.sample(logits, &self.history);
         if tok.is_end_of_generation(next) {
             return self.end(FinishReason::Stop);
@@ -226,6 +282,7 @@ impl Decoding {
         }
         let mut a = self.push(tok, next);
         a.token = Some(next);
+        a.logprob = before.map(|(l, k)| TokenLogprob::of(&l, next, k));
         a
     }
 
@@ -236,6 +293,7 @@ impl Decoding {
             text,
             token: None,
             finish: Some(finish),
+            logprob: None,
         }
     }
 
@@ -248,6 +306,7 @@ impl Decoding {
             text: self.fresh(text),
             token: None,
             finish: None,
+            logprob: None,
         };
         if hit {
             a.finish = Some(FinishReason::Stop);
@@ -332,6 +391,7 @@ pub fn generate_with(
     }
     let (mut decoding, first) = Decoding::new(tok, prompt, params, limit, &Resume::default(), None);
     let mut out = Generation {
+        logprobs: Vec::new(),
         token_ids: Vec::new(),
         text: String::new(),
         finish: FinishReason::Length,
@@ -348,6 +408,7 @@ pub fn generate_with(
         step = decoding.advance(tok, &mut logits);
     }
     loop {
+        out.logprobs.extend(step.logprob.take());
         if on_text(&step.text, step.token).is_break() {
             out.finish = FinishReason::Cancelled;
             break;

@@ -3,7 +3,8 @@
 //! as one JSON response or as SSE chunks. Errors before the first token get their HTTP
 //! status; an error after streaming has begun is sent as a `data: {"error":...}` event
 //! followed by `[DONE]`. Dropping the response (the client went away) drops the session's
-//! channel, which cancels the job.
+//! channel, which cancels the job. A request for `n` choices runs `n` sessions, one job
+//! each, which share the prompt's KV blocks through the worker's prefix cache.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +13,6 @@ use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::stream::{self, StreamExt};
-use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tracing::Instrument;
 
@@ -20,7 +20,7 @@ use super::http::{api_key, body_bytes, count_error, error_response, parse_json};
 use super::FrontState;
 use crate::api::chat_request::{ChatRequest, TokenChoice};
 use crate::api::chat_response::{
-    finish_reason, sse_event, AssistantMessage, CompletionId, SSE_DONE,
+    finish_reason, sse_event, AssistantMessage, Choice, CompletionId, Usage, SSE_DONE,
 };
 use crate::api::error::ApiError;
 use crate::ids::random_hex;
@@ -97,33 +97,50 @@ async fn chat(
         created: unix_now(),
         model: model.id.clone(),
     });
-    let (stream, include_usage) = (request.stream, request.include_usage);
+    let (stream, include_usage, logprobs) =
+        (request.stream, request.include_usage, request.logprobs.is_some());
     span.record("model", model.id.as_str())
         .record("job", id.id.as_str());
-    let turn = Turn {
-        job_id: id.id.clone(),
-        key,
-        model,
-        request,
-        permit,
-        span,
-        arrived,
-    };
-    let mut events = SessionActor::start_turn(Arc::clone(&state.services), turn, prompt);
-    match events.recv().await {
-        Some(SessionEvent::Started) => {}
-        Some(SessionEvent::Error(e)) => return Err(e),
-        other => {
-            return Err(ApiError::logged(
-                "starting the session",
-                format!("unexpected first event {other:?}"),
-            ))
+    // One session per choice; choice `i` samples with the seed plus `i` and only the first
+    // pays for the shared prompt.
+    let permit = Arc::new(permit);
+    let mut choices = Vec::with_capacity(request.n);
+    for i in 0..request.n {
+        let mut prompt = prompt.clone();
+        let seed = &mut prompt.params.sampler.seed;
+        *seed = seed.wrapping_add(i as u64);
+        let turn = Turn {
+            job_id: match i {
+                0 => id.id.clone(),
+                i => format!("{}-{i}", id.id),
+            },
+            key: key.clone(),
+            model: Arc::clone(&model),
+            request: request.clone(),
+            permit: Arc::clone(&permit),
+            bills_prompt: i == 0,
+            span: span.clone(),
+            arrived,
+        };
+        choices.push(SessionActor::start_turn(Arc::clone(&state.services), turn, prompt));
+    }
+    // Any choice that cannot start fails the request; dropping the others cancels them.
+    for events in &mut choices {
+        match events.recv().await {
+            Some(SessionEvent::Started) => {}
+            Some(SessionEvent::Error(e)) => return Err(e),
+            other => {
+                return Err(ApiError::logged(
+                    "starting the session",
+                    format!("unexpected first event {other:?}"),
+                ))
+            }
         }
     }
     if stream {
-        Ok(sse(events, id, include_usage))
+        Ok(sse(choices, id, include_usage))
     } else {
-        whole(events, &id).await
+        whole(choices, &id, logprobs).await
     }
 }
 
@@ -175,12 +192,15 @@ fn header_token_type(req: &HttpRequest) -> Result<Option<TokenChoice>, ApiError>
     }
 }
 
-/// The non-streaming response, once the turn is done.
-async fn whole(
+/// One choice's message, once its turn is done.
+async fn collect(
     mut events: UnboundedReceiver<SessionEvent>,
-    id: &CompletionId,
-) -> Result<HttpResponse, ApiError> {
-    let mut message = AssistantMessage::default();
+    logprobs: bool,
+) -> Result<(AssistantMessage, &'static str, Usage), ApiError> {
+    let mut message = AssistantMessage {
+        logprobs: logprobs.then(Vec::new),
+        ..AssistantMessage::default()
+    };
     loop {
         match events.recv().await {
             Some(SessionEvent::Delta(d, _)) => message.apply(d),
@@ -188,13 +208,7 @@ async fn whole(
                 finish,
                 tool_calls,
                 usage,
-            }) => {
-                return Ok(HttpResponse::Ok().json(id.response(
-                    &message,
-                    finish_reason(finish, tool_calls),
-                    usage,
-                )))
-            }
+            }) => return Ok((message, finish_reason(finish, tool_calls), usage)),
             Some(SessionEvent::Error(e)) => return Err(e),
             Some(SessionEvent::Started) => {}
             None => return Err(ApiError::logged("the session", "ended without a result")),
@@ -202,38 +216,81 @@ async fn whole(
     }
 }
 
-/// The SSE response: the role chunk, one chunk per delta, the finish chunk, the usage chunk
-/// when asked for, then `[DONE]`. Chunks that are ready together go out in one write.
+/// The non-streaming response, once every choice is done. Usage counts the shared prompt
+/// once and every choice's completion.
+async fn whole(
+    choices: Vec<UnboundedReceiver<SessionEvent>>,
+    id: &CompletionId,
+    logprobs: bool,
+) -> Result<HttpResponse, ApiError> {
+    let done = futures_util::future::try_join_all(
+        choices.into_iter().map(|events| collect(events, logprobs)),
+    )
+    .await?;
+    let usage = Usage {
+        prompt_tokens: done.first().map_or(0, |(_, _, u)| u.prompt_tokens),
+        completion_tokens: done.iter().map(|(_, _, u)| u.completion_tokens).sum(),
+    };
+    let choices: Vec<Choice> = done
+        .iter()
+        .map(|(message, finish_reason, _)| Choice {
+            message,
+            finish_reason,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(id.response(&choices, usage)))
+}
+
+/// The SSE response: each choice's role chunk, then the choices' deltas as they come (each
+/// chunk names its choice), each one's finish chunk, the usage chunk when asked for, then
+/// `[DONE]`. Chunks that are ready together go out in one write.
 fn sse(
-    events: UnboundedReceiver<SessionEvent>,
+    choices: Vec<UnboundedReceiver<SessionEvent>>,
     id: Arc<CompletionId>,
     include_usage: bool,
 ) -> HttpResponse {
+    let roles: String = (0..choices.len())
+        .map(|i| sse_event(&id.role_chunk(i)))
+        .collect();
     let first = stream::once(std::future::ready(Ok::<_, actix_web::Error>(Bytes::from(
-        sse_event(&id.role_chunk()),
+        roles,
     ))));
     let relay = Relay {
         id,
         include_usage,
+        running: choices.len(),
+        usage: Usage {
+            prompt_tokens: 0,
+            completion_tokens: 0,
+        },
         last_delay: None,
     };
-    let rest = stream::unfold(Some((events, relay)), |state| async move {
-        let (mut events, mut relay) = state?;
+    // Each choice's events up to its last (`Done` or `Error`), or a `None` if its session
+    // is gone before that.
+    let merged = stream::select_all(choices.into_iter().enumerate().map(|(i, events)| {
+        stream::unfold(Some(events), move |events| async move {
+            let mut events = events?;
+            let event = events.recv().await;
+            let more = matches!(
+                event,
+                Some(SessionEvent::Started | SessionEvent::Delta(..))
+            )
+            .then_some(events);
+            Some(((i, event), more))
+        })
+        .boxed()
+    }))
+    .ready_chunks(256);
+    let rest = stream::unfold(Some((merged, relay)), |state| async move {
+        let (mut merged, mut relay) = state?;
         let mut frames = String::new();
-        let mut event = events.recv().await;
-        loop {
-            if !relay.frame(&mut frames, event) {
+        let ready = merged.next().await?;
+        for (index, event) in ready {
+            if !relay.frame(&mut frames, index, event) {
                 return Some((Ok(Bytes::from(frames)), None));
             }
-            event = match events.try_recv() {
-                Ok(e) => Some(e),
-                Err(TryRecvError::Empty) if frames.is_empty() => events.recv().await,
-                Err(TryRecvError::Empty) => {
-                    return Some((Ok(Bytes::from(frames)), Some((events, relay))))
-                }
-                Err(TryRecvError::Disconnected) => None,
-            };
         }
+        Some((Ok(Bytes::from(frames)), Some((merged, relay))))
     });
     HttpResponse::Ok()
         .insert_header((CONTENT_TYPE, "text/event-stream"))
@@ -241,22 +298,27 @@ fn sse(
         .streaming(first.chain(rest))
 }
 
-/// One stream's framing of session events, and the timing of each piece of text it relays.
+/// One stream's framing of its choices' events, and the timing of each piece of text it
+/// relays.
 struct Relay {
     id: Arc<CompletionId>,
     include_usage: bool,
+    /// Choices not done yet.
+    running: usize,
+    /// The usage of the choices done so far (the prompt counted once).
+    usage: Usage,
     /// The token delay of the stream's previous piece of text.
     last_delay: Option<Duration>,
 }
 
 impl Relay {
-    /// Appends the SSE text of `event` (`None`: the session is gone) to `frames`; false once
-    /// the stream is over.
-    fn frame(&mut self, frames: &mut String, event: Option<SessionEvent>) -> bool {
+    /// Appends the SSE text of choice `index`'s `event` (`None`: its session is gone) to
+    /// `frames`; false once the stream is over.
+    fn frame(&mut self, frames: &mut String, index: usize, event: Option<SessionEvent>) -> bool {
         match event {
             Some(SessionEvent::Started) => return true,
             Some(SessionEvent::Delta(d, arrival)) => {
-                frames.push_str(&self.id.delta_event(&d));
+                frames.push_str(&self.id.delta_event(index, &d));
                 self.timed(&arrival);
                 return true;
             }
@@ -266,10 +328,16 @@ impl Relay {
                 usage,
             }) => {
                 frames.push_str(&sse_event(
-                    &self.id.finish_chunk(finish_reason(finish, tool_calls)),
+                    &self.id.finish_chunk(index, finish_reason(finish, tool_calls)),
                 ));
+                self.usage.prompt_tokens = self.usage.prompt_tokens.max(usage.prompt_tokens);
+                self.usage.completion_tokens += usage.completion_tokens;
+                self.running -= 1;
+                if self.running > 0 {
+                    return true;
+                }
                 if self.include_usage {
-                    frames.push_str(&sse_event(&self.id.usage_chunk(usage)));
+                    frames.push_str(&sse_event(&self.id.usage_chunk(self.usage)));
                 }
                 frames.push_str(SSE_DONE);
             }

@@ -26,7 +26,7 @@ use super::pool::Pool;
 use super::prepare_pool::PreparePool;
 use super::prompt::PreparedPrompt;
 use crate::api::chat_request::{ChatRequest, TokenChoice};
-use crate::api::chat_response::{finish_reason, Delta, Usage};
+use crate::api::chat_response::{finish_reason, logprob_entry, Delta, Usage};
 use crate::api::error::ApiError;
 use crate::billing::accounts::{Billing, BillingError, HoldJob, Presented, SettleJob};
 use crate::billing::limits::Permit;
@@ -86,8 +86,12 @@ pub struct Turn {
     pub key: Presented,
     pub model: Arc<ModelEntry>,
     pub request: ChatRequest,
-    /// Held for the whole turn: the key's concurrency count.
-    pub permit: Permit,
+    /// Held for the whole turn: the key's concurrency count (one for all of a request's
+    /// choices).
+    pub permit: Arc<Permit>,
+    /// Whether this turn pays for the prompt: a request's choices share one prompt, billed
+    /// once, as OpenAI bills `n`.
+    pub bills_prompt: bool,
     /// The request's trace span; the turn's own spans are its children, and messages to the
     /// coordinator and workers carry it.
     pub span: tracing::Span,
@@ -164,6 +168,15 @@ impl SessionActor {
         rx
     }
 
+    /// The prompt tokens this turn pays for.
+    fn billed_prompt(&self, prompt_tokens: usize) -> usize {
+        if self.turn.bills_prompt {
+            prompt_tokens
+        } else {
+            0
+        }
+    }
+
     fn emit(&mut self, event: SessionEvent) {
         if self.out.send(event).is_err() {
             self.client_gone = true;
@@ -199,7 +212,7 @@ impl SessionActor {
         let job = SettleJob {
             job_id: self.turn.job_id.clone(),
             price: self.turn.model.tier.price(),
-            prompt_tokens: prompt_tokens as u64,
+            prompt_tokens: self.billed_prompt(prompt_tokens) as u64,
             completion_tokens: completion_tokens as u64,
             worker_id: self.worker_id.clone(),
             hold: Some(hold),
@@ -430,7 +443,7 @@ impl Actor for SessionActor {
             Box::new(call_id),
         ));
         let (prompt_tokens, max_tokens) = (
-            prepared.prompt_ids.len() as u64,
+            self.billed_prompt(prepared.prompt_ids.len()) as u64,
             prepared.params.max_tokens as u64,
         );
         let job = JobSpec {
@@ -571,16 +584,26 @@ impl SessionActor {
                     ctx,
                 )
             }
-            WorkerEvent::Job(JobEvent::Text { text, tokens }) => {
+            WorkerEvent::Job(JobEvent::Text {
+                text,
+                tokens,
+                logprobs,
+            }) => {
                 self.token_times(tokens.len());
                 self.produced.tokens.extend(tokens);
                 self.produced.text_bytes += text.len();
                 if !self.client_gone {
-                    let deltas = self
+                    let mut deltas = self
                         .markup
                         .as_mut()
                         .map(|m| m.push(&text))
                         .unwrap_or_default();
+                    if !logprobs.is_empty() {
+                        let tok = &self.turn.model.tokenizer;
+                        deltas.push(Delta::Logprobs(
+                            logprobs.iter().map(|l| logprob_entry(tok, l)).collect(),
+                        ));
+                    }
                     deltas
                         .into_iter()
                         .for_each(|d| self.emit(SessionEvent::Delta(d, arrival)));

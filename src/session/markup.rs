@@ -268,6 +268,7 @@ fn push_text(out: &mut Vec<Delta>, d: Delta) {
     let empty = match &d {
         Delta::Content(t) | Delta::Reasoning(t) => t.is_empty(),
         Delta::Arguments { fragment, .. } => fragment.is_empty(),
+        Delta::Logprobs(entries) => entries.is_empty(),
         Delta::ToolCall { .. } => false,
     };
     if !empty {

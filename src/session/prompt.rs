@@ -158,6 +158,12 @@ pub fn prepare(
         seed: s.seed.unwrap_or_else(fresh_seed),
         ..SamplerParams::default()
     };
+    if let Some(&(id, _)) = req.logit_bias.iter().find(|(id, _)| *id as usize >= tok.vocab_size()) {
+        return Err(ApiError::invalid(
+            "logit_bias",
+            format!("token {id} is not in this model's vocabulary of {}", tok.vocab_size()),
+        ));
+    }
     let tools = req.offers_tools();
     Ok(PreparedPrompt {
         prompt_ids,
@@ -166,6 +172,8 @@ pub fn prepare(
             sampler,
             stop: req.stop.clone(),
             grammar,
+            logprobs: req.logprobs,
+            logit_bias: req.logit_bias.clone(),
         },
         task_profile,
         tools,

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::engine::batch::{BatchConfig, BatchStats, Output, Request, Scheduler, SeqId};
-use crate::engine::generate::{FinishReason, GenerateParams, Resume};
+use crate::engine::generate::{FinishReason, GenerateParams, Resume, TokenLogprob};
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::{CpuBackend, Model};
 
@@ -36,8 +36,13 @@ pub struct Job {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum JobEvent {
-    /// New text (never empty) and the tokens produced since the last text.
-    Text { text: String, tokens: Vec<u32> },
+    /// New text (never empty) and the tokens produced since the last text, with their
+    /// log-probabilities when the job asks for them.
+    Text {
+        text: String,
+        tokens: Vec<u32>,
+        logprobs: Vec<TokenLogprob>,
+    },
     /// The job ended; the counts are what was processed and produced.
     Finished {
         finish: FinishReason,
@@ -270,8 +275,9 @@ impl Drop for EngineThread {
 struct Live {
     cancel: Arc<AtomicBool>,
     events: UnboundedSender<JobEvent>,
-    /// Tokens produced since the last text sent.
+    /// Tokens produced since the last text sent, and their log-probabilities if asked for.
     tokens: Vec<u32>,
+    logprobs: Vec<TokenLogprob>,
 }
 
 /// The thread's state: the scheduler and where each sequence's events go.
@@ -337,6 +343,7 @@ impl Engine {
             cancel: job.cancel,
             events: job.events,
             tokens: Vec::new(),
+            logprobs: Vec::new(),
         };
         if live.cancel.load(Ordering::SeqCst) || live.events.is_closed() {
             return self.end(
@@ -368,16 +375,23 @@ impl Engine {
 
     fn deliver(&mut self, out: Output) {
         match out {
-            Output::Token { id, text, token } => {
+            Output::Token {
+                id,
+                text,
+                token,
+                logprob,
+            } => {
                 let Some(live) = self.jobs.get_mut(&id) else {
                     return;
                 };
                 live.tokens.extend(token);
+                live.logprobs.extend(logprob);
                 if !text.is_empty() {
                     // A closed channel is seen before the next step, which cancels the job.
                     let _ = live.events.send(JobEvent::Text {
                         text,
                         tokens: std::mem::take(&mut live.tokens),
+                        logprobs: std::mem::take(&mut live.logprobs),
                     });
                 }
             }

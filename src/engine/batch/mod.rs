@@ -23,7 +23,7 @@ pub use sequence::SeqId;
 use sequence::Sequence;
 
 use crate::engine::backend::{Arithmetic, Backend};
-use crate::engine::generate::{Decoding, FinishReason, GenerateParams, Resume};
+use crate::engine::generate::{Decoding, FinishReason, GenerateParams, Resume, TokenLogprob};
 use crate::engine::kv::blocks::BlockPool;
 use crate::engine::kv::{blocks_for, KvStore, BLOCK};
 use crate::engine::model::{Model, SeqBatch};
@@ -95,6 +95,8 @@ pub enum Output {
         id: SeqId,
         text: String,
         token: Option<u32>,
+        /// The token's log-probability, when the request asks for them.
+        logprob: Option<TokenLogprob>,
     },
     /// The sequence ended; the counts are the prompt's and every produced token.
     Finished {
@@ -200,6 +202,7 @@ impl Scheduler {
                 id,
                 text: first.text,
                 token: None,
+                logprob: None,
             });
         }
         if let Some(finish) = first.finish {
@@ -344,6 +347,7 @@ impl Scheduler {
                 id: seq.id,
                 text: a.text,
                 token: a.token,
+                logprob: a.logprob,
             });
             match (a.finish, a.token) {
                 (Some(f), _) => {

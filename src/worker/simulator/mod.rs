@@ -152,6 +152,7 @@ impl Run {
             let _ = job.events.send(JobEvent::Text {
                 text: word.into(),
                 tokens: vec![u32::from(word.as_bytes()[1])],
+                logprobs: Vec::new(),
             });
             produced += 1;
             self.status.update_batch(|b| b.tokens_generated += 1);
