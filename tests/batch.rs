@@ -35,6 +35,8 @@ fn greedy(max_tokens: usize) -> GenerateParams {
         sampler: SamplerParams::greedy(),
         stop: Vec::new(),
         grammar: None,
+        logprobs: None,
+        logit_bias: Vec::new(),
     }
 }
 
@@ -90,7 +92,9 @@ fn run_together(
 fn record(runs: &mut HashMap<u64, Run>, outputs: Vec<Output>) {
     for o in outputs {
         match o {
-            Output::Token { id, text, token } => {
+            Output::Token {
+                id, text, token, ..
+            } => {
                 let r = runs.entry(id).or_default();
                 r.text.push_str(&text);
                 r.tokens.extend(token);
@@ -209,6 +213,8 @@ fn sequences_keep_their_own_sampling_params_in_one_batch() {
         },
         stop: stop.iter().map(|x| x.to_string()).collect(),
         grammar: None,
+        logprobs: None,
+        logit_bias: Vec::new(),
     };
     let requests = vec![
         (p[5].clone(), seeded(0.9, 7, &[])),
@@ -459,6 +465,8 @@ fn a_resumed_generation_continues_exactly_where_the_first_left_off() {
         },
         stop: vec!["\n\n".into()],
         grammar: None,
+        logprobs: None,
+        logit_bias: Vec::new(),
     };
     for params in [greedy(40), seeded] {
         let full = run_alone(&s, &[(prompt.clone(), params.clone())]).remove(0);

@@ -27,6 +27,8 @@ fn run(id: &str, model: &str, prompt: &[u32], max_tokens: usize) -> WorkerComman
         sampler: SamplerParams::greedy(),
         stop: Vec::new(),
         grammar: None,
+        logprobs: None,
+        logit_bias: Vec::new(),
     };
     WorkerCommand::Run(Box::new(JobSpec {
         job_id: id.into(),

@@ -37,6 +37,8 @@ fn greedy(max_tokens: usize) -> GenerateParams {
         sampler: SamplerParams::greedy(),
         stop: Vec::new(),
         grammar: None,
+        logprobs: None,
+        logit_bias: Vec::new(),
     }
 }
 

@@ -8,7 +8,8 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 use supernet::api::chat_response::{
-    model_list, AssistantMessage, Choice, Capabilities, CompletionId, Delta, ModelCard, Pricing, Usage,
+    model_list, AssistantMessage, Capabilities, Choice, CompletionId, Delta, ModelCard, Pricing,
+    Usage,
 };
 use supernet::api::error::ApiError;
 
@@ -81,15 +82,39 @@ fn response_bodies_match_openais_schemas() {
         ("Model", card.json()),
         (
             "CreateChatCompletionResponse",
-            id.response(&[Choice { message: &text("Paris."), finish_reason: "stop" }], usage),
+            id.response(
+                &[Choice {
+                    message: &text("Paris."),
+                    finish_reason: "stop",
+                }],
+                usage,
+            ),
         ),
         (
             "CreateChatCompletionResponse",
-            id.response(&[Choice { message: &text(""), finish_reason: "length" }], usage),
+            id.response(
+                &[Choice {
+                    message: &text(""),
+                    finish_reason: "length",
+                }],
+                usage,
+            ),
         ),
         (
             "CreateChatCompletionResponse",
-            id.response(&[Choice { message: &call, finish_reason: "tool_calls" }, Choice { message: &with_logprobs, finish_reason: "stop" }], usage),
+            id.response(
+                &[
+                    Choice {
+                        message: &call,
+                        finish_reason: "tool_calls",
+                    },
+                    Choice {
+                        message: &with_logprobs,
+                        finish_reason: "stop",
+                    },
+                ],
+                usage,
+            ),
         ),
         ("CreateChatCompletionStreamResponse", id.role_chunk(1)),
         (

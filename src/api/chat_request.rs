@@ -391,9 +391,9 @@ fn parse_logit_bias(v: Option<&Value>) -> Result<Vec<(u32, f32)>, ApiError> {
     obj.iter()
         .map(|(k, v)| {
             let param = format!("logit_bias.{k}");
-            let id = k.parse::<u32>().map_err(|_| {
-                ApiError::invalid(&param, format!("`{k}` is not a token id"))
-            })?;
+            let id = k
+                .parse::<u32>()
+                .map_err(|_| ApiError::invalid(&param, format!("`{k}` is not a token id")))?;
             match v.as_f64() {
                 Some(b) if (-100.0..=100.0).contains(&b) => Ok((id, b as f32)),
                 _ => Err(ApiError::invalid(

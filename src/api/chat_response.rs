@@ -174,10 +174,35 @@ impl CompletionId {
     pub fn delta_event(&self, index: usize, d: &Delta) -> String {
         let event = |delta| self.event(index, delta, None);
         match d {
-            Delta::Content(t) => self.event(index, TextDelta { content: Some(t), reasoning_content: None }, None),
-            Delta::Reasoning(t) => self.event(index, TextDelta { content: None, reasoning_content: Some(t) }, None),
-            Delta::ToolCall { index: call, id, name } => event(json!({ "tool_calls": [{ "index": call, "id": id, "type": "function", "function": { "name": name, "arguments": "" } }] })),
-            Delta::Arguments { index: call, fragment } => event(json!({ "tool_calls": [{ "index": call, "function": { "arguments": fragment } }] })),
+            Delta::Content(t) => self.event(
+                index,
+                TextDelta {
+                    content: Some(t),
+                    reasoning_content: None,
+                },
+                None,
+            ),
+            Delta::Reasoning(t) => self.event(
+                index,
+                TextDelta {
+                    content: None,
+                    reasoning_content: Some(t),
+                },
+                None,
+            ),
+            Delta::ToolCall {
+                index: call,
+                id,
+                name,
+            } => event(
+                json!({ "tool_calls": [{ "index": call, "id": id, "type": "function", "function": { "name": name, "arguments": "" } }] }),
+            ),
+            Delta::Arguments {
+                index: call,
+                fragment,
+            } => event(
+                json!({ "tool_calls": [{ "index": call, "function": { "arguments": fragment } }] }),
+            ),
             Delta::Logprobs(entries) => self.event(index, json!({}), Some(logprobs_json(entries))),
         }
     }
@@ -388,7 +413,8 @@ mod tests {
             })["choices"],
             json!([])
         );
-        let entries = vec![json!({"token": "a", "logprob": -0.5, "bytes": [97], "top_logprobs": []})];
+        let entries =
+            vec![json!({"token": "a", "logprob": -0.5, "bytes": [97], "top_logprobs": []})];
         assert_eq!(
             chunk(Delta::Logprobs(entries.clone()))["choices"][0]["logprobs"],
             json!({"content": entries, "refusal": null})

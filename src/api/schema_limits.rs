@@ -54,8 +54,7 @@ impl SchemaBudget {
             match v {
                 Value::Object(obj) => {
                     if let Some(Value::Object(props)) = obj.get("properties") {
-                        self.properties(props, obj.get("required"))
-                            .map_err(over)?;
+                        self.properties(props, obj.get("required")).map_err(over)?;
                     }
                     if let Some(Value::Array(values)) = obj.get("enum") {
                         self.enum_values += values.len();

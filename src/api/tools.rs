@@ -331,7 +331,8 @@ mod tests {
 
     #[test]
     fn bad_tools_are_named() {
-        let bad = |v: Value| param(parse_tools(Some(&v), &mut SchemaBudget::default()).unwrap_err());
+        let bad =
+            |v: Value| param(parse_tools(Some(&v), &mut SchemaBudget::default()).unwrap_err());
         assert_eq!(bad(json!({})), "tools");
         assert_eq!(bad(json!([{"type": "retrieval"}])), "tools[0].type");
         assert_eq!(bad(json!([{"type": "function"}])), "tools[0].function");
@@ -354,7 +355,11 @@ mod tests {
     #[test]
     fn response_formats_parse() {
         assert_eq!(
-            parse_response_format(Some(&json!({"type": "json_object"})), &mut SchemaBudget::default()).expect("valid"),
+            parse_response_format(
+                Some(&json!({"type": "json_object"})),
+                &mut SchemaBudget::default()
+            )
+            .expect("valid"),
             ResponseFormat::JsonObject
         );
         let f = parse_response_format(Some(&json!({"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "integer"}, "strict": true}})), &mut SchemaBudget::default()).expect("valid");
@@ -366,18 +371,30 @@ mod tests {
             }
         );
         assert_eq!(
-            param(parse_response_format(Some(&json!({"type": "xml"})), &mut SchemaBudget::default()).unwrap_err()),
+            param(
+                parse_response_format(Some(&json!({"type": "xml"})), &mut SchemaBudget::default())
+                    .unwrap_err()
+            ),
             "response_format.type"
         );
         assert_eq!(
-            param(parse_response_format(Some(&json!({"type": "json_schema"})), &mut SchemaBudget::default()).unwrap_err()),
+            param(
+                parse_response_format(
+                    Some(&json!({"type": "json_schema"})),
+                    &mut SchemaBudget::default()
+                )
+                .unwrap_err()
+            ),
             "response_format.json_schema"
         );
         assert_eq!(
             param(
-                parse_response_format(Some(
-                    &json!({"type": "json_schema", "json_schema": {"name": "p", "schema": 3}})
-                ), &mut SchemaBudget::default())
+                parse_response_format(
+                    Some(
+                        &json!({"type": "json_schema", "json_schema": {"name": "p", "schema": 3}})
+                    ),
+                    &mut SchemaBudget::default()
+                )
                 .unwrap_err()
             ),
             "response_format.json_schema.schema"

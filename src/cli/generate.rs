@@ -10,7 +10,9 @@ use serde::Serialize;
 use super::backend::{open_gpu, BackendChoice};
 use crate::engine::cpu::default_threads;
 use crate::engine::cuda::{CudaOptions, Pick, Picked};
-use crate::engine::generate::{generate, generate_with, FinishReason, GenerateParams, TokenLogprob};
+use crate::engine::generate::{
+    generate, generate_with, FinishReason, GenerateParams, TokenLogprob,
+};
 use crate::engine::sampler::SamplerParams;
 use crate::engine::template::{ChatMessage, ChatTemplate};
 use crate::engine::tokenizer::Tokenizer;

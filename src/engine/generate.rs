@@ -63,7 +63,9 @@ impl TokenLogprob {
         }
         Self {
             token,
-            logprob: logits.get(token as usize).map_or(f32::NEG_INFINITY, |&l| l - lse),
+            logprob: logits
+                .get(token as usize)
+                .map_or(f32::NEG_INFINITY, |&l| l - lse),
             top: top.into_iter().map(|(i, l)| (i, l - lse)).collect(),
         }
     }

@@ -292,9 +292,7 @@ impl Tokenizer {
             if text.is_empty() {
                 return Ok(());
             }
-            let restored = s
-                .defanged
-                .replace_all(text, &s.originals);
+            let restored = s.defanged.replace_all(text, &s.originals);
             let enc = self
                 .plain
                 .encode_fast(restored, false)

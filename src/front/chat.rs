@@ -97,8 +97,11 @@ async fn chat(
         created: unix_now(),
         model: model.id.clone(),
     });
-    let (stream, include_usage, logprobs) =
-        (request.stream, request.include_usage, request.logprobs.is_some());
+    let (stream, include_usage, logprobs) = (
+        request.stream,
+        request.include_usage,
+        request.logprobs.is_some(),
+    );
     span.record("model", model.id.as_str())
         .record("job", id.id.as_str());
     // One session per choice; choice `i` samples with the seed plus `i` and only the first
@@ -122,7 +125,11 @@ async fn chat(
             span: span.clone(),
             arrived,
         };
-        choices.push(SessionActor::start_turn(Arc::clone(&state.services), turn, prompt));
+        choices.push(SessionActor::start_turn(
+            Arc::clone(&state.services),
+            turn,
+            prompt,
+        ));
     }
     // Any choice that cannot start fails the request; dropping the others cancels them.
     for events in &mut choices {
@@ -271,11 +278,8 @@ fn sse(
         stream::unfold(Some(events), move |events| async move {
             let mut events = events?;
             let event = events.recv().await;
-            let more = matches!(
-                event,
-                Some(SessionEvent::Started | SessionEvent::Delta(..))
-            )
-            .then_some(events);
+            let more = matches!(event, Some(SessionEvent::Started | SessionEvent::Delta(..)))
+                .then_some(events);
             Some(((i, event), more))
         })
         .boxed()
@@ -328,7 +332,9 @@ impl Relay {
                 usage,
             }) => {
                 frames.push_str(&sse_event(
-                    &self.id.finish_chunk(index, finish_reason(finish, tool_calls)),
+                    &self
+                        .id
+                        .finish_chunk(index, finish_reason(finish, tool_calls)),
                 ));
                 self.usage.prompt_tokens = self.usage.prompt_tokens.max(usage.prompt_tokens);
                 self.usage.completion_tokens += usage.completion_tokens;

@@ -158,10 +158,17 @@ pub fn prepare(
         seed: s.seed.unwrap_or_else(fresh_seed),
         ..SamplerParams::default()
     };
-    if let Some(&(id, _)) = req.logit_bias.iter().find(|(id, _)| *id as usize >= tok.vocab_size()) {
+    if let Some(&(id, _)) = req
+        .logit_bias
+        .iter()
+        .find(|(id, _)| *id as usize >= tok.vocab_size())
+    {
         return Err(ApiError::invalid(
             "logit_bias",
-            format!("token {id} is not in this model's vocabulary of {}", tok.vocab_size()),
+            format!(
+                "token {id} is not in this model's vocabulary of {}",
+                tok.vocab_size()
+            ),
         ));
     }
     let tools = req.offers_tools();

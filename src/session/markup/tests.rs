@@ -44,6 +44,7 @@ fn run(
                 calls.push((id, name, String::new()));
             }
             Delta::Arguments { index, fragment } => calls[index].2.push_str(&fragment),
+            Delta::Logprobs(_) => unreachable!("the markup parser makes no logprobs"),
         }
     }
     (content, reasoning, calls)

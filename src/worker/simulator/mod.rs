@@ -238,6 +238,8 @@ mod tests {
             sampler: SamplerParams::default(),
             stop: Vec::new(),
             grammar: None,
+            logprobs: None,
+            logit_bias: Vec::new(),
         };
         let resume = Resume {
             tokens: vec![1; resume],
