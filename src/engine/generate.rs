@@ -432,7 +432,20 @@ pub fn generate_with(
 
 #[cfg(test)]
 mod tests {
-    use super::StopMatcher;
+    use super::{StopMatcher, TokenLogprob};
+
+    #[test]
+    fn logprobs_are_the_log_softmax_with_the_top_entries_in_order() {
+        let logits = [1.0f32, 3.0, f32::NEG_INFINITY, 3.0, 0.5];
+        let lp = TokenLogprob::of(&logits, 4, 3);
+        let lse = logits.iter().map(|l| l.exp()).sum::<f32>().ln();
+        assert!((lp.logprob - (0.5 - lse)).abs() < 1e-6);
+        let ids: Vec<u32> = lp.top.iter().map(|&(i, _)| i).collect();
+        assert_eq!(ids, [1, 3, 0], "most likely first, ties by id");
+        assert!(lp.top.iter().map(|&(_, l)| l.exp()).sum::<f32>() <= 1.0);
+        assert!(TokenLogprob::of(&logits, 2, 0).top.is_empty());
+        assert_eq!(TokenLogprob::of(&logits, 2, 0).logprob, f32::NEG_INFINITY);
+    }
 
     fn run(stops: &[&str], pieces: &[&str]) -> (String, bool) {
         let mut m = StopMatcher {
