@@ -96,7 +96,7 @@ async fn serve(
         inboxes,
         models,
         config,
-        preparer: PreparePool::new(0, 16).context("starting the prepare threads")?,
+        preparer: PreparePool::new(0, 128).context("starting the prepare threads")?,
     });
     let state = web::Data::new(FrontState { services, admin });
     crate::telemetry::metrics::front();

@@ -140,7 +140,7 @@ async fn serve(
         inboxes,
         models,
         config,
-        preparer: PreparePool::new(0, 16).context("starting the prepare threads")?,
+        preparer: PreparePool::new(0, 128).context("starting the prepare threads")?,
     });
 
     let mut handoff = Handoff::new(String::new())?;

@@ -3,8 +3,10 @@
 //! That work is CPU-bound and grows with the body (a 25 MiB message takes seconds to
 //! tokenize). On the HTTP threads it would stall every connection those threads serve,
 //! `/healthz` included, so the front hands it here: a fixed set of threads behind a bounded
-//! queue. When the queue is full the request gets a 503 with `Retry-After` at once instead
-//! of waiting behind work it cannot overtake.
+//! queue, at a lower scheduling priority than the rest of the process, so that when they
+//! fill every core the threads that answer HTTP and relay tokens still run first. When the
+//! queue is full the request gets a 503 with `Retry-After` at once instead of waiting
+//! behind work it cannot overtake.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -31,7 +33,10 @@ impl PreparePool {
             let rx = Arc::clone(&rx);
             std::thread::Builder::new()
                 .name(format!("prepare-{i}"))
-                .spawn(move || work(&rx))?;
+                .spawn(move || {
+                    yield_to_the_rest();
+                    work(&rx)
+                })?;
         }
         Ok(Self { jobs })
     }
@@ -57,6 +62,22 @@ impl PreparePool {
         rx.await.map_err(|_| {
             ApiError::logged("preparing the request", "the work panicked (see the log)")
         })?
+    }
+}
+
+/// The niceness of the prepare threads: the kernel gives a nice-0 thread about nine times
+/// their share of a contended core.
+const NICENESS: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority (on Linux, niceness is per thread).
+fn yield_to_the_rest() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority only reads its arguments; `0` names the calling thread.
+        let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, NICENESS) };
+        if r != 0 {
+            tracing::debug!("could not lower the prepare thread's priority");
+        }
     }
 }
 
