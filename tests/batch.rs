@@ -110,6 +110,7 @@ fn record(runs: &mut HashMap<u64, Run>, outputs: Vec<Output>) {
                 completion_tokens,
                 ..
             } => runs.entry(id).or_default().finish = Some((finish, completion_tokens)),
+            Output::Failed { id, reason } => panic!("sequence {id} failed: {reason}"),
         }
     }
 }

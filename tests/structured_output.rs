@@ -116,6 +116,7 @@ fn every_output_validates_against_its_schema() {
                         .into_iter()
                         .for_each(|d: Delta| c.message.apply(d));
                 }
+                Output::Failed { id, reason } => panic!("case {id}'s grammar failed: {reason}"),
                 Output::Finished { id, finish, .. } => {
                     let c = cases.get_mut(&id).expect("a case");
                     c.markup

@@ -10,6 +10,8 @@
 //! where it has them (5,000 properties, 1,000 enum values, 128 tools). The walk is
 //! iterative, so the check itself cannot recurse however deep the schema is.
 
+use std::collections::HashSet;
+
 use serde_json::Value;
 
 use super::error::ApiError;
@@ -20,7 +22,8 @@ pub const MAX_TOOLS: usize = 128;
 pub const MAX_PROPERTIES: usize = 5_000;
 /// Properties of one object.
 pub const MAX_OBJECT_PROPERTIES: usize = 1_000;
-/// Optional properties (not in `required`) of one object.
+/// Optional properties (not in `required`) of one object, or of the objects among one
+/// `anyOf` / `oneOf`'s branches together (the parser follows all of them at once).
 pub const MAX_OPTIONAL_PROPERTIES: usize = 256;
 /// `enum` values in all schemas of a request together.
 pub const MAX_ENUM_VALUES: usize = 1_000;
@@ -55,6 +58,19 @@ impl SchemaBudget {
                 Value::Object(obj) => {
                     if let Some(Value::Object(props)) = obj.get("properties") {
                         self.properties(props, obj.get("required")).map_err(over)?;
+                    }
+                    for key in ["anyOf", "oneOf"] {
+                        if let Some(Value::Array(branches)) = obj.get(key) {
+                            let optional: usize = branches
+                                .iter()
+                                .map(|b| optional_properties(resolve(schema, b)))
+                                .sum();
+                            if optional > MAX_OPTIONAL_PROPERTIES {
+                                return Err(over(format!(
+                                    "the branches of an `{key}` have {optional} optional properties together; at most {MAX_OPTIONAL_PROPERTIES} are allowed"
+                                )));
+                            }
+                        }
                     }
                     if let Some(Value::Array(values)) = obj.get("enum") {
                         self.enum_values += values.len();
@@ -93,12 +109,7 @@ impl SchemaBudget {
                 props.len()
             ));
         }
-        let listed: std::collections::HashSet<&str> = required
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+        let listed = required_names(required);
         if listed.len() > MAX_OBJECT_PROPERTIES {
             return Err(format!(
                 "an object requires {} properties; at most {MAX_OBJECT_PROPERTIES} are allowed",
@@ -121,6 +132,36 @@ impl SchemaBudget {
             ));
         }
         Ok(())
+    }
+}
+
+/// The names an object's `required` lists.
+fn required_names(required: Option<&Value>) -> HashSet<&str> {
+    required
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+/// How many of `schema`'s properties are optional, if it is an object that lists them.
+fn optional_properties(schema: &Value) -> usize {
+    let Some(Value::Object(props)) = schema.get("properties") else {
+        return 0;
+    };
+    let listed = required_names(schema.get("required"));
+    props
+        .keys()
+        .filter(|k| !listed.contains(k.as_str()))
+        .count()
+}
+
+/// `schema` itself, or what its local `$ref` (`#/$defs/X`) points at within `root`.
+fn resolve<'a>(root: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema.get("$ref").and_then(Value::as_str) {
+        Some(r) if r.starts_with('#') => root.pointer(&r[1..]).unwrap_or(schema),
+        _ => schema,
     }
 }
 
@@ -164,6 +205,12 @@ mod tests {
         }
         let e = SchemaBudget::default().check("d", &deep).unwrap_err();
         assert!(e.message.contains("deeper"), "{}", e.message);
+        let wide = |n| object(n, false);
+        let union = json!({"$defs": {"B": wide(128)}, "anyOf": [wide(128), {"$ref": "#/$defs/B"}]});
+        assert!(SchemaBudget::default().check("u", &union).is_ok());
+        let union = json!({"$defs": {"B": wide(129)}, "anyOf": [wide(128), {"$ref": "#/$defs/B"}]});
+        let e = SchemaBudget::default().check("u", &union).unwrap_err();
+        assert!(e.message.contains("`anyOf`"), "{}", e.message);
         let e = SchemaBudget::default()
             .check("e", &json!({"enum": (0..1001).collect::<Vec<_>>()}))
             .unwrap_err();

@@ -61,6 +61,7 @@ fn decode(
                     produced.push(t);
                     first.get_or_insert_with(Instant::now);
                 }
+                Output::Failed { reason, .. } => anyhow::bail!("the generation failed: {reason}"),
                 Output::Token { .. } | Output::Finished { .. } => {}
             }
         }

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use llguidance::api::TopLevelGrammar;
+use llguidance::api::{StopReason, TopLevelGrammar};
 use llguidance::toktrie::{TokRxInfo, TokTrie, TokenId, TokenizerEnv};
 use llguidance::{Matcher, ParserFactory};
 
@@ -86,10 +86,8 @@ impl Grammars {
     /// generation before its first token.
     pub fn check(&self, lark: &str) -> Result<(), EngineError> {
         let mut c = self.compile(lark)?;
-        c.matcher
-            .compute_mask_or_eos()
-            .map(drop)
-            .map_err(|e| EngineError::Grammar(e.to_string()))
+        let mut logits = Vec::new();
+        c.mask(&mut logits)
     }
 }
 
@@ -105,6 +103,22 @@ impl Constraint {
             .matcher
             .compute_mask_or_eos()
             .map_err(|e| EngineError::Grammar(e.to_string()))?;
+        // A parser that gave up (too complex) stops and allows only the end: that is a
+        // failure, not the end of a valid output.
+        match self.matcher.stop_reason() {
+            StopReason::InternalError
+            | StopReason::LexerTooComplex
+            | StopReason::ParserTooComplex
+            | StopReason::Cancelled => {
+                return Err(EngineError::Grammar(format!(
+                    "the grammar gave up: {}",
+                    self.matcher
+                        .get_error()
+                        .unwrap_or_else(|| self.matcher.stop_reason().to_string())
+                )))
+            }
+            _ => {}
+        }
         let vocab = allowed.len().min(logits.len());
         allowed.iter_unset_entries(|i| {
             if i < vocab {

@@ -177,6 +177,9 @@ pub struct Advance {
     pub finish: Option<FinishReason>,
     /// The new token's log-probability, when the params ask for them.
     pub logprob: Option<TokenLogprob>,
+    /// Set when the output's grammar failed (it gave up as too complex): the generation
+    /// ends without a result, never as a silently shortened success.
+    pub failed: Option<String>,
 }
 
 /// One sequence's generation apart from the model: it picks each token from the logits,
@@ -269,8 +272,11 @@ impl Decoding {
             }
         }
         if let Err(e) = self.constraint.as_mut().map_or(Ok(()), |c| c.mask(logits)) {
-            tracing::warn!("the grammar failed; ending the generation: {e}");
-            return self.end(FinishReason::Stop);
+            tracing::warn!("the grammar failed; failing the generation: {e}");
+            return Advance {
+                failed: Some(e.to_string()),
+                ..Advance::default()
+            };
         }
         // The sampler changes the logits in place; the log-probabilities are of these.
         let before = self.logprobs.map(|k| (logits.to_vec(), k));
@@ -279,8 +285,11 @@ impl Decoding {
             return self.end(FinishReason::Stop);
         }
         if let Err(e) = self.constraint.as_mut().map_or(Ok(()), |c| c.accept(next)) {
-            tracing::warn!("the grammar refused a token it allowed; ending the generation: {e}");
-            return self.end(FinishReason::Stop);
+            tracing::warn!("the grammar refused a token it allowed; failing the generation: {e}");
+            return Advance {
+                failed: Some(e.to_string()),
+                ..Advance::default()
+            };
         }
         let mut a = self.push(tok, next);
         a.token = Some(next);
@@ -293,9 +302,8 @@ impl Decoding {
         let text = self.finish();
         Advance {
             text,
-            token: None,
             finish: Some(finish),
-            logprob: None,
+            ..Advance::default()
         }
     }
 
@@ -306,9 +314,7 @@ impl Decoding {
         self.text.push_str(&text);
         let mut a = Advance {
             text: self.fresh(text),
-            token: None,
-            finish: None,
-            logprob: None,
+            ..Advance::default()
         };
         if hit {
             a.finish = Some(FinishReason::Stop);
@@ -410,6 +416,9 @@ pub fn generate_with(
         step = decoding.advance(tok, &mut logits);
     }
     loop {
+        if let Some(e) = step.failed {
+            return Err(EngineError::Grammar(e));
+        }
         out.logprobs.extend(step.logprob.take());
         if on_text(&step.text, step.token).is_break() {
             out.finish = FinishReason::Cancelled;

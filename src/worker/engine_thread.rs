@@ -395,6 +395,11 @@ impl Engine {
                     });
                 }
             }
+            Output::Failed { id, reason } => {
+                if let Some(live) = self.jobs.remove(&id) {
+                    self.end(live, JobEvent::Failed(reason));
+                }
+            }
             Output::Finished {
                 id,
                 finish,

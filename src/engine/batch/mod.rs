@@ -98,6 +98,8 @@ pub enum Output {
         /// The token's log-probability, when the request asks for them.
         logprob: Option<TokenLogprob>,
     },
+    /// The sequence failed (its grammar gave up) and was dropped; it has no result.
+    Failed { id: SeqId, reason: String },
     /// The sequence ended; the counts are the prompt's and every produced token.
     Finished {
         id: SeqId,
@@ -342,6 +344,11 @@ impl Scheduler {
                 .next()
                 .expect("one row of logits per sequence whose tokens are all computed");
             let a = seq.decoding.advance(&self.tok, &mut l);
+            if let Some(reason) = a.failed {
+                out.push(Output::Failed { id: seq.id, reason });
+                done.push(i);
+                continue;
+            }
             self.stats.tokens_generated += u64::from(a.token.is_some());
             out.push(Output::Token {
                 id: seq.id,
