@@ -17,6 +17,9 @@ from langchain_openai import ChatOpenAI  # noqa: E402
 
 from conftest import MODEL_ID  # noqa: E402
 
+# LiteLLM's own pydantic models warn on import; they are not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
 ASK = [{"role": "user", "content": "Save the person Ann who lives in Paris, zip 75001."}]
 
 
