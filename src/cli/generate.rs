@@ -65,7 +65,7 @@ pub struct GenerateArgs {
     pub json: bool,
     /// With --json: each token's log-probability and this many most likely alternatives
     /// (the log-softmax of the logits before penalties and temperature).
-    #[arg(long, value_parser = clap::value_parser!(u8).range(0..=20))]
+    #[arg(long, requires = "json", value_parser = clap::value_parser!(u8).range(0..=20))]
     logprobs: Option<u8>,
 }
 
