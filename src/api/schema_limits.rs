@@ -116,10 +116,7 @@ impl SchemaBudget {
                 listed.len()
             ));
         }
-        let optional = props
-            .keys()
-            .filter(|k| !listed.contains(k.as_str()))
-            .count();
+        let optional = not_listed(props, &listed);
         if optional > MAX_OPTIONAL_PROPERTIES {
             return Err(format!(
                 "an object has {optional} optional properties (not in `required`); at most {MAX_OPTIONAL_PROPERTIES} are allowed"
@@ -150,7 +147,11 @@ fn optional_properties(schema: &Value) -> usize {
     let Some(Value::Object(props)) = schema.get("properties") else {
         return 0;
     };
-    let listed = required_names(schema.get("required"));
+    not_listed(props, &required_names(schema.get("required")))
+}
+
+/// How many of `props` are not in `listed`.
+fn not_listed(props: &serde_json::Map<String, Value>, listed: &HashSet<&str>) -> usize {
     props
         .keys()
         .filter(|k| !listed.contains(k.as_str()))

@@ -173,6 +173,28 @@ fn batch_run(
         })
         .collect();
     model.forward_batch(be, &mut store, &seqs, Arithmetic::Invariant);
+    let decoded = decode_steps(&tables, prompt, gen, vocab, seed, |seqs| {
+        model.forward_batch(be, &mut store, seqs, Arithmetic::Invariant);
+        Ok::<_, std::convert::Infallible>(())
+    });
+    match decoded {
+        Ok(measured) => measured,
+        Err(never) => match never {},
+    }
+}
+
+/// `gen` decode steps of the sequences in `tables` (one each, their `prompt` tokens already
+/// computed), one random token per sequence a step through `forward`: aggregate tokens per
+/// second and each step's time. The CPU and GPU benchmarks share it.
+pub(super) fn decode_steps<E>(
+    tables: &[Vec<u32>],
+    prompt: usize,
+    gen: usize,
+    vocab: usize,
+    seed: u64,
+    mut forward: impl FnMut(&[SeqBatch]) -> Result<(), E>,
+) -> Result<(f64, Vec<f64>), E> {
+    let c = tables.len();
     let next = tokens(gen * c, vocab, seed ^ 0xdec0de);
     let mut steps = Vec::with_capacity(gen);
     let t = Instant::now();
@@ -180,7 +202,7 @@ fn batch_run(
         let s = Instant::now();
         let seqs: Vec<SeqBatch> = toks
             .chunks(1)
-            .zip(&tables)
+            .zip(tables)
             .map(|(t, b)| SeqBatch {
                 tokens: t,
                 start: prompt + step,
@@ -188,10 +210,10 @@ fn batch_run(
                 logits: true,
             })
             .collect();
-        model.forward_batch(be, &mut store, &seqs, Arithmetic::Invariant);
+        forward(&seqs)?;
         steps.push(s.elapsed().as_secs_f64());
     }
-    ((c * gen) as f64 / t.elapsed().as_secs_f64(), steps)
+    Ok(((c * gen) as f64 / t.elapsed().as_secs_f64(), steps))
 }
 
 pub(super) fn percentile(sorted: &[f64], q: f64) -> f64 {

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::bench::{mean_sd, percentile, tokens, BenchArgs};
+use super::bench::{decode_steps, mean_sd, percentile, tokens, BenchArgs};
 use crate::engine::cuda::gpu::elapsed_ms;
 use crate::engine::cuda::{ops, CudaModel, Pick};
 use crate::engine::kv::blocks_for;
@@ -121,26 +121,11 @@ fn batched(
     for (i, t) in tables.iter().enumerate() {
         m.run_sequence(t, 0, &tokens(prompt, vocab, seed + i as u64), Pick::Argmax)?;
     }
-    let next = tokens(gen * c, vocab, seed ^ 0xdec0de);
     let picks = vec![Pick::Argmax; c];
-    let mut steps = Vec::with_capacity(gen);
-    let t = Instant::now();
-    for (step, toks) in next.chunks_exact(c).enumerate() {
-        let s = Instant::now();
-        let seqs: Vec<SeqBatch> = toks
-            .chunks(1)
-            .zip(&tables)
-            .map(|(t, b)| SeqBatch {
-                tokens: t,
-                start: prompt + step,
-                blocks: b,
-                logits: true,
-            })
-            .collect();
-        m.forward(&seqs, &picks)?;
-        steps.push(s.elapsed().as_secs_f64());
-    }
-    Ok(((c * gen) as f64 / t.elapsed().as_secs_f64(), steps))
+    let decoded = decode_steps(&tables, prompt, gen, vocab, seed, |seqs| {
+        m.forward(seqs, &picks).map(drop)
+    })?;
+    Ok(decoded)
 }
 
 pub fn run(a: &BenchArgs, m: &mut CudaModel, model_path: &str, vocab: usize) -> anyhow::Result<()> {

@@ -71,14 +71,17 @@ const END_OF_GENERATION: &[&str] = &[
 /// replaced by this one, which no special token starts with.
 const DEFANG: char = '\u{1}';
 
-/// The texts of the special tokens, found in one pass, and their defanged forms.
+/// The texts of the special tokens, found in one pass, and their defanged forms; pattern
+/// `i` of either automaton is the same token.
 struct Specials {
     /// Leftmost-longest over the special texts, as the tokenizer splits them.
     texts: AhoCorasick,
     ids: Vec<u32>,
-    defanged: AhoCorasick,
-    /// `defanged`'s patterns' originals.
+    /// The texts as the automaton's patterns, to restore defanged ones.
     originals: Vec<String>,
+    defanged: AhoCorasick,
+    /// The defanged forms, to replace the originals with.
+    defanged_texts: Vec<String>,
 }
 
 pub struct Tokenizer {
@@ -267,15 +270,7 @@ impl Tokenizer {
         if !s.texts.is_match(text) {
             return Cow::Borrowed(text);
         }
-        let mut out = String::with_capacity(text.len());
-        s.texts.replace_all_with(text, &mut out, |_, found, out| {
-            let mut chars = found.chars();
-            chars.next();
-            out.push(DEFANG);
-            out.push_str(chars.as_str());
-            true
-        });
-        Cow::Owned(out)
+        Cow::Owned(s.texts.replace_all(text, &s.defanged_texts))
     }
 
     /// Tokenizes a rendered chat prompt whose client strings were defanged: the special
@@ -371,7 +366,7 @@ impl Tokenizer {
 
 impl Specials {
     fn new(texts: Vec<String>, ids: Vec<u32>) -> Result<Self, String> {
-        let defanged: Vec<String> = texts
+        let defanged_texts: Vec<String> = texts
             .iter()
             .map(|t| {
                 let mut chars = t.chars();
@@ -388,8 +383,9 @@ impl Specials {
         Ok(Self {
             texts: build(&texts)?,
             ids,
-            defanged: build(&defanged)?,
             originals: texts,
+            defanged: build(&defanged_texts)?,
+            defanged_texts,
         })
     }
 }
