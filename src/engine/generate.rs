@@ -182,6 +182,16 @@ pub struct Advance {
     pub failed: Option<String>,
 }
 
+impl Advance {
+    /// A step that failed the generation.
+    fn failed(e: EngineError) -> Self {
+        Self {
+            failed: Some(e.to_string()),
+            ..Self::default()
+        }
+    }
+}
+
 /// One sequence's generation apart from the model: it picks each token from the logits,
 /// turns tokens into text (held back while it could still become a stop string) and decides
 /// when the generation ends.
@@ -273,10 +283,7 @@ impl Decoding {
         }
         if let Err(e) = self.constraint.as_mut().map_or(Ok(()), |c| c.mask(logits)) {
             tracing::warn!("the grammar failed; failing the generation: {e}");
-            return Advance {
-                failed: Some(e.to_string()),
-                ..Advance::default()
-            };
+            return Advance::failed(e);
         }
         // The sampler changes the logits in place; the log-probabilities are of these.
         let before = self.logprobs.map(|k| (logits.to_vec(), k));
@@ -286,10 +293,7 @@ impl Decoding {
         }
         if let Err(e) = self.constraint.as_mut().map_or(Ok(()), |c| c.accept(next)) {
             tracing::warn!("the grammar refused a token it allowed; failing the generation: {e}");
-            return Advance {
-                failed: Some(e.to_string()),
-                ..Advance::default()
-            };
+            return Advance::failed(e);
         }
         let mut a = self.push(tok, next);
         a.token = Some(next);
