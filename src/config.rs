@@ -10,6 +10,10 @@
 //! max_queue = 64
 //! http_workers = 0          # HTTP threads; 0: one per core but one
 //!
+//! [coordinator]             # `supernet serve`'s placement (a cluster's: flags of `supernet coordinator`)
+//! max_queue = 1024          # jobs that may wait for a worker; beyond, 429
+//! max_jobs_per_account = 0  # jobs one account may have in flight; more wait (0: no limit)
+//!
 //! [billing]
 //! spark_usd = "0.005"
 //! sogni_usd = "0.01"
@@ -26,7 +30,7 @@
 //! [models."SmolLM2-135M-Instruct"]
 //! input_usd_per_m = "0.10"
 //! default_max_tokens = 256
-//! priority = 1              # cluster queue order: higher is placed first
+//! priority = 1              # queue order: higher is placed first
 //! ```
 
 use std::collections::BTreeMap;
@@ -37,7 +41,6 @@ use serde::Deserialize;
 use crate::billing::amount::Amount;
 use crate::billing::limits::KeyLimits;
 use crate::billing::pricing::{ModelPrice, TokenRates};
-use crate::session::prompt::TierLimits;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -46,7 +49,7 @@ pub struct ServerConfig {
     pub port: u16,
     /// Larger request bodies get 413.
     pub max_body_bytes: usize,
-    /// Jobs waiting per worker beyond the running one; more get 429.
+    /// Jobs a worker holds beyond a full batch; the coordinator queues the rest.
     pub max_queue: usize,
     /// Threads serving HTTP; 0 means two per core. Each thread runs the sessions of the
     /// requests it took, reads their tokens off an inbox stream of its own and relays them
@@ -80,6 +83,51 @@ impl Default for ServerConfig {
     }
 }
 
+/// The coordinator's queue (in `supernet serve`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// Jobs that may wait for a worker at once; beyond, requests get 429 with Retry-After.
+    pub max_queue: usize,
+    /// Jobs one account may have in flight at once; more wait (0: no limit).
+    pub max_jobs_per_account: usize,
+}
+
+/// The default bound of the coordinator's queue.
+pub const MAX_WAITING: usize = 1024;
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        Self {
+            max_queue: MAX_WAITING,
+            max_jobs_per_account: 0,
+        }
+    }
+}
+
+/// What a model tier allows; every sampling field is clamped into these bounds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TierLimits {
+    /// Completion tokens when the request names none.
+    pub default_max_tokens: u32,
+    /// The most completion tokens one request may ask for.
+    pub max_tokens: u32,
+    pub max_temperature: f32,
+    /// The largest `top_k` honoured (0 = no cap).
+    pub max_top_k: u32,
+}
+
+impl Default for TierLimits {
+    fn default() -> Self {
+        Self {
+            default_max_tokens: 512,
+            max_tokens: 4096,
+            max_temperature: 2.0,
+            max_top_k: 0,
+        }
+    }
+}
+
 /// A model tier: its price and its limits.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -90,8 +138,8 @@ pub struct Tier {
     pub max_tokens: u32,
     pub max_temperature: f32,
     pub max_top_k: u32,
-    /// Queue order in a cluster: when jobs wait for a worker, higher priorities (premium
-    /// tiers) are placed first.
+    /// Queue order: when jobs wait for a worker, higher priorities (premium tiers) are
+    /// placed first.
     pub priority: u8,
 }
 
@@ -132,6 +180,7 @@ impl Tier {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
+    pub coordinator: CoordinatorConfig,
     pub billing: TokenRates,
     pub limits: KeyLimits,
     pub default_tier: Tier,

@@ -218,6 +218,24 @@ impl Billing {
         .await
     }
 
+    /// Extends a live job's hold by another lease ([`crate::store::HOLD_LEASE_SECS`]), so
+    /// the reaper leaves it alone while its session lives.
+    pub async fn renew_hold(&self, job_id: &str) -> Result<(), BillingError> {
+        let (store, job_id) = (Arc::clone(&self.store), job_id.to_string());
+        blocking(move || {
+            let until = crate::store::now() + crate::store::HOLD_LEASE_SECS;
+            Ok(store.renew_hold(&job_id, until)?)
+        })
+        .await
+    }
+
+    /// Releases every hold whose lease ended (its session died without settling); returns
+    /// how many. Runs in one place: the leading coordinator's tick.
+    pub async fn reap_expired(&self) -> Result<usize, BillingError> {
+        let store = Arc::clone(&self.store);
+        blocking(move || Ok(crate::store::reap_expired(store.as_ref())?)).await
+    }
+
     /// One request's store work, queued behind the account's other store calls.
     fn in_store<T: Send + 'static>(
         &self,

@@ -6,7 +6,8 @@
 //! `supernet serve`; the Redis one ([`redis::RedisBus`]) serves the cluster, and both pass
 //! the same checks ([`conformance`]).
 //!
-//! Only this module knows the wire codec (bincode) and stream names.
+//! Only this module knows the wire codec (bincode); [`crate::protocol`] names the streams
+//! and owns the messages.
 
 mod coalesce;
 #[cfg(test)]
@@ -20,9 +21,11 @@ use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-/// The envelope format this build speaks; others are rejected, never guessed at. Version 2:
-/// a Redis stream entry holds one or more envelopes back to back ([`Envelope::unpack`]).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// The protocol this build speaks (see [`crate::protocol`], which owns what the envelopes
+/// carry); envelopes of other versions are rejected, never guessed at. Version 2: a Redis
+/// stream entry holds one or more envelopes back to back ([`Envelope::unpack`]). Version 3:
+/// the messages are the protocol module's own types.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// One message: routing and tracing data around an encoded payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,32 +265,6 @@ pub fn post<'a, T: Serialize>(
             Box::pin(async move { appended.await.map(drop) })
         }
         Err(e) => Box::pin(std::future::ready(Err(e))),
-    }
-}
-
-/// Stream names. They carry the protocol version, so nodes of two versions never read each
-/// other's streams.
-pub mod streams {
-    use super::PROTOCOL_VERSION;
-
-    /// One worker's inbox: jobs to run and cancellations.
-    pub fn worker(worker_id: &str) -> String {
-        format!("sn:v{PROTOCOL_VERSION}:worker:{worker_id}")
-    }
-
-    /// One front node's inbox: the job events of its sessions.
-    pub fn node(node_id: &str) -> String {
-        format!("sn:v{PROTOCOL_VERSION}:node:{node_id}")
-    }
-
-    /// Placement requests, read by the leader coordinator.
-    pub fn coordinator() -> String {
-        format!("sn:v{PROTOCOL_VERSION}:coordinator")
-    }
-
-    /// Worker registrations, loads and departures, read by every coordinator.
-    pub fn heartbeats() -> String {
-        format!("sn:v{PROTOCOL_VERSION}:heartbeats")
     }
 }
 

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -20,16 +20,15 @@ use serde::Serialize;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::bus::redis::RedisBus;
-use crate::bus::{read_stream, send, streams, Ack, Bus};
-use crate::cluster::protocol::{CoordinatorCommand, PlaceRequest, KIND_COORDINATOR};
-use crate::engine::generate::{GenerateParams, Resume};
+use crate::bus::{read_stream, Ack, Bus};
+use crate::engine::generate::GenerateParams;
 use crate::engine::sampler::SamplerParams;
-use crate::worker::engine_thread::JobEvent;
-use crate::worker::protocol::{JobSpec, NodeMessage, Placement, WorkerEvent};
+use crate::locks::lock;
+use crate::protocol::{
+    self, streams, CoordinatorCommand, JobParams, JobSpec, NodeMessage, PlaceRequest, Placement,
+    Progress, WorkerEvent,
+};
 use crate::worker::simulator::card::MODEL_ID;
-
-/// Entries kept on the coordinator's stream (as fronts keep it).
-const COORDINATOR_STREAM_LEN: usize = 100_000;
 /// How long answers still due are waited for once sending stops.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -179,31 +178,19 @@ async fn drive(a: &PlacementArgs) -> anyhow::Result<Report> {
         for n in sent..due {
             let job = job(a, &node, &inbox, n);
             let job_id = job.job_id.clone();
-            jobs.lock().unwrap_or_else(PoisonError::into_inner).insert(
+            lock(&jobs).insert(
                 job_id.clone(),
                 Job {
                     sent: Some(Instant::now()),
                     ..Job::default()
                 },
             );
-            let request = CoordinatorCommand::Place(Box::new(PlaceRequest {
-                prefix: PlaceRequest::prefix_of(&job.prompt),
-                priority: 0,
-                exclude: Vec::new(),
-                job,
-            }));
+            let request =
+                CoordinatorCommand::Place(Box::new(PlaceRequest::llm(job, 0, Vec::new())));
             let (bus, node) = (Arc::clone(&bus), node.clone());
             tokio::spawn(async move {
-                if let Err(e) = send(
-                    bus.as_ref(),
-                    &streams::coordinator(),
-                    COORDINATOR_STREAM_LEN,
-                    KIND_COORDINATOR,
-                    &node,
-                    &job_id,
-                    &request,
-                )
-                .await
+                if let Err(e) =
+                    protocol::to_coordinator(bus.as_ref(), &node, &job_id, &request).await
                 {
                     eprintln!("publishing a placement request: {e}");
                 }
@@ -223,7 +210,7 @@ async fn drive(a: &PlacementArgs) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     collect.abort();
-    let jobs = std::mem::take(&mut *jobs.lock().unwrap_or_else(PoisonError::into_inner));
+    let jobs = std::mem::take(&mut *lock(&jobs));
     Ok(report(a, sent, sending, &jobs, cpu))
 }
 
@@ -238,15 +225,15 @@ fn job(a: &PlacementArgs, node: &str, inbox: &str, n: usize) -> JobSpec {
         account_id: format!("{node}-account"),
         model: a.model_id.clone(),
         prompt,
-        params: GenerateParams {
+        params: JobParams::from(&GenerateParams {
             max_tokens: a.max_tokens,
             sampler: SamplerParams::greedy(),
             stop: Vec::new(),
             grammar: None,
             logprobs: None,
             logit_bias: Vec::new(),
-        },
-        resume: Resume::default(),
+        }),
+        resume: Progress::default(),
         reply_to: inbox.to_string(),
     }
 }
@@ -289,7 +276,7 @@ async fn collect(mut answers: UnboundedReceiver<Answer>, jobs: Arc<Mutex<HashMap
         at,
     }) = answers.recv().await
     {
-        let mut jobs = jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut jobs = lock(&jobs);
         let Some(job) = jobs.get_mut(&job_id) else {
             continue;
         };
@@ -319,11 +306,11 @@ async fn collect(mut answers: UnboundedReceiver<Answer>, jobs: Arc<Mutex<HashMap
                 ..
             } => job.refused = true,
             NodeMessage::Worker {
-                event: WorkerEvent::Job(JobEvent::Finished { .. } | JobEvent::Failed(_)),
+                event: WorkerEvent::Finished { .. } | WorkerEvent::Failed(_),
                 ..
             } => job.finished = Some(ms),
             NodeMessage::Worker {
-                event: WorkerEvent::Job(JobEvent::Text { .. }),
+                event: WorkerEvent::Text { .. },
                 ..
             } => {}
         }
@@ -331,8 +318,7 @@ async fn collect(mut answers: UnboundedReceiver<Answer>, jobs: Arc<Mutex<HashMap
 }
 
 fn all_done(jobs: &Mutex<HashMap<String, Job>>) -> bool {
-    jobs.lock()
-        .unwrap_or_else(PoisonError::into_inner)
+    lock(&jobs)
         .values()
         .all(|j| j.refused || (j.placed.is_some() && j.finished.is_some()))
 }

@@ -7,7 +7,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use clap::Args;
 
@@ -18,12 +17,11 @@ use crate::bus::Bus;
 use crate::cluster::front_view::ClusterView;
 use crate::cluster::state::ClusterState;
 use crate::config::Config;
-use crate::front::{configure, FrontState};
-use crate::session::actor::Services;
+use crate::front::FrontState;
 use crate::session::inbox::NodeInboxes;
 use crate::session::models::ModelCatalog;
-use crate::session::pool::Pool;
 use crate::session::prepare_pool::PreparePool;
+use crate::session::Services;
 use crate::store::redis::RedisStore;
 use crate::store::Store;
 
@@ -82,37 +80,19 @@ async fn serve(
     actix::spawn(Arc::clone(&view).watch(Arc::clone(&models), config.clone()));
     let inboxes = NodeInboxes::new(Arc::clone(&bus), &node_id);
     let billing = Arc::new(Billing::new(store, config.billing.clone()));
-    let (host, port, http_threads) = (
-        config.server.host.clone(),
-        config.server.port,
-        config.server.http_threads(),
-    );
     tracing::info!(node = %node_id, "front joining the cluster");
     let services = Arc::new(Services {
         node_id,
         bus,
         billing,
-        pool: Pool::Cluster(view),
+        hold_carries_placement: true,
+        roster: view,
         inboxes,
         models,
         config,
         preparer: PreparePool::new(0, 128).context("starting the prepare threads")?,
     });
-    let state = web::Data::new(FrontState { services, admin });
-    crate::telemetry::metrics::front();
-    // Streamed tokens are small writes that must leave at once, not wait on Nagle's timer.
-    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
-        .tcp_nodelay(true)
-        // A client that closes its connection is gone: its request stops at once (the
-        // handler is dropped, which cancels the job), streaming or not.
-        .h1_allow_half_closed(false)
-        .workers(http_threads)
-        .bind((host.as_str(), port))
-        .with_context(|| format!("binding {host}:{port}"))?;
-    let bound = *server
-        .addrs()
-        .first()
-        .context("the server bound no address")?;
+    let (server, bound) = crate::front::bind(FrontState { services, admin })?;
     tracing::info!("listening on http://{bound}");
-    server.run().await.context("the HTTP server failed")
+    server.await.context("the HTTP server failed")
 }

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod front;
 pub mod generate;
 pub mod serve;
+pub mod worker;
 
 use clap::{Parser, Subcommand};
 
@@ -54,7 +55,7 @@ pub enum Command {
     /// Cluster mode: a coordinator; run two or more, one leads and the others stand by.
     Coordinator(coordinator::CoordinatorArgs),
     /// Cluster mode: a worker serving one model, joining from anywhere with the Redis URL.
-    Worker(crate::cluster::worker_node::WorkerArgs),
+    Worker(worker::WorkerArgs),
 }
 
 /// Runs the parsed command line.
@@ -77,6 +78,35 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(a) => admin::run(a),
         Command::Front(a) => front::run(a),
         Command::Coordinator(a) => coordinator::run(a),
-        Command::Worker(a) => crate::cluster::worker_node::run(a),
+        Command::Worker(a) => worker::run(a),
     }
+}
+
+/// Where a coordinator or worker serves /metrics and /healthz: `--metrics-addr`, or a free
+/// port on loopback (logged), so several roles on one machine never collide and nothing is
+/// exposed to the network unless asked.
+fn metrics_addr(flag: Option<&str>) -> &str {
+    flag.unwrap_or("127.0.0.1:0")
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("cannot watch SIGTERM: {e}");
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }

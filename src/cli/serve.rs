@@ -1,14 +1,14 @@
-//! `supernet serve`: the whole service in one process. The front, a coordinator, billing
-//! and one worker per `--model` run as actors on an in-process bus, with the embedded store
-//! under `--data-dir`. It logs `listening on http://HOST:PORT` once every model is loaded
+//! `supernet serve`: the whole service in one process. The front, the coordinator (the
+//! cluster's, always leading), billing and one worker per `--model` run as actors on an
+//! in-process bus, with the embedded store under `--data-dir`. It logs `listening on http://HOST:PORT` once every model is loaded
 //! and the port is bound.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::Actor;
-use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use clap::Args;
 
@@ -18,18 +18,20 @@ use crate::billing::accounts::Billing;
 use crate::bus::memory::MemoryBus;
 use crate::bus::Bus;
 use crate::config::Config;
-use crate::coordinator::{CoordinatorActor, Register};
+use crate::coordinator::lead::Sole;
+use crate::coordinator::placer::Settings;
+use crate::coordinator::CoordinatorActor;
 use crate::engine::template::ChatTemplate;
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::Model;
-use crate::front::{configure, FrontState};
-use crate::session::actor::Services;
+use crate::front::FrontState;
 use crate::session::inbox::NodeInboxes;
 use crate::session::models::{model_id, ModelCatalog, ModelEntry};
-use crate::session::pool::Pool;
 use crate::session::prepare_pool::PreparePool;
+use crate::session::roster::LocalRoster;
+use crate::session::Services;
 use crate::store::embedded::RedbStore;
-use crate::store::{reap_expired, Store};
+use crate::store::Store;
 use crate::worker::actor::WorkerActor;
 use crate::worker::engine_thread::EngineConfig;
 
@@ -100,8 +102,23 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let node_id = "local".to_string();
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::default());
-    let coordinator = CoordinatorActor::default().start();
+    let billing = Arc::new(Billing::new(store, config.billing.clone()));
+    let placement = Settings {
+        dead_after: Duration::from_secs(3),
+        max_jobs_per_account: config.coordinator.max_jobs_per_account,
+        allow_simulated: false,
+        max_queue: config.coordinator.max_queue,
+    };
+    CoordinatorActor::new(
+        node_id.clone(),
+        Arc::clone(&bus),
+        Arc::new(Sole),
+        Arc::clone(&billing),
+        placement,
+    )
+    .start();
     let models = Arc::new(ModelCatalog::default());
+    let mut workers = Vec::new();
     for (i, l) in loaded.into_iter().enumerate() {
         tracing::info!(model = %l.id, threads = engine.threads, "loading the model");
         let worker = WorkerActor::new(
@@ -112,9 +129,7 @@ async fn serve(
             engine,
             Arc::clone(&bus),
         )?;
-        let info = worker.info.clone();
-        let worker = worker.start();
-        coordinator.send(Register { info, addr: worker }).await?;
+        workers.push((worker.info.clone(), worker.start()));
         let tier = config.tier(&l.id).clone();
         models.add(ModelEntry::new(
             l.id,
@@ -124,61 +139,28 @@ async fn serve(
             tier,
         ));
     }
-    let inboxes = NodeInboxes::new(Arc::clone(&bus), &node_id);
-    actix::spawn(reap_holds(Arc::clone(&store)));
-    let billing = Arc::new(Billing::new(store, config.billing.clone()));
-    let (host, port, http_threads) = (
-        config.server.host.clone(),
-        config.server.port,
-        config.server.http_threads(),
-    );
     let services = Arc::new(Services {
+        inboxes: NodeInboxes::new(Arc::clone(&bus), &node_id),
         node_id,
         bus,
         billing,
-        pool: Pool::Local(coordinator),
-        inboxes,
+        hold_carries_placement: false,
+        roster: Arc::new(LocalRoster { workers }),
         models,
         config,
         preparer: PreparePool::new(0, 128).context("starting the prepare threads")?,
     });
-
     let mut handoff = Handoff::new(String::new())?;
-    let state = web::Data::new(FrontState {
+    let (server, bound) = crate::front::bind(FrontState {
         services,
         admin: Some(handoff.clone()),
-    });
-    crate::telemetry::metrics::front();
-    // Streamed tokens are small writes that must leave at once, not wait on Nagle's timer.
-    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
-        .tcp_nodelay(true)
-        // A client that closes its connection is gone: its request stops at once (the
-        // handler is dropped, which cancels the job), streaming or not.
-        .h1_allow_half_closed(false)
-        .workers(http_threads)
-        .bind((host.as_str(), port))
-        .with_context(|| format!("binding {host}:{port}"))?;
-    let bound = *server
-        .addrs()
-        .first()
-        .context("the server bound no address")?;
+    })?;
     handoff.addr = local(bound).to_string();
     handoff.write(&data_dir)?;
     tracing::info!("listening on http://{bound}");
-    let result = server.run().await;
+    let result = server.await;
     let _ = std::fs::remove_file(Handoff::path(&data_dir));
     result.context("the HTTP server failed")
-}
-
-/// Releases holds left open by a previous run that crashed mid-request.
-async fn reap_holds(store: Arc<dyn Store>) {
-    loop {
-        let s = Arc::clone(&store);
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || reap_expired(s.as_ref())).await {
-            tracing::warn!("releasing expired holds: {e}");
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
-    }
 }
 
 /// How this machine reaches `addr` (loopback for a wildcard address).

@@ -6,14 +6,16 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use super::protocol::{ModelCard, PoolView};
 use super::state::ClusterState;
+use crate::api::error::ApiError;
 use crate::config::Config;
 use crate::engine::gguf::GgufFile;
 use crate::engine::template::ChatTemplate;
 use crate::engine::tokenizer::Tokenizer;
+use crate::locks;
+use crate::protocol::{ModelCard, PoolView, WorkerInfo, WorkerLoad};
 use crate::session::models::{ModelCatalog, ModelEntry};
-use crate::worker::actor::{WorkerInfo, WorkerLoad};
+use crate::session::roster::{Roster, RosterFuture};
 
 /// How often the view is refreshed.
 const REFRESH: Duration = Duration::from_millis(500);
@@ -29,15 +31,6 @@ impl ClusterView {
             state,
             view: RwLock::new(PoolView::default()),
         }
-    }
-
-    /// The live workers, as the leader last published them.
-    pub fn workers(&self) -> Vec<(WorkerInfo, WorkerLoad)> {
-        self.view
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .workers
-            .clone()
     }
 
     /// Refreshes the view and the catalog forever.
@@ -64,8 +57,26 @@ impl ClusterView {
             tracing::info!(model = %card.model_id, architecture = %card.architecture, "serving a model a worker published");
             models.add(entry);
         }
-        *self.view.write().unwrap_or_else(|e| e.into_inner()) = view;
+        *locks::write(&self.view) = view;
         Ok(())
+    }
+}
+
+impl Roster for ClusterView {
+    /// The live workers, as the leader last published them.
+    fn workers(&self) -> RosterFuture<'_, Vec<(WorkerInfo, WorkerLoad)>> {
+        let workers = locks::read(&self.view).workers.clone();
+        Box::pin(std::future::ready(workers))
+    }
+
+    fn set_draining<'a>(&'a self, _: &'a str, _: bool) -> RosterFuture<'a, Result<(), ApiError>> {
+        Box::pin(std::future::ready(Err(ApiError::bad_body(
+            "In a cluster, drain a worker by stopping it (SIGTERM): it finishes its jobs first",
+        ))))
+    }
+
+    fn local(&self) -> bool {
+        false
     }
 }
 
@@ -79,7 +90,7 @@ pub fn entry_from_card(card: &ModelCard, config: &Config) -> anyhow::Result<Mode
     let template = ChatTemplate::from_gguf(&file, &tokenizer)?;
     Ok(ModelEntry::new(
         card.model_id.clone(),
-        card.context_length,
+        card.context_length as usize,
         template,
         Arc::new(tokenizer),
         config.tier(&card.model_id).clone(),

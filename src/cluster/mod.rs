@@ -1,17 +1,13 @@
-//! Cluster mode: the same actors as `supernet serve`, as separate processes joined by Redis.
+//! Cluster mode's Redis side: what `supernet serve` does not need. The roles themselves
+//! (`supernet front`, `coordinator`, `worker`) are the same actors as `serve`'s, started by
+//! [`crate::cli`] on the Redis bus and store.
 //!
-//! - [`worker_node`]: `supernet worker`, one model's engine; registers, heartbeats, drains.
-//! - [`coordinator`]: `supernet coordinator`; one leader (a Redis lease) places jobs, queues
-//!   them when the pool is full, declares silent workers dead and moves their jobs.
+//! - [`state`]: the Redis keys beside the bus streams (the leader lease, the pool view,
+//!   model cards), and the lease as the coordinator's [`Lead`](crate::coordinator::lead::Lead).
 //! - [`front_view`]: what a `supernet front` knows of the pool: live workers and the model
 //!   cards it renders prompts with.
-//! - [`state`]: the Redis keys beside the bus streams (lease, pool view, model cards).
-//! - [`protocol`]: the messages only the cluster sends.
 //!
 //! ARCHITECTURE.md has the sequence of a placement and of a failover.
 
-pub mod coordinator;
 pub mod front_view;
-pub mod protocol;
 pub mod state;
-pub mod worker_node;

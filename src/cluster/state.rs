@@ -3,9 +3,12 @@
 //!
 //! | key | written by | value |
 //! |---|---|---|
-//! | `sn:v2:coordinator:leader` | the leader (`SET NX PX`, renewed) | the leader's node id |
-//! | `sn:v2:pool` | the leader, every tick (expires) | [`PoolView`] (bincode) |
-//! | `sn:v2:card:{model}` | each worker at start | [`ModelCard`] (bincode) |
+//! | `sn:v3:coordinator:leader` | the leader (`SET NX PX`, renewed) | the leader's node id |
+//! | `sn:v3:pool` | the leader, every tick (expires) | [`PoolView`] (bincode) |
+//! | `sn:v3:card:{model}` | each worker at start | [`ModelCard`] (bincode) |
+//!
+//! [`Leased`] is the cluster's [`Lead`]: the lease elects the leader, which publishes the
+//! pool view here.
 //!
 //! The lease is what makes one coordinator the leader: it is taken with `SET NX PX` and
 //! renewed by a script that extends it only for its holder, so a leader that stalls past
@@ -17,14 +20,20 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Client, RedisError, Script};
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::protocol::{ModelCard, PoolView};
 use crate::bus::redis::connection_manager;
+use crate::coordinator::lead::{Lead, LeadFuture};
+use crate::protocol::{streams, ModelCard, PoolView};
 
-const LEADER: &str = "sn:v2:coordinator:leader";
-const POOL: &str = "sn:v2:pool";
+fn leader_key() -> String {
+    streams::key("coordinator:leader")
+}
+
+fn pool_key() -> String {
+    streams::key("pool")
+}
 
 fn card_key(model: &str) -> String {
-    format!("sn:v2:card:{model}")
+    streams::key(&format!("card:{model}"))
 }
 
 /// Extends the lease only if this node still holds it.
@@ -66,7 +75,7 @@ impl ClusterState {
         let mut c = self.conn.clone();
         let ms = ttl.as_millis() as u64;
         let renewed: i64 = Script::new(RENEW)
-            .key(LEADER)
+            .key(leader_key())
             .arg(node)
             .arg(ms)
             .invoke_async(&mut c)
@@ -75,7 +84,7 @@ impl ClusterState {
             return Ok(true);
         }
         let taken: Option<String> = redis::cmd("SET")
-            .arg(LEADER)
+            .arg(leader_key())
             .arg(node)
             .arg("NX")
             .arg("PX")
@@ -86,11 +95,11 @@ impl ClusterState {
     }
 
     pub async fn put_pool(&self, view: &PoolView, ttl: Duration) -> Result<(), StateError> {
-        self.put(POOL, view, Some(ttl)).await
+        self.put(&pool_key(), view, Some(ttl)).await
     }
 
     pub async fn pool(&self) -> Result<Option<PoolView>, StateError> {
-        self.get(POOL).await
+        self.get(&pool_key()).await
     }
 
     pub async fn put_card(&self, card: &ModelCard) -> Result<(), StateError> {
@@ -138,12 +147,34 @@ impl ClusterState {
     }
 }
 
+/// The cluster's leadership: a Redis lease of `ttl`, and the pool view published with the
+/// same expiry (a view nobody renews is gone with its leader).
+pub struct Leased {
+    pub state: ClusterState,
+    pub ttl: Duration,
+}
+
+impl Lead for Leased {
+    fn lead<'a>(&'a self, node: &'a str) -> LeadFuture<'a, bool> {
+        Box::pin(async move { self.state.lead(node, self.ttl).await.map_err(|e| e.to_string()) })
+    }
+
+    fn publish(&self, view: PoolView) -> LeadFuture<'_, ()> {
+        Box::pin(async move {
+            self.state
+                .put_pool(&view, self.ttl)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn keys_carry_the_protocol_version() {
-        let version = format!("sn:v{}:", crate::bus::PROTOCOL_VERSION);
-        assert!([super::LEADER, super::POOL, &super::card_key("m")]
+        let version = format!("sn:v{}:", crate::protocol::VERSION);
+        assert!([super::leader_key(), super::pool_key(), super::card_key("m")]
             .iter()
             .all(|k| k.starts_with(&version)));
     }

@@ -24,7 +24,8 @@ use crate::api::chat_response::{
 };
 use crate::api::error::ApiError;
 use crate::ids::random_hex;
-use crate::session::actor::{Services, SessionActor, SessionEvent, Turn};
+use crate::session::actor::{SessionActor, SessionEvent, Turn};
+use crate::session::Services;
 use crate::session::inbox::Arrival;
 use crate::session::models::ModelEntry;
 use crate::session::prompt::{prepare, PreparedPrompt};

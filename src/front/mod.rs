@@ -7,12 +7,15 @@ pub mod chat;
 pub mod http;
 pub mod routes;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use actix_web::web;
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
 
 use crate::admin::{Handoff, ENDPOINT};
-use crate::session::actor::Services;
+use crate::session::Services;
 
 /// What every request handler of this node shares.
 pub struct FrontState {
@@ -44,4 +47,28 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/metrics", web::get().to(routes::metrics))
     .route(ENDPOINT, web::post().to(routes::admin))
     .default_service(web::to(routes::not_found));
+}
+
+/// Binds the API on the config's host and port with its HTTP threads; `supernet serve`
+/// and `supernet front` start the same server. Returns it (not yet running) and the
+/// address it bound; the caller logs `listening on` once it is ready for clients.
+pub fn bind(state: FrontState) -> anyhow::Result<(Server, SocketAddr)> {
+    let server = &state.services.config.server;
+    let (host, port, threads) = (server.host.clone(), server.port, server.http_threads());
+    let state = web::Data::new(state);
+    crate::telemetry::metrics::front();
+    // Streamed tokens are small writes that must leave at once, not wait on Nagle's timer.
+    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(configure))
+        .tcp_nodelay(true)
+        // A client that closes its connection is gone: its request stops at once (the
+        // handler is dropped, which cancels the job), streaming or not.
+        .h1_allow_half_closed(false)
+        .workers(threads)
+        .bind((host.as_str(), port))
+        .with_context(|| format!("binding {host}:{port}"))?;
+    let bound = *server
+        .addrs()
+        .first()
+        .context("the server bound no address")?;
+    Ok((server.run(), bound))
 }

@@ -9,15 +9,13 @@ use super::FrontState;
 use crate::admin::{execute, AdminCommand, WorkersCommand};
 use crate::api::chat_response::{model_list, Capabilities, ModelCard, Pricing};
 use crate::api::error::ApiError;
-use crate::coordinator::Workers;
+use crate::protocol::{WorkerInfo, WorkerLoad};
 use crate::session::models::ModelEntry;
-use crate::session::pool::Pool;
 use crate::telemetry::{metrics_http, snapshot};
-use crate::worker::actor::{SetDraining, WorkerInfo, WorkerLoad};
 
 /// Every live worker with its load.
 async fn worker_loads(state: &FrontState) -> Vec<(WorkerInfo, WorkerLoad)> {
-    state.services.pool.workers().await
+    state.services.roster.workers().await
 }
 
 fn card(m: &ModelEntry, workers: &[(WorkerInfo, WorkerLoad)]) -> ModelCard {
@@ -85,7 +83,7 @@ pub async fn metrics(state: web::Data<FrontState>) -> HttpResponse {
     let workers = worker_loads(&state).await;
     let mut out = String::new();
     snapshot::pool(&mut out, &workers);
-    if let Pool::Local(_) = state.services.pool {
+    if state.services.roster.local() {
         snapshot::workers(&mut out, &workers);
     }
     metrics_http::response(out)
@@ -139,22 +137,11 @@ async fn workers_command(
         WorkersCommand::Drain { worker_id } => (worker_id, true),
         WorkersCommand::Resume { worker_id } => (worker_id, false),
     };
-    let Pool::Local(coordinator) = &state.services.pool else {
-        return Err(ApiError::bad_body(
-            "In a cluster, drain a worker by stopping it (SIGTERM): it finishes its jobs first",
-        ));
-    };
-    let workers = coordinator
-        .send(Workers)
-        .await
-        .map_err(|e| ApiError::logged("the coordinator", e))?;
-    let (_, addr) = workers
-        .iter()
-        .find(|(i, _)| i.worker_id == worker_id)
-        .ok_or_else(|| ApiError::bad_body(format!("no worker `{worker_id}`")))?;
-    addr.send(SetDraining(drain))
-        .await
-        .map_err(|e| ApiError::logged("the worker", e))?;
+    state
+        .services
+        .roster
+        .set_draining(&worker_id, drain)
+        .await?;
     Ok(json!({ "worker_id": worker_id, "draining": drain }))
 }
 

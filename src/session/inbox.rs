@@ -14,17 +14,16 @@
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::{self, ThreadId};
 use std::time::{Instant, SystemTime};
 
 use actix::{Message, Recipient};
 use tokio::task::JoinHandle;
 
-use crate::bus::{read_stream, streams, Ack, Bus, Delivery};
-use crate::worker::protocol::NodeMessage;
-
-const GROUP: &str = "sessions";
+use crate::bus::{read_stream, Ack, Bus, Delivery};
+use crate::locks::lock;
+use crate::protocol::{streams, NodeMessage};
 
 /// A message about one session's job, and the node that sent it.
 #[derive(Message, Debug)]
@@ -106,7 +105,7 @@ impl NodeInbox {
         let reader = actix::spawn(read_stream(
             bus,
             stream.clone(),
-            GROUP.into(),
+            streams::SESSION_GROUP.into(),
             name.to_string(),
             Ack::OnRead,
             move |d| route(&table, d),
@@ -167,8 +166,4 @@ fn route(table: &Weak<Sessions>, delivery: Delivery) -> ControlFlow<()> {
         Err(e) => tracing::warn!(kind = %env.kind, "dropping an unreadable job message: {e}"),
     }
     ControlFlow::Continue(())
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

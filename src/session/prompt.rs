@@ -13,7 +13,6 @@
 //! | `coding`    | 0.2         | 0.95  | 20    |
 //! | `reasoning` | 0.6         | 0.95  | 20    |
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::grammar::{grammar, Thinking};
@@ -21,34 +20,11 @@ use super::tool_prompt::conversation;
 use crate::api::chat_request::{ChatRequest, Role, TaskProfile};
 use crate::api::error::ApiError;
 use crate::api::tools::ResponseFormat;
+pub use crate::config::TierLimits;
 use crate::engine::generate::GenerateParams;
 use crate::engine::sampler::SamplerParams;
 use crate::engine::template::ChatTemplate;
 use crate::engine::tokenizer::Tokenizer;
-
-/// What a model tier allows; every sampling field is clamped into these bounds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct TierLimits {
-    /// Completion tokens when the request names none.
-    pub default_max_tokens: u32,
-    /// The most completion tokens one request may ask for.
-    pub max_tokens: u32,
-    pub max_temperature: f32,
-    /// The largest `top_k` honoured (0 = no cap).
-    pub max_top_k: u32,
-}
-
-impl Default for TierLimits {
-    fn default() -> Self {
-        Self {
-            default_max_tokens: 512,
-            max_tokens: 4096,
-            max_temperature: 2.0,
-            max_top_k: 0,
-        }
-    }
-}
 
 /// A request made ready for a worker.
 #[derive(Debug, Clone)]

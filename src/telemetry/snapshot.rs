@@ -4,7 +4,7 @@
 
 use super::metrics::Family;
 use crate::engine::batch::BATCH_BUCKETS;
-use crate::worker::actor::{WorkerInfo, WorkerLoad};
+use crate::protocol::{WorkerInfo, WorkerLoad};
 
 /// The engines of the workers this process runs.
 pub fn workers(out: &mut String, workers: &[(WorkerInfo, WorkerLoad)]) {
@@ -121,7 +121,7 @@ pub fn workers(out: &mut String, workers: &[(WorkerInfo, WorkerLoad)]) {
             ("model", i.model_id.as_str()),
         ];
         let mut cumulative = 0;
-        for (n, le) in l.batch.batch_sizes.iter().zip(
+        for (&n, le) in l.batch.batch_sizes.iter().zip(
             BATCH_BUCKETS
                 .iter()
                 .map(|b| b.to_string())

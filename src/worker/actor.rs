@@ -1,90 +1,43 @@
 //! The WorkerActor: one model's engine, as an actor. It takes [`WorkerCommand`]s from its
 //! bus inbox, queues jobs on the engine thread (never running the engine on the actor's
-//! executor), and streams each job's events back to the inbox its session named. Placement
-//! asks it for its load: directly in `supernet serve`, through its heartbeats in a cluster
-//! ([`crate::cluster::worker_node`]).
+//! executor), and streams each job's events back to the inbox its session named. It
+//! reports its capabilities and load to the coordinator by heartbeat, every [`HEARTBEAT`]
+//! and soon after a job ends or its drain state changes, in `supernet serve` and in a
+//! cluster alike.
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult, WrapFuture};
+use actix::{
+    Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult,
+    ResponseActFuture, WrapFuture,
+};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::engine_thread::{EngineConfig, EngineThread, Job, JobEvent, JobRunner, SubmitError};
-use super::protocol::{
-    JobRef, JobSpec, NodeMessage, WorkerCommand, WorkerEvent, KIND_COMMAND, KIND_NODE,
-};
 use super::simulator::Simulator;
-use crate::bus::{post, read_stream, send, streams, Ack, Bus, BusError, BusFuture};
-use crate::engine::batch::BatchStats;
+use crate::bus::{read_stream, Ack, Bus, BusError, BusFuture};
+use crate::clock::unix_ms;
 use crate::engine::kv::BLOCK;
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::Model;
+use crate::protocol::{
+    self, streams, Heartbeat, JobRef, JobSpec, NodeMessage, WorkerCommand, WorkerEvent,
+    WorkerInfo, WorkerKind, WorkerLoad,
+};
 use crate::telemetry::trace_context::follow;
 
-/// Entries kept in a worker inbox or a reply stream; far more than a consumer that keeps
-/// up ever leaves.
-const STREAM_LEN: usize = 100_000;
-/// Consumer group of worker inboxes.
-const GROUP: &str = "workers";
+/// How often a worker reports; a coordinator declares it dead after a few missed beats.
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
+/// How long after a job ends its heartbeat goes: jobs that end together share one.
+const BEAT_AFTER_END: Duration = Duration::from_millis(2);
 /// Received job ids kept between two heartbeats at most; beyond, the coordinator's grace
 /// period covers them.
 const MAX_RECEIVED: usize = 10_000;
-
-/// What kind of work a worker does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum WorkerKind {
-    Llm,
-    Media,
-}
-
-/// What a worker serves, as it registers with the coordinator: its capabilities.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct WorkerInfo {
-    pub worker_id: String,
-    pub kind: WorkerKind,
-    pub model_id: String,
-    pub context_length: usize,
-    /// Sequences decoded together.
-    pub max_batch: usize,
-    /// KV-cache positions it has.
-    pub kv_capacity: usize,
-    /// A simulator (`supernet worker --simulate`): no model behind it, placeholder tokens.
-    /// Coordinators place nothing on it unless simulation is allowed.
-    pub simulated: bool,
-}
-
-/// A worker's load: what the coordinator places by.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct WorkerLoad {
-    pub queued: usize,
-    pub running: usize,
-    pub completed: usize,
-    pub cancelled: usize,
-    /// The most jobs it holds at once (running and queued).
-    pub capacity: usize,
-    /// Taking no new jobs (an operator drained it, or it is shutting down); the ones it has
-    /// still finish.
-    pub draining: bool,
-    /// KV-cache positions in use.
-    pub kv_used: usize,
-    /// Measured decode speed, summed over the running sequences.
-    pub tokens_per_s: f32,
-    /// The batch scheduler's figures: KV blocks, prefix cache, batch sizes.
-    pub batch: BatchStats,
-    /// The jobs it holds.
-    pub jobs: Vec<JobRef>,
-}
-
-impl WorkerLoad {
-    /// Jobs in the worker now.
-    pub fn busy(&self) -> usize {
-        self.queued + self.running
-    }
-}
 
 pub struct WorkerActor {
     pub info: WorkerInfo,
@@ -92,9 +45,13 @@ pub struct WorkerActor {
     bus: Arc<dyn Bus>,
     /// The jobs taken and not yet finished, with their cancel flags.
     running: HashMap<String, (Arc<AtomicBool>, JobRef)>,
-    /// Jobs that reached this worker since the last [`TakeReceived`].
+    /// Jobs that reached this worker since the last heartbeat.
     received: Vec<String>,
     draining: bool,
+    /// A heartbeat is scheduled (after a job ended).
+    beat_due: bool,
+    /// Said it is leaving: no more heartbeats.
+    left: bool,
 }
 
 impl WorkerActor {
@@ -143,9 +100,9 @@ impl WorkerActor {
             worker_id: worker_id.into(),
             kind: WorkerKind::Llm,
             model_id: model_id.into(),
-            context_length: engine.context(),
-            max_batch,
-            kv_capacity: engine.status().batch().kv_blocks_total * BLOCK,
+            context_length: engine.context() as u64,
+            max_batch: max_batch as u64,
+            kv_capacity: (engine.status().batch().kv_blocks_total * BLOCK) as u64,
             simulated,
         };
         Self {
@@ -155,21 +112,65 @@ impl WorkerActor {
             running: HashMap::new(),
             received: Vec::new(),
             draining: false,
+            beat_due: false,
+            left: false,
         }
+    }
+
+    fn load(&self) -> WorkerLoad {
+        let s = self.engine.status();
+        let batch = s.batch();
+        WorkerLoad {
+            queued: s.queued() as u64,
+            running: batch.running as u64,
+            completed: s.completed() as u64,
+            cancelled: s.cancelled() as u64,
+            capacity: self.engine.capacity() as u64,
+            draining: self.draining,
+            kv_used: (batch.kv_blocks_used * BLOCK) as u64,
+            tokens_per_s: s.tokens_per_s(),
+            batch: (&batch).into(),
+            jobs: self.running.values().map(|(_, r)| r.clone()).collect(),
+        }
+    }
+
+    /// Queues a heartbeat on the bus now (its place in the stream is taken at once, so
+    /// beats arrive in order).
+    fn beat(&mut self, leaving: bool) -> BusFuture<'static, ()> {
+        let beat = Heartbeat {
+            info: self.info.clone(),
+            load: self.load(),
+            received: std::mem::take(&mut self.received),
+            leaving,
+            sent_at_ms: unix_ms(),
+        };
+        let bus = Arc::clone(&self.bus);
+        Box::pin(async move { protocol::heartbeat(bus.as_ref(), &beat).await })
+    }
+
+    fn beat_in_background(&mut self) {
+        if self.left {
+            return;
+        }
+        let sent = self.beat(false);
+        actix::spawn(async move {
+            if let Err(e) = sent.await {
+                tracing::warn!("sending a heartbeat: {e}");
+            }
+        });
     }
 }
 
 impl Actor for WorkerActor {
     type Context = Context<Self>;
 
-    /// Reads the inbox for as long as the actor lives.
+    /// Reads the inbox for as long as the actor lives, and heartbeats.
     fn started(&mut self, ctx: &mut Context<Self>) {
         let me = ctx.address().downgrade();
-        let stream = streams::worker(&self.info.worker_id);
         let read = read_stream(
             Arc::clone(&self.bus),
-            stream,
-            GROUP.into(),
+            streams::worker(&self.info.worker_id),
+            streams::WORKER_GROUP.into(),
             self.info.worker_id.clone(),
             Ack::Explicit,
             move |d| {
@@ -187,6 +188,8 @@ impl Actor for WorkerActor {
             },
         );
         ctx.spawn(read.into_actor(self));
+        self.beat_in_background();
+        ctx.run_interval(HEARTBEAT, |act, _| act.beat_in_background());
     }
 }
 
@@ -247,8 +250,8 @@ impl WorkerActor {
         let job = Job {
             id: spec.job_id.clone(),
             prompt: spec.prompt,
-            params: spec.params,
-            resume: spec.resume,
+            params: spec.params.into(),
+            resume: spec.resume.into(),
             cancel: Arc::clone(&cancel),
             events: tx,
         };
@@ -275,7 +278,7 @@ impl WorkerActor {
     }
 }
 
-/// A job's last event is on the bus: the worker no longer holds it.
+/// A job's last event is on the bus: the worker no longer holds it, and says so soon.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct Forwarded(String);
@@ -283,8 +286,15 @@ struct Forwarded(String);
 impl Handler<Forwarded> for WorkerActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Forwarded, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: Forwarded, ctx: &mut Context<Self>) {
         self.running.remove(&msg.0);
+        if !self.beat_due {
+            self.beat_due = true;
+            ctx.run_later(BEAT_AFTER_END, |act, _| {
+                act.beat_due = false;
+                act.beat_in_background();
+            });
+        }
     }
 }
 
@@ -302,12 +312,10 @@ struct Reply {
 impl Reply {
     /// Queues `event` for the session now, behind what this reply queued before.
     fn post(&self, event: WorkerEvent) -> BusFuture<'_, ()> {
-        post(
+        protocol::post_to_node(
             self.bus.as_ref(),
-            &self.stream,
-            STREAM_LEN,
-            KIND_NODE,
             &self.worker_id,
+            &self.stream,
             &self.job_id,
             &NodeMessage::Worker {
                 attempt: self.attempt,
@@ -324,7 +332,7 @@ impl Reply {
     }
 
     fn logged(&self, sent: Result<(), BusError>) {
-        log_undelivered(&self.job_id, &self.stream, sent)
+        protocol::log_undelivered(&self.job_id, &self.stream, sent)
     }
 
     /// Accepted, then every event of the job until its last; traced as `prefill` (waiting
@@ -353,7 +361,7 @@ impl Reply {
                     if let JobEvent::Finished { completion_tokens, .. } = &ev {
                         self.span.record("completion_tokens", completion_tokens);
                     }
-                    sending.push(phase.in_scope(|| self.post(WorkerEvent::Job(ev))));
+                    sending.push(phase.in_scope(|| self.post(wire_event(ev))));
                     if last {
                         break;
                     }
@@ -366,45 +374,28 @@ impl Reply {
     }
 }
 
-/// Puts a command on a worker's inbox.
-pub async fn send_command(
-    bus: &dyn Bus,
-    sender: &str,
-    worker_id: &str,
-    job_id: &str,
-    command: &WorkerCommand,
-) -> Result<(), crate::bus::BusError> {
-    send(
-        bus,
-        &streams::worker(worker_id),
-        STREAM_LEN,
-        KIND_COMMAND,
-        sender,
-        job_id,
-        command,
-    )
-    .await
-}
-
-/// Tells the session of `job_id` something on its node's inbox `stream`; a failure is
-/// logged (the session's own timeouts cover a message that never arrives).
-pub async fn send_to_node(
-    bus: &dyn Bus,
-    sender: &str,
-    stream: &str,
-    job_id: &str,
-    message: NodeMessage,
-) {
-    log_undelivered(
-        job_id,
-        stream,
-        send(bus, stream, STREAM_LEN, KIND_NODE, sender, job_id, &message).await,
-    )
-}
-
-fn log_undelivered(job_id: &str, stream: &str, sent: Result<(), BusError>) {
-    if let Err(e) = sent {
-        tracing::error!(job = %job_id, %stream, "telling a session: {e}");
+/// An engine event as the session hears it.
+fn wire_event(ev: JobEvent) -> WorkerEvent {
+    match ev {
+        JobEvent::Text {
+            text,
+            tokens,
+            logprobs,
+        } => WorkerEvent::Text {
+            text,
+            tokens,
+            logprobs: logprobs.into_iter().map(Into::into).collect(),
+        },
+        JobEvent::Finished {
+            finish,
+            prompt_tokens,
+            completion_tokens,
+        } => WorkerEvent::Finished {
+            finish: finish.into(),
+            prompt_tokens: prompt_tokens as u64,
+            completion_tokens: completion_tokens as u64,
+        },
+        JobEvent::Failed(reason) => WorkerEvent::Failed(reason),
     }
 }
 
@@ -416,46 +407,41 @@ impl Handler<GetLoad> for WorkerActor {
     type Result = MessageResult<GetLoad>;
 
     fn handle(&mut self, _: GetLoad, _: &mut Context<Self>) -> Self::Result {
-        let s = self.engine.status();
-        let batch = s.batch();
-        MessageResult(WorkerLoad {
-            queued: s.queued(),
-            running: batch.running,
-            completed: s.completed(),
-            cancelled: s.cancelled(),
-            capacity: self.engine.capacity(),
-            draining: self.draining,
-            kv_used: batch.kv_blocks_used * BLOCK,
-            tokens_per_s: s.tokens_per_s(),
-            batch,
-            jobs: self.running.values().map(|(_, r)| r.clone()).collect(),
-        })
+        MessageResult(self.load())
     }
 }
 
-/// The jobs that reached this worker since the last call (for its next heartbeat).
-#[derive(Message)]
-#[rtype(result = "Vec<String>")]
-pub struct TakeReceived;
-
-impl Handler<TakeReceived> for WorkerActor {
-    type Result = MessageResult<TakeReceived>;
-
-    fn handle(&mut self, _: TakeReceived, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(std::mem::take(&mut self.received))
-    }
-}
-
-/// Stop taking new jobs (`true`) or take them again.
+/// Stop taking new jobs (`true`) or take them again. Answered once the heartbeat that
+/// says so is on the bus, so the coordinator hears it before anything sent after.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SetDraining(pub bool);
 
 impl Handler<SetDraining> for WorkerActor {
-    type Result = ();
+    type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, msg: SetDraining, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: SetDraining, _: &mut Context<Self>) -> Self::Result {
         self.draining = msg.0;
         tracing::info!(worker = %self.info.worker_id, draining = msg.0, "worker drain state changed");
+        let sent = self.beat(false);
+        Box::pin(sent.into_actor(self).map(|r, _, _| {
+            if let Err(e) = r {
+                tracing::warn!("sending a heartbeat: {e}");
+            }
+        }))
+    }
+}
+
+/// The worker has drained and goes: its last heartbeat says it is leaving.
+#[derive(Message)]
+#[rtype(result = "Result<(), BusError>")]
+pub struct Leave;
+
+impl Handler<Leave> for WorkerActor {
+    type Result = ResponseActFuture<Self, Result<(), BusError>>;
+
+    fn handle(&mut self, _: Leave, _: &mut Context<Self>) -> Self::Result {
+        self.left = true;
+        Box::pin(self.beat(true).into_actor(self))
     }
 }

@@ -2,8 +2,8 @@
 //!
 //! It publishes the model's card (the GGUF metadata: tokenizer, chat template, context
 //! length, architecture) so fronts can serve the model without its weights, then runs the
-//! same WorkerActor as `supernet serve` on its Redis inbox and sends a heartbeat with its
-//! capabilities and load every [`HEARTBEAT`]. On SIGTERM (or Ctrl-C) it drains: it takes no
+//! same WorkerActor as `supernet serve` on its Redis inbox, which heartbeats its
+//! capabilities and load to the coordinators. On SIGTERM (or Ctrl-C) it drains: it takes no
 //! new jobs, finishes the ones it holds, says it is leaving, and exits.
 //!
 //! With `--simulate` it loads no model: the [`crate::worker::simulator`] stands in for the
@@ -14,25 +14,22 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Actor, Addr};
+use actix::Actor;
 use anyhow::Context;
 use clap::Args;
 
-use super::protocol::{unix_ms, Heartbeat, ModelCard, KIND_HEARTBEAT};
-use super::state::ClusterState;
+use super::engine::EngineArgs;
+use super::{metrics_addr, shutdown_signal};
 use crate::bus::redis::RedisBus;
-use crate::bus::{send, streams, Bus};
-use crate::cli::engine::EngineArgs;
+use crate::bus::Bus;
+use crate::cluster::state::ClusterState;
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::Model;
+use crate::protocol::ModelCard;
 use crate::session::models::model_id;
 use crate::telemetry::{metrics_http, snapshot};
-use crate::worker::actor::{GetLoad, SetDraining, TakeReceived, WorkerActor, WorkerInfo};
+use crate::worker::actor::{GetLoad, Leave, SetDraining, WorkerActor};
 use crate::worker::simulator::{card, SimSettings, Simulator};
-
-/// How often a worker reports; a coordinator declares it dead after a few missed beats.
-pub const HEARTBEAT: Duration = Duration::from_millis(500);
-const HEARTBEAT_STREAM_LEN: usize = 10_000;
 
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
@@ -55,9 +52,9 @@ pub struct WorkerArgs {
     /// random].
     #[arg(long, env = "SUPERNET_WORKER_ID")]
     pub worker_id: Option<String>,
-    /// Where to serve /metrics and /healthz (port 0 picks a free one).
-    #[arg(long, default_value = "0.0.0.0:9090", env = "SUPERNET_METRICS_ADDR")]
-    pub metrics_addr: String,
+    /// Where to serve /metrics and /healthz [default: a free port on 127.0.0.1, logged].
+    #[arg(long, env = "SUPERNET_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
     #[command(flatten)]
     pub simulation: SimulationArgs,
 }
@@ -134,7 +131,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
         let card = ModelCard {
             model_id: card::MODEL_ID.into(),
             architecture: card::ARCHITECTURE.into(),
-            context_length: card::CONTEXT,
+            context_length: card::CONTEXT as u64,
             gguf_metadata: card::metadata(),
         };
         let count = a.simulation.simulate_workers;
@@ -168,7 +165,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
             .str("general.architecture")
             .unwrap_or("unknown")
             .to_string(),
-        context_length: model.config.context_length,
+        context_length: model.config.context_length as u64,
         gguf_metadata: model.file.metadata_only(),
     };
     let config = a.engine.config(a.max_queue);
@@ -213,7 +210,7 @@ async fn serve(
     }
     let own = workers.clone();
     metrics_http::start(
-        &a.metrics_addr,
+        metrics_addr(a.metrics_addr.as_deref()),
         Arc::new(move || {
             let own = own.clone();
             Box::pin(async move {
@@ -229,13 +226,6 @@ async fn serve(
             })
         }),
     )?;
-    let beats: Vec<_> = workers
-        .iter()
-        .map(|(info, worker)| {
-            actix::spawn(heartbeats(Arc::clone(&bus), info.clone(), worker.clone()))
-        })
-        .collect();
-
     shutdown_signal().await;
     tracing::info!(
         workers = workers.len(),
@@ -249,72 +239,13 @@ async fn serve(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    beats.iter().for_each(|b| b.abort());
     // Side by side: a process of many simulated workers whose Redis is gone waits out one
     // connection timeout, not one per worker.
-    futures_util::future::join_all(
-        workers
-            .iter()
-            .map(|(info, worker)| beat(bus.as_ref(), info, worker, true)),
-    )
-    .await;
-    tracing::info!(workers = workers.len(), "drained; leaving");
-    Ok(())
-}
-
-async fn heartbeats(bus: Arc<dyn Bus>, info: WorkerInfo, worker: Addr<WorkerActor>) {
-    let mut every = tokio::time::interval(HEARTBEAT);
-    loop {
-        every.tick().await;
-        beat(bus.as_ref(), &info, &worker, false).await;
-    }
-}
-
-async fn beat(bus: &dyn Bus, info: &WorkerInfo, worker: &Addr<WorkerActor>, leaving: bool) {
-    let (Ok(received), Ok(load)) = (worker.send(TakeReceived).await, worker.send(GetLoad).await)
-    else {
-        return;
-    };
-    let hb = Heartbeat {
-        info: info.clone(),
-        load,
-        received,
-        leaving,
-        sent_at_ms: unix_ms(),
-    };
-    if let Err(e) = send(
-        bus,
-        &streams::heartbeats(),
-        HEARTBEAT_STREAM_LEN,
-        KIND_HEARTBEAT,
-        &info.worker_id,
-        &info.worker_id,
-        &hb,
-    )
-    .await
-    {
-        tracing::warn!("sending a heartbeat: {e}");
-    }
-}
-
-/// SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("cannot watch SIGTERM: {e}");
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+    for left in futures_util::future::join_all(workers.iter().map(|(_, w)| w.send(Leave))).await {
+        if let Ok(Err(e)) = left {
+            tracing::warn!("saying goodbye: {e}");
         }
     }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!(workers = workers.len(), "drained; leaving");
+    Ok(())
 }
