@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=${1:-target/image}
-cargo build --release --locked --bin supernet
+# The workspace's features (as `make build` resolves them), so a tree `make test` built is
+# reused, not compiled again.
+cargo build --release --locked --workspace --bin supernet
 mkdir -p "$dest"
 strip -o "$dest/supernet" target/release/supernet
 # Every role starts from this one binary: check that each answers.

@@ -17,7 +17,7 @@ use clap::Subcommand;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::billing::amount::Amount;
+use crate::money::Amount;
 use crate::store::{Balances, Store, TokenType};
 
 /// Ledger entries `accounts show` prints.

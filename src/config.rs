@@ -38,9 +38,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::billing::amount::Amount;
 use crate::billing::limits::KeyLimits;
 use crate::billing::pricing::{ModelPrice, TokenRates};
+use crate::money::Amount;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -19,6 +19,7 @@ pub mod engine;
 pub mod front;
 pub mod ids;
 pub mod locks;
+pub mod money;
 pub mod protocol;
 pub mod session;
 pub mod store;

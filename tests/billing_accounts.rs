@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use supernet::api::chat_request::TokenChoice;
 use supernet::billing::accounts::{Billing, BillingError, HoldJob, SettleJob};
-use supernet::billing::amount::Amount;
 use supernet::billing::limits::KeyLimits;
 use supernet::billing::pricing::{ModelPrice, TokenRates};
+use supernet::money::Amount;
 use supernet::store::embedded::RedbStore;
 use supernet::store::{Balances, Store, StoreError, TokenType};
 

@@ -1,7 +1,8 @@
-//! Placement and the worker's bus inbox, with the real engine behind them: an unknown model
-//! is refused (503 material), a full worker is refused at once (429 material), a placed job
-//! streams its events back on the session's stream, and a cancel stops it with the tokens
-//! produced so far.
+//! The coordinator, the bus and a worker with the real engine behind them, as `supernet
+//! serve` runs them: a model no worker serves is refused (503 material), a worker's
+//! heartbeats register it, a placed job streams its events back on the session's stream,
+//! a job that finds the worker full waits in the coordinator's queue and is placed when a
+//! job ends, and a cancel stops a job with the tokens produced so far.
 
 mod common;
 
@@ -9,19 +10,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Actor;
+use supernet::billing::accounts::Billing;
 use supernet::bus::memory::MemoryBus;
-use supernet::bus::{streams, Ack, Bus};
-use supernet::coordinator::{loads, CoordinatorActor, Place, PlaceError, Register, Workers};
+use supernet::bus::{Ack, Bus};
+use supernet::coordinator::lead::Sole;
+use supernet::coordinator::placer::Settings;
+use supernet::coordinator::CoordinatorActor;
 use supernet::engine::batch::BatchConfig;
-use supernet::engine::generate::{GenerateParams, Resume};
+use supernet::engine::generate::GenerateParams;
 use supernet::engine::sampler::SamplerParams;
 use supernet::engine::tokenizer::Tokenizer;
 use supernet::engine::Model;
-use supernet::worker::actor::{send_command, WorkerActor};
-use supernet::worker::engine_thread::{EngineConfig, JobEvent};
-use supernet::worker::protocol::{JobSpec, NodeMessage, WorkerCommand, WorkerEvent};
+use supernet::protocol::{
+    self, streams, CoordinatorCommand, JobParams, JobSpec, NodeMessage, PlaceRequest, Placement,
+    Progress, QueueReason, WorkerCommand, WorkerEvent,
+};
+use supernet::store::embedded::RedbStore;
+use supernet::worker::actor::WorkerActor;
+use supernet::worker::engine_thread::EngineConfig;
 
-fn run(id: &str, model: &str, prompt: &[u32], max_tokens: usize) -> WorkerCommand {
+fn job(id: &str, model: &str, prompt: &[u32], max_tokens: usize) -> JobSpec {
     let params = GenerateParams {
         max_tokens,
         sampler: SamplerParams::greedy(),
@@ -30,25 +38,32 @@ fn run(id: &str, model: &str, prompt: &[u32], max_tokens: usize) -> WorkerComman
         logprobs: None,
         logit_bias: Vec::new(),
     };
-    WorkerCommand::Run(Box::new(JobSpec {
+    JobSpec {
         job_id: id.into(),
         attempt: 0,
         account_id: "acct".into(),
         model: model.into(),
         prompt: prompt.to_vec(),
-        params,
-        resume: Resume::default(),
+        params: JobParams::from(&params),
+        resume: Progress::default(),
         reply_to: streams::node("test"),
-    }))
+    }
 }
 
-/// The next event on the test's node stream, with its job id.
-async fn next_event(bus: &MemoryBus) -> (String, WorkerEvent) {
-    let stream = streams::node("test");
+async fn place(bus: &MemoryBus, job: JobSpec) {
+    let id = job.job_id.clone();
+    let command = CoordinatorCommand::Place(Box::new(PlaceRequest::llm(job, 0, Vec::new())));
+    protocol::to_coordinator(bus, "test", &id, &command)
+        .await
+        .expect("send");
+}
+
+/// The next message on the test's node stream, with its job id.
+async fn next(bus: &MemoryBus) -> (String, NodeMessage) {
     let d = bus
         .consume(
-            &stream,
-            "sessions",
+            &streams::node("test"),
+            streams::SESSION_GROUP,
             "t",
             1,
             Duration::from_secs(30),
@@ -57,33 +72,55 @@ async fn next_event(bus: &MemoryBus) -> (String, WorkerEvent) {
         .await
         .expect("consume")
         .pop()
-        .expect("an event within 30 s");
-    bus.ack(&stream, "sessions", std::slice::from_ref(&d.id))
-        .await
-        .expect("ack");
-    match d.envelope.payload().expect("a node message") {
-        NodeMessage::Worker { event, .. } => (d.envelope.correlation_id.clone(), event),
-        other => panic!("expected a worker event, got {other:?}"),
+        .expect("a message within 30 s");
+    (
+        d.envelope.correlation_id.clone(),
+        d.envelope.payload().expect("a node message"),
+    )
+}
+
+fn placement(p: Placement) -> NodeMessage {
+    NodeMessage::Placement {
+        attempt: 0,
+        placement: p,
     }
 }
 
+fn worker(event: WorkerEvent) -> NodeMessage {
+    NodeMessage::Worker { attempt: 0, event }
+}
+
 #[actix::test]
-async fn jobs_go_to_a_worker_of_their_model_or_are_refused_at_once() {
+async fn jobs_are_placed_queued_and_streamed_through_the_bus() {
     let model = Arc::new(Model::load(common::smollm2()).expect("the model"));
     let tok = Arc::new(Tokenizer::from_gguf(&model.file).expect("tokenizer"));
     let prompt = tok.encode("Once upon a time").expect("encode");
     let bus = Arc::new(MemoryBus::default());
-    let coord = CoordinatorActor::default().start();
+    let data = tempfile::tempdir().expect("a temporary directory");
+    let store = Arc::new(RedbStore::open(data.path()).expect("the store"));
+    let billing = Arc::new(Billing::new(store, Default::default()));
+    let settings = Settings {
+        dead_after: Duration::from_secs(3),
+        max_jobs_per_account: 0,
+        allow_simulated: false,
+        max_queue: 8,
+    };
+    CoordinatorActor::new(
+        "local".into(),
+        bus.clone(),
+        Arc::new(Sole),
+        billing,
+        settings,
+    )
+    .start();
 
-    let r = coord
-        .send(Place {
-            model: "smol".into(),
-        })
-        .await
-        .expect("mailbox");
-    assert_eq!(r, Err(PlaceError::NoWorker("smol".into())));
+    place(&bus, job("j0", "smol", &prompt, 4)).await;
+    assert!(matches!(
+        next(&bus).await,
+        (j, NodeMessage::Placement { placement: Placement::Refused { busy: false, .. }, .. }) if j == "j0"
+    ));
 
-    // Room for one waiting job behind the running one.
+    // Room for one waiting job behind the running one; its first heartbeat registers it.
     let config = EngineConfig {
         threads: 2,
         batch: BatchConfig {
@@ -92,129 +129,76 @@ async fn jobs_go_to_a_worker_of_their_model_or_are_refused_at_once() {
         },
         max_queue: 1,
     };
-    let worker = WorkerActor::new(
-        "w1",
-        "smol",
-        Arc::clone(&model),
-        Arc::clone(&tok),
-        config,
-        bus.clone(),
-    )
-    .expect("worker");
-    let info = worker.info.clone();
-    let worker = worker.start();
-    coord
-        .send(Register { info, addr: worker })
-        .await
-        .expect("mailbox");
+    WorkerActor::new("w1", "smol", model, tok, config, bus.clone())
+        .expect("worker")
+        .start();
+    tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // A job for another model is refused by the worker itself.
-    send_command(
-        bus.as_ref(),
-        "test",
-        "w1",
-        "j0",
-        &run("j0", "other", &prompt, 4),
-    )
-    .await
-    .expect("send");
+    place(&bus, job("j1", "smol", &prompt, 200)).await;
+    let placed = placement(Placement::Placed {
+        worker_id: "w1".into(),
+    });
+    let accepted = worker(WorkerEvent::Accepted {
+        worker_id: "w1".into(),
+    });
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        seen.push(next(&bus).await);
+    }
+    assert!(seen.contains(&("j1".into(), placed.clone())), "{seen:?}");
+    assert!(seen.contains(&("j1".into(), accepted)), "{seen:?}");
     assert!(
-        matches!(next_event(&bus).await, (j, WorkerEvent::Rejected { busy: false, .. }) if j == "j0")
+        matches!(next(&bus).await, (j, NodeMessage::Worker { event: WorkerEvent::Text { .. }, .. }) if j == "j1")
     );
 
-    assert_eq!(
-        coord
-            .send(Place {
-                model: "smol".into()
-            })
-            .await
-            .expect("mailbox"),
-        Ok("w1".to_string())
-    );
-    send_command(
-        bus.as_ref(),
-        "test",
-        "w1",
-        "j1",
-        &run("j1", "smol", &prompt, 200),
-    )
-    .await
-    .expect("send");
-    assert_eq!(
-        next_event(&bus).await,
-        (
-            "j1".into(),
-            WorkerEvent::Accepted {
-                worker_id: "w1".into()
+    // j2 waits in the worker; j3 finds it full and waits in the coordinator's queue.
+    place(&bus, job("j2", "smol", &prompt, 4)).await;
+    place(&bus, job("j3", "smol", &prompt, 4)).await;
+    let mut j2_placed = false;
+    let mut j3_waits = false;
+    while !(j2_placed && j3_waits) {
+        match next(&bus).await {
+            (j, m) if j == "j2" && m == placed => j2_placed = true,
+            (j, m) if j == "j3" => {
+                assert_eq!(m, placement(Placement::Waiting(QueueReason::Queued)));
+                j3_waits = true;
             }
-        )
-    );
-    assert!(
-        matches!(next_event(&bus).await, (j, WorkerEvent::Job(JobEvent::Text { .. })) if j == "j1")
-    );
-
-    // j1 runs (it has streamed), so j2 waits and a third finds no room.
-    assert_eq!(
-        coord
-            .send(Place {
-                model: "smol".into()
-            })
-            .await
-            .expect("mailbox"),
-        Ok("w1".to_string())
-    );
-    send_command(
-        bus.as_ref(),
-        "test",
-        "w1",
-        "j2",
-        &run("j2", "smol", &prompt, 4),
-    )
-    .await
-    .expect("send");
-    let l = loop {
-        let l = loads(&coord.send(Workers).await.expect("mailbox")).await;
-        if l[0].2.queued == 1 {
-            break l;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    assert_eq!((l.len(), l[0].2.running, l[0].2.capacity), (1, 1, 2));
-    assert_eq!(
-        coord
-            .send(Place {
-                model: "smol".into()
-            })
-            .await
-            .expect("mailbox"),
-        Err(PlaceError::Busy("smol".into()))
-    );
-
-    send_command(
-        bus.as_ref(),
-        "test",
-        "w1",
-        "j1",
-        &WorkerCommand::Cancel {
-            job_id: "j1".into(),
-        },
-    )
-    .await
-    .expect("send");
-    let mut finished = Vec::new();
-    while finished.len() < 2 {
-        match next_event(&bus).await {
-            (
-                j,
-                WorkerEvent::Job(JobEvent::Finished {
-                    completion_tokens, ..
-                }),
-            ) => finished.push((j, completion_tokens)),
-            (_, WorkerEvent::Job(JobEvent::Text { .. }) | WorkerEvent::Accepted { .. }) => {}
+            (j, NodeMessage::Worker { .. }) if j == "j1" || j == "j2" => {}
             other => panic!("unexpected {other:?}"),
         }
     }
+
+    // Cancelling j1 ends it early; then j2 runs, and j3 is placed once the worker has room.
+    let cancel = WorkerCommand::Cancel {
+        job_id: "j1".into(),
+    };
+    protocol::to_worker(bus.as_ref(), "test", "w1", "j1", &cancel)
+        .await
+        .expect("send");
+    let mut finished = Vec::new();
+    let mut j3_placed = false;
+    while finished.len() < 3 {
+        match next(&bus).await {
+            (
+                j,
+                NodeMessage::Worker {
+                    event:
+                        WorkerEvent::Finished {
+                            completion_tokens, ..
+                        },
+                    ..
+                },
+            ) => finished.push((j, completion_tokens)),
+            (j, m) if j == "j3" && m == placed => j3_placed = true,
+            (_, NodeMessage::Worker { .. }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(j3_placed);
     assert_eq!(finished[0].0, "j1");
     assert!(finished[0].1 < 200, "the cancel stopped j1 early");
-    assert_eq!(finished[1], ("j2".to_string(), 4));
+    assert_eq!(
+        finished[1..],
+        [("j2".to_string(), 4), ("j3".to_string(), 4)]
+    );
 }

@@ -246,7 +246,7 @@ impl CompletionId {
 
 /// What `/v1/models` says about a model: OpenAI's fields and the ones users ask for.
 #[derive(Debug, Clone, Serialize)]
-pub struct ModelCard {
+pub struct ModelObject {
     pub id: String,
     pub created: i64,
     pub owned_by: String,
@@ -271,7 +271,7 @@ pub struct Pricing {
     pub output: String,
 }
 
-impl ModelCard {
+impl ModelObject {
     pub fn json(&self) -> Value {
         let mut v = serde_json::to_value(self).unwrap_or_else(|_| json!({}));
         v["object"] = json!("model");
@@ -279,8 +279,8 @@ impl ModelCard {
     }
 }
 
-pub fn model_list(cards: &[ModelCard]) -> Value {
-    json!({ "object": "list", "data": cards.iter().map(ModelCard::json).collect::<Vec<_>>() })
+pub fn model_list(cards: &[ModelObject]) -> Value {
+    json!({ "object": "list", "data": cards.iter().map(ModelObject::json).collect::<Vec<_>>() })
 }
 
 /// A stream chunk with one delta (what [`CompletionId::delta_event`] writes).

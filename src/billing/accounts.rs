@@ -16,15 +16,15 @@
 //! still never spend, which the hold guarantees by checking the key in the same step.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::amount::Amount;
 use super::limits::{KeyLimits, KeyWindow, Limited, Permit};
 use super::pricing::{ModelPrice, PricingError, TokenRates};
 use super::store_queue::{StoreQueue, Urgency};
 use crate::api::chat_request::TokenChoice;
 use crate::bus::Outbox;
+use crate::money::Amount;
 use crate::store::{
     key_hash, ApiKeyRecord, Hold, HoldOrder, KeyProof, Store, StoreError, TokenType,
 };
@@ -78,15 +78,12 @@ struct Recent {
 
 impl Account {
     fn touch(&self) {
-        self.recent
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .active = Instant::now();
+        crate::locks::lock(&self.recent).active = Instant::now();
     }
 
     /// Lets go of idle keys' windows; true when nothing is left and nothing happened lately.
     fn forget_idle(&self, now: Instant) -> bool {
-        let mut r = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut r = crate::locks::lock(&self.recent);
         r.keys.retain(|_, w| !w.is_idle(now));
         r.keys.is_empty() && now.duration_since(r.active) >= IDLE_AFTER
     }
@@ -122,10 +119,7 @@ impl Billing {
     /// an unknown secret always asks the store.
     pub async fn authenticate(&self, api_key: String) -> Result<Option<Presented>, BillingError> {
         let secret_hash = key_hash(&api_key);
-        let trusted = self
-            .trusted
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        let trusted = crate::locks::lock(&self.trusted)
             .get(&secret_hash)
             .filter(|(_, at)| at.elapsed() < KEY_TRUST)
             .map(|(r, _)| r.clone());
@@ -136,7 +130,7 @@ impl Billing {
                 let Some(r) = blocking(move || Ok(store.authenticate(&api_key)?)).await? else {
                     return Ok(None);
                 };
-                let mut keys = self.trusted.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut keys = crate::locks::lock(&self.trusted);
                 if keys.len() >= MAX_TRUSTED_KEYS {
                     keys.clear();
                 }
@@ -154,10 +148,7 @@ impl Billing {
     /// Admits one request of `key` under `limits`, or says when to retry.
     pub fn admit(&self, key: &ApiKeyRecord, limits: KeyLimits) -> Result<Permit, Limited> {
         let account = self.account(&key.account_id);
-        let mut r = account
-            .recent
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut r = crate::locks::lock(&account.recent);
         let now = Instant::now();
         r.active = now;
         r.keys
@@ -193,10 +184,7 @@ impl Billing {
             })
             .await;
         if let Err(BillingError::Store(StoreError::KeyRevoked(_))) = &held {
-            self.trusted
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(&secret_hash);
+            crate::locks::lock(&self.trusted).remove(&secret_hash);
         }
         held
     }
@@ -223,7 +211,7 @@ impl Billing {
     pub async fn renew_hold(&self, job_id: &str) -> Result<(), BillingError> {
         let (store, job_id) = (Arc::clone(&self.store), job_id.to_string());
         blocking(move || {
-            let until = crate::store::now() + crate::store::HOLD_LEASE_SECS;
+            let until = crate::clock::unix_secs() + crate::store::HOLD_LEASE_SECS;
             Ok(store.renew_hold(&job_id, until)?)
         })
         .await
@@ -251,7 +239,7 @@ impl Billing {
     /// The account's billing, started on first use; accounts idle for [`IDLE_AFTER`] are
     /// let go now and then.
     fn account(&self, account_id: &str) -> Arc<Account> {
-        let mut accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut accounts = crate::locks::lock(&self.accounts);
         let now = Instant::now();
         if now.duration_since(accounts.swept) >= IDLE_AFTER / 5 {
             accounts.swept = now;

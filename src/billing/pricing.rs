@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::amount::Amount;
+use crate::money::Amount;
 use crate::store::TokenType;
 
 /// USD per million tokens of one model (the tier's price).

@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 
@@ -65,7 +65,7 @@ impl StoreQueue {
             let _ = tx.send(f(store, rates));
         });
         let start = {
-            let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut p = crate::locks::lock(&self.pending);
             match urgency {
                 Urgency::First => p.first.push_back(call),
                 Urgency::Later => p.later.push_back(call),
@@ -87,7 +87,7 @@ impl StoreQueue {
     fn drain(&self) {
         loop {
             let call = {
-                let mut p = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut p = crate::locks::lock(&self.pending);
                 match p.first.pop_front().or_else(|| p.later.pop_front()) {
                     Some(c) => c,
                     None => {

@@ -80,7 +80,7 @@ impl Coalescer {
     fn enqueue(&self, stream: &str, publish: Publish) {
         // Sending under the lock: a writer ends only under it, after finding its queue empty,
         // so a publish either reaches a live writer or finds none and starts one.
-        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        let mut queues = crate::locks::lock(&self.queues);
         let publish = match queues.get(stream) {
             Some(q) => match q.send(publish) {
                 Ok(()) => return,
@@ -113,7 +113,7 @@ async fn write(
             Ok(Some(p)) => p,
             Ok(None) => return,
             Err(_) => {
-                let mut all = queues.lock().unwrap_or_else(|e| e.into_inner());
+                let mut all = crate::locks::lock(&queues);
                 match queue.try_recv() {
                     Ok(p) => p,
                     Err(_) => {

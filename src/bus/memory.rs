@@ -75,7 +75,7 @@ impl MemoryBus {
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Stream>> {
         // A panic elsewhere cannot leave a stream half-updated: every change is one step.
-        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+        crate::locks::lock(&self.streams)
     }
 
     /// New entries for the group, now, without waiting.

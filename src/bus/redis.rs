@@ -84,7 +84,7 @@ impl RedisBus {
     async fn reader(&self) -> Result<(ThreadId, MultiplexedConnection), BusError> {
         let here = thread::current().id();
         let idle = {
-            let mut idle = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+            let mut idle = crate::locks::lock(&self.readers);
             idle.iter()
                 .rposition(|(made_on, _)| *made_on == here)
                 .map(|i| idle.swap_remove(i))
@@ -106,10 +106,7 @@ impl RedisBus {
     }
 
     fn give_back(&self, lent: (ThreadId, MultiplexedConnection)) {
-        self.readers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(lent);
+        crate::locks::lock(&self.readers).push(lent);
     }
 
     /// Creates `group` on `stream` at its start if it does not exist yet.

@@ -6,9 +6,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use actix::Actor;
+use actix::{Actor, Addr};
 use anyhow::Context;
 use clap::Args;
 
@@ -20,7 +20,7 @@ use crate::bus::Bus;
 use crate::config::Config;
 use crate::coordinator::lead::Sole;
 use crate::coordinator::placer::Settings;
-use crate::coordinator::CoordinatorActor;
+use crate::coordinator::{CoordinatorActor, PoolSnapshot};
 use crate::engine::template::ChatTemplate;
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::Model;
@@ -104,12 +104,14 @@ async fn serve(
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::default());
     let billing = Arc::new(Billing::new(store, config.billing.clone()));
     let placement = Settings {
-        dead_after: Duration::from_secs(3),
+        // Its workers live in this process: silence means a stalled event loop, not a
+        // lost machine, so it is given longer than a cluster's.
+        dead_after: Duration::from_secs(10),
         max_jobs_per_account: config.coordinator.max_jobs_per_account,
         allow_simulated: false,
         max_queue: config.coordinator.max_queue,
     };
-    CoordinatorActor::new(
+    let coordinator = CoordinatorActor::new(
         node_id.clone(),
         Arc::clone(&bus),
         Arc::new(Sole),
@@ -139,6 +141,7 @@ async fn serve(
             tier,
         ));
     }
+    registered(&coordinator, workers.len()).await?;
     let services = Arc::new(Services {
         inboxes: NodeInboxes::new(Arc::clone(&bus), &node_id),
         node_id,
@@ -161,6 +164,20 @@ async fn serve(
     let result = server.await;
     let _ = std::fs::remove_file(Handoff::path(&data_dir));
     result.context("the HTTP server failed")
+}
+
+/// Waits until the coordinator has heard from all `n` workers, so the first request after
+/// `listening on` finds them.
+async fn registered(coordinator: &Addr<CoordinatorActor>, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while coordinator.send(PoolSnapshot).await?.len() < n {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the workers did not register with the coordinator within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
 }
 
 /// How this machine reaches `addr` (loopback for a wildcard address).

@@ -156,7 +156,12 @@ pub struct Leased {
 
 impl Lead for Leased {
     fn lead<'a>(&'a self, node: &'a str) -> LeadFuture<'a, bool> {
-        Box::pin(async move { self.state.lead(node, self.ttl).await.map_err(|e| e.to_string()) })
+        Box::pin(async move {
+            self.state
+                .lead(node, self.ttl)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 
     fn publish(&self, view: PoolView) -> LeadFuture<'_, ()> {
@@ -174,8 +179,10 @@ mod tests {
     #[test]
     fn keys_carry_the_protocol_version() {
         let version = format!("sn:v{}:", crate::protocol::VERSION);
-        assert!([super::leader_key(), super::pool_key(), super::card_key("m")]
-            .iter()
-            .all(|k| k.starts_with(&version)));
+        assert!(
+            [super::leader_key(), super::pool_key(), super::card_key("m")]
+                .iter()
+                .all(|k| k.starts_with(&version))
+        );
     }
 }

@@ -225,9 +225,7 @@ impl Handler<Request> for CoordinatorActor {
                     ticket,
                     request: *request,
                 });
-                metrics()
-                    .decision
-                    .observe(decision.elapsed().as_secs_f64());
+                metrics().decision.observe(decision.elapsed().as_secs_f64());
             }
             CoordinatorCommand::Withdraw { job_id } => {
                 self.ack(vec![msg.delivery]);
@@ -398,7 +396,8 @@ impl CoordinatorActor {
     fn dispatch(&self, ticket: Ticket, worker_id: String, job: protocol::JobSpec) {
         tracing::debug!(job = %job.job_id, attempt = job.attempt, worker = %worker_id, "placed");
         let (bus, node) = (Arc::clone(&self.bus), self.node_id.clone());
-        let span = tracing::info_span!(parent: &ticket.span, "coordinator.place", worker = %worker_id);
+        let span =
+            tracing::info_span!(parent: &ticket.span, "coordinator.place", worker = %worker_id);
         let dispatch = async move {
             let job_ref = job.job_ref();
             let run = WorkerCommand::Run(Box::new(job));
@@ -416,8 +415,14 @@ impl CoordinatorActor {
                 attempt: job_ref.attempt,
                 placement,
             };
-            protocol::tell_node(bus.as_ref(), &node, &job_ref.reply_to, &job_ref.job_id, placed)
-                .await;
+            protocol::tell_node(
+                bus.as_ref(),
+                &node,
+                &job_ref.reply_to,
+                &job_ref.job_id,
+                placed,
+            )
+            .await;
             acknowledge(bus.as_ref(), vec![ticket.delivery]).await;
         };
         actix::spawn(dispatch.instrument(span));

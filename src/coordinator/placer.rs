@@ -51,10 +51,18 @@ pub const AFFINITY_TTL: Duration = Duration::from_secs(300);
 #[derive(Debug)]
 pub enum Event<T> {
     /// A worker's heartbeat, `age` after it was sent.
-    Heartbeat { beat: Heartbeat, age: Duration },
-    Request { ticket: T, request: PlaceRequest },
+    Heartbeat {
+        beat: Heartbeat,
+        age: Duration,
+    },
+    Request {
+        ticket: T,
+        request: PlaceRequest,
+    },
     /// A session gave up on its waiting job.
-    Withdraw { job_id: String },
+    Withdraw {
+        job_id: String,
+    },
     /// Time passed: bury the dead, retry the queue.
     Tick,
     /// The bus failed just now: silence from now on is not the workers' fault.
@@ -84,7 +92,10 @@ pub enum Action<T> {
         reason: String,
     },
     /// The worker died: tell the session of each job it held, which moves the job.
-    Dead { worker_id: String, jobs: Vec<JobRef> },
+    Dead {
+        worker_id: String,
+        jobs: Vec<JobRef>,
+    },
     /// The session withdrew its waiting job: tell it the job is out of the queue.
     Withdrawn { ticket: T, job: JobRef },
     /// Nothing to tell anyone (a duplicate request): just acknowledge.
@@ -270,11 +281,19 @@ impl<T: Clone> Placer<T> {
         true
     }
 
-    fn request(&mut self, ticket: T, request: PlaceRequest, now: Instant, out: &mut Vec<Action<T>>) {
+    fn request(
+        &mut self,
+        ticket: T,
+        request: PlaceRequest,
+        now: Instant,
+        out: &mut Vec<Action<T>>,
+    ) {
         let job = &request.job;
-        if self.queue.iter().any(|w| {
-            w.request.job.job_id == job.job_id && w.request.job.attempt >= job.attempt
-        }) {
+        if self
+            .queue
+            .iter()
+            .any(|w| w.request.job.job_id == job.job_id && w.request.job.attempt >= job.attempt)
+        {
             out.push(Action::Drop(ticket));
             return;
         }
@@ -315,7 +334,13 @@ impl<T: Clone> Placer<T> {
         }
         let mut order: Vec<_> = std::mem::take(&mut self.queue)
             .into_iter()
-            .map(|w| (w.request.priority, self.in_flight(&w.request.job.account_id), w))
+            .map(|w| {
+                (
+                    w.request.priority,
+                    self.in_flight(&w.request.job.account_id),
+                    w,
+                )
+            })
             .collect();
         order.sort_by(|a, b| {
             b.0.cmp(&a.0)
@@ -414,7 +439,9 @@ impl<T: Clone> Placer<T> {
         let dead: Vec<String> = self
             .workers
             .iter()
-            .filter(|(_, w)| now.saturating_duration_since(since(w.seen)) > self.settings.dead_after)
+            .filter(|(_, w)| {
+                now.saturating_duration_since(since(w.seen)) > self.settings.dead_after
+            })
             .map(|(id, _)| id.clone())
             .collect();
         for id in dead {

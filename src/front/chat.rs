@@ -25,10 +25,10 @@ use crate::api::chat_response::{
 use crate::api::error::ApiError;
 use crate::ids::random_hex;
 use crate::session::actor::{SessionActor, SessionEvent, Turn};
-use crate::session::Services;
 use crate::session::inbox::Arrival;
 use crate::session::models::ModelEntry;
 use crate::session::prompt::{prepare, PreparedPrompt};
+use crate::session::Services;
 use crate::telemetry::metrics;
 use crate::telemetry::trace_context::follow;
 
@@ -95,7 +95,7 @@ async fn chat(
     let job = random_hex(12).map_err(|e| ApiError::logged("a job id", e))?;
     let id = Arc::new(CompletionId {
         id: format!("chatcmpl-{job}"),
-        created: unix_now(),
+        created: crate::clock::unix_secs(),
         model: model.id.clone(),
     });
     let (stream, include_usage, logprobs) = (
@@ -380,10 +380,4 @@ impl Relay {
 fn stream_error(e: &ApiError) -> String {
     count_error(e);
     sse_event(&e.envelope()) + SSE_DONE
-}
-
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }

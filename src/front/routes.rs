@@ -7,7 +7,7 @@ use serde_json::json;
 use super::http::{api_key, error_response, json_body};
 use super::FrontState;
 use crate::admin::{execute, AdminCommand, WorkersCommand};
-use crate::api::chat_response::{model_list, Capabilities, ModelCard, Pricing};
+use crate::api::chat_response::{model_list, Capabilities, ModelObject, Pricing};
 use crate::api::error::ApiError;
 use crate::protocol::{WorkerInfo, WorkerLoad};
 use crate::session::models::ModelEntry;
@@ -18,8 +18,8 @@ async fn worker_loads(state: &FrontState) -> Vec<(WorkerInfo, WorkerLoad)> {
     state.services.roster.workers().await
 }
 
-fn card(m: &ModelEntry, workers: &[(WorkerInfo, WorkerLoad)]) -> ModelCard {
-    ModelCard {
+fn model_object(m: &ModelEntry, workers: &[(WorkerInfo, WorkerLoad)]) -> ModelObject {
+    ModelObject {
         id: m.id.clone(),
         created: m.created,
         owned_by: "supernet".into(),
@@ -48,14 +48,14 @@ pub async fn list_models(state: web::Data<FrontState>) -> HttpResponse {
         .models
         .list()
         .iter()
-        .map(|m| card(m, &workers))
+        .map(|m| model_object(m, &workers))
         .collect();
     HttpResponse::Ok().json(model_list(&cards))
 }
 
 pub async fn get_model(id: web::Path<String>, state: web::Data<FrontState>) -> HttpResponse {
     match state.services.models.get(&id) {
-        Some(m) => HttpResponse::Ok().json(card(&m, &worker_loads(&state).await).json()),
+        Some(m) => HttpResponse::Ok().json(model_object(&m, &worker_loads(&state).await).json()),
         None => error_response(&ApiError::model_not_found(&id)),
     }
 }

@@ -134,7 +134,10 @@ fn messages() -> Vec<(&'static str, Vec<u8>)> {
                 completion_tokens: 64,
             }),
         ),
-        enc("node-failed", &worker(WorkerEvent::Failed("grammar".into()))),
+        enc(
+            "node-failed",
+            &worker(WorkerEvent::Failed("grammar".into())),
+        ),
         enc(
             "node-placed",
             &placement(Placement::Placed {
@@ -161,11 +164,7 @@ fn messages() -> Vec<(&'static str, Vec<u8>)> {
         ),
         enc(
             "coordinator-place",
-            &CoordinatorCommand::Place(Box::new(PlaceRequest::llm(
-                job(),
-                3,
-                vec!["w-0".into()],
-            ))),
+            &CoordinatorCommand::Place(Box::new(PlaceRequest::llm(job(), 3, vec!["w-0".into()]))),
         ),
         enc(
             "coordinator-withdraw",
@@ -243,17 +242,32 @@ fn every_message_decodes_from_its_bytes() {
         payload: bytes,
     };
     let m = messages();
-    let bytes = |name: &str| env(m.iter().find(|(n, _)| *n == name).expect("a message").1.clone());
+    let bytes = |name: &str| {
+        env(m
+            .iter()
+            .find(|(n, _)| *n == name)
+            .expect("a message")
+            .1
+            .clone())
+    };
     assert_eq!(
-        bytes("command-run").payload::<WorkerCommand>().expect("decode"),
+        bytes("command-run")
+            .payload::<WorkerCommand>()
+            .expect("decode"),
         WorkerCommand::Run(Box::new(job()))
     );
     assert_eq!(
-        bytes("heartbeat").payload::<Heartbeat>().expect("decode").load,
+        bytes("heartbeat")
+            .payload::<Heartbeat>()
+            .expect("decode")
+            .load,
         load()
     );
     assert_eq!(
-        bytes("pool-view").payload::<PoolView>().expect("decode").workers,
+        bytes("pool-view")
+            .payload::<PoolView>()
+            .expect("decode")
+            .workers,
         vec![(info(), load())]
     );
 }

@@ -87,7 +87,9 @@ pub struct Progress {
 pub enum WorkerCommand {
     Run(Box<JobSpec>),
     /// Stop a job now; the worker still reports what it produced.
-    Cancel { job_id: String },
+    Cancel {
+        job_id: String,
+    },
 }
 
 /// What a worker says about one attempt of a job, in order: `Accepted`, then `Text`s and

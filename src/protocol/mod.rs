@@ -9,16 +9,16 @@
 //! until the checked-in bytes are regenerated, and regenerating them means bumping the
 //! version, which renames every stream, so nodes of two versions never read each other.
 
-pub mod job;
-pub mod pool;
 #[cfg(test)]
 mod golden;
+pub mod job;
+pub mod pool;
 
 use tracing::Instrument;
 
 pub use job::{
-    Finish, JobParams, JobRef, JobSpec, Logprob, NodeMessage, Placement, Progress,
-    QueueReason, Sampling, WorkerCommand, WorkerEvent,
+    Finish, JobParams, JobRef, JobSpec, Logprob, NodeMessage, Placement, Progress, QueueReason,
+    Sampling, WorkerCommand, WorkerEvent,
 };
 pub use pool::{
     prefix_of, BatchFigures, CoordinatorCommand, Heartbeat, ModelCard, PlaceRequest, PoolView,
@@ -124,7 +124,13 @@ pub fn post_to_node<'a>(
 
 /// Tells the session of `job_id` something; a failure is logged (the session's own
 /// timeouts cover a message that never arrives).
-pub async fn tell_node(bus: &dyn Bus, sender: &str, stream: &str, job_id: &str, message: NodeMessage) {
+pub async fn tell_node(
+    bus: &dyn Bus,
+    sender: &str,
+    stream: &str,
+    job_id: &str,
+    message: NodeMessage,
+) {
     let sent = post_to_node(bus, sender, stream, job_id, &message).await;
     log_undelivered(job_id, stream, sent);
 }

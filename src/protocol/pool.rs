@@ -168,7 +168,9 @@ pub fn prefix_of(prompt: &[u32]) -> u64 {
 pub enum CoordinatorCommand {
     Place(Box<PlaceRequest>),
     /// The session gave up on a job that waits: drop it from the queue.
-    Withdraw { job_id: String },
+    Withdraw {
+        job_id: String,
+    },
 }
 
 /// The live pool as the leader sees it, published for fronts.

@@ -184,8 +184,7 @@ impl Actor for SessionActor {
                     act.stop_the_job();
                 }),
         );
-        let Phase::Admitted(prepared) = std::mem::replace(&mut self.phase, Phase::Finishing)
-        else {
+        let Phase::Admitted(prepared) = std::mem::replace(&mut self.phase, Phase::Finishing) else {
             return;
         };
         self.hold(*prepared, ctx);
@@ -366,14 +365,16 @@ impl SessionActor {
     fn placed(&mut self, placement: Placement, ctx: &mut Context<Self>) {
         match placement {
             Placement::Placed { worker_id } => {
-                let Phase::Held { job, .. } = std::mem::replace(&mut self.phase, Phase::Finishing)
-                else {
+                // The worker may have taken the job (`Streaming`) before this came.
+                if !matches!(self.phase, Phase::Held { .. }) {
                     return;
-                };
-                if self.client_gone {
-                    self.cancel_on(worker_id.clone());
                 }
-                self.phase = Phase::Placed { job, worker_id };
+                if let Some(job) = self.take_held() {
+                    if self.client_gone {
+                        self.cancel_on(worker_id.clone());
+                    }
+                    self.phase = Phase::Placed { job, worker_id };
+                }
             }
             Placement::Waiting(reason) => {
                 tracing::debug!(job = %self.turn.job_id, reason = reason.as_str(), "the job waits for a worker");
@@ -405,10 +406,7 @@ impl SessionActor {
 
     /// The worker of the current attempt is gone: place the next attempt where it left off.
     fn fail_over(&mut self, worker_id: String, ctx: &mut Context<Self>) {
-        let (Phase::Held { mut job, .. }
-        | Phase::Placed { mut job, .. }
-        | Phase::Streaming { mut job, .. }) = std::mem::replace(&mut self.phase, Phase::Finishing)
-        else {
+        let Some(mut job) = self.take_held() else {
             return;
         };
         let spec = &mut job.spec;
@@ -429,6 +427,20 @@ impl SessionActor {
         }
         if let Phase::Held { job, .. } = &self.phase {
             self.request_placement(job, ctx);
+        }
+    }
+
+    /// Takes the held job out of the phase, leaving `Finishing` for the caller to replace;
+    /// before the hold or once finishing, none, and the phase stays.
+    fn take_held(&mut self) -> Option<Held> {
+        match std::mem::replace(&mut self.phase, Phase::Finishing) {
+            Phase::Held { job, .. } | Phase::Placed { job, .. } | Phase::Streaming { job, .. } => {
+                Some(job)
+            }
+            other => {
+                self.phase = other;
+                None
+            }
         }
     }
 
@@ -557,9 +569,7 @@ impl SessionActor {
 
     /// The worker took the job: the turn runs (a failover's new worker continues it).
     fn accepted(&mut self, worker_id: String) {
-        let (Phase::Held { job, .. } | Phase::Placed { job, .. } | Phase::Streaming { job, .. }) =
-            std::mem::replace(&mut self.phase, Phase::Finishing)
-        else {
+        let Some(job) = self.take_held() else {
             return;
         };
         // The first worker to take the job starts the turn.

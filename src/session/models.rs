@@ -29,7 +29,7 @@ impl ModelEntry {
         tokenizer: Arc<Tokenizer>,
         tier: Tier,
     ) -> Self {
-        let created = crate::front::chat::unix_now();
+        let created = crate::clock::unix_secs();
         Self {
             id,
             created,
@@ -65,11 +65,11 @@ struct Catalog {
 
 impl ModelCatalog {
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Catalog> {
-        self.inner.read().unwrap_or_else(|e| e.into_inner())
+        crate::locks::read(&self.inner)
     }
 
     pub fn add(&self, entry: ModelEntry) {
-        let mut c = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let mut c = crate::locks::write(&self.inner);
         c.default.get_or_insert_with(|| entry.id.clone());
         c.models.insert(entry.id.clone(), Arc::new(entry));
     }

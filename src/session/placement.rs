@@ -30,8 +30,11 @@ pub fn outbox(s: &Services, job: &JobSpec, priority: u8) -> Result<Option<Outbox
     if !s.hold_carries_placement {
         return Ok(None);
     }
-    let command =
-        CoordinatorCommand::Place(Box::new(PlaceRequest::llm(job.clone(), priority, Vec::new())));
+    let command = CoordinatorCommand::Place(Box::new(PlaceRequest::llm(
+        job.clone(),
+        priority,
+        Vec::new(),
+    )));
     protocol::coordinator_outbox(&s.node_id, &job.job_id, &command)
         .map(Some)
         .map_err(|e| ApiError::logged("the placement request", e))

@@ -260,8 +260,6 @@ fn fresh_seed() -> u64 {
     let mut b = [0u8; 8];
     match getrandom::fill(&mut b) {
         Ok(()) => u64::from_le_bytes(b),
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64),
+        Err(_) => crate::clock::unix_nanos() as u64,
     }
 }

@@ -19,8 +19,11 @@ pub trait Roster: Send + Sync {
     fn workers(&self) -> RosterFuture<'_, Vec<(WorkerInfo, WorkerLoad)>>;
 
     /// Stops giving `worker_id` new jobs (`drain`), or gives it jobs again.
-    fn set_draining<'a>(&'a self, worker_id: &'a str, drain: bool)
-        -> RosterFuture<'a, Result<(), ApiError>>;
+    fn set_draining<'a>(
+        &'a self,
+        worker_id: &'a str,
+        drain: bool,
+    ) -> RosterFuture<'a, Result<(), ApiError>>;
 
     /// Whether the workers run in this process (so `/metrics` shows their engines).
     fn local(&self) -> bool;

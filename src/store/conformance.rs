@@ -53,9 +53,12 @@ fn holds_left_open_expire(store: &dyn Store) {
         .hold("job-6", &acct.id, TokenType::Spark, a("0.1"))
         .expect("hold");
     store.settle("job-6", a("0.1"), None).expect("settle");
-    let later = now() + HOLD_LEASE_SECS + 1;
+    let later = unix_secs() + HOLD_LEASE_SECS + 1;
     assert!(
-        store.expired_holds(now(), 10).expect("expired").is_empty(),
+        store
+            .expired_holds(unix_secs(), 10)
+            .expect("expired")
+            .is_empty(),
         "a fresh hold has not expired"
     );
     // (Earlier checks left job-4 open too.)

@@ -25,11 +25,12 @@ use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
-    apply, first_covered, key_hash, new_secret, non_negative, now, random_id, replays, Account,
+    apply, first_covered, key_hash, new_secret, non_negative, random_id, replays, Account,
     ApiKeyRecord, Balances, Earning, EntryKind, Hold, HoldOrder, LedgerEntry, NewKey, Store,
     StoreError, StoredKey, TokenType, HOLD_LEASE_SECS,
 };
-use crate::billing::amount::Amount;
+use crate::clock::unix_secs;
+use crate::money::Amount;
 
 const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
@@ -156,7 +157,7 @@ fn append(
         amount,
         reference: reference.to_string(),
         balance_after: account.balances.get(token),
-        at: now(),
+        at: unix_secs(),
     };
     tx.open_table(LEDGER)
         .map_err(backend)?
@@ -182,7 +183,7 @@ impl Store for RedbStore {
             let mut acct = Account {
                 id: id.clone(),
                 name: name.to_string(),
-                created: now(),
+                created: unix_secs(),
                 balances: Balances {
                     spark: Amount::ZERO,
                     sogni: Amount::ZERO,
@@ -293,7 +294,7 @@ impl Store for RedbStore {
             save(tx, HOLDS, job_id, &h)?;
             tx.open_table(OPEN_HOLDS)
                 .map_err(backend)?
-                .insert(job_id, now() + HOLD_LEASE_SECS)
+                .insert(job_id, unix_secs() + HOLD_LEASE_SECS)
                 .map_err(backend)?;
             Ok(h)
         })
@@ -403,7 +404,7 @@ impl Store for RedbStore {
             let record = ApiKeyRecord {
                 key_id: key_id.clone(),
                 account_id: account_id.to_string(),
-                created: now(),
+                created: unix_secs(),
                 disabled: false,
             };
             save(

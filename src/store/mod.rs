@@ -18,8 +18,9 @@ pub mod redis;
 
 use serde::{Deserialize, Serialize};
 
-use crate::billing::amount::Amount;
 use crate::bus::Outbox;
+use crate::clock::unix_secs;
+use crate::money::Amount;
 
 /// What an account pays with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -280,19 +281,12 @@ pub trait Store: Send + Sync {
 /// that it could bill); returns how many. Safe beside live settlements: settling is
 /// idempotent, and the first settlement of a job wins.
 pub fn reap_expired(store: &dyn Store) -> Result<usize, StoreError> {
-    let expired = store.expired_holds(now(), 1000)?;
+    let expired = store.expired_holds(unix_secs(), 1000)?;
     for job in &expired {
         store.settle(job, Amount::ZERO, None)?;
         tracing::warn!(job = %job, "released a hold whose session stopped renewing it");
     }
     Ok(expired.len())
-}
-
-/// Unix seconds now.
-pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// `prefix` and 24 random hex digits.

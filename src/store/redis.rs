@@ -30,12 +30,13 @@ use redis::{Client, Commands, Connection, RedisError, Script};
 use serde::{de::DeserializeOwned, Serialize};
 
 use super::{
-    apply, first_covered, key_hash, new_secret, non_negative, now, random_id, replays, Account,
+    apply, first_covered, key_hash, new_secret, non_negative, random_id, replays, Account,
     ApiKeyRecord, Balances, Earning, EntryKind, Hold, HoldOrder, KeyProof, LedgerEntry, NewKey,
     Store, StoreError, StoredKey, TokenType, HOLD_LEASE_SECS,
 };
-use crate::billing::amount::Amount;
 use crate::bus::Outbox;
+use crate::clock::unix_secs;
+use crate::money::Amount;
 
 const SEQ: &str = "sn:v1:ledger:seq";
 const OPEN_HOLDS: &str = "sn:v1:holds:open";
@@ -184,7 +185,7 @@ impl RedisStore {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
     ) -> Result<T, StoreError> {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let idle = crate::locks::lock(&self.idle).pop();
         let mut c = match idle {
             Some(c) => c,
             None => {
@@ -205,7 +206,7 @@ impl RedisStore {
                 || e.is_connection_refusal()
         });
         if !broken {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let mut idle = crate::locks::lock(&self.idle);
             if idle.len() < MAX_IDLE {
                 idle.push(c);
             }
@@ -244,12 +245,7 @@ impl RedisStore {
     /// A record as stored; unless `fresh`, as this process last committed it, when it has.
     fn current(&self, key: &str, fresh: bool) -> Result<Option<String>, StoreError> {
         if !fresh {
-            if let Some(raw) = self
-                .known
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(key)
-            {
+            if let Some(raw) = crate::locks::lock(&self.known).get(key) {
                 return Ok(Some(raw.clone()));
             }
         }
@@ -258,7 +254,7 @@ impl RedisStore {
 
     /// Remembers what a commit wrote, or forgets what it found changed.
     fn learn(&self, account: (String, Option<String>), hold: Option<(String, Option<String>)>) {
-        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = crate::locks::lock(&self.known);
         if known.len() >= MAX_KNOWN {
             known.clear();
         }
@@ -405,7 +401,7 @@ fn entry(
         amount,
         reference: reference.to_string(),
         balance_after: account.balances.get(token),
-        at: now(),
+        at: unix_secs(),
     }
 }
 
@@ -417,7 +413,7 @@ impl Store for RedisStore {
         let mut acct = Account {
             id: id.clone(),
             name: name.to_string(),
-            created: now(),
+            created: unix_secs(),
             balances: Balances {
                 spark: Amount::ZERO,
                 sogni: Amount::ZERO,
@@ -533,7 +529,7 @@ impl Store for RedisStore {
                     expected_account: raw,
                     account: acct,
                     hold: Some((key, String::new(), Some(h.clone()))),
-                    lease: Lease::Open(now() + HOLD_LEASE_SECS),
+                    lease: Lease::Open(unix_secs() + HOLD_LEASE_SECS),
                     earning: None,
                     entries: vec![e],
                     outbox: then,
@@ -646,7 +642,7 @@ impl Store for RedisStore {
         let record = ApiKeyRecord {
             key_id: key_id.clone(),
             account_id: account_id.to_string(),
-            created: now(),
+            created: unix_secs(),
             disabled: false,
         };
         let stored = encode(&StoredKey {

@@ -185,7 +185,7 @@ pub fn coordinator() -> &'static Coordinator {
         ),
         placements: counter(
             "supernet:placements_total",
-            "Placement requests handled, by outcome (placed, refused, withdrawn).",
+            "Placement requests handled, by outcome (placed, refused, queue_full, withdrawn).",
             &["outcome"],
         ),
         queue_depth: gauge(

@@ -26,8 +26,8 @@ use crate::engine::kv::BLOCK;
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::Model;
 use crate::protocol::{
-    self, streams, Heartbeat, JobRef, JobSpec, NodeMessage, WorkerCommand, WorkerEvent,
-    WorkerInfo, WorkerKind, WorkerLoad,
+    self, streams, Heartbeat, JobRef, JobSpec, NodeMessage, WorkerCommand, WorkerEvent, WorkerInfo,
+    WorkerKind, WorkerLoad,
 };
 use crate::telemetry::trace_context::follow;
 

@@ -121,7 +121,7 @@ impl EngineStatus {
     }
 
     pub(super) fn update_batch(&self, f: impl FnOnce(&mut BatchStats)) {
-        f(&mut self.batch.lock().unwrap_or_else(|e| e.into_inner()));
+        f(&mut crate::locks::lock(&self.batch));
     }
 }
 
@@ -200,7 +200,7 @@ impl EngineThread {
                 let backend = CpuBackend::new(config.threads);
                 model.prepare(&backend);
                 let scheduler = Scheduler::new(model, tokenizer, config.batch);
-                *st.batch.lock().unwrap_or_else(|e| e.into_inner()) = scheduler.stats();
+                *crate::locks::lock(&st.batch) = scheduler.stats();
                 let _ = ready_tx.send(scheduler.context());
                 Engine {
                     scheduler,

@@ -190,7 +190,7 @@ class Cluster:
 
     def spawn(self, name, *args):
         log = open(self.root / f"{name}.log", "a+")
-        proc = subprocess.Popen([str(BIN), *args], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env})
+        proc = subprocess.Popen([str(BIN), *args], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}, cwd=REPO)
         self.procs[name] = (proc, log)
         return proc
 
@@ -198,11 +198,11 @@ class Cluster:
         return (self.root / f"{name}.log").read_text()
 
     def coordinator(self, name, *args):
-        self.spawn(name, "coordinator", "--redis", self.redis_url, "--metrics-addr", "127.0.0.1:0", *args)
+        self.spawn(name, "coordinator", "--redis", self.redis_url, *args)
 
     def worker(self, name, threads=1, *args):
         self.spawn(name, "worker", "--redis", self.redis_url, "--model", str(MODEL), "--threads", str(threads), "--worker-id", name,
-                   "--metrics-addr", "127.0.0.1:0", *args)
+                   *args)
 
     def metrics_url(self, name):
         """Where the coordinator or worker `name` serves /metrics (read from its log)."""
@@ -223,7 +223,7 @@ class Cluster:
 
     def leader(self):
         """The name of the coordinator process that holds the lease."""
-        node = poll(lambda: self.redis_cli("GET", "sn:v2:coordinator:leader"), "a leader")
+        node = poll(lambda: self.redis_cli("GET", "sn:v3:coordinator:leader"), "a leader")
         for name in self.procs:
             if name.startswith("coord") and f"node={node}" in self.logs(name):
                 return name

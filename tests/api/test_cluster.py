@@ -118,7 +118,7 @@ def test_the_leader_dies_under_load_and_a_standby_takes_over(cluster):
     assert len(results) == 8 and all(u.completion_tokens > 0 and text for text, u in results)
     assert len({text for text, _ in results}) == 1, "greedy runs of one prompt agree"
     standby = "coord2" if leader == "coord1" else "coord1"
-    poll(lambda: "leading the cluster" in cluster.logs(standby), "the standby to lead")
+    poll(lambda: " leading node=" in cluster.logs(standby), "the standby to lead")
     assert_billed_exactly_once(cluster, acct, [u for _, u in results])
 
 

@@ -134,7 +134,10 @@ fn the_kv_share_breaks_a_tie_of_jobs() {
     };
     p.handle(beat(info("a"), full), c.at(0));
     p.handle(beat(info("b"), light), c.at(0));
-    assert_eq!(placed(&p.handle(request(1, job("j1", "x", 0)), c.at(1))), [(1, "b".into())]);
+    assert_eq!(
+        placed(&p.handle(request(1, job("j1", "x", 0)), c.at(1))),
+        [(1, "b".into())]
+    );
 }
 
 #[test]
@@ -172,7 +175,17 @@ fn a_draining_worker_gets_no_job_and_a_model_with_none_else_is_refused() {
     };
     p.handle(beat(info("a"), draining), c.at(0));
     let a = p.handle(request(1, job("j1", "x", 0)), c.at(1));
-    assert!(matches!(&a[..], [Action::Refuse { ticket: 1, busy: false, .. }]), "{a:?}");
+    assert!(
+        matches!(
+            &a[..],
+            [Action::Refuse {
+                ticket: 1,
+                busy: false,
+                ..
+            }]
+        ),
+        "{a:?}"
+    );
 }
 
 #[test]
@@ -198,7 +211,10 @@ fn silence_while_the_bus_fails_is_not_a_workers_fault() {
     assert!(p.handle(Event::Tick, c.at(3_500)).is_empty());
     assert_eq!(p.pool().len(), 1);
     assert_eq!(p.handle(Event::Tick, c.at(5_500)).len(), 1);
-    assert!(p.pool().is_empty(), "dead after dead_after past the trouble");
+    assert!(
+        p.pool().is_empty(),
+        "dead after dead_after past the trouble"
+    );
 }
 
 #[test]
@@ -279,7 +295,11 @@ fn the_account_with_fewer_jobs_in_flight_goes_first() {
     b_busy.jobs = vec![job("running", "heavy", 0).job_ref()];
     p.handle(beat(info("b"), b_busy), c.at(4));
     let a = p.handle(beat(info("a"), other), c.at(5));
-    assert_eq!(placed(&a), [(2, "a".into())], "light arrived later but has none in flight");
+    assert_eq!(
+        placed(&a),
+        [(2, "a".into())],
+        "light arrived later but has none in flight"
+    );
 }
 
 #[test]
@@ -288,10 +308,25 @@ fn an_account_at_its_concurrency_limit_waits() {
     let mut s = settings();
     s.max_jobs_per_account = 1;
     p.settings = s;
-    assert_eq!(placed(&p.handle(request(1, job("j1", "x", 0)), c.at(1))).len(), 1);
+    assert_eq!(
+        placed(&p.handle(request(1, job("j1", "x", 0)), c.at(1))).len(),
+        1
+    );
     let a = p.handle(request(2, job("j2", "x", 0)), c.at(2));
-    assert!(matches!(&a[..], [Action::Wait { reason: QueueReason::ConcurrencyLimit, .. }]), "{a:?}");
-    assert_eq!(placed(&p.handle(request(3, job("k1", "y", 0)), c.at(3))).len(), 1);
+    assert!(
+        matches!(
+            &a[..],
+            [Action::Wait {
+                reason: QueueReason::ConcurrencyLimit,
+                ..
+            }]
+        ),
+        "{a:?}"
+    );
+    assert_eq!(
+        placed(&p.handle(request(3, job("k1", "y", 0)), c.at(3))).len(),
+        1
+    );
 }
 
 #[test]
@@ -301,18 +336,34 @@ fn beyond_the_queue_bound_a_job_is_refused_as_busy() {
     p.handle(request(1, job("j1", "x", 0)), c.at(1));
     p.handle(request(2, job("j2", "x", 0)), c.at(2));
     let a = p.handle(request(3, job("j3", "x", 0)), c.at(3));
-    assert!(matches!(&a[..], [Action::Refuse { ticket: 3, busy: true, .. }]), "{a:?}");
+    assert!(
+        matches!(
+            &a[..],
+            [Action::Refuse {
+                ticket: 3,
+                busy: true,
+                ..
+            }]
+        ),
+        "{a:?}"
+    );
     assert_eq!(p.queue_len(), 2);
 }
 
 #[test]
 fn a_just_placed_job_counts_until_its_worker_shows_it_or_the_grace_ends() {
     let (mut p, c) = pool(&[("a", 0, 1)]);
-    assert_eq!(placed(&p.handle(request(1, job("j1", "x", 0)), c.at(1))).len(), 1);
+    assert_eq!(
+        placed(&p.handle(request(1, job("j1", "x", 0)), c.at(1))).len(),
+        1
+    );
     // The worker's next heartbeat was sent before the job reached it: still full.
     assert!(placed(&p.handle(request(2, job("j2", "x", 0)), c.at(2))).is_empty());
     p.handle(beat(info("a"), load(0, 1)), c.at(100));
-    assert!(placed(&p.handle(Event::Tick, c.at(101))).is_empty(), "within the grace");
+    assert!(
+        placed(&p.handle(Event::Tick, c.at(101))).is_empty(),
+        "within the grace"
+    );
     let a = p.handle(beat(info("a"), load(0, 1)), c.at(2_100));
     assert_eq!(placed(&a), [(2, "a".into())], "the grace ran out");
 }
@@ -353,7 +404,10 @@ fn simulated_workers_get_nothing_unless_allowed() {
     ));
     p.settings.allow_simulated = true;
     p.handle(beat(sim, load(0, 4)), c.at(2));
-    assert_eq!(placed(&p.handle(request(2, job("j2", "x", 0)), c.at(3))), [(2, "sim".into())]);
+    assert_eq!(
+        placed(&p.handle(request(2, job("j2", "x", 0)), c.at(3))),
+        [(2, "sim".into())]
+    );
 }
 
 #[test]
@@ -369,7 +423,10 @@ fn a_job_goes_only_to_a_worker_of_its_kind() {
         [Action::Refuse { busy: false, .. }]
     ));
     p.handle(beat(info("llm"), load(3, 4)), c.at(2));
-    assert_eq!(placed(&p.handle(request(2, job("j2", "x", 0)), c.at(3))), [(2, "llm".into())]);
+    assert_eq!(
+        placed(&p.handle(request(2, job("j2", "x", 0)), c.at(3))),
+        [(2, "llm".into())]
+    );
     assert_eq!(p.pool()[0].0.kind, WorkerKind::Llm);
 }
 
@@ -392,11 +449,25 @@ fn a_worker_leaving_while_jobs_wait_refuses_first_attempts_and_keeps_moved_jobs_
         c.at(3),
     );
     assert!(
-        a.iter().any(|a| matches!(a, Action::Refuse { ticket: 1, busy: false, .. })),
+        a.iter().any(|a| matches!(
+            a,
+            Action::Refuse {
+                ticket: 1,
+                busy: false,
+                ..
+            }
+        )),
         "{a:?}"
     );
     assert!(
-        a.iter().any(|a| matches!(a, Action::Wait { ticket: 2, reason: QueueReason::NoWorkers, .. })),
+        a.iter().any(|a| matches!(
+            a,
+            Action::Wait {
+                ticket: 2,
+                reason: QueueReason::NoWorkers,
+                ..
+            }
+        )),
         "{a:?}"
     );
     assert_eq!(p.queue_len(), 1);
@@ -408,7 +479,10 @@ fn a_worker_leaving_while_jobs_wait_refuses_first_attempts_and_keeps_moved_jobs_
 fn a_withdrawn_job_leaves_the_queue_and_a_duplicate_request_is_dropped() {
     let (mut p, c) = pool(&[("a", 1, 1)]);
     p.handle(request(1, job("j1", "x", 0)), c.at(1));
-    assert_eq!(p.handle(request(2, job("j1", "x", 0)), c.at(2)), [Action::Drop(2)]);
+    assert_eq!(
+        p.handle(request(2, job("j1", "x", 0)), c.at(2)),
+        [Action::Drop(2)]
+    );
     assert_eq!(
         p.handle(
             Event::Withdraw {

@@ -95,7 +95,7 @@ impl ThreadPool {
             f(0);
             return;
         }
-        let _serial = self.run_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _serial = crate::locks::lock(&self.run_lock);
         let s = &*self.shared;
         let job: Job<'_> = f;
         // SAFETY: the pointer is only dereferenced by workers between the epoch bump below
@@ -106,7 +106,7 @@ impl ThreadPool {
         s.remaining.store(self.n_threads - 1, Ordering::SeqCst);
         s.epoch.fetch_add(1, Ordering::SeqCst);
         if s.sleepers.load(Ordering::SeqCst) > 0 {
-            let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+            let _g = crate::locks::lock(&s.lock);
             s.wake.notify_all();
         }
         let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
@@ -168,7 +168,7 @@ fn worker(s: &Shared, index: usize) {
                 wait_turn(&mut spins);
                 continue;
             }
-            let mut g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
+            let mut g = crate::locks::lock(&s.lock);
             s.sleepers.fetch_add(1, Ordering::SeqCst);
             while s.epoch.load(Ordering::SeqCst) == seen && !s.shutdown.load(Ordering::SeqCst) {
                 g = s.wake.wait(g).unwrap_or_else(|e| e.into_inner());
@@ -189,7 +189,7 @@ impl Drop for ThreadPool {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::SeqCst);
         {
-            let _g = self.shared.lock.lock().unwrap_or_else(|e| e.into_inner());
+            let _g = crate::locks::lock(&self.shared.lock);
             self.shared.wake.notify_all();
         }
         for h in self.handles.drain(..) {
