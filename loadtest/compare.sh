@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${LLAMA_SERVER:?set LLAMA_SERVER to the llama-server binary}"
 model=models/SmolLM2-135M-Instruct.Q4_1.gguf
-bin=target/release/supernet
+bin=${SUPERNET_BIN:-target/release/supernet}
 data=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait; rm -rf "$data"' EXIT

@@ -8,14 +8,14 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 use supernet::api::chat_response::{
-    model_list, AssistantMessage, Capabilities, Choice, CompletionId, Delta, ModelCard, Pricing,
+    model_list, AssistantMessage, Capabilities, Choice, CompletionId, Delta, ModelObject, Pricing,
     Usage,
 };
 use supernet::api::error::ApiError;
 
 #[test]
 fn response_bodies_match_openais_schemas() {
-    let card = ModelCard {
+    let card = ModelObject {
         id: "SmolLM2-135M-Instruct".into(),
         created: 1_700_000_000,
         owned_by: "supernet".into(),

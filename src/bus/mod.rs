@@ -12,6 +12,7 @@
 mod coalesce;
 #[cfg(test)]
 mod conformance;
+pub mod keys;
 pub mod memory;
 pub mod redis;
 
@@ -58,6 +59,21 @@ fn codec() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
+/// A value in the bus's encoding, for a key beside the streams ([`keys`]).
+pub fn encode<T: Serialize>(what: &str, v: &T) -> Result<Vec<u8>, BusError> {
+    bincode::serde::encode_to_vec(v, codec()).map_err(|e| BusError::Encode {
+        kind: what.into(),
+        reason: e.to_string(),
+    })
+}
+
+/// A value [`encode`] wrote.
+pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, BusError> {
+    bincode::serde::decode_from_slice(b, codec())
+        .map(|(v, _)| v)
+        .map_err(|e| BusError::Decode(e.to_string()))
+}
+
 impl Envelope {
     /// Wraps a payload, with the trace context of the span the caller is in (so a sender
     /// traces a message by sending it inside its span, e.g. with `Instrument`).
@@ -67,11 +83,7 @@ impl Envelope {
         correlation_id: &str,
         payload: &T,
     ) -> Result<Self, BusError> {
-        let payload =
-            bincode::serde::encode_to_vec(payload, codec()).map_err(|e| BusError::Encode {
-                kind: kind.into(),
-                reason: e.to_string(),
-            })?;
+        let payload = encode(kind, payload)?;
         Ok(Self {
             version: PROTOCOL_VERSION,
             kind: kind.into(),
@@ -87,9 +99,7 @@ impl Envelope {
         if self.version != PROTOCOL_VERSION {
             return Err(BusError::Version { got: self.version });
         }
-        bincode::serde::decode_from_slice(&self.payload, codec())
-            .map(|(v, _)| v)
-            .map_err(|e| BusError::Decode(e.to_string()))
+        decode(&self.payload)
     }
 
     /// The bytes on the wire.

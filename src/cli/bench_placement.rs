@@ -318,7 +318,7 @@ async fn collect(mut answers: UnboundedReceiver<Answer>, jobs: Arc<Mutex<HashMap
 }
 
 fn all_done(jobs: &Mutex<HashMap<String, Job>>) -> bool {
-    lock(&jobs)
+    lock(jobs)
         .values()
         .all(|j| j.refused || (j.placed.is_some() && j.finished.is_some()))
 }

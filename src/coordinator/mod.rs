@@ -393,14 +393,14 @@ impl CoordinatorActor {
 
     /// Sends the job to its worker, tells its session where it went, then acknowledges
     /// the request.
-    fn dispatch(&self, ticket: Ticket, worker_id: String, job: protocol::JobSpec) {
+    fn dispatch(&self, ticket: Ticket, worker_id: String, job: Box<protocol::JobSpec>) {
         tracing::debug!(job = %job.job_id, attempt = job.attempt, worker = %worker_id, "placed");
         let (bus, node) = (Arc::clone(&self.bus), self.node_id.clone());
         let span =
             tracing::info_span!(parent: &ticket.span, "coordinator.place", worker = %worker_id);
         let dispatch = async move {
             let job_ref = job.job_ref();
-            let run = WorkerCommand::Run(Box::new(job));
+            let run = WorkerCommand::Run(job);
             let placement =
                 match protocol::to_worker(bus.as_ref(), &node, &worker_id, &job_ref.job_id, &run)
                     .await

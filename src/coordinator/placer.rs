@@ -25,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::protocol::{
-    Heartbeat, JobRef, JobSpec, PlaceRequest, QueueReason, WorkerInfo, WorkerLoad,
+    Heartbeat, JobRef, JobSpec, PlaceRequest, QueueReason, WorkerInfo, WorkerKind, WorkerLoad,
 };
 
 #[derive(Debug, Clone)]
@@ -76,7 +76,7 @@ pub enum Action<T> {
     Place {
         ticket: T,
         worker_id: String,
-        job: JobSpec,
+        job: Box<JobSpec>,
     },
     /// Tell the job's session why it waits (once per reason); the job stays queued.
     Wait {
@@ -147,7 +147,9 @@ struct Waiting<T> {
     told: Option<QueueReason>,
 }
 
-/// Where a waiting job stands after one try.
+/// Where a waiting job stands after one try. Short-lived, moved once: its size does not
+/// matter, and boxing the waiting job would allocate on every try.
+#[allow(clippy::large_enum_variant)]
 enum Outcome<T> {
     Placed(Action<T>),
     Refused(Action<T>),
@@ -183,7 +185,7 @@ impl<T: Clone> Placer<T> {
         let mut out = Vec::new();
         match event {
             Event::Heartbeat { beat, age } => {
-                if self.beat(beat, age, now) {
+                if self.beat(beat, age, now) && !self.queue.is_empty() {
                     self.drain(now, &mut out);
                 }
             }
@@ -238,7 +240,8 @@ impl<T: Clone> Placer<T> {
         self.ignored.insert(worker_id.to_string())
     }
 
-    /// Records a heartbeat; true if the pool changed in a way that may free room.
+    /// Records a heartbeat; true if it may let a waiting job in (the worker left, which
+    /// may leave jobs no worker, or it has room).
     fn beat(&mut self, hb: Heartbeat, age: Duration, now: Instant) -> bool {
         if age > self.settings.dead_after {
             return false;
@@ -264,6 +267,7 @@ impl<T: Clone> Placer<T> {
                         && !hb.load.jobs.iter().any(|j| &j.job_id == job)
                 });
                 (w.info, w.load, w.seen) = (hb.info, hb.load, now);
+                w.has_room()
             }
             None => {
                 tracing::info!(worker = %id, kind = hb.info.kind.as_str(), model = %hb.info.model_id, capacity = hb.load.capacity, "worker joined");
@@ -276,9 +280,9 @@ impl<T: Clone> Placer<T> {
                         placed: HashMap::new(),
                     },
                 );
+                true
             }
         }
-        true
     }
 
     fn request(
@@ -297,6 +301,12 @@ impl<T: Clone> Placer<T> {
             out.push(Action::Drop(ticket));
             return;
         }
+        // A job that moves off a dead worker was admitted long ago: it always may wait.
+        let room_to_wait = self.queue.len() < self.settings.max_queue || job.attempt > 0;
+        let behind = self
+            .queue
+            .iter()
+            .any(|w| w.request.kind == request.kind && w.request.job.model == job.model);
         self.arrivals += 1;
         let waiting = Waiting {
             ticket,
@@ -304,25 +314,30 @@ impl<T: Clone> Placer<T> {
             arrived: self.arrivals,
             told: None,
         };
-        if self.queue.len() < self.settings.max_queue {
+        if behind {
+            // Jobs of its model wait already: it takes its turn among them.
+            if !room_to_wait {
+                return out.push(self.queue_full(waiting));
+            }
             self.queue.push(waiting);
             return self.drain(now, out);
         }
-        // A full queue: the job is placed only if it has room now, never queued.
         match self.try_place(waiting, now) {
             Outcome::Placed(a) | Outcome::Refused(a) => out.push(a),
-            Outcome::Waits(w, _) => {
-                let job = w.request.job.job_ref();
-                out.push(Action::Refuse {
-                    ticket: w.ticket,
-                    reason: format!(
-                        "{} jobs already wait for a worker, the most this coordinator queues",
-                        self.queue.len()
-                    ),
-                    job,
-                    busy: true,
-                })
-            }
+            Outcome::Waits(w, _) if !room_to_wait => out.push(self.queue_full(w)),
+            Outcome::Waits(w, reason) => self.wait(w, reason, out),
+        }
+    }
+
+    fn queue_full(&self, w: Waiting<T>) -> Action<T> {
+        Action::Refuse {
+            job: w.request.job.job_ref(),
+            ticket: w.ticket,
+            busy: true,
+            reason: format!(
+                "{} jobs already wait for a worker, the most this coordinator queues",
+                self.queue.len()
+            ),
         }
     }
 
@@ -347,22 +362,38 @@ impl<T: Clone> Placer<T> {
                 .then(a.1.cmp(&b.1))
                 .then(a.2.arrived.cmp(&b.2.arrived))
         });
+        // Models whose workers are all full: the jobs after the first that found no room wait
+        // without looking again (a job with workers to avoid still looks).
+        let mut full: HashSet<(WorkerKind, String)> = HashSet::new();
         for (_, _, w) in order {
-            match self.try_place(w, now) {
-                Outcome::Placed(a) | Outcome::Refused(a) => out.push(a),
-                Outcome::Waits(mut w, reason) => {
-                    if w.told != Some(reason) {
-                        w.told = Some(reason);
-                        out.push(Action::Wait {
-                            ticket: w.ticket.clone(),
-                            job: w.request.job.job_ref(),
-                            reason,
-                        });
-                    }
-                    self.queue.push(w);
+            let model = (w.request.kind, w.request.job.model.clone());
+            let outcome = if w.request.exclude.is_empty() && full.contains(&model) {
+                Outcome::Waits(w, QueueReason::Queued)
+            } else {
+                self.try_place(w, now)
+            };
+            match outcome {
+                Outcome::Waits(w, QueueReason::Queued) if w.request.exclude.is_empty() => {
+                    full.insert(model);
+                    self.wait(w, QueueReason::Queued, out);
                 }
+                Outcome::Waits(w, reason) => self.wait(w, reason, out),
+                Outcome::Placed(a) | Outcome::Refused(a) => out.push(a),
             }
         }
+    }
+
+    /// Puts `w` back in the queue, telling its session why it waits if that changed.
+    fn wait(&mut self, mut w: Waiting<T>, reason: QueueReason, out: &mut Vec<Action<T>>) {
+        if w.told != Some(reason) {
+            w.told = Some(reason);
+            out.push(Action::Wait {
+                ticket: w.ticket.clone(),
+                job: w.request.job.job_ref(),
+                reason,
+            });
+        }
+        self.queue.push(w);
     }
 
     fn try_place(&mut self, w: Waiting<T>, now: Instant) -> Outcome<T> {
@@ -404,7 +435,7 @@ impl<T: Clone> Placer<T> {
         Outcome::Placed(Action::Place {
             ticket: w.ticket,
             worker_id,
-            job,
+            job: Box::new(job),
         })
     }
 

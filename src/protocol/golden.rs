@@ -19,7 +19,7 @@ fn job() -> JobSpec {
         prompt: vec![1, 2, 300, 70_000],
         params: JobParams {
             max_tokens: 64,
-            sampling: Sampling {
+            sampler: Sampling {
                 temperature: 0.5,
                 top_k: 40,
                 top_p: 0.9,

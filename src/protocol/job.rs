@@ -52,7 +52,7 @@ pub struct JobRef {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobParams {
     pub max_tokens: u64,
-    pub sampling: Sampling,
+    pub sampler: Sampling,
     pub stop: Vec<String>,
     /// A Lark grammar (llguidance's dialect) the output must follow.
     pub grammar: Option<String>,
@@ -176,53 +176,53 @@ pub enum NodeMessage {
     Lost { attempt: u32, worker_id: String },
 }
 
-impl From<&GenerateParams> for JobParams {
-    fn from(p: &GenerateParams) -> Self {
-        let s = &p.sampler;
-        Self {
-            max_tokens: p.max_tokens as u64,
-            sampling: Sampling {
-                temperature: s.temperature,
-                top_k: s.top_k as u32,
-                top_p: s.top_p,
-                min_p: s.min_p,
-                repetition_penalty: s.repetition_penalty,
-                frequency_penalty: s.frequency_penalty,
-                presence_penalty: s.presence_penalty,
-                penalty_last_n: s.penalty_last_n as u32,
-                seed: s.seed,
-            },
-            stop: p.stop.clone(),
-            grammar: p.grammar.clone(),
-            logprobs: p.logprobs.map(|k| k as u32),
-            logit_bias: p.logit_bias.clone(),
+/// Field-by-field conversions both ways between a wire struct and its engine twin, from
+/// one list of fields: `same` ones are copied, `cast` ones change integer width, `into`
+/// ones convert by their own `From`s, `cast_opt` ones are optional integers.
+macro_rules! mirror {
+    ($wire:ident <=> $engine:ident {
+        same: [$($s:ident),*],
+        cast: [$($c:ident: $cw:ty, $ce:ty),*],
+        into: [$($i:ident),*],
+        cast_opt: [$($o:ident: $ow:ty, $oe:ty),*] $(,)?
+    }) => {
+        impl From<&$engine> for $wire {
+            fn from(e: &$engine) -> Self {
+                Self {
+                    $($s: e.$s.clone(),)*
+                    $($c: e.$c as $cw,)*
+                    $($i: (&e.$i).into(),)*
+                    $($o: e.$o.map(|v| v as $ow),)*
+                }
+            }
         }
-    }
+
+        impl From<$wire> for $engine {
+            fn from(w: $wire) -> Self {
+                Self {
+                    $($s: w.$s,)*
+                    $($c: w.$c as $ce,)*
+                    $($i: w.$i.into(),)*
+                    $($o: w.$o.map(|v| v as $oe),)*
+                }
+            }
+        }
+    };
 }
 
-impl From<JobParams> for GenerateParams {
-    fn from(p: JobParams) -> Self {
-        let s = p.sampling;
-        Self {
-            max_tokens: p.max_tokens as usize,
-            sampler: SamplerParams {
-                temperature: s.temperature,
-                top_k: s.top_k as usize,
-                top_p: s.top_p,
-                min_p: s.min_p,
-                repetition_penalty: s.repetition_penalty,
-                frequency_penalty: s.frequency_penalty,
-                presence_penalty: s.presence_penalty,
-                penalty_last_n: s.penalty_last_n as usize,
-                seed: s.seed,
-            },
-            stop: p.stop,
-            grammar: p.grammar,
-            logprobs: p.logprobs.map(|k| k as usize),
-            logit_bias: p.logit_bias,
-        }
-    }
-}
+mirror!(JobParams <=> GenerateParams {
+    same: [stop, grammar, logit_bias],
+    cast: [max_tokens: u64, usize],
+    into: [sampler],
+    cast_opt: [logprobs: u32, usize],
+});
+
+mirror!(Sampling <=> SamplerParams {
+    same: [temperature, top_p, min_p, repetition_penalty, frequency_penalty, presence_penalty, seed],
+    cast: [top_k: u32, usize, penalty_last_n: u32, usize],
+    into: [],
+    cast_opt: [],
+});
 
 impl From<&Resume> for Progress {
     fn from(r: &Resume) -> Self {

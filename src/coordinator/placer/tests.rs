@@ -56,7 +56,7 @@ fn job(id: &str, account: &str, attempt: u32) -> JobSpec {
         prompt: vec![1, 2, 3],
         params: JobParams {
             max_tokens: 8,
-            sampling: Sampling {
+            sampler: Sampling {
                 temperature: 0.0,
                 top_k: 0,
                 top_p: 1.0,
@@ -496,4 +496,14 @@ fn a_withdrawn_job_leaves_the_queue_and_a_duplicate_request_is_dropped() {
         }]
     );
     assert_eq!(p.queue_len(), 0);
+}
+
+#[test]
+fn a_moved_job_may_wait_even_when_the_queue_is_full() {
+    let (mut p, c) = pool(&[("a", 1, 1)]);
+    p.settings.max_queue = 1;
+    p.handle(request(1, job("j1", "x", 0)), c.at(1));
+    let a = p.handle(request(2, job("moved", "y", 1)), c.at(2));
+    assert!(matches!(&a[..], [Action::Wait { ticket: 2, .. }]), "{a:?}");
+    assert_eq!(p.queue_len(), 2);
 }
