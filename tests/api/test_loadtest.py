@@ -111,7 +111,9 @@ def test_bench_placement_times_every_job_through_the_coordinator(cluster):
     r = bench_placement(cluster, "--rate", "300", "--duration", "2", "--max-tokens", "3", "--cpu-of", str(coordinator))
     assert (r["sent"], r["placed"], r["finished"], r["refused"], r["unanswered"]) == (600, 600, 600, 0, 0)
     assert 0 < r["placement_ms"]["p50"] <= r["placement_ms"]["p99"] <= r["placement_ms"]["max"]
-    # A job is placed before its worker takes it, and taken before it ends.
-    assert r["placement_ms"]["p50"] <= r["accepted_ms"]["p50"] <= r["finished_ms"]["p50"]
+    # A job is placed and taken before it ends. (The coordinator's `Placed` and the worker's
+    # `Accepted` travel on different streams and race: their medians differ by microseconds,
+    # either way.)
+    assert max(r["placement_ms"]["p50"], r["accepted_ms"]["p50"]) <= r["finished_ms"]["p50"]
     assert 0 < r["cpu_percent"] < 200
     assert 250 < r["placed_per_s"] < 350
