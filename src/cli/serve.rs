@@ -1,7 +1,8 @@
 //! `supernet serve`: the whole service in one process. The front, the coordinator (the
 //! cluster's, always leading), billing and one worker per `--model` run as actors on an
-//! in-process bus, with the embedded store under `--data-dir`. It logs `listening on http://HOST:PORT` once every model is loaded
-//! and the port is bound.
+//! in-process bus, with the embedded store under `--data-dir`. It logs
+//! `listening on http://HOST:PORT` once every model is loaded, its workers have registered
+//! with the coordinator and the port is bound.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;

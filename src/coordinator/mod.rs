@@ -287,7 +287,7 @@ impl CoordinatorActor {
         match r {
             Ok(true) if !self.leading.swap(true, Ordering::SeqCst) => {
                 metrics().leader.set(1);
-                tracing::info!(node = %self.node_id, workers = self.placer.pool().len(), "leading");
+                tracing::info!(node = %self.node_id, workers = self.placer.workers(), "leading");
                 self.claim.store(true, Ordering::SeqCst);
             }
             Ok(false) if self.leading.swap(false, Ordering::SeqCst) => {

@@ -226,18 +226,14 @@ impl<T: Clone> Placer<T> {
         self.queue.len()
     }
 
-    /// Hands back every waiting job's ticket, forgetting them (leadership was lost: the
-    /// requests stay pending on the bus for the next leader).
-    pub fn abandon_queue(&mut self) -> Vec<T> {
-        std::mem::take(&mut self.queue)
-            .into_iter()
-            .map(|w| w.ticket)
-            .collect()
+    pub fn workers(&self) -> usize {
+        self.workers.len()
     }
 
-    /// Simulated workers seen but ignored, once each: true the first time.
-    pub fn newly_ignored(&mut self, worker_id: &str) -> bool {
-        self.ignored.insert(worker_id.to_string())
+    /// Forgets every waiting job (leadership was lost: the requests stay pending on the bus
+    /// for the next leader).
+    pub fn abandon_queue(&mut self) {
+        self.queue.clear();
     }
 
     /// Records a heartbeat; true if it may let a waiting job in (the worker left, which
@@ -248,7 +244,7 @@ impl<T: Clone> Placer<T> {
         }
         let id = hb.info.worker_id.clone();
         if hb.info.simulated && !self.settings.allow_simulated {
-            if self.newly_ignored(&id) {
+            if self.ignored.insert(id.clone()) {
                 tracing::warn!(worker = %id, "ignoring a simulated worker: this coordinator was not started with --allow-simulated");
             }
             return false;
@@ -347,14 +343,17 @@ impl<T: Clone> Placer<T> {
         if self.queue.is_empty() {
             return;
         }
+        // Each account's jobs in flight, counted once for the whole queue.
+        let mut in_flight: HashMap<&str, usize> = HashMap::new();
+        for job in self.workers.values().flat_map(|w| w.jobs()) {
+            *in_flight.entry(job.account_id.as_str()).or_default() += 1;
+        }
         let mut order: Vec<_> = std::mem::take(&mut self.queue)
             .into_iter()
             .map(|w| {
-                (
-                    w.request.priority,
-                    self.in_flight(&w.request.job.account_id),
-                    w,
-                )
+                let account = w.request.job.account_id.as_str();
+                let busy = in_flight.get(account).copied().unwrap_or(0);
+                (w.request.priority, busy, w)
             })
             .collect();
         order.sort_by(|a, b| {

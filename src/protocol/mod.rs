@@ -14,8 +14,6 @@ mod golden;
 pub mod job;
 pub mod pool;
 
-use tracing::Instrument;
-
 pub use job::{
     Finish, JobParams, JobRef, JobSpec, Logprob, NodeMessage, Placement, Progress, QueueReason,
     Sampling, WorkerCommand, WorkerEvent,
@@ -158,7 +156,6 @@ pub async fn to_coordinator(
         job_id,
         command,
     )
-    .in_current_span()
     .await
 }
 

@@ -134,8 +134,8 @@ impl WorkerActor {
         }
     }
 
-    /// Queues a heartbeat on the bus now (its place in the stream is taken at once, so
-    /// beats arrive in order).
+    /// A heartbeat of the worker as it is now, to be sent. Its `received` list starts again
+    /// from empty.
     fn beat(&mut self, leaving: bool) -> BusFuture<'static, ()> {
         let beat = Heartbeat {
             info: self.info.clone(),
