@@ -27,6 +27,13 @@
 //! output_usd_per_m = "0.90"
 //! max_tokens = 4096
 //!
+//! [tools]                   # hosted tools run by the server
+//! max_rounds = 4            # LLM rounds one request may take; then the answer says so
+//! image_usd = "0.02"        # price of each image made
+//! video_second_usd = "0.05" # of each second of video asked for
+//! audio_second_usd = "0.002"
+//! prices = { sogni_generate_image = "0.03" }   # USD per unit for one tool
+//!
 //! [models."SmolLM2-135M-Instruct"]
 //! input_usd_per_m = "0.10"
 //! default_max_tokens = 256
@@ -186,6 +193,32 @@ pub struct Config {
     pub default_tier: Tier,
     /// Per model id; models not listed use `default_tier`.
     pub models: BTreeMap<String, Tier>,
+    pub tools: ToolsConfig,
+}
+
+/// The hosted tool loop's bounds and the media jobs' prices (USD per unit: an image, or a
+/// second of video or audio).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ToolsConfig {
+    pub max_rounds: u32,
+    pub image_usd: Amount,
+    pub video_second_usd: Amount,
+    pub audio_second_usd: Amount,
+    /// Per tool, over the above.
+    pub prices: BTreeMap<String, Amount>,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        Self {
+            max_rounds: 4,
+            image_usd: Amount::from_millis(20),
+            video_second_usd: Amount::from_millis(50),
+            audio_second_usd: Amount::from_millis(2),
+            prices: BTreeMap::new(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +274,21 @@ impl Config {
             if rate <= Amount::ZERO {
                 return Err(format!("{name} must be positive"));
             }
+        }
+        if c.tools.max_rounds == 0 {
+            return Err("tools.max_rounds must be at least 1".into());
+        }
+        let prices = [
+            c.tools.image_usd,
+            c.tools.video_second_usd,
+            c.tools.audio_second_usd,
+        ];
+        if prices
+            .iter()
+            .chain(c.tools.prices.values())
+            .any(|p| p.is_negative())
+        {
+            return Err("tool prices must not be negative".into());
         }
         Ok(c)
     }

@@ -19,6 +19,7 @@ pub mod engine;
 pub mod front;
 pub mod ids;
 pub mod locks;
+pub mod media;
 pub mod money;
 pub mod protocol;
 pub mod session;
@@ -26,4 +27,5 @@ pub mod store;
 pub mod telemetry;
 #[cfg(test)]
 mod test_redis;
+pub mod tools;
 pub mod worker;

@@ -5,6 +5,7 @@
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use super::hosted_request::Hosted;
 use super::schema_limits::SchemaBudget;
 use super::tools::{
     parse_response_format, parse_tool_calls, parse_tool_choice, parse_tools, FunctionTool,
@@ -97,6 +98,8 @@ pub struct ChatRequest {
     pub logprobs: Option<usize>,
     /// `logit_bias`: token id and bias, -100 to 100.
     pub logit_bias: Vec<(u32, f32)>,
+    /// The Sogni fields: hosted tools and their execution.
+    pub hosted: Hosted,
 }
 
 /// Most stop sequences accepted (OpenAI's limit).
@@ -215,8 +218,14 @@ impl ChatRequest {
         !self.tools.is_empty() && self.tool_choice != Some(ToolChoice::None)
     }
 
-    /// Parses and validates a request body.
+    /// Parses and validates a request body, with no media pipeline running.
     pub fn parse(body: &Value) -> Result<Self, ApiError> {
+        Self::parse_offering(body, &[])
+    }
+
+    /// Parses and validates a request body; the hosted tools whose pipeline is among
+    /// `pipelines` (those live media workers run) are offered.
+    pub fn parse_offering(body: &Value, pipelines: &[String]) -> Result<Self, ApiError> {
         let obj = body
             .as_object()
             .ok_or_else(|| ApiError::bad_body("The request body must be a JSON object"))?;
@@ -318,7 +327,8 @@ impl ChatRequest {
                 .or_insert(think.into());
         }
         let mut schemas = SchemaBudget::default();
-        let tools = parse_tools(f.get("tools"), &mut schemas)?;
+        let mut tools = parse_tools(f.get("tools"), &mut schemas)?;
+        let hosted = super::hosted_request::parse(&f, &mut tools, pipelines)?;
         let tool_choice = parse_tool_choice(f.get("tool_choice"), &tools)?;
 
         let sampling = Sampling {
@@ -365,6 +375,7 @@ impl ChatRequest {
             n,
             logprobs,
             logit_bias,
+            hosted,
         })
     }
 }

@@ -231,6 +231,14 @@ impl CompletionId {
         self.chunk(index, json!({}), Some(finish_reason))
     }
 
+    /// A chunk with no text that carries a hosted call's progress as `sogni_tool_progress`
+    /// (OpenAI clients keep unknown fields and ignore them).
+    pub fn progress_chunk(&self, index: usize, progress: Value) -> Value {
+        let mut c = self.chunk(index, json!({}), None);
+        c["sogni_tool_progress"] = progress;
+        c
+    }
+
     /// The final chunk of `stream_options.include_usage`: no choices, the usage.
     pub fn usage_chunk(&self, usage: Usage) -> Value {
         json!({

@@ -47,6 +47,21 @@ impl ApiError {
         Self::new(400, "invalid_request_error", None, message)
     }
 
+    /// 403: a signed media URL that is bad or expired.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(403, "permission_error", Some("forbidden"), message)
+    }
+
+    /// The Sogni-native envelope of this error (`{status:"error", message, errorCode}`),
+    /// for the routes Sogni's SDKs call.
+    pub fn sogni_envelope(&self) -> Value {
+        let mut v = json!({ "status": "error", "message": self.message, "errorCode": self.status });
+        if let Some(s) = self.retry_after {
+            v["retryAfter"] = s.into();
+        }
+        v
+    }
+
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(
             401,

@@ -35,6 +35,8 @@ const IDLE_AFTER: Duration = Duration::from_secs(300);
 /// checks it: every hold carries the key's [`KeyProof`], so a key disabled or regenerated
 /// meanwhile gets nothing held and its request a 401.
 const KEY_TRUST: Duration = Duration::from_secs(10);
+/// Tries of a settlement the store could not take (Redis restarting), about a minute in all.
+const SETTLE_TRIES: u32 = 40;
 /// Keys remembered at most; past this the memory starts over.
 const MAX_TRUSTED_KEYS: usize = 100_000;
 
@@ -191,6 +193,27 @@ impl Billing {
 
     /// Charges what a job used (at most its hold) to the worker that ran it, and releases
     /// the rest.
+    /// [`Billing::settle`], retried for about a minute while the store cannot be reached
+    /// (Redis restarting): the usage is known, and billing it exactly once matters more than
+    /// answering at once.
+    pub async fn settle_retrying(
+        &self,
+        account_id: &str,
+        m: SettleJob,
+    ) -> Result<Hold, BillingError> {
+        let mut tries = 0;
+        loop {
+            match self.settle(account_id, m.clone()).await {
+                Err(BillingError::Store(StoreError::Backend(e))) if tries < SETTLE_TRIES => {
+                    tracing::warn!(job = %m.job_id, "settling failed, retrying: {e}");
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(250 * u64::from(tries.min(8)))).await;
+                }
+                r => return r,
+            }
+        }
+    }
+
     pub async fn settle(&self, account_id: &str, m: SettleJob) -> Result<Hold, BillingError> {
         self.in_store(account_id, Urgency::Later, move |store, rates| {
             let hold = match m.hold {

@@ -3,17 +3,17 @@
 //!
 //! # Streams and keys
 //!
-//! Every name starts with `sn:v3:`; the `v3` is [`super::PROTOCOL_VERSION`], so nodes of two
+//! Every name starts with `sn:v4:`; the `v4` is [`super::PROTOCOL_VERSION`], so nodes of two
 //! protocol versions never read each other's messages. Each entry has one field, `m`,
 //! holding one or more bincode [`Envelope`]s back to back: a writer packs what it publishes
 //! to a stream together into one entry ([`super::coalesce`]).
 //!
 //! | stream | written by | read by (group) | carries |
 //! |---|---|---|---|
-//! | `sn:v3:worker:{id}` | coordinator, sessions | that worker (`workers`) | jobs to run, cancellations |
-//! | `sn:v3:node:{id}.{n}` | workers, coordinator | that front's thread `n` (`sessions`, `NOACK`) | job events, placement answers, lost jobs |
-//! | `sn:v3:coordinator` | sessions | the leader coordinator (`coordinator`) | placement requests |
-//! | `sn:v3:heartbeats` | workers | every coordinator (`coord-{node}`) | registration, load, leaving |
+//! | `sn:v4:worker:{id}` | coordinator, sessions | that worker (`workers`) | jobs to run, cancellations |
+//! | `sn:v4:node:{id}.{n}` | workers, coordinator | that front's thread `n` (`sessions`, `NOACK`) | job events, placement answers, lost jobs |
+//! | `sn:v4:coordinator` | sessions | the leader coordinator (`coordinator`) | placement requests |
+//! | `sn:v4:heartbeats` | workers | every coordinator (`coord-{node}`) | registration, load, leaving |
 //!
 //! Entries are appended with `XADD ... MAXLEN ~ N`, read with `XREADGROUP ... BLOCK`, and
 //! acknowledged with `XACK` once handled (or as read, `NOACK`, for [`Ack::OnRead`]). A

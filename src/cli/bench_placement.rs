@@ -235,6 +235,7 @@ fn job(a: &PlacementArgs, node: &str, inbox: &str, n: usize) -> JobSpec {
         }),
         resume: Progress::default(),
         reply_to: inbox.to_string(),
+        media: None,
     }
 }
 
@@ -306,7 +307,7 @@ async fn collect(mut answers: UnboundedReceiver<Answer>, jobs: Arc<Mutex<HashMap
                 ..
             } => job.refused = true,
             NodeMessage::Worker {
-                event: WorkerEvent::Finished { .. } | WorkerEvent::Failed(_),
+                event: WorkerEvent::Finished { .. } | WorkerEvent::Failed(_) | WorkerEvent::Media(_),
                 ..
             } => job.finished = Some(ms),
             NodeMessage::Worker {

@@ -18,6 +18,7 @@ use crate::cluster::front_view::ClusterView;
 use crate::cluster::state::ClusterState;
 use crate::config::Config;
 use crate::front::FrontState;
+use crate::media::MediaServices;
 use crate::session::inbox::NodeInboxes;
 use crate::session::models::ModelCatalog;
 use crate::session::prepare_pool::PreparePool;
@@ -44,6 +45,10 @@ pub struct FrontArgs {
     /// the cluster's store. Without it the endpoint refuses everyone.
     #[arg(long, env = "SUPERNET_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
+    /// Where hosted tools' media is kept: a folder every front and media worker of the
+    /// cluster shares. Its `url.key` signs the media URLs.
+    #[arg(long, env = "SUPERNET_MEDIA_STORE", default_value = "media")]
+    pub media_store: PathBuf,
 }
 
 /// The shortest admin key taken: guessing one must be hopeless.
@@ -64,7 +69,8 @@ pub fn run(a: FrontArgs) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = Arc::new(
         RedisStore::connect(&a.redis).with_context(|| format!("connecting to {}", a.redis))?,
     );
-    actix_web::rt::System::new().block_on(serve(a.redis, config, store, admin))
+    let media = MediaServices::local(&a.media_store)?;
+    actix_web::rt::System::new().block_on(serve(a.redis, config, store, admin, media))
 }
 
 async fn serve(
@@ -72,6 +78,7 @@ async fn serve(
     config: Config,
     store: Arc<dyn Store>,
     admin: Option<Handoff>,
+    media: MediaServices,
 ) -> anyhow::Result<()> {
     let node_id = format!("front-{}", crate::ids::random_hex(4)?);
     let bus: Arc<dyn Bus> = Arc::new(RedisBus::connect(&redis).await?);
@@ -91,6 +98,7 @@ async fn serve(
         models,
         config,
         preparer: PreparePool::new(0, 128).context("starting the prepare threads")?,
+        media: Arc::new(media),
     });
     let (server, bound) = crate::front::bind(FrontState { services, admin })?;
     tracing::info!("listening on http://{bound}");

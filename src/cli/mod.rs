@@ -11,6 +11,7 @@ pub mod coordinator;
 pub mod engine;
 pub mod front;
 pub mod generate;
+mod media;
 pub mod serve;
 pub mod worker;
 

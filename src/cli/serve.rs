@@ -14,6 +14,7 @@ use anyhow::Context;
 use clap::Args;
 
 use super::engine::EngineArgs;
+use super::media::MediaArgs;
 use crate::admin::Handoff;
 use crate::billing::accounts::Billing;
 use crate::bus::memory::MemoryBus;
@@ -26,10 +27,13 @@ use crate::engine::template::ChatTemplate;
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::Model;
 use crate::front::FrontState;
+use crate::media::backend::MediaBackend;
+use crate::media::worker::MediaWorkerActor;
+use crate::media::MediaServices;
 use crate::session::inbox::NodeInboxes;
 use crate::session::models::{model_id, ModelCatalog, ModelEntry};
 use crate::session::prepare_pool::PreparePool;
-use crate::session::roster::LocalRoster;
+use crate::session::roster::{LocalRoster, LocalWorker};
 use crate::session::Services;
 use crate::store::embedded::RedbStore;
 use crate::store::Store;
@@ -55,6 +59,8 @@ pub struct ServeArgs {
     /// A TOML file of settings (server, billing, limits, model tiers).
     #[arg(long, env = "SUPERNET_CONFIG")]
     pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub media: MediaArgs,
 }
 
 /// One model, loaded.
@@ -91,7 +97,16 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
         });
     }
     let engine = a.engine.config(config.server.max_queue);
-    actix_web::rt::System::new().block_on(serve(config, store, loaded, engine, a.data_dir))
+    let media = MediaServices::local(&a.data_dir.join("media"))?;
+    let backends = a.media.backends()?;
+    actix_web::rt::System::new().block_on(serve(
+        config,
+        store,
+        loaded,
+        engine,
+        a.data_dir,
+        (media, backends, a.media.media_concurrency),
+    ))
 }
 
 async fn serve(
@@ -100,6 +115,7 @@ async fn serve(
     loaded: Vec<Loaded>,
     engine: EngineConfig,
     data_dir: PathBuf,
+    (media, backends, media_concurrency): (MediaServices, Vec<Arc<dyn MediaBackend>>, usize),
 ) -> anyhow::Result<()> {
     let node_id = "local".to_string();
     let bus: Arc<dyn Bus> = Arc::new(MemoryBus::default());
@@ -132,7 +148,7 @@ async fn serve(
             engine,
             Arc::clone(&bus),
         )?;
-        workers.push((worker.info.clone(), worker.start()));
+        workers.push(LocalWorker::new(worker.info.clone(), &worker.start()));
         let tier = config.tier(&l.id).clone();
         models.add(ModelEntry::new(
             l.id,
@@ -141,6 +157,17 @@ async fn serve(
             l.tokenizer,
             tier,
         ));
+    }
+    if !backends.is_empty() {
+        let worker = MediaWorkerActor::new(
+            &format!("{node_id}-media"),
+            backends,
+            media_concurrency,
+            media.assets.clone(),
+            Arc::clone(&bus),
+        );
+        tracing::info!(pipelines = ?worker.info.pipelines, "media worker ready");
+        workers.push(LocalWorker::new(worker.info.clone(), &worker.start()));
     }
     registered(&coordinator, workers.len()).await?;
     let services = Arc::new(Services {
@@ -153,6 +180,7 @@ async fn serve(
         models,
         config,
         preparer: PreparePool::new(0, 128).context("starting the prepare threads")?,
+        media: Arc::new(media),
     });
     let mut handoff = Handoff::new(String::new())?;
     let (server, bound) = crate::front::bind(FrontState {

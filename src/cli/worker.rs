@@ -14,19 +14,24 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Actor;
+use actix::{Actor, Addr, Handler, Recipient};
 use anyhow::Context;
 use clap::Args;
 
 use super::engine::EngineArgs;
+use super::media::MediaArgs;
 use super::{metrics_addr, shutdown_signal};
 use crate::bus::redis::RedisBus;
 use crate::bus::Bus;
 use crate::cluster::state::ClusterState;
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::Model;
+use crate::media::worker::MediaWorkerActor;
+use crate::media::MediaServices;
 use crate::protocol::ModelCard;
+use crate::protocol::WorkerInfo;
 use crate::session::models::model_id;
+use crate::session::roster::LocalWorker;
 use crate::telemetry::{metrics_http, snapshot};
 use crate::worker::actor::{GetLoad, Leave, SetDraining, WorkerActor};
 use crate::worker::simulator::{card, SimSettings, Simulator};
@@ -36,13 +41,19 @@ pub struct WorkerArgs {
     /// The cluster's Redis, e.g. redis://host:6379/0 (credentials in the URL).
     #[arg(long, env = "SUPERNET_REDIS")]
     pub redis: String,
-    /// The GGUF model to serve.
-    #[arg(
-        long,
-        required_unless_present = "simulate",
-        conflicts_with = "simulate"
-    )]
+    /// What the worker does: `llm` (serve --model) or `media` (run image, video and music
+    /// jobs on its --backend(s)).
+    #[arg(long, value_enum, default_value = "llm")]
+    pub kind: KindArg,
+    /// The GGUF model to serve (an `llm` worker).
+    #[arg(long, conflicts_with = "simulate")]
     pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub media: MediaArgs,
+    /// Where a media worker keeps its outputs: the folder the cluster's fronts read
+    /// (`--media-store` of `supernet front`).
+    #[arg(long, env = "SUPERNET_MEDIA_STORE", default_value = "media")]
+    pub media_store: PathBuf,
     #[command(flatten)]
     pub engine: EngineArgs,
     /// Jobs that may wait beyond a full batch.
@@ -57,6 +68,12 @@ pub struct WorkerArgs {
     pub metrics_addr: Option<String>,
     #[command(flatten)]
     pub simulation: SimulationArgs,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KindArg {
+    Llm,
+    Media,
 }
 
 /// `--simulate` and its settings.
@@ -117,10 +134,34 @@ impl SimulationArgs {
     }
 }
 
-/// Builds the worker actor with a given id.
-type MakeWorker = Box<dyn Fn(&str, Arc<dyn Bus>) -> anyhow::Result<WorkerActor>>;
+/// Builds the worker actor with a given id, started.
+type MakeWorker = Box<dyn Fn(&str, Arc<dyn Bus>) -> anyhow::Result<Member>>;
+
+/// A started worker actor, as this process drives it.
+struct Member {
+    worker: LocalWorker,
+    leave: Recipient<Leave>,
+}
+
+impl Member {
+    fn of<A>(info: WorkerInfo, addr: &Addr<A>) -> Self
+    where
+        A: Actor<Context = actix::Context<A>>
+            + Handler<GetLoad>
+            + Handler<SetDraining>
+            + Handler<Leave>,
+    {
+        Self {
+            worker: LocalWorker::new(info, addr),
+            leave: addr.clone().recipient(),
+        }
+    }
+}
 
 pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
+    if a.kind == KindArg::Media {
+        return run_media(a);
+    }
     let base_id = match a.worker_id.clone() {
         Some(w) => w,
         None if a.simulation.simulate => format!("sim-{}", crate::ids::random_hex(4)?),
@@ -145,16 +186,16 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
             let seed = id
                 .bytes()
                 .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-            Ok(WorkerActor::simulated(
-                id,
-                Simulator::new(settings, seed),
-                bus,
-            ))
+            let w = WorkerActor::simulated(id, Simulator::new(settings, seed), bus);
+            Ok(Member::of(w.info.clone(), &w.start()))
         });
         tracing::warn!(workers = count, tokens_per_s = settings.tokens_per_s, prefill_ms = a.simulation.prefill_ms, "SIMULATED workers: no model, placeholder tokens; placed only by coordinators started with --allow-simulated");
-        return actix::System::new().block_on(serve(a, ids, card, make));
+        return actix::System::new().block_on(serve(a, ids, Some(card), make));
     }
-    let path = a.model.clone().context("--model is required")?;
+    let path = a
+        .model
+        .clone()
+        .context("--model is required (or --kind media with --backend, or --simulate)")?;
     let model = Model::load(&path)?;
     let tokenizer = Tokenizer::from_gguf(&model.file)
         .with_context(|| format!("reading the tokenizer of {}", path.display()))?;
@@ -180,15 +221,42 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
             bus,
         )?;
         tracing::info!(worker = %worker_id, model = %id, threads = config.threads, max_batch = config.batch.max_batch, "worker ready");
-        Ok(w)
+        Ok(Member::of(w.info.clone(), &w.start()))
     });
-    actix::System::new().block_on(serve(a, vec![base_id], card, make))
+    actix::System::new().block_on(serve(a, vec![base_id], Some(card), make))
+}
+
+/// A media worker: its backends' pipelines, its outputs in the shared media store.
+fn run_media(a: WorkerArgs) -> anyhow::Result<()> {
+    let backends = a.media.backends()?;
+    anyhow::ensure!(
+        !backends.is_empty(),
+        "a media worker needs at least one --backend KIND=URL (comfyui=http://HOST:PORT or openai-images=URL)"
+    );
+    let id = match a.worker_id.clone() {
+        Some(w) => w,
+        None => format!("media-{}", crate::ids::random_hex(4)?),
+    };
+    let assets = MediaServices::local(&a.media_store)?.assets;
+    let concurrency = a.media.media_concurrency;
+    let make: MakeWorker = Box::new(move |worker_id, bus| {
+        let w = MediaWorkerActor::new(
+            worker_id,
+            backends.clone(),
+            concurrency,
+            assets.clone(),
+            bus,
+        );
+        tracing::info!(worker = %worker_id, pipelines = ?w.info.pipelines, "media worker ready");
+        Ok(Member::of(w.info.clone(), &w.start()))
+    });
+    actix::System::new().block_on(serve(a, vec![id], None, make))
 }
 
 async fn serve(
     a: WorkerArgs,
     ids: Vec<String>,
-    card: ModelCard,
+    card: Option<ModelCard>,
     make: MakeWorker,
 ) -> anyhow::Result<()> {
     let bus: Arc<dyn Bus> = Arc::new(
@@ -199,25 +267,26 @@ async fn serve(
     let state = ClusterState::connect(&a.redis)
         .await
         .with_context(|| format!("connecting to {}", a.redis))?;
-    state
-        .put_card(&card)
-        .await
-        .context("publishing the model card")?;
+    if let Some(card) = &card {
+        state
+            .put_card(card)
+            .await
+            .context("publishing the model card")?;
+    }
     let mut workers = Vec::with_capacity(ids.len());
     for id in &ids {
-        let worker = make(id, Arc::clone(&bus))?;
-        workers.push((worker.info.clone(), worker.start()));
+        workers.push(make(id, Arc::clone(&bus))?);
     }
-    let own = workers.clone();
+    let own: Vec<LocalWorker> = workers.iter().map(|m| m.worker.clone()).collect();
     metrics_http::start(
         metrics_addr(a.metrics_addr.as_deref()),
         Arc::new(move || {
             let own = own.clone();
             Box::pin(async move {
                 let mut loads = Vec::with_capacity(own.len());
-                for (info, worker) in &own {
-                    if let Ok(load) = worker.send(GetLoad).await {
-                        loads.push((info.clone(), load));
+                for w in &own {
+                    if let Ok(load) = w.load.send(GetLoad).await {
+                        loads.push((w.info.clone(), load));
                     }
                 }
                 let mut out = String::new();
@@ -231,17 +300,17 @@ async fn serve(
         workers = workers.len(),
         "draining: finishing held jobs, taking no new ones"
     );
-    for (_, worker) in &workers {
-        worker.send(SetDraining(true)).await?;
+    for m in &workers {
+        m.worker.drain.send(SetDraining(true)).await?;
     }
-    for (_, worker) in &workers {
-        while worker.send(GetLoad).await?.busy() > 0 {
+    for m in &workers {
+        while m.worker.load.send(GetLoad).await?.busy() > 0 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
     // Side by side: a process of many simulated workers whose Redis is gone waits out one
     // connection timeout, not one per worker.
-    for left in futures_util::future::join_all(workers.iter().map(|(_, w)| w.send(Leave))).await {
+    for left in futures_util::future::join_all(workers.iter().map(|m| m.leave.send(Leave))).await {
         if let Ok(Err(e)) = left {
             tracing::warn!("saying goodbye: {e}");
         }

@@ -13,7 +13,7 @@ use crate::engine::gguf::GgufFile;
 use crate::engine::template::ChatTemplate;
 use crate::engine::tokenizer::Tokenizer;
 use crate::locks;
-use crate::protocol::{ModelCard, PoolView, WorkerInfo, WorkerLoad};
+use crate::protocol::{ModelCard, PoolView, WorkerInfo, WorkerKind, WorkerLoad};
 use crate::session::models::{ModelCatalog, ModelEntry};
 use crate::session::roster::{Roster, RosterFuture};
 
@@ -47,7 +47,7 @@ impl ClusterView {
         // No view: no leader has published lately, so no worker is known to be alive.
         let view = self.state.pool().await?.unwrap_or_default();
         for (info, _) in &view.workers {
-            if models.contains(&info.model_id) {
+            if info.kind != WorkerKind::Llm || models.contains(&info.model_id) {
                 continue;
             }
             let Some(card) = self.state.card(&info.model_id).await? else {

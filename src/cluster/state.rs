@@ -3,9 +3,9 @@
 //!
 //! | key | written by | value |
 //! |---|---|---|
-//! | `sn:v3:coordinator:leader` | the leader (a lease: `SET NX PX`, renewed) | the leader's node id |
-//! | `sn:v3:pool` | the leader, every tick (expires) | [`PoolView`] |
-//! | `sn:v3:card:{model}` | each worker at start | [`ModelCard`] |
+//! | `sn:v4:coordinator:leader` | the leader (a lease: `SET NX PX`, renewed) | the leader's node id |
+//! | `sn:v4:pool` | the leader, every tick (expires) | [`PoolView`] |
+//! | `sn:v4:card:{model}` | each worker at start | [`ModelCard`] |
 //!
 //! [`Leased`] is the cluster's [`Lead`]: the lease elects the leader, which publishes the
 //! pool view here.

@@ -133,8 +133,7 @@ impl Tracked {
     }
 
     fn serves(&self, request: &PlaceRequest) -> bool {
-        self.info.kind == request.kind
-            && self.info.model_id == request.job.model
+        self.info.serves(request.kind, &request.job.model)
             && !self.load.draining
             && !request.exclude.contains(&self.info.worker_id)
     }

@@ -31,6 +31,8 @@ use crate::session::prompt::{prepare, PreparedPrompt};
 use crate::session::Services;
 use crate::telemetry::metrics;
 use crate::telemetry::trace_context::follow;
+use crate::tools::results::HostedOutcome;
+use crate::tools::tool_loop;
 
 pub async fn chat_completions(
     req: HttpRequest,
@@ -92,6 +94,12 @@ async fn chat(
         .admit(&key.record, s.config.limits)
         .map_err(|l| ApiError::rate_limited(l.message, l.retry_after_secs))?;
 
+    if request.hosted.runs_tools() && request.n > 1 {
+        return Err(ApiError::invalid(
+            "n",
+            "`n` must be 1 when hosted tools run on the server; set `sogni_tool_execution` or `sogni_tools` to false for several choices",
+        ));
+    }
     let job = random_hex(12).map_err(|e| ApiError::logged("a job id", e))?;
     let id = Arc::new(CompletionId {
         id: format!("chatcmpl-{job}"),
@@ -126,11 +134,11 @@ async fn chat(
             span: span.clone(),
             arrived,
         };
-        choices.push(SessionActor::start_turn(
-            Arc::clone(&state.services),
-            turn,
-            prompt,
-        ));
+        choices.push(if request.hosted.runs_tools() {
+            tool_loop::start(Arc::clone(&state.services), turn, prompt, origin(&req))
+        } else {
+            SessionActor::start_turn(Arc::clone(&state.services), turn, prompt)
+        });
     }
     // Any choice that cannot start fails the request; dropping the others cancels them.
     for events in &mut choices {
@@ -163,9 +171,11 @@ async fn read_request(
     let token_type = header_token_type(req)?;
     let body = body_bytes(req, payload, s.config.server.max_body_bytes).await?;
     let models = Arc::clone(&s.models);
+    // The hosted tools offered are those live media workers can run.
+    let pipelines = s.media_pipelines().await;
     s.preparer
         .run(move || {
-            let mut request = ChatRequest::parse(&parse_json(&body)?)?;
+            let mut request = ChatRequest::parse_offering(&parse_json(&body)?, &pipelines)?;
             if request.token_type.is_none() {
                 request.token_type = token_type;
             }
@@ -200,15 +210,26 @@ fn header_token_type(req: &HttpRequest) -> Result<Option<TokenChoice>, ApiError>
     }
 }
 
+/// `scheme://host` as the client reached this server, for the media URLs in responses.
+pub fn origin(req: &HttpRequest) -> String {
+    let info = req.connection_info();
+    format!("{}://{}", info.scheme(), info.host())
+}
+
+/// One choice once its turn is done: the message, its finish reason, the usage and what
+/// hosted calls produced (when the tool loop ran).
+type Collected = (AssistantMessage, &'static str, Usage, Option<HostedOutcome>);
+
 /// One choice's message, once its turn is done.
 async fn collect(
     mut events: UnboundedReceiver<SessionEvent>,
     logprobs: bool,
-) -> Result<(AssistantMessage, &'static str, Usage), ApiError> {
+) -> Result<Collected, ApiError> {
     let mut message = AssistantMessage {
         logprobs: logprobs.then(Vec::new),
         ..AssistantMessage::default()
     };
+    let mut hosted = None;
     loop {
         match events.recv().await {
             Some(SessionEvent::Delta(d, _)) => message.apply(d),
@@ -216,9 +237,10 @@ async fn collect(
                 finish,
                 tool_calls,
                 usage,
-            }) => return Ok((message, finish_reason(finish, tool_calls), usage)),
+            }) => return Ok((message, finish_reason(finish, tool_calls), usage, hosted)),
             Some(SessionEvent::Error(e)) => return Err(e),
-            Some(SessionEvent::Started) => {}
+            Some(SessionEvent::Hosted(o)) => hosted = Some(*o),
+            Some(SessionEvent::Started | SessionEvent::ToolProgress(_)) => {}
             None => return Err(ApiError::logged("the session", "ended without a result")),
         }
     }
@@ -236,17 +258,21 @@ async fn whole(
     )
     .await?;
     let usage = Usage {
-        prompt_tokens: done.first().map_or(0, |(_, _, u)| u.prompt_tokens),
-        completion_tokens: done.iter().map(|(_, _, u)| u.completion_tokens).sum(),
+        prompt_tokens: done.first().map_or(0, |(_, _, u, _)| u.prompt_tokens),
+        completion_tokens: done.iter().map(|(_, _, u, _)| u.completion_tokens).sum(),
     };
     let choices: Vec<Choice> = done
         .iter()
-        .map(|(message, finish_reason, _)| Choice {
+        .map(|(message, finish_reason, _, _)| Choice {
             message,
             finish_reason,
         })
         .collect();
-    Ok(HttpResponse::Ok().json(id.response(&choices, usage)))
+    let mut response = id.response(&choices, usage);
+    if let Some(hosted) = done.first().and_then(|(_, _, _, h)| h.as_ref()) {
+        hosted.add_to(&mut response);
+    }
+    Ok(HttpResponse::Ok().json(response))
 }
 
 /// The SSE response: each choice's role chunk, then the choices' deltas as they come (each
@@ -272,6 +298,7 @@ fn sse(
             completion_tokens: 0,
         },
         last_delay: None,
+        hosted: None,
     };
     // Each choice's events up to its last (`Done` or `Error`), or a `None` if its session
     // is gone before that.
@@ -279,8 +306,16 @@ fn sse(
         stream::unfold(Some(events), move |events| async move {
             let mut events = events?;
             let event = events.recv().await;
-            let more = matches!(event, Some(SessionEvent::Started | SessionEvent::Delta(..)))
-                .then_some(events);
+            let more = matches!(
+                event,
+                Some(
+                    SessionEvent::Started
+                        | SessionEvent::Delta(..)
+                        | SessionEvent::ToolProgress(_)
+                        | SessionEvent::Hosted(_)
+                )
+            )
+            .then_some(events);
             Some(((i, event), more))
         })
         .boxed()
@@ -314,6 +349,8 @@ struct Relay {
     usage: Usage,
     /// The token delay of the stream's previous piece of text.
     last_delay: Option<Duration>,
+    /// What hosted calls produced, for the finish chunk.
+    hosted: Option<HostedOutcome>,
 }
 
 impl Relay {
@@ -322,6 +359,15 @@ impl Relay {
     fn frame(&mut self, frames: &mut String, index: usize, event: Option<SessionEvent>) -> bool {
         match event {
             Some(SessionEvent::Started) => return true,
+            Some(SessionEvent::ToolProgress(p)) => {
+                let progress = serde_json::to_value(&p).unwrap_or_default();
+                frames.push_str(&sse_event(&self.id.progress_chunk(index, progress)));
+                return true;
+            }
+            Some(SessionEvent::Hosted(o)) => {
+                self.hosted = Some(*o);
+                return true;
+            }
             Some(SessionEvent::Delta(d, arrival)) => {
                 frames.push_str(&self.id.delta_event(index, &d));
                 self.timed(&arrival);
@@ -332,11 +378,13 @@ impl Relay {
                 tool_calls,
                 usage,
             }) => {
-                frames.push_str(&sse_event(
-                    &self
-                        .id
-                        .finish_chunk(index, finish_reason(finish, tool_calls)),
-                ));
+                let mut chunk = self
+                    .id
+                    .finish_chunk(index, finish_reason(finish, tool_calls));
+                if let Some(hosted) = self.hosted.take() {
+                    hosted.add_to(&mut chunk);
+                }
+                frames.push_str(&sse_event(&chunk));
                 self.usage.prompt_tokens = self.usage.prompt_tokens.max(usage.prompt_tokens);
                 self.usage.completion_tokens += usage.completion_tokens;
                 self.running -= 1;

@@ -1,9 +1,11 @@
 //! The FrontActor: the actix-web app that speaks OpenAI's HTTP API. It authenticates,
 //! validates and writes responses; each chat request's work is a SessionActor's, and the
-//! front reaches models only through actors. [`chat`] is the chat route, [`routes`] the
-//! others, [`http`] what they share.
+//! front reaches models only through actors. [`chat`] is the chat route, [`creative`] the
+//! Sogni-native routes of hosted tools and media, [`routes`] the others, [`http`] what they
+//! share.
 
 pub mod chat;
+pub mod creative;
 pub mod http;
 pub mod routes;
 
@@ -40,6 +42,26 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/models/{id:.+}")
             .route(web::get().to(routes::get_model))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/account/me")
+            .route(web::get().to(creative::account_me))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/creative-agent/tools")
+            .route(web::get().to(creative::list_tools))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/creative-agent/tools/execute")
+            .route(web::post().to(creative::execute_tool))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/media/{id}")
+            .route(web::get().to(creative::media))
             .default_service(web::to(routes::method_not_allowed)),
     )
     .route("/healthz", web::get().to(routes::healthz))

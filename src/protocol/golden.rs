@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use super::media::{Asset, MediaEvent, MediaInput, MediaKind, MediaTask};
 use super::*;
 
 fn job() -> JobSpec {
@@ -40,6 +41,37 @@ fn job() -> JobSpec {
             text_bytes: 9,
         },
         reply_to: streams::node("front-1.0"),
+        media: None,
+    }
+}
+
+fn media_job() -> JobSpec {
+    JobSpec {
+        model: "text_to_image".into(),
+        prompt: Vec::new(),
+        media: Some(MediaTask {
+            tool: "generate_image".into(),
+            arguments: r#"{"prompt":"a neon alley"}"#.into(),
+            inputs: vec![MediaInput {
+                role: "source_image".into(),
+                asset: asset(),
+            }],
+            idempotency_key: "job-1.media".into(),
+        }),
+        ..job()
+    }
+}
+
+fn asset() -> Asset {
+    Asset {
+        id: "a-1".into(),
+        account_id: "acct-1".into(),
+        kind: MediaKind::Image,
+        mime: "image/png".into(),
+        size_bytes: 1234,
+        width: Some(64),
+        height: Some(48),
+        duration_ms: None,
     }
 }
 
@@ -52,6 +84,7 @@ fn info() -> WorkerInfo {
         max_batch: 8,
         kv_capacity: 65_536,
         simulated: false,
+        pipelines: Vec::new(),
     }
 }
 
@@ -137,6 +170,28 @@ fn messages() -> Vec<(&'static str, Vec<u8>)> {
         enc(
             "node-failed",
             &worker(WorkerEvent::Failed("grammar".into())),
+        ),
+        enc(
+            "command-run-media",
+            &WorkerCommand::Run(Box::new(media_job())),
+        ),
+        enc(
+            "node-media-progress",
+            &worker(WorkerEvent::Media(MediaEvent::Progress { fraction: 0.5 })),
+        ),
+        enc(
+            "node-media-done",
+            &worker(WorkerEvent::Media(MediaEvent::Done {
+                assets: vec![asset()],
+            })),
+        ),
+        enc(
+            "node-media-failed",
+            &worker(WorkerEvent::Media(MediaEvent::Failed {
+                error_type: "MODEL_UNAVAILABLE".into(),
+                message: "the backend restarted".into(),
+                retryable: true,
+            })),
         ),
         enc(
             "node-placed",

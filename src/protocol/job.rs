@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::media::{MediaEvent, MediaTask};
 use crate::engine::generate::{FinishReason, GenerateParams, Resume, TokenLogprob};
 use crate::engine::sampler::SamplerParams;
 
@@ -24,6 +25,8 @@ pub struct JobSpec {
     pub resume: Progress,
     /// The stream the worker answers on (the session's node inbox).
     pub reply_to: String,
+    /// A media job's task (then `model` is its pipeline and `prompt` is empty).
+    pub media: Option<MediaTask>,
 }
 
 impl JobSpec {
@@ -115,6 +118,8 @@ pub enum WorkerEvent {
     },
     /// The engine failed the job.
     Failed(String),
+    /// A media job's progress and outcome.
+    Media(MediaEvent),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

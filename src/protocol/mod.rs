@@ -12,6 +12,7 @@
 #[cfg(test)]
 mod golden;
 pub mod job;
+pub mod media;
 pub mod pool;
 
 pub use job::{

@@ -12,7 +12,7 @@ use crate::engine::batch::BatchStats;
 pub enum WorkerKind {
     /// Text generation with a GGUF model.
     Llm,
-    /// Image, video and music jobs (none register yet).
+    /// Image, video and music jobs, each of a pipeline the worker lists.
     Media,
 }
 
@@ -40,6 +40,19 @@ pub struct WorkerInfo {
     /// A simulator (`supernet worker --simulate`): no model behind it, placeholder tokens.
     /// Coordinators place nothing on it unless simulation is allowed.
     pub simulated: bool,
+    /// The media pipelines it runs (a media worker's; empty for an LLM worker).
+    pub pipelines: Vec<String>,
+}
+
+impl WorkerInfo {
+    /// Whether it runs jobs of `kind` for `model` (an LLM's id, or a media pipeline).
+    pub fn serves(&self, kind: WorkerKind, model: &str) -> bool {
+        self.kind == kind
+            && match kind {
+                WorkerKind::Llm => self.model_id == model,
+                WorkerKind::Media => self.pipelines.iter().any(|p| p == model),
+            }
+    }
 }
 
 /// A worker's load: what the coordinator places by.
@@ -149,6 +162,19 @@ impl PlaceRequest {
             kind: WorkerKind::Llm,
             priority,
             exclude,
+        }
+    }
+
+    /// A request for `job` on a worker of its kind (media when it carries a media task).
+    pub fn for_job(job: JobSpec, priority: u8, exclude: Vec<String>) -> Self {
+        let kind = if job.media.is_some() {
+            WorkerKind::Media
+        } else {
+            WorkerKind::Llm
+        };
+        Self {
+            kind,
+            ..Self::llm(job, priority, exclude)
         }
     }
 }

@@ -46,12 +46,11 @@ use crate::telemetry::metrics::{front as metrics, GaugeGuard, ModelMetrics};
 const QUEUE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often a live turn renews its hold's lease.
 const RENEW_EVERY: Duration = Duration::from_secs(30);
-/// Tries of a settlement the store could not take (Redis restarting), about a minute in all.
-const SETTLE_TRIES: u32 = 40;
 
 // ---- Messages ----------------------------------------------------------------------------
 
 /// One request admitted by the front.
+#[derive(Clone)]
 pub struct Turn {
     pub job_id: String,
     pub key: Presented,
@@ -84,6 +83,10 @@ pub enum SessionEvent {
         usage: Usage,
     },
     Error(ApiError),
+    /// A hosted call's progress (from the tool loop).
+    ToolProgress(crate::tools::results::ToolProgress),
+    /// What the request's hosted calls produced, just before `Done` (from the tool loop).
+    Hosted(Box<crate::tools::results::HostedOutcome>),
 }
 
 // ---- State -------------------------------------------------------------------------------
@@ -220,6 +223,7 @@ impl SessionActor {
             params: JobParams::from(&prepared.params),
             resume: Progress::default(),
             reply_to: inbox.stream().to_string(),
+            media: None,
         };
         let priority = self.turn.model.tier.priority;
         let then = match self
@@ -564,6 +568,10 @@ impl SessionActor {
                 tracing::error!(job = %self.turn.job_id, "the engine failed the job: {reason}");
                 self.fail(ApiError::internal(), ctx)
             }
+            WorkerEvent::Media(_) => {
+                tracing::error!(job = %self.turn.job_id, "a media event for a chat job");
+                self.fail(ApiError::internal(), ctx)
+            }
         }
     }
 
@@ -679,20 +687,7 @@ impl SessionActor {
             hold: Some(hold),
         };
         let span = tracing::info_span!(parent: &self.turn.span, "billing.settle", prompt_tokens, completion_tokens);
-        let settle = async move {
-            let mut tries = 0;
-            loop {
-                match billing.settle(&account, job.clone()).await {
-                    Err(BillingError::Store(StoreError::Backend(e))) if tries < SETTLE_TRIES => {
-                        tracing::warn!(job = %job.job_id, "settling failed, retrying: {e}");
-                        tries += 1;
-                        tokio::time::sleep(Duration::from_millis(250 * u64::from(tries.min(8))))
-                            .await;
-                    }
-                    r => return r,
-                }
-            }
-        };
+        let settle = async move { billing.settle_retrying(&account, job).await };
         ctx.wait(settle.instrument(span).into_actor(self).map(move |r, act, ctx| {
             let outcome = if let Err(e) = r {
                 tracing::error!(job = %act.turn.job_id, "settling the hold failed; it stays open until the reaper releases it: {e}");

@@ -43,6 +43,16 @@ pub struct Arrival {
     pub appended: Option<SystemTime>,
 }
 
+impl Arrival {
+    /// Now, for text made on this node (not read off the bus).
+    pub fn now() -> Self {
+        Self {
+            read: Instant::now(),
+            appended: None,
+        }
+    }
+}
+
 type Sessions = Mutex<HashMap<String, Recipient<JobUpdate>>>;
 
 /// The node's inboxes, one per thread that runs sessions, each started by the first

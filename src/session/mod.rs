@@ -46,4 +46,23 @@ pub struct Services {
     pub config: Config,
     /// Where request bodies are parsed and prompts prepared.
     pub preparer: prepare_pool::PreparePool,
+    /// Hosted tools' media: assets and signed URLs.
+    pub media: Arc<crate::media::MediaServices>,
+}
+
+impl Services {
+    /// The media pipelines live, undrained media workers run: which hosted tools can run.
+    pub async fn media_pipelines(&self) -> Vec<String> {
+        let mut p: Vec<String> = self
+            .roster
+            .media_workers()
+            .await
+            .into_iter()
+            .filter(|(_, l)| !l.draining)
+            .flat_map(|(i, _)| i.pipelines)
+            .collect();
+        p.sort();
+        p.dedup();
+        p
+    }
 }

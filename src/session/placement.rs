@@ -17,7 +17,8 @@ pub async fn request(
     exclude: Vec<String>,
 ) -> Result<(), ApiError> {
     let job_id = job.job_id.clone();
-    let command = CoordinatorCommand::Place(Box::new(PlaceRequest::llm(job, priority, exclude)));
+    let command =
+        CoordinatorCommand::Place(Box::new(PlaceRequest::for_job(job, priority, exclude)));
     protocol::to_coordinator(s.bus.as_ref(), &s.node_id, &job_id, &command)
         .await
         .map_err(|e| ApiError::logged("the bus", e))
@@ -30,7 +31,7 @@ pub fn outbox(s: &Services, job: &JobSpec, priority: u8) -> Result<Option<Outbox
     if !s.hold_carries_placement {
         return Ok(None);
     }
-    let command = CoordinatorCommand::Place(Box::new(PlaceRequest::llm(
+    let command = CoordinatorCommand::Place(Box::new(PlaceRequest::for_job(
         job.clone(),
         priority,
         Vec::new(),
@@ -38,6 +39,12 @@ pub fn outbox(s: &Services, job: &JobSpec, priority: u8) -> Result<Option<Outbox
     protocol::coordinator_outbox(&s.node_id, &job.job_id, &command)
         .map(Some)
         .map_err(|e| ApiError::logged("the placement request", e))
+}
+
+/// [`withdraw`] in the background.
+pub fn withdraw_later(s: &std::sync::Arc<Services>, job_id: &str) {
+    let (s, job_id) = (std::sync::Arc::clone(s), job_id.to_string());
+    actix::spawn(async move { withdraw(&s, &job_id).await });
 }
 
 /// Takes a waiting job out of the coordinator's queue.

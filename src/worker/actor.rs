@@ -104,6 +104,7 @@ impl WorkerActor {
             max_batch: max_batch as u64,
             kv_capacity: (engine.status().batch().kv_blocks_total * BLOCK) as u64,
             simulated,
+            pipelines: Vec::new(),
         };
         Self {
             info,

@@ -223,7 +223,7 @@ class Cluster:
 
     def leader(self):
         """The name of the coordinator process that holds the lease."""
-        node = poll(lambda: self.redis_cli("GET", "sn:v3:coordinator:leader"), "a leader")
+        node = poll(lambda: self.redis_cli("GET", "sn:v4:coordinator:leader"), "a leader")
         for name in self.procs:
             if name.startswith("coord") and f"node={node}" in self.logs(name):
                 return name

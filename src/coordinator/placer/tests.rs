@@ -23,6 +23,7 @@ fn info(id: &str) -> WorkerInfo {
         max_batch: 4,
         kv_capacity: 1000,
         simulated: false,
+        pipelines: Vec::new(),
     }
 }
 
@@ -73,6 +74,7 @@ fn job(id: &str, account: &str, attempt: u32) -> JobSpec {
             logit_bias: Vec::new(),
         },
         resume: Progress::default(),
+        media: None,
         reply_to: "node".into(),
     }
 }
@@ -428,6 +430,47 @@ fn a_job_goes_only_to_a_worker_of_its_kind() {
         [(2, "llm".into())]
     );
     assert_eq!(p.pool()[0].0.kind, WorkerKind::Llm);
+}
+
+#[test]
+fn a_media_job_goes_to_a_media_worker_that_runs_its_pipeline() {
+    let (mut p, c) = pool(&[]);
+    let media = |id: &str, pipelines: &[&str]| WorkerInfo {
+        kind: WorkerKind::Media,
+        model_id: "media".into(),
+        pipelines: pipelines.iter().map(|s| s.to_string()).collect(),
+        ..info(id)
+    };
+    p.handle(beat(media("audio", &["music"]), load(0, 4)), c.at(0));
+    p.handle(
+        beat(media("images", &["text_to_image"]), load(2, 4)),
+        c.at(0),
+    );
+    let image = |id: &str| {
+        let mut request = PlaceRequest::llm(job(id, "x", 0), 0, Vec::new());
+        request.kind = WorkerKind::Media;
+        request.job.model = "text_to_image".into();
+        request
+    };
+    let a = p.handle(
+        Event::Request {
+            ticket: 1,
+            request: image("j1"),
+        },
+        c.at(1),
+    );
+    assert_eq!(placed(&a), [(1, "images".into())]);
+    // A pipeline nobody runs is refused like a model nobody serves.
+    let mut video = image("j2");
+    video.job.model = "text_to_video".into();
+    let a = p.handle(
+        Event::Request {
+            ticket: 2,
+            request: video,
+        },
+        c.at(2),
+    );
+    assert!(matches!(&a[..], [Action::Refuse { busy: false, .. }]));
 }
 
 #[test]
