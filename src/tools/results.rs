@@ -33,6 +33,8 @@ impl ToolError {
 pub struct CallResult {
     pub call_id: String,
     pub tool: String,
+    /// The arguments the model wrote.
+    pub params: Value,
     pub outcome: Result<Made, ToolError>,
 }
 
@@ -82,6 +84,7 @@ impl CallResult {
                     "output_assets": assets,
                     "startIndex": made.indices.first().copied().unwrap_or(0),
                     "indices": made.indices,
+                    "params": self.params,
                 });
                 if let Some(r) = &made.result {
                     o["result"] = r.clone();

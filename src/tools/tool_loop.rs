@@ -301,6 +301,7 @@ impl Loop {
         let result = |outcome| CallResult {
             call_id: c.id.clone(),
             tool: c.name.clone(),
+            params: serde_json::from_str(&c.arguments).unwrap_or(Value::Null),
             outcome,
         };
         let Some(def) = catalog().get(&c.name) else {
