@@ -8,6 +8,12 @@
 //! [`Tokenizer::grammars`] builds it once, on the first grammar, for everyone holding that
 //! tokenizer); each sequence gets its own [`Constraint`], the parser state that follows its
 //! tokens. The end-of-generation token is allowed only where the grammar may end.
+//!
+//! A constrained output must also *end* validly when its token budget runs out, or a small
+//! model writing an unbounded string leaves cut JSON. [`Constraint::ending`] finds a short
+//! valid ending from the parser's current state (closing strings, objects and arrays first,
+//! the shortest values where more is required), and the decoder switches to it once the
+//! budget left is no more than its length (see [`crate::engine::generate`]).
 
 use std::sync::Arc;
 
@@ -96,6 +102,16 @@ pub struct Constraint {
     matcher: Matcher,
 }
 
+/// Bytes tried first when writing an ending: what closes a string, an object or an array,
+/// what ends a member (where required ones are still missing), then the shortest values.
+const CLOSERS: &[u8] = b"\"}],0tfn";
+/// Bytes tried next, where the grammar wants more (a required key, a minimum length, a
+/// pattern, the markup around a call): anything printable, white space last.
+const FILLERS: &[u8] =
+    b"123456789:[{abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-._+@#/=<>()!?*&%$^|~`';\\\n ";
+/// The longest ending looked for, in tokens.
+const MAX_ENDING: usize = 256;
+
 impl Constraint {
     /// Sets the logit of every token the grammar does not allow next to minus infinity.
     pub fn mask(&mut self, logits: &mut [f32]) -> Result<(), EngineError> {
@@ -128,6 +144,53 @@ impl Constraint {
         // Rows past the vocabulary (padding in the output matrix) are never text.
         logits[vocab..].fill(f32::NEG_INFINITY);
         Ok(())
+    }
+
+    /// The tokens of a short valid ending from here (empty when the grammar may end now),
+    /// or `None` when none was found within [`MAX_ENDING`] tokens. It walks a copy of the
+    /// parser: forced tokens as they are, else the first of [`CLOSERS`] then [`FILLERS`]
+    /// the grammar allows; then the walk's text is tokenized as the model would write it,
+    /// which is used when the grammar takes it and is shorter.
+    pub fn ending(&self) -> Option<Vec<u32>> {
+        let mut m = self.matcher.deep_clone();
+        let env = m.tok_env().ok()?;
+        let trie = env.tok_trie();
+        let mut walk: Vec<u32> = Vec::new();
+        while walk.len() < MAX_ENDING {
+            if m.is_accepting().ok()? {
+                break;
+            }
+            let forced = m.compute_ff_tokens();
+            if !forced.is_empty() {
+                m.consume_tokens(&forced).ok()?;
+                walk.extend(forced);
+                continue;
+            }
+            // A byte taken twice running is not taken a third time: `0.000...` under an
+            // exclusive minimum of 0 would never end.
+            let repeats = |t: u32| walk.len() >= 2 && walk[walk.len() - 2..] == [t, t];
+            let next = CLOSERS.iter().chain(FILLERS).find_map(|&b| {
+                let t = trie.token_id(&[b]).filter(|&t| !repeats(t))?;
+                (m.validate_tokens(&[t]).ok()? == 1).then_some(t)
+            })?;
+            m.consume_token(next).ok()?;
+            walk.push(next);
+        }
+        if !m.is_accepting().ok()? {
+            return None;
+        }
+        let bytes: Vec<u8> = walk.iter().flat_map(|&t| trie.decode(&[t])).collect();
+        let retokenized = env.tokenize_bytes(&bytes);
+        if retokenized.len() < walk.len() {
+            let mut check = self.matcher.deep_clone();
+            if check.validate_tokens(&retokenized).ok()? == retokenized.len()
+                && check.consume_tokens(&retokenized).is_ok()
+                && check.is_accepting().ok()?
+            {
+                return Some(retokenized);
+            }
+        }
+        Some(walk)
     }
 
     /// Moves past `token`, which the last mask allowed.

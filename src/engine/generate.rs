@@ -208,9 +208,21 @@ pub struct Decoding {
     delivered: usize,
     text: String,
     constraint: Option<Constraint>,
+    /// The valid ending the constraint is being closed with, once the budget called for
+    /// it: its tokens still to come.
+    ending: Option<std::collections::VecDeque<u32>>,
+    /// The length of the last ending found: how close to the budget's end to look again.
+    ending_cost: usize,
     logprobs: Option<usize>,
     logit_bias: Vec<(u32, f32)>,
 }
+
+/// Tokens a constrained output may take past `max_tokens` to end validly, when the budget
+/// is smaller than the shortest valid output (the session holds them too).
+pub const ENDING_ALLOWANCE: usize = 64;
+/// How far ahead of the budget's end the ending is looked for again: a token can lengthen
+/// the ending by about this much.
+const ENDING_LOOKAHEAD: usize = 8;
 
 impl Decoding {
     /// Starts after `prompt`, continuing `resume` (its tokens count as produced, and the
@@ -239,7 +251,9 @@ impl Decoding {
             context,
             delivered: resume.text_bytes,
             text: String::new(),
+            ending_cost: usize::MAX,
             constraint,
+            ending: None,
             logprobs: params.logprobs,
             logit_bias: params.logit_bias.clone(),
         };
@@ -287,7 +301,15 @@ impl Decoding {
         }
         // The sampler changes the logits in place; the log-probabilities are of these.
         let before = self.logprobs.map(|k| (logits.to_vec(), k));
-        let next = self.sampler.sample(logits, &self.history);
+        let next = match self.forced_ending() {
+            Some(t) => {
+                // The sampler's random stream moves as if it had sampled (a moved job
+                // replays it the same way).
+                self.sampler.skip();
+                t
+            }
+            None => self.sampler.sample(logits, &self.history),
+        };
         if tok.is_end_of_generation(next) {
             return self.end(FinishReason::Stop);
         }
@@ -299,6 +321,27 @@ impl Decoding {
         a.token = Some(next);
         a.logprob = before.map(|(l, k)| TokenLogprob::of(&l, next, k));
         a
+    }
+
+    /// The next token of the valid ending, once the budget left is no more than the
+    /// ending's length (a forced ending's tokens, one a step). Until then the ending is
+    /// looked for again whenever the budget's end is near it, so a generation that never
+    /// nears its budget pays nothing.
+    fn forced_ending(&mut self) -> Option<u32> {
+        let c = self.constraint.as_ref()?;
+        if self.ending.is_none() {
+            let left = self.max_tokens.saturating_sub(self.produced().len());
+            if left > self.ending_cost.saturating_add(ENDING_LOOKAHEAD) {
+                return None;
+            }
+            let found = c.ending()?;
+            self.ending_cost = found.len();
+            if found.is_empty() || found.len() < left {
+                return None;
+            }
+            self.ending = Some(found.into());
+        }
+        self.ending.as_mut()?.pop_front()
     }
 
     /// Ends without a new token.
@@ -320,9 +363,13 @@ impl Decoding {
             text: self.fresh(text),
             ..Advance::default()
         };
+        let ending = self.ending.as_ref().is_some_and(|e| !e.is_empty());
         if hit {
             a.finish = Some(FinishReason::Stop);
-        } else if self.produced().len() >= self.max_tokens || self.history.len() > self.context {
+        } else if (self.produced().len() >= self.max_tokens && !ending)
+            || self.produced().len() >= self.max_tokens + ENDING_ALLOWANCE
+            || self.history.len() > self.context
+        {
             // `history.len() - 1` positions are computed; the next token needs one more.
             a.text.push_str(&self.finish());
             a.finish = Some(FinishReason::Length);

@@ -33,7 +33,7 @@ use crate::api::chat_response::{finish_reason, logprob_entry, Delta, Usage};
 use crate::api::error::ApiError;
 use crate::billing::accounts::{BillingError, HoldJob, Presented, SettleJob};
 use crate::billing::limits::Permit;
-use crate::engine::generate::{FinishReason, TokenLogprob};
+use crate::engine::generate::{FinishReason, TokenLogprob, ENDING_ALLOWANCE};
 use crate::ids::random_hex;
 use crate::protocol::{
     self, JobParams, JobSpec, NodeMessage, Placement, Progress, QueueReason, WorkerCommand,
@@ -210,9 +210,15 @@ impl SessionActor {
             prepared.thinking,
             Box::new(call_id),
         ));
+        // A constrained output may run a little past `max_tokens` to end validly.
+        let allowance = if prepared.params.grammar.is_some() {
+            ENDING_ALLOWANCE as u64
+        } else {
+            0
+        };
         let (prompt_tokens, max_tokens) = (
             self.billed_prompt(prepared.prompt_ids.len() as u64),
-            prepared.params.max_tokens as u64,
+            prepared.params.max_tokens as u64 + allowance,
         );
         let spec = JobSpec {
             job_id: self.turn.job_id.clone(),
