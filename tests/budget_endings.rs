@@ -24,7 +24,7 @@ use supernet::engine::Model;
 use supernet::session::markup::Markup;
 use supernet::session::prompt::{prepare, ModelText, TierLimits};
 
-const BUDGETS: [u32; 8] = [8, 12, 20, 32, 50, 80, 128, 200];
+const BUDGETS: [u32; 6] = [8, 14, 24, 40, 72, 200];
 
 struct Case {
     what: String,
@@ -47,15 +47,35 @@ fn schemas() -> Vec<(String, Value, String)> {
     .expect("JSON");
     let mut out = Vec::new();
     for f in data["formats"].as_array().expect("formats") {
-        out.push((f["name"].as_str().unwrap_or("f").to_string(), f["schema"].clone(), f["question"].as_str().unwrap_or("").to_string()));
+        out.push((
+            f["name"].as_str().unwrap_or("f").to_string(),
+            f["schema"].clone(),
+            f["question"].as_str().unwrap_or("").to_string(),
+        ));
     }
     for t in data["tools"].as_array().expect("tools") {
-        out.push((t["name"].as_str().unwrap_or("t").to_string(), t["parameters"].clone(), t["question"].as_str().unwrap_or("").to_string()));
+        out.push((
+            t["name"].as_str().unwrap_or("t").to_string(),
+            t["parameters"].clone(),
+            t["question"].as_str().unwrap_or("").to_string(),
+        ));
     }
     let unbounded = [
-        ("long_story", json!({"type": "object", "properties": {"story": {"type": "string"}}, "required": ["story"]}), "Write a very long story about a dragon, as long as you can."),
-        ("many_numbers", json!({"type": "object", "properties": {"numbers": {"type": "array", "items": {"type": "integer"}}}, "required": ["numbers"]}), "List every integer from 1 to 1000."),
-        ("precise_pi", json!({"type": "object", "properties": {"pi": {"type": "number"}}, "required": ["pi"]}), "Give pi with as many digits as you know."),
+        (
+            "long_story",
+            json!({"type": "object", "properties": {"story": {"type": "string"}}, "required": ["story"]}),
+            "Write a very long story about a dragon, as long as you can.",
+        ),
+        (
+            "many_numbers",
+            json!({"type": "object", "properties": {"numbers": {"type": "array", "items": {"type": "integer"}}}, "required": ["numbers"]}),
+            "List every integer from 1 to 1000.",
+        ),
+        (
+            "precise_pi",
+            json!({"type": "object", "properties": {"pi": {"type": "number"}}, "required": ["pi"]}),
+            "Give pi with as many digits as you know.",
+        ),
     ];
     for (n, s, q) in unbounded {
         out.push((n.to_string(), s, q.to_string()));
@@ -87,15 +107,27 @@ fn every_constrained_output_ends_valid_at_every_budget() {
     let mut id = 0u64;
     let only = std::env::var("BUDGET_CASES").ok();
     for (name, schema, question) in schemas() {
-        if only.as_deref().is_some_and(|o| !o.split(',').any(|n| n == name)) {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|n| n == name))
+        {
             continue;
         }
         let tool = json!({"type": "function", "function": {"name": name, "parameters": schema}});
-        let format = json!({"type": "json_schema", "json_schema": {"name": name, "schema": schema}});
+        let format =
+            json!({"type": "json_schema", "json_schema": {"name": name, "schema": schema}});
         let modes = [
             ("response_format", false, json!({"response_format": format})),
-            ("forced", true, json!({"tools": [tool], "tool_choice": {"type": "function", "function": {"name": name}}})),
-            ("required", true, json!({"tools": [tool], "tool_choice": "required"})),
+            (
+                "forced",
+                true,
+                json!({"tools": [tool], "tool_choice": {"type": "function", "function": {"name": name}}}),
+            ),
+            (
+                "required",
+                true,
+                json!({"tools": [tool], "tool_choice": "required"}),
+            ),
         ];
         for (mode, call, extra) in modes {
             for budget in BUDGETS {
@@ -106,24 +138,38 @@ fn every_constrained_output_ends_valid_at_every_budget() {
                 let req = ChatRequest::parse(&body).expect("valid");
                 let p = prepare(&req, &text, &TierLimits::default()).expect("prepared");
                 let mut n = 0;
-                let markup = Markup::new(p.tools, p.thinking, Box::new(move || {
-                    n += 1;
-                    format!("call_{n}")
-                }));
+                let markup = Markup::new(
+                    p.tools,
+                    p.thinking,
+                    Box::new(move || {
+                        n += 1;
+                        format!("call_{n}")
+                    }),
+                );
                 scheduler
-                    .add(id, Request { prompt: p.prompt_ids, params: p.params, resume: Resume::default() })
+                    .add(
+                        id,
+                        Request {
+                            prompt: p.prompt_ids,
+                            params: p.params,
+                            resume: Resume::default(),
+                        },
+                    )
                     .expect("queued");
-                cases.insert(id, Case {
-                    what: format!("{name} as {mode} in {budget} tokens"),
-                    schema: schema.clone(),
-                    call,
-                    budget,
-                    markup,
-                    message: AssistantMessage::default(),
-                    tokens: 0,
-                    raw: String::new(),
-                    finish: None,
-                });
+                cases.insert(
+                    id,
+                    Case {
+                        what: format!("{name} as {mode} in {budget} tokens"),
+                        schema: schema.clone(),
+                        call,
+                        budget,
+                        markup,
+                        message: AssistantMessage::default(),
+                        tokens: 0,
+                        raw: String::new(),
+                        finish: None,
+                    },
+                );
                 id += 1;
             }
         }
@@ -135,12 +181,20 @@ fn every_constrained_output_ends_valid_at_every_budget() {
                     let c = cases.get_mut(&id).expect("a case");
                     c.tokens += 1;
                     c.raw.push_str(&text);
-                    c.markup.push(&text).into_iter().for_each(|d: Delta| c.message.apply(d));
+                    c.markup
+                        .push(&text)
+                        .into_iter()
+                        .for_each(|d: Delta| c.message.apply(d));
                 }
-                Output::Failed { id, reason } => panic!("{}: the grammar failed: {reason}", cases[&id].what),
+                Output::Failed { id, reason } => {
+                    panic!("{}: the grammar failed: {reason}", cases[&id].what)
+                }
                 Output::Finished { id, finish, .. } => {
                     let c = cases.get_mut(&id).expect("a case");
-                    c.markup.finish().into_iter().for_each(|d| c.message.apply(d));
+                    c.markup
+                        .finish()
+                        .into_iter()
+                        .for_each(|d| c.message.apply(d));
                     c.finish = Some(finish);
                 }
             }
@@ -148,11 +202,19 @@ fn every_constrained_output_ends_valid_at_every_budget() {
     }
     let mut forced = 0;
     for c in cases.values() {
-        let finish = c.finish.unwrap_or_else(|| panic!("{}: never finished", c.what));
+        let finish = c
+            .finish
+            .unwrap_or_else(|| panic!("{}: never finished", c.what));
         let budget = c.budget as usize;
         match finish {
             // The end-of-sequence token may come as the budget's last.
-            FinishReason::Stop => assert!(c.tokens <= budget, "{}: stop at {} tokens: {:?}", c.what, c.tokens, c.raw),
+            FinishReason::Stop => assert!(
+                c.tokens <= budget,
+                "{}: stop at {} tokens: {:?}",
+                c.what,
+                c.tokens,
+                c.raw
+            ),
             FinishReason::Length => {
                 forced += 1;
                 assert!(
@@ -173,19 +235,28 @@ fn every_constrained_output_ends_valid_at_every_budget() {
                 c.raw,
                 c.tokens
             );
-            c.message.tool_calls.iter().map(|t| t.arguments.clone()).collect()
+            c.message
+                .tool_calls
+                .iter()
+                .map(|t| t.arguments.clone())
+                .collect()
         } else {
             vec![c.message.content.clone()]
         };
         let validator = jsonschema::validator_for(&c.schema).expect("a valid schema");
         for output in outputs {
-            let value: Value = serde_json::from_str(&output)
-                .unwrap_or_else(|e| panic!("{}: {output:?} is not JSON: {e} (from {:?})", c.what, c.raw));
+            let value: Value = serde_json::from_str(&output).unwrap_or_else(|e| {
+                panic!("{}: {output:?} is not JSON: {e} (from {:?})", c.what, c.raw)
+            });
             if let Err(e) = validator.validate(&value) {
                 panic!("{}: {output} does not fit {}: {e}", c.what, c.schema);
             }
         }
     }
     // The small budgets end most outputs: the endings were exercised.
-    assert!(forced > cases.len() / 4, "only {forced} of {} outputs were ended by their budget", cases.len());
+    assert!(
+        forced > cases.len() / 4,
+        "only {forced} of {} outputs were ended by their budget",
+        cases.len()
+    );
 }

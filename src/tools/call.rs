@@ -49,6 +49,7 @@ pub async fn prepare(
     let mut plain = Map::new();
     for (name, value) in &args {
         let Some(arg) = def.media.get(name) else {
+            let name = def.rename.get(name).unwrap_or(name);
             plain.insert(snake_case(name), value.clone());
             continue;
         };
@@ -106,6 +107,27 @@ pub async fn prepare(
                 asset,
             });
         }
+    }
+    // An omitted index that defaults to the latest item.
+    for (name, arg) in &def.media {
+        if args.contains_key(name) || arg.default.as_deref() != Some("latest") {
+            continue;
+        }
+        let kind = MediaKind::from(arg.kind);
+        let asset = media.latest(kind).ok_or_else(|| {
+            ToolError::new(
+                "ASSET_NOT_FOUND",
+                format!(
+                    "`{name}` was omitted and this request has no {} to use",
+                    kind.as_str()
+                ),
+                false,
+            )
+        })?;
+        inputs.push(MediaInput {
+            role: arg.role.clone(),
+            asset: asset.clone(),
+        });
     }
     let units = units(def, &plain);
     Ok(ReadyCall {

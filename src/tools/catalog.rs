@@ -87,6 +87,10 @@ pub struct MediaArg {
     /// The pipeline to use instead when this argument is given.
     #[serde(default)]
     pub pipeline: Option<String>,
+    /// What an omitted index means: `latest`, the newest generated item of its kind (else
+    /// the first upload). Without it an omitted argument means no such input.
+    #[serde(default)]
+    pub default: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -125,6 +129,10 @@ pub struct ToolDef {
     /// A composition tool's result schema.
     #[serde(default)]
     pub result: Option<Value>,
+    /// Arguments the pipeline knows by another name (`change_angle`'s `description` is its
+    /// graph's `prompt`).
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
 }
 
 impl ToolDef {

@@ -47,6 +47,13 @@ impl MediaContext {
         }
     }
 
+    /// The newest generated item of `kind`, else the first upload.
+    pub fn latest(&self, kind: MediaKind) -> Option<&Asset> {
+        self.generated[slot(kind)]
+            .last()
+            .or_else(|| self.uploaded[slot(kind)].first())
+    }
+
     /// How many of `kind` exist, generated and uploaded, for an error's message.
     pub fn counts(&self, kind: MediaKind) -> (usize, usize) {
         (

@@ -196,16 +196,30 @@ def test_manual_mode_returns_the_raw_call_and_runs_and_bills_nothing_else(media,
 
 
 def test_the_rich_family_resolves_a_result_index_in_a_later_round(media, standin):
+    import hashlib
     acct, key, _ = media.account()
     seen = len(standin.prompts()["prompts"])
+    # Greedy decoding is deterministic: this model makes the image, then refines one of its
+    # outputs by index in the next round.
     r = media.client(key).chat.completions.create(
-        model=MODEL_ID, max_tokens=80, temperature=0, tool_choice="required",
+        model=MODEL_ID, max_tokens=100, temperature=0,
+        tool_choice={"type": "function", "function": {"name": "generate_image"}},
         extra_body={"sogni_tools": "creative-agent"},
-        messages=[{"role": "user", "content": "Make an image of a red fox, then refine that result (sourceImageIndex 0) to add snow."}])
+        messages=[{"role": "user", "content": "Make an image of a red fox, then refine that result to add snow."}])
     results = r.model_extra["sogni_tool_results"]
-    assert results, r
-    by_tool = {x["tool"]: x for x in results}
-    assert "generate_image" in by_tool, results
+    made = results[0]
+    assert made["tool"] == "generate_image" and made["ok"] and made["startIndex"] == 0, results
+    refine = next(x for x in results[1:] if x["tool"] == "refine_result")
+    assert refine["ok"], refine
+    # Omitted, the index means the newest image.
+    index = refine["params"].get("sourceImageIndex", made["indices"][-1])
+    source = made["output_assets"][made["indices"].index(index)]
+    want = hashlib.sha256(httpx.get(source["url"]).content).hexdigest()
+    # The stand-in received exactly that image as the edit's input.
+    edits = [p for p in standin.prompts()["prompts"][seen:] if "10" in p["graph"]]
+    assert edits and list(edits[0]["inputs"].values()) == [want], edits[0]["inputs"]
+    # Later results number their outputs after the earlier ones.
+    assert refine["startIndex"] == len(made["indices"])
 
 
 def test_an_index_that_names_nothing_reaches_the_model_as_asset_not_found(media, standin):
@@ -248,7 +262,7 @@ def test_each_composition_tool_executes_directly_and_its_result_fits_its_schema(
 def test_composition_tools_refuse_bad_arguments_in_sogni_s_envelope(media):
     acct, key, _ = media.account()
     http = media.http(key)
-    r = http.post("/v1/creative-agent/tools/execute", json={"tool": "enhance_prompt", "arguments": {"prompt": "x", "color": 1}})
+    r = http.post("/v1/creative-agent/tools/execute", json={"tool": "enhance_prompt", "arguments": {**COMPOSITION["enhance_prompt"], "color": 1}})
     assert r.status_code == 400 and r.json()["status"] == "error" and "color" in r.json()["message"]
     r = http.post("/v1/creative-agent/tools/execute", json={"tool": "sogni_generate_image", "arguments": {}})
     assert r.status_code == 400 and "composition" in r.json()["message"]
@@ -316,7 +330,7 @@ def test_the_tool_list_says_which_hosted_tools_can_run(media, server):
     assert not plain["sogni_generate_image"]["available"]
     r = server.http(key2).post("/v1/chat/completions", json={
         "model": MODEL_ID, "max_tokens": 8, "tool_choice": FORCE_IMAGE, "messages": [{"role": "user", "content": "hi"}]})
-    assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice"
+    assert r.status_code == 400 and r.json()["error"]["param"] == "tool_choice.function.name"
 
 
 def test_our_rich_tools_are_named_as_in_sogni_s_protocol_manifest():
