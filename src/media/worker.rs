@@ -202,6 +202,7 @@ impl MediaWorkerActor {
             actix::spawn(async move { reply.post(WorkerEvent::Rejected { busy, reason }).await });
             return;
         };
+        tracing::info!(job = %spec.job_id, attempt = spec.attempt, pipeline = %spec.model, backend = backend.url(), "media job started");
         let cancel = Arc::new(AtomicBool::new(false));
         self.running
             .insert(spec.job_id.clone(), (Arc::clone(&cancel), spec.job_ref()));

@@ -1,0 +1,67 @@
+"""Hosted tools in a cluster: a front, a coordinator, an LLM worker and two media workers as
+separate processes on one Redis, the media store a folder they share, ComfyUI stood in for
+(tests/support/comfyui_standin.py). A media worker killed mid-job hands the job to the other,
+which finds the backend job the first one recorded and waits for it: one image is made, the
+client gets one result, and the call is billed once."""
+import re
+import threading
+from decimal import Decimal
+
+import httpx
+
+from conftest import MODEL_ID, poll
+from test_hosted_tools import FORCE_IMAGE, IMAGE_SPARK, Standin, png_ok
+
+
+def start_front(cluster, store):
+    cluster.spawn("front", "front", "--redis", cluster.redis_url, "--port", "0", "--media-store", str(store))
+    m = poll(lambda: re.search(r"listening on (http://[\d.]+:\d+)", cluster.logs("front")), "the front to listen", timeout=60)
+    return m.group(1)
+
+
+def test_a_killed_media_worker_s_job_moves_and_is_made_and_billed_once(cluster, tmp_path):
+    standin = Standin(tmp_path, delay=8)
+    store = tmp_path / "media"
+    try:
+        cluster.coordinator("coord")
+        cluster.worker("w1", 2)
+        for name in ("m1", "m2"):
+            cluster.spawn(name, "worker", "--redis", cluster.redis_url, "--kind", "media", "--worker-id", name,
+                          "--backend", f"comfyui={standin.url}", "--media-store", str(store))
+        url = start_front(cluster, store)
+        cluster.wait_workers(url, 3)
+        acct, key = cluster.account()
+        http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=300)
+        poll(lambda: http.get("/v1/creative-agent/tools").json()["data"]["pipelines"], "the media pipelines")
+        out = {}
+
+        def ask():
+            out["r"] = http.post("/v1/chat/completions", json={
+                "model": MODEL_ID, "max_tokens": 60, "temperature": 0, "tool_choice": FORCE_IMAGE,
+                "messages": [{"role": "user", "content": "A neon alley in Tokyo in the rain."}]})
+
+        t = threading.Thread(target=ask)
+        t.start()
+        # The job reaches ComfyUI through one media worker; that worker dies mid-job.
+        poll(lambda: standin.prompts()["prompts"], "the job to reach the stand-in", timeout=120)
+        first = poll(lambda: next((n for n in ("m1", "m2") if "media job started" in cluster.logs(n)), None), "a media worker")
+        cluster.kill(first)
+        other = "m2" if first == "m1" else "m1"
+        t.join(timeout=240)
+        r = out["r"]
+        assert r.status_code == 200, r.text
+        body = r.json()
+        results = [x for x in body["sogni_tool_results"] if x["tool"] == "sogni_generate_image"]
+        assert results[0]["ok"], results
+        png_ok(results[0]["output_assets"][0]["url"])
+        assert "resuming the backend job" in cluster.logs(other)
+        # One prompt per call reached ComfyUI: the retry waited for the first one.
+        assert len(standin.prompts()["prompts"]) == len(results)
+        # The media call is billed once, at its price.
+        ledger = cluster.ledger(acct)
+        media = [e for e in ledger if e["kind"] == "settle" and re.search(r"-t\d+-\d+$", e["reference"])]
+        assert len(media) == len(results) and len({e["reference"] for e in media}) == len(media), ledger
+        images = sum(len(x["output_assets"]) for x in results if x["ok"])
+        assert sum(Decimal(e["amount"]) for e in media) == IMAGE_SPARK * images
+    finally:
+        standin.stop()
