@@ -47,6 +47,7 @@ fn job(id: &str, model: &str, prompt: &[u32], max_tokens: usize) -> JobSpec {
         params: JobParams::from(&params),
         resume: Progress::default(),
         reply_to: streams::node("test"),
+        media: None,
     }
 }
 
