@@ -10,17 +10,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use serde_json::{json, Value};
 use supernet::api::chat_request::ChatRequest;
 use supernet::api::chat_response::{AssistantMessage, Delta};
-use supernet::engine::batch::{BatchConfig, Output, Request, Scheduler};
-use supernet::engine::cpu::CpuBackend;
+use supernet::engine::batch::{Output, Request};
 use supernet::engine::generate::{FinishReason, Resume, ENDING_ALLOWANCE};
-use supernet::engine::template::ChatTemplate;
-use supernet::engine::tokenizer::Tokenizer;
-use supernet::engine::Model;
 use supernet::session::markup::Markup;
 use supernet::session::prompt::{prepare, ModelText, TierLimits};
 
@@ -85,24 +80,12 @@ fn schemas() -> Vec<(String, Value, String)> {
 
 #[test]
 fn every_constrained_output_ends_valid_at_every_budget() {
-    let model = Arc::new(Model::load(common::smollm2()).expect("the model"));
-    let tok = Arc::new(Tokenizer::from_gguf(&model.file).expect("tokenizer"));
-    let template = ChatTemplate::from_gguf(&model.file, &tok).expect("template");
+    let (model, tok, template, be, mut scheduler) = common::smollm2_scheduler(32);
     let text = ModelText {
         template: &template,
         tokenizer: &tok,
         context_length: model.config.context_length,
     };
-    let be = CpuBackend::new(2);
-    model.prepare(&be);
-    let mut scheduler = Scheduler::new(
-        Arc::clone(&model),
-        Arc::clone(&tok),
-        BatchConfig {
-            max_batch: 32,
-            ..BatchConfig::default()
-        },
-    );
     let mut cases = HashMap::new();
     let mut id = 0u64;
     let only = std::env::var("BUDGET_CASES").ok();

@@ -17,8 +17,6 @@ use supernet::coordinator::lead::Sole;
 use supernet::coordinator::placer::Settings;
 use supernet::coordinator::CoordinatorActor;
 use supernet::engine::batch::BatchConfig;
-use supernet::engine::generate::GenerateParams;
-use supernet::engine::sampler::SamplerParams;
 use supernet::engine::tokenizer::Tokenizer;
 use supernet::engine::Model;
 use supernet::protocol::{
@@ -30,21 +28,13 @@ use supernet::worker::actor::WorkerActor;
 use supernet::worker::engine_thread::EngineConfig;
 
 fn job(id: &str, model: &str, prompt: &[u32], max_tokens: usize) -> JobSpec {
-    let params = GenerateParams {
-        max_tokens,
-        sampler: SamplerParams::greedy(),
-        stop: Vec::new(),
-        grammar: None,
-        logprobs: None,
-        logit_bias: Vec::new(),
-    };
     JobSpec {
         job_id: id.into(),
         attempt: 0,
         account_id: "acct".into(),
         model: model.into(),
         prompt: prompt.to_vec(),
-        params: JobParams::from(&params),
+        params: JobParams::greedy(max_tokens),
         resume: Progress::default(),
         reply_to: streams::node("test"),
         media: None,

@@ -7,17 +7,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use serde_json::{json, Value};
 use supernet::api::chat_request::ChatRequest;
 use supernet::api::chat_response::{AssistantMessage, Delta};
-use supernet::engine::batch::{BatchConfig, Output, Request, Scheduler};
-use supernet::engine::cpu::CpuBackend;
+use supernet::engine::batch::{Output, Request};
 use supernet::engine::generate::Resume;
-use supernet::engine::template::ChatTemplate;
-use supernet::engine::tokenizer::Tokenizer;
-use supernet::engine::Model;
 use supernet::session::markup::Markup;
 use supernet::session::prompt::{prepare, ModelText, TierLimits};
 
@@ -37,24 +32,12 @@ fn every_output_validates_against_its_schema() {
             .expect("the schemas"),
     )
     .expect("JSON");
-    let model = Arc::new(Model::load(common::smollm2()).expect("the model"));
-    let tok = Arc::new(Tokenizer::from_gguf(&model.file).expect("tokenizer"));
-    let template = ChatTemplate::from_gguf(&model.file, &tok).expect("template");
+    let (model, tok, template, be, mut scheduler) = common::smollm2_scheduler(16);
     let text = ModelText {
         template: &template,
         tokenizer: &tok,
         context_length: model.config.context_length,
     };
-    let be = CpuBackend::new(2);
-    model.prepare(&be);
-    let mut scheduler = Scheduler::new(
-        Arc::clone(&model),
-        Arc::clone(&tok),
-        BatchConfig {
-            max_batch: 16,
-            ..BatchConfig::default()
-        },
-    );
 
     let mut bodies = Vec::new();
     for f in data["formats"].as_array().expect("formats") {

@@ -21,8 +21,6 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::bus::redis::RedisBus;
 use crate::bus::{read_stream, Ack, Bus};
-use crate::engine::generate::GenerateParams;
-use crate::engine::sampler::SamplerParams;
 use crate::locks::lock;
 use crate::protocol::{
     self, streams, CoordinatorCommand, JobParams, JobSpec, NodeMessage, PlaceRequest, Placement,
@@ -225,14 +223,7 @@ fn job(a: &PlacementArgs, node: &str, inbox: &str, n: usize) -> JobSpec {
         account_id: format!("{node}-account"),
         model: a.model_id.clone(),
         prompt,
-        params: JobParams::from(&GenerateParams {
-            max_tokens: a.max_tokens,
-            sampler: SamplerParams::greedy(),
-            stop: Vec::new(),
-            grammar: None,
-            logprobs: None,
-            logit_bias: Vec::new(),
-        }),
+        params: JobParams::greedy(a.max_tokens),
         resume: Progress::default(),
         reply_to: inbox.to_string(),
         media: None,

@@ -19,14 +19,14 @@ use serde_json::{Map, Value};
 
 use super::backend::{BackendError, BackendJob, MediaBackend, Output, Started};
 use super::store::{Assets, Dispatch, NewAsset};
-use crate::bus::{read_stream, Ack, Bus, BusError, BusFuture};
-use crate::clock::unix_ms;
+use crate::bus::{Bus, BusError, BusFuture};
 use crate::protocol::media::{Asset, MediaEvent, MediaKind, MediaTask};
 use crate::protocol::{
-    self, streams, Heartbeat, JobRef, JobSpec, NodeMessage, WorkerCommand, WorkerEvent, WorkerInfo,
-    WorkerKind, WorkerLoad,
+    self, JobRef, JobSpec, NodeMessage, WorkerCommand, WorkerEvent, WorkerInfo, WorkerKind,
+    WorkerLoad,
 };
 use crate::worker::actor::{GetLoad, Leave, SetDraining, HEARTBEAT};
+use crate::worker::membership;
 
 /// The smallest step of progress worth a message.
 const PROGRESS_STEP: f32 = 0.05;
@@ -94,27 +94,14 @@ impl MediaWorkerActor {
     }
 
     fn beat(&mut self, leaving: bool) -> BusFuture<'static, ()> {
-        let beat = Heartbeat {
-            info: self.info.clone(),
-            load: self.load(),
-            received: std::mem::take(&mut self.received),
-            leaving,
-            sent_at_ms: unix_ms(),
-        };
-        let bus = Arc::clone(&self.bus);
-        Box::pin(async move { protocol::heartbeat(bus.as_ref(), &beat).await })
+        let received = std::mem::take(&mut self.received);
+        membership::heartbeat(&self.bus, &self.info, self.load(), received, leaving)
     }
 
     fn beat_in_background(&mut self) {
-        if self.left {
-            return;
+        if !self.left {
+            membership::in_background(self.beat(false));
         }
-        let sent = self.beat(false);
-        actix::spawn(async move {
-            if let Err(e) = sent.await {
-                tracing::warn!("sending a heartbeat: {e}");
-            }
-        });
     }
 
     /// The least busy backend that runs `pipeline`.
@@ -131,21 +118,15 @@ impl Actor for MediaWorkerActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let me = ctx.address().downgrade();
-        let read = read_stream(
+        let read = membership::read_inbox(
             Arc::clone(&self.bus),
-            streams::worker(&self.info.worker_id),
-            streams::WORKER_GROUP.into(),
-            self.info.worker_id.clone(),
-            Ack::Explicit,
-            move |d| {
-                let Some(me) = me.upgrade() else {
-                    return ControlFlow::Break(());
-                };
-                match d.envelope.payload::<WorkerCommand>() {
-                    Ok(c) => me.do_send(MediaCommand(c)),
-                    Err(e) => tracing::warn!("dropping an unreadable worker command: {e}"),
+            &self.info.worker_id,
+            move |c, _| match me.upgrade() {
+                Some(me) => {
+                    me.do_send(MediaCommand(c));
+                    ControlFlow::Continue(())
                 }
-                ControlFlow::Continue(())
+                None => ControlFlow::Break(()),
             },
         );
         ctx.spawn(read.into_actor(self));

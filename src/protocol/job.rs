@@ -64,6 +64,21 @@ pub struct JobParams {
     pub logit_bias: Vec<(u32, f32)>,
 }
 
+impl JobParams {
+    /// Greedy generation of at most `max_tokens`, nothing else asked (a media job's, which
+    /// generates no text, is 0).
+    pub fn greedy(max_tokens: usize) -> Self {
+        Self::from(&GenerateParams {
+            max_tokens,
+            sampler: SamplerParams::greedy(),
+            stop: Vec::new(),
+            grammar: None,
+            logprobs: None,
+            logit_bias: Vec::new(),
+        })
+    }
+}
+
 /// The engine's [`SamplerParams`] on the wire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sampling {

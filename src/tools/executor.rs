@@ -18,8 +18,6 @@ use super::results::{ToolError, ToolProgress};
 use crate::api::chat_request::TokenChoice;
 use crate::billing::accounts::{BillingError, HoldJob, Presented, SettleJob};
 use crate::billing::pricing::ModelPrice;
-use crate::engine::generate::GenerateParams;
-use crate::engine::sampler::SamplerParams;
 use crate::money::Amount;
 use crate::protocol::media::{Asset, MediaEvent};
 use crate::protocol::{
@@ -104,14 +102,7 @@ impl ToolExecutorActor {
             account_id: self.call.key.record.account_id.clone(),
             model: self.call.ready.pipeline.clone(),
             prompt: Vec::new(),
-            params: JobParams::from(&GenerateParams {
-                max_tokens: 0,
-                sampler: SamplerParams::greedy(),
-                stop: Vec::new(),
-                grammar: None,
-                logprobs: None,
-                logit_bias: Vec::new(),
-            }),
+            params: JobParams::greedy(0),
             resume: Progress::default(),
             reply_to: inbox.stream().to_string(),
             media: Some(self.call.ready.task.clone()),

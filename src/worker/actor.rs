@@ -19,15 +19,15 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::engine_thread::{EngineConfig, EngineThread, Job, JobEvent, JobRunner, SubmitError};
+use super::membership;
 use super::simulator::Simulator;
-use crate::bus::{read_stream, Ack, Bus, BusError, BusFuture};
-use crate::clock::unix_ms;
+use crate::bus::{Bus, BusError, BusFuture};
 use crate::engine::kv::BLOCK;
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::Model;
 use crate::protocol::{
-    self, streams, Heartbeat, JobRef, JobSpec, NodeMessage, WorkerCommand, WorkerEvent, WorkerInfo,
-    WorkerKind, WorkerLoad,
+    self, JobRef, JobSpec, NodeMessage, WorkerCommand, WorkerEvent, WorkerInfo, WorkerKind,
+    WorkerLoad,
 };
 use crate::telemetry::trace_context::follow;
 
@@ -138,27 +138,14 @@ impl WorkerActor {
     /// A heartbeat of the worker as it is now, to be sent. Its `received` list starts again
     /// from empty.
     fn beat(&mut self, leaving: bool) -> BusFuture<'static, ()> {
-        let beat = Heartbeat {
-            info: self.info.clone(),
-            load: self.load(),
-            received: std::mem::take(&mut self.received),
-            leaving,
-            sent_at_ms: unix_ms(),
-        };
-        let bus = Arc::clone(&self.bus);
-        Box::pin(async move { protocol::heartbeat(bus.as_ref(), &beat).await })
+        let received = std::mem::take(&mut self.received);
+        membership::heartbeat(&self.bus, &self.info, self.load(), received, leaving)
     }
 
     fn beat_in_background(&mut self) {
-        if self.left {
-            return;
+        if !self.left {
+            membership::in_background(self.beat(false));
         }
-        let sent = self.beat(false);
-        actix::spawn(async move {
-            if let Err(e) = sent.await {
-                tracing::warn!("sending a heartbeat: {e}");
-            }
-        });
     }
 }
 
@@ -168,24 +155,15 @@ impl Actor for WorkerActor {
     /// Reads the inbox for as long as the actor lives, and heartbeats.
     fn started(&mut self, ctx: &mut Context<Self>) {
         let me = ctx.address().downgrade();
-        let read = read_stream(
+        let read = membership::read_inbox(
             Arc::clone(&self.bus),
-            streams::worker(&self.info.worker_id),
-            streams::WORKER_GROUP.into(),
-            self.info.worker_id.clone(),
-            Ack::Explicit,
-            move |d| {
-                let env = d.envelope;
-                let Some(me) = me.upgrade() else {
-                    return ControlFlow::Break(());
-                };
-                match env.payload::<WorkerCommand>() {
-                    Ok(c) => me.do_send(Command(c, env.traceparent)),
-                    Err(e) => {
-                        tracing::warn!(kind = %env.kind, "dropping an unreadable worker command: {e}")
-                    }
+            &self.info.worker_id,
+            move |c, traceparent| match me.upgrade() {
+                Some(me) => {
+                    me.do_send(Command(c, traceparent));
+                    ControlFlow::Continue(())
                 }
-                ControlFlow::Continue(())
+                None => ControlFlow::Break(()),
             },
         );
         ctx.spawn(read.into_actor(self));

@@ -41,3 +41,35 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
         .map(|x| x.as_u64().expect("an id") as u32)
         .collect()
 }
+
+/// SmolLM2-135M on the CPU backend (2 threads), ready for constrained-output tests: the
+/// model, its tokenizer and chat template, and a batch scheduler of `max_batch` sequences.
+#[allow(dead_code)]
+pub fn smollm2_scheduler(
+    max_batch: usize,
+) -> (
+    std::sync::Arc<supernet::engine::Model>,
+    std::sync::Arc<supernet::engine::tokenizer::Tokenizer>,
+    supernet::engine::template::ChatTemplate,
+    supernet::engine::cpu::CpuBackend,
+    supernet::engine::batch::Scheduler,
+) {
+    use std::sync::Arc;
+    let model = Arc::new(supernet::engine::Model::load(smollm2()).expect("the model"));
+    let tok = Arc::new(
+        supernet::engine::tokenizer::Tokenizer::from_gguf(&model.file).expect("tokenizer"),
+    );
+    let template =
+        supernet::engine::template::ChatTemplate::from_gguf(&model.file, &tok).expect("template");
+    let be = supernet::engine::cpu::CpuBackend::new(2);
+    model.prepare(&be);
+    let scheduler = supernet::engine::batch::Scheduler::new(
+        Arc::clone(&model),
+        Arc::clone(&tok),
+        supernet::engine::batch::BatchConfig {
+            max_batch,
+            ..supernet::engine::batch::BatchConfig::default()
+        },
+    );
+    (model, tok, template, be, scheduler)
+}
