@@ -45,10 +45,11 @@ pub struct FrontArgs {
     /// the cluster's store. Without it the endpoint refuses everyone.
     #[arg(long, env = "SUPERNET_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
-    /// Where hosted tools' media is kept: a folder every front and media worker of the
-    /// cluster shares. Its `url.key` signs the media URLs.
+    /// Where hosted tools' media is kept, shared by every front and media worker of the
+    /// cluster: `s3://BUCKET[/PREFIX]` (S3 or MinIO; credentials and endpoint from the
+    /// `AWS_*` environment) or a shared folder. Its `url.key` signs the media URLs.
     #[arg(long, env = "SUPERNET_MEDIA_STORE", default_value = "media")]
-    pub media_store: PathBuf,
+    pub media_store: String,
 }
 
 /// The shortest admin key taken: guessing one must be hopeless.
@@ -69,8 +70,10 @@ pub fn run(a: FrontArgs) -> anyhow::Result<()> {
     let store: Arc<dyn Store> = Arc::new(
         RedisStore::connect(&a.redis).with_context(|| format!("connecting to {}", a.redis))?,
     );
-    let media = MediaServices::local(&a.media_store)?;
-    actix_web::rt::System::new().block_on(serve(a.redis, config, store, admin, media))
+    actix_web::rt::System::new().block_on(async move {
+        let media = MediaServices::open(&a.media_store).await?;
+        serve(a.redis, config, store, admin, media).await
+    })
 }
 
 async fn serve(

@@ -50,10 +50,10 @@ pub struct WorkerArgs {
     pub model: Option<PathBuf>,
     #[command(flatten)]
     pub media: MediaArgs,
-    /// Where a media worker keeps its outputs: the folder the cluster's fronts read
-    /// (`--media-store` of `supernet front`).
+    /// Where a media worker keeps its outputs: the store the cluster's fronts read
+    /// (`--media-store` of `supernet front`: `s3://BUCKET[/PREFIX]` or a shared folder).
     #[arg(long, env = "SUPERNET_MEDIA_STORE", default_value = "media")]
-    pub media_store: PathBuf,
+    pub media_store: String,
     #[command(flatten)]
     pub engine: EngineArgs,
     /// Jobs that may wait beyond a full batch.
@@ -237,20 +237,22 @@ fn run_media(a: WorkerArgs) -> anyhow::Result<()> {
         Some(w) => w,
         None => format!("media-{}", crate::ids::random_hex(4)?),
     };
-    let assets = MediaServices::local(&a.media_store)?.assets;
     let concurrency = a.media.media_concurrency;
-    let make: MakeWorker = Box::new(move |worker_id, bus| {
-        let w = MediaWorkerActor::new(
-            worker_id,
-            backends.clone(),
-            concurrency,
-            assets.clone(),
-            bus,
-        );
-        tracing::info!(worker = %worker_id, pipelines = ?w.info.pipelines, "media worker ready");
-        Ok(Member::of(w.info.clone(), &w.start()))
-    });
-    actix::System::new().block_on(serve(a, vec![id], None, make))
+    actix::System::new().block_on(async move {
+        let assets = MediaServices::open(&a.media_store).await?.assets;
+        let make: MakeWorker = Box::new(move |worker_id, bus| {
+            let w = MediaWorkerActor::new(
+                worker_id,
+                backends.clone(),
+                concurrency,
+                assets.clone(),
+                bus,
+            );
+            tracing::info!(worker = %worker_id, pipelines = ?w.info.pipelines, "media worker ready");
+            Ok(Member::of(w.info.clone(), &w.start()))
+        });
+        serve(a, vec![id], None, make).await
+    })
 }
 
 async fn serve(

@@ -1,5 +1,5 @@
-//! Media: what hosted creative tools make and read. [`store`] keeps assets (local files or
-//! S3-compatible storage) and the records that make media jobs idempotent; [`signing`]
+//! Media: what hosted creative tools make and read. [`store`] keeps assets (local files, or
+//! S3-compatible storage through [`s3`]) and the records that make media jobs idempotent; [`signing`]
 //! makes the signed, expiring URLs the front serves them under; [`data_uri`] checks inline
 //! media from clients and models. A media worker ([`worker`]) runs jobs on a backend
 //! ([`backend`]: [`comfyui`], [`openai_images`]), filling the pipeline's workflow graph
@@ -10,6 +10,7 @@ pub mod comfyui;
 pub mod data_uri;
 pub mod graphs;
 pub mod openai_images;
+pub mod s3;
 pub mod signing;
 pub mod store;
 pub mod worker;
@@ -21,6 +22,24 @@ pub struct MediaServices {
 }
 
 impl MediaServices {
+    /// The store `spec` names: `s3://BUCKET[/PREFIX]` (the signing key is the bucket's
+    /// `url.key`, made by the first node that finds none), or a folder.
+    pub async fn open(spec: &str) -> anyhow::Result<Self> {
+        if !spec.starts_with("s3://") {
+            return Self::local(std::path::Path::new(spec));
+        }
+        let s3 = s3::S3Store::open(spec)?;
+        let fresh = crate::ids::random_hex(32)?.into_bytes();
+        s3.put_if_absent("url.key", fresh).await?;
+        let secret = store::MediaStore::get(&s3, "url.key")
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("{spec}: the signing key vanished"))?;
+        Ok(Self {
+            assets: store::Assets::new(std::sync::Arc::new(s3)),
+            signer: signing::UrlSigner::new(&secret),
+        })
+    }
+
     /// Local files under `dir`, and the secret in `dir/url.key` (made on first use, so
     /// URLs stay good across restarts).
     pub fn local(dir: &std::path::Path) -> anyhow::Result<Self> {

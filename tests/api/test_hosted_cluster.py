@@ -1,15 +1,17 @@
 """Hosted tools in a cluster: a front, a coordinator, an LLM worker and two media workers as
-separate processes on one Redis, the media store a folder they share, ComfyUI stood in for
-(tests/support/comfyui_standin.py). A media worker killed mid-job hands the job to the other,
+separate processes on one Redis, the media store an S3 bucket (moto's S3 server stands in
+for S3), ComfyUI stood in for (tests/support/comfyui_standin.py). A media worker killed mid-job hands the job to the other,
 which finds the backend job the first one recorded and waits for it: one image is made, the
 client gets one result, and the call is billed once."""
 import re
+import subprocess
+import sys
 import threading
 from decimal import Decimal
 
 import httpx
 
-from conftest import MODEL_ID, poll
+from conftest import MODEL_ID, free_port, poll
 from test_hosted_tools import FORCE_IMAGE, IMAGE_SPARK, Standin, png_ok
 
 
@@ -19,9 +21,40 @@ def start_front(cluster, store):
     return m.group(1)
 
 
+class S3:
+    """moto's S3 server on a free port, with one bucket."""
+
+    def __init__(self, root):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(root / "moto.log", "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(self.port)],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        poll(self.up, "moto's S3 server", timeout=60)
+        assert httpx.put(f"{self.url}/media").status_code == 200
+        self.env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+                    "AWS_ENDPOINT": self.url, "AWS_ALLOW_HTTP": "true"}
+
+    def up(self):
+        try:
+            return httpx.get(self.url, timeout=2).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    def keys(self):
+        return re.findall(r"<Key>([^<]+)</Key>", httpx.get(f"{self.url}/media?list-type=2").text)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.log.close()
+
+
 def test_a_killed_media_worker_s_job_moves_and_is_made_and_billed_once(cluster, tmp_path):
     standin = Standin(tmp_path, delay=8)
-    store = tmp_path / "media"
+    s3 = S3(tmp_path)
+    cluster.env.update(s3.env)
+    store = "s3://media/supernet"
     try:
         cluster.coordinator("coord")
         cluster.worker("w1", 2)
@@ -53,7 +86,10 @@ def test_a_killed_media_worker_s_job_moves_and_is_made_and_billed_once(cluster, 
         body = r.json()
         results = [x for x in body["sogni_tool_results"] if x["tool"] == "sogni_generate_image"]
         assert results[0]["ok"], results
-        png_ok(results[0]["output_assets"][0]["url"])
+        asset = results[0]["output_assets"][0]
+        png_ok(asset["url"])
+        # The output is in the bucket (and the front served it from there).
+        assert f"supernet/assets/{asset['asset_id']}/data" in s3.keys()
         assert "resuming the backend job" in cluster.logs(other)
         # One prompt per call reached ComfyUI: the retry waited for the first one.
         assert len(standin.prompts()["prompts"]) == len(results)
@@ -65,3 +101,4 @@ def test_a_killed_media_worker_s_job_moves_and_is_made_and_billed_once(cluster, 
         assert sum(Decimal(e["amount"]) for e in media) == IMAGE_SPARK * images
     finally:
         standin.stop()
+        s3.stop()

@@ -1,0 +1,86 @@
+//! The media store on S3-compatible storage (AWS S3, MinIO), through the `object_store`
+//! crate, for a cluster: fronts and media workers on any machine share one bucket.
+//! `s3://BUCKET[/PREFIX]`; credentials, region and endpoint come from the usual `AWS_*`
+//! environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`,
+//! `AWS_ENDPOINT` for MinIO or another S3, `AWS_ALLOW_HTTP=true` for a plain-HTTP one).
+
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path;
+use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
+
+use super::store::{MediaStore, MediaStoreError, StoreFuture};
+
+pub struct S3Store {
+    bucket: AmazonS3,
+    prefix: String,
+}
+
+impl S3Store {
+    /// The store at `url` (`s3://bucket/prefix`).
+    pub fn open(url: &str) -> anyhow::Result<Self> {
+        let rest = url.strip_prefix("s3://").ok_or_else(|| {
+            anyhow::anyhow!("an S3 media store is s3://BUCKET[/PREFIX], not `{url}`")
+        })?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        anyhow::ensure!(
+            !bucket.is_empty(),
+            "the media store URL `{url}` names no bucket"
+        );
+        let bucket = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| anyhow::anyhow!("the S3 media store {url}: {e}"))?;
+        Ok(Self {
+            bucket,
+            prefix: prefix.trim_matches('/').to_string(),
+        })
+    }
+
+    fn path(&self, key: &str) -> Path {
+        if self.prefix.is_empty() {
+            Path::from(key)
+        } else {
+            Path::from(format!("{}/{key}", self.prefix))
+        }
+    }
+
+    /// Writes `bytes` under `key` unless something is there already (the first writer
+    /// wins, as two fronts starting together must agree on one signing key).
+    pub async fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<(), MediaStoreError> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        match self
+            .bucket
+            .put_opts(&self.path(key), PutPayload::from(bytes), opts)
+            .await
+        {
+            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(MediaStoreError::Backend(e.to_string())),
+        }
+    }
+}
+
+impl MediaStore for S3Store {
+    fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.bucket
+                .put(&self.path(key), PutPayload::from(bytes))
+                .await
+                .map(|_| ())
+                .map_err(|e| MediaStoreError::Backend(e.to_string()))
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move {
+            let backend = |e: object_store::Error| MediaStoreError::Backend(e.to_string());
+            match self.bucket.get(&self.path(key)).await {
+                Ok(r) => Ok(Some(r.bytes().await.map_err(backend)?.to_vec())),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(backend(e)),
+            }
+        })
+    }
+}
