@@ -75,6 +75,9 @@ pub enum BenchTarget {
     /// A cluster's coordinator: placement rate and latency, driven straight through the bus
     /// against simulated workers (see loadtest/sim-cluster.sh).
     Placement(super::bench_placement::PlacementArgs),
+    /// Hosted media calls: the time the platform adds to a backend's, or calls a second
+    /// through simulated media workers, in-process
+    Media(super::bench_media::MediaBenchArgs),
 }
 
 #[derive(Serialize)]
@@ -288,6 +291,7 @@ fn run_batched(a: &BenchArgs, model: &Model, be: &CpuBackend) -> anyhow::Result<
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let path = match a.target {
         Some(BenchTarget::Placement(p)) => return super::bench_placement::run(p),
+        Some(BenchTarget::Media(m)) => return super::bench_media::run(m),
         None => a
             .model
             .clone()

@@ -6,6 +6,7 @@ mod backend;
 pub mod bench;
 mod bench_constraint;
 mod bench_gpu;
+mod bench_media;
 mod bench_placement;
 pub mod coordinator;
 pub mod engine;
