@@ -104,8 +104,11 @@ def test_a_forced_image_call_runs_on_the_media_worker_and_returns_a_signed_png(m
     [asset] = result["output_assets"]
     assert asset["type"] == "image" and asset["width"] > 0
     png_ok(asset["url"])
+    # Later rounds see the results (fresh ids and URLs each time), so what the model calls
+    # after the forced call varies; the workflow's status follows every call's outcome.
     [wf] = extra["creative_workflows"]
-    assert wf["workflowId"].startswith("wf_") and wf["status"] == "completed"
+    every_ok = all(x["ok"] for x in extra["sogni_tool_results"])
+    assert wf["workflowId"].startswith("wf_") and wf["status"] == ("completed" if every_ok else "partial_failure")
     assert wf["eventsUrl"] == f"/v1/creative-agent/workflows/{wf['workflowId']}/events"
     # The stand-in got one graph, carrying the prompt the model wrote.
     prompts = standin.prompts()["prompts"][seen:]
@@ -121,7 +124,9 @@ def test_a_forced_image_call_runs_on_the_media_worker_and_returns_a_signed_png(m
 def test_streaming_shows_each_call_s_progress_and_ends_with_the_results(media, standin):
     acct, key, _ = media.account()
     chunks = list(forced(media.client(key), stream=True))
-    progress = [c.model_extra["sogni_tool_progress"] for c in chunks if c.model_extra.get("sogni_tool_progress")]
+    notes = [c.model_extra["sogni_tool_progress"] for c in chunks if c.model_extra.get("sogni_tool_progress")]
+    # The forced call's notes (later rounds may call other tools).
+    progress = [p for p in notes if p["call_id"] == notes[0]["call_id"]]
     assert progress[0]["status"] == "queued" and progress[-1]["status"] == "completed"
     assert any(p["status"] == "in_progress" and 0 < p["progress"] < 1 for p in progress), progress
     assert all(p["tool"] == "sogni_generate_image" for p in progress)
@@ -151,7 +156,9 @@ def test_a_failed_media_job_releases_its_hold_and_reaches_the_model_as_an_error(
     finally:
         standin.config(fail=False)
     results = r.model_extra["sogni_tool_results"]
-    assert all(x == {**x, "ok": False, "error_type": "GENERATION_FAILED", "retryable": False} for x in results), results
+    assert not any(x["ok"] for x in results), results
+    made = [x for x in results if x["tool"] == "sogni_generate_image"]
+    assert made and all(x == {**x, "error_type": "GENERATION_FAILED", "retryable": False} for x in made), results
     assert r.model_extra["creative_workflows"][0]["status"] == "failed"
     tokens = price(r.usage.prompt_tokens, r.usage.completion_tokens)
     assert abs(spent(media, acct, before) - tokens) < Decimal("1e-15")
@@ -198,28 +205,35 @@ def test_manual_mode_returns_the_raw_call_and_runs_and_bills_nothing_else(media,
 def test_the_rich_family_resolves_a_result_index_in_a_later_round(media, standin):
     import hashlib
     acct, key, _ = media.account()
-    seen = len(standin.prompts()["prompts"])
-    # Greedy decoding is deterministic: this model makes the image, then refines one of its
-    # outputs by index in the next round.
-    r = media.client(key).chat.completions.create(
-        model=MODEL_ID, max_tokens=100, temperature=0,
-        tool_choice={"type": "function", "function": {"name": "generate_image"}},
-        extra_body={"sogni_tools": "creative-agent"},
-        messages=[{"role": "user", "content": "Make an image of a red fox, then refine that result to add snow."}])
-    results = r.model_extra["sogni_tool_results"]
-    made = results[0]
-    assert made["tool"] == "generate_image" and made["ok"] and made["startIndex"] == 0, results
-    refine = next(x for x in results[1:] if x["tool"] == "refine_result")
-    assert refine["ok"], refine
-    # Omitted, the index means the newest image.
-    index = refine["params"].get("sourceImageIndex", made["indices"][-1])
-    source = made["output_assets"][made["indices"].index(index)]
-    want = hashlib.sha256(httpx.get(source["url"]).content).hexdigest()
-    # The stand-in received exactly that image as the edit's input.
+    # The model makes the image, then refines one of its outputs by index in a later round.
+    # What it calls after the forced call depends on the results it read (fresh ids each
+    # time), so the request is asked again until it does; the index resolution is then
+    # checked exactly.
+    for _ in range(4):
+        seen = len(standin.prompts()["prompts"])
+        r = media.client(key).chat.completions.create(
+            model=MODEL_ID, max_tokens=100, temperature=0,
+            tool_choice={"type": "function", "function": {"name": "generate_image"}},
+            extra_body={"sogni_tools": "creative-agent"},
+            messages=[{"role": "user", "content": "Make an image of a red fox, then refine that result to add snow."}])
+        results = r.model_extra["sogni_tool_results"]
+        made = results[0]
+        assert made["tool"] == "generate_image" and made["ok"] and made["startIndex"] == 0, results
+        if any(x["tool"] == "refine_result" and x["ok"] for x in results[1:]):
+            break
+    else:
+        raise AssertionError(f"the model never refined its image: {results}")
+    refine = next(x for x in results[1:] if x["tool"] == "refine_result" and x["ok"])
+    # The images made before the refinement, by index; omitted, the index means the newest.
+    before = results[:results.index(refine)]
+    images = {i: a for x in before if x["ok"] for i, a in zip(x["indices"], x["output_assets"]) if a["type"] == "image"}
+    index = refine["params"].get("sourceImageIndex", max(images))
+    want = hashlib.sha256(httpx.get(images[index]["url"]).content).hexdigest()
+    # The stand-in received exactly that image as an edit's input.
     edits = [p for p in standin.prompts()["prompts"][seen:] if "10" in p["graph"]]
-    assert edits and list(edits[0]["inputs"].values()) == [want], edits[0]["inputs"]
+    assert any(list(p["inputs"].values()) == [want] for p in edits), (want, [p["inputs"] for p in edits])
     # Later results number their outputs after the earlier ones.
-    assert refine["startIndex"] == len(made["indices"])
+    assert refine["startIndex"] >= len(made["indices"])
 
 
 def test_an_index_that_names_nothing_reaches_the_model_as_asset_not_found(media, standin):

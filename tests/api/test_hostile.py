@@ -205,7 +205,7 @@ def test_control_token_text_in_content_is_plain_text(server, account):
     assert r.usage.prompt_tokens == r2.usage.prompt_tokens
 
 
-def test_a_cut_call_never_carries_wrapper_markup_in_its_arguments(server, account):
+def test_a_call_cut_by_its_budget_is_closed_validly_and_carries_no_wrapper_markup(server, account):
     client = server.client(account[1])
     kw = dict(model=MODEL_ID, temperature=0, messages=[{"role": "user", "content": "Weather in Paris?"}],
               tools=[{"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -217,7 +217,12 @@ def test_a_cut_call_never_carries_wrapper_markup_in_its_arguments(server, accoun
     for cut in range(1, 6):
         r = client.chat.completions.create(max_tokens=full.usage.completion_tokens - cut, **kw)
         args = r.choices[0].message.tool_calls[0].function.arguments
-        assert whole.startswith(args), (cut, args, whole)
+        # The budget-aware ending closes the call: complete JSON that fits the schema, never
+        # the wrapper's markup, and `length` says the budget ended it.
+        assert r.choices[0].finish_reason == "length", (cut, r)
+        assert "<" not in args and "tool_call" not in args, (cut, args)
+        parsed = json.loads(args)
+        assert isinstance(parsed["city"], str) and len(parsed["city"]) <= 12, (cut, args, whole)
         stream = client.chat.completions.create(max_tokens=full.usage.completion_tokens - cut, stream=True, **kw)
         streamed = "".join(c.choices[0].delta.tool_calls[0].function.arguments or ""
                            for c in stream if c.choices and c.choices[0].delta.tool_calls)
