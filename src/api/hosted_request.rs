@@ -16,7 +16,7 @@ use crate::tools::catalog::{catalog, Mode};
 /// Most `media_references` a request may carry.
 const MAX_REFERENCES: usize = 16;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Hosted {
     pub mode: Mode,
     /// Run hosted calls on the server (`sogni_tool_execution`, default true).
@@ -25,15 +25,6 @@ pub struct Hosted {
     pub offered: Vec<String>,
     /// `media_references`, checked, in order: the request's uploads.
     pub uploads: Vec<InlineMedia>,
-}
-
-impl PartialEq for Hosted {
-    fn eq(&self, other: &Self) -> bool {
-        self.mode == other.mode
-            && self.execute == other.execute
-            && self.offered == other.offered
-            && self.uploads.len() == other.uploads.len()
-    }
 }
 
 impl Hosted {

@@ -156,7 +156,8 @@ async fn execute(
         }
     };
     if let Some(args) = arguments.as_object() {
-        composition::check_arguments(def, args).map_err(|m| ApiError::invalid("arguments", m))?;
+        def.check_names(args)
+            .map_err(|m| ApiError::invalid("arguments", m))?;
     }
     let s = &state.services;
     let model = s

@@ -12,7 +12,7 @@ use crate::protocol::media::MediaKind;
 pub const MAX_MEDIA_BYTES: usize = 10 << 20;
 
 /// An inline item, checked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InlineMedia {
     pub kind: MediaKind,
     pub mime: String,

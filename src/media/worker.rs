@@ -104,7 +104,7 @@ impl MediaWorkerActor {
         }
     }
 
-    /// The least busy backend that runs `pipeline`.
+    /// The first backend (in the order given) that runs `pipeline`.
     fn backend_for(&self, pipeline: &str) -> Option<Arc<dyn MediaBackend>> {
         self.backends
             .iter()

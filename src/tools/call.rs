@@ -164,17 +164,13 @@ fn units(def: &ToolDef, args: &Map<String, Value>) -> u64 {
 }
 
 /// The required properties are there, no unknown ones are, and each present one has its
-/// schema's type.
+/// schema's type, enum and range.
 fn check_schema(def: &ToolDef, args: &Map<String, Value>) -> Result<(), String> {
+    def.check_names(args)?;
     let props = def.parameters["properties"].as_object();
-    for r in def.parameters["required"].as_array().into_iter().flatten() {
-        if let Some(r) = r.as_str().filter(|r| !args.contains_key(*r)) {
-            return Err(format!("`{r}` is required"));
-        }
-    }
     for (name, value) in args {
         let Some(schema) = props.and_then(|p| p.get(name)) else {
-            return Err(format!("`{name}` is not an argument of `{}`", def.name));
+            continue;
         };
         let ok = match schema["type"].as_str() {
             Some("string") => value.is_string(),

@@ -144,6 +144,24 @@ impl ToolDef {
         }
     }
 
+    /// The required arguments are there and no others are (hosted tools reject extra
+    /// properties).
+    pub fn check_names(&self, args: &serde_json::Map<String, Value>) -> Result<(), String> {
+        let props = self.parameters["properties"].as_object();
+        for r in self.parameters["required"].as_array().into_iter().flatten() {
+            if let Some(r) = r.as_str().filter(|r| !args.contains_key(*r)) {
+                return Err(format!("`{r}` is required"));
+            }
+        }
+        match args
+            .keys()
+            .find(|n| props.and_then(|p| p.get(*n)).is_none())
+        {
+            Some(name) => Err(format!("`{name}` is not an argument of `{}`", self.name)),
+            None => Ok(()),
+        }
+    }
+
     /// Whether it can run now, given the media pipelines live workers run.
     pub fn available(&self, pipelines: &[String]) -> bool {
         match (&self.kind, &self.pipeline) {

@@ -38,7 +38,7 @@ pub async fn run(
         Ok(Value::Object(o)) => o,
         _ => return Err(invalid("the arguments must be a JSON object".into())),
     };
-    check_arguments(def, &args).map_err(invalid)?;
+    def.check_names(&args).map_err(invalid)?;
     let schema = def
         .result
         .clone()
@@ -107,20 +107,4 @@ fn parse_result(text: &str, finish: FinishReason) -> Result<Value, ToolError> {
             true,
         )),
     }
-}
-
-/// Required arguments present, no others (composition tools reject extra properties).
-pub fn check_arguments(def: &ToolDef, args: &Map<String, Value>) -> Result<(), String> {
-    let props = def.parameters["properties"].as_object();
-    for r in def.parameters["required"].as_array().into_iter().flatten() {
-        if let Some(r) = r.as_str().filter(|r| !args.contains_key(*r)) {
-            return Err(format!("`{r}` is required"));
-        }
-    }
-    for name in args.keys() {
-        if props.and_then(|p| p.get(name)).is_none() {
-            return Err(format!("`{name}` is not an argument of `{}`", def.name));
-        }
-    }
-    Ok(())
 }

@@ -134,12 +134,12 @@ impl HostedOutcome {
 }
 
 /// The durable record of a request's hosted calls (contract §4's workflow shape, kind
-/// `hosted_tool_sequence`), and its `creative_workflows` reference.
+/// `hosted_tool_sequence`), from each call and its `sogni_tool_results` element, and its
+/// `creative_workflows` reference.
 pub fn workflow_record(
     workflow_id: &str,
     account_id: &str,
     calls: &[(CallResult, Value)],
-    results: &[Value],
     created_ms: u64,
 ) -> (Value, Value) {
     let failed = calls.iter().any(|(c, _)| c.outcome.is_err());
@@ -152,14 +152,13 @@ pub fn workflow_record(
     let now = crate::clock::unix_ms();
     let steps: Vec<Value> = calls
         .iter()
-        .zip(results)
         .enumerate()
-        .map(|(i, ((c, args), r))| {
+        .map(|(i, (c, r))| {
             json!({
                 "id": c.call_id,
                 "sequence": i,
                 "toolName": c.tool,
-                "arguments": args,
+                "arguments": c.params,
                 "status": if c.outcome.is_ok() { "completed" } else { "failed" },
                 "artifacts": r.get("output_assets").cloned().unwrap_or(json!([])),
                 "error": r.get("message").cloned(),

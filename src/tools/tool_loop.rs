@@ -73,7 +73,7 @@ struct Loop {
     out: UnboundedSender<SessionEvent>,
     media: MediaContext,
     usage: Usage,
-    /// Every hosted call so far, with its arguments.
+    /// Every hosted call so far, and its `sogni_tool_results` element (URLs signed once).
     calls: Vec<(CallResult, Value)>,
     started: bool,
 }
@@ -97,20 +97,6 @@ impl Loop {
             let Some(r) = self.round(round, &base_id, prompt).await? else {
                 return Ok(());
             };
-            let hosted: Vec<ToolCall> = r
-                .message
-                .tool_calls
-                .iter()
-                .filter(|c| self.turn.request.hosted.offered.contains(&c.name))
-                .cloned()
-                .collect();
-            let custom: Vec<ToolCall> = r
-                .message
-                .tool_calls
-                .iter()
-                .filter(|c| !self.turn.request.hosted.offered.contains(&c.name))
-                .cloned()
-                .collect();
             if r.message.tool_calls.is_empty() {
                 if round == max_rounds && round > 0 {
                     let note = format!(
@@ -120,6 +106,12 @@ impl Loop {
                 }
                 return self.done(r.finish, false).await;
             }
+            let offered = &self.turn.request.hosted.offered;
+            let (hosted, custom): (Vec<ToolCall>, Vec<ToolCall>) = r
+                .message
+                .tool_calls
+                .into_iter()
+                .partition(|c| offered.contains(&c.name));
             let results = self.run_calls(round, &base_id, &hosted).await?;
             if !custom.is_empty() {
                 for (index, c) in custom.iter().enumerate() {
@@ -254,7 +246,7 @@ impl Loop {
         calls: &[ToolCall],
     ) -> Result<Vec<Value>, ApiError> {
         let (progress, mut heard) = unbounded_channel();
-        let mut done = {
+        let done = {
             let runs = calls.iter().enumerate().map(|(i, c)| {
                 let job_id = format!("{base_id}-t{round}-{i}");
                 self.run_call(c, job_id, progress.clone())
@@ -275,7 +267,7 @@ impl Loop {
         }
         let now = crate::clock::unix_secs() as u64;
         let mut results = Vec::with_capacity(done.len());
-        for (c, args) in done.iter_mut().zip(calls) {
+        for mut c in done {
             if let Ok(made) = &mut c.outcome {
                 made.indices = self.media.add_generated(&made.assets);
                 if let Some(u) = made.usage {
@@ -284,9 +276,8 @@ impl Loop {
                 }
             }
             let json = c.json(&self.services.media.signer, &self.origin, now);
-            let args: Value = serde_json::from_str(&args.arguments).unwrap_or(Value::Null);
-            self.calls.push((c.clone(), args));
-            results.push(json);
+            results.push(json.clone());
+            self.calls.push((c, json));
         }
         Ok(results)
     }
@@ -364,12 +355,7 @@ impl Loop {
     async fn done(&mut self, finish: FinishReason, tool_calls: bool) -> Result<(), ApiError> {
         let mut outcome = HostedOutcome::default();
         if !self.calls.is_empty() {
-            let now = crate::clock::unix_secs() as u64;
-            outcome.results = self
-                .calls
-                .iter()
-                .map(|(c, _)| c.json(&self.services.media.signer, &self.origin, now))
-                .collect();
+            outcome.results = self.calls.iter().map(|(_, json)| json.clone()).collect();
             let id = format!(
                 "wf_{}",
                 crate::ids::random_hex(12).map_err(|e| ApiError::logged("a workflow id", e))?
@@ -378,7 +364,6 @@ impl Loop {
                 &id,
                 &self.turn.key.record.account_id,
                 &self.calls,
-                &outcome.results,
                 crate::clock::unix_ms(),
             );
             self.services
