@@ -22,6 +22,7 @@ pub mod locks;
 pub mod media;
 pub mod money;
 pub mod protocol;
+pub mod runs;
 pub mod session;
 pub mod store;
 pub mod telemetry;

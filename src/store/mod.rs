@@ -15,6 +15,7 @@
 mod conformance;
 pub mod embedded;
 pub mod redis;
+pub mod redis_pool;
 
 use serde::{Deserialize, Serialize};
 

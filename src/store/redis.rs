@@ -26,9 +26,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use redis::{Client, Commands, Connection, RedisError, Script};
+use redis::{Commands, Connection, RedisError, Script};
 use serde::{de::DeserializeOwned, Serialize};
 
+use super::redis_pool::Pool;
 use super::{
     apply, first_covered, key_hash, new_secret, non_negative, random_id, replays, Account,
     ApiKeyRecord, Balances, Earning, EntryKind, Hold, HoldOrder, KeyProof, LedgerEntry, NewKey,
@@ -125,10 +126,9 @@ enum Lease {
 }
 
 pub struct RedisStore {
-    client: Client,
-    /// Idle connections. Each call takes one (or opens one) for its duration, so calls from
-    /// many requests run side by side instead of queueing on a single socket.
-    idle: Mutex<Vec<Connection>>,
+    /// Each call takes a connection of its own for its duration, so calls from many
+    /// requests run side by side instead of queueing on a single socket.
+    pool: Pool,
     commit: Script,
     authenticate: Script,
     /// Account and hold records as this process last committed them. A change's first try
@@ -149,9 +149,6 @@ return redis.call('GET', ARGV[1] .. id)
 /// Records remembered at most; past this the memory starts over.
 const MAX_KNOWN: usize = 100_000;
 
-/// Idle connections kept for reuse; more are opened under load and closed after.
-const MAX_IDLE: usize = 256;
-
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("redis: {e}"))
 }
@@ -167,10 +164,8 @@ fn decode<T: DeserializeOwned>(s: &str) -> Result<T, StoreError> {
 impl RedisStore {
     /// Connects to `url`; fails at once if Redis cannot be reached.
     pub fn connect(url: &str) -> Result<Self, StoreError> {
-        let client = Client::open(url).map_err(backend)?;
         let store = Self {
-            client,
-            idle: Mutex::new(Vec::new()),
+            pool: Pool::new(url, TIMEOUT).map_err(backend)?,
             commit: Script::new(COMMIT),
             authenticate: Script::new(AUTHENTICATE),
             known: Mutex::new(HashMap::new()),
@@ -179,39 +174,11 @@ impl RedisStore {
         Ok(store)
     }
 
-    /// Runs `f` on a connection of its own, connecting first if none is idle; a connection
-    /// that failed is dropped, so the next call reconnects (Redis may have restarted).
     fn with<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
     ) -> Result<T, StoreError> {
-        let idle = crate::locks::lock(&self.idle).pop();
-        let mut c = match idle {
-            Some(c) => c,
-            None => {
-                let c = self
-                    .client
-                    .get_connection_with_timeout(TIMEOUT)
-                    .map_err(backend)?;
-                c.set_read_timeout(Some(TIMEOUT)).map_err(backend)?;
-                c.set_write_timeout(Some(TIMEOUT)).map_err(backend)?;
-                c
-            }
-        };
-        let r = f(&mut c);
-        let broken = r.as_ref().err().is_some_and(|e| {
-            e.is_io_error()
-                || e.is_connection_dropped()
-                || e.is_timeout()
-                || e.is_connection_refusal()
-        });
-        if !broken {
-            let mut idle = crate::locks::lock(&self.idle);
-            if idle.len() < MAX_IDLE {
-                idle.push(c);
-            }
-        }
-        r.map_err(backend)
+        self.pool.with(f).map_err(backend)
     }
 
     fn get_raw(&self, key: &str) -> Result<Option<String>, StoreError> {
