@@ -194,6 +194,7 @@ pub struct Config {
     /// Per model id; models not listed use `default_tier`.
     pub models: BTreeMap<String, Tier>,
     pub tools: ToolsConfig,
+    pub runs: RunsConfig,
 }
 
 /// The hosted tool loop's bounds and the media jobs' prices (USD per unit: an image, or a
@@ -217,6 +218,30 @@ impl Default for ToolsConfig {
             video_second_usd: Amount::from_millis(50),
             audio_second_usd: Amount::from_millis(2),
             prices: BTreeMap::new(),
+        }
+    }
+}
+
+/// Durable runs: how long an executor's lease lasts without a heartbeat (a front that dies
+/// loses its runs to another front this long after), how long ended runs are kept, and how
+/// long a cost approval preview may be confirmed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunsConfig {
+    pub lease_secs: u64,
+    pub retention_secs: u64,
+    pub approval_secs: u64,
+    /// USD per capacity unit (the unit of `max_estimated_capacity_units` and of previews).
+    pub capacity_unit_usd: Amount,
+}
+
+impl Default for RunsConfig {
+    fn default() -> Self {
+        Self {
+            lease_secs: 10,
+            retention_secs: 7 * 24 * 3600,
+            approval_secs: 600,
+            capacity_unit_usd: Amount::from_millis(10),
         }
     }
 }
@@ -277,6 +302,14 @@ impl Config {
         }
         if c.tools.max_rounds == 0 {
             return Err("tools.max_rounds must be at least 1".into());
+        }
+        if c.runs.lease_secs < 2 || c.runs.approval_secs == 0 {
+            return Err(
+                "runs.lease_secs must be at least 2 and runs.approval_secs positive".into(),
+            );
+        }
+        if c.runs.capacity_unit_usd <= Amount::ZERO {
+            return Err("runs.capacity_unit_usd must be positive".into());
         }
         let prices = [
             c.tools.image_usd,

@@ -27,6 +27,11 @@ impl Amount {
         Amount(m as i128 * (ONE / 1000))
     }
 
+    /// For display and estimates only (previews, capacity units): never for a balance.
+    pub fn to_f64(self) -> f64 {
+        self.0 as f64 / ONE as f64
+    }
+
     pub fn is_negative(self) -> bool {
         self.0 < 0
     }

@@ -84,6 +84,11 @@ impl ApiError {
         Self::new(404, "invalid_request_error", Some("not_found"), message)
     }
 
+    /// 409: the request no longer fits the resource's state (a stale cost preview).
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(409, "invalid_request_error", Some("conflict"), message)
+    }
+
     pub fn model_not_found(model: &str) -> Self {
         Self {
             param: Some("model".into()),

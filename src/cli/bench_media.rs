@@ -258,6 +258,7 @@ async fn bench(a: MediaBenchArgs, dir: std::path::PathBuf) -> anyhow::Result<()>
     while coordinator.send(PoolSnapshot).await?.len() < workers {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let (runs_node, config_runs) = (node.clone(), config.runs.clone());
     let services = Arc::new(Services {
         inboxes: NodeInboxes::new(Arc::clone(&bus), &node),
         node_id: node,
@@ -269,6 +270,11 @@ async fn bench(a: MediaBenchArgs, dir: std::path::PathBuf) -> anyhow::Result<()>
         config,
         preparer: PreparePool::new(1, 16)?,
         media: Arc::new(media),
+        runs: crate::runs::Runs::new(
+            Arc::new(crate::runs::log::embedded::RedbRunLog::open(&dir)?),
+            &runs_node,
+            config_runs,
+        )?,
     });
     let presented = billing
         .authenticate(key.api_key.clone())

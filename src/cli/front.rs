@@ -91,6 +91,7 @@ async fn serve(
     let inboxes = NodeInboxes::new(Arc::clone(&bus), &node_id);
     let billing = Arc::new(Billing::new(store, config.billing.clone()));
     tracing::info!(node = %node_id, "front joining the cluster");
+    let (runs_node, config_runs) = (node_id.clone(), config.runs.clone());
     let services = Arc::new(Services {
         node_id,
         bus,
@@ -102,7 +103,13 @@ async fn serve(
         config,
         preparer: PreparePool::new(0, 128).context("starting the prepare threads")?,
         media: Arc::new(media),
+        runs: crate::runs::Runs::new(
+            Arc::new(crate::runs::log::redis::RedisRunLog::connect(&redis)?),
+            &runs_node,
+            config_runs,
+        )?,
     });
+    crate::runs::upkeep::start(Arc::clone(&services));
     let (server, bound) = crate::front::bind(FrontState { services, admin })?;
     tracing::info!("listening on http://{bound}");
     server.await.context("the HTTP server failed")

@@ -170,6 +170,7 @@ async fn serve(
         workers.push(LocalWorker::new(worker.info.clone(), &worker.start()));
     }
     registered(&coordinator, workers.len()).await?;
+    let (runs_node, config_runs) = (node_id.clone(), config.runs.clone());
     let services = Arc::new(Services {
         inboxes: NodeInboxes::new(Arc::clone(&bus), &node_id),
         node_id,
@@ -181,8 +182,14 @@ async fn serve(
         config,
         preparer: PreparePool::new(0, 128).context("starting the prepare threads")?,
         media: Arc::new(media),
+        runs: crate::runs::Runs::new(
+            Arc::new(crate::runs::log::embedded::RedbRunLog::open(&data_dir)?),
+            &runs_node,
+            config_runs,
+        )?,
     });
     let mut handoff = Handoff::new(String::new())?;
+    crate::runs::upkeep::start(Arc::clone(&services));
     let (server, bound) = crate::front::bind(FrontState {
         services,
         admin: Some(handoff.clone()),

@@ -23,7 +23,7 @@ use crate::tools::composition;
 /// Largest `/tools/execute` body.
 const MAX_EXECUTE_BODY: usize = 1 << 20;
 
-fn sogni_error(e: &ApiError) -> HttpResponse {
+pub(super) fn sogni_error(e: &ApiError) -> HttpResponse {
     count_error(e);
     let mut r = HttpResponse::build(
         actix_web::http::StatusCode::from_u16(e.status)
@@ -35,11 +35,14 @@ fn sogni_error(e: &ApiError) -> HttpResponse {
     r.json(e.sogni_envelope())
 }
 
-fn success(data: Value) -> HttpResponse {
+pub(super) fn success(data: Value) -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "success", "data": data }))
 }
 
-async fn authenticated(req: &HttpRequest, state: &FrontState) -> Result<Presented, ApiError> {
+pub(super) async fn authenticated(
+    req: &HttpRequest,
+    state: &FrontState,
+) -> Result<Presented, ApiError> {
     let secret = api_key(req)?;
     state
         .services

@@ -1,13 +1,15 @@
 //! The FrontActor: the actix-web app that speaks OpenAI's HTTP API. It authenticates,
 //! validates and writes responses; each chat request's work is a SessionActor's, and the
 //! front reaches models only through actors. [`chat`] is the chat route, [`creative`] the
-//! Sogni-native routes of hosted tools and media, [`routes`] the others, [`http`] what they
-//! share.
+//! Sogni-native routes of hosted tools and media, [`runs`] and [`run_events`] the durable
+//! chat runs, [`routes`] the others, [`http`] what they share.
 
 pub mod chat;
 pub mod creative;
 pub mod http;
 pub mod routes;
+pub mod run_events;
+pub mod runs;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,6 +49,36 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/account/me")
             .route(web::get().to(creative::account_me))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/chat/runs")
+            .route(web::post().to(runs::create))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/chat/runs/{id}")
+            .route(web::get().to(runs::get))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/chat/runs/{id}/events")
+            .route(web::get().to(runs::events))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/chat/runs/{id}/events/stream")
+            .route(web::get().to(run_events::stream))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/chat/runs/{id}/cancel")
+            .route(web::post().to(runs::cancel))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/chat/runs/{id}/confirm-cost")
+            .route(web::post().to(runs::confirm_cost))
             .default_service(web::to(routes::method_not_allowed)),
     )
     .service(

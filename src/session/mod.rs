@@ -48,6 +48,8 @@ pub struct Services {
     pub preparer: prepare_pool::PreparePool,
     /// Hosted tools' media: assets and signed URLs.
     pub media: Arc<crate::media::MediaServices>,
+    /// Durable runs: their log, and the runs this front executes.
+    pub runs: Arc<crate::runs::Runs>,
 }
 
 impl Services {

@@ -249,7 +249,14 @@ impl Loop {
         let done = {
             let runs = calls.iter().enumerate().map(|(i, c)| {
                 let job_id = format!("{base_id}-t{round}-{i}");
-                self.run_call(c, job_id, progress.clone())
+                run_call(
+                    &self.services,
+                    &self.turn,
+                    &self.media,
+                    c,
+                    job_id,
+                    progress.clone(),
+                )
             });
             let all = futures_util::future::join_all(runs);
             drop(progress);
@@ -280,75 +287,6 @@ impl Loop {
             self.calls.push((c, json));
         }
         Ok(results)
-    }
-
-    /// One hosted call, start to end; failures are results too.
-    async fn run_call(
-        &self,
-        c: &ToolCall,
-        job_id: String,
-        progress: UnboundedSender<super::results::ToolProgress>,
-    ) -> CallResult {
-        let result = |outcome| CallResult {
-            call_id: c.id.clone(),
-            tool: c.name.clone(),
-            params: serde_json::from_str(&c.arguments).unwrap_or(Value::Null),
-            outcome,
-        };
-        let Some(def) = catalog().get(&c.name) else {
-            return result(Err(ToolError::new(
-                "PARAMETER_INVALID",
-                format!("no hosted tool `{}`", c.name),
-                false,
-            )));
-        };
-        if def.kind == Kind::Composition {
-            let r = composition::run(&self.services, &self.turn, def, &c.arguments, job_id).await;
-            return result(r.map(|(v, usage)| Made {
-                assets: Vec::new(),
-                indices: Vec::new(),
-                result: Some(v),
-                usage: Some(usage),
-            }));
-        }
-        let account = &self.turn.key.record.account_id;
-        let ready = match call::prepare(
-            def,
-            &c.arguments,
-            account,
-            &self.media,
-            &self.services.media.assets,
-            job_id.clone(),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(e) => return result(Err(e)),
-        };
-        let media_call = MediaCall {
-            job_id,
-            call_id: c.id.clone(),
-            tool: c.name.clone(),
-            key: self.turn.key.clone(),
-            choice: self.turn.request.token_type.unwrap_or(TokenChoice::Auto),
-            ready,
-            unit_usd: unit_price(&self.services.config.tools, def),
-            priority: self.turn.model.tier.priority,
-        };
-        let rx = ToolExecutorActor::run(Arc::clone(&self.services), media_call, progress);
-        let outcome = rx.await.unwrap_or_else(|_| {
-            Err(ToolError::new(
-                "MODEL_UNAVAILABLE",
-                "the call was lost",
-                true,
-            ))
-        });
-        result(outcome.map(|assets| Made {
-            assets,
-            indices: Vec::new(),
-            result: None,
-            usage: None,
-        }))
     }
 
     /// Ends the loop: the workflow record (when hosted calls ran), the outcome, then `Done`.
@@ -382,6 +320,78 @@ impl Loop {
         });
         Ok(())
     }
+}
+
+/// One hosted call of `turn`, start to end, under `job_id` (its idempotency key: a call run
+/// again under the same id resumes the first attempt's backend job); failures are results too.
+pub async fn run_call(
+    services: &Arc<Services>,
+    turn: &Turn,
+    media: &MediaContext,
+    c: &ToolCall,
+    job_id: String,
+    progress: UnboundedSender<super::results::ToolProgress>,
+) -> CallResult {
+    let result = |outcome| CallResult {
+        call_id: c.id.clone(),
+        tool: c.name.clone(),
+        params: serde_json::from_str(&c.arguments).unwrap_or(Value::Null),
+        outcome,
+    };
+    let Some(def) = catalog().get(&c.name) else {
+        return result(Err(ToolError::new(
+            "PARAMETER_INVALID",
+            format!("no hosted tool `{}`", c.name),
+            false,
+        )));
+    };
+    if def.kind == Kind::Composition {
+        let r = composition::run(&services, turn, def, &c.arguments, job_id).await;
+        return result(r.map(|(v, usage)| Made {
+            assets: Vec::new(),
+            indices: Vec::new(),
+            result: Some(v),
+            usage: Some(usage),
+        }));
+    }
+    let account = &turn.key.record.account_id;
+    let ready = match call::prepare(
+        def,
+        &c.arguments,
+        account,
+        media,
+        &services.media.assets,
+        job_id.clone(),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => return result(Err(e)),
+    };
+    let media_call = MediaCall {
+        job_id,
+        call_id: c.id.clone(),
+        tool: c.name.clone(),
+        key: turn.key.clone(),
+        choice: turn.request.token_type.unwrap_or(TokenChoice::Auto),
+        ready,
+        unit_usd: unit_price(&services.config.tools, def),
+        priority: turn.model.tier.priority,
+    };
+    let rx = ToolExecutorActor::run(Arc::clone(services), media_call, progress);
+    let outcome = rx.await.unwrap_or_else(|_| {
+        Err(ToolError::new(
+            "MODEL_UNAVAILABLE",
+            "the call was lost",
+            true,
+        ))
+    });
+    result(outcome.map(|assets| Made {
+        assets,
+        indices: Vec::new(),
+        result: None,
+        usage: None,
+    }))
 }
 
 /// USD per unit of `def`: its own price, else its unit's.

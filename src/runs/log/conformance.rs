@@ -12,6 +12,7 @@ fn meta(run: &str, idem: Option<&str>) -> RunMeta {
         secret_hash: "hash".into(),
         idempotency_key: idem.map(String::from),
         created_ms: 1,
+        origin: "http://h".into(),
     }
 }
 

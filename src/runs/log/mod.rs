@@ -29,6 +29,9 @@ pub struct RunMeta {
     pub secret_hash: String,
     pub idempotency_key: Option<String>,
     pub created_ms: u64,
+    /// Where the run was created (`scheme://host`): its media URLs are made under it.
+    #[serde(default)]
+    pub origin: String,
 }
 
 /// Who executes a run, until when (contract §3's `lease`).
