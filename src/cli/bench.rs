@@ -78,6 +78,9 @@ pub enum BenchTarget {
     /// Hosted media calls: the time the platform adds to a backend's, or calls a second
     /// through simulated media workers, in-process
     Media(super::bench_media::MediaBenchArgs),
+    /// Durable runs' events: the delay from an append to a follower (the SSE path) with many
+    /// runs in flight, and the store's growth per run
+    Runs(super::bench_runs::RunsBenchArgs),
 }
 
 #[derive(Serialize)]
@@ -292,6 +295,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let path = match a.target {
         Some(BenchTarget::Placement(p)) => return super::bench_placement::run(p),
         Some(BenchTarget::Media(m)) => return super::bench_media::run(m),
+        Some(BenchTarget::Runs(r)) => return super::bench_runs::run(r),
         None => a
             .model
             .clone()

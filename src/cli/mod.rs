@@ -8,6 +8,7 @@ mod bench_constraint;
 mod bench_gpu;
 mod bench_media;
 mod bench_placement;
+mod bench_runs;
 pub mod coordinator;
 pub mod engine;
 pub mod front;

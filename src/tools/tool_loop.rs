@@ -346,7 +346,7 @@ pub async fn run_call(
         )));
     };
     if def.kind == Kind::Composition {
-        let r = composition::run(&services, turn, def, &c.arguments, job_id).await;
+        let r = composition::run(services, turn, def, &c.arguments, job_id).await;
         return result(r.map(|(v, usage)| Made {
             assets: Vec::new(),
             indices: Vec::new(),

@@ -12,19 +12,12 @@ import httpx
 import pytest
 
 from conftest import MODEL_ID, REPO, Server, poll
-from test_hosted_tools import FORCE_IMAGE, Standin, png_ok
+from test_hosted_tools import FORCE_IMAGE, png_ok, standin  # noqa: F401 (the stand-in fixture)
 
 NODE_DIR = REPO / "tests/node"
 TERMINAL = {"run_completed", "run_partial_failure", "run_failed", "run_cancelled"}
 HI = [{"role": "user", "content": "Say hello in five words."}]
 DRAW = [{"role": "user", "content": "Draw a red fox in the snow."}]
-
-
-@pytest.fixture(scope="module")
-def standin(tmp_path_factory):
-    s = Standin(tmp_path_factory.mktemp("standin"))
-    yield s
-    s.stop()
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +234,15 @@ def test_bad_create_bodies_are_400s_that_create_nothing(server, key, body, field
     r = http.post("/v1/chat/runs", json=body)
     assert r.status_code == 400, r.text
     assert r.json()["status"] == "error" and field in r.json()["message"], r.json()
+
+
+def test_the_readme_python_example_runs_as_written(server, key):
+    readme = (REPO / "README.md").read_text().split("## Durable chat runs\n", 1)[1]
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    import os
+    import sys
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "SUPERNET_URL": server.url, "SUPERNET_API_KEY": key})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[0].startswith("1 run_started") and "run_completed" in lines[-2] and lines[-1], lines

@@ -92,20 +92,35 @@ impl RedbRunLog {
         self.db.begin_read().map_err(backend)
     }
 
+    /// Up to `limit` runs of `table` whose time is before `bound`.
+    fn below(
+        &self,
+        table: TableDefinition<&str, u64>,
+        bound: u64,
+        limit: usize,
+    ) -> Result<Vec<String>, LogError> {
+        let tx = self.read_tx()?;
+        let t = tx.open_table(table).map_err(backend)?;
+        let mut out = Vec::new();
+        for r in t.iter().map_err(backend)? {
+            let (k, v) = r.map_err(backend)?;
+            if v.value() < bound {
+                out.push(k.value().to_string());
+                if out.len() == limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The run's next sequence, from memory or (once) from the file.
     fn next_of(&self, run_id: &str) -> Result<u64, LogError> {
         if let Some(n) = crate::locks::lock(&self.next).get(run_id) {
             return Ok(*n);
         }
         let tx = self.read_tx()?;
-        let t = tx.open_table(EVENTS).map_err(backend)?;
-        let last = t
-            .range((run_id, 0)..=(run_id, u64::MAX))
-            .map_err(backend)?
-            .next_back()
-            .transpose()
-            .map_err(backend)?
-            .map_or(0, |(k, _)| k.value().1 + 1);
+        let last = next_after(&tx.open_table(EVENTS).map_err(backend)?, run_id)?;
         crate::locks::lock(&self.next).insert(run_id.to_string(), last);
         Ok(last)
     }
@@ -118,15 +133,21 @@ fn lease_of(tx: &WriteTransaction, run_id: &str) -> Result<Option<Lease>, LogErr
 }
 
 fn next_in(tx: &WriteTransaction, run_id: &str) -> Result<u64, LogError> {
-    let t = tx.open_table(EVENTS).map_err(backend)?;
-    let last = t
+    next_after(&tx.open_table(EVENTS).map_err(backend)?, run_id)
+}
+
+/// The sequence after the last event of `run_id` in `events` (0 for none).
+fn next_after(
+    events: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
+    run_id: &str,
+) -> Result<u64, LogError> {
+    Ok(events
         .range((run_id, 0)..=(run_id, u64::MAX))
         .map_err(backend)?
         .next_back()
         .transpose()
         .map_err(backend)?
-        .map_or(0, |(k, _)| k.value().1 + 1);
-    Ok(last)
+        .map_or(0, |(k, _)| k.value().1 + 1))
 }
 
 impl RunLog for RedbRunLog {
@@ -323,19 +344,7 @@ impl RunLog for RedbRunLog {
     }
 
     fn orphans(&self, now_ms: u64, limit: usize) -> Result<Vec<String>, LogError> {
-        let tx = self.read_tx()?;
-        let t = tx.open_table(ACTIVE).map_err(backend)?;
-        let mut out = Vec::new();
-        for r in t.iter().map_err(backend)? {
-            let (k, v) = r.map_err(backend)?;
-            if v.value() < now_ms {
-                out.push(k.value().to_string());
-                if out.len() == limit {
-                    break;
-                }
-            }
-        }
-        Ok(out)
+        self.below(ACTIVE, now_ms, limit)
     }
 
     fn request_cancel(&self, run_id: &str, reason: &str) -> Result<(), LogError> {
@@ -366,19 +375,7 @@ impl RunLog for RedbRunLog {
     }
 
     fn ended_before(&self, before_ms: u64, limit: usize) -> Result<Vec<String>, LogError> {
-        let tx = self.read_tx()?;
-        let t = tx.open_table(ENDED).map_err(backend)?;
-        let mut out = Vec::new();
-        for r in t.iter().map_err(backend)? {
-            let (k, v) = r.map_err(backend)?;
-            if v.value() < before_ms {
-                out.push(k.value().to_string());
-                if out.len() == limit {
-                    break;
-                }
-            }
-        }
-        Ok(out)
+        self.below(ENDED, before_ms, limit)
     }
 
     fn delete(&self, run_id: &str) -> Result<(), LogError> {
