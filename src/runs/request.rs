@@ -159,14 +159,13 @@ fn refuse_inline_media(snapshot: &Map<String, Value>) -> Result<(), ApiError> {
         }
     }
     for (i, r) in array(snapshot, "mediaReferences").iter().enumerate() {
-        for field in ["url", "dataUri", "data_uri", "data", "value"] {
-            if data(r.get(field))
-                || (field != "url"
-                    && r.get(field).is_some_and(|v| !v.is_null())
-                    && field.starts_with("data"))
-            {
-                return refuse(format!("media_references[{i}].{field}"));
-            }
+        // `url` and `value` must not be data URIs; the inline fields must not be there.
+        let inline = ["dataUri", "data_uri", "data"]
+            .into_iter()
+            .find(|f| r.get(*f).is_some_and(|v| !v.is_null()));
+        let data_url = ["url", "value"].into_iter().find(|f| data(r.get(*f)));
+        if let Some(field) = inline.or(data_url) {
+            return refuse(format!("media_references[{i}].{field}"));
         }
     }
     if let Some(ctx) = snapshot.get("mediaContext").and_then(Value::as_object) {

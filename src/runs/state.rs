@@ -465,3 +465,104 @@ fn same(a: &Value, b: &Value) -> bool {
         _ => a == b,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(events: &[(&str, Value)]) -> Vec<RunEvent> {
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, (k, p))| {
+                let mut e = RunEvent::new(k, p.clone());
+                e.sequence = i as u64;
+                e
+            })
+            .collect()
+    }
+
+    /// A run whose round 0 called one hosted tool, dispatched and not yet resolved.
+    fn dispatched() -> Vec<(&'static str, Value)> {
+        vec![
+            (
+                "run_created",
+                json!({"runId": "run_1", "request": {"messages": [{"role": "user", "content": "draw"}]}}),
+            ),
+            ("run_started", json!({})),
+            ("llm_round_started", json!({"round": 0})),
+            (
+                "assistant_message_delta",
+                json!({"round": 0, "content": "Sure"}),
+            ),
+            (
+                "llm_round_completed",
+                json!({"round": 0, "content": "Sure", "finishReason": "tool_calls",
+                "toolCalls": [{"id": "c1", "name": "sogni_generate_image", "arguments": "{}", "hosted": true}],
+                "usage": {"promptTokens": 10, "completionTokens": 5}}),
+            ),
+            (
+                "tool_call_proposed",
+                json!({"toolCallId": "c1", "toolName": "sogni_generate_image", "arguments": {}}),
+            ),
+            (
+                "tool_call_dispatched",
+                json!({"toolCallId": "c1", "toolName": "sogni_generate_image", "jobId": "run_1-t0-0", "estimatedUsdCost": 0.02}),
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_dispatched_call_is_resumed_under_its_job_id() {
+        let s = RunState::fold(&log(&dispatched()));
+        assert_eq!(s.status, "running");
+        let pending = s.unresolved_calls();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(s.calls["c1"].job_id.as_deref(), Some("run_1-t0-0"));
+        assert_eq!(s.usage, (10, 5));
+        assert!((s.spent_estimate_usd - 0.02).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_resolved_call_joins_the_conversation_and_the_media_context() {
+        let mut events = dispatched();
+        events.push(("tool_call_resolved", json!({"toolCallId": "c1", "toolName": "sogni_generate_image", "status": "ok",
+            "result": {"ok": true, "output_assets": [{"url": "http://h/v1/media/a1?exp=1&sig=x"}]},
+            "assets": [{"id": "a1", "account_id": "acct", "kind": "Image", "mime": "image/png", "size_bytes": 1,
+                        "width": 1, "height": 1, "duration_ms": null}]})));
+        events.push((
+            "run_completed",
+            json!({"finalResponse": {"content": "Here", "finishReason": "stop"}}),
+        ));
+        let s = RunState::fold(&log(&events));
+        assert!(s.unresolved_calls().is_empty());
+        assert_eq!(s.generated.len(), 1);
+        assert_eq!(
+            s.turns.len(),
+            2,
+            "the assistant's calls and the tool's result"
+        );
+        let snap = s.snapshot(None);
+        assert_eq!(snap["status"], "completed");
+        assert_eq!(
+            snap["mediaContext"]["images"][0],
+            "http://h/v1/media/a1?exp=1&sig=x"
+        );
+        assert_eq!(snap["messages"].as_array().map(Vec::len), Some(4));
+        assert!(snap.get("lease").is_none());
+    }
+
+    #[test]
+    fn previews_compare_numbers_by_value() {
+        let issued = json!({"totalEstimatedCapacityUnits": 2.0, "validityUntil": "2999-01-01T00:00:00.000Z"});
+        let mut s = RunState::fold(&log(&dispatched()[..1]));
+        s.waiting = Some(json!({"details": {"costApprovalPreview": issued}}));
+        let echoed =
+            json!({"totalEstimatedCapacityUnits": 2, "validityUntil": "2999-01-01T00:00:00.000Z"});
+        assert_eq!(s.preview_matches(&echoed, 0), Ok(()));
+        let changed =
+            json!({"totalEstimatedCapacityUnits": 1, "validityUntil": "2999-01-01T00:00:00.000Z"});
+        assert_eq!(s.preview_matches(&changed, 0), Err("changed"));
+        assert_eq!(s.preview_matches(&echoed, u64::MAX), Err("expired"));
+    }
+}
