@@ -289,8 +289,7 @@ async fn end_unexecuted(
             return Ok(());
         }
         log.append(&run, &owner, &[last])?;
-        log.park(&run, &owner)?;
-        log.finished(&run, now)
+        log.retire(&run, &owner, now)
     })
     .await;
     match r {
@@ -436,8 +435,7 @@ async fn confirm(
             log.activate(&run)?;
             log.claim(&run, &owner, now, until).map(drop)
         } else {
-            log.park(&run, &owner)?;
-            log.finished(&run, now)
+            log.retire(&run, &owner, now)
         }
     })
     .await

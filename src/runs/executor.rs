@@ -151,11 +151,7 @@ impl Executor {
             self.runs().owner.clone(),
         );
         let now = crate::clock::unix_ms();
-        let r = blocking(move || {
-            log.park(&run, &owner)?;
-            log.finished(&run, now)
-        })
-        .await;
+        let r = blocking(move || log.retire(&run, &owner, now)).await;
         if let Err(e) = r {
             tracing::warn!(run = %self.meta.run_id, error = %e, "retiring an ended run");
         }

@@ -113,4 +113,11 @@ pub trait RunLog: Send + Sync {
     fn ended_before(&self, before_ms: u64, limit: usize) -> Result<Vec<String>, LogError>;
     /// Deletes everything of the run.
     fn delete(&self, run_id: &str) -> Result<(), LogError>;
+
+    /// `owner` ended the run at `at_ms`: it needs no executor any more, and its retention
+    /// starts.
+    fn retire(&self, run_id: &str, owner: &str, at_ms: u64) -> Result<(), LogError> {
+        self.park(run_id, owner)?;
+        self.finished(run_id, at_ms)
+    }
 }
