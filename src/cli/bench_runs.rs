@@ -137,6 +137,7 @@ async fn drive(
             idempotency_key: None,
             created_ms: crate::clock::unix_ms(),
             origin: String::new(),
+            kind: crate::runs::log::KIND_CHAT.into(),
         };
         log.create(&meta, &RunEvent::new("run_created", json!({"runId": run})))?;
         log.claim(

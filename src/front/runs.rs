@@ -158,6 +158,7 @@ async fn create_run(
         idempotency_key: idem,
         created_ms: crate::clock::unix_ms(),
         origin: super::chat::origin(req),
+        kind: crate::runs::log::KIND_CHAT.into(),
     };
     let runs = Arc::clone(&s.runs);
     let (log, m, f) = (Arc::clone(&runs.log), meta.clone(), first.clone());

@@ -13,6 +13,7 @@ fn meta(run: &str, idem: Option<&str>) -> RunMeta {
         idempotency_key: idem.map(String::from),
         created_ms: 1,
         origin: "http://h".into(),
+        kind: KIND_CHAT.into(),
     }
 }
 
@@ -35,6 +36,7 @@ pub fn run(log: &dyn RunLog) {
     leases_expire_and_orphans_are_found(log);
     followers_wake_on_appends(log);
     cancel_retention_and_delete(log);
+    kinds_are_listed_apart_and_reopen(log);
 }
 
 fn create_is_idempotent_per_account_key(log: &dyn RunLog) {
@@ -173,6 +175,46 @@ fn cancel_retention_and_delete(log: &dyn RunLog) {
             .unwrap(),
         Created::New
     );
+}
+
+fn kinds_are_listed_apart_and_reopen(log: &dyn RunLog) {
+    let workflow = |run: &str, created_ms: u64, idem: Option<&str>| RunMeta {
+        kind: KIND_WORKFLOW.into(),
+        created_ms,
+        ..meta(run, idem)
+    };
+    // A workflow's idempotency key is not a chat run's (r4 holds "k" for chat).
+    assert_eq!(
+        log.create(&workflow("w1", 10, Some("k")), &event(0, "workflow_started"))
+            .unwrap(),
+        Created::New
+    );
+    assert_eq!(
+        log.create(&workflow("w2", 30, Some("k")), &event(0, "workflow_started"))
+            .unwrap(),
+        Created::Existing("w1".into())
+    );
+    for (run, at) in [("w2", 30), ("w3", 20)] {
+        log.create(&workflow(run, at, None), &event(0, "workflow_started"))
+            .unwrap();
+    }
+    let list = |offset, limit| log.list("acct", KIND_WORKFLOW, offset, limit).unwrap();
+    assert_eq!(list(0, 10), ["w2", "w3", "w1"]);
+    assert_eq!(list(1, 1), ["w3"]);
+    assert!(list(3, 10).is_empty());
+    assert!(log.list("other", KIND_WORKFLOW, 0, 10).unwrap().is_empty());
+    assert!(log.list("acct", KIND_CHAT, 0, 10).unwrap().contains(&"r4".to_string()));
+    // An ended, cancelled workflow reopened needs an executor and is due for nothing.
+    log.claim("w1", "o", 1, 2).unwrap();
+    log.request_cancel("w1", "user").unwrap();
+    log.retire("w1", "o", 5).unwrap();
+    assert!(!log.orphans(1_000, 100).unwrap().contains(&"w1".to_string()));
+    log.reopen("w1").unwrap();
+    assert_eq!(log.cancel_requested("w1").unwrap(), None);
+    assert!(!log.ended_before(1_000, 100).unwrap().contains(&"w1".to_string()));
+    assert!(log.orphans(1_000, 100).unwrap().contains(&"w1".to_string()));
+    log.delete("w1").unwrap();
+    assert_eq!(list(0, 10), ["w2", "w3"]);
 }
 
 #[test]

@@ -30,6 +30,8 @@ const LEASES: TableDefinition<&str, &[u8]> = TableDefinition::new("run_leases");
 const ACTIVE: TableDefinition<&str, u64> = TableDefinition::new("run_active");
 const CANCEL: TableDefinition<&str, &str> = TableDefinition::new("run_cancel");
 const ENDED: TableDefinition<&str, u64> = TableDefinition::new("run_ended");
+/// (account, kind, `u64::MAX` - created ms, run id): each account's runs, newest first.
+const LISTED: TableDefinition<(&str, &str, u64, &str), ()> = TableDefinition::new("run_listed");
 
 /// The file name under the data dir.
 pub const FILE: &str = "runs.redb";
@@ -73,6 +75,7 @@ impl RedbRunLog {
             tx.open_table(ACTIVE).map_err(backend)?;
             tx.open_table(CANCEL).map_err(backend)?;
             tx.open_table(ENDED).map_err(backend)?;
+            tx.open_table(LISTED).map_err(backend)?;
             Ok(())
         })?;
         Ok(log)
@@ -126,6 +129,15 @@ impl RedbRunLog {
     }
 }
 
+fn listed_key(m: &RunMeta) -> (&str, &str, u64, &str) {
+    (
+        m.account_id.as_str(),
+        m.kind.as_str(),
+        u64::MAX - m.created_ms,
+        m.run_id.as_str(),
+    )
+}
+
 fn lease_of(tx: &WriteTransaction, run_id: &str) -> Result<Option<Lease>, LogError> {
     let t = tx.open_table(LEASES).map_err(backend)?;
     let v = t.get(run_id).map_err(backend)?;
@@ -153,7 +165,7 @@ fn next_after(
 impl RunLog for RedbRunLog {
     fn create(&self, meta: &RunMeta, first: &RunEvent) -> Result<Created, LogError> {
         let created = self.write(|tx| {
-            if let Some(key) = &meta.idempotency_key {
+            if let Some(key) = &meta.scoped_idempotency_key() {
                 let mut idem = tx.open_table(IDEMPOTENCY).map_err(backend)?;
                 let existing = idem
                     .get((meta.account_id.as_str(), key.as_str()))
@@ -182,6 +194,10 @@ impl RunLog for RedbRunLog {
             tx.open_table(ACTIVE)
                 .map_err(backend)?
                 .insert(id, 0)
+                .map_err(backend)?;
+            tx.open_table(LISTED)
+                .map_err(backend)?
+                .insert(listed_key(meta), ())
                 .map_err(backend)?;
             Ok(Created::New)
         })?;
@@ -343,6 +359,47 @@ impl RunLog for RedbRunLog {
         })
     }
 
+    fn reopen(&self, run_id: &str) -> Result<(), LogError> {
+        self.write(|tx| {
+            for table in [ENDED, ACTIVE] {
+                tx.open_table(table)
+                    .map_err(backend)?
+                    .remove(run_id)
+                    .map_err(backend)?;
+            }
+            tx.open_table(CANCEL)
+                .map_err(backend)?
+                .remove(run_id)
+                .map_err(backend)?;
+            tx.open_table(ACTIVE)
+                .map_err(backend)?
+                .insert(run_id, 0)
+                .map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn list(
+        &self,
+        account_id: &str,
+        kind: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<String>, LogError> {
+        let tx = self.read_tx()?;
+        let t = tx.open_table(LISTED).map_err(backend)?;
+        let mut out = Vec::new();
+        for r in t.range((account_id, kind, 0, "")..).map_err(backend)? {
+            let (k, _) = r.map_err(backend)?;
+            let (a, k, _, id) = k.value();
+            if a != account_id || k != kind || out.len() == offset + limit {
+                break;
+            }
+            out.push(id.to_string());
+        }
+        Ok(out.split_off(offset.min(out.len())))
+    }
+
     fn orphans(&self, now_ms: u64, limit: usize) -> Result<Vec<String>, LogError> {
         self.below(ACTIVE, now_ms, limit)
     }
@@ -385,11 +442,16 @@ impl RunLog for RedbRunLog {
                 let v = t.get(run_id).map_err(backend)?;
                 v.map(|v| decode(v.value())).transpose()?
             };
-            if let Some(key) = meta.as_ref().and_then(|m| m.idempotency_key.as_ref()) {
-                let account = meta.as_ref().map_or("", |m| m.account_id.as_str());
-                tx.open_table(IDEMPOTENCY)
+            if let Some(m) = &meta {
+                if let Some(key) = m.scoped_idempotency_key() {
+                    tx.open_table(IDEMPOTENCY)
+                        .map_err(backend)?
+                        .remove((m.account_id.as_str(), key.as_str()))
+                        .map_err(backend)?;
+                }
+                tx.open_table(LISTED)
                     .map_err(backend)?
-                    .remove((account, key.as_str()))
+                    .remove(listed_key(m))
                     .map_err(backend)?;
             }
             let n = next_in(tx, run_id)?;

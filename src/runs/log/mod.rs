@@ -32,6 +32,31 @@ pub struct RunMeta {
     /// Where the run was created (`scheme://host`): its media URLs are made under it.
     #[serde(default)]
     pub origin: String,
+    /// What kind of run it is ([`KIND_CHAT`] or [`KIND_WORKFLOW`]): each kind is listed
+    /// apart, and its idempotency keys are its own.
+    #[serde(default = "chat_kind")]
+    pub kind: String,
+}
+
+/// A durable chat run (`/v1/chat/runs`).
+pub const KIND_CHAT: &str = "chat";
+/// A creative workflow (`/v1/creative-agent/workflows`).
+pub const KIND_WORKFLOW: &str = "workflow";
+
+fn chat_kind() -> String {
+    KIND_CHAT.into()
+}
+
+impl RunMeta {
+    /// The idempotency key as stored: a chat run's as sent, another kind's under its kind.
+    pub fn scoped_idempotency_key(&self) -> Option<String> {
+        let key = self.idempotency_key.as_deref()?;
+        Some(if self.kind == KIND_CHAT {
+            key.to_string()
+        } else {
+            format!("{}:{key}", self.kind)
+        })
+    }
 }
 
 /// Who executes a run, until when (contract §3's `lease`).
@@ -68,7 +93,7 @@ pub enum LogError {
 
 pub trait RunLog: Send + Sync {
     /// Creates a run with its first event (sequence 0), unless the account already made one
-    /// under `meta.idempotency_key`. The run starts out needing an executor.
+    /// of its kind under `meta.idempotency_key`. The run starts out needing an executor.
     fn create(&self, meta: &RunMeta, first: &RunEvent) -> Result<Created, LogError>;
     fn meta(&self, run_id: &str) -> Result<Option<RunMeta>, LogError>;
     /// Appends `events` (numbered from the log's next sequence, which must be
@@ -99,6 +124,17 @@ pub trait RunLog: Send + Sync {
     fn park(&self, run_id: &str, owner: &str) -> Result<(), LogError>;
     /// The run needs an executor again (its user answered).
     fn activate(&self, run_id: &str) -> Result<(), LogError>;
+    /// An ended run goes on (a workflow resumed after it failed or was cancelled): it is no
+    /// longer due for deletion, its cancel request is forgotten, and it needs an executor.
+    fn reopen(&self, run_id: &str) -> Result<(), LogError>;
+    /// The account's runs of `kind`, newest first: up to `limit` after the first `offset`.
+    fn list(
+        &self,
+        account_id: &str,
+        kind: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<String>, LogError>;
     /// Up to `limit` runs that need an executor and whose lease ended before `now_ms`.
     fn orphans(&self, now_ms: u64, limit: usize) -> Result<Vec<String>, LogError>;
 

@@ -9,7 +9,8 @@
 //! | `sn:v1:run:{id}:meta` | string | [`RunMeta`] (JSON) |
 //! | `sn:v1:run:{id}:lease` | string | [`Lease`] (JSON) |
 //! | `sn:v1:run:{id}:cancel` | string | the cancel's reason |
-//! | `sn:v1:runs:idem:{account}:{key}` | string | run id |
+//! | `sn:v1:runs:idem:{account}:{key}` | string | run id (a workflow's key is `workflow:{key}`) |
+//! | `sn:v1:runs:list:{account}:{kind}` | sorted set | the account's runs of a kind, scored by creation (ms) |
 //! | `sn:v1:runs:active` | sorted set | runs that need an executor, scored by lease end (ms) |
 //! | `sn:v1:runs:ended` | sorted set | ended runs, scored by when (ms) |
 
@@ -35,8 +36,13 @@ fn idem_key(account: &str, idem: &str) -> String {
     format!("sn:v1:runs:idem:{account}:{idem}")
 }
 
-/// KEYS: idempotency, meta, events, active. ARGV: run id, meta, first event, whether an
-/// idempotency key is given. Returns "" when created, else the existing run's id.
+fn list_key(account: &str, kind: &str) -> String {
+    format!("sn:v1:runs:list:{account}:{kind}")
+}
+
+/// KEYS: idempotency, meta, events, active, list. ARGV: run id, meta, first event, whether
+/// an idempotency key is given, created ms. Returns "" when created, else the existing
+/// run's id.
 const CREATE: &str = r#"
 if ARGV[4] == '1' then
   local existing = redis.call('GET', KEYS[1])
@@ -46,6 +52,7 @@ end
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('XADD', KEYS[3], '1-0', 'e', ARGV[3])
 redis.call('ZADD', KEYS[4], 0, ARGV[1])
+redis.call('ZADD', KEYS[5], ARGV[5], ARGV[1])
 return ''
 "#;
 
@@ -148,9 +155,8 @@ impl RunLog for RedisRunLog {
         let mut first = first.clone();
         first.sequence = 0;
         let idem = meta
-            .idempotency_key
-            .as_deref()
-            .map(|k| idem_key(&meta.account_id, k));
+            .scoped_idempotency_key()
+            .map(|k| idem_key(&meta.account_id, &k));
         let (meta_json, first_json) = (
             serde_json::to_string(meta).map_err(backend)?,
             serde_json::to_string(&first).map_err(backend)?,
@@ -161,10 +167,12 @@ impl RunLog for RedisRunLog {
                 .key(key(&meta.run_id, "meta"))
                 .key(key(&meta.run_id, "events"))
                 .key(ACTIVE)
+                .key(list_key(&meta.account_id, &meta.kind))
                 .arg(&meta.run_id)
                 .arg(&meta_json)
                 .arg(&first_json)
                 .arg(if idem.is_some() { "1" } else { "0" })
+                .arg(meta.created_ms)
                 .invoke(c)
         })?;
         Ok(if existing.is_empty() {
@@ -306,6 +314,36 @@ impl RunLog for RedisRunLog {
         Ok(())
     }
 
+    fn reopen(&self, run_id: &str) -> Result<(), LogError> {
+        self.with(|c| {
+            redis::pipe()
+                .atomic()
+                .zrem(ENDED, run_id)
+                .del(key(run_id, "cancel"))
+                .zadd(ACTIVE, run_id, 0)
+                .query::<()>(c)
+        })
+    }
+
+    fn list(
+        &self,
+        account_id: &str,
+        kind: &str,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<String>, LogError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.with(|c| {
+            c.zrevrange(
+                list_key(account_id, kind),
+                offset as isize,
+                (offset + limit - 1) as isize,
+            )
+        })
+    }
+
     fn orphans(&self, now_ms: u64, limit: usize) -> Result<Vec<String>, LogError> {
         self.with(|c| {
             c.zrangebyscore_limit(ACTIVE, "-inf", format!("({now_ms}"), 0, limit as isize)
@@ -336,14 +374,19 @@ impl RunLog for RedisRunLog {
             .iter()
             .map(|p| key(run_id, p))
             .collect();
+        let mut listed = None;
         if let Some(m) = &meta {
-            if let Some(k) = &m.idempotency_key {
-                keys.push(idem_key(&m.account_id, k));
+            if let Some(k) = m.scoped_idempotency_key() {
+                keys.push(idem_key(&m.account_id, &k));
             }
+            listed = Some(list_key(&m.account_id, &m.kind));
         }
         self.with(|c| {
-            redis::pipe()
-                .atomic()
+            let mut p = redis::pipe();
+            if let Some(l) = &listed {
+                p.zrem(l, run_id);
+            }
+            p.atomic()
                 .del(&keys)
                 .zrem(ACTIVE, run_id)
                 .zrem(ENDED, run_id)
