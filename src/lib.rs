@@ -30,3 +30,4 @@ pub mod telemetry;
 mod test_redis;
 pub mod tools;
 pub mod worker;
+pub mod workflows;

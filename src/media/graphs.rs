@@ -15,9 +15,10 @@ use serde_json::{Map, Value};
 use crate::protocol::media::MediaKind;
 
 /// The graphs this build ships, the defaults.
-const DEFAULTS: [&str; 7] = [
+const DEFAULTS: [&str; 8] = [
     include_str!("../../media/graphs/text_to_image.json"),
     include_str!("../../media/graphs/image_edit.json"),
+    include_str!("../../media/graphs/image_edit_multi.json"),
     include_str!("../../media/graphs/text_to_video.json"),
     include_str!("../../media/graphs/image_to_video.json"),
     include_str!("../../media/graphs/sound_to_video.json"),

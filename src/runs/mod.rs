@@ -67,7 +67,7 @@ impl Runs {
     }
 
     /// Registers an executor of `run_id`; `None` when this front already executes it.
-    fn register(&self, run_id: &str) -> Option<watch::Receiver<Signal>> {
+    pub(crate) fn register(&self, run_id: &str) -> Option<watch::Receiver<Signal>> {
         let mut e = crate::locks::lock(&self.executing);
         if e.contains_key(run_id) {
             return None;
@@ -77,7 +77,7 @@ impl Runs {
         Some(rx)
     }
 
-    fn unregister(&self, run_id: &str) {
+    pub(crate) fn unregister(&self, run_id: &str) {
         crate::locks::lock(&self.executing).remove(run_id);
     }
 

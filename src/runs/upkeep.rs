@@ -1,7 +1,8 @@
 //! What each front does for durable runs in the background, in one loop: tell its executors
 //! of cancels asked for on any front, renew their leases (an executor whose lease another
 //! front took is told to stop), adopt runs that need an executor and whose lease ended (their
-//! front died), and delete runs that ended longer ago than the retention period.
+//! front died; a workflow to the workflow executor), and delete runs that ended longer ago
+//! than the retention period.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -121,11 +122,12 @@ async fn adopt(services: &Arc<Services>) {
         Ok(adopted) => {
             for run in adopted {
                 tracing::info!(run = %run, "adopting a run whose executor stopped");
-                executor::execute(
-                    Arc::clone(services),
-                    run,
-                    Some("executor_lease_expired".into()),
-                );
+                let why = Some("executor_lease_expired".into());
+                if crate::workflows::is_workflow(&run) {
+                    crate::workflows::executor::execute(Arc::clone(services), run, why);
+                } else {
+                    executor::execute(Arc::clone(services), run, why);
+                }
             }
         }
         Err(e) => tracing::warn!(error = %e, "looking for runs without an executor"),

@@ -39,7 +39,7 @@ pub async fn prepare(
         Ok(Value::Object(o)) => o,
         _ => return Err(invalid("the arguments must be a JSON object".into())),
     };
-    check_schema(def, &args).map_err(invalid)?;
+    check_arguments(def, &args).map_err(invalid)?;
     let mut pipeline = def
         .pipeline
         .clone()
@@ -88,6 +88,13 @@ pub async fn prepare(
             let uri = value
                 .as_str()
                 .ok_or_else(|| invalid(format!("`{name}` must be a data: URI string")))?;
+            if let Some(asset) = media.by_url(uri) {
+                inputs.push(MediaInput {
+                    role: arg.role.clone(),
+                    asset: asset.clone(),
+                });
+                continue;
+            }
             let m =
                 data_uri::parse(uri, Some(kind)).map_err(|e| invalid(format!("`{name}`: {e}")))?;
             let asset = assets
@@ -142,6 +149,15 @@ pub async fn prepare(
     })
 }
 
+/// The units a call with `args` (as the model or a workflow wrote them) is billed by.
+pub fn units_of(def: &ToolDef, args: &Map<String, Value>) -> u64 {
+    let plain: Map<String, Value> = args
+        .iter()
+        .map(|(k, v)| (snake_case(def.rename.get(k).unwrap_or(k)), v.clone()))
+        .collect();
+    units(def, &plain)
+}
+
 /// What the call is billed by: images asked for, or seconds.
 fn units(def: &ToolDef, args: &Map<String, Value>) -> u64 {
     match def.unit {
@@ -165,7 +181,7 @@ fn units(def: &ToolDef, args: &Map<String, Value>) -> u64 {
 
 /// The required properties are there, no unknown ones are, and each present one has its
 /// schema's type, enum and range.
-fn check_schema(def: &ToolDef, args: &Map<String, Value>) -> Result<(), String> {
+pub fn check_arguments(def: &ToolDef, args: &Map<String, Value>) -> Result<(), String> {
     def.check_names(args)?;
     let props = def.parameters["properties"].as_object();
     for (name, value) in args {
@@ -234,22 +250,22 @@ mod tests {
     fn the_schema_check_names_the_problem() {
         let def = catalog().get("sogni_generate_image").expect("tool");
         let args = |v: Value| v.as_object().cloned().expect("object");
-        assert!(check_schema(def, &args(serde_json::json!({"prompt": "x"}))).is_ok());
-        let e = check_schema(def, &args(serde_json::json!({"width": 512}))).expect_err("missing");
+        assert!(check_arguments(def, &args(serde_json::json!({"prompt": "x"}))).is_ok());
+        let e = check_arguments(def, &args(serde_json::json!({"width": 512}))).expect_err("missing");
         assert!(e.contains("prompt"), "{e}");
-        let e = check_schema(
+        let e = check_arguments(
             def,
             &args(serde_json::json!({"prompt": "x", "width": "big"})),
         )
         .expect_err("type");
         assert!(e.contains("width"), "{e}");
-        let e = check_schema(
+        let e = check_arguments(
             def,
             &args(serde_json::json!({"prompt": "x", "width": 99999})),
         )
         .expect_err("range");
         assert!(e.contains("at most"), "{e}");
-        let e = check_schema(def, &args(serde_json::json!({"prompt": "x", "color": 1})))
+        let e = check_arguments(def, &args(serde_json::json!({"prompt": "x", "color": 1})))
             .expect_err("unknown");
         assert!(e.contains("color"), "{e}");
         assert_eq!(

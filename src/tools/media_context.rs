@@ -9,6 +9,8 @@ use crate::protocol::media::{Asset, MediaKind};
 pub struct MediaContext {
     generated: [Vec<Asset>; 3],
     uploaded: [Vec<Asset>; 3],
+    /// Media a workflow binds by URL: an argument holding one of these URLs takes its asset.
+    urls: Vec<(String, Asset)>,
 }
 
 fn slot(kind: MediaKind) -> usize {
@@ -35,6 +37,16 @@ impl MediaContext {
                 list.len() as i64 - 1
             })
             .collect()
+    }
+
+    /// Lets an argument name `asset` by `url`.
+    pub fn bind_url(&mut self, url: String, asset: Asset) {
+        self.urls.push((url, asset));
+    }
+
+    /// The asset bound to `url`, if one is.
+    pub fn by_url(&self, url: &str) -> Option<&Asset> {
+        self.urls.iter().find(|(u, _)| u == url).map(|(_, a)| a)
     }
 
     /// The item `index` names, if any.
