@@ -2,7 +2,8 @@
 //! validates and writes responses; each chat request's work is a SessionActor's, and the
 //! front reaches models only through actors. [`chat`] is the chat route, [`creative`] the
 //! Sogni-native routes of hosted tools and media, [`runs`] and [`run_events`] the durable
-//! chat runs, [`routes`] the others, [`http`] what they share.
+//! chat runs, [`workflows`] the creative workflows, [`routes`] the others, [`http`] what
+//! they share.
 
 pub mod chat;
 pub mod creative;
@@ -10,6 +11,7 @@ pub mod http;
 pub mod routes;
 pub mod run_events;
 pub mod runs;
+pub mod workflows;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,6 +81,42 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/chat/runs/{id}/confirm-cost")
             .route(web::post().to(runs::confirm_cost))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/creative-agent/workflows")
+            .route(web::post().to(workflows::create))
+            .route(web::get().to(workflows::list))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/creative-agent/workflows/{id}")
+            .route(web::get().to(workflows::get))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/creative-agent/workflows/{id}/events")
+            .route(web::get().to(workflows::events))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/creative-agent/workflows/{id}/events/stream")
+            .route(web::get().to(workflows::stream))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/creative-agent/workflows/{id}/cancel")
+            .route(web::post().to(workflows::cancel))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/creative-agent/workflows/{id}/resume")
+            .route(web::post().to(workflows::resume))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/creative-agent/workflows/{id}/reseed")
+            .route(web::post().to(workflows::reseed))
             .default_service(web::to(routes::method_not_allowed)),
     )
     .service(

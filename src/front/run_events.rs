@@ -42,7 +42,7 @@ pub fn after_query(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
 }
 
 /// Where the replay starts: `Last-Event-ID`, else `?after`.
-fn cursor(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
+pub fn cursor(req: &HttpRequest) -> Result<Option<u64>, ApiError> {
     match req.headers().get("last-event-id") {
         Some(v) => v
             .to_str()

@@ -41,12 +41,12 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("No chat run `{id}`"))
 }
 
-fn respond(r: Result<HttpResponse, ApiError>) -> HttpResponse {
+pub(super) fn respond(r: Result<HttpResponse, ApiError>) -> HttpResponse {
     r.unwrap_or_else(|e| sogni_error(&e))
 }
 
 /// `Idempotency-Key`, if sent.
-fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
+pub(super) fn idempotency_key(req: &HttpRequest) -> Result<Option<String>, ApiError> {
     let Some(v) = req.headers().get("idempotency-key") else {
         return Ok(None);
     };
@@ -318,7 +318,10 @@ async fn wait_terminal(s: &Services, id: &str, st: RunState) -> Result<RunState,
 }
 
 /// A body that may be absent (the SDKs send `{}` or nothing).
-async fn optional_body(req: &HttpRequest, payload: web::Payload) -> Result<Value, ApiError> {
+pub(super) async fn optional_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<Value, ApiError> {
     let bytes = super::http::body_bytes(req, payload, MAX_BODY).await?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));

@@ -251,7 +251,8 @@ mod tests {
         let def = catalog().get("sogni_generate_image").expect("tool");
         let args = |v: Value| v.as_object().cloned().expect("object");
         assert!(check_arguments(def, &args(serde_json::json!({"prompt": "x"}))).is_ok());
-        let e = check_arguments(def, &args(serde_json::json!({"width": 512}))).expect_err("missing");
+        let e =
+            check_arguments(def, &args(serde_json::json!({"width": 512}))).expect_err("missing");
         assert!(e.contains("prompt"), "{e}");
         let e = check_arguments(
             def,

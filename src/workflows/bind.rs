@@ -21,7 +21,10 @@ pub struct Bound {
 fn missing(b: &Binding, why: String) -> ToolError {
     ToolError::new(
         "ASSET_NOT_FOUND",
-        format!("binding `{}` from `{}`: {why}", b.target_argument, b.source_step_id),
+        format!(
+            "binding `{}` from `{}`: {why}",
+            b.target_argument, b.source_step_id
+        ),
         false,
     )
 }
@@ -50,9 +53,15 @@ fn source<'a>(b: &Binding, state: &'a WorkflowState) -> Result<Option<&'a Asset>
         (Some(id), _) => st.assets.iter().find(|a| &a.id == id),
         (None, i) => st.assets.get(i.unwrap_or(0)),
     };
-    found
-        .map(Some)
-        .ok_or_else(|| missing(b, format!("the step made {} output(s), none of them the one named", st.assets.len())))
+    found.map(Some).ok_or_else(|| {
+        missing(
+            b,
+            format!(
+                "the step made {} output(s), none of them the one named",
+                st.assets.len()
+            ),
+        )
+    })
 }
 
 /// Binds `step`'s inputs from the workflow's state; `seed` replaces its seed (a reseed).
@@ -63,9 +72,13 @@ pub fn bind(
     origin: &str,
     seed: Option<u64>,
 ) -> Result<Bound, ToolError> {
-    let def = step
-        .def()
-        .ok_or_else(|| ToolError::new("PARAMETER_INVALID", format!("no hosted tool `{}`", step.tool_name), false))?;
+    let def = step.def().ok_or_else(|| {
+        ToolError::new(
+            "PARAMETER_INVALID",
+            format!("no hosted tool `{}`", step.tool_name),
+            false,
+        )
+    })?;
     let mut media = MediaContext::default();
     for u in &state.uploads {
         media.upload(u.clone());

@@ -203,8 +203,10 @@ impl Executor {
         let progress = match resumed {
             Some(reason) => {
                 let count = self.state.resume_count + 1;
-                Some(json!({"status": "running", "message": "Resumed on another front",
-                    "data": {"recovered": true, "reason": reason, "resumeCount": count}}))
+                Some(
+                    json!({"status": "running", "message": "Resumed on another front",
+                    "data": {"recovered": true, "reason": reason, "resumeCount": count}}),
+                )
             }
             None if self.state.status == "queued" => {
                 Some(json!({"status": "running", "message": "Running", "data": {}}))
@@ -234,7 +236,11 @@ impl Executor {
                             key: self.key.clone(),
                             choice: self.token_choice(),
                             ready,
-                            unit_usd: unit_price(&self.services.config.tools, step.def().unwrap_or_else(|| unreachable!("plans name catalog tools"))),
+                            unit_usd: unit_price(
+                                &self.services.config.tools,
+                                step.def()
+                                    .unwrap_or_else(|| unreachable!("plans name catalog tools")),
+                            ),
                             priority: 0,
                         };
                         let rx = ToolExecutorActor::run(
@@ -245,9 +251,17 @@ impl Executor {
                         let (id, tool) = (step.id.clone(), step.tool_name.clone());
                         running.push(async move {
                             let outcome = rx.await.unwrap_or_else(|_| {
-                                Err(ToolError::new("MODEL_UNAVAILABLE", "the call was lost", true))
+                                Err(ToolError::new(
+                                    "MODEL_UNAVAILABLE",
+                                    "the call was lost",
+                                    true,
+                                ))
                             });
-                            Finished { step: id, tool, outcome }
+                            Finished {
+                                step: id,
+                                tool,
+                                outcome,
+                            }
                         });
                     }
                     Err(e) => {
@@ -280,12 +294,10 @@ impl Executor {
         steps
             .iter()
             .filter(|s| {
-                self.state
-                    .step(&s.id)
-                    .is_some_and(|st| {
-                        st.status == "queued"
-                            || st.status == "running" && !self.dispatched.contains(&s.id)
-                    })
+                self.state.step(&s.id).is_some_and(|st| {
+                    st.status == "queued"
+                        || st.status == "running" && !self.dispatched.contains(&s.id)
+                })
             })
             .filter(|s| {
                 s.depends_on.iter().all(|b| {
@@ -304,12 +316,16 @@ impl Executor {
     async fn skip_blocked(&mut self, steps: &[Step]) -> Result<(), Stop> {
         loop {
             let blocked = steps.iter().find_map(|s| {
-                let queued = self.state.step(&s.id).is_some_and(|st| st.status == "queued");
+                let queued = self
+                    .state
+                    .step(&s.id)
+                    .is_some_and(|st| st.status == "queued");
                 let dead = s.depends_on.iter().find(|b| {
                     b.required
-                        && self.state.step(&b.source_step_id).is_some_and(|st| {
-                            matches!(st.status.as_str(), "failed" | "skipped")
-                        })
+                        && self
+                            .state
+                            .step(&b.source_step_id)
+                            .is_some_and(|st| matches!(st.status.as_str(), "failed" | "skipped"))
                 })?;
                 queued.then(|| (s.id.clone(), dead.source_step_id.clone()))
             });
@@ -333,7 +349,11 @@ impl Executor {
     ) -> Result<Result<(call::ReadyCall, String), ToolError>, Stop> {
         let interrupted = self.state.interrupted(&step.id);
         let st = self.state.step(&step.id).cloned().unwrap_or_default();
-        let attempt = if interrupted { st.attempt.max(1) } else { st.attempt + 1 };
+        let attempt = if interrupted {
+            st.attempt.max(1)
+        } else {
+            st.attempt + 1
+        };
         let job_id = format!("{}-{}-a{attempt}", self.meta.run_id, step.id);
         let Bound { arguments, media } = match bind(
             step,
@@ -412,7 +432,12 @@ impl Executor {
             .collect();
         let mut events: Vec<(&str, Value)> = artifacts
             .iter()
-            .map(|a| ("artifact_created", json!({"data": {"stepId": done.step, "artifact": a}})))
+            .map(|a| {
+                (
+                    "artifact_created",
+                    json!({"data": {"stepId": done.step, "artifact": a}}),
+                )
+            })
             .collect();
         events.push((
             "step_completed",
@@ -435,9 +460,16 @@ impl Executor {
         let total = self.state.steps.len();
         let completed = statuses.get("completed").copied().unwrap_or(0);
         let last = if completed == total {
-            ("workflow_completed", json!({"status": "completed", "message": "All steps completed", "data": {"completedSteps": completed}}))
+            (
+                "workflow_completed",
+                json!({"status": "completed", "message": "All steps completed", "data": {"completedSteps": completed}}),
+            )
         } else {
-            let status = if completed > 0 { "partial_failure" } else { "failed" };
+            let status = if completed > 0 {
+                "partial_failure"
+            } else {
+                "failed"
+            };
             let failed: Vec<&str> = self
                 .state
                 .steps
@@ -445,8 +477,15 @@ impl Executor {
                 .filter(|(_, st)| st.status != "completed")
                 .map(|(id, _)| id.as_str())
                 .collect();
-            let why = format!("{} of {total} steps did not complete: {}", total - completed, failed.join(", "));
-            ("workflow_failed", json!({"status": status, "message": why, "data": {"error": {"message": why, "failedSteps": failed}}}))
+            let why = format!(
+                "{} of {total} steps did not complete: {}",
+                total - completed,
+                failed.join(", ")
+            );
+            (
+                "workflow_failed",
+                json!({"status": status, "message": why, "data": {"error": {"message": why, "failedSteps": failed}}}),
+            )
         };
         self.end(vec![last]).await
     }

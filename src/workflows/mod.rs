@@ -3,12 +3,13 @@
 //! in the run log ([`crate::runs::log`], kind [`crate::runs::log::KIND_WORKFLOW`]) under a
 //! lease, and the runs' upkeep relays its cancels, renews its lease and hands it to another
 //! front when its front dies. What is its own: the [`plan`] and its checks, the [`bind`]ing
-//! of outputs into inputs, the [`state`] folded from its events, its [`executor`], and the
-//! saved recipes that start one ([`templates`]).
+//! of outputs into inputs, the [`state`] folded from its events, how one [`start`]s, and
+//! its [`executor`].
 
 pub mod bind;
 pub mod executor;
 pub mod plan;
+pub mod start;
 pub mod state;
 
 /// The prefix of workflow ids (`wf_` + 128 random bits): how a front adopting an orphaned

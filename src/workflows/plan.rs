@@ -44,10 +44,15 @@ impl Transform {
             "video_index" => Self::VideoIndex,
             "audio_index" => Self::AudioIndex,
             "artifact_data_uri" => {
-                return Err("durable workflows pass media by URL, not inline `data:` (use `artifact_url`)".into())
+                return Err(
+                    "durable workflows pass media by URL, not inline `data:` (use `artifact_url`)"
+                        .into(),
+                )
             }
             "subtitle_cues" | "subtitle_srt" | "overlay_items" | "asset_ref" => {
-                return Err(format!("the transform `{s}` feeds tools this server does not host"))
+                return Err(format!(
+                    "the transform `{s}` feeds tools this server does not host"
+                ))
             }
             _ => return Err(format!("`{s}` is not a transform")),
         })
@@ -238,7 +243,10 @@ impl Plan {
                 )
             })?
         };
-        for (field, wanted) in [("mediaType", b.media_type), ("transform", b.transform.kind())] {
+        for (field, wanted) in [
+            ("mediaType", b.media_type),
+            ("transform", b.transform.kind()),
+        ] {
             if let Some(w) = wanted.filter(|w| *w != kind) {
                 return Err(at(
                     &format!("{path}.{field}"),
@@ -373,13 +381,22 @@ fn stand_in(
 
 fn read_step(s: &Value, i: usize) -> Result<Step, ApiError> {
     let path = format!("input.steps[{i}]");
-    let o = s
-        .as_object()
-        .ok_or_else(|| at(&path, "must be an object `{id?, toolName, arguments, dependsOn?}`"))?;
-    let field = |camel: &str, snake: &str| o.get(camel).or_else(|| o.get(snake)).filter(|v| !v.is_null());
+    let o = s.as_object().ok_or_else(|| {
+        at(
+            &path,
+            "must be an object `{id?, toolName, arguments, dependsOn?}`",
+        )
+    })?;
+    let field = |camel: &str, snake: &str| {
+        o.get(camel)
+            .or_else(|| o.get(snake))
+            .filter(|v| !v.is_null())
+    };
     let id = match field("id", "id") {
         None => format!("step_{}", i + 1),
-        Some(Value::String(id)) if crate::media::store::valid_id(id) && id.len() <= 64 => id.clone(),
+        Some(Value::String(id)) if crate::media::store::valid_id(id) && id.len() <= 64 => {
+            id.clone()
+        }
         Some(_) => {
             return Err(at(
                 &format!("{path}.id"),
@@ -415,7 +432,10 @@ fn read_step(s: &Value, i: usize) -> Result<Step, ApiError> {
         Some(_) => return Err(at(&format!("{path}.dependsOn"), "must be an array")),
     }
     if depends_on.iter().any(|b| b.source_step_id == id) {
-        return Err(at(&format!("{path}.dependsOn"), "a step cannot wait for itself"));
+        return Err(at(
+            &format!("{path}.dependsOn"),
+            "a step cannot wait for itself",
+        ));
     }
     Ok(Step {
         id,
@@ -428,7 +448,10 @@ fn read_step(s: &Value, i: usize) -> Result<Step, ApiError> {
 
 fn read_binding(b: &Value, path: &str) -> Result<Binding, ApiError> {
     let o = b.as_object().ok_or_else(|| {
-        at(path, "must be an object `{sourceStepId, targetArgument, transform}`")
+        at(
+            path,
+            "must be an object `{sourceStepId, targetArgument, transform}`",
+        )
     })?;
     let known: BTreeMap<&str, &str> = [
         ("sourceStepId", "source_step_id"),
@@ -463,7 +486,10 @@ fn read_binding(b: &Value, path: &str) -> Result<Binding, ApiError> {
     let media_type = match get("mediaType") {
         None => None,
         Some(v) => Some(v.as_str().and_then(MediaKind::parse).ok_or_else(|| {
-            at(&format!("{path}.mediaType"), "must be image, video or audio")
+            at(
+                &format!("{path}.mediaType"),
+                "must be image, video or audio",
+            )
         })?),
     };
     let source_artifact_index = match get("sourceArtifactIndex") {

@@ -12,7 +12,11 @@ use crate::runs::log::Lease;
 use crate::runs::state::SCHEMA_VERSION;
 
 /// The events that end a workflow (until a resume).
-pub const TERMINAL: [&str; 3] = ["workflow_completed", "workflow_failed", "workflow_cancelled"];
+pub const TERMINAL: [&str; 3] = [
+    "workflow_completed",
+    "workflow_failed",
+    "workflow_cancelled",
+];
 
 /// Where one step stands.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -121,6 +125,10 @@ impl WorkflowState {
             }
             "workflow_progress" => {
                 self.waiting_reason = None;
+                if d["recovered"] == true {
+                    self.resume_count += 1;
+                    self.last_resume_at = Some(e.at.clone());
+                }
                 if d["resumed"] == true {
                     self.resume_count += 1;
                     self.last_resume_at = Some(e.at.clone());
@@ -193,10 +201,17 @@ impl WorkflowState {
 
     /// The record of contract §4, with the lease if a front executes it.
     pub fn record(&self, lease: Option<&Lease>) -> Value {
-        let created = self.events.first().map(|e| e.at.clone()).unwrap_or_default();
+        let created = self
+            .events
+            .first()
+            .map(|e| e.at.clone())
+            .unwrap_or_default();
         let updated = self.events.last().map(|e| e.at.clone()).unwrap_or_default();
         let ms = |s: &str| parse_iso(s).unwrap_or(0);
-        let plan_steps = self.plan.as_ref().map_or(Value::Null, |p| p.to_json()["steps"].clone());
+        let plan_steps = self
+            .plan
+            .as_ref()
+            .map_or(Value::Null, |p| p.to_json()["steps"].clone());
         let steps: Vec<Value> = self
             .plan
             .iter()
@@ -253,7 +268,10 @@ impl WorkflowState {
         });
         for (k, v) in [
             ("title", self.title.clone().map(Value::from)),
-            ("waitingReason", self.waiting_reason.clone().map(Value::from)),
+            (
+                "waitingReason",
+                self.waiting_reason.clone().map(Value::from),
+            ),
             ("error", self.error.clone()),
             ("reseed", self.reseed.clone()),
             ("templateId", self.request.get("workflowId").cloned()),
@@ -301,22 +319,53 @@ mod tests {
             {"id": "b", "sequence": 1, "toolName": "generate_image", "arguments": {"prompt": "y"}, "dependsOn": []},
         ]});
         let events = [
-            event(0, "workflow_started", json!({"status": "queued", "data": {"workflowId": "wf_1", "plan": plan, "request": {}}})),
-            event(1, "workflow_progress", json!({"status": "running", "data": {}})),
-            event(2, "step_started", json!({"data": {"stepId": "a", "jobId": "wf_1-a-a1", "attempt": 1, "arguments": {"prompt": "x"}}})),
-            event(3, "step_started", json!({"data": {"stepId": "b", "jobId": "wf_1-b-a1", "attempt": 1, "arguments": {"prompt": "y"}}})),
-            event(4, "step_completed", json!({"data": {"stepId": "a", "artifacts": [{"url": "u"}], "assets": []}})),
+            event(
+                0,
+                "workflow_started",
+                json!({"status": "queued", "data": {"workflowId": "wf_1", "plan": plan, "request": {}}}),
+            ),
+            event(
+                1,
+                "workflow_progress",
+                json!({"status": "running", "data": {}}),
+            ),
+            event(
+                2,
+                "step_started",
+                json!({"data": {"stepId": "a", "jobId": "wf_1-a-a1", "attempt": 1, "arguments": {"prompt": "x"}}}),
+            ),
+            event(
+                3,
+                "step_started",
+                json!({"data": {"stepId": "b", "jobId": "wf_1-b-a1", "attempt": 1, "arguments": {"prompt": "y"}}}),
+            ),
+            event(
+                4,
+                "step_completed",
+                json!({"data": {"stepId": "a", "artifacts": [{"url": "u"}], "assets": []}}),
+            ),
         ];
         let mut s = WorkflowState::fold(&events);
         assert_eq!(s.status, "running");
         assert!(s.interrupted("b") && !s.interrupted("a"));
-        s.apply(&event(5, "workflow_cancelled", json!({"status": "cancelled", "data": {"reason": "user"}})));
+        s.apply(&event(
+            5,
+            "workflow_cancelled",
+            json!({"status": "cancelled", "data": {"reason": "user"}}),
+        ));
         assert!(s.is_terminal());
         assert_eq!(s.step("b").map(|b| b.status.as_str()), Some("cancelled"));
-        s.apply(&event(6, "workflow_progress", json!({"status": "running", "data": {"resumed": true}})));
+        s.apply(&event(
+            6,
+            "workflow_progress",
+            json!({"status": "running", "data": {"resumed": true}}),
+        ));
         assert!(!s.is_terminal());
         assert_eq!(s.step("a").map(|b| b.status.as_str()), Some("completed"));
-        assert_eq!(s.step("b").map(|b| (b.status.as_str(), b.attempt)), Some(("queued", 1)));
+        assert_eq!(
+            s.step("b").map(|b| (b.status.as_str(), b.attempt)),
+            Some(("queued", 1))
+        );
         let r = s.record(None);
         assert_eq!(r["status"], "running");
         assert_eq!(r["plan"]["recovery"]["resumeCount"], 1);

@@ -185,13 +185,19 @@ fn kinds_are_listed_apart_and_reopen(log: &dyn RunLog) {
     };
     // A workflow's idempotency key is not a chat run's (r4 holds "k" for chat).
     assert_eq!(
-        log.create(&workflow("w1", 10, Some("k")), &event(0, "workflow_started"))
-            .unwrap(),
+        log.create(
+            &workflow("w1", 10, Some("k")),
+            &event(0, "workflow_started")
+        )
+        .unwrap(),
         Created::New
     );
     assert_eq!(
-        log.create(&workflow("w2", 30, Some("k")), &event(0, "workflow_started"))
-            .unwrap(),
+        log.create(
+            &workflow("w2", 30, Some("k")),
+            &event(0, "workflow_started")
+        )
+        .unwrap(),
         Created::Existing("w1".into())
     );
     for (run, at) in [("w2", 30), ("w3", 20)] {
@@ -203,7 +209,10 @@ fn kinds_are_listed_apart_and_reopen(log: &dyn RunLog) {
     assert_eq!(list(1, 1), ["w3"]);
     assert!(list(3, 10).is_empty());
     assert!(log.list("other", KIND_WORKFLOW, 0, 10).unwrap().is_empty());
-    assert!(log.list("acct", KIND_CHAT, 0, 10).unwrap().contains(&"r4".to_string()));
+    assert!(log
+        .list("acct", KIND_CHAT, 0, 10)
+        .unwrap()
+        .contains(&"r4".to_string()));
     // An ended, cancelled workflow reopened needs an executor and is due for nothing.
     log.claim("w1", "o", 1, 2).unwrap();
     log.request_cancel("w1", "user").unwrap();
@@ -211,7 +220,10 @@ fn kinds_are_listed_apart_and_reopen(log: &dyn RunLog) {
     assert!(!log.orphans(1_000, 100).unwrap().contains(&"w1".to_string()));
     log.reopen("w1").unwrap();
     assert_eq!(log.cancel_requested("w1").unwrap(), None);
-    assert!(!log.ended_before(1_000, 100).unwrap().contains(&"w1".to_string()));
+    assert!(!log
+        .ended_before(1_000, 100)
+        .unwrap()
+        .contains(&"w1".to_string()));
     assert!(log.orphans(1_000, 100).unwrap().contains(&"w1".to_string()));
     log.delete("w1").unwrap();
     assert_eq!(list(0, 10), ["w2", "w3"]);

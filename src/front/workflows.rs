@@ -1,0 +1,582 @@
+//! The creative workflow routes (`/v1/creative-agent/workflows`, contract §4) in Sogni's
+//! envelope: start (an inline plan or a template), list, get, events, the SSE stream,
+//! cancel, resume and reseed. A workflow belongs to the account whose key started it;
+//! any other key gets 404 on every route.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use actix_web::web::Bytes;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::stream::{self, StreamExt};
+use serde_json::{json, Map, Value};
+
+use super::creative::{authenticated, success};
+use super::http::json_body;
+use super::runs::{idempotency_key, optional_body, respond};
+use super::FrontState;
+use crate::api::error::ApiError;
+use crate::billing::accounts::Presented;
+use crate::runs::event::RunEvent;
+use crate::runs::log::{LogError, KIND_WORKFLOW};
+use crate::runs::{blocking, Signal};
+use crate::session::Services;
+use crate::workflows::plan::Plan;
+use crate::workflows::start::{self, NewWorkflow};
+use crate::workflows::state::{wire, WorkflowState};
+
+const MAX_BODY: usize = 4 << 20;
+/// How long a cancel waits for the executor to end the workflow.
+const CANCEL_WAIT: Duration = Duration::from_secs(5);
+/// How long the stream may be silent before a `workflow_status` keep-alive.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+fn log_error(e: LogError) -> ApiError {
+    ApiError::logged("the run log", e)
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("No workflow `{id}`"))
+}
+
+/// Workflow `id` of `key`'s account, folded; 404 for another account's or a chat run.
+async fn load(services: &Services, key: &Presented, id: &str) -> Result<WorkflowState, ApiError> {
+    let (log, run) = (Arc::clone(&services.runs.log), id.to_string());
+    let (meta, events) = blocking(move || match log.meta(&run)? {
+        Some(m) => Ok((Some(m), log.read(&run, None)?)),
+        None => Ok((None, Vec::new())),
+    })
+    .await
+    .map_err(log_error)?;
+    match meta {
+        Some(m)
+            if m.account_id == key.record.account_id
+                && m.kind == KIND_WORKFLOW
+                && !events.is_empty() =>
+        {
+            Ok(WorkflowState::fold(&events))
+        }
+        _ => Err(not_found(id)),
+    }
+}
+
+async fn record(services: &Services, st: &WorkflowState) -> Result<Value, ApiError> {
+    let (log, run) = (Arc::clone(&services.runs.log), st.id.clone());
+    let lease = blocking(move || log.lease(&run)).await.map_err(log_error)?;
+    Ok(st.record(lease.as_ref()))
+}
+
+/// Reads the plan of a start body: `input.steps` (a template's `workflow_id` names none yet).
+fn plan_of(
+    body: &Map<String, Value>,
+    request: &Value,
+    uploads: &[crate::protocol::media::Asset],
+) -> Result<(Value, Plan), ApiError> {
+    let input = body.get("input").filter(|v| !v.is_null());
+    let template = request.get("workflowId");
+    let input = match (input, template) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "workflow_id",
+                "Send `input` (a plan) or `workflow_id` (a template), not both",
+            ))
+        }
+        (None, None) => return Err(ApiError::invalid(
+            "input",
+            "Send `input` (a plan with steps) or `workflow_id` (a template) to start a workflow",
+        )),
+        (Some(i), None) => i.clone(),
+        (None, Some(t)) => {
+            // Saved templates are not served yet: no id names one.
+            return Err(ApiError::not_found(format!(
+                "No workflow template `{}`",
+                t.as_str().unwrap_or_default()
+            )));
+        }
+    };
+    let plan = Plan::parse(&input, uploads)?;
+    Ok((input, plan))
+}
+
+/// `POST /v1/creative-agent/workflows`.
+pub async fn create(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<FrontState>,
+) -> HttpResponse {
+    respond(
+        async {
+            let s = &state.services;
+            let key = authenticated(&req, &state).await?;
+            let _permit = s
+                .billing
+                .admit(&key.record, s.config.limits)
+                .map_err(|l| ApiError::rate_limited(l.message, l.retry_after_secs))?;
+            let idem = idempotency_key(&req)?;
+            let body = json_body(&req, payload, MAX_BODY).await?;
+            let body = body.as_object().cloned().unwrap_or_default();
+            let request = start::options(&body)?;
+            let urls = start::media_urls(&body)?;
+            let mut uploads = Vec::new();
+            for (i, url) in urls.iter().enumerate() {
+                uploads.push(
+                    crate::runs::request::resolve(
+                        &s.media,
+                        url,
+                        &key.record.account_id,
+                        &format!("media_references[{i}]"),
+                    )
+                    .await?,
+                );
+            }
+            let (input, plan) = plan_of(&body, &request, &uploads)?;
+            let new = NewWorkflow {
+                request,
+                input,
+                plan,
+                uploads,
+                upload_urls: urls,
+                reseed: None,
+            };
+            let (id, fresh) = start::create(s, &key, super::chat::origin(&req), idem, new).await?;
+            let st = load(s, &key, &id).await?;
+            let mut data = json!({"workflow": record(s, &st).await?});
+            if !fresh {
+                data["idempotent"] = json!(true);
+            }
+            Ok(HttpResponse::Created().json(json!({"status": "success", "data": data})))
+        }
+        .await,
+    )
+}
+
+fn query(req: &HttpRequest, name: &str) -> Result<Option<usize>, ApiError> {
+    let q = web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+        .map_err(|_| ApiError::bad_body("The query string is malformed"))?;
+    q.get(name)
+        .map(|v| {
+            v.trim()
+                .parse::<usize>()
+                .map_err(|_| ApiError::invalid(name, format!("`{name}` must be a whole number")))
+        })
+        .transpose()
+}
+
+/// `GET /v1/creative-agent/workflows?limit&offset`.
+pub async fn list(req: HttpRequest, state: web::Data<FrontState>) -> HttpResponse {
+    respond(
+        async {
+            let s = &state.services;
+            let key = authenticated(&req, &state).await?;
+            let limit = query(&req, "limit")?.unwrap_or(20);
+            if !(1..=100).contains(&limit) {
+                return Err(ApiError::invalid("limit", "`limit` is 1 to 100"));
+            }
+            let offset = query(&req, "offset")?.unwrap_or(0);
+            let (log, account) = (Arc::clone(&s.runs.log), key.record.account_id.clone());
+            let ids = blocking(move || log.list(&account, KIND_WORKFLOW, offset, limit))
+                .await
+                .map_err(log_error)?;
+            let mut workflows = Vec::new();
+            for id in &ids {
+                // A workflow deleted meanwhile is left out.
+                if let Ok(st) = load(s, &key, id).await {
+                    workflows.push(record(s, &st).await?);
+                }
+            }
+            let next = (ids.len() == limit).then_some(offset + limit);
+            Ok(success(json!({"workflows": workflows, "next": next})))
+        }
+        .await,
+    )
+}
+
+/// `GET /v1/creative-agent/workflows/{id}`.
+pub async fn get(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<FrontState>,
+) -> HttpResponse {
+    respond(
+        async {
+            let key = authenticated(&req, &state).await?;
+            let st = load(&state.services, &key, &id).await?;
+            Ok(success(
+                json!({"workflow": record(&state.services, &st).await?}),
+            ))
+        }
+        .await,
+    )
+}
+
+/// `GET /v1/creative-agent/workflows/{id}/events`.
+pub async fn events(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<FrontState>,
+) -> HttpResponse {
+    respond(
+        async {
+            let key = authenticated(&req, &state).await?;
+            let after = super::run_events::after_query(&req)?;
+            let st = load(&state.services, &key, &id).await?;
+            let events: Vec<Value> = st
+                .events
+                .iter()
+                .filter(|e| after.is_none_or(|a| e.sequence > a))
+                .map(|e| wire(&st.id, e))
+                .collect();
+            Ok(success(json!({"events": events})))
+        }
+        .await,
+    )
+}
+
+/// Whether the stream closes after `e`: the workflow ended or waits for its user.
+fn closes(e: &RunEvent) -> bool {
+    crate::workflows::state::TERMINAL.contains(&e.kind.as_str())
+        || e.kind == "workflow_waiting_for_user"
+}
+
+fn frame(id: &str, e: &RunEvent) -> Bytes {
+    let data = wire(id, e).to_string();
+    Bytes::from(format!(
+        "id: {}\nevent: {}\ndata: {data}\n\n",
+        e.sequence, e.kind
+    ))
+}
+
+fn status_frame(id: &str, status: &str) -> Bytes {
+    Bytes::from(format!(
+        "event: workflow_status\ndata: {}\n\n",
+        json!({"workflowId": id, "status": status})
+    ))
+}
+
+struct Live {
+    events: tokio::sync::mpsc::UnboundedReceiver<RunEvent>,
+    id: String,
+    status: String,
+    ended: bool,
+}
+
+/// `GET /v1/creative-agent/workflows/{id}/events/stream`: replay after `Last-Event-ID` or
+/// `?after`, then live; a `workflow_status` frame with the status closes it once the
+/// workflow ends or waits for its user.
+pub async fn stream(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<FrontState>,
+) -> HttpResponse {
+    let opened = async {
+        let key = authenticated(&req, &state).await?;
+        let after = super::run_events::cursor(&req)?;
+        let st = load(&state.services, &key, &id).await?;
+        Ok::<_, ApiError>((after, st))
+    }
+    .await;
+    let (after, st) = match opened {
+        Ok(o) => o,
+        Err(e) => return super::creative::sogni_error(&e),
+    };
+    let mut frames: Vec<Bytes> = st
+        .events
+        .iter()
+        .filter(|e| after.is_none_or(|a| e.sequence > a))
+        .map(|e| frame(&st.id, e))
+        .collect();
+    let ended = st.events.last().is_some_and(closes);
+    if ended {
+        frames.push(status_frame(&st.id, &st.status));
+    }
+    let last = st.next_sequence().saturating_sub(1).max(after.unwrap_or(0));
+    let live = Live {
+        events: state.services.runs.followers.follow(&id, Some(last)),
+        id: st.id.clone(),
+        status: st.status.clone(),
+        ended,
+    };
+    let live = stream::unfold(live, |mut l| async move {
+        if l.ended {
+            return None;
+        }
+        let out = match tokio::time::timeout(KEEP_ALIVE, l.events.recv()).await {
+            Ok(Some(e)) => {
+                if let Some(s) = e.payload["status"].as_str() {
+                    l.status = s.to_string();
+                }
+                let mut out = frame(&l.id, &e).to_vec();
+                if closes(&e) {
+                    l.ended = true;
+                    out.extend_from_slice(&status_frame(&l.id, &l.status));
+                }
+                Bytes::from(out)
+            }
+            Ok(None) => return None,
+            Err(_) => Bytes::from(format!(
+                "event: workflow_status\ndata: {}\n\n",
+                json!({"workflowId": l.id, "status": l.status, "keepAlive": true})
+            )),
+        };
+        Some((Ok::<_, actix_web::Error>(out), l))
+    });
+    HttpResponse::Ok()
+        .insert_header((CONTENT_TYPE, "text/event-stream"))
+        .insert_header((CACHE_CONTROL, "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(stream::iter(frames.into_iter().map(Ok::<_, actix_web::Error>)).chain(live))
+}
+
+/// Takes the lease of a workflow no live executor holds and appends `events`; `then` runs
+/// in the same blocking call (reopen, activate, retire). False when a live executor holds it.
+async fn write_unexecuted(
+    s: &Services,
+    st: &WorkflowState,
+    events: Vec<RunEvent>,
+    before: fn(&dyn crate::runs::log::RunLog, &str) -> Result<(), LogError>,
+    after: fn(&dyn crate::runs::log::RunLog, &str, &str, u64) -> Result<(), LogError>,
+) -> Result<bool, ApiError> {
+    let runs = Arc::clone(&s.runs);
+    let (log, run, owner) = (Arc::clone(&runs.log), st.id.clone(), runs.owner.clone());
+    let now = crate::clock::unix_ms();
+    let until = runs.lease_until(now);
+    let first = st.next_sequence();
+    let r = blocking(move || {
+        if log.claim(&run, &owner, now, until)?.is_none() {
+            return Ok(false);
+        }
+        before(log.as_ref(), &run)?;
+        let mut events = events;
+        for (i, e) in events.iter_mut().enumerate() {
+            e.sequence = first + i as u64;
+        }
+        log.append(&run, &owner, &events)?;
+        after(log.as_ref(), &run, &owner, now)?;
+        Ok(true)
+    })
+    .await;
+    match r {
+        Ok(done) => Ok(done),
+        Err(LogError::Fenced(_)) => Ok(false),
+        Err(e) => Err(log_error(e)),
+    }
+}
+
+/// `POST /v1/creative-agent/workflows/{id}/cancel`.
+pub async fn cancel(
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<FrontState>,
+) -> HttpResponse {
+    respond(
+        async {
+            let s = &state.services;
+            let key = authenticated(&req, &state).await?;
+            let body = optional_body(&req, payload).await?;
+            let reason = body["reason"]
+                .as_str()
+                .unwrap_or("cancelled by the user")
+                .to_string();
+            let st = load(s, &key, &id).await?;
+            if st.is_terminal() {
+                return Ok(success(
+                    json!({"workflow": record(s, &st).await?, "transitioned": false}),
+                ));
+            }
+            let (log, run, r) = (Arc::clone(&s.runs.log), id.to_string(), reason.clone());
+            blocking(move || log.request_cancel(&run, &r))
+                .await
+                .map_err(log_error)?;
+            if !s.runs.signal(&id, Signal::Cancel(reason.clone())) {
+                let last = RunEvent::new(
+                    "workflow_cancelled",
+                    json!({"status": "cancelled", "message": reason, "data": {"reason": reason}}),
+                );
+                write_unexecuted(
+                    s,
+                    &st,
+                    vec![last],
+                    |_, _| Ok(()),
+                    |log, run, owner, now| log.retire(run, owner, now),
+                )
+                .await?;
+            }
+            let st = wait_terminal(s, &id, st).await;
+            let transitioned = st.is_terminal();
+            Ok(success(
+                json!({"workflow": record(s, &st).await?, "transitioned": transitioned}),
+            ))
+        }
+        .await,
+    )
+}
+
+async fn wait_terminal(s: &Services, id: &str, st: WorkflowState) -> WorkflowState {
+    let mut st = st;
+    let mut live = s
+        .runs
+        .followers
+        .follow(id, Some(st.next_sequence().saturating_sub(1)));
+    let deadline = tokio::time::Instant::now() + CANCEL_WAIT;
+    while !st.is_terminal() {
+        match tokio::time::timeout_at(deadline, live.recv()).await {
+            Ok(Some(e)) if e.sequence == st.next_sequence() => st.apply(&e),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    st
+}
+
+/// `POST /v1/creative-agent/workflows/{id}/resume`: a workflow waiting for cost approval
+/// goes on (approved); a failed, partly failed or cancelled one runs its unfinished steps
+/// again as new attempts. Anything else is left as it is (`resumed: false`).
+pub async fn resume(
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<FrontState>,
+) -> HttpResponse {
+    respond(
+        async {
+            let s = &state.services;
+            let key = authenticated(&req, &state).await?;
+            let body = optional_body(&req, payload).await?;
+            start::options(body.as_object().unwrap_or(&Map::new()))?;
+            let st = load(s, &key, &id).await?;
+            let waiting = st.waiting_reason.is_some();
+            let ended = st.is_terminal() && st.status != "completed";
+            if !waiting && !ended {
+                return Ok(success(
+                    json!({"workflow": record(s, &st).await?, "resumed": false}),
+                ));
+            }
+            let data = if waiting {
+                json!({"approved": true, "reason": st.waiting_reason})
+            } else {
+                json!({"resumed": true, "from": st.status})
+            };
+            let progress = RunEvent::new(
+                "workflow_progress",
+                json!({"status": "running", "message": "Resumed by the user", "data": data}),
+            );
+            let resumed = write_unexecuted(
+                s,
+                &st,
+                vec![progress],
+                |log, run| log.reopen(run),
+                |_, _, _, _| Ok(()),
+            )
+            .await?;
+            if resumed {
+                crate::workflows::executor::execute(Arc::clone(s), id.to_string(), None);
+            }
+            let st = load(s, &key, &id).await?;
+            Ok(success(
+                json!({"workflow": record(s, &st).await?, "resumed": resumed}),
+            ))
+        }
+        .await,
+    )
+}
+
+/// `POST /v1/creative-agent/workflows/{id}/reseed`: a new workflow with the same plan and
+/// new seeds (`seed_overrides` per step, random for the others).
+pub async fn reseed(
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<FrontState>,
+) -> HttpResponse {
+    respond(
+        async {
+            let s = &state.services;
+            let key = authenticated(&req, &state).await?;
+            let idem = idempotency_key(&req)?;
+            let body = optional_body(&req, payload).await?;
+            let body = body.as_object().cloned().unwrap_or_default();
+            let overrides = match body
+                .get("seed_overrides")
+                .or_else(|| body.get("seedOverrides"))
+            {
+                None | Some(Value::Null) => Map::new(),
+                Some(Value::Object(o)) => o.clone(),
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        "seed_overrides",
+                        "`seed_overrides` maps step ids to seeds",
+                    ))
+                }
+            };
+            let st = load(s, &key, &id).await?;
+            let plan = st
+                .plan
+                .clone()
+                .ok_or_else(|| ApiError::conflict("This workflow has no plan to reseed"))?;
+            if let Some(k) = overrides
+                .keys()
+                .find(|k| !plan.steps.iter().any(|st| &st.id == *k))
+            {
+                return Err(ApiError::invalid(
+                    "seed_overrides",
+                    format!("no step `{k}` in this workflow"),
+                ));
+            }
+            let mut steps = Vec::new();
+            for step in plan.steps.iter().filter(|st| {
+                st.def()
+                    .is_some_and(|d| d.parameters["properties"].get("seed").is_some())
+            }) {
+                let seed = match overrides.get(&step.id) {
+                    Some(v) => v
+                        .as_u64()
+                        .filter(|n| *n <= u64::from(u32::MAX))
+                        .ok_or_else(|| {
+                            ApiError::invalid(
+                                "seed_overrides",
+                                format!(
+                                    "the seed of `{}` must be a whole number up to {}",
+                                    step.id,
+                                    u32::MAX
+                                ),
+                            )
+                        })?,
+                    None => u64::from_str_radix(
+                        &crate::ids::random_hex(4).map_err(|e| ApiError::logged("a seed", e))?,
+                        16,
+                    )
+                    .unwrap_or(0),
+                };
+                steps.push(json!({"stepId": step.id, "seed": seed}));
+            }
+            let mut request = st.request.clone();
+            let opts = start::options(&body)?;
+            for (k, v) in opts.as_object().into_iter().flatten() {
+                if k != "safeContentFilter" {
+                    request[k] = v.clone();
+                }
+            }
+            let reseed = json!({"cloned_from_run_id": st.id, "steps": steps});
+            let new = NewWorkflow {
+                request,
+                input: st.input.clone(),
+                plan,
+                uploads: st.uploads.clone(),
+                upload_urls: st.upload_urls.clone(),
+                reseed: Some(reseed),
+            };
+            let idem = idem.map(|k| format!("reseed:{id}:{k}"));
+            let (new_id, fresh) =
+                start::create(s, &key, super::chat::origin(&req), idem, new).await?;
+            let wf = load(s, &key, &new_id).await?;
+            let mut data = json!({"workflow": record(s, &wf).await?, "reseed": wf.reseed});
+            if !fresh {
+                data["idempotent"] = json!(true);
+            }
+            Ok(success(data))
+        }
+        .await,
+    )
+}
