@@ -23,7 +23,7 @@ use super::journal::Journal;
 use super::log::{LogError, RunMeta};
 use super::request::chat_body;
 use super::state::{RoundCall, RunState};
-use super::{blocking, Runs, Signal};
+use super::{blocking, Runs, Signal, Stop};
 use crate::api::chat_request::{ChatRequest, Message, Role};
 use crate::api::chat_response::{finish_reason, AssistantMessage, Delta};
 use crate::api::tools::{ToolCall, ToolChoice};
@@ -33,30 +33,10 @@ use crate::session::actor::{SessionActor, SessionEvent, Turn};
 use crate::session::models::ModelEntry;
 use crate::session::prompt::prepare;
 use crate::session::Services;
-use crate::store::{ApiKeyRecord, KeyProof};
 use crate::tools::call;
 use crate::tools::catalog::{catalog, Kind};
 use crate::tools::media_context::MediaContext;
 use crate::tools::tool_loop::{run_call, unit_price};
-
-/// Why the executor stopped taking steps.
-enum Stop {
-    /// The run waits for its user (its lease is given up).
-    Parked,
-    Cancelled(String),
-    Failed(String),
-    /// Another front holds the lease now.
-    Lost,
-}
-
-impl From<LogError> for Stop {
-    fn from(e: LogError) -> Self {
-        match e {
-            LogError::Fenced(_) => Stop::Lost,
-            e => Stop::Failed(format!("the run's log failed: {e}")),
-        }
-    }
-}
 
 /// Executes `run_id`, whose lease this front holds; `resumed` says why when it adopts a run
 /// another executor left. Returns at once; the run goes on in the background.
@@ -93,18 +73,7 @@ impl Executor {
         let id = run_id.to_string();
         let (meta, events) = blocking(move || Ok((log.meta(&id)?, log.read(&id, None)?))).await?;
         let meta = meta.ok_or_else(|| LogError::NoRun(run_id.to_string()))?;
-        let key = Presented {
-            record: ApiKeyRecord {
-                key_id: meta.key_id.clone(),
-                account_id: meta.account_id.clone(),
-                created: 0,
-                disabled: false,
-            },
-            proof: KeyProof {
-                key_id: meta.key_id.clone(),
-                secret_hash: meta.secret_hash.clone(),
-            },
-        };
+        let key = meta.key();
         let journal = Journal::new(
             Arc::clone(&services.runs.log),
             services.runs.owner.clone(),
@@ -158,11 +127,7 @@ impl Executor {
     }
 
     fn check(&self) -> Result<(), Stop> {
-        match &*self.signal.borrow() {
-            Signal::Run => Ok(()),
-            Signal::Cancel(r) => Err(Stop::Cancelled(r.clone())),
-            Signal::Lost => Err(Stop::Lost),
-        }
+        Stop::check(&self.signal)
     }
 
     async fn steps(&mut self, resumed: Option<String>) -> Result<(), Stop> {

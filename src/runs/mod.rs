@@ -32,6 +32,36 @@ pub enum Signal {
     Lost,
 }
 
+/// Why an executor stopped taking steps.
+pub enum Stop {
+    /// The run waits for its user (its lease is given up).
+    Parked,
+    Cancelled(String),
+    Failed(String),
+    /// Another front holds the lease now.
+    Lost,
+}
+
+impl From<LogError> for Stop {
+    fn from(e: LogError) -> Self {
+        match e {
+            LogError::Fenced(_) => Stop::Lost,
+            e => Stop::Failed(format!("the run's log failed: {e}")),
+        }
+    }
+}
+
+impl Stop {
+    /// Where `signal` tells the executor to stop, why.
+    pub fn check(signal: &watch::Receiver<Signal>) -> Result<(), Stop> {
+        match &*signal.borrow() {
+            Signal::Run => Ok(()),
+            Signal::Cancel(r) => Err(Stop::Cancelled(r.clone())),
+            Signal::Lost => Err(Stop::Lost),
+        }
+    }
+}
+
 /// This front's part in durable runs.
 pub struct Runs {
     pub log: Arc<dyn RunLog>,

@@ -26,29 +26,12 @@ use crate::billing::accounts::Presented;
 use crate::protocol::media::Asset;
 use crate::runs::event::RunEvent;
 use crate::runs::log::{LogError, RunMeta};
-use crate::runs::{blocking, Runs, Signal};
+use crate::runs::{blocking, Runs, Signal, Stop};
 use crate::session::Services;
-use crate::store::{ApiKeyRecord, KeyProof};
 use crate::tools::call;
 use crate::tools::executor::{MediaCall, ToolExecutorActor};
 use crate::tools::results::ToolError;
 use crate::tools::tool_loop::unit_price;
-
-enum Stop {
-    Parked,
-    Cancelled(String),
-    Failed(String),
-    Lost,
-}
-
-impl From<LogError> for Stop {
-    fn from(e: LogError) -> Self {
-        match e {
-            LogError::Fenced(_) => Stop::Lost,
-            e => Stop::Failed(format!("the workflow's log failed: {e}")),
-        }
-    }
-}
 
 /// Executes workflow `id`, whose lease this front holds; `resumed` says why when it adopts
 /// one another front left. Returns at once.
@@ -64,22 +47,6 @@ pub fn execute(services: Arc<Services>, id: String, resumed: Option<String>) {
         }
         runs.unregister(&id);
     });
-}
-
-/// The key a run's jobs are billed under (the one that created it).
-pub fn key_of(meta: &RunMeta) -> Presented {
-    Presented {
-        record: ApiKeyRecord {
-            key_id: meta.key_id.clone(),
-            account_id: meta.account_id.clone(),
-            created: 0,
-            disabled: false,
-        },
-        proof: KeyProof {
-            key_id: meta.key_id.clone(),
-            secret_hash: meta.secret_hash.clone(),
-        },
-    }
 }
 
 struct Executor {
@@ -110,7 +77,7 @@ impl Executor {
         let (meta, events) = blocking(move || Ok((log.meta(&run)?, log.read(&run, None)?))).await?;
         let meta = meta.ok_or_else(|| LogError::NoRun(id.to_string()))?;
         Ok(Self {
-            key: key_of(&meta),
+            key: meta.key(),
             meta,
             state: WorkflowState::fold(&events),
             services,
@@ -147,11 +114,7 @@ impl Executor {
     }
 
     fn check(&self) -> Result<(), Stop> {
-        match &*self.signal.borrow() {
-            Signal::Run => Ok(()),
-            Signal::Cancel(r) => Err(Stop::Cancelled(r.clone())),
-            Signal::Lost => Err(Stop::Lost),
-        }
+        Stop::check(&self.signal)
     }
 
     async fn run(&mut self, resumed: Option<String>) {

@@ -20,6 +20,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import time
 import struct
 import uuid
 import zlib
@@ -31,7 +32,7 @@ KNOWN = {
     "LoadImage", "VAEEncode", "UNETLoader", "CLIPLoader", "VAELoader", "EmptyHunyuanLatentVideo",
     "VHS_VideoCombine", "WanImageToVideo", "LoadAudio", "AudioEncoderLoader", "AudioEncoderEncode",
     "WanSoundImageToVideo", "VHS_LoadVideo", "TextEncodeAceStepAudio", "EmptyAceStepLatentAudio",
-    "ConditioningZeroOut", "VAEDecodeAudio", "SaveAudio",
+    "ConditioningZeroOut", "VAEDecodeAudio", "SaveAudio", "ImageBlend",
 }
 OUTPUTS = {"SaveImage", "VHS_VideoCombine", "SaveAudio"}
 LOADERS = {"LoadImage": "image", "LoadAudio": "audio", "VHS_LoadVideo": "video"}
@@ -102,7 +103,13 @@ class Standin:
             except ConnectionError:
                 pass
 
+    def stamp(self, pid, field):
+        for p in self.prompts:
+            if p.get("prompt_id") == pid:
+                p[field] = time.time()
+
     async def execute(self, pid, graph, client_id):
+        self.stamp(pid, "started")
         try:
             await self.broadcast(client_id, {"type": "execution_start", "data": {"prompt_id": pid}})
             steps = 4
@@ -146,6 +153,7 @@ class Standin:
             self.history[pid] = {"prompt": [0, pid, graph, {}, []], "outputs": {},
                                  "status": {"status_str": "error", "completed": False, "messages": [["execution_error", {"prompt_id": pid, "exception_message": str(e)}]]}}
         finally:
+            self.stamp(pid, "finished")
             self.running.pop(pid, None)
             if pid in self.order:
                 self.order.remove(pid)

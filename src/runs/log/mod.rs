@@ -48,6 +48,22 @@ fn chat_kind() -> String {
 }
 
 impl RunMeta {
+    /// The key the run's jobs are billed under: the one that created it.
+    pub fn key(&self) -> crate::billing::accounts::Presented {
+        crate::billing::accounts::Presented {
+            record: crate::store::ApiKeyRecord {
+                key_id: self.key_id.clone(),
+                account_id: self.account_id.clone(),
+                created: 0,
+                disabled: false,
+            },
+            proof: crate::store::KeyProof {
+                key_id: self.key_id.clone(),
+                secret_hash: self.secret_hash.clone(),
+            },
+        }
+    }
+
     /// The idempotency key as stored: a chat run's as sent, another kind's under its kind.
     pub fn scoped_idempotency_key(&self) -> Option<String> {
         let key = self.idempotency_key.as_deref()?;
