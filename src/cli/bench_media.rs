@@ -275,6 +275,9 @@ async fn bench(a: MediaBenchArgs, dir: std::path::PathBuf) -> anyhow::Result<()>
             &runs_node,
             config_runs,
         )?,
+        templates: Arc::new(crate::workflows::templates::store::RedbTemplates::open(
+            &dir,
+        )?),
     });
     let presented = billing
         .authenticate(key.api_key.clone())

@@ -108,6 +108,9 @@ async fn serve(
             &runs_node,
             config_runs,
         )?,
+        templates: Arc::new(crate::workflows::templates::store::RedisTemplates::connect(
+            &redis,
+        )?),
     });
     crate::runs::upkeep::start(Arc::clone(&services));
     let (server, bound) = crate::front::bind(FrontState { services, admin })?;

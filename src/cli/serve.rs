@@ -187,6 +187,9 @@ async fn serve(
             &runs_node,
             config_runs,
         )?,
+        templates: Arc::new(crate::workflows::templates::store::RedbTemplates::open(
+            &data_dir,
+        )?),
     });
     let mut handoff = Handoff::new(String::new())?;
     crate::runs::upkeep::start(Arc::clone(&services));

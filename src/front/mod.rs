@@ -2,8 +2,8 @@
 //! validates and writes responses; each chat request's work is a SessionActor's, and the
 //! front reaches models only through actors. [`chat`] is the chat route, [`creative`] the
 //! Sogni-native routes of hosted tools and media, [`runs`] and [`run_events`] the durable
-//! chat runs, [`workflows`] the creative workflows, [`routes`] the others, [`http`] what
-//! they share.
+//! chat runs, [`workflows`] the creative workflows and [`templates`] their saved recipes,
+//! [`routes`] the others, [`http`] what they share.
 
 pub mod chat;
 pub mod creative;
@@ -11,6 +11,7 @@ pub mod http;
 pub mod routes;
 pub mod run_events;
 pub mod runs;
+pub mod templates;
 pub mod workflows;
 
 use std::net::SocketAddr;
@@ -81,6 +82,24 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/chat/runs/{id}/confirm-cost")
             .route(web::post().to(runs::confirm_cost))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/creative-agent/workflows/templates")
+            .route(web::get().to(templates::list))
+            .route(web::post().to(templates::create))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/creative-agent/workflows/templates/{id}")
+            .route(web::get().to(templates::get))
+            .route(web::patch().to(templates::patch))
+            .route(web::delete().to(templates::delete))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/creative-agent/workflows/templates/{id}/fork")
+            .route(web::post().to(templates::fork))
             .default_service(web::to(routes::method_not_allowed)),
     )
     .service(

@@ -25,6 +25,7 @@ use crate::session::Services;
 use crate::workflows::plan::Plan;
 use crate::workflows::start::{self, NewWorkflow};
 use crate::workflows::state::{wire, WorkflowState};
+use crate::workflows::templates::instantiate;
 
 const MAX_BODY: usize = 4 << 20;
 /// How long a cancel waits for the executor to end the workflow.
@@ -67,15 +68,17 @@ async fn record(services: &Services, st: &WorkflowState) -> Result<Value, ApiErr
     Ok(st.record(lease.as_ref()))
 }
 
-/// Reads the plan of a start body: `input.steps` (a template's `workflow_id` names none yet).
-fn plan_of(
+/// The plan of a start body: its `input`, or the template `workflow_id` names made with
+/// `inputs` (whose media join the uploads).
+async fn plan_of(
+    s: &Services,
+    key: &Presented,
     body: &Map<String, Value>,
     request: &Value,
-    uploads: &[crate::protocol::media::Asset],
-) -> Result<(Value, Plan), ApiError> {
+    urls: &mut Vec<String>,
+) -> Result<(Value, Plan, Vec<crate::protocol::media::Asset>), ApiError> {
     let input = body.get("input").filter(|v| !v.is_null());
-    let template = request.get("workflowId");
-    let input = match (input, template) {
+    let template = match (input, request.get("workflowId")) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
                 "workflow_id",
@@ -86,17 +89,41 @@ fn plan_of(
             "input",
             "Send `input` (a plan with steps) or `workflow_id` (a template) to start a workflow",
         )),
-        (Some(i), None) => i.clone(),
+        (Some(_), None) => None,
         (None, Some(t)) => {
-            // Saved templates are not served yet: no id names one.
-            return Err(ApiError::not_found(format!(
-                "No workflow template `{}`",
-                t.as_str().unwrap_or_default()
-            )));
+            let t = super::templates::readable(s, key, t.as_str().unwrap_or_default()).await?;
+            let body = t.body.as_object().cloned().unwrap_or_default();
+            let (values, media) = instantiate::read_inputs(&body, &request["inputs"])?;
+            urls.extend(media);
+            Some((body, values))
         }
     };
-    let plan = Plan::parse(&input, uploads)?;
-    Ok((input, plan))
+    let mut uploads = Vec::new();
+    for (i, url) in urls.iter().enumerate() {
+        uploads.push(
+            crate::runs::request::resolve(
+                &s.media,
+                url,
+                &key.record.account_id,
+                &format!("media_references[{i}]"),
+            )
+            .await?,
+        );
+    }
+    let input = match (input, template) {
+        (Some(i), _) => i.clone(),
+        (None, Some((body, values))) => {
+            let given = instantiate::Given {
+                values,
+                uploads: uploads.clone(),
+                upload_urls: urls.clone(),
+            };
+            instantiate::instantiate(&body, &given)?
+        }
+        (None, None) => unreachable!("one of the two was checked above"),
+    };
+    let plan = Plan::parse(&input, &uploads)?;
+    Ok((input, plan, uploads))
 }
 
 /// `POST /v1/creative-agent/workflows`.
@@ -117,20 +144,8 @@ pub async fn create(
             let body = json_body(&req, payload, MAX_BODY).await?;
             let body = body.as_object().cloned().unwrap_or_default();
             let request = start::options(&body)?;
-            let urls = start::media_urls(&body)?;
-            let mut uploads = Vec::new();
-            for (i, url) in urls.iter().enumerate() {
-                uploads.push(
-                    crate::runs::request::resolve(
-                        &s.media,
-                        url,
-                        &key.record.account_id,
-                        &format!("media_references[{i}]"),
-                    )
-                    .await?,
-                );
-            }
-            let (input, plan) = plan_of(&body, &request, &uploads)?;
+            let mut urls = start::media_urls(&body)?;
+            let (input, plan, uploads) = plan_of(s, &key, &body, &request, &mut urls).await?;
             let new = NewWorkflow {
                 request,
                 input,

@@ -50,6 +50,8 @@ pub struct Services {
     pub media: Arc<crate::media::MediaServices>,
     /// Durable runs: their log, and the runs this front executes.
     pub runs: Arc<crate::runs::Runs>,
+    /// Saved workflow templates.
+    pub templates: Arc<dyn crate::workflows::templates::store::TemplateStore>,
 }
 
 impl Services {

@@ -16,6 +16,8 @@ use crate::tools::results::ToolError;
 pub struct Bound {
     pub arguments: Map<String, Value>,
     pub media: MediaContext,
+    /// What the media context holds, by index, for an interactive step's model.
+    pub described: String,
 }
 
 fn missing(b: &Binding, why: String) -> ToolError {
@@ -83,6 +85,13 @@ pub fn bind(
     for u in &state.uploads {
         media.upload(u.clone());
     }
+    let mut lines: Vec<String> = Vec::new();
+    let mut seen = [0usize; 3];
+    for u in &state.uploads {
+        let n = &mut seen[u.kind as usize];
+        *n += 1;
+        lines.push(format!("{} index -{n}: an upload", u.kind.as_str()));
+    }
     let mut arguments = step.arguments.clone();
     if let Some(seed) = seed.filter(|_| def.parameters["properties"].get("seed").is_some()) {
         arguments.insert("seed".into(), json!(seed));
@@ -102,7 +111,13 @@ pub fn bind(
                     .unwrap_or(0);
                 json!(-(k as i64) - 1)
             } else {
-                json!(media.add_generated(std::slice::from_ref(asset))[0])
+                let i = media.add_generated(std::slice::from_ref(asset))[0];
+                lines.push(format!(
+                    "{} index {i}: the output of step `{}`",
+                    asset.kind.as_str(),
+                    b.source_step_id
+                ));
+                json!(i)
             }
         } else {
             let url = signer.url(origin, &asset.id, now);
@@ -120,5 +135,14 @@ pub fn bind(
             arguments.insert(b.target_argument.clone(), value);
         }
     }
-    Ok(Bound { arguments, media })
+    let described = if lines.is_empty() {
+        String::new()
+    } else {
+        format!("Media you can name by index:\n{}", lines.join("\n"))
+    };
+    Ok(Bound {
+        arguments,
+        media,
+        described,
+    })
 }

@@ -18,7 +18,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc::unbounded_channel;
 use tokio::sync::watch;
 
-use super::bind::{bind, Bound};
+use super::bind::bind;
+use super::interactive;
 use super::plan::Step;
 use super::state::WorkflowState;
 use crate::api::chat_request::TokenChoice;
@@ -29,6 +30,7 @@ use crate::runs::log::{LogError, RunMeta};
 use crate::runs::{blocking, Runs, Signal, Stop};
 use crate::session::Services;
 use crate::tools::call;
+use crate::tools::catalog::catalog;
 use crate::tools::executor::{MediaCall, ToolExecutorActor};
 use crate::tools::results::ToolError;
 use crate::tools::tool_loop::unit_price;
@@ -60,11 +62,22 @@ struct Executor {
     dispatched: HashSet<String>,
 }
 
+/// A step ready to dispatch.
+struct Dispatch {
+    call: MediaCall,
+}
+
 /// What a finished step call brings back.
 struct Finished {
     step: String,
     tool: String,
     outcome: Result<Vec<Asset>, ToolError>,
+}
+
+/// Whose outputs are being written.
+struct Done {
+    step: String,
+    tool: String,
 }
 
 impl Executor {
@@ -191,27 +204,13 @@ impl Executor {
             self.skip_blocked(&plan.steps).await?;
             for step in self.ready(&plan.steps) {
                 match self.start_step(&step).await? {
-                    Ok((ready, job_id)) => {
-                        let media_call = MediaCall {
-                            job_id,
-                            call_id: step.id.clone(),
-                            tool: step.tool_name.clone(),
-                            key: self.key.clone(),
-                            choice: self.token_choice(),
-                            ready,
-                            unit_usd: unit_price(
-                                &self.services.config.tools,
-                                step.def()
-                                    .unwrap_or_else(|| unreachable!("plans name catalog tools")),
-                            ),
-                            priority: 0,
-                        };
+                    Ok(Dispatch { call }) => {
+                        let (id, tool) = (step.id.clone(), call.tool.clone());
                         let rx = ToolExecutorActor::run(
                             Arc::clone(&self.services),
-                            media_call,
+                            call,
                             progress.clone(),
                         );
-                        let (id, tool) = (step.id.clone(), step.tool_name.clone());
                         running.push(async move {
                             let outcome = rx.await.unwrap_or_else(|_| {
                                 Err(ToolError::new(
@@ -227,9 +226,7 @@ impl Executor {
                             }
                         });
                     }
-                    Err(e) => {
-                        self.append(vec![failed(&step.id, &e, false)]).await?;
-                    }
+                    Err(e) => self.step_failed(&step, e).await?,
                 }
             }
             if running.is_empty() {
@@ -237,7 +234,15 @@ impl Executor {
             }
             let mut signal = self.signal.clone();
             tokio::select! {
-                Some(done) = running.next() => self.finished(done).await?,
+                Some(done) = running.next() => {
+                    let Some(step) = plan.steps.iter().find(|s| s.id == done.step) else {
+                        continue;
+                    };
+                    match done.outcome {
+                        Err(e) => self.step_failed(step, e).await?,
+                        Ok(assets) => self.finished(step, &done.tool, assets).await?,
+                    }
+                }
                 Some(_) = heard.recv() => {}
                 _ = signal.changed() => self.check()?,
             }
@@ -252,27 +257,44 @@ impl Executor {
         }
     }
 
-    /// Queued steps whose every source completed.
+    /// Queued steps whose every source completed, no more of a group than its concurrency
+    /// allows beside those running.
     fn ready(&self, steps: &[Step]) -> Vec<Step> {
-        steps
-            .iter()
-            .filter(|s| {
-                self.state.step(&s.id).is_some_and(|st| {
-                    st.status == "queued"
-                        || st.status == "running" && !self.dispatched.contains(&s.id)
-                })
-            })
-            .filter(|s| {
-                s.depends_on.iter().all(|b| {
-                    b.source_step_id == super::plan::INPUT_MEDIA
-                        || self.state.step(&b.source_step_id).is_some_and(|st| {
-                            st.status == "completed"
-                                || !b.required && matches!(st.status.as_str(), "failed" | "skipped")
-                        })
-                })
-            })
-            .cloned()
-            .collect()
+        let mut running: HashMap<&str, usize> = HashMap::new();
+        for s in steps {
+            let busy = self
+                .state
+                .step(&s.id)
+                .is_some_and(|st| st.status == "running");
+            if let (Some(g), true) = (&s.group, busy) {
+                *running.entry(g.name.as_str()).or_default() += 1;
+            }
+        }
+        let mut out = Vec::new();
+        for s in steps {
+            let runnable = self.state.step(&s.id).is_some_and(|st| {
+                st.status == "queued" || st.status == "running" && !self.dispatched.contains(&s.id)
+            });
+            let inputs_ready = s.depends_on.iter().all(|b| {
+                b.source_step_id == super::plan::INPUT_MEDIA
+                    || self.state.step(&b.source_step_id).is_some_and(|st| {
+                        st.status == "completed"
+                            || !b.required && matches!(st.status.as_str(), "failed" | "skipped")
+                    })
+            });
+            if !runnable || !inputs_ready {
+                continue;
+            }
+            if let Some(g) = &s.group {
+                let n = running.entry(g.name.as_str()).or_default();
+                if *n >= g.concurrency {
+                    continue;
+                }
+                *n += 1;
+            }
+            out.push(s.clone());
+        }
+        out
     }
 
     /// Marks failed the queued steps a failed required source leaves without input.
@@ -304,12 +326,9 @@ impl Executor {
         }
     }
 
-    /// Binds and prepares a step, writes `step_started`, and returns the call to dispatch
-    /// (or why it cannot run).
-    async fn start_step(
-        &mut self,
-        step: &Step,
-    ) -> Result<Result<(call::ReadyCall, String), ToolError>, Stop> {
+    /// Binds and prepares a step (an interactive one's model writes its call first), writes
+    /// `step_started`, and returns the call to dispatch (or why it cannot run).
+    async fn start_step(&mut self, step: &Step) -> Result<Result<Dispatch, ToolError>, Stop> {
         let interrupted = self.state.interrupted(&step.id);
         let st = self.state.step(&step.id).cloned().unwrap_or_default();
         let attempt = if interrupted {
@@ -318,7 +337,7 @@ impl Executor {
             st.attempt + 1
         };
         let job_id = format!("{}-{}-a{attempt}", self.meta.run_id, step.id);
-        let Bound { arguments, media } = match bind(
+        let bound = match bind(
             step,
             &self.state,
             &self.services.media.signer,
@@ -328,14 +347,41 @@ impl Executor {
             Ok(b) => b,
             Err(e) => return Ok(Err(e)),
         };
-        let def = step
-            .def()
-            .unwrap_or_else(|| unreachable!("plans name catalog tools"));
+        let (tool, arguments) = match (&step.interactive, interrupted) {
+            (None, _) => (step.tool_name.clone(), Value::Object(bound.arguments)),
+            // The model chose before the front died: the same call again.
+            (Some(_), true) => (
+                st.tool.clone().unwrap_or_default(),
+                st.arguments.clone().unwrap_or_default(),
+            ),
+            (Some(stage), false) => {
+                let decided = interactive::decide(
+                    &self.services,
+                    &self.key,
+                    step,
+                    stage,
+                    &bound.described,
+                    format!("{job_id}-llm"),
+                )
+                .await;
+                match decided {
+                    Ok((tool, args)) => (tool, serde_json::from_str(&args).unwrap_or(Value::Null)),
+                    Err(e) => return Ok(Err(e)),
+                }
+            }
+        };
+        let Some(def) = catalog().get(&tool) else {
+            return Ok(Err(ToolError::new(
+                "PARAMETER_INVALID",
+                format!("no hosted tool `{tool}`"),
+                false,
+            )));
+        };
         let ready = call::prepare(
             def,
-            &Value::Object(arguments.clone()).to_string(),
+            &arguments.to_string(),
             &self.meta.account_id,
-            &media,
+            &bound.media,
             &self.services.media.assets,
             job_id.clone(),
         )
@@ -347,13 +393,24 @@ impl Executor {
         self.append(vec![(
             "step_started",
             json!({"message": format!("Step `{}` started", step.id), "data": {
-                "stepId": step.id, "toolName": step.tool_name, "jobId": job_id,
+                "stepId": step.id, "toolName": tool, "jobId": job_id,
                 "attempt": attempt, "arguments": arguments,
             }}),
         )])
         .await?;
         self.dispatched.insert(step.id.clone());
-        Ok(Ok((ready, job_id)))
+        Ok(Ok(Dispatch {
+            call: MediaCall {
+                job_id,
+                call_id: step.id.clone(),
+                tool,
+                key: self.key.clone(),
+                choice: self.token_choice(),
+                ready,
+                unit_usd: unit_price(&self.services.config.tools, def),
+                priority: 0,
+            },
+        }))
     }
 
     /// The seed a reseeded workflow gives the step, if any.
@@ -365,10 +422,26 @@ impl Executor {
             .as_u64()
     }
 
-    async fn finished(&mut self, done: Finished) -> Result<(), Stop> {
-        let assets = match done.outcome {
-            Ok(a) => a,
-            Err(e) => return self.append(vec![failed(&done.step, &e, false)]).await,
+    /// A step's attempt failed: it fails, or it is queued again while it has attempts left.
+    async fn step_failed(&mut self, step: &Step, e: ToolError) -> Result<(), Stop> {
+        let attempt = self.state.step(&step.id).map_or(0, |s| s.attempt);
+        let (kind, mut payload) = failed(&step.id, &e, false);
+        if attempt < step.max_attempts && attempt > 0 {
+            payload["data"]["retrying"] = json!(true);
+            payload["message"] = json!(format!(
+                "Step `{}` failed ({}); trying again",
+                step.id, e.message
+            ));
+        }
+        self.dispatched.remove(&step.id);
+        self.append(vec![(kind, payload)]).await
+    }
+
+    /// A step's outputs: one `artifact_created` each, then `step_completed`.
+    async fn finished(&mut self, step: &Step, tool: &str, assets: Vec<Asset>) -> Result<(), Stop> {
+        let done = Done {
+            step: step.id.clone(),
+            tool: tool.to_string(),
         };
         let now = crate::clock::unix_secs() as u64;
         let signer = &self.services.media.signer;

@@ -3,14 +3,17 @@
 //! in the run log ([`crate::runs::log`], kind [`crate::runs::log::KIND_WORKFLOW`]) under a
 //! lease, and the runs' upkeep relays its cancels, renews its lease and hands it to another
 //! front when its front dies. What is its own: the [`plan`] and its checks, the [`bind`]ing
-//! of outputs into inputs, the [`state`] folded from its events, how one [`start`]s, and
-//! its [`executor`].
+//! of outputs into inputs, the [`state`] folded from its events, how one [`start`]s, its
+//! [`executor`] (and the LLM round of an [`interactive`] step), and the saved recipes that
+//! start one ([`templates`]).
 
 pub mod bind;
 pub mod executor;
+pub mod interactive;
 pub mod plan;
 pub mod start;
 pub mod state;
+pub mod templates;
 
 /// The prefix of workflow ids (`wf_` + 128 random bits): how a front adopting an orphaned
 /// run knows which executor it needs.

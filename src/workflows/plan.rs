@@ -93,6 +93,27 @@ fn yes() -> bool {
     true
 }
 
+/// An `interactive` template stage: an LLM round that picks one of `allowed_tools` and
+/// writes its arguments; that call is the step's media job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Interactive {
+    pub system_prompt: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_message: Option<String>,
+    pub allowed_tools: Vec<String>,
+}
+
+/// Steps that run at most `concurrency` at a time (a template's `batch` stage).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    pub name: String,
+    pub concurrency: usize,
+}
+
+/// `toolName` of an interactive step.
+pub const INTERACTIVE: &str = "interactive";
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Step {
@@ -102,11 +123,32 @@ pub struct Step {
     pub arguments: Map<String, Value>,
     #[serde(default)]
     pub depends_on: Vec<Binding>,
+    /// Attempts before the step fails (a template's `onError: retry_once` or
+    /// `maxAttemptsPerItem`).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub max_attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<Group>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interactive: Option<Interactive>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 impl Step {
+    /// The tool the step runs (an interactive step's first allowed tool stands for the
+    /// others: they make the same kind of media).
     pub fn def(&self) -> Option<&'static ToolDef> {
-        catalog().get(&self.tool_name)
+        match &self.interactive {
+            Some(i) => i.allowed_tools.first().and_then(|t| catalog().get(t)),
+            None => catalog().get(&self.tool_name),
+        }
     }
 
     /// The steps this one waits for.
@@ -187,8 +229,13 @@ impl Plan {
             for (j, b) in s.depends_on.iter().enumerate() {
                 let path = format!("input.steps[{i}].dependsOn[{j}]");
                 let kind = self.source_kind(b, uploads, &path)?;
-                check_target(def, b, kind, &path)?;
-                stand_in(def, b, &mut standing_in, &path)?;
+                if s.interactive.is_none() {
+                    check_target(def, b, kind, &path)?;
+                    stand_in(def, b, &mut standing_in, &path)?;
+                }
+            }
+            if s.interactive.is_some() {
+                continue;
             }
             check_arguments(def, &standing_in)
                 .map_err(|m| at(&format!("input.steps[{i}].arguments"), m))?;
@@ -404,12 +451,20 @@ fn read_step(s: &Value, i: usize) -> Result<Step, ApiError> {
             ))
         }
     };
-    let tool_name = field("toolName", "tool_name")
-        .and_then(Value::as_str)
-        .ok_or_else(|| at(&format!("{path}.toolName"), "is required"))?;
-    let hosted = catalog()
-        .get(tool_name)
-        .is_some_and(|d| d.kind == Kind::Media);
+    let interactive = match field("interactive", "interactive") {
+        None => None,
+        Some(v) => Some(read_interactive(v, &format!("{path}.interactive"))?),
+    };
+    let tool_name = match &interactive {
+        Some(_) => INTERACTIVE,
+        None => field("toolName", "tool_name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| at(&format!("{path}.toolName"), "is required"))?,
+    };
+    let hosted = interactive.is_some()
+        || catalog()
+            .get(tool_name)
+            .is_some_and(|d| d.kind == Kind::Media);
     if !hosted {
         return Err(at(
             &format!("{path}.toolName"),
@@ -437,13 +492,66 @@ fn read_step(s: &Value, i: usize) -> Result<Step, ApiError> {
             "a step cannot wait for itself",
         ));
     }
+    let max_attempts = match field("maxAttempts", "max_attempts") {
+        None => 1,
+        Some(v) => {
+            v.as_u64()
+                .filter(|n| (1..=5).contains(n))
+                .ok_or_else(|| at(&format!("{path}.maxAttempts"), "is 1 to 5"))? as u32
+        }
+    };
+    let group = match field("group", "group") {
+        None => None,
+        Some(g) => Some(
+            serde_json::from_value::<Group>(g.clone())
+                .ok()
+                .filter(|g| g.concurrency > 0)
+                .ok_or_else(|| {
+                    at(
+                        &format!("{path}.group"),
+                        "is `{name, concurrency}` with a concurrency of 1 or more",
+                    )
+                })?,
+        ),
+    };
     Ok(Step {
         id,
         sequence: i,
         tool_name: tool_name.to_string(),
         arguments,
         depends_on,
+        max_attempts,
+        group,
+        interactive,
     })
+}
+
+fn read_interactive(v: &Value, path: &str) -> Result<Interactive, ApiError> {
+    let i: Interactive = serde_json::from_value(v.clone())
+        .map_err(|_| at(path, "is `{systemPrompt, allowedTools[], userMessage?}`"))?;
+    if i.allowed_tools.is_empty() {
+        return Err(at(&format!("{path}.allowedTools"), "names no tool"));
+    }
+    let mut kinds = Vec::new();
+    for t in &i.allowed_tools {
+        let def = catalog()
+            .get(t)
+            .filter(|d| d.kind == Kind::Media)
+            .ok_or_else(|| {
+                at(
+                    &format!("{path}.allowedTools"),
+                    format!("`{t}` is not a hosted media tool of this server"),
+                )
+            })?;
+        kinds.push(output_kind(def));
+    }
+    if kinds.windows(2).any(|w| w[0] != w[1]) {
+        return Err(at(
+            &format!("{path}.allowedTools"),
+            "the tools of one interactive stage must make the same kind of media",
+        ));
+    }
+    Ok(i)
 }
 
 fn read_binding(b: &Value, path: &str) -> Result<Binding, ApiError> {

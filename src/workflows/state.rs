@@ -26,6 +26,8 @@ pub struct StepState {
     pub job_id: Option<String>,
     /// Attempts started (the job id's `-aN`).
     pub attempt: u32,
+    /// The tool its last attempt ran (an interactive step's model chose it).
+    pub tool: Option<String>,
     pub arguments: Option<Value>,
     /// The outputs as the record shows them, and as assets.
     pub artifacts: Vec<Value>,
@@ -148,6 +150,7 @@ impl WorkflowState {
                     st.status = "running".into();
                     st.job_id = d["jobId"].as_str().map(String::from);
                     st.attempt = d["attempt"].as_u64().unwrap_or(1) as u32;
+                    st.tool = d["toolName"].as_str().map(String::from);
                     st.arguments = Some(d["arguments"].clone());
                     st.started_at = Some(at);
                 }
@@ -164,7 +167,9 @@ impl WorkflowState {
             "step_failed" => {
                 let at = e.at.clone();
                 if let Some(st) = self.step_mut(d["stepId"].as_str().unwrap_or_default()) {
-                    st.status = if d["skipped"] == true {
+                    st.status = if d["retrying"] == true {
+                        "queued"
+                    } else if d["skipped"] == true {
                         "skipped"
                     } else {
                         "failed"
