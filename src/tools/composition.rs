@@ -3,7 +3,8 @@
 //! LLM-backed. Each runs as a sub-generation on the pool, constrained to the tool's result
 //! schema (the same grammar machinery as `response_format`), and is billed like any
 //! completion by its own turn. Called by the model in the tool loop, or directly with
-//! `POST /v1/creative-agent/tools/execute`.
+//! `POST /v1/creative-agent/tools/execute`. The planners' results are made into what the
+//! workflow routes accept ([`crate::workflows::drafts`]).
 
 use std::sync::Arc;
 
@@ -39,6 +40,7 @@ pub async fn run(
         _ => return Err(invalid("the arguments must be a JSON object".into())),
     };
     def.check_names(&args).map_err(invalid)?;
+    let tool_args = args.clone();
     let schema = def
         .result
         .clone()
@@ -76,7 +78,15 @@ pub async fn run(
         match events.recv().await {
             Some(SessionEvent::Delta(d, _)) => message.apply(d),
             Some(SessionEvent::Done { finish, usage, .. }) => {
-                return parse_result(&message.content, finish).map(|v| (v, usage))
+                let v = parse_result(&message.content, finish)?;
+                let v = match def.name.as_str() {
+                    "compose_workflow" => crate::workflows::drafts::plan(services, v)?,
+                    "compose_workflow_template" => {
+                        crate::workflows::drafts::template_draft(&tool_args, v)?
+                    }
+                    _ => v,
+                };
+                return Ok((v, usage));
             }
             Some(SessionEvent::Error(e)) => {
                 return Err(ToolError::new("MODEL_UNAVAILABLE", e.message, true))

@@ -5,9 +5,11 @@
 //! front when its front dies. What is its own: the [`plan`] and its checks, the [`bind`]ing
 //! of outputs into inputs, the [`state`] folded from its events, how one [`start`]s, its
 //! [`executor`] (and the LLM round of an [`interactive`] step), and the saved recipes that
-//! start one ([`templates`]).
+//! start one ([`templates`]). [`drafts`] makes the planner tools' output what these
+//! routes accept.
 
 pub mod bind;
+pub mod drafts;
 pub mod executor;
 pub mod interactive;
 pub mod plan;

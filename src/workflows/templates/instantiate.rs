@@ -504,3 +504,129 @@ fn required_artifacts(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upload(url: &str, kind: MediaKind) -> Asset {
+        Asset {
+            id: format!("a-{}", url.len()),
+            account_id: "acct".into(),
+            kind,
+            mime: "image/png".into(),
+            size_bytes: 1,
+            width: None,
+            height: None,
+            duration_ms: None,
+        }
+    }
+
+    fn template() -> Map<String, Value> {
+        json!({
+            "name": "Portrait set",
+            "inputs": [
+                {"name": "photo", "type": "image", "required": true},
+                {"name": "styles", "type": "text", "multiple": {"min": 1, "max": 4}, "required": true},
+                {"name": "music", "type": "boolean", "default": false},
+                {"name": "mood", "type": "select", "options": [{"value": "calm", "label": "Calm"}], "default": "calm"},
+            ],
+            "stages": [
+                {"id": "portrait", "type": "fixed", "tool": "edit_image",
+                 "args": {"prompt": "a $inputs.mood portrait", "sourceImageIndex": "$inputs.photo"}, "onError": "retry_once"},
+                {"id": "variants", "type": "batch", "overBinding": "$inputs.styles", "itemName": "style",
+                 "partialExecutionEnabled": true, "concurrency": 2,
+                 "itemStage": {"id": "variant", "type": "fixed", "tool": "edit_image", "args": {"prompt": "in the style of $inputs.style"}},
+                 "requiredArtifactsIn": ["portrait"]},
+                {"id": "clip", "type": "fixed", "tool": "animate_photo", "args": {"prompt": "it moves"},
+                 "requiredArtifactsIn": ["portrait"]},
+                {"id": "song", "type": "fixed", "tool": "generate_music", "args": {"prompt": "a $inputs.mood song"},
+                 "condition": "$inputs.music"},
+            ],
+        })
+        .as_object()
+        .cloned()
+        .expect("object")
+    }
+
+    #[test]
+    fn a_template_becomes_a_plan_with_its_inputs() {
+        let t = template();
+        let (values, media) = read_inputs(
+            &t,
+            &json!({"photo": "https://h/p.png", "styles": ["ink", "oil"]}),
+        )
+        .expect("inputs");
+        assert_eq!(media, ["https://h/p.png"]);
+        assert_eq!(values["mood"], "calm");
+        let given = Given {
+            values,
+            uploads: vec![upload("https://h/p.png", MediaKind::Image)],
+            upload_urls: media,
+        };
+        let plan = instantiate(&t, &given).expect("plan");
+        let steps = plan["steps"].as_array().expect("steps");
+        let ids: Vec<&str> = steps.iter().filter_map(|s| s["id"].as_str()).collect();
+        // The song's condition is false; the batch made one step per style.
+        assert_eq!(ids, ["portrait", "variants_1", "variants_2", "clip"]);
+        assert_eq!(
+            steps[0]["arguments"],
+            json!({"prompt": "a calm portrait", "sourceImageIndex": -1})
+        );
+        assert_eq!(steps[0]["maxAttempts"], 2);
+        assert_eq!(steps[1]["arguments"]["prompt"], "in the style of ink");
+        assert_eq!(
+            steps[2]["group"],
+            json!({"name": "variants", "concurrency": 2})
+        );
+        // retry_once keeps later stages waiting on it; the portrait feeds both.
+        assert_eq!(
+            steps[3]["dependsOn"],
+            json!([{"sourceStepId": "portrait", "targetArgument": "sourceImageIndex", "transform": "image_index", "required": true}])
+        );
+        crate::workflows::plan::Plan::parse(&plan, &given.uploads).expect("a valid plan");
+    }
+
+    #[test]
+    fn inputs_are_checked_against_the_template() {
+        let t = template();
+        let err = |inputs: Value| read_inputs(&t, &inputs).expect_err("refused").message;
+        assert!(err(json!({"styles": ["x"]})).contains("inputs.photo: is required"));
+        assert!(
+            err(json!({"photo": "data:image/png;base64,AA", "styles": ["x"]}))
+                .contains("http(s) URL")
+        );
+        assert!(err(json!({"photo": "https://h/p", "styles": []})).contains("1 to 4"));
+        assert!(
+            err(json!({"photo": "https://h/p", "styles": ["x"], "mood": "loud"}))
+                .contains("options")
+        );
+        assert!(
+            err(json!({"photo": "https://h/p", "styles": ["x"], "colour": 1}))
+                .contains("inputs.colour")
+        );
+        let mut bad = template();
+        bad["stages"][0]["args"]["prompt"] = json!("a $inputs.nope portrait");
+        let given = Given::default();
+        let e = instantiate(&bad, &given)
+            .expect_err("unknown placeholder")
+            .message;
+        assert!(e.contains("`$inputs.nope` names no input"), "{e}");
+    }
+
+    #[test]
+    fn the_template_check_makes_its_example_plan() {
+        let ok = crate::workflows::templates::template::check(&Value::Object(template()))
+            .expect("valid");
+        assert_eq!(ok["visibility"], "private");
+        let mut no_input = template();
+        no_input["stages"][2]["tool"] = json!("generate_music");
+        let e = crate::workflows::templates::template::check(&Value::Object(no_input))
+            .expect_err("music takes no image")
+            .message;
+        assert!(e.contains("requiredArtifactsIn"), "{e}");
+        let mut unknown = template();
+        unknown.insert("colour".into(), json!(1));
+        assert!(crate::workflows::templates::template::check(&Value::Object(unknown)).is_err());
+    }
+}
