@@ -101,6 +101,15 @@ impl ApiError {
         }
     }
 
+    pub fn unsupported_media(message: impl Into<String>) -> Self {
+        Self::new(
+            415,
+            "invalid_request_error",
+            Some("unsupported_media_type"),
+            message,
+        )
+    }
+
     pub fn too_large(limit: usize) -> Self {
         Self::new(
             413,

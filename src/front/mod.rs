@@ -3,7 +3,7 @@
 //! front reaches models only through actors. [`chat`] is the chat route, [`creative`] the
 //! Sogni-native routes of hosted tools and media, [`runs`] and [`run_events`] the durable
 //! chat runs, [`workflows`] the creative workflows and [`templates`] their saved recipes,
-//! [`routes`] the others, [`http`] what they share.
+//! [`uploads`] presigned media uploads, [`routes`] the others, [`http`] what they share.
 
 pub mod chat;
 pub mod creative;
@@ -12,6 +12,7 @@ pub mod routes;
 pub mod run_events;
 pub mod runs;
 pub mod templates;
+pub mod uploads;
 pub mod workflows;
 
 use std::net::SocketAddr;
@@ -146,6 +147,46 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(
         web::resource("/v1/creative-agent/tools/execute")
             .route(web::post().to(creative::execute_tool))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v2/image/uploadUrl")
+            .route(web::get().to(uploads::image_upload_url))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v2/media/uploadUrl")
+            .route(web::get().to(uploads::media_upload_url))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/image/uploadUrl")
+            .route(web::get().to(uploads::image_put_url))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/media/uploadUrl")
+            .route(web::get().to(uploads::media_put_url))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource(["/v1/image/downloadUrl", "/v2/image/downloadUrl"])
+            .route(web::get().to(uploads::image_download_url))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource(["/v1/media/downloadUrl", "/v2/media/downloadUrl"])
+            .route(web::get().to(uploads::media_download_url))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v2/uploads")
+            .route(web::post().to(uploads::post))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
+        web::resource("/v1/uploads")
+            .route(web::put().to(uploads::put))
             .default_service(web::to(routes::method_not_allowed)),
     )
     .service(

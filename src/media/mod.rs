@@ -3,7 +3,7 @@
 //! makes the signed, expiring URLs the front serves them under; [`data_uri`] checks inline
 //! media from clients and models. A media worker ([`worker`]) runs jobs on a backend
 //! ([`backend`]: [`comfyui`], [`openai_images`]), filling the pipeline's workflow graph
-//! ([`graphs`]).
+//! ([`graphs`]). [`uploads`] lets clients put their own media in, through presigned URLs.
 
 pub mod backend;
 pub mod comfyui;
@@ -11,8 +11,10 @@ pub mod data_uri;
 pub mod graphs;
 pub mod openai_images;
 pub mod s3;
+pub mod s3_post;
 pub mod signing;
 pub mod store;
+pub mod uploads;
 pub mod worker;
 
 /// What a front needs of media: the assets and the signer of their URLs.

@@ -4,15 +4,19 @@
 //! environment (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`,
 //! `AWS_ENDPOINT` for MinIO or another S3, `AWS_ALLOW_HTTP=true` for a plain-HTTP one).
 
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::path::Path;
+use object_store::signer::Signer;
 use object_store::{ObjectStore, PutMode, PutOptions, PutPayload};
 
-use super::store::{MediaStore, MediaStoreError, StoreFuture};
+use super::s3_post::{self, Credentials};
+use super::store::{MediaStore, MediaStoreError, PostForm, PresignedUpload, StoreFuture};
 
 pub struct S3Store {
     bucket: AmazonS3,
     prefix: String,
+    /// Static credentials, for presigned POST forms (none: the front takes uploads).
+    credentials: Option<Credentials>,
 }
 
 impl S3Store {
@@ -26,13 +30,29 @@ impl S3Store {
             !bucket.is_empty(),
             "the media store URL `{url}` names no bucket"
         );
-        let bucket = AmazonS3Builder::from_env()
-            .with_bucket_name(bucket)
+        let builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let value = |k| builder.get_config_value(&k);
+        let credentials = match (
+            value(AmazonS3ConfigKey::AccessKeyId),
+            value(AmazonS3ConfigKey::SecretAccessKey),
+        ) {
+            (Some(access_key), Some(secret_key)) => Some(Credentials {
+                access_key,
+                secret_key,
+                token: value(AmazonS3ConfigKey::Token),
+                region: value(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".into()),
+                endpoint: value(AmazonS3ConfigKey::Endpoint),
+                bucket: bucket.to_string(),
+            }),
+            _ => None,
+        };
+        let bucket = builder
             .build()
             .map_err(|e| anyhow::anyhow!("the S3 media store {url}: {e}"))?;
         Ok(Self {
             bucket,
             prefix: prefix.trim_matches('/').to_string(),
+            credentials,
         })
     }
 
@@ -82,5 +102,33 @@ impl MediaStore for S3Store {
                 Err(e) => Err(backend(e)),
             }
         })
+    }
+
+    fn presigned_post(&self, u: &PresignedUpload) -> Option<Result<PostForm, MediaStoreError>> {
+        let c = self.credentials.as_ref()?;
+        let key = self.path(&u.key).to_string();
+        let (url, fields) = s3_post::form(
+            c,
+            &key,
+            &u.content_type,
+            u.max_bytes,
+            u.expires_secs,
+            chrono::Utc::now(),
+        );
+        Some(Ok(PostForm { url, fields }))
+    }
+
+    fn presigned_put<'a>(&'a self, u: &'a PresignedUpload) -> Option<StoreFuture<'a, String>> {
+        Some(Box::pin(async move {
+            self.bucket
+                .signed_url(
+                    reqwest::Method::PUT,
+                    &self.path(&u.key),
+                    std::time::Duration::from_secs(u.expires_secs),
+                )
+                .await
+                .map(|u| u.to_string())
+                .map_err(|e| MediaStoreError::Backend(e.to_string()))
+        }))
     }
 }

@@ -29,6 +29,38 @@ pub trait MediaStore: Send + Sync {
     fn put<'a>(&'a self, key: &'a str, bytes: Vec<u8>) -> StoreFuture<'a, ()>;
     /// The object, or `None` when there is none.
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Vec<u8>>>;
+    /// Where a client posts an object straight into the store (a presigned POST: the URL
+    /// and the form fields before the file), if the store takes such uploads; `None` and
+    /// the front takes the upload itself.
+    fn presigned_post(
+        &self,
+        _upload: &PresignedUpload,
+    ) -> Option<Result<PostForm, MediaStoreError>> {
+        None
+    }
+    /// A URL a client PUTs an object to, if the store takes such uploads.
+    fn presigned_put<'a>(
+        &'a self,
+        _upload: &'a PresignedUpload,
+    ) -> Option<StoreFuture<'a, String>> {
+        None
+    }
+}
+
+/// A presigned POST: where to post, and the form fields before `file`.
+#[derive(Debug, Clone)]
+pub struct PostForm {
+    pub url: String,
+    pub fields: Vec<(String, String)>,
+}
+
+/// An upload a store may let a client make directly.
+#[derive(Debug, Clone)]
+pub struct PresignedUpload {
+    pub key: String,
+    pub content_type: String,
+    pub max_bytes: u64,
+    pub expires_secs: u64,
 }
 
 /// Files under a folder; each put is written to a temporary file and renamed into place,
@@ -137,6 +169,11 @@ impl Assets {
             new.kind.as_str(),
             crate::ids::random_hex(12).map_err(backend)?
         );
+        self.save_as(id, new).await
+    }
+
+    /// Stores an asset under `id` (an upload's, which its slot names), replacing any there.
+    pub async fn save_as(&self, id: String, new: NewAsset) -> Result<Asset, MediaStoreError> {
         let asset = Asset {
             id,
             account_id: new.account_id,
@@ -161,6 +198,23 @@ impl Assets {
             return Ok(None);
         }
         self.get_json(&format!("assets/{id}/meta.json")).await
+    }
+
+    /// Records the metadata of an asset whose bytes a client put straight into the store
+    /// (an S3 presigned upload).
+    pub async fn describe(&self, asset: &Asset) -> Result<(), MediaStoreError> {
+        self.put_json(&format!("assets/{}/meta.json", asset.id), asset)
+            .await
+    }
+
+    /// The store key of an asset's bytes.
+    pub fn data_key(id: &str) -> String {
+        format!("assets/{id}/data")
+    }
+
+    /// The store itself (for presigned uploads).
+    pub fn store(&self) -> &Arc<dyn MediaStore> {
+        &self.store
     }
 
     /// An asset's bytes.
