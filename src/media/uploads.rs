@@ -141,7 +141,7 @@ impl Slot {
         };
         if !allowed.contains(&ct.as_str()) {
             return Err(format!(
-                "`{ct}` is not a content type this slot takes ({})",
+                "contentType `{ct}` is not one this slot takes ({})",
                 allowed.join(", ")
             ));
         }

@@ -102,3 +102,30 @@ def test_a_killed_media_worker_s_job_moves_and_is_made_and_billed_once(cluster, 
     finally:
         standin.stop()
         s3.stop()
+
+
+def test_uploads_go_straight_to_the_bucket_with_s3s_own_presigned_post_and_put(cluster, tmp_path):
+    from test_uploads import PNG, WAV
+    s3 = S3(tmp_path)
+    cluster.env.update(s3.env)
+    try:
+        url = start_front(cluster, "s3://media/supernet")
+        _, key = cluster.account()
+        http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        form = http.get("/v2/image/uploadUrl", params={"jobId": "s3", "type": "startingImage", "contentType": "image/png"}).json()["data"]
+        # The form posts to the bucket itself, with SigV4 policy fields.
+        assert form["url"] == f"{s3.url}/media"
+        assert form["fields"]["key"].startswith("supernet/assets/image-up") and form["fields"]["x-amz-signature"]
+        r = httpx.post(form["url"], data=form["fields"], files={"file": ("a.png", PNG, "image/png")}, timeout=60)
+        assert r.status_code in (200, 201, 204), r.text
+        assert form["fields"]["key"] in s3.keys()
+        down = http.get("/v2/image/downloadUrl", params={"jobId": "s3", "type": "startingImage"}).json()["data"]["downloadUrl"]
+        got = httpx.get(down, timeout=30)
+        assert got.status_code == 200 and got.content == PNG
+        put = http.get("/v1/media/uploadUrl", params={"jobId": "s3", "type": "referenceAudio", "contentType": "audio/wav"}).json()["data"]["uploadUrl"]
+        assert put.startswith(s3.url) and "X-Amz-Signature" in put
+        assert httpx.put(put, content=WAV, timeout=30).status_code == 200
+        down = http.get("/v1/media/downloadUrl", params={"jobId": "s3", "type": "referenceAudio"}).json()["data"]["downloadUrl"]
+        assert httpx.get(down, timeout=30).content == WAV
+    finally:
+        s3.stop()
