@@ -2,7 +2,8 @@
 //! validates and writes responses; each chat request's work is a SessionActor's, and the
 //! front reaches models only through actors. [`chat`] is the chat route, [`creative`] the
 //! Sogni-native routes of hosted tools and media, [`runs`] and [`run_events`] the durable
-//! chat runs, [`workflows`] the creative workflows and [`templates`] their saved recipes,
+//! chat runs, [`workflows`] and [`workflow_events`] the creative workflows and [`templates`]
+//! their saved recipes,
 //! [`uploads`] presigned media uploads, [`routes`] the others, [`http`] what they share.
 
 pub mod chat;
@@ -13,6 +14,7 @@ pub mod run_events;
 pub mod runs;
 pub mod templates;
 pub mod uploads;
+pub mod workflow_events;
 pub mod workflows;
 
 use std::net::SocketAddr;
@@ -116,12 +118,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .service(
         web::resource("/v1/creative-agent/workflows/{id}/events")
-            .route(web::get().to(workflows::events))
+            .route(web::get().to(workflow_events::events))
             .default_service(web::to(routes::method_not_allowed)),
     )
     .service(
         web::resource("/v1/creative-agent/workflows/{id}/events/stream")
-            .route(web::get().to(workflows::stream))
+            .route(web::get().to(workflow_events::stream))
             .default_service(web::to(routes::method_not_allowed)),
     )
     .service(

@@ -125,9 +125,16 @@ pub async fn stream(
         };
         Some((Ok::<_, actix_web::Error>(out), l))
     });
+    sse(stream::iter(frames).chain(live))
+}
+
+/// An SSE response of `frames`, unbuffered by proxies.
+pub fn sse(
+    frames: impl futures_util::Stream<Item = Result<Bytes, actix_web::Error>> + 'static,
+) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header((CONTENT_TYPE, "text/event-stream"))
         .insert_header((CACHE_CONTROL, "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(stream::iter(frames).chain(live))
+        .streaming(frames)
 }

@@ -1,15 +1,12 @@
 //! The creative workflow routes (`/v1/creative-agent/workflows`, contract §4) in Sogni's
-//! envelope: start (an inline plan or a template), list, get, events, the SSE stream,
-//! cancel, resume and reseed. A workflow belongs to the account whose key started it;
+//! envelope: start (an inline plan or a template), list, get, cancel, resume and reseed
+//! (its events are [`super::workflow_events`]). A workflow belongs to the account whose key started it;
 //! any other key gets 404 on every route.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE};
-use actix_web::web::Bytes;
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Map, Value};
 
 use super::creative::{authenticated, success};
@@ -24,14 +21,12 @@ use crate::runs::{blocking, Signal};
 use crate::session::Services;
 use crate::workflows::plan::Plan;
 use crate::workflows::start::{self, NewWorkflow};
-use crate::workflows::state::{wire, WorkflowState};
+use crate::workflows::state::WorkflowState;
 use crate::workflows::templates::instantiate;
 
 const MAX_BODY: usize = 4 << 20;
 /// How long a cancel waits for the executor to end the workflow.
 const CANCEL_WAIT: Duration = Duration::from_secs(5);
-/// How long the stream may be silent before a `workflow_status` keep-alive.
-const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 fn log_error(e: LogError) -> ApiError {
     ApiError::logged("the run log", e)
@@ -42,7 +37,11 @@ fn not_found(id: &str) -> ApiError {
 }
 
 /// Workflow `id` of `key`'s account, folded; 404 for another account's or a chat run.
-async fn load(services: &Services, key: &Presented, id: &str) -> Result<WorkflowState, ApiError> {
+pub(super) async fn load(
+    services: &Services,
+    key: &Presented,
+    id: &str,
+) -> Result<WorkflowState, ApiError> {
     let (log, run) = (Arc::clone(&services.runs.log), id.to_string());
     let (meta, events) = blocking(move || match log.meta(&run)? {
         Some(m) => Ok((Some(m), log.read(&run, None)?)),
@@ -62,7 +61,7 @@ async fn load(services: &Services, key: &Presented, id: &str) -> Result<Workflow
     }
 }
 
-async fn record(services: &Services, st: &WorkflowState) -> Result<Value, ApiError> {
+pub(super) async fn record(services: &Services, st: &WorkflowState) -> Result<Value, ApiError> {
     let (log, run) = (Arc::clone(&services.runs.log), st.id.clone());
     let lease = blocking(move || log.lease(&run)).await.map_err(log_error)?;
     Ok(st.record(lease.as_ref()))
@@ -223,124 +222,6 @@ pub async fn get(
         }
         .await,
     )
-}
-
-/// `GET /v1/creative-agent/workflows/{id}/events`.
-pub async fn events(
-    req: HttpRequest,
-    id: web::Path<String>,
-    state: web::Data<FrontState>,
-) -> HttpResponse {
-    respond(
-        async {
-            let key = authenticated(&req, &state).await?;
-            let after = super::run_events::after_query(&req)?;
-            let st = load(&state.services, &key, &id).await?;
-            let events: Vec<Value> = st
-                .events
-                .iter()
-                .filter(|e| after.is_none_or(|a| e.sequence > a))
-                .map(|e| wire(&st.id, e))
-                .collect();
-            Ok(success(json!({"events": events})))
-        }
-        .await,
-    )
-}
-
-/// Whether the stream closes after `e`: the workflow ended or waits for its user.
-fn closes(e: &RunEvent) -> bool {
-    crate::workflows::state::TERMINAL.contains(&e.kind.as_str())
-        || e.kind == "workflow_waiting_for_user"
-}
-
-fn frame(id: &str, e: &RunEvent) -> Bytes {
-    let data = wire(id, e).to_string();
-    Bytes::from(format!(
-        "id: {}\nevent: {}\ndata: {data}\n\n",
-        e.sequence, e.kind
-    ))
-}
-
-fn status_frame(id: &str, status: &str) -> Bytes {
-    Bytes::from(format!(
-        "event: workflow_status\ndata: {}\n\n",
-        json!({"workflowId": id, "status": status})
-    ))
-}
-
-struct Live {
-    events: tokio::sync::mpsc::UnboundedReceiver<RunEvent>,
-    id: String,
-    status: String,
-    ended: bool,
-}
-
-/// `GET /v1/creative-agent/workflows/{id}/events/stream`: replay after `Last-Event-ID` or
-/// `?after`, then live; a `workflow_status` frame with the status closes it once the
-/// workflow ends or waits for its user.
-pub async fn stream(
-    req: HttpRequest,
-    id: web::Path<String>,
-    state: web::Data<FrontState>,
-) -> HttpResponse {
-    let opened = async {
-        let key = authenticated(&req, &state).await?;
-        let after = super::run_events::cursor(&req)?;
-        let st = load(&state.services, &key, &id).await?;
-        Ok::<_, ApiError>((after, st))
-    }
-    .await;
-    let (after, st) = match opened {
-        Ok(o) => o,
-        Err(e) => return super::creative::sogni_error(&e),
-    };
-    let mut frames: Vec<Bytes> = st
-        .events
-        .iter()
-        .filter(|e| after.is_none_or(|a| e.sequence > a))
-        .map(|e| frame(&st.id, e))
-        .collect();
-    let ended = st.events.last().is_some_and(closes);
-    if ended {
-        frames.push(status_frame(&st.id, &st.status));
-    }
-    let last = st.next_sequence().saturating_sub(1).max(after.unwrap_or(0));
-    let live = Live {
-        events: state.services.runs.followers.follow(&id, Some(last)),
-        id: st.id.clone(),
-        status: st.status.clone(),
-        ended,
-    };
-    let live = stream::unfold(live, |mut l| async move {
-        if l.ended {
-            return None;
-        }
-        let out = match tokio::time::timeout(KEEP_ALIVE, l.events.recv()).await {
-            Ok(Some(e)) => {
-                if let Some(s) = e.payload["status"].as_str() {
-                    l.status = s.to_string();
-                }
-                let mut out = frame(&l.id, &e).to_vec();
-                if closes(&e) {
-                    l.ended = true;
-                    out.extend_from_slice(&status_frame(&l.id, &l.status));
-                }
-                Bytes::from(out)
-            }
-            Ok(None) => return None,
-            Err(_) => Bytes::from(format!(
-                "event: workflow_status\ndata: {}\n\n",
-                json!({"workflowId": l.id, "status": l.status, "keepAlive": true})
-            )),
-        };
-        Some((Ok::<_, actix_web::Error>(out), l))
-    });
-    HttpResponse::Ok()
-        .insert_header((CONTENT_TYPE, "text/event-stream"))
-        .insert_header((CACHE_CONTROL, "no-cache"))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(stream::iter(frames.into_iter().map(Ok::<_, actix_web::Error>)).chain(live))
 }
 
 /// Takes the lease of a workflow no live executor holds and appends `events`; `then` runs

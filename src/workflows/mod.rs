@@ -2,7 +2,8 @@
 //! tool steps run durably. A workflow is another kind of run, not a second engine: it lives
 //! in the run log ([`crate::runs::log`], kind [`crate::runs::log::KIND_WORKFLOW`]) under a
 //! lease, and the runs' upkeep relays its cancels, renews its lease and hands it to another
-//! front when its front dies. What is its own: the [`plan`] and its checks, the [`bind`]ing
+//! front when its front dies. What is its own: the [`plan`] ([`read`] from JSON) and its
+//! checks, the [`bind`]ing
 //! of outputs into inputs, the [`state`] folded from its events, how one [`start`]s, its
 //! [`executor`] (and the LLM round of an [`interactive`] step), and the saved recipes that
 //! start one ([`templates`]). [`drafts`] makes the planner tools' output what these
@@ -13,6 +14,7 @@ pub mod drafts;
 pub mod executor;
 pub mod interactive;
 pub mod plan;
+pub mod read;
 pub mod start;
 pub mod state;
 pub mod templates;

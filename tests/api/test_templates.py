@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO, Server, poll
 from test_hosted_tools import standin  # noqa: F401 (the stand-in fixture)
 from test_uploads import WAV, post_form, upload_png
-from test_workflows import prompt_of
+from test_workflows import prompt_of, sdk
 
 NODE_DIR = REPO / "tests/node"
 TEMPLATES = "/v1/creative-agent/workflows/templates"
@@ -29,11 +29,6 @@ def server(tmp_path_factory, standin):
 def key(server):
     _, key, _ = server.account(spark="1000")
     return key
-
-
-def sdk(server, key):
-    from sogni_client import SogniClient
-    return SogniClient.create(api_key=key, rest_endpoint=server.url, disable_socket=True)
 
 
 def portrait(tag):
