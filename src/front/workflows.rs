@@ -243,6 +243,9 @@ async fn write_unexecuted(
             return Ok(false);
         }
         before(log.as_ref(), &run)?;
+        // Renewed, the lease's end is recorded among the active runs (a reopened run is
+        // there with none, and would look orphaned).
+        log.claim(&run, &owner, now, until)?;
         let mut events = events;
         for (i, e) in events.iter_mut().enumerate() {
             e.sequence = first + i as u64;

@@ -236,7 +236,7 @@ mod tests {
     #[test]
     fn the_shipped_graphs_load_and_fill() {
         let g = Graphs::defaults().expect("graphs");
-        assert_eq!(g.names().len(), 7);
+        assert_eq!(g.names().len(), 8);
         let t2i = g.get("text_to_image").expect("t2i");
         let args = json!({"prompt": "neon alley", "width": 512, "seed": 7, "unknown": 1});
         let filled = t2i
@@ -255,6 +255,19 @@ mod tests {
             )
             .expect("fill");
         assert_eq!(filled["6"]["inputs"]["length"], 81);
+        // An edit from two images loads both and blends them before sampling.
+        let multi = g.get("image_edit_multi").expect("multi");
+        let media: HashMap<String, String> =
+            [("source_image", "a.png"), ("reference_image_1", "b.png")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let filled = multi
+            .fill(json!({"prompt": "x"}).as_object().expect("obj"), &media)
+            .expect("fill");
+        assert_eq!(filled["10"]["inputs"]["image"], "a.png");
+        assert_eq!(filled["12"]["inputs"]["image"], "b.png");
+        assert_eq!(filled["11"]["inputs"]["pixels"], json!(["13", 0]));
     }
 
     #[test]

@@ -65,6 +65,10 @@ pub fn plan(services: &Services, mut result: Value) -> Result<Value, ToolError> 
     for step in result["steps"].as_array_mut().into_iter().flatten() {
         let id = unique(step["id"].as_str().unwrap_or_default(), &taken);
         step["id"] = json!(id);
+        // The wiring is the planner's: whatever the model wrote there goes.
+        if let Some(o) = step.as_object_mut() {
+            o.remove("dependsOn");
+        }
         let tool = step["toolName"].as_str().unwrap_or_default().to_string();
         if needs_image(&tool) {
             match images.last() {
@@ -141,6 +145,12 @@ pub fn template_draft(args: &Map<String, Value>, mut result: Value) -> Result<Va
     {
         let id = unique(stage["id"].as_str().unwrap_or("stage"), &ids);
         stage["id"] = json!(id);
+        if let Some(o) = stage.as_object_mut() {
+            o.remove("requiredArtifactsIn");
+        }
+        if let Some(args) = stage["args"].as_object_mut() {
+            args.remove("sourceImageIndex");
+        }
         let tool = stage["tool"].as_str().unwrap_or_default().to_string();
         if needs_image(&tool) {
             match (images.last(), &image_input) {
