@@ -137,6 +137,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(routes::method_not_allowed)),
     )
     .service(
+        web::resource("/v1/creative-agent/workflows/{id}/confirm-cost")
+            .route(web::post().to(workflows::confirm_cost))
+            .default_service(web::to(routes::method_not_allowed)),
+    )
+    .service(
         web::resource("/v1/creative-agent/workflows/{id}/reseed")
             .route(web::post().to(workflows::reseed))
             .default_service(web::to(routes::method_not_allowed)),

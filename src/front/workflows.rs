@@ -1,7 +1,7 @@
 //! The creative workflow routes (`/v1/creative-agent/workflows`, contract §4) in Sogni's
-//! envelope: start (an inline plan or a template), list, get, cancel, resume and reseed
-//! (its events are [`super::workflow_events`]). A workflow belongs to the account whose key started it;
-//! any other key gets 404 on every route.
+//! envelope: start (an inline plan or a template), list, get, cancel, resume, reseed and
+//! confirm-cost (its events are [`super::workflow_events`]). A workflow belongs to the
+//! account whose key started it; any other key gets 404 on every route.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -352,30 +352,87 @@ pub async fn resume(
                     json!({"workflow": record(s, &st).await?, "resumed": false}),
                 ));
             }
-            let data = if waiting {
-                json!({"approved": true, "reason": st.waiting_reason})
-            } else {
-                json!({"resumed": true, "from": st.status})
-            };
-            let progress = RunEvent::new(
-                "workflow_progress",
-                json!({"status": "running", "message": "Resumed by the user", "data": data}),
-            );
-            let resumed = write_unexecuted(
-                s,
-                &st,
-                vec![progress],
-                |log, run| log.reopen(run),
-                |_, _, _, _| Ok(()),
-            )
-            .await?;
-            if resumed {
-                crate::workflows::executor::execute(Arc::clone(s), id.to_string(), None);
-            }
-            let st = load(s, &key, &id).await?;
+            let (st, resumed) = go_on(s, &key, &id, &st).await?;
             Ok(success(
                 json!({"workflow": record(s, &st).await?, "resumed": resumed}),
             ))
+        }
+        .await,
+    )
+}
+
+/// Sets a waiting (approved) or ended workflow going again here; false when a live
+/// executor holds it.
+async fn go_on(
+    s: &Arc<Services>,
+    key: &Presented,
+    id: &str,
+    st: &WorkflowState,
+) -> Result<(WorkflowState, bool), ApiError> {
+    let data = if st.waiting_reason.is_some() {
+        json!({"approved": true, "reason": st.waiting_reason})
+    } else {
+        json!({"resumed": true, "from": st.status})
+    };
+    let progress = RunEvent::new(
+        "workflow_progress",
+        json!({"status": "running", "message": "Resumed by the user", "data": data}),
+    );
+    let resumed = write_unexecuted(
+        s,
+        st,
+        vec![progress],
+        |log, run| log.reopen(run),
+        |_, _, _, _| Ok(()),
+    )
+    .await?;
+    if resumed {
+        crate::workflows::executor::execute(Arc::clone(s), id.to_string(), None);
+    }
+    Ok((load(s, key, id).await?, resumed))
+}
+
+/// `POST /v1/creative-agent/workflows/{id}/confirm-cost {decision, acceptedCostPreview}`
+/// (contract §4, v2): approve a cost pause with the `billingPreview` it showed, sent back
+/// (a preview whose estimate changed is a 409), or decline it, which cancels the workflow.
+pub async fn confirm_cost(
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<FrontState>,
+) -> HttpResponse {
+    respond(
+        async {
+            let s = &state.services;
+            let key = authenticated(&req, &state).await?;
+            let body = optional_body(&req, payload).await?;
+            let st = load(s, &key, &id).await?;
+            let decision = body["decision"].as_str().unwrap_or_default();
+            if !matches!(decision, "confirm" | "cancel") {
+                return Err(ApiError::invalid("decision", "`decision` must be \"confirm\" or \"cancel\""));
+            }
+            if st.waiting_reason.as_deref() != Some("cost_approval_required") {
+                return Err(ApiError::conflict("This workflow is not waiting for a cost approval"));
+            }
+            if decision == "cancel" {
+                let last = RunEvent::new(
+                    "workflow_cancelled",
+                    json!({"status": "cancelled", "message": "the user declined the cost", "data": {"reason": "the user declined the cost"}}),
+                );
+                write_unexecuted(s, &st, vec![last], |_, _| Ok(()), |log, run, owner, now| log.retire(run, owner, now)).await?;
+                let st = load(s, &key, &id).await?;
+                return Ok(success(json!({"workflow": record(s, &st).await?})));
+            }
+            let preview = body.get("acceptedCostPreview").or_else(|| body.get("accepted_cost_preview")).filter(|p| !p.is_null());
+            let preview = preview.ok_or_else(|| {
+                ApiError::invalid("acceptedCostPreview", "Confirming needs `acceptedCostPreview`: the workflow's billingPreview, sent back unchanged")
+            })?;
+            let units = |v: &Value| v["estimatedCapacityUnits"].as_f64();
+            if units(preview).is_none() || units(preview) != units(&st.billing_preview) {
+                return Err(ApiError::conflict("The cost preview is not the workflow's current one; read the workflow again and approve its billingPreview"));
+            }
+            let (st, _) = go_on(s, &key, &id, &st).await?;
+            Ok(success(json!({"workflow": record(s, &st).await?})))
         }
         .await,
     )

@@ -68,6 +68,11 @@ def test_a_posted_file_comes_back_through_its_download_url_and_feeds_a_workflow(
     assert list(edit["inputs"].values()) == [hashlib.sha256(PNG).hexdigest()]
     done = http.get(f"/v1/creative-agent/workflows/{wid}").json()["data"]["workflow"]
     assert done["steps"][0]["arguments"]["sourceImageIndex"] == -1
+    # A durable chat run takes the same URL.
+    r = http.post("/v1/chat/runs", json={"messages": [{"role": "user", "content": "Describe the photo."}],
+                                         "media_references": [{"url": url}], "sampling": {"max_tokens": 8}})
+    assert r.status_code == 202, r.text
+    assert r.json()["data"]["run"]["mediaContext"]["uploadedImages"] == [url]
 
 
 def test_the_legacy_put_and_media_slots(server, key):

@@ -162,8 +162,30 @@ def test_a_plan_over_budget_waits_for_approval_and_resume_approves_it(server, ke
          "the approved workflow to complete", timeout=60)
     done = http.get(f"{BASE}/{wf['workflowId']}").json()["data"]["workflow"]
     assert done["safeContentFilter"] is False
-    # Resuming a completed workflow changes nothing.
+    # Resuming a completed workflow changes nothing; a reseed keeps the filter setting.
     assert http.post(f"{BASE}/{wf['workflowId']}/resume").json()["data"]["resumed"] is False
+    again = http.post(f"{BASE}/{wf['workflowId']}/reseed", json={}).json()["data"]["workflow"]
+    assert again["safeContentFilter"] is False
+
+
+def test_confirm_cost_approves_with_the_preview_or_declines(server, key, standin):
+    http = server.http(key)
+    body = {"input": one_step("confirm"), "max_estimated_capacity_units": 0.1}
+    wf = http.post(BASE, json=body).json()["data"]["workflow"]
+    url = f"{BASE}/{wf['workflowId']}/confirm-cost"
+    assert http.post(url, json={"decision": "confirm"}).status_code == 400
+    changed = {**wf["billingPreview"], "estimatedCapacityUnits": wf["billingPreview"]["estimatedCapacityUnits"] + 1}
+    assert http.post(url, json={"decision": "confirm", "acceptedCostPreview": changed}).status_code == 409
+    assert http.post(url, json={"decision": "maybe"}).status_code == 400
+    r = http.post(url, json={"decision": "confirm", "acceptedCostPreview": wf["billingPreview"]})
+    assert r.status_code == 200, r.text
+    poll(lambda: http.get(f"{BASE}/{wf['workflowId']}").json()["data"]["workflow"]["status"] == "completed",
+         "the confirmed workflow to complete", timeout=60)
+    assert http.post(url, json={"decision": "confirm", "acceptedCostPreview": wf["billingPreview"]}).status_code == 409
+    declined = http.post(BASE, json={"input": one_step("decline"), "max_estimated_capacity_units": 0.1}).json()["data"]["workflow"]
+    r = http.post(f"{BASE}/{declined['workflowId']}/confirm-cost", json={"decision": "cancel"})
+    assert r.json()["data"]["workflow"]["status"] == "cancelled"
+    assert prompt_of(standin, "a lighthouse decline") is None
 
 
 BAD = [
@@ -208,7 +230,7 @@ def test_another_account_finds_nothing_on_any_workflow_route(server, key):
     _, other, _ = server.account(spark="10")
     o = server.http(other)
     for method, path in [("GET", ""), ("GET", "/events"), ("GET", "/events/stream"), ("POST", "/cancel"),
-                         ("POST", "/resume"), ("POST", "/reseed")]:
+                         ("POST", "/resume"), ("POST", "/reseed"), ("POST", "/confirm-cost")]:
         r = o.request(method, f"{BASE}/{wid}{path}", json={} if method == "POST" else None)
         assert r.status_code == 404, (path, r.text)
         assert r.json()["status"] == "error"
