@@ -199,6 +199,7 @@ impl Executor {
             .ok_or_else(|| Stop::Failed("the workflow has no plan".into()))?;
         let (progress, mut heard) = unbounded_channel();
         let mut running = FuturesUnordered::new();
+        let mut reported: HashMap<String, (&'static str, f32)> = HashMap::new();
         loop {
             self.check()?;
             self.skip_blocked(&plan.steps).await?;
@@ -243,7 +244,18 @@ impl Executor {
                         Ok(assets) => self.finished(step, &done.tool, assets).await?,
                     }
                 }
-                Some(_) = heard.recv() => {}
+                Some(p) = heard.recv() => {
+                    // A step's progress, when its status changes or it moves a quarter on.
+                    let last = reported.get(&p.call_id).copied();
+                    if last.is_none_or(|(s, f)| s != p.status || p.progress - f >= 0.25) {
+                        reported.insert(p.call_id.clone(), (p.status, p.progress));
+                        self.append(vec![("workflow_progress", json!({
+                            "status": "running",
+                            "message": format!("Step `{}` {}", p.call_id, p.status.replace('_', " ")),
+                            "data": {"stepId": p.call_id, "toolName": p.tool, "stepStatus": p.status, "progress": p.progress},
+                        }))]).await?;
+                    }
+                }
                 _ = signal.changed() => self.check()?,
             }
         }
