@@ -85,7 +85,7 @@ fn stored(
     created_ms: u64,
 ) -> Stored {
     let now = crate::clock::unix_ms();
-    let public = body["visibility"] == "public";
+    let public = body.get("visibility").and_then(Value::as_str) == Some("public");
     body.insert("id".into(), json!(id));
     body.insert("version".into(), json!(version));
     body.insert("author".into(), author);
@@ -176,8 +176,13 @@ pub async fn create(
             let body = json_body(&req, payload, MAX_BODY).await?;
             let checked = template::check(&body)?;
             let id = match body.get("id").filter(|v| !v.is_null()) {
-                None => mint_id(checked["name"].as_str().unwrap_or_default())
-                    .map_err(|e| ApiError::logged("a template id", e))?,
+                None => mint_id(
+                    checked
+                        .get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                )
+                .map_err(|e| ApiError::logged("a template id", e))?,
                 Some(Value::String(id)) if crate::media::store::valid_id(id) && id.len() <= 64 => {
                     id.clone()
                 }
@@ -281,7 +286,10 @@ pub async fn fork(
                 .or_else(|| body.get("new_name"))
                 .filter(|v| !v.is_null())
             {
-                None => format!("{} (fork)", copy["name"].as_str().unwrap_or_default()),
+                None => format!(
+                    "{} (fork)",
+                    copy.get("name").and_then(Value::as_str).unwrap_or_default()
+                ),
                 Some(Value::String(n)) => n.clone(),
                 Some(_) => return Err(ApiError::invalid("newName", "`newName` must be a string")),
             };

@@ -62,7 +62,12 @@ fn makes_image(tool: &str) -> bool {
 pub fn plan(services: &Services, mut result: Value) -> Result<Value, ToolError> {
     let mut taken: Vec<String> = Vec::new();
     let mut images: Vec<String> = Vec::new();
-    for step in result["steps"].as_array_mut().into_iter().flatten() {
+    for step in result["steps"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .filter(|s| s.is_object())
+    {
         let id = unique(step["id"].as_str().unwrap_or_default(), &taken);
         step["id"] = json!(id);
         // The wiring is the planner's: whatever the model wrote there goes.
@@ -122,6 +127,7 @@ pub fn template_draft(args: &Map<String, Value>, mut result: Value) -> Result<Va
         .and_then(Value::as_array_mut)
         .into_iter()
         .flatten()
+        .filter(|i| i.is_object())
     {
         let name = unique(input["name"].as_str().unwrap_or("input"), &names);
         input["name"] = json!(name);
@@ -130,8 +136,9 @@ pub fn template_draft(args: &Map<String, Value>, mut result: Value) -> Result<Va
     let mut ids: Vec<String> = Vec::new();
     let mut images: Vec<String> = Vec::new();
     let mut declare: Vec<String> = Vec::new();
-    let image_input = draft["inputs"]
-        .as_array()
+    let image_input = draft
+        .get("inputs")
+        .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .find(|i| i["type"] == "image")
@@ -142,6 +149,7 @@ pub fn template_draft(args: &Map<String, Value>, mut result: Value) -> Result<Va
         .and_then(Value::as_array_mut)
         .into_iter()
         .flatten()
+        .filter(|s| s.is_object())
     {
         let id = unique(stage["id"].as_str().unwrap_or("stage"), &ids);
         stage["id"] = json!(id);
@@ -156,7 +164,9 @@ pub fn template_draft(args: &Map<String, Value>, mut result: Value) -> Result<Va
             match (images.last(), &image_input) {
                 (Some(src), _) => stage["requiredArtifactsIn"] = json!([src]),
                 (None, Some(input)) => {
-                    stage["args"]["sourceImageIndex"] = json!(format!("$inputs.{input}"))
+                    if let Some(args) = stage["args"].as_object_mut() {
+                        args.insert("sourceImageIndex".into(), json!(format!("$inputs.{input}")));
+                    }
                 }
                 (None, None) => stage["tool"] = json!(standalone(&tool)),
             }

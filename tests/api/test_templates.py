@@ -131,6 +131,11 @@ BAD_TEMPLATES = [
      "requiredArtifactsIn"),
     ({"inputs": [{"name": "k", "type": "select"}]}, "options"),
     ({"colour": "red"}, "colour"),
+    ({"stages": [{"id": "a", "type": "batch"}]}, "overBinding"),
+    ({"stages": [{"type": "fixed", "tool": "generate_image", "args": {"prompt": "x"}}]}, "stages[0].id"),
+    ({"stages": [{"id": "a", "type": "batch", "overBinding": "$inputs.photo", "itemName": "p", "partialExecutionEnabled": True,
+                  "itemStage": {"id": "b", "type": "batch"}}]}, "itemStage.type"),
+    ({"inputs": "none"}, "inputs"),
 ]
 
 

@@ -85,8 +85,9 @@ pub fn read_inputs(
         Value::Object(o) => o.clone(),
         _ => return Err(bad("inputs", "must be an object of input values by name")),
     };
-    let declared: Vec<&Value> = template["inputs"]
-        .as_array()
+    let declared: Vec<&Value> = template
+        .get("inputs")
+        .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .collect();
@@ -137,7 +138,8 @@ struct Scope<'a> {
 
 impl Scope<'_> {
     fn input(&self, name: &str) -> Option<&Value> {
-        self.template["inputs"]
+        self.template
+            .get("inputs")?
             .as_array()?
             .iter()
             .find(|i| i["name"] == name)
@@ -348,7 +350,13 @@ pub fn instantiate(t: &Map<String, Value>, given: &Given) -> Result<Value, ApiEr
     // Each stage's steps' ids, its output kind, and whether later stages need it to succeed.
     let mut made: Vec<(String, Vec<String>, Option<MediaKind>, bool)> = Vec::new();
     let mut steps: Vec<Value> = Vec::new();
-    for (i, stage) in t["stages"].as_array().into_iter().flatten().enumerate() {
+    for (i, stage) in t
+        .get("stages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         let path = format!("stages[{i}]");
         let id = stage["id"].as_str().unwrap_or_default();
         if !holds(stage, &scope, &path)? {
@@ -426,7 +434,7 @@ pub fn instantiate(t: &Map<String, Value>, given: &Given) -> Result<Value, ApiEr
     if steps.is_empty() {
         return Err(bad("stages", "with these inputs no stage runs"));
     }
-    Ok(json!({"title": t["name"], "steps": steps}))
+    Ok(json!({"title": t.get("name"), "steps": steps}))
 }
 
 /// The bindings `requiredArtifactsIn` gives a stage: each earlier stage's outputs into the

@@ -285,7 +285,7 @@ fn check_stage(s: &Value, path: &str, top: bool) -> Result<(), ApiError> {
     {
         return Err(bad(&format!("{path}.{k}"), "is not a field of a stage"));
     }
-    let id_ok = o["id"]
+    let id_ok = s["id"]
         .as_str()
         .is_some_and(|id| crate::media::store::valid_id(id) && id.len() <= 40);
     if !id_ok {
@@ -323,7 +323,7 @@ fn check_stage(s: &Value, path: &str, top: bool) -> Result<(), ApiError> {
             }
         }
         Some("batch") if top => {
-            let over = o["overBinding"]
+            let over = s["overBinding"]
                 .as_str()
                 .and_then(|b| b.strip_prefix("$inputs."));
             if over.is_none() {
@@ -332,7 +332,7 @@ fn check_stage(s: &Value, path: &str, top: bool) -> Result<(), ApiError> {
                     "is `$inputs.<name>` of a list input",
                 ));
             }
-            if o["itemName"].as_str().is_none_or(str::is_empty) {
+            if s["itemName"].as_str().is_none_or(str::is_empty) {
                 return Err(bad(&format!("{path}.itemName"), "is required"));
             }
             if !o
@@ -368,7 +368,12 @@ fn check_stage(s: &Value, path: &str, top: bool) -> Result<(), ApiError> {
 /// Instantiates the template with example inputs and checks the plan it makes.
 fn check_example(t: &Map<String, Value>) -> Result<(), ApiError> {
     let mut given = Given::default();
-    for input in t["inputs"].as_array().into_iter().flatten() {
+    for input in t
+        .get("inputs")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let name = input["name"].as_str().unwrap_or_default().to_string();
         let kind = input["type"].as_str().unwrap_or_default();
         let count = input["multiple"]["min"].as_u64().map_or(1, |m| m.max(1)) as usize;
