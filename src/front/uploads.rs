@@ -12,8 +12,9 @@ use super::creative::{authenticated, success};
 use super::runs::respond;
 use super::FrontState;
 use crate::api::error::ApiError;
+use crate::media::data_uri::mime_of;
 use crate::media::store::{Assets, NewAsset, PresignedUpload};
-use crate::media::uploads::{fits, sniff, Family, Policy, PolicyError, Slot, MAX_BYTES, URL_SECS};
+use crate::media::uploads::{fits, Family, Policy, PolicyError, Slot, MAX_BYTES, URL_SECS};
 
 type Query = std::collections::HashMap<String, String>;
 
@@ -131,7 +132,7 @@ async fn download_url(
                 let asset = new_asset(
                     &slot.account,
                     &bytes,
-                    sniff(&bytes).unwrap_or("application/octet-stream"),
+                    mime_of(&bytes).unwrap_or("application/octet-stream"),
                 );
                 let asset = crate::protocol::media::Asset {
                     id: id.clone(),
@@ -209,7 +210,7 @@ fn opened(
 
 /// Checks the bytes are what the policy allows and stores them as its asset.
 async fn store(state: &FrontState, p: &Policy, bytes: Vec<u8>) -> Result<(), ApiError> {
-    let found = sniff(&bytes);
+    let found = mime_of(&bytes);
     if !found.is_some_and(|f| fits(&p.content_type, f)) {
         return Err(ApiError::unsupported_media(format!(
             "The file is not {} (it looks like {})",

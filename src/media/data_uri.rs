@@ -124,23 +124,41 @@ fn check_bytes(
 
 /// The kind a container's first bytes say it is.
 pub fn sniff(b: &[u8]) -> Option<MediaKind> {
-    let at = |i: usize, m: &[u8]| b.get(i..i + m.len()) == Some(m);
-    if at(0, b"\x89PNG") || at(0, b"\xff\xd8\xff") || (at(0, b"RIFF") && at(8, b"WEBP")) {
-        Some(MediaKind::Image)
-    } else if (at(0, b"RIFF") && at(8, b"WAVE"))
-        || at(0, b"ID3")
-        || at(0, b"\xff\xfb")
-        || at(0, b"\xff\xf3")
-        || at(0, b"fLaC")
-        || at(0, b"OggS")
-        || (at(4, b"ftyp") && (at(8, b"M4A ") || at(8, b"M4B ")))
-    {
-        Some(MediaKind::Audio)
-    } else if at(4, b"ftyp") || at(0, b"\x1a\x45\xdf\xa3") {
-        Some(MediaKind::Video)
+    mime_of(b).and_then(|m| MediaKind::parse(m.split('/').next().unwrap_or_default()))
+}
+
+/// The content type the bytes are, by their first bytes (`None`: none this server takes).
+pub fn mime_of(bytes: &[u8]) -> Option<&'static str> {
+    let at = |i: usize, s: &[u8]| bytes.get(i..i + s.len()) == Some(s);
+    Some(if at(0, b"\x89PNG\r\n\x1a\n") {
+        "image/png"
+    } else if at(0, b"\xff\xd8\xff") {
+        "image/jpeg"
+    } else if at(0, b"RIFF") && at(8, b"WEBP") {
+        "image/webp"
+    } else if at(0, b"GIF87a") || at(0, b"GIF89a") {
+        "image/gif"
+    } else if at(0, b"RIFF") && at(8, b"WAVE") {
+        "audio/wav"
+    } else if at(0, b"ID3") || at(0, b"\xff\xfb") || at(0, b"\xff\xf3") || at(0, b"\xff\xf2") {
+        "audio/mpeg"
+    } else if at(0, b"OggS") {
+        "audio/ogg"
+    } else if at(0, b"fLaC") {
+        "audio/flac"
+    } else if at(0, b"\x1a\x45\xdf\xa3") {
+        "video/webm"
+    } else if at(4, b"ftyp") {
+        if at(8, b"qt  ") {
+            "video/quicktime"
+        } else if at(8, b"M4A ") || at(8, b"M4B ") {
+            "audio/mp4"
+        } else {
+            "video/mp4"
+        }
     } else {
-        None
-    }
+        return None;
+    })
 }
 
 #[cfg(test)]

@@ -202,40 +202,6 @@ impl Policy {
     }
 }
 
-/// The content type the bytes are, by their first bytes (`None`: none this server takes).
-pub fn sniff(bytes: &[u8]) -> Option<&'static str> {
-    let at = |i: usize, s: &[u8]| bytes.get(i..i + s.len()) == Some(s);
-    Some(if at(0, b"\x89PNG\r\n\x1a\n") {
-        "image/png"
-    } else if at(0, b"\xff\xd8\xff") {
-        "image/jpeg"
-    } else if at(0, b"RIFF") && at(8, b"WEBP") {
-        "image/webp"
-    } else if at(0, b"GIF87a") || at(0, b"GIF89a") {
-        "image/gif"
-    } else if at(0, b"RIFF") && at(8, b"WAVE") {
-        "audio/wav"
-    } else if at(0, b"ID3") || at(0, b"\xff\xfb") || at(0, b"\xff\xf3") || at(0, b"\xff\xf2") {
-        "audio/mpeg"
-    } else if at(0, b"OggS") {
-        "audio/ogg"
-    } else if at(0, b"fLaC") {
-        "audio/flac"
-    } else if at(0, b"\x1a\x45\xdf\xa3") {
-        "video/webm"
-    } else if at(4, b"ftyp") {
-        if at(8, b"qt  ") {
-            "video/quicktime"
-        } else if at(8, b"M4A ") {
-            "audio/mp4"
-        } else {
-            "video/mp4"
-        }
-    } else {
-        return None;
-    })
-}
-
 /// Whether bytes sniffed as `found` may be uploaded as `declared`: the same type, or the
 /// same family where one container serves several (an MP4 of audio, WebM audio).
 pub fn fits(declared: &str, found: &str) -> bool {
@@ -253,6 +219,7 @@ pub fn fits(declared: &str, found: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::media::data_uri::mime_of;
 
     fn slot(t: &str) -> Slot {
         Slot::new(Family::Image, "acct", Some("job-1"), Some(t), None).expect("slot")
@@ -311,10 +278,10 @@ mod tests {
 
     #[test]
     fn sniffing_tells_types_apart() {
-        assert_eq!(sniff(b"\x89PNG\r\n\x1a\nrest"), Some("image/png"));
-        assert_eq!(sniff(b"RIFF\0\0\0\0WAVEfmt "), Some("audio/wav"));
-        assert_eq!(sniff(b"\0\0\0\x18ftypisom"), Some("video/mp4"));
-        assert_eq!(sniff(b"%PDF-1.4"), None);
+        assert_eq!(mime_of(b"\x89PNG\r\n\x1a\nrest"), Some("image/png"));
+        assert_eq!(mime_of(b"RIFF\0\0\0\0WAVEfmt "), Some("audio/wav"));
+        assert_eq!(mime_of(b"\0\0\0\x18ftypisom"), Some("video/mp4"));
+        assert_eq!(mime_of(b"%PDF-1.4"), None);
         assert!(fits("image/jpg", "image/jpeg") && fits("audio/mp4", "video/mp4"));
         assert!(!fits("image/png", "image/jpeg"));
     }

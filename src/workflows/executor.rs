@@ -62,22 +62,11 @@ struct Executor {
     dispatched: HashSet<String>,
 }
 
-/// A step ready to dispatch.
-struct Dispatch {
-    call: MediaCall,
-}
-
 /// What a finished step call brings back.
 struct Finished {
     step: String,
     tool: String,
     outcome: Result<Vec<Asset>, ToolError>,
-}
-
-/// Whose outputs are being written.
-struct Done {
-    step: String,
-    tool: String,
 }
 
 impl Executor {
@@ -205,7 +194,7 @@ impl Executor {
             self.skip_blocked(&plan.steps).await?;
             for step in self.ready(&plan.steps) {
                 match self.start_step(&step).await? {
-                    Ok(Dispatch { call }) => {
+                    Ok(call) => {
                         let (id, tool) = (step.id.clone(), call.tool.clone());
                         let rx = ToolExecutorActor::run(
                             Arc::clone(&self.services),
@@ -340,7 +329,7 @@ impl Executor {
 
     /// Binds and prepares a step (an interactive one's model writes its call first), writes
     /// `step_started`, and returns the call to dispatch (or why it cannot run).
-    async fn start_step(&mut self, step: &Step) -> Result<Result<Dispatch, ToolError>, Stop> {
+    async fn start_step(&mut self, step: &Step) -> Result<Result<MediaCall, ToolError>, Stop> {
         let interrupted = self.state.interrupted(&step.id);
         let st = self.state.step(&step.id).cloned().unwrap_or_default();
         let attempt = if interrupted {
@@ -411,17 +400,15 @@ impl Executor {
         )])
         .await?;
         self.dispatched.insert(step.id.clone());
-        Ok(Ok(Dispatch {
-            call: MediaCall {
-                job_id,
-                call_id: step.id.clone(),
-                tool,
-                key: self.key.clone(),
-                choice: self.token_choice(),
-                ready,
-                unit_usd: unit_price(&self.services.config.tools, def),
-                priority: 0,
-            },
+        Ok(Ok(MediaCall {
+            job_id,
+            call_id: step.id.clone(),
+            tool,
+            key: self.key.clone(),
+            choice: self.token_choice(),
+            ready,
+            unit_usd: unit_price(&self.services.config.tools, def),
+            priority: 0,
         }))
     }
 
@@ -451,10 +438,6 @@ impl Executor {
 
     /// A step's outputs: one `artifact_created` each, then `step_completed`.
     async fn finished(&mut self, step: &Step, tool: &str, assets: Vec<Asset>) -> Result<(), Stop> {
-        let done = Done {
-            step: step.id.clone(),
-            tool: tool.to_string(),
-        };
         let now = crate::clock::unix_secs() as u64;
         let signer = &self.services.media.signer;
         let artifacts: Vec<Value> = assets
@@ -464,7 +447,7 @@ impl Executor {
                     "id": a.id, "kind": a.kind.as_str(), "mediaType": a.kind.as_str(),
                     "url": signer.url(&self.meta.origin, &a.id, now),
                     "mimeType": a.mime, "sizeBytes": a.size_bytes,
-                    "toolName": done.tool, "stepId": done.step,
+                    "toolName": tool, "stepId": step.id,
                 });
                 if let Some(w) = a.width {
                     v["width"] = json!(w);
@@ -483,14 +466,14 @@ impl Executor {
             .map(|a| {
                 (
                     "artifact_created",
-                    json!({"data": {"stepId": done.step, "artifact": a}}),
+                    json!({"data": {"stepId": step.id, "artifact": a}}),
                 )
             })
             .collect();
         events.push((
             "step_completed",
-            json!({"message": format!("Step `{}` completed", done.step),
-                "data": {"stepId": done.step, "artifacts": artifacts, "assets": assets}}),
+            json!({"message": format!("Step `{}` completed", step.id),
+                "data": {"stepId": step.id, "artifacts": artifacts, "assets": assets}}),
         ));
         self.append(events).await
     }
