@@ -171,10 +171,12 @@ fn batch_run(
     let seqs: Vec<SeqBatch> = prompts
         .iter()
         .zip(&tables)
-        .map(|(p, b)| SeqBatch {
+        .enumerate()
+        .map(|(slot, (p, b))| SeqBatch {
             tokens: p,
             start: 0,
             blocks: b,
+            slot,
             logits: true,
         })
         .collect();
@@ -209,10 +211,12 @@ pub(super) fn decode_steps<E>(
         let seqs: Vec<SeqBatch> = toks
             .chunks(1)
             .zip(tables)
-            .map(|(t, b)| SeqBatch {
+            .enumerate()
+            .map(|(slot, (t, b))| SeqBatch {
                 tokens: t,
                 start: prompt + step,
                 blocks: b,
+                slot,
                 logits: true,
             })
             .collect();

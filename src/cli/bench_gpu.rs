@@ -91,6 +91,7 @@ fn single_stream(m: &mut CudaModel, vocab: usize, n: usize, seed: u64) -> anyhow
                 tokens: &[tok],
                 start: i,
                 blocks: &blocks,
+                slot: 0,
                 logits: true,
             }],
             &[Pick::Argmax],

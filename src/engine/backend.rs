@@ -46,6 +46,35 @@ pub struct AttentionShape {
     pub n_tokens: usize,
 }
 
+/// Shape of a Gated DeltaNet layer's heads.
+#[derive(Debug, Clone, Copy)]
+pub struct DeltaShape {
+    pub n_k_heads: usize,
+    pub n_v_heads: usize,
+    /// Width of every key and value head; each value head's state is this squared.
+    pub head_dim: usize,
+}
+
+/// One sequence's rows through the delta rule of one layer.
+pub struct DeltaRule<'a> {
+    pub shape: DeltaShape,
+    /// Per token: `n_k_heads` L2-normalised query heads.
+    pub q: &'a [f32],
+    /// Per token: `n_k_heads` L2-normalised key heads.
+    pub k: &'a [f32],
+    /// Per token: `n_v_heads` value heads.
+    pub v: &'a [f32],
+    /// Per token and value head: the log decay `g` (<= 0).
+    pub g: &'a [f32],
+    /// Per token and value head: the write strength `beta` in (0, 1).
+    pub beta: &'a [f32],
+    /// Per value head, the `head_dim`² state, stored transposed (`state[j * d + i]` is
+    /// S[i][j]), carried over from the sequence's previous tokens and updated in place.
+    pub state: &'a mut [f32],
+    /// Per token: `n_v_heads` output heads.
+    pub out: &'a mut [f32],
+}
+
 pub trait Backend: Send + Sync {
     /// A one-line description for logs and benchmarks (kernels, threads).
     fn describe(&self) -> String;
@@ -77,4 +106,29 @@ pub trait Backend: Send + Sync {
 
     /// `gate = silu(gate) * up`, element-wise.
     fn swiglu(&self, gate: &mut [f32], up: &[f32]);
+
+    /// `x = silu(x)` over each `row`-wide row.
+    fn silu(&self, x: &mut [f32], row: usize);
+
+    /// `x = 1 / (1 + exp(-x))`, element-wise.
+    fn sigmoid(&self, x: &mut [f32]);
+
+    /// Scales each `dim`-wide row of `x` to unit L2 norm (`eps` guards a zero row).
+    fn l2_norm(&self, x: &mut [f32], dim: usize, eps: f32);
+
+    /// The causal depthwise convolution of one sequence's rows `x` (`channels` wide):
+    /// `out[t][c] = sum_i window[t + i][c] * taps[c][i]`, where the window is the
+    /// `taps / channels - 1` rows in `state` (oldest first) followed by `x`. `state` is left
+    /// holding the last rows of the window.
+    fn ssm_conv(
+        &self,
+        x: &[f32],
+        channels: usize,
+        taps: &[f32],
+        state: &mut [f32],
+        out: &mut [f32],
+    );
+
+    /// The gated delta rule over one sequence's tokens, one token after the other.
+    fn delta_rule(&self, job: DeltaRule<'_>);
 }

@@ -119,6 +119,8 @@ pub struct Scheduler {
     /// Oldest first.
     running: Vec<Sequence>,
     arrivals: u64,
+    /// Recurrent-state slots of the store no running sequence holds (hybrid models).
+    free_slots: Vec<usize>,
     /// Positions a sequence may use: the model's context, or the pool if that is smaller.
     context: usize,
     stats: BatchStats,
@@ -128,6 +130,12 @@ impl Scheduler {
     pub fn new(model: Arc<Model>, tok: Arc<Tokenizer>, mut config: BatchConfig) -> Self {
         config.max_batch = config.max_batch.max(1);
         config.max_batch_tokens = config.max_batch_tokens.max(config.max_batch);
+        // A recurrent layer's state at a block boundary is not in the block, so a cached
+        // prefix could not be resumed from; hybrid models compute every prompt whole (see
+        // ARCHITECTURE.md, "Hybrid models").
+        if model.config.delta_net.is_some() {
+            config.prefix_cache = false;
+        }
         let blocks = blocks_for(config.kv_tokens).max(1);
         let context = model.config.context_length.min(blocks * BLOCK);
         let store = model.new_store();
@@ -144,6 +152,7 @@ impl Scheduler {
             waiting: VecDeque::new(),
             running: Vec::new(),
             arrivals: 0,
+            free_slots: (0..config.max_batch).rev().collect(),
             context,
             stats,
         }
@@ -226,6 +235,7 @@ impl Scheduler {
             hashes: Vec::new(),
             decoding,
             arrival: self.arrivals,
+            slot: 0,
         });
         Ok(out)
     }
@@ -233,7 +243,9 @@ impl Scheduler {
     /// Stops a sequence wherever it is; `None` if it is not here (it already finished).
     pub fn cancel(&mut self, id: SeqId) -> Option<Output> {
         let mut seq = if let Some(i) = self.running.iter().position(|s| s.id == id) {
-            self.running.remove(i)
+            let seq = self.running.remove(i);
+            self.free_slots.push(seq.slot);
+            seq
         } else {
             let i = self.waiting.iter().position(|s| s.id == id)?;
             self.waiting.remove(i)?
@@ -299,7 +311,11 @@ impl Scheduler {
             budget -= n;
             admitted.push((seq, n));
         }
-        for (seq, n) in admitted {
+        for (mut seq, n) in admitted {
+            seq.slot = self
+                .free_slots
+                .pop()
+                .expect("a slot for each of at most max_batch running sequences");
             let at = self.running.partition_point(|s| s.arrival < seq.arrival);
             self.running.insert(at, seq);
             rows.insert(at, n);
@@ -318,6 +334,7 @@ impl Scheduler {
                 tokens: &s.tokens[s.computed..s.computed + n],
                 start: s.computed,
                 blocks: &s.blocks,
+                slot: s.slot,
                 logits: s.computed + n == s.tokens.len(),
             })
             .collect();
@@ -367,6 +384,7 @@ impl Scheduler {
         }
         for i in done.into_iter().rev() {
             let mut seq = self.running.remove(i);
+            self.free_slots.push(seq.slot);
             seq.release(&mut self.pool);
         }
         self.stats.steps += 1;
@@ -382,6 +400,7 @@ impl Scheduler {
     /// Frees running sequence `i`'s blocks and queues it first, to be computed again.
     fn preempt(&mut self, i: usize) {
         let mut seq = self.running.remove(i);
+        self.free_slots.push(seq.slot);
         tracing::debug!(
             seq = seq.id,
             tokens = seq.tokens.len(),

@@ -22,6 +22,9 @@ pub(super) struct Sequence {
     pub decoding: Decoding,
     /// Order of arrival: the newest is preempted first.
     pub arrival: u64,
+    /// Its recurrent-state slot while running (hybrid models); a sequence computed from
+    /// position 0 starts its slot afresh, so preemption's recompute is exact.
+    pub slot: usize,
 }
 
 impl Sequence {

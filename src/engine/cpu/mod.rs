@@ -1,12 +1,13 @@
 //! The CPU backend: SIMD kernels chosen at run time and a dedicated thread pool.
 
 mod attention;
+mod delta;
 mod matmul;
 pub(crate) mod ops;
 pub use ops::fma_available;
 pub mod pool;
 
-use crate::engine::backend::{Arithmetic, Backend, MatmulJob, SeqAttention};
+use crate::engine::backend::{Arithmetic, Backend, DeltaRule, MatmulJob, SeqAttention};
 use crate::engine::model::config::RopeConfig;
 use crate::engine::model::weights::Weight;
 use crate::engine::quant::{kernels, Kernels};
@@ -100,5 +101,36 @@ impl Backend for CpuBackend {
 
     fn swiglu(&self, gate: &mut [f32], up: &[f32]) {
         ops::swiglu(gate, up);
+    }
+
+    fn silu(&self, x: &mut [f32], row: usize) {
+        for r in x.chunks_exact_mut(row) {
+            ops::silu(r);
+        }
+    }
+
+    fn sigmoid(&self, x: &mut [f32]) {
+        x.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-*v).exp()));
+    }
+
+    fn l2_norm(&self, x: &mut [f32], dim: usize, eps: f32) {
+        for row in x.chunks_exact_mut(dim) {
+            ops::l2_norm(row, eps);
+        }
+    }
+
+    fn ssm_conv(
+        &self,
+        x: &[f32],
+        channels: usize,
+        taps: &[f32],
+        state: &mut [f32],
+        out: &mut [f32],
+    ) {
+        delta::ssm_conv(x, channels, taps, state, out);
+    }
+
+    fn delta_rule(&self, job: DeltaRule<'_>) {
+        delta::delta_rule(&self.pool, job);
     }
 }

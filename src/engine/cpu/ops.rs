@@ -72,7 +72,11 @@ fn rope_body(
     for (i, c) in cs.iter_mut().take(n / 2).enumerate() {
         let ff = freq_factors.map_or(1.0, |f| f[i]);
         let t = rope.freq_scale * (theta / ff);
-        *c = (t.cos(), t.sin());
+        *c = if rope.pair_is_extra(i) {
+            (1.0, 0.0)
+        } else {
+            (t.cos(), t.sin())
+        };
         theta *= theta_scale;
     }
     for head in row.chunks_exact_mut(head_dim) {
@@ -130,6 +134,58 @@ fn swiglu_body(gate: &mut [f32], up: &[f32]) {
 }
 
 fma_dispatch!(fn swiglu(gate: &mut [f32], up: &[f32]) => swiglu_body);
+
+/// `x = x / (1 + exp(-x))` over one row, as `ggml_vec_silu_f32` computes it: 16 lanes at a
+/// time with ggml's vector `expf`, the tail with libm's.
+#[inline(always)]
+fn silu_body(x: &mut [f32]) {
+    let vec_len = x.len() / 16 * 16;
+    let (head, tail) = x.split_at_mut(vec_len);
+    for v in head {
+        *v /= 1.0 + ggml_expf(-*v);
+    }
+    for v in tail {
+        *v /= 1.0 + (-*v).exp();
+    }
+}
+
+fma_dispatch!(fn silu(x: &mut [f32]) => silu_body);
+
+/// `x / |x|` as llama.cpp's Gated DeltaNet computes it: an RMS norm with `eps / n`, then a
+/// scale by `1 / sqrt(n)`.
+pub fn l2_norm(x: &mut [f32], eps: f32) {
+    let n = x.len() as f32;
+    let sum: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    let scale = 1.0 / (mean + eps / n).sqrt();
+    let unit = 1.0 / n.sqrt();
+    x.iter_mut().for_each(|v| *v = (*v * scale) * unit);
+}
+
+/// `x · y` as ggml's AVX-512 `ggml_vec_dot_f32` sums it: four 16-lane fused accumulators
+/// over 64-element steps, folded (0+2, 1+3, 0+1), then GCC's `_mm512_reduce_add_ps` order;
+/// elements past the last full step are fused onto the sum one by one.
+#[inline(always)]
+pub(crate) fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
+    let np = x.len() / 64 * 64;
+    let mut acc = [[0.0f32; 16]; 4];
+    for i in (0..np).step_by(64) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, a) in a.iter_mut().enumerate() {
+                let e = i + 16 * j + l;
+                *a = x[e].mul_add(y[e], *a);
+            }
+        }
+    }
+    let v: [f32; 16] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+    let t3: [f32; 8] = std::array::from_fn(|i| v[i + 8] + v[i]);
+    let t6: [f32; 4] = std::array::from_fn(|i| t3[i + 4] + t3[i]);
+    let mut sum = (t6[0] + t6[2]) + (t6[1] + t6[3]);
+    for e in np..x.len() {
+        sum = x[e].mul_add(y[e], sum);
+    }
+    sum
+}
 
 #[cfg(test)]
 mod tests {

@@ -17,7 +17,7 @@ use super::ops::{self, Epilogue, GpuMat, Heads, Input, Rope, Rows};
 use super::CudaError;
 use crate::engine::kv::{blocks_for, BLOCK};
 use crate::engine::model::config::ModelConfig;
-use crate::engine::model::weights::{Ffn, Weight};
+use crate::engine::model::weights::{Ffn, Mixer, Weight};
 use crate::engine::model::{Model, SeqBatch, UBATCH};
 
 /// What to bring back for a sequence that asked for logits.
@@ -177,7 +177,10 @@ impl CudaModel {
         let blocks = blocks_for(opts.kv_tokens).max(1);
         let mut layers = Vec::with_capacity(c.n_layer);
         let mut weight_bytes = w.output.data().len();
-        for l in &w.layers {
+        for layer in &w.layers {
+            let Mixer::Attention(l) = &layer.mixer else {
+                unreachable!("transformers only (no moe, so no hybrid)")
+            };
             let qkv = match stack(&gpu, &[&l.wq, &l.wk, &l.wv])? {
                 Some(m) => vec![(m, 0)],
                 None => vec![
@@ -186,7 +189,7 @@ impl CudaModel {
                     (upload_mat(&gpu, &l.wv)?, qd + kd),
                 ],
             };
-            let Ffn::Dense { gate, up, down } = &l.ffn else {
+            let Ffn::Dense { gate, up, down } = &layer.ffn else {
                 unreachable!("dense models only")
             };
             let gate_up = match stack(&gpu, &[gate, up])? {
@@ -208,8 +211,8 @@ impl CudaModel {
                 .sum::<usize>();
             let cache = |gpu: &Gpu| gpu.alloc((blocks + 1) * BLOCK * kd * 2);
             layers.push(Layer {
-                attn_norm: f32s(&gpu, &l.attn_norm)?,
-                ffn_norm: f32s(&gpu, &l.ffn_norm)?,
+                attn_norm: f32s(&gpu, &layer.attn_norm)?,
+                ffn_norm: f32s(&gpu, &layer.ffn_norm)?,
                 qkv,
                 qkv_bias: bias,
                 q_norm: l.q_norm.as_deref().map(|v| f32s(&gpu, v)).transpose()?,
@@ -592,6 +595,7 @@ impl CudaModel {
                 tokens: part,
                 start: at,
                 blocks,
+                slot: 0,
                 logits,
             };
             let picks: &[Pick] = if logits {

@@ -3,6 +3,9 @@
 //! without fragmenting it, and full blocks can be shared between sequences (prefix caching,
 //! [`blocks`]).
 //!
+//! A hybrid model's recurrent layers keep no keys or values: each sequence holds a fixed-size
+//! state instead, in a slot of the same store ([`KvStore::state_mut`]).
+//!
 //! Values are stored rounded to f16 precision, exactly as llama.cpp's default F16 cache holds
 //! them, but kept in `f32` storage so attention reads them without conversion.
 
@@ -81,6 +84,9 @@ pub struct KvStore {
     dim_k: usize,
     dim_v: usize,
     blocks: usize,
+    /// Recurrent state: slot `s` is `state_len` floats from `s * state_len`.
+    states: Vec<f32>,
+    state_len: usize,
 }
 
 impl KvStore {
@@ -95,7 +101,24 @@ impl KvStore {
             dim_k,
             dim_v,
             blocks: 0,
+            states: Vec::new(),
+            state_len: 0,
         }
+    }
+
+    /// The same store with a recurrent state of `state_len` floats per sequence slot.
+    pub fn with_recurrent(mut self, state_len: usize) -> Self {
+        self.state_len = state_len;
+        self
+    }
+
+    /// The recurrent state of slot `slot` (empty for models without one), made on first use.
+    pub fn state_mut(&mut self, slot: usize) -> &mut [f32] {
+        let (at, len) = (slot * self.state_len, self.state_len);
+        if self.states.len() < at + len {
+            self.states.resize(at + len, 0.0);
+        }
+        &mut self.states[at..at + len]
     }
 
     /// Makes blocks `0..n` usable.
@@ -160,9 +183,10 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub fn new(n_layer: usize, dim_k: usize, dim_v: usize, max_len: usize) -> Self {
+    /// A cache over `store` (whose recurrent slot 0, if any, is this sequence's).
+    pub fn new(store: KvStore, max_len: usize) -> Self {
         Self {
-            store: KvStore::new(n_layer, dim_k, dim_v),
+            store,
             blocks: Vec::new(),
             len: 0,
             max_len,

@@ -10,9 +10,12 @@ pub enum Arch {
     Qwen2,
     Qwen3,
     Qwen3Moe,
+    /// Qwen3.5/3.6 MoE: Gated DeltaNet layers with a gated full-attention layer every
+    /// `full_attention_interval`, and routed plus shared experts.
+    Qwen35Moe,
 }
 
-pub const SUPPORTED_ARCHS: &str = "llama, qwen2, qwen3, qwen3moe";
+pub const SUPPORTED_ARCHS: &str = "llama, qwen2, qwen3, qwen3moe, qwen35moe";
 
 impl Arch {
     pub fn parse(name: &str) -> Option<Self> {
@@ -21,6 +24,7 @@ impl Arch {
             "qwen2" => Self::Qwen2,
             "qwen3" => Self::Qwen3,
             "qwen3moe" => Self::Qwen3Moe,
+            "qwen35moe" => Self::Qwen35Moe,
             _ => return None,
         })
     }
@@ -31,6 +35,7 @@ impl Arch {
             Self::Qwen2 => "qwen2",
             Self::Qwen3 => "qwen3",
             Self::Qwen3Moe => "qwen3moe",
+            Self::Qwen35Moe => "qwen35moe",
         }
     }
 
@@ -49,6 +54,25 @@ pub struct RopeConfig {
     pub neox: bool,
     /// 1 / linear scaling factor.
     pub freq_scale: f32,
+    /// Interleaved multi-section RoPE (Qwen3.5's IMRoPE): rotary pairs take their angle
+    /// from the time, height or width position in turn, as `rope.dimension_sections` says.
+    /// For text every section holds the token's position, except pairs mapped to the fourth
+    /// (extra) section, which llama.cpp gives position 0.
+    pub sections: Option<[usize; 4]>,
+}
+
+impl RopeConfig {
+    /// Whether rotary pair `i` takes the extra section's position (0 for text) rather than
+    /// the token's, as ggml's `ggml_mrope_cache_init` assigns sectors in IMRoPE.
+    pub fn pair_is_extra(&self, i: usize) -> bool {
+        let Some(s) = self.sections else {
+            return false;
+        };
+        let total: usize = s.iter().sum();
+        let sector = i % total.max(1);
+        let interleaved = |k: usize, n: usize| sector % 3 == k && sector < 3 * n;
+        !(interleaved(1, s[1]) || interleaved(2, s[2]) || interleaved(0, s[0]))
+    }
 }
 
 /// Mixture-of-experts feed-forward parameters.
@@ -57,6 +81,42 @@ pub struct MoeConfig {
     pub n_expert: usize,
     pub n_expert_used: usize,
     pub n_ff_expert: usize,
+    /// Width of the always-on shared expert (0: none).
+    pub n_ff_shared: usize,
+}
+
+/// The Gated DeltaNet (linear attention) layers of a hybrid model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeltaNetConfig {
+    /// Taps of the causal depthwise convolution.
+    pub conv_kernel: usize,
+    /// Width of each key and value head (`ssm.state_size`); the state is this squared.
+    pub head_dim: usize,
+    pub n_k_heads: usize,
+    pub n_v_heads: usize,
+    /// Which layers are recurrent; the rest are full attention.
+    pub recurrent: Vec<bool>,
+}
+
+impl DeltaNetConfig {
+    pub fn key_dim(&self) -> usize {
+        self.n_k_heads * self.head_dim
+    }
+
+    pub fn value_dim(&self) -> usize {
+        self.n_v_heads * self.head_dim
+    }
+
+    /// Channels of the convolution: q, k and v side by side.
+    pub fn conv_dim(&self) -> usize {
+        2 * self.key_dim() + self.value_dim()
+    }
+
+    /// Floats of one layer's recurrent state for one sequence: the convolution's last
+    /// `conv_kernel - 1` inputs, then one `head_dim`² matrix per value head.
+    pub fn state_len(&self) -> usize {
+        (self.conv_kernel - 1) * self.conv_dim() + self.n_v_heads * self.head_dim * self.head_dim
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +134,8 @@ pub struct ModelConfig {
     pub rms_eps: f32,
     pub rope: RopeConfig,
     pub moe: Option<MoeConfig>,
+    /// Present in hybrid models (qwen35moe).
+    pub delta_net: Option<DeltaNetConfig>,
 }
 
 impl ModelConfig {
@@ -122,11 +184,34 @@ impl ModelConfig {
             }
         };
         let moe = match arch {
-            Arch::Qwen3Moe => Some(MoeConfig {
+            Arch::Qwen3Moe | Arch::Qwen35Moe => Some(MoeConfig {
                 n_expert: usize_of("expert_count")?,
                 n_expert_used: usize_of("expert_used_count")?,
                 n_ff_expert: usize_of("expert_feed_forward_length")?,
+                n_ff_shared: opt("expert_shared_feed_forward_length")?.unwrap_or(0),
             }),
+            _ => None,
+        };
+        let n_layer = usize_of("block_count")?;
+        let delta_net = match arch {
+            Arch::Qwen35Moe => Some(delta_net_config(f, arch_name, n_layer)?),
+            _ => None,
+        };
+        let sections = match arch {
+            Arch::Qwen35Moe => {
+                let key = k("rope.dimension_sections");
+                let s = f.array(&key)?;
+                let mut out = [0usize; 4];
+                for (o, v) in out.iter_mut().zip(s) {
+                    *o = v.as_u64().ok_or_else(|| {
+                        EngineError::BadModel(format!("{key} holds a non-integer"))
+                    })? as usize;
+                }
+                if out.iter().sum::<usize>() == 0 {
+                    return Err(EngineError::BadModel("rope sections are all empty".into()));
+                }
+                Some(out)
+            }
             _ => None,
         };
         if let Some(m) = moe {
@@ -149,7 +234,7 @@ impl ModelConfig {
         Ok(Self {
             arch,
             n_embd,
-            n_layer: usize_of("block_count")?,
+            n_layer,
             n_head,
             n_head_kv,
             head_dim_k,
@@ -165,8 +250,10 @@ impl ModelConfig {
                 n_dims: n_rot,
                 neox: arch.rope_neox(),
                 freq_scale,
+                sections,
             },
             moe,
+            delta_net,
         })
     }
 
@@ -178,4 +265,63 @@ impl ModelConfig {
     pub fn kv_dim_v(&self) -> usize {
         self.n_head_kv * self.head_dim_v
     }
+
+    /// Whether layer `il` is a recurrent (Gated DeltaNet) layer.
+    pub fn is_recurrent(&self, il: usize) -> bool {
+        self.delta_net
+            .as_ref()
+            .is_some_and(|d| d.recurrent.get(il).copied().unwrap_or(false))
+    }
+
+    /// Layers with a KV cache (all but the recurrent ones).
+    pub fn attention_layers(&self) -> usize {
+        (0..self.n_layer).filter(|&l| !self.is_recurrent(l)).count()
+    }
+
+    /// Recurrent layers, each holding per-sequence state instead of a KV cache.
+    pub fn recurrent_layers(&self) -> usize {
+        self.n_layer - self.attention_layers()
+    }
+
+    /// Floats of recurrent state one sequence holds across all layers (0 for transformers).
+    pub fn recurrent_state_len(&self) -> usize {
+        self.delta_net
+            .as_ref()
+            .map_or(0, |d| d.state_len() * self.recurrent_layers())
+    }
+}
+
+/// The `ssm.*` keys of a hybrid model; a layer is recurrent unless it is every
+/// `full_attention_interval`-th (llama.cpp's rule when no explicit layer list is given).
+fn delta_net_config(
+    f: &GgufFile,
+    arch: &str,
+    n_layer: usize,
+) -> Result<DeltaNetConfig, EngineError> {
+    let get =
+        |key: &str| -> Result<usize, EngineError> { Ok(f.u64(&format!("{arch}.{key}"))? as usize) };
+    let interval = f
+        .u64_opt(&format!("{arch}.full_attention_interval"))?
+        .unwrap_or(4)
+        .max(1) as usize;
+    let c = DeltaNetConfig {
+        conv_kernel: get("ssm.conv_kernel")?,
+        head_dim: get("ssm.state_size")?,
+        n_k_heads: get("ssm.group_count")?,
+        n_v_heads: get("ssm.time_step_rank")?,
+        recurrent: (0..n_layer).map(|i| (i + 1) % interval != 0).collect(),
+    };
+    let inner = get("ssm.inner_size")?;
+    if c.conv_kernel < 2
+        || c.head_dim == 0
+        || c.n_k_heads == 0
+        || c.n_v_heads % c.n_k_heads != 0
+        || inner != c.value_dim()
+    {
+        return Err(EngineError::BadModel(format!(
+            "linear attention shape: kernel {}, {} key heads, {} value heads of {}, inner size {inner}",
+            c.conv_kernel, c.n_k_heads, c.n_v_heads, c.head_dim
+        )));
+    }
+    Ok(c)
 }

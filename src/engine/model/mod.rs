@@ -1,7 +1,8 @@
-//! The decoder forward pass for llama, qwen2, qwen3 and qwen3moe, written once over the
-//! [`Backend`] trait.
+//! The decoder forward pass for llama, qwen2, qwen3, qwen3moe and the qwen35moe hybrid,
+//! written once over the [`Backend`] trait.
 
 pub mod config;
+mod delta_net;
 pub mod weights;
 
 use std::path::Path;
@@ -11,7 +12,7 @@ use crate::engine::gguf::GgufFile;
 use crate::engine::kv::{KvCache, KvStore};
 use crate::engine::EngineError;
 use config::ModelConfig;
-use weights::{Ffn, LayerWeights, Weights};
+use weights::{AttentionWeights, Ffn, Mixer, SharedExpert, Weights};
 
 /// Tokens per forward call for long prompts; llama.cpp's default micro-batch, which also
 /// decides which attention arithmetic it uses, so matching it keeps outputs identical.
@@ -25,6 +26,9 @@ pub struct SeqBatch<'a> {
     pub start: usize,
     /// The sequence's block table, covering positions up to `start + tokens.len()`.
     pub blocks: &'a [u32],
+    /// The sequence's recurrent-state slot in the store (hybrid models); a call with
+    /// `start == 0` begins it afresh.
+    pub slot: usize,
     /// Whether to return logits for the last token.
     pub logits: bool,
 }
@@ -70,19 +74,18 @@ impl Model {
     /// A KV cache for one sequence of at most `max_len` positions (the model's context
     /// length when `None`).
     pub fn new_cache(&self, max_len: Option<usize>) -> KvCache {
-        let c = &self.config;
         KvCache::new(
-            c.n_layer,
-            c.kv_dim_k(),
-            c.kv_dim_v(),
-            max_len.unwrap_or(c.context_length),
+            self.new_store(),
+            max_len.unwrap_or(self.config.context_length),
         )
     }
 
-    /// A store for the blocks of many sequences.
+    /// A store for the blocks (and recurrent states) of many sequences. Only attention
+    /// layers have blocks.
     pub fn new_store(&self) -> KvStore {
         let c = &self.config;
-        KvStore::new(c.n_layer, c.kv_dim_k(), c.kv_dim_v())
+        KvStore::new(c.attention_layers(), c.kv_dim_k(), c.kv_dim_v())
+            .with_recurrent(c.recurrent_state_len())
     }
 
     /// Runs `tokens` at the next positions of one sequence's `cache`, as llama.cpp does
@@ -105,6 +108,7 @@ impl Model {
                 tokens: chunk,
                 start,
                 blocks,
+                slot: 0,
                 logits: last,
             };
             logits = self
@@ -166,9 +170,28 @@ impl Model {
             .flat_map(|s| s.start..s.start + s.tokens.len())
             .collect();
 
+        if c.delta_net.is_some() {
+            for sq in seqs.iter().filter(|sq| sq.start == 0) {
+                kv.state_mut(sq.slot).fill(0.0);
+            }
+        }
         let n_layer = self.weights.layers.len();
+        let (mut kv_layer, mut recurrent_layer) = (0, 0);
         for (il, lw) in self.weights.layers.iter().enumerate() {
-            self.attention_block(be, kv, il, lw, seqs, &positions, arith, &mut s);
+            s.h.copy_from_slice(&s.x);
+            be.rms_norm(&mut s.h, c.n_embd, &lw.attn_norm, c.rms_eps);
+            match &lw.mixer {
+                Mixer::Attention(a) => {
+                    self.attention(be, kv, kv_layer, a, seqs, &positions, arith, &mut s);
+                    kv_layer += 1;
+                }
+                Mixer::DeltaNet(d) => {
+                    let out =
+                        delta_net::forward(self, be, kv, recurrent_layer, d, seqs, &s.h, arith);
+                    s.x.iter_mut().zip(&out).for_each(|(x, o)| *x += o);
+                    recurrent_layer += 1;
+                }
+            }
             if il + 1 < n_layer {
                 self.ffn_block(be, lw, n, arith, &mut s);
             }
@@ -212,7 +235,7 @@ impl Model {
     fn ffn_block(
         &self,
         be: &dyn Backend,
-        lw: &LayerWeights,
+        lw: &weights::LayerWeights,
         n: usize,
         arith: Arithmetic,
         s: &mut Scratch,
@@ -244,18 +267,25 @@ impl Model {
                 gate,
                 up,
                 down,
-            } => self.moe(be, h, n, router, gate, up, down, arith, out),
+                shared,
+            } => {
+                self.moe(be, h, n, router, gate, up, down, arith, out);
+                if let Some(sh) = shared {
+                    shared_expert(be, sh, h, n, arith, out);
+                }
+            }
         }
         x.iter_mut().zip(out.iter()).for_each(|(x, y)| *x += y);
     }
 
+    /// The attention mixer of one layer over the normed rows in `s.h`, added into `s.x`.
     #[allow(clippy::too_many_arguments)]
-    fn attention_block(
+    fn attention(
         &self,
         be: &dyn Backend,
         kv: &mut KvStore,
-        il: usize,
-        lw: &LayerWeights,
+        kv_layer: usize,
+        lw: &AttentionWeights,
         seqs: &[SeqBatch],
         positions: &[usize],
         arith: Arithmetic,
@@ -263,15 +293,16 @@ impl Model {
     ) {
         let c = &self.config;
         let n = positions.len();
-        s.h.copy_from_slice(&s.x);
-        be.rms_norm(&mut s.h, c.n_embd, &lw.attn_norm, c.rms_eps);
+        let q_dim = c.n_head * c.head_dim_k;
+        // A gated layer's query projection holds each head's queries, then its gate.
+        let mut qg = vec![0.0; if lw.gated { 2 * n * q_dim } else { 0 }];
         be.matmul(
             &s.h,
             n,
             &mut [
                 MatmulJob {
                     w: &lw.wq,
-                    out: &mut s.q,
+                    out: if lw.gated { &mut qg } else { &mut s.q },
                 },
                 MatmulJob {
                     w: &lw.wk,
@@ -284,6 +315,16 @@ impl Model {
             ],
             arith,
         );
+        let mut gate = Vec::new();
+        if lw.gated {
+            gate.reserve(n * q_dim);
+            let hd = c.head_dim_k;
+            for (head, q) in qg.chunks_exact(2 * hd).zip(s.q.chunks_exact_mut(hd)) {
+                q.copy_from_slice(&head[..hd]);
+                gate.extend_from_slice(&head[hd..]);
+            }
+            be.sigmoid(&mut gate);
+        }
         for (buf, bias) in [(&mut s.q, &lw.bq), (&mut s.k, &lw.bk), (&mut s.v, &lw.bv)] {
             if let Some(b) = bias {
                 for row in buf.chunks_exact_mut(b.len()) {
@@ -305,7 +346,7 @@ impl Model {
         for sq in seqs {
             let r = row..row + sq.tokens.len();
             kv.write(
-                il,
+                kv_layer,
                 sq.blocks,
                 sq.start,
                 &s.k[r.start * dk..r.end * dk],
@@ -316,7 +357,7 @@ impl Model {
         let views: Vec<SeqAttention> = seqs
             .iter()
             .map(|sq| SeqAttention {
-                kv: kv.view(il, sq.blocks),
+                kv: kv.view(kv_layer, sq.blocks),
                 shape: AttentionShape {
                     n_head: c.n_head,
                     n_head_kv: c.n_head_kv,
@@ -328,6 +369,9 @@ impl Model {
             })
             .collect();
         be.attention(&s.q, &views, arith, &mut s.attn);
+        if lw.gated {
+            s.attn.iter_mut().zip(&gate).for_each(|(a, g)| *a *= g);
+        }
         be.matmul(
             &s.attn,
             n,
@@ -430,6 +474,58 @@ impl Model {
                 o.iter_mut().zip(y).for_each(|(o, y)| *o += y * w);
             }
         }
+    }
+}
+
+/// Adds the shared expert's SwiGLU output for each of the `n` rows of `h` into `out`,
+/// scaled by `sigmoid(gate_inp · h)`, as qwen35moe does after its routed experts.
+fn shared_expert(
+    be: &dyn Backend,
+    sh: &SharedExpert,
+    h: &[f32],
+    n: usize,
+    arith: Arithmetic,
+    out: &mut [f32],
+) {
+    let (ff, e) = (sh.gate.rows, sh.down.rows);
+    let (mut g, mut u, mut y, mut scale) = (
+        vec![0.0; n * ff],
+        vec![0.0; n * ff],
+        vec![0.0; n * e],
+        vec![0.0; n],
+    );
+    be.matmul(
+        h,
+        n,
+        &mut [
+            MatmulJob {
+                w: &sh.gate,
+                out: &mut g,
+            },
+            MatmulJob {
+                w: &sh.up,
+                out: &mut u,
+            },
+            MatmulJob {
+                w: &sh.gate_inp,
+                out: &mut scale,
+            },
+        ],
+        arith,
+    );
+    be.swiglu(&mut g, &u);
+    be.matmul(
+        &g,
+        n,
+        &mut [MatmulJob {
+            w: &sh.down,
+            out: &mut y,
+        }],
+        arith,
+    );
+    be.sigmoid(&mut scale);
+    for ((o, y), s) in out.chunks_exact_mut(e).zip(y.chunks_exact(e)).zip(&scale) {
+        o.iter_mut().zip(y).for_each(|(o, y)| *o += y * s);
     }
 }
 

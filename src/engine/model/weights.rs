@@ -5,7 +5,7 @@ use std::sync::{Arc, OnceLock};
 
 use memmap2::Mmap;
 
-use super::config::{Arch, ModelConfig};
+use super::config::{Arch, DeltaNetConfig, ModelConfig};
 use crate::engine::gguf::GgufFile;
 use crate::engine::quant::interleave::interleave;
 use crate::engine::quant::{dequantize_row, GgmlType};
@@ -102,6 +102,21 @@ impl Weight {
 
 pub struct LayerWeights {
     pub attn_norm: Vec<f32>,
+    pub mixer: Mixer,
+    /// The norm before the feed-forward block (`ffn_norm`, or `post_attention_norm` in
+    /// qwen35moe).
+    pub ffn_norm: Vec<f32>,
+    pub ffn: Ffn,
+}
+
+/// What mixes information across positions in a layer.
+pub enum Mixer {
+    Attention(AttentionWeights),
+    DeltaNet(DeltaNetWeights),
+}
+
+pub struct AttentionWeights {
+    /// Queries; in a gated layer each head's queries are followed by its gate values.
     pub wq: Weight,
     pub wk: Weight,
     pub wv: Weight,
@@ -111,8 +126,35 @@ pub struct LayerWeights {
     pub q_norm: Option<Vec<f32>>,
     pub k_norm: Option<Vec<f32>>,
     pub wo: Weight,
-    pub ffn_norm: Vec<f32>,
-    pub ffn: Ffn,
+    /// The output is multiplied by sigmoid of a per-head gate taken from `wq` (qwen35moe).
+    pub gated: bool,
+}
+
+/// A Gated DeltaNet layer (qwen35moe's linear attention).
+pub struct DeltaNetWeights {
+    /// q, k and v of every head, side by side (`attn_qkv`).
+    pub qkv: Weight,
+    /// The output gate z (`attn_gate`).
+    pub z: Weight,
+    pub beta: Weight,
+    pub alpha: Weight,
+    /// `conv_kernel` taps per channel (`ssm_conv1d`).
+    pub conv: Vec<f32>,
+    pub dt_bias: Vec<f32>,
+    /// `-exp(A_log)`, stored negated (`ssm_a`).
+    pub a: Vec<f32>,
+    /// The per-head RMSNorm before the SiLU(z) gate (`ssm_norm`).
+    pub norm: Vec<f32>,
+    pub out: Weight,
+}
+
+/// The always-on expert of qwen35moe, scaled by `sigmoid(gate_inp · x)`.
+pub struct SharedExpert {
+    pub gate: Weight,
+    pub up: Weight,
+    pub down: Weight,
+    /// One row: the scalar gate's weights.
+    pub gate_inp: Weight,
 }
 
 pub enum Ffn {
@@ -127,6 +169,7 @@ pub enum Ffn {
         gate: Vec<Weight>,
         up: Vec<Weight>,
         down: Vec<Weight>,
+        shared: Option<SharedExpert>,
     },
 }
 
@@ -144,7 +187,10 @@ impl Weights {
     pub fn matrices(&self) -> Vec<&Weight> {
         let mut all = vec![&self.output];
         for l in &self.layers {
-            all.extend([&l.wq, &l.wk, &l.wv, &l.wo]);
+            match &l.mixer {
+                Mixer::Attention(a) => all.extend([&a.wq, &a.wk, &a.wv, &a.wo]),
+                Mixer::DeltaNet(d) => all.extend([&d.qkv, &d.z, &d.beta, &d.alpha, &d.out]),
+            }
             match &l.ffn {
                 Ffn::Dense { gate, up, down } => all.extend([gate, up, down]),
                 Ffn::Moe {
@@ -152,9 +198,13 @@ impl Weights {
                     gate,
                     up,
                     down,
+                    shared,
                 } => {
                     all.push(router);
                     all.extend(gate.iter().chain(up).chain(down));
+                    if let Some(s) = shared {
+                        all.extend([&s.gate, &s.up, &s.down, &s.gate_inp]);
+                    }
                 }
             }
         }
@@ -220,6 +270,93 @@ impl Loader<'_> {
     }
 }
 
+impl Loader<'_> {
+    fn attention(&self, i: usize, c: &ModelConfig) -> Result<AttentionWeights, EngineError> {
+        let n = |s: &str| format!("blk.{i}.{s}");
+        let gated = c.arch == Arch::Qwen35Moe;
+        let q_dim = c.n_head * c.head_dim_k;
+        let wq_rows = if gated { 2 * q_dim } else { q_dim };
+        let qk_norm = matches!(c.arch, Arch::Qwen3 | Arch::Qwen3Moe | Arch::Qwen35Moe);
+        let norm = |s: &str, len| {
+            if qk_norm {
+                self.vector(&n(s), len).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(AttentionWeights {
+            wq: self.matrix(&n("attn_q.weight"), c.n_embd, wq_rows)?,
+            wk: self.matrix(&n("attn_k.weight"), c.n_embd, c.kv_dim_k())?,
+            wv: self.matrix(&n("attn_v.weight"), c.n_embd, c.kv_dim_v())?,
+            bq: self.opt_vector(&n("attn_q.bias"), q_dim)?,
+            bk: self.opt_vector(&n("attn_k.bias"), c.kv_dim_k())?,
+            bv: self.opt_vector(&n("attn_v.bias"), c.kv_dim_v())?,
+            q_norm: norm("attn_q_norm.weight", c.head_dim_k)?,
+            k_norm: norm("attn_k_norm.weight", c.head_dim_k)?,
+            wo: self.matrix(&n("attn_output.weight"), c.n_head * c.head_dim_v, c.n_embd)?,
+            gated,
+        })
+    }
+
+    fn delta_net(
+        &self,
+        i: usize,
+        c: &ModelConfig,
+        d: &DeltaNetConfig,
+    ) -> Result<DeltaNetWeights, EngineError> {
+        let n = |s: &str| format!("blk.{i}.{s}");
+        let conv = self.matrix(&n("ssm_conv1d.weight"), d.conv_kernel, d.conv_dim())?;
+        let mut taps = vec![0.0; d.conv_kernel * d.conv_dim()];
+        for (r, row) in taps.chunks_exact_mut(d.conv_kernel).enumerate() {
+            conv.dequantize_row_into(r, row);
+        }
+        Ok(DeltaNetWeights {
+            qkv: self.matrix(&n("attn_qkv.weight"), c.n_embd, d.conv_dim())?,
+            z: self.matrix(&n("attn_gate.weight"), c.n_embd, d.value_dim())?,
+            beta: self.matrix(&n("ssm_beta.weight"), c.n_embd, d.n_v_heads)?,
+            alpha: self.matrix(&n("ssm_alpha.weight"), c.n_embd, d.n_v_heads)?,
+            conv: taps,
+            dt_bias: self.vector(&n("ssm_dt.bias"), d.n_v_heads)?,
+            a: self.vector(&n("ssm_a"), d.n_v_heads)?,
+            norm: self.vector(&n("ssm_norm.weight"), d.head_dim)?,
+            out: self.matrix(&n("ssm_out.weight"), d.value_dim(), c.n_embd)?,
+        })
+    }
+
+    fn ffn(&self, i: usize, c: &ModelConfig) -> Result<Ffn, EngineError> {
+        let n = |s: &str| format!("blk.{i}.{s}");
+        let Some(m) = c.moe else {
+            return Ok(Ffn::Dense {
+                gate: self.matrix(&n("ffn_gate.weight"), c.n_embd, c.n_ff)?,
+                up: self.matrix(&n("ffn_up.weight"), c.n_embd, c.n_ff)?,
+                down: self.matrix(&n("ffn_down.weight"), c.n_ff, c.n_embd)?,
+            });
+        };
+        let experts = |name: &str, cols: usize, rows: usize| -> Result<Vec<Weight>, EngineError> {
+            let all = self.matrix(&n(name), cols, rows * m.n_expert)?;
+            Ok((0..m.n_expert)
+                .map(|e| all.rows_view(e * rows, rows))
+                .collect())
+        };
+        let shared = match m.n_ff_shared {
+            0 => None,
+            ff => Some(SharedExpert {
+                gate: self.matrix(&n("ffn_gate_shexp.weight"), c.n_embd, ff)?,
+                up: self.matrix(&n("ffn_up_shexp.weight"), c.n_embd, ff)?,
+                down: self.matrix(&n("ffn_down_shexp.weight"), ff, c.n_embd)?,
+                gate_inp: self.matrix(&n("ffn_gate_inp_shexp.weight"), c.n_embd, 1)?,
+            }),
+        };
+        Ok(Ffn::Moe {
+            router: self.matrix(&n("ffn_gate_inp.weight"), c.n_embd, m.n_expert)?,
+            gate: experts("ffn_gate_exps.weight", c.n_embd, m.n_ff_expert)?,
+            up: experts("ffn_up_exps.weight", c.n_embd, m.n_ff_expert)?,
+            down: experts("ffn_down_exps.weight", m.n_ff_expert, c.n_embd)?,
+            shared,
+        })
+    }
+}
+
 impl Weights {
     pub fn load(f: &GgufFile, c: &ModelConfig) -> Result<Self, EngineError> {
         let l = Loader { f };
@@ -229,55 +366,23 @@ impl Weights {
         } else {
             token_embd.clone()
         };
-        let q_dim = c.n_head * c.head_dim_k;
         let mut layers = Vec::with_capacity(c.n_layer);
         for i in 0..c.n_layer {
             let n = |s: &str| format!("blk.{i}.{s}");
-            let ffn = match c.moe {
-                None => Ffn::Dense {
-                    gate: l.matrix(&n("ffn_gate.weight"), c.n_embd, c.n_ff)?,
-                    up: l.matrix(&n("ffn_up.weight"), c.n_embd, c.n_ff)?,
-                    down: l.matrix(&n("ffn_down.weight"), c.n_ff, c.n_embd)?,
-                },
-                Some(m) => {
-                    let experts = |name: &str,
-                                   cols: usize,
-                                   rows: usize|
-                     -> Result<Vec<Weight>, EngineError> {
-                        let all = l.matrix(&n(name), cols, rows * m.n_expert)?;
-                        Ok((0..m.n_expert)
-                            .map(|e| all.rows_view(e * rows, rows))
-                            .collect())
-                    };
-                    Ffn::Moe {
-                        router: l.matrix(&n("ffn_gate_inp.weight"), c.n_embd, m.n_expert)?,
-                        gate: experts("ffn_gate_exps.weight", c.n_embd, m.n_ff_expert)?,
-                        up: experts("ffn_up_exps.weight", c.n_embd, m.n_ff_expert)?,
-                        down: experts("ffn_down_exps.weight", m.n_ff_expert, c.n_embd)?,
-                    }
-                }
+            let mixer = match &c.delta_net {
+                Some(d) if c.is_recurrent(i) => Mixer::DeltaNet(l.delta_net(i, c, d)?),
+                _ => Mixer::Attention(l.attention(i, c)?),
             };
-            let qk_norm = matches!(c.arch, Arch::Qwen3 | Arch::Qwen3Moe);
-            let norm = |s: &str, len| {
-                if qk_norm {
-                    l.vector(&n(s), len).map(Some)
-                } else {
-                    Ok(None)
-                }
+            let ffn_norm = if c.arch == Arch::Qwen35Moe {
+                "post_attention_norm.weight"
+            } else {
+                "ffn_norm.weight"
             };
             layers.push(LayerWeights {
                 attn_norm: l.vector(&n("attn_norm.weight"), c.n_embd)?,
-                wq: l.matrix(&n("attn_q.weight"), c.n_embd, q_dim)?,
-                wk: l.matrix(&n("attn_k.weight"), c.n_embd, c.kv_dim_k())?,
-                wv: l.matrix(&n("attn_v.weight"), c.n_embd, c.kv_dim_v())?,
-                bq: l.opt_vector(&n("attn_q.bias"), q_dim)?,
-                bk: l.opt_vector(&n("attn_k.bias"), c.kv_dim_k())?,
-                bv: l.opt_vector(&n("attn_v.bias"), c.kv_dim_v())?,
-                q_norm: norm("attn_q_norm.weight", c.head_dim_k)?,
-                k_norm: norm("attn_k_norm.weight", c.head_dim_k)?,
-                wo: l.matrix(&n("attn_output.weight"), c.n_head * c.head_dim_v, c.n_embd)?,
-                ffn_norm: l.vector(&n("ffn_norm.weight"), c.n_embd)?,
-                ffn,
+                mixer,
+                ffn_norm: l.vector(&n(ffn_norm), c.n_embd)?,
+                ffn: l.ffn(i, c)?,
             });
         }
         Ok(Self {
