@@ -1,6 +1,8 @@
 //! The batch scheduler with the real model: sequences that share steps, chunked prompts, a
 //! shared prefix, a KV pool too small for everyone, and resumed generations all produce
-//! exactly what each sequence produces alone.
+//! exactly what each sequence produces alone. The same holds for the qwen35moe hybrid (its
+//! recurrent state carried between chunks and rebuilt on preemption and resume), on the
+//! tiny reference model.
 
 mod common;
 
@@ -20,7 +22,20 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let model = Model::load(common::smollm2()).expect("the model");
+    setup_model(common::smollm2())
+}
+
+/// The tiny random-weight qwen35moe (Gated DeltaNet + gated attention + experts).
+fn hybrid() -> Setup {
+    setup_model(
+        common::reference()
+            .join("tiny-models")
+            .join("tiny-qwen35moe-q4_k_m.gguf"),
+    )
+}
+
+fn setup_model(path: std::path::PathBuf) -> Setup {
+    let model = Model::load(path).expect("the model");
     let tok = Tokenizer::from_gguf(&model.file).expect("its tokenizer");
     Setup {
         model: Arc::new(model),
@@ -354,6 +369,33 @@ fn a_fully_cached_prompt_copies_its_last_block_and_recomputes_one_token() {
 }
 
 #[test]
+fn a_hybrid_model_batches_chunks_and_preempts_exactly() {
+    let s = hybrid();
+    let requests: Vec<_> = prompts(&s).into_iter().map(|p| (p, greedy(32))).collect();
+    let lens: Vec<usize> = requests.iter().map(|(p, _)| p.len()).collect();
+    assert!(lens.iter().any(|&l| l > 150), "a long prompt: {lens:?}");
+    let alone = run_alone(&s, &requests);
+    // Prompts in chunks of at most 40 rows beside decoding rows, and a pool of 24 blocks
+    // (384 positions) for about 550: the newest sequences are preempted and recomputed,
+    // recurrent state and all.
+    let config = BatchConfig {
+        max_batch: 8,
+        max_batch_tokens: 40,
+        kv_tokens: 384,
+        prefix_cache: true,
+    };
+    let (together, stats) = run_together(&s, config, fresh(&requests));
+    assert_same(&together, &alone);
+    assert!(stats.preemptions > 0, "the pool was too small: {stats:?}");
+    assert!(stats.batch_sizes[3] > 0, "steps ran 8 sequences: {stats:?}");
+    assert_eq!(
+        stats.prefix_query_tokens, 0,
+        "hybrid models keep no prefix cache: {stats:?}"
+    );
+    assert_eq!(stats.kv_blocks_used, 0);
+}
+
+#[test]
 fn a_kv_pool_too_small_for_everyone_preempts_and_completes_every_request_exactly() {
     let s = setup();
     let requests: Vec<_> = prompts(&s)
@@ -452,7 +494,17 @@ fn a_cancelled_sequence_reports_what_it_produced_and_frees_its_blocks() {
 
 #[test]
 fn a_resumed_generation_continues_exactly_where_the_first_left_off() {
-    let s = setup();
+    resumes_exactly(&setup());
+}
+
+#[test]
+fn a_hybrid_models_resumed_generation_continues_exactly_where_the_first_left_off() {
+    resumes_exactly(&hybrid());
+}
+
+/// Another worker, given the prompt and what was delivered, continues the generation
+/// (prefilling prompt and tokens, which rebuilds any recurrent state) exactly.
+fn resumes_exactly(s: &Setup) {
     let prompt = s
         .tok
         .encode("Once upon a time, in a small village by the sea,")
@@ -470,7 +522,7 @@ fn a_resumed_generation_continues_exactly_where_the_first_left_off() {
         logit_bias: Vec::new(),
     };
     for params in [greedy(40), seeded] {
-        let full = run_alone(&s, &[(prompt.clone(), params.clone())]).remove(0);
+        let full = run_alone(s, &[(prompt.clone(), params.clone())]).remove(0);
         assert!(full.tokens.len() > 10, "a long enough run: {full:?}");
         let cuts = &full.cuts;
         for cut in [
@@ -481,8 +533,8 @@ fn a_resumed_generation_continues_exactly_where_the_first_left_off() {
         ] {
             // Another worker, busy with other sequences, continues it.
             let mut requests = vec![(prompt.clone(), params.clone(), cut.clone())];
-            requests.extend(fresh(&[(prompts(&s)[2].clone(), greedy(20))]));
-            let rest = run_together(&s, BatchConfig::default(), requests)
+            requests.extend(fresh(&[(prompts(s)[2].clone(), greedy(20))]));
+            let rest = run_together(s, BatchConfig::default(), requests)
                 .0
                 .remove(0);
             let before =

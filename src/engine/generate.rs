@@ -121,9 +121,12 @@ struct StopMatcher {
 impl StopMatcher {
     /// Adds text; returns what can be released now and whether a stop string matched.
     fn push(&mut self, piece: &str) -> (String, bool) {
-        let search_from = self
+        let mut search_from = self
             .released
             .saturating_sub(self.stops.iter().map(String::len).max().unwrap_or(0));
+        while !self.text.is_char_boundary(search_from) {
+            search_from -= 1; // a stop string may begin inside a multi-byte character
+        }
         self.text.push_str(piece);
         let hit = self
             .stops
@@ -538,6 +541,14 @@ mod tests {
         assert_eq!(
             run(&["END"], &["abc E", "x"]),
             ("abc Ex".to_string(), false)
+        );
+    }
+
+    #[test]
+    fn multi_byte_text_before_a_stop_is_searched_from_a_character_boundary() {
+        assert_eq!(
+            run(&["\n\n"], &["ab", "\u{fffd}\u{fffd}", "c\n", "\nrest"]),
+            ("ab\u{fffd}\u{fffd}c".to_string(), true)
         );
     }
 
