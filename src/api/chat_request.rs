@@ -42,6 +42,9 @@ pub struct Message {
     pub tool_call_id: Option<String>,
     /// Calls an assistant turn made.
     pub tool_calls: Vec<ToolCall>,
+    /// What an assistant turn reasoned (`<think>`), as this API returned it; reasoning
+    /// templates (Qwen3.5's) show it again inside a tool loop.
+    pub reasoning_content: Option<String>,
 }
 
 /// Sogni's task profile; `None` lets the session choose (coding when a developer message is
@@ -462,6 +465,10 @@ fn parse_message(i: usize, m: &Value) -> Result<Message, ApiError> {
         content,
         name: f.string("name")?,
         tool_call_id: f.string("tool_call_id")?,
+        reasoning_content: match role {
+            Role::Assistant => f.string("reasoning_content")?,
+            _ => None,
+        },
         tool_calls,
     })
 }

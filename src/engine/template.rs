@@ -3,8 +3,11 @@
 //!
 //! HuggingFace templates are written against Python Jinja: they call string methods
 //! (`.strip()`, `.startswith()`), `raise_exception`, `strftime_now` and the `tojson`
-//! filter. We provide all of these so templates render unmodified.
+//! filter. We provide all of these so templates render unmodified, and `tojson` writes
+//! what `json.dumps` (and llama.cpp's Jinja engine) writes: keys in the order given,
+//! `", "` / `": "` separators, no HTML escaping, non-ASCII as is.
 
+use minijinja::value::Kwargs;
 use minijinja::{Environment, Error, ErrorKind, Value};
 use serde::Serialize;
 
@@ -61,6 +64,61 @@ fn strftime_now(format: String) -> String {
     chrono::Local::now().format(&format).to_string()
 }
 
+/// `value | tojson(indent=N)` as Python's `json.dumps(value, ensure_ascii=False)`.
+fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let v = serde_json::to_value(&value)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
+    Ok(Value::from_safe_string(python_json(&v, indent)))
+}
+
+/// JSON as Python's `json.dumps` writes it: `", "` and `": "` between items, or one item
+/// per line under `indent` spaces per level (`","` then a newline).
+pub fn python_json(v: &serde_json::Value, indent: Option<usize>) -> String {
+    let mut out = String::new();
+    write_json(v, indent, 0, &mut out);
+    out
+}
+
+fn write_json(v: &serde_json::Value, indent: Option<usize>, level: usize, out: &mut String) {
+    use serde_json::Value as J;
+    let items: Vec<(Option<&String>, &J)> = match v {
+        J::Object(m) if !m.is_empty() => m.iter().map(|(k, v)| (Some(k), v)).collect(),
+        J::Array(a) if !a.is_empty() => a.iter().map(|v| (None, v)).collect(),
+        other => {
+            out.push_str(&other.to_string());
+            return;
+        }
+    };
+    let (open, close) = if v.is_object() {
+        ('{', '}')
+    } else {
+        ('[', ']')
+    };
+    out.push(open);
+    for (i, (key, item)) in items.iter().enumerate() {
+        match indent {
+            Some(n) => {
+                out.push_str(if i == 0 { "\n" } else { ",\n" });
+                out.push_str(&" ".repeat(n * (level + 1)));
+            }
+            None if i > 0 => out.push_str(", "),
+            None => {}
+        }
+        if let Some(k) = key {
+            out.push_str(&J::String((*k).clone()).to_string());
+            out.push_str(": ");
+        }
+        write_json(item, indent, level + 1, out);
+    }
+    if let Some(n) = indent {
+        out.push('\n');
+        out.push_str(&" ".repeat(n * level));
+    }
+    out.push(close);
+}
+
 impl ChatTemplate {
     pub fn from_gguf(f: &GgufFile, tok: &Tokenizer) -> Result<Self, EngineError> {
         let source = f.str_opt("tokenizer.chat_template")?;
@@ -79,6 +137,7 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
+        env.add_filter("tojson", tojson);
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.add_template_owned("chat", source.unwrap_or(CHATML).to_string())
@@ -166,13 +225,26 @@ mod tests {
             )
             .unwrap();
         assert_eq!(
-            out, r#"hi|[{"type":"function"}]|False|4"#,
+            out, r#"hi|[{"type": "function"}]|False|4"#,
             "booleans render as Python Jinja does"
         );
         let err = t
             .render(&[ChatMessage::new("user", "xy")], None, false, &kw)
             .unwrap_err();
         assert!(err.to_string().contains("no x"), "{err}");
+    }
+
+    #[test]
+    fn tojson_writes_as_python_json_dumps() {
+        let v = serde_json::json!({"z": 1, "a": [true, null, "é<"], "e": {}, "f": 1.5});
+        assert_eq!(
+            python_json(&v, None),
+            r#"{"z": 1, "a": [true, null, "é<"], "e": {}, "f": 1.5}"#
+        );
+        assert_eq!(
+            python_json(&serde_json::json!({"a": [1], "b": []}), Some(2)),
+            "{\n  \"a\": [\n    1\n  ],\n  \"b\": []\n}"
+        );
     }
 
     #[test]

@@ -34,10 +34,13 @@ use crate::engine::EngineError;
 const GPT2_SPLIT: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 const QWEN2_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const LLAMA3_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen3.5's: qwen2's with combining marks kept inside words and out of punctuation
+/// (llama.cpp applies no normalisation before it).
+const QWEN35_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Pre-tokenizer names we understand, for error messages.
 pub const SUPPORTED_PRE: &str =
-    "smollm, starcoder, refact, gpt-2, qwen2, deepseek-r1-qwen, llama3, llama-v3, llama-bpe";
+    "smollm, starcoder, refact, gpt-2, qwen2, deepseek-r1-qwen, qwen35, llama3, llama-v3, llama-bpe";
 
 /// `(split regexes, ignore_merges)` for a `tokenizer.ggml.pre` name.
 fn pre_tokenizer_for(pre: &str) -> Option<(&'static [&'static str], bool)> {
@@ -45,6 +48,7 @@ fn pre_tokenizer_for(pre: &str) -> Option<(&'static [&'static str], bool)> {
         "smollm" | "starcoder" | "refact" => (&[r"\p{N}", GPT2_SPLIT], false),
         "gpt-2" => (&[GPT2_SPLIT], false),
         "qwen2" | "deepseek-r1-qwen" => (&[QWEN2_SPLIT], false),
+        "qwen35" => (&[QWEN35_SPLIT], false),
         "llama3" | "llama-v3" | "llama-bpe" => (&[LLAMA3_SPLIT], true),
         _ => return None,
     })

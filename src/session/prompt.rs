@@ -172,6 +172,7 @@ fn defanged(req: &ChatRequest, tok: &Tokenizer) -> ChatRequest {
         m.content = text(&m.content);
         m.name = m.name.as_deref().map(text);
         m.tool_call_id = m.tool_call_id.as_deref().map(text);
+        m.reasoning_content = m.reasoning_content.as_deref().map(text);
         for c in &mut m.tool_calls {
             c.id = text(&c.id);
             c.name = text(&c.name);

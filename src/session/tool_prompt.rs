@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use crate::api::chat_request::{ChatRequest, Message, Role};
 use crate::api::tools::{FunctionTool, ToolCall};
-use crate::engine::template::{ChatMessage, ChatTemplate};
+use crate::engine::template::{python_json, ChatMessage, ChatTemplate};
 
 /// The messages and the `tools` variable to render `req` with.
 pub fn conversation(
@@ -70,7 +70,7 @@ fn template_message(m: &Message) -> ChatMessage {
         name: m.name.clone(),
         tool_call_id: m.tool_call_id.clone(),
         tool_calls: (!calls.is_empty()).then_some(Value::Array(calls)),
-        reasoning_content: None,
+        reasoning_content: m.reasoning_content.clone(),
     }
 }
 
@@ -80,12 +80,11 @@ fn arguments_value(c: &ToolCall) -> Value {
     serde_json::from_str(&c.arguments).unwrap_or_else(|_| Value::String(c.arguments.clone()))
 }
 
+/// A tool as llama.cpp hands it to templates: name, description (empty when none was
+/// given), parameters, in that order.
 fn openai_tool(t: &FunctionTool) -> Value {
-    let mut function = json!({"name": t.name, "parameters": t.parameters});
-    if let Some(d) = &t.description {
-        function["description"] = d.clone().into();
-    }
-    json!({"type": "function", "function": function})
+    let description = t.description.clone().unwrap_or_default();
+    json!({"type": "function", "function": {"name": t.name, "description": description, "parameters": t.parameters}})
 }
 
 /// An earlier call, written as the model writes one.
@@ -96,17 +95,7 @@ fn written_call(c: &ToolCall) -> String {
 
 /// JSON with `", "` and `": "` separators, as the grammar has the model write it.
 fn spaced(v: &Value) -> String {
-    match v {
-        Value::Object(m) => format!(
-            "{{{}}}",
-            m.iter()
-                .map(|(k, v)| format!("{}: {}", Value::String(k.clone()), spaced(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        Value::Array(a) => format!("[{}]", a.iter().map(spaced).collect::<Vec<_>>().join(", ")),
-        other => other.to_string(),
-    }
+    python_json(v, None)
 }
 
 /// The Hermes / Qwen tool-use instructions.
@@ -152,7 +141,7 @@ mod tests {
         assert!(tools.is_none());
         assert_eq!(messages[0].role, "system");
         assert!(messages[0].content.contains(r#"<tools>
-{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+{"type": "function", "function": {"name": "get_weather", "description": "", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
 </tools>"#), "{}", messages[0].content);
         assert_eq!(messages[2].content, "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>");
         assert_eq!(
@@ -193,7 +182,7 @@ mod tests {
             .expect("render");
         assert_eq!(
             out,
-            r#"[{"function":{"description":"weather","name":"w","parameters":{"properties":{},"type":"object"}},"type":"function"}]|Oslo"#
+            r#"[{"type": "function", "function": {"name": "w", "description": "weather", "parameters": {"type": "object", "properties": {}}}}]|Oslo"#
         );
     }
 }

@@ -140,6 +140,7 @@ impl Loop {
                 name: None,
                 tool_call_id: None,
                 tool_calls: hosted.clone(),
+                reasoning_content: Some(r.message.reasoning.clone()).filter(|r| !r.is_empty()),
             });
             for (c, result) in hosted.iter().zip(results) {
                 request.messages.push(Message {
@@ -148,6 +149,7 @@ impl Loop {
                     name: None,
                     tool_call_id: Some(c.id.clone()),
                     tool_calls: Vec::new(),
+                    reasoning_content: None,
                 });
             }
             // A forced call is made once; the last round answers in text.
