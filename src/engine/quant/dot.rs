@@ -8,7 +8,7 @@ use super::{lanes, lanes_k, GgmlType};
 pub fn scalar_dot(ty: GgmlType, w: &[u8], a: &[u8], n: usize) -> f32 {
     match ty {
         GgmlType::F32 => f32_dot(w, a, n),
-        GgmlType::F16 => half_dot(w, a, n, |b| half::f16::from_bits(b).to_f32()),
+        GgmlType::F16 => lanes::f16(w, a, n),
         GgmlType::BF16 => half_dot(w, a, n, |b| half::bf16::from_bits(b).to_f32()),
         GgmlType::Q4_0 => lanes::q4_0(w, a, n),
         GgmlType::Q4_1 => lanes::q4_1(w, a, n),

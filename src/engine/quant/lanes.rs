@@ -106,3 +106,32 @@ pub fn q5_1(w: &[u8], a: &[u8], n: usize) -> f32 {
         q5_values(&x[4..8], &x[8..24]).map(|v| v as i32)
     })
 }
+
+/// F16 weights against F16 activations as ggml's AVX-512 `ggml_vec_dot_f16` sums them: four
+/// 16-lane fused accumulators over 64-element steps, folded (0+2, 1+3, 0+1), then GCC's
+/// `_mm512_reduce_add_ps` order; elements past the last full step are added in f64.
+#[inline(always)]
+pub fn f16(w: &[u8], a: &[u8], n: usize) -> f32 {
+    let np = n / 64 * 64;
+    let mut acc = [[0.0f32; 16]; 4];
+    let (mut wf, mut af) = ([0.0f32; 64], [0.0f32; 64]);
+    for i in (0..np).step_by(64) {
+        for e in 0..64 {
+            wf[e] = f16_at(w, 2 * (i + e));
+            af[e] = f16_at(a, 2 * (i + e));
+        }
+        for (j, acc) in acc.iter_mut().enumerate() {
+            for (l, s) in acc.iter_mut().enumerate() {
+                *s = wf[16 * j + l].mul_add(af[16 * j + l], *s);
+            }
+        }
+    }
+    let v: [f32; 16] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+    let t3: [f32; 8] = std::array::from_fn(|i| v[i + 8] + v[i]);
+    let t6: [f32; 4] = std::array::from_fn(|i| t3[i + 4] + t3[i]);
+    let mut sum = ((t6[0] + t6[2]) + (t6[1] + t6[3])) as f64;
+    for e in np..n {
+        sum += (f16_at(w, 2 * e) * f16_at(a, 2 * e)) as f64;
+    }
+    sum as f32
+}

@@ -42,11 +42,17 @@ fn weight_row(ty: GgmlType, n: usize, seed: u64) -> Vec<u8> {
             .collect();
         return vals;
     }
+    if ty == GgmlType::F16 {
+        return (0..n)
+            .flat_map(|i| half::f16::from_f32((i as f32 * 0.37 + seed as f32).sin()).to_le_bytes())
+            .collect();
+    }
     w
 }
 
 const TYPES: &[GgmlType] = &[
     GgmlType::F32,
+    GgmlType::F16,
     GgmlType::Q4_0,
     GgmlType::Q4_1,
     GgmlType::Q5_0,

@@ -173,6 +173,7 @@ x86_wrappers! {
     q5_k_avx2 => x86_k::q5_k,
     q6_k_avx2 => x86_k::q6_k,
     iq4_xs_avx2 => x86_k::iq4_xs,
+    f16_avx2 => x86::f16_f16c,
     q5_k_batched_avx2 => x86_k::q5_k_batched,
     q6_k_batched_avx2 => x86_k::q6_k_batched,
     iq4_xs_batched_avx2 => x86_k::iq4_xs_batched,
@@ -220,6 +221,7 @@ fn x86_fn(level: SimdLevel, ty: GgmlType) -> Option<DotFn> {
         (SimdLevel::Avx2 | SimdLevel::Avx512Vnni, GgmlType::Q5K) => q5_k_avx2,
         (SimdLevel::Avx2 | SimdLevel::Avx512Vnni, GgmlType::Q6K) => q6_k_avx2,
         (SimdLevel::Avx2 | SimdLevel::Avx512Vnni, GgmlType::IQ4XS) => iq4_xs_avx2,
+        (SimdLevel::Avx2 | SimdLevel::Avx512Vnni, GgmlType::F16) => f16_avx2,
         _ => return None,
     })
 }

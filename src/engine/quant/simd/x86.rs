@@ -256,3 +256,37 @@ interleaved_kernels!(
     lane_sums_vnni,
     4
 );
+
+/// [`crate::engine::quant::lanes::f16`] with F16C conversions: each 16-lane accumulator of
+/// ggml's order is two 8-lane halves, so the sums are the same, bit for bit.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn f16_f16c(w: &[u8], a: &[u8], n: usize) -> f32 {
+    let np = n / 64 * 64;
+    let (wp, ap) = (w.as_ptr(), a.as_ptr());
+    let load = |p: *const u8, e: usize| _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * e).cast()));
+    let mut acc = [_mm256_setzero_ps(); 8];
+    for i in (0..np).step_by(64) {
+        for (h, acc) in acc.iter_mut().enumerate() {
+            let e = i + 8 * h;
+            *acc = _mm256_fmadd_ps(load(wp, e), load(ap, e), *acc);
+        }
+    }
+    let mut lanes = [[0.0f32; 8]; 8];
+    for (l, acc) in lanes.iter_mut().zip(acc) {
+        _mm256_storeu_ps(l.as_mut_ptr(), acc);
+    }
+    // Accumulator j of ggml's four is halves 2j (lanes 0..8) and 2j+1 (lanes 8..16).
+    let lane = |j: usize, l: usize| lanes[2 * j + l / 8][l % 8];
+    let v: [f32; 16] =
+        std::array::from_fn(|l| (lane(0, l) + lane(2, l)) + (lane(1, l) + lane(3, l)));
+    let t3: [f32; 8] = std::array::from_fn(|i| v[i + 8] + v[i]);
+    let t6: [f32; 4] = std::array::from_fn(|i| t3[i + 4] + t3[i]);
+    let mut sum = ((t6[0] + t6[2]) + (t6[1] + t6[3])) as f64;
+    for e in np..n {
+        let h = |b: &[u8]| {
+            half::f16::from_bits(u16::from_le_bytes([b[2 * e], b[2 * e + 1]])).to_f32_const()
+        };
+        sum += (h(w) * h(a)) as f64;
+    }
+    sum as f32
+}
