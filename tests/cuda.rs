@@ -430,6 +430,7 @@ fn qkv_post_matches_cpu_bias_norms_rope_and_cache_write() {
             n_dims: n_rot,
             neox,
             freq_scale: 0.5,
+            sections: None,
         };
         // CPU: bias, per-head norms, RoPE.
         let mut rows: Vec<Vec<f32>> = qkv.chunks(width).map(|c| c.to_vec()).collect();
@@ -695,6 +696,7 @@ fn batched_and_graph_decode_equal_one_sequence_at_a_time() {
                     tokens: std::slice::from_ref(&last[i]),
                     start: prompt + s,
                     blocks: &tables[i],
+                    slot: i,
                     logits: true,
                 })
                 .collect();

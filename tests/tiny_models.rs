@@ -106,6 +106,29 @@ const BIT_EXACT: [&str; 10] = [
     "tiny-qwen35moe-q8_0.gguf",
 ];
 
+/// Our logits at the last prompt position of reference line `r`, and llama.cpp's.
+fn prompt_logits(
+    be: &CpuBackend,
+    dir: &std::path::Path,
+    r: &serde_json::Value,
+) -> (Vec<f32>, Vec<f32>) {
+    let file = r["model"].as_str().expect("a model name");
+    let path = r["harness_check"]["prompt_last_logits_file"]
+        .as_str()
+        .expect("a logits file");
+    let want: Vec<f32> = std::fs::read(dir.join(path))
+        .expect("reading reference logits")
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let model = Model::load(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let mut cache = model.new_cache(None);
+    let got = model
+        .forward(be, &mut cache, &common::ids(&r["prompt_token_ids"]))
+        .expect("prefill");
+    (got, want)
+}
+
 #[test]
 fn prompt_logits_equal_llama_cpp_bit_for_bit() {
     let dir = common::reference().join("tiny-models");
@@ -118,19 +141,7 @@ fn prompt_logits_equal_llama_cpp_bit_for_bit() {
         if !BIT_EXACT.contains(&file) {
             continue;
         }
-        let path = r["harness_check"]["prompt_last_logits_file"]
-            .as_str()
-            .expect("a logits file");
-        let want: Vec<f32> = std::fs::read(dir.join(path))
-            .expect("reading reference logits")
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let model = Model::load(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
-        let mut cache = model.new_cache(None);
-        let got = model
-            .forward(&be, &mut cache, &common::ids(&r["prompt_token_ids"]))
-            .expect("prefill");
+        let (got, want) = prompt_logits(&be, &dir, &r);
         assert_eq!(got.len(), want.len(), "{file}: vocabulary");
         let differing = got
             .iter()
@@ -159,19 +170,7 @@ fn prompt_logits_are_close_to_llama_cpp() {
     for line in refs.lines().filter(|l| !l.trim().is_empty()) {
         let r: serde_json::Value = serde_json::from_str(line).expect("a reference line");
         let file = r["model"].as_str().expect("a model name");
-        let path = r["harness_check"]["prompt_last_logits_file"]
-            .as_str()
-            .expect("a logits file");
-        let want: Vec<f32> = std::fs::read(dir.join(path))
-            .expect("reading reference logits")
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        let model = Model::load(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
-        let mut cache = model.new_cache(None);
-        let got = model
-            .forward(&be, &mut cache, &common::ids(&r["prompt_token_ids"]))
-            .expect("prefill");
+        let (got, want) = prompt_logits(&be, &dir, &r);
         let diff = got
             .iter()
             .zip(&want)

@@ -11,7 +11,8 @@ use crate::engine::cpu::OutPtr;
 
 /// See [`crate::engine::backend::Backend::ssm_conv`]; each output is a fused chain over the
 /// taps, oldest first, as GCC compiles ggml's loop.
-pub(super) fn ssm_conv(x: &[f32], ch: usize, taps: &[f32], state: &mut [f32], out: &mut [f32]) {
+#[inline(always)]
+fn ssm_conv_body(x: &[f32], ch: usize, taps: &[f32], state: &mut [f32], out: &mut [f32]) {
     let k = taps.len() / ch;
     let mut window = Vec::with_capacity(state.len() + x.len());
     window.extend_from_slice(state);
@@ -27,6 +28,8 @@ pub(super) fn ssm_conv(x: &[f32], ch: usize, taps: &[f32], state: &mut [f32], ou
     let keep = state.len();
     state.copy_from_slice(&window[window.len() - keep..]);
 }
+
+fma_dispatch!(fn ssm_conv(x: &[f32], ch: usize, taps: &[f32], state: &mut [f32], out: &mut [f32]) => ssm_conv_body);
 
 /// See [`crate::engine::backend::Backend::delta_rule`]. Value heads run in parallel; value
 /// head `h` reads key head `h mod n_k_heads`, as llama.cpp tiles them.

@@ -162,6 +162,16 @@ pub fn l2_norm(x: &mut [f32], eps: f32) {
     x.iter_mut().for_each(|v| *v = (*v * scale) * unit);
 }
 
+/// Four 16-lane accumulators as ggml's AVX-512 dot products end: folded (0+2, 1+3, 0+1),
+/// then GCC's `_mm512_reduce_add_ps` order (halves, quarters, then the pairs).
+#[inline(always)]
+pub(crate) fn fold_reduce(acc: &[[f32; 16]; 4]) -> f32 {
+    let v: [f32; 16] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+    let t3: [f32; 8] = std::array::from_fn(|i| v[i + 8] + v[i]);
+    let t6: [f32; 4] = std::array::from_fn(|i| t3[i + 4] + t3[i]);
+    (t6[0] + t6[2]) + (t6[1] + t6[3])
+}
+
 /// `x · y` as ggml's AVX-512 `ggml_vec_dot_f32` sums it: four 16-lane fused accumulators
 /// over 64-element steps, folded (0+2, 1+3, 0+1), then GCC's `_mm512_reduce_add_ps` order;
 /// elements past the last full step are fused onto the sum one by one.
@@ -177,10 +187,7 @@ pub(crate) fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
             }
         }
     }
-    let v: [f32; 16] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
-    let t3: [f32; 8] = std::array::from_fn(|i| v[i + 8] + v[i]);
-    let t6: [f32; 4] = std::array::from_fn(|i| t3[i + 4] + t3[i]);
-    let mut sum = (t6[0] + t6[2]) + (t6[1] + t6[3]);
+    let mut sum = fold_reduce(&acc);
     for e in np..x.len() {
         sum = x[e].mul_add(y[e], sum);
     }

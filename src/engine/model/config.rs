@@ -315,7 +315,7 @@ fn delta_net_config(
     if c.conv_kernel < 2
         || c.head_dim == 0
         || c.n_k_heads == 0
-        || c.n_v_heads % c.n_k_heads != 0
+        || !c.n_v_heads.is_multiple_of(c.n_k_heads)
         || inner != c.value_dim()
     {
         return Err(EngineError::BadModel(format!(

@@ -169,7 +169,7 @@ pub enum Ffn {
         gate: Vec<Weight>,
         up: Vec<Weight>,
         down: Vec<Weight>,
-        shared: Option<SharedExpert>,
+        shared: Option<Box<SharedExpert>>,
     },
 }
 
@@ -340,12 +340,12 @@ impl Loader<'_> {
         };
         let shared = match m.n_ff_shared {
             0 => None,
-            ff => Some(SharedExpert {
+            ff => Some(Box::new(SharedExpert {
                 gate: self.matrix(&n("ffn_gate_shexp.weight"), c.n_embd, ff)?,
                 up: self.matrix(&n("ffn_up_shexp.weight"), c.n_embd, ff)?,
                 down: self.matrix(&n("ffn_down_shexp.weight"), ff, c.n_embd)?,
                 gate_inp: self.matrix(&n("ffn_gate_inp_shexp.weight"), c.n_embd, 1)?,
-            }),
+            })),
         };
         Ok(Ffn::Moe {
             router: self.matrix(&n("ffn_gate_inp.weight"), c.n_embd, m.n_expert)?,

@@ -41,13 +41,7 @@ fn dot_f16_order(k: &[f32], q: &[f32]) -> f32 {
             }
         }
     }
-    let mut v = [0.0f32; 16];
-    for l in 0..16 {
-        v[l] = (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]);
-    }
-    let t3: [f32; 8] = std::array::from_fn(|i| v[i + 8] + v[i]);
-    let t6: [f32; 4] = std::array::from_fn(|i| t3[i + 4] + t3[i]);
-    let mut sum = ((t6[0] + t6[2]) + (t6[1] + t6[3])) as f64;
+    let mut sum = crate::engine::cpu::ops::fold_reduce(&acc) as f64;
     for e in np..k.len() {
         sum += (k[e] * q[e]) as f64;
     }

@@ -276,12 +276,9 @@ pub(super) unsafe fn f16_f16c(w: &[u8], a: &[u8], n: usize) -> f32 {
         _mm256_storeu_ps(l.as_mut_ptr(), acc);
     }
     // Accumulator j of ggml's four is halves 2j (lanes 0..8) and 2j+1 (lanes 8..16).
-    let lane = |j: usize, l: usize| lanes[2 * j + l / 8][l % 8];
-    let v: [f32; 16] =
-        std::array::from_fn(|l| (lane(0, l) + lane(2, l)) + (lane(1, l) + lane(3, l)));
-    let t3: [f32; 8] = std::array::from_fn(|i| v[i + 8] + v[i]);
-    let t6: [f32; 4] = std::array::from_fn(|i| t3[i + 4] + t3[i]);
-    let mut sum = ((t6[0] + t6[2]) + (t6[1] + t6[3])) as f64;
+    let acc16: [[f32; 16]; 4] =
+        std::array::from_fn(|j| std::array::from_fn(|l| lanes[2 * j + l / 8][l % 8]));
+    let mut sum = crate::engine::cpu::ops::fold_reduce(&acc16) as f64;
     for e in np..n {
         let h = |b: &[u8]| {
             half::f16::from_bits(u16::from_le_bytes([b[2 * e], b[2 * e + 1]])).to_f32_const()
