@@ -18,16 +18,22 @@ fn failed(m: String) -> ToolError {
     ToolError::new("GENERATION_FAILED", m, true)
 }
 
-/// An id unique among `taken`: `base`, else `base_2`, `base_3`, ...
+/// Longest id the tools' result schemas allow (`^[a-z][a-z0-9_]{0,31}$`).
+const MAX_ID: usize = 32;
+
+/// An id unique among `taken`: `base`, else `base_2`, `base_3`, ..., cut so that it stays
+/// within [`MAX_ID`] characters with its suffix.
 fn unique(base: &str, taken: &[String]) -> String {
     let base = if base.is_empty() { "step" } else { base };
     (1..)
         .map(|n| {
-            if n == 1 {
-                base.to_string()
+            let suffix = if n == 1 {
+                String::new()
             } else {
-                format!("{base}_{n}")
-            }
+                format!("_{n}")
+            };
+            let keep: String = base.chars().take(MAX_ID - suffix.len()).collect();
+            keep + &suffix
         })
         .find(|id| !taken.contains(id))
         .unwrap_or_default()
@@ -205,6 +211,15 @@ pub fn template_draft(args: &Map<String, Value>, mut result: Value) -> Result<Va
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_made_unique_id_stays_within_the_schema_length() {
+        let long = "selfie_to_canvas_transform_1_111";
+        let taken = vec![long.to_string(), format!("{long}_2")];
+        let id = super::unique(long, &taken);
+        assert_eq!(id, "selfie_to_canvas_transform_1_1_2");
+        assert!(id.len() <= super::MAX_ID && !taken.contains(&id));
+    }
+
     use super::*;
 
     #[test]
