@@ -162,6 +162,22 @@ pub fn l2_norm(x: &mut [f32], eps: f32) {
     x.iter_mut().for_each(|v| *v = (*v * scale) * unit);
 }
 
+/// The four 16-lane fused accumulators of ggml's AVX-512 dot products over the whole
+/// 64-element steps of `x · y` (the caller adds the rest).
+#[inline(always)]
+pub(crate) fn accumulate_64(x: &[f32], y: &[f32]) -> [[f32; 16]; 4] {
+    let mut acc = [[0.0f32; 16]; 4];
+    for i in (0..x.len() / 64 * 64).step_by(64) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            for (l, a) in a.iter_mut().enumerate() {
+                let e = i + 16 * j + l;
+                *a = x[e].mul_add(y[e], *a);
+            }
+        }
+    }
+    acc
+}
+
 /// Four 16-lane accumulators as ggml's AVX-512 dot products end: folded (0+2, 1+3, 0+1),
 /// then GCC's `_mm512_reduce_add_ps` order (halves, quarters, then the pairs).
 #[inline(always)]
@@ -178,16 +194,7 @@ pub(crate) fn fold_reduce(acc: &[[f32; 16]; 4]) -> f32 {
 #[inline(always)]
 pub(crate) fn dot_f32(x: &[f32], y: &[f32]) -> f32 {
     let np = x.len() / 64 * 64;
-    let mut acc = [[0.0f32; 16]; 4];
-    for i in (0..np).step_by(64) {
-        for (j, a) in acc.iter_mut().enumerate() {
-            for (l, a) in a.iter_mut().enumerate() {
-                let e = i + 16 * j + l;
-                *a = x[e].mul_add(y[e], *a);
-            }
-        }
-    }
-    let mut sum = fold_reduce(&acc);
+    let mut sum = fold_reduce(&accumulate_64(x, y));
     for e in np..x.len() {
         sum = x[e].mul_add(y[e], sum);
     }

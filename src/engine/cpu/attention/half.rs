@@ -31,17 +31,9 @@ pub(super) fn r16(x: f32) -> f32 {
 /// elements past the last full step are added in f64.
 #[inline(always)]
 fn dot_f16_order(k: &[f32], q: &[f32]) -> f32 {
+    use crate::engine::cpu::ops::{accumulate_64, fold_reduce};
     let np = k.len() / 64 * 64;
-    let mut acc = [[0.0f32; 16]; 4];
-    for i in (0..np).step_by(64) {
-        for (j, a) in acc.iter_mut().enumerate() {
-            for (l, a) in a.iter_mut().enumerate() {
-                let e = i + 16 * j + l;
-                *a = k[e].mul_add(q[e], *a);
-            }
-        }
-    }
-    let mut sum = crate::engine::cpu::ops::fold_reduce(&acc) as f64;
+    let mut sum = fold_reduce(&accumulate_64(k, q)) as f64;
     for e in np..k.len() {
         sum += (k[e] * q[e]) as f64;
     }
