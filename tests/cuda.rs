@@ -346,6 +346,7 @@ fn attention_matches_cpu_for_lengths_splits_and_gqa() {
                 head_dim_v: hd,
                 start: len - n,
                 n_tokens: n,
+                causal: true,
             };
             cpu.attention(
                 &q,
@@ -453,8 +454,12 @@ fn qkv_post_matches_cpu_bias_norms_rope_and_cache_write() {
             cpu.rms_norm(&mut k, hd, &kn, 1e-6);
         }
         let ffs = with_ff.then_some(ff.as_slice());
-        cpu.rope(&mut q, hd, &positions, &rope, ffs);
-        cpu.rope(&mut k, hd, &positions, &rope, ffs);
+        let rope_pos: Vec<_> = positions
+            .iter()
+            .map(|&p| supernet::engine::model::config::text_pos(p))
+            .collect();
+        cpu.rope(&mut q, hd, &rope_pos, &rope, ffs);
+        cpu.rope(&mut k, hd, &rope_pos, &rope, ffs);
         // GPU: each row its own block (positions far apart), table through a shuffle.
         let nb = 3000 / BLOCK + 2;
         let table: Vec<i32> = (0..nb as i32).rev().collect();
@@ -698,6 +703,7 @@ fn batched_and_graph_decode_equal_one_sequence_at_a_time() {
                     blocks: &tables[i],
                     slot: i,
                     logits: true,
+                    images: None,
                 })
                 .collect();
             let picked = if batched {

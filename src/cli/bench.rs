@@ -178,6 +178,7 @@ fn batch_run(
             blocks: b,
             slot,
             logits: true,
+            images: None,
         })
         .collect();
     model.forward_batch(be, &mut store, &seqs, Arithmetic::Invariant);
@@ -218,6 +219,7 @@ pub(super) fn decode_steps<E>(
                 blocks: b,
                 slot,
                 logits: true,
+                images: None,
             })
             .collect();
         forward(&seqs)?;

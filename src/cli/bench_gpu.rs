@@ -93,6 +93,7 @@ fn single_stream(m: &mut CudaModel, vocab: usize, n: usize, seed: u64) -> anyhow
                 blocks: &blocks,
                 slot: 0,
                 logits: true,
+                images: None,
             }],
             &[Pick::Argmax],
         )?;

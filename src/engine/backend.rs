@@ -6,7 +6,7 @@
 //! the weight type's partner format, as llama.cpp does).
 
 use crate::engine::kv::KvView;
-use crate::engine::model::config::RopeConfig;
+use crate::engine::model::config::{RopeConfig, RopePos};
 use crate::engine::model::weights::Weight;
 
 /// One matrix product of a batched matmul: `out[t][r] = w.row(r) · x[t]`.
@@ -41,9 +41,22 @@ pub struct AttentionShape {
     pub n_head_kv: usize,
     pub head_dim_k: usize,
     pub head_dim_v: usize,
-    /// Position of the first query token; token `t` attends to cache rows `0..=start + t`.
+    /// Position of the first query token; token `t` attends to cache rows `0..=start + t`
+    /// when causal, to all `start + n_tokens` rows otherwise (a vision encoder).
     pub start: usize,
     pub n_tokens: usize,
+    pub causal: bool,
+}
+
+impl AttentionShape {
+    /// The last cache row that the query at position `pos` attends to.
+    pub fn last_visible(&self, pos: usize) -> usize {
+        if self.causal {
+            pos
+        } else {
+            self.start + self.n_tokens - 1
+        }
+    }
 }
 
 /// Shape of a Gated DeltaNet layer's heads.
@@ -95,7 +108,7 @@ pub trait Backend: Send + Sync {
         &self,
         x: &mut [f32],
         head_dim: usize,
-        positions: &[usize],
+        positions: &[RopePos],
         rope: &RopeConfig,
         freq_factors: Option<&[f32]>,
     );

@@ -4,7 +4,8 @@
 //! `gguf` (the file), `quant` (block formats and dot kernels), `cpu` (the [`Backend`] on CPU
 //! threads), `cuda` (the forward pass on NVIDIA GPUs), `model` (the forward pass), `kv` (the paged KV cache), `tokenizer`, `template` (chat prompts),
 //! `sampler`, `generate` (one sequence's decoding: streaming text, stop strings; and the
-//! single-sequence loop), and `batch` (continuous batching over the paged cache).
+//! single-sequence loop), `batch` (continuous batching over the paged cache), and `vision`
+//! (images through an mmproj vision tower).
 
 pub mod backend;
 pub mod batch;
@@ -19,6 +20,7 @@ pub mod quant;
 pub mod sampler;
 pub mod template;
 pub mod tokenizer;
+pub mod vision;
 
 pub use backend::Backend;
 pub use cpu::CpuBackend;

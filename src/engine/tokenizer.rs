@@ -282,9 +282,15 @@ impl Tokenizer {
     /// plain text with the defanged texts restored. BOS is added as [`Tokenizer::encode`]
     /// adds it.
     pub fn encode_chat(&self, rendered: &str) -> Result<Vec<u32>, EngineError> {
+        self.encode_chat_part(rendered, true)
+    }
+
+    /// [`Tokenizer::encode_chat`] for one part of a prompt cut at its images: BOS (if the
+    /// model adds one) only when `first`.
+    pub fn encode_chat_part(&self, rendered: &str, first: bool) -> Result<Vec<u32>, EngineError> {
         let s = &self.specials;
         let mut ids = Vec::new();
-        if self.add_bos {
+        if self.add_bos && first {
             ids.extend(self.bos);
         }
         let plain = |text: &str, ids: &mut Vec<u32>| -> Result<(), EngineError> {
@@ -307,6 +313,12 @@ impl Tokenizer {
         }
         plain(&rendered[at..], &mut ids)?;
         Ok(ids)
+    }
+
+    /// The token whose text is `text` (libmtmd's `lookup_token`: the first id whose
+    /// decoded piece equals it).
+    pub fn id_of_piece(&self, text: &str) -> Option<u32> {
+        (0..self.vocab_size() as u32).find(|&id| self.piece(id) == text.as_bytes())
     }
 
     /// The fewest tokens `text` can encode to, from its length alone.

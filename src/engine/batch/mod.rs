@@ -336,6 +336,7 @@ impl Scheduler {
                 blocks: &s.blocks,
                 slot: s.slot,
                 logits: s.computed + n == s.tokens.len(),
+                images: None,
             })
             .collect();
         if batch.is_empty() {

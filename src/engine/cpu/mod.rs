@@ -8,7 +8,7 @@ pub use ops::fma_available;
 pub mod pool;
 
 use crate::engine::backend::{Arithmetic, Backend, DeltaRule, MatmulJob, SeqAttention};
-use crate::engine::model::config::RopeConfig;
+use crate::engine::model::config::{RopeConfig, RopePos};
 use crate::engine::model::weights::Weight;
 use crate::engine::quant::{kernels, Kernels};
 use pool::ThreadPool;
@@ -85,7 +85,7 @@ impl Backend for CpuBackend {
         &self,
         x: &mut [f32],
         head_dim: usize,
-        positions: &[usize],
+        positions: &[RopePos],
         rope: &RopeConfig,
         freq_factors: Option<&[f32]>,
     ) {

@@ -7,7 +7,7 @@
 
 use std::sync::OnceLock;
 
-use crate::engine::model::config::RopeConfig;
+use crate::engine::model::config::{RopeConfig, RopePos};
 
 /// Whether this CPU has FMA, AVX2 and F16C (checked once).
 pub fn fma_available() -> bool {
@@ -57,27 +57,25 @@ pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
 
 /// Rotates each head of one token row. Angles advance by repeated multiplication with
 /// `base^(-2/n_dims)` as ggml's rope cache does, and the rotation fuses like GCC's build.
+/// With IMRoPE sections, each rotary pair takes its angle from the time, height, width or
+/// extra component of `pos` (ggml's `ggml_mrope_cache_init`); otherwise from `pos[0]`.
 #[inline(always)]
 fn rope_body(
     row: &mut [f32],
     head_dim: usize,
-    pos: usize,
+    pos: RopePos,
     rope: &RopeConfig,
     freq_factors: Option<&[f32]>,
 ) {
     let n = rope.n_dims;
     let theta_scale = rope.base.powf(-2.0 / n as f32);
     let mut cs = [(0.0f32, 0.0f32); 256];
-    let mut theta = pos as f32;
+    let mut theta = pos.map(|p| p as f32);
     for (i, c) in cs.iter_mut().take(n / 2).enumerate() {
         let ff = freq_factors.map_or(1.0, |f| f[i]);
-        let t = rope.freq_scale * (theta / ff);
-        *c = if rope.pair_is_extra(i) {
-            (1.0, 0.0)
-        } else {
-            (t.cos(), t.sin())
-        };
-        theta *= theta_scale;
+        let t = rope.freq_scale * (theta[rope.pair_component(i)] / ff);
+        *c = (t.cos(), t.sin());
+        theta.iter_mut().for_each(|t| *t *= theta_scale);
     }
     for head in row.chunks_exact_mut(head_dim) {
         for (i, &(cos, sin)) in cs.iter().take(n / 2).enumerate() {
@@ -93,7 +91,7 @@ fn rope_body(
     }
 }
 
-fma_dispatch!(fn rope(row: &mut [f32], head_dim: usize, pos: usize, rope: &RopeConfig, freq_factors: Option<&[f32]>) => rope_body);
+fma_dispatch!(fn rope(row: &mut [f32], head_dim: usize, pos: RopePos, rope: &RopeConfig, freq_factors: Option<&[f32]>) => rope_body);
 
 /// ggml's vectorised `expf` (the AVX-512 `ggml_v_expf`), one lane at a time.
 #[inline(always)]
@@ -183,6 +181,12 @@ pub(crate) fn accumulate_64(x: &[f32], y: &[f32]) -> [[f32; 16]; 4] {
 #[inline(always)]
 pub(crate) fn fold_reduce(acc: &[[f32; 16]; 4]) -> f32 {
     let v: [f32; 16] = std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+    reduce_add_16(&v)
+}
+
+/// GCC's `_mm512_reduce_add_ps` order over 16 lanes: halves, quarters, then the pairs.
+#[inline(always)]
+pub(crate) fn reduce_add_16(v: &[f32]) -> f32 {
     let t3: [f32; 8] = std::array::from_fn(|i| v[i + 8] + v[i]);
     let t6: [f32; 4] = std::array::from_fn(|i| t3[i + 4] + t3[i]);
     (t6[0] + t6[2]) + (t6[1] + t6[3])

@@ -597,6 +597,7 @@ impl CudaModel {
                 blocks,
                 slot: 0,
                 logits,
+                images: None,
             };
             let picks: &[Pick] = if logits {
                 std::slice::from_ref(&pick)

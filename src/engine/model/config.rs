@@ -56,22 +56,41 @@ pub struct RopeConfig {
     pub freq_scale: f32,
     /// Interleaved multi-section RoPE (Qwen3.5's IMRoPE): rotary pairs take their angle
     /// from the time, height or width position in turn, as `rope.dimension_sections` says.
-    /// For text every section holds the token's position, except pairs mapped to the fourth
-    /// (extra) section, which llama.cpp gives position 0.
+    /// Each row's position has a component per section ([`RopePos`]).
     pub sections: Option<[usize; 4]>,
 }
 
+/// A row's rotary position: time, height, width and extra components. Text rows hold their
+/// position in the first three and 0 in the last, as llama.cpp expands a text position for
+/// multi-section RoPE; models without sections read only the first.
+pub type RopePos = [u32; 4];
+
+/// The rotary position of text at position `p`.
+pub fn text_pos(p: usize) -> RopePos {
+    let p = p as u32;
+    [p, p, p, 0]
+}
+
 impl RopeConfig {
-    /// Whether rotary pair `i` takes the extra section's position (0 for text) rather than
-    /// the token's, as ggml's `ggml_mrope_cache_init` assigns sectors in IMRoPE.
-    pub fn pair_is_extra(&self, i: usize) -> bool {
+    /// Which component of a [`RopePos`] rotary pair `i` takes its angle from: in IMRoPE the
+    /// sectors interleave time, height and width, as ggml's `ggml_mrope_cache_init` assigns
+    /// them, and the rest take the extra component.
+    pub fn pair_component(&self, i: usize) -> usize {
         let Some(s) = self.sections else {
-            return false;
+            return 0;
         };
         let total: usize = s.iter().sum();
         let sector = i % total.max(1);
         let interleaved = |k: usize, n: usize| sector % 3 == k && sector < 3 * n;
-        !(interleaved(1, s[1]) || interleaved(2, s[2]) || interleaved(0, s[0]))
+        if interleaved(1, s[1]) {
+            1
+        } else if interleaved(2, s[2]) {
+            2
+        } else if interleaved(0, s[0]) {
+            0
+        } else {
+            3
+        }
     }
 }
 

@@ -10,8 +10,9 @@ use std::path::Path;
 use crate::engine::backend::{Arithmetic, AttentionShape, Backend, MatmulJob, SeqAttention};
 use crate::engine::gguf::GgufFile;
 use crate::engine::kv::{KvCache, KvStore};
+use crate::engine::vision::spans::ImageSpans;
 use crate::engine::EngineError;
-use config::ModelConfig;
+use config::{text_pos, ModelConfig, RopePos};
 use weights::{AttentionWeights, Ffn, Mixer, SharedExpert, Weights};
 
 /// Tokens per forward call for long prompts; llama.cpp's default micro-batch, which also
@@ -31,6 +32,19 @@ pub struct SeqBatch<'a> {
     pub slot: usize,
     /// Whether to return logits for the last token.
     pub logits: bool,
+    /// The sequence's image runs: their rows take the image embeddings in place of the
+    /// placeholder tokens, and set every row's rotary position.
+    pub images: Option<&'a ImageSpans>,
+}
+
+impl SeqBatch<'_> {
+    /// The rotary position of each of this call's rows.
+    fn positions(&self) -> impl Iterator<Item = RopePos> + '_ {
+        (self.start..self.start + self.tokens.len()).map(|j| match self.images {
+            Some(im) => im.pos(j),
+            None => text_pos(j),
+        })
+    }
 }
 
 pub struct Model {
@@ -97,6 +111,18 @@ impl Model {
         cache: &mut KvCache,
         tokens: &[u32],
     ) -> Result<Vec<f32>, EngineError> {
+        self.forward_with_images(be, cache, tokens, None)
+    }
+
+    /// [`Model::forward`] for a sequence with image runs (`images` indexes the whole
+    /// sequence; the runs among `tokens` must be encoded).
+    pub fn forward_with_images(
+        &self,
+        be: &dyn Backend,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        images: Option<&ImageSpans>,
+    ) -> Result<Vec<f32>, EngineError> {
         self.check_tokens(tokens)?;
         cache.reserve(tokens.len())?;
         let mut logits = Vec::new();
@@ -110,6 +136,7 @@ impl Model {
                 blocks,
                 slot: 0,
                 logits: last,
+                images,
             };
             logits = self
                 .forward_batch(be, store, &[seq], Arithmetic::Llama)
@@ -159,16 +186,19 @@ impl Model {
             up: vec![0.0; n * ff],
             ffn_out: vec![0.0; n * c.n_embd],
         };
-        for (row, &t) in
-            s.x.chunks_exact_mut(c.n_embd)
-                .zip(seqs.iter().flat_map(|s| s.tokens))
-        {
-            self.weights.token_embd.dequantize_row_into(t as usize, row);
-        }
-        let positions: Vec<usize> = seqs
+        let rows = seqs
             .iter()
-            .flat_map(|s| s.start..s.start + s.tokens.len())
-            .collect();
+            .flat_map(|s| s.tokens.iter().enumerate().map(move |(i, &t)| (s, i, t)));
+        for (row, (sq, i, t)) in s.x.chunks_exact_mut(c.n_embd).zip(rows) {
+            match sq
+                .images
+                .and_then(|im| im.embedding(sq.start + i, c.n_embd))
+            {
+                Some(e) => row.copy_from_slice(e),
+                None => self.weights.token_embd.dequantize_row_into(t as usize, row),
+            }
+        }
+        let positions: Vec<RopePos> = seqs.iter().flat_map(SeqBatch::positions).collect();
 
         if c.delta_net.is_some() {
             for sq in seqs.iter().filter(|sq| sq.start == 0) {
@@ -287,7 +317,7 @@ impl Model {
         kv_layer: usize,
         lw: &AttentionWeights,
         seqs: &[SeqBatch],
-        positions: &[usize],
+        positions: &[RopePos],
         arith: Arithmetic,
         s: &mut Scratch,
     ) {
@@ -365,6 +395,7 @@ impl Model {
                     head_dim_v: c.head_dim_v,
                     start: sq.start,
                     n_tokens: sq.tokens.len(),
+                    causal: true,
                 },
             })
             .collect();

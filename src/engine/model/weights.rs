@@ -212,12 +212,17 @@ impl Weights {
     }
 }
 
-struct Loader<'a> {
+/// Reads checked matrices and vectors out of a GGUF file (the vision tower uses it too).
+pub(crate) struct Loader<'a> {
     f: &'a GgufFile,
 }
 
-impl Loader<'_> {
-    fn bad(&self, name: &str, what: String) -> EngineError {
+impl<'a> Loader<'a> {
+    pub(crate) fn new(f: &'a GgufFile) -> Self {
+        Self { f }
+    }
+
+    pub(crate) fn bad(&self, name: &str, what: String) -> EngineError {
         EngineError::BadModel(format!(
             "{}: tensor `{name}` {what}",
             self.f.path().display()
@@ -225,7 +230,12 @@ impl Loader<'_> {
     }
 
     /// A matrix with `cols` elements per row and `rows` rows (GGUF dims `[cols, rows, ...]`).
-    fn matrix(&self, name: &str, cols: usize, rows: usize) -> Result<Weight, EngineError> {
+    pub(crate) fn matrix(
+        &self,
+        name: &str,
+        cols: usize,
+        rows: usize,
+    ) -> Result<Weight, EngineError> {
         let t = self.f.tensor_info(name)?;
         if !t.ty.is_supported() {
             return Err(self.bad(
@@ -254,14 +264,36 @@ impl Loader<'_> {
         })
     }
 
-    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, EngineError> {
+    pub(crate) fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, EngineError> {
         let w = self.matrix(name, len, 1)?;
         let mut out = vec![0.0; len];
         w.dequantize_row_into(0, &mut out);
         Ok(out)
     }
 
-    fn opt_vector(&self, name: &str, len: usize) -> Result<Option<Vec<f32>>, EngineError> {
+    /// Every element of a tensor of `len` elements, whatever its shape, as f32.
+    pub(crate) fn flat(&self, name: &str, len: usize) -> Result<Vec<f32>, EngineError> {
+        let t = self.f.tensor_info(name)?;
+        let cols = t.dims.first().copied().unwrap_or(0) as usize;
+        if cols == 0 || !len.is_multiple_of(cols) {
+            return Err(self.bad(
+                name,
+                format!("has shape {:?}, expected {len} elements", t.dims),
+            ));
+        }
+        let w = self.matrix(name, cols, len / cols)?;
+        let mut out = vec![0.0; len];
+        for (r, row) in out.chunks_exact_mut(cols).enumerate() {
+            w.dequantize_row_into(r, row);
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn opt_vector(
+        &self,
+        name: &str,
+        len: usize,
+    ) -> Result<Option<Vec<f32>>, EngineError> {
         if self.f.has_tensor(name) {
             self.vector(name, len).map(Some)
         } else {

@@ -167,7 +167,7 @@ fn row(
     scratch: &mut Scratch,
     out: &mut [f32],
 ) {
-    let n_ctx = pos + 1;
+    let n_ctx = s.last_visible(pos) + 1;
     if !split {
         let (_, sum) = attend(q_row, kv, s, kvh, 0..n_ctx, scratch);
         return normalise(&scratch.acc, sum, out);
@@ -268,6 +268,7 @@ mod tests {
             head_dim_v: 64,
             start: 0,
             n_tokens: 1,
+            causal: true,
         };
         let n_ctx = 77;
         let blocks = [3, 0, 4, 1, 2];

@@ -11,7 +11,7 @@
 use std::ops::Range;
 
 use crate::engine::backend::AttentionShape;
-use crate::engine::cpu::ops::ggml_expf;
+use crate::engine::cpu::ops::{ggml_expf, reduce_add_16};
 use crate::engine::cpu::pool::ThreadPool;
 use crate::engine::cpu::OutPtr;
 use crate::engine::kv::KvView;
@@ -20,14 +20,6 @@ use super::TILE_Q;
 
 /// Cache positions per tile.
 pub const TILE_KV: usize = 64;
-
-/// GCC's `_mm512_reduce_add_ps` order over 16 lanes: halves, quarters, then the pairs.
-#[inline(always)]
-fn reduce16(v: &[f32]) -> f32 {
-    let t3: [f32; 8] = std::array::from_fn(|i| v[i + 8] + v[i]);
-    let t6: [f32; 4] = std::array::from_fn(|i| t3[i + 4] + t3[i]);
-    (t6[0] + t6[2]) + (t6[1] + t6[3])
-}
 
 /// Per-thread buffers for one unit.
 pub(super) struct TileScratch {
@@ -70,7 +62,7 @@ fn unit_body(
     acc[..rows * dv].fill(0.0);
     max[..rows].fill(f32::NEG_INFINITY);
     sum[..rows].fill(0.0);
-    let n_ctx = s.start + t1;
+    let n_ctx = s.last_visible(s.start + t1 - 1) + 1;
     for ic in (0..n_ctx).step_by(TILE_KV) {
         let kv_tile = TILE_KV.min(n_ctx - ic);
         for j in 0..kv_tile {
@@ -80,7 +72,7 @@ fn unit_body(
             }
         }
         for r in 0..rows {
-            let pos = s.start + t0 + r;
+            let pos = s.last_visible(s.start + t0 + r);
             if ic > pos {
                 continue; // the whole tile is masked for this row: llama.cpp skips it
             }
@@ -113,7 +105,7 @@ fn unit_body(
             }
             max[r] = new_max;
             let p: [f32; TILE_KV] = std::array::from_fn(|j| ggml_expf(sc[j] - new_max));
-            let tile_sum: f64 = p.chunks_exact(16).map(|c| reduce16(c) as f64).sum();
+            let tile_sum: f64 = p.chunks_exact(16).map(|c| reduce_add_16(c) as f64).sum();
             sum[r] = (sum[r] as f64 + tile_sum) as f32;
             for (j, &pj) in p.iter().enumerate().take(valid) {
                 let v = &kv.v_row(ic + j)[kvh * dv..][..dv];
