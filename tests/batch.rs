@@ -86,6 +86,7 @@ fn run_together(
                     prompt,
                     params,
                     resume,
+                    images: None,
                 },
             )
             .expect("a valid request");
@@ -332,6 +333,7 @@ fn run_twice(s: &Setup, requests: &[(Vec<u32>, GenerateParams)]) -> (Vec<Run>, B
                         prompt: p.clone(),
                         params: g.clone(),
                         resume: Resume::default(),
+                        images: None,
                     },
                 )
                 .expect("valid");
@@ -435,6 +437,7 @@ fn a_cancelled_sequence_reports_what_it_produced_and_frees_its_blocks() {
                 prompt: p[0].clone(),
                 params: greedy(64),
                 resume: Resume::default(),
+                images: None,
             },
         )
         .expect("valid");
@@ -445,6 +448,7 @@ fn a_cancelled_sequence_reports_what_it_produced_and_frees_its_blocks() {
                 prompt: p[1].clone(),
                 params: greedy(8),
                 resume: Resume::default(),
+                images: None,
             },
         )
         .expect("valid");
@@ -486,6 +490,7 @@ fn a_cancelled_sequence_reports_what_it_produced_and_frees_its_blocks() {
             prompt: vec![u32::MAX],
             params: greedy(8),
             resume: Resume::default(),
+            images: None,
         },
     );
     assert!(bad.is_err(), "a token outside the vocabulary is refused");

@@ -85,6 +85,8 @@ fn every_constrained_output_ends_valid_at_every_budget() {
         template: &template,
         tokenizer: &tok,
         context_length: model.config.context_length,
+        id: "model",
+        vision: None,
     };
     let mut cases = HashMap::new();
     let mut id = 0u64;
@@ -136,6 +138,7 @@ fn every_constrained_output_ends_valid_at_every_budget() {
                             prompt: p.prompt_ids,
                             params: p.params,
                             resume: Resume::default(),
+                            images: None,
                         },
                     )
                     .expect("queued");

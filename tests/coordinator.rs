@@ -38,6 +38,7 @@ fn job(id: &str, model: &str, prompt: &[u32], max_tokens: usize) -> JobSpec {
         resume: Progress::default(),
         reply_to: streams::node("test"),
         media: None,
+        images: Vec::new(),
     }
 }
 
@@ -120,7 +121,7 @@ async fn jobs_are_placed_queued_and_streamed_through_the_bus() {
         },
         max_queue: 1,
     };
-    WorkerActor::new("w1", "smol", model, tok, config, bus.clone())
+    WorkerActor::new("w1", "smol", model, tok, None, config, bus.clone())
         .expect("worker")
         .start();
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -55,6 +55,7 @@ fn job(
             prompt,
             params,
             resume: Resume::default(),
+            images: Vec::new(),
             cancel: Arc::clone(&cancel),
             events: tx,
         },
@@ -90,8 +91,8 @@ fn streams_what_a_direct_generation_produces_and_stops_on_cancel() {
     )
     .expect("generate");
 
-    let engine =
-        EngineThread::start(Arc::clone(&model), Arc::clone(&tok), config(2, 4)).expect("start");
+    let engine = EngineThread::start(Arc::clone(&model), Arc::clone(&tok), None, config(2, 4))
+        .expect("start");
     let (j, _cancel, mut rx) = job("a", prompt.clone(), greedy(24));
     engine.submit(j).expect("submit");
     let (text, end) = drain(&mut rx);
@@ -137,6 +138,7 @@ fn a_full_queue_refuses_instead_of_waiting() {
     let engine = EngineThread::start(
         model,
         tok,
+        None,
         EngineConfig {
             batch: BatchConfig {
                 max_batch: 1,

@@ -31,6 +31,8 @@ impl Setup {
                 template: &self.tmpl,
                 tokenizer: &self.tok,
                 context_length,
+                id: "model",
+                vision: None,
             },
             limits,
         )

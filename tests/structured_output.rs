@@ -37,6 +37,8 @@ fn every_output_validates_against_its_schema() {
         template: &template,
         tokenizer: &tok,
         context_length: model.config.context_length,
+        id: "model",
+        vision: None,
     };
 
     let mut bodies = Vec::new();
@@ -75,6 +77,7 @@ fn every_output_validates_against_its_schema() {
                     prompt: p.prompt_ids,
                     params: p.params,
                     resume: Resume::default(),
+                    images: None,
                 },
             )
             .expect("queued");

@@ -45,6 +45,31 @@ pub struct Message {
     /// What an assistant turn reasoned (`<think>`), as this API returned it; reasoning
     /// templates (Qwen3.5's) show it again inside a tool loop.
     pub reasoning_content: Option<String>,
+    /// The images of a user turn, in order; `content` holds [`image_marker`] where each
+    /// one goes.
+    pub images: Vec<ImagePart>,
+}
+
+/// An image a client sent inline: its bytes (checked to decode) and its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagePart {
+    pub data: std::sync::Arc<Vec<u8>>,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// At most this many images per request, each at most [`MAX_IMAGE_BYTES`] (the seeds').
+pub const MAX_IMAGES: usize = 20;
+pub const MAX_IMAGE_BYTES: usize = 10 * 1024 * 1024;
+
+/// The text that stands for an image in a rendered prompt: random per process (as
+/// llama.cpp's server makes it), so no client text can pass for one.
+pub fn image_marker() -> &'static str {
+    static MARKER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MARKER.get_or_init(|| {
+        let nonce = crate::ids::random_hex(8).unwrap_or_else(|_| "0badc0de".into());
+        format!("<__media_{nonce}__>")
+    })
 }
 
 /// Sogni's task profile; `None` lets the session choose (coding when a developer message is
@@ -245,11 +270,24 @@ impl ChatRequest {
                     "`messages` must not be empty",
                 ))
             }
-            Some(Value::Array(a)) => a
-                .iter()
-                .enumerate()
-                .map(|(i, m)| parse_message(i, m))
-                .collect::<Result<Vec<_>, _>>()?,
+            Some(Value::Array(a)) => {
+                let n_images = a
+                    .iter()
+                    .filter_map(|m| m.get("content").and_then(Value::as_array))
+                    .flatten()
+                    .filter(|p| p.get("type").and_then(Value::as_str) == Some("image_url"))
+                    .count();
+                if n_images > MAX_IMAGES {
+                    return Err(ApiError::invalid(
+                        "messages",
+                        format!("the messages hold {n_images} images; at most {MAX_IMAGES} are read per request"),
+                    ));
+                }
+                a.iter()
+                    .enumerate()
+                    .map(|(i, m)| parse_message(i, m))
+                    .collect::<Result<Vec<_>, _>>()?
+            }
             Some(_) => return Err(ApiError::invalid("messages", "`messages` must be an array")),
         };
 
@@ -438,6 +476,7 @@ fn parse_message(i: usize, m: &Value) -> Result<Message, ApiError> {
     let role = f
         .choice("role", &roles)?
         .ok_or_else(|| ApiError::invalid(f.param("role"), format!("`{path}.role` is required")))?;
+    let mut images = Vec::new();
     let content = match f.get("content") {
         None if role == Role::Assistant => String::new(),
         None => {
@@ -447,7 +486,7 @@ fn parse_message(i: usize, m: &Value) -> Result<Message, ApiError> {
             ))
         }
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => text_parts(&path, parts)?,
+        Some(Value::Array(parts)) => content_parts(&path, parts, role, &mut images)?,
         Some(_) => {
             return Err(ApiError::invalid(
                 f.param("content"),
@@ -470,12 +509,20 @@ fn parse_message(i: usize, m: &Value) -> Result<Message, ApiError> {
             _ => None,
         },
         tool_calls,
+        images,
     })
 }
 
-/// The text of an array of content parts. Image parts get a clear 400 until vision lands.
-fn text_parts(path: &str, parts: &[Value]) -> Result<String, ApiError> {
-    let mut text = String::new();
+/// The text of an array of content parts, with [`image_marker`] for each image (collected
+/// into `images`). Without images the texts are joined as they are; with images as
+/// llama.cpp's server joins them: a newline between texts, none around an image.
+fn content_parts(
+    path: &str,
+    parts: &[Value],
+    role: Role,
+    images: &mut Vec<ImagePart>,
+) -> Result<String, ApiError> {
+    let mut texts: Vec<Option<&str>> = Vec::new();
     for (j, part) in parts.iter().enumerate() {
         let p = format!("{path}.content[{j}]");
         let obj = part
@@ -483,7 +530,7 @@ fn text_parts(path: &str, parts: &[Value]) -> Result<String, ApiError> {
             .ok_or_else(|| ApiError::invalid(&p, format!("`{p}` must be an object")))?;
         match obj.get("type").and_then(Value::as_str) {
             Some("text") => match obj.get("text") {
-                Some(Value::String(s)) => text.push_str(s),
+                Some(Value::String(s)) => texts.push(Some(s)),
                 _ => {
                     return Err(ApiError::invalid(
                         format!("{p}.text"),
@@ -492,10 +539,14 @@ fn text_parts(path: &str, parts: &[Value]) -> Result<String, ApiError> {
                 }
             },
             Some("image_url") => {
-                return Err(ApiError::invalid(
-                    &p,
-                    "image input is not supported by this server yet",
-                ))
+                if role != Role::User {
+                    return Err(ApiError::invalid(
+                        &p,
+                        format!("`{p}`: images are read in user messages only"),
+                    ));
+                }
+                images.push(super::image_part::parse(&p, obj)?);
+                texts.push(None);
             }
             Some(other) => {
                 return Err(ApiError::invalid(
@@ -511,7 +562,27 @@ fn text_parts(path: &str, parts: &[Value]) -> Result<String, ApiError> {
             }
         }
     }
-    Ok(text)
+    if texts.iter().all(Option::is_some) {
+        return Ok(texts.into_iter().flatten().collect());
+    }
+    let mut out = String::new();
+    let mut after_image = false;
+    for t in texts {
+        match t {
+            Some(t) => {
+                if !after_image && !out.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str(t);
+                after_image = false;
+            }
+            None => {
+                out.push_str(image_marker());
+                after_image = true;
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -598,7 +669,7 @@ mod tests {
             param_of(
                 json!({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]})
             ),
-            "messages[0].content[0]"
+            "messages[0].content[0].image_url.url"
         );
         assert_eq!(
             param_of(

@@ -26,7 +26,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 /// carry); envelopes of other versions are rejected, never guessed at. Version 2: a Redis
 /// stream entry holds one or more envelopes back to back ([`Envelope::unpack`]). Version 3:
 /// the messages are the protocol module's own types.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// One message: routing and tracing data around an encoded payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -51,6 +51,7 @@ fn decode(
             prompt: prompt.to_vec(),
             params,
             resume: Resume::default(),
+            images: None,
         },
     )?;
     let (mut produced, mut first) = (Vec::new(), None);
@@ -88,6 +89,8 @@ pub fn run(
         template: &template,
         tokenizer: &tok,
         context_length: model.config.context_length,
+        id: "model",
+        vision: None,
     };
     let body = json!({
         "messages": [{"role": "user", "content": format!("Write a JSON value that fits this schema: {schema}")}],

@@ -227,6 +227,7 @@ fn job(a: &PlacementArgs, node: &str, inbox: &str, n: usize) -> JobSpec {
         resume: Progress::default(),
         reply_to: inbox.to_string(),
         media: None,
+        images: Vec::new(),
     }
 }
 

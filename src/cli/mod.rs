@@ -15,6 +15,7 @@ pub mod front;
 pub mod generate;
 mod media;
 pub mod serve;
+mod vision;
 pub mod worker;
 
 use clap::{Parser, Subcommand};

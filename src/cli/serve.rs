@@ -25,6 +25,7 @@ use crate::coordinator::placer::Settings;
 use crate::coordinator::{CoordinatorActor, PoolSnapshot};
 use crate::engine::template::ChatTemplate;
 use crate::engine::tokenizer::Tokenizer;
+use crate::engine::vision::tower::VisionTower;
 use crate::engine::Model;
 use crate::front::FrontState;
 use crate::media::backend::MediaBackend;
@@ -54,6 +55,11 @@ pub struct ServeArgs {
     /// Where accounts, keys and the ledger are kept.
     #[arg(long, env = "SUPERNET_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
+    /// The vision tower (mmproj GGUF) of the first --model [default: a file named
+    /// `mmproj-<model file stem>.gguf` beside a model, or the one `mmproj-*` file there
+    /// whose name holds the model's id].
+    #[arg(long)]
+    pub mmproj: Option<PathBuf>,
     #[command(flatten)]
     pub engine: EngineArgs,
     /// A TOML file of settings (server, billing, limits, model tiers).
@@ -69,6 +75,7 @@ struct Loaded {
     model: Arc<Model>,
     tokenizer: Arc<Tokenizer>,
     template: ChatTemplate,
+    tower: Option<Arc<VisionTower>>,
 }
 
 pub fn run(a: ServeArgs) -> anyhow::Result<()> {
@@ -78,7 +85,7 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("opening the store in {}", a.data_dir.display()))?,
     );
     let mut loaded = Vec::new();
-    for path in &a.models {
+    for (i, path) in a.models.iter().enumerate() {
         let model = Model::load(path)?;
         let tokenizer = Tokenizer::from_gguf(&model.file)
             .with_context(|| format!("reading the tokenizer of {}", path.display()))?;
@@ -89,11 +96,16 @@ pub fn run(a: ServeArgs) -> anyhow::Result<()> {
             loaded.iter().all(|l: &Loaded| l.id != id),
             "two --model files have the id `{id}`"
         );
+        let explicit = a.mmproj.as_deref().filter(|_| i == 0);
+        let tower = super::vision::find(path, &id, explicit)
+            .map(|p| super::vision::load(&p, &model, &tokenizer))
+            .transpose()?;
         loaded.push(Loaded {
             id,
             model: Arc::new(model),
             tokenizer: Arc::new(tokenizer),
             template,
+            tower,
         });
     }
     let engine = a.engine.config(config.server.max_queue);
@@ -145,18 +157,22 @@ async fn serve(
             &l.id,
             Arc::clone(&l.model),
             Arc::clone(&l.tokenizer),
+            l.tower.clone(),
             engine,
             Arc::clone(&bus),
         )?;
         workers.push(LocalWorker::new(worker.info.clone(), &worker.start()));
         let tier = config.tier(&l.id).clone();
-        models.add(ModelEntry::new(
-            l.id,
-            l.model.config.context_length,
-            l.template,
-            l.tokenizer,
-            tier,
-        ));
+        models.add(
+            ModelEntry::new(
+                l.id,
+                l.model.config.context_length,
+                l.template,
+                l.tokenizer,
+                tier,
+            )
+            .with_vision(l.tower.map(|t| Arc::new(t.config.clone()))),
+        );
     }
     if !backends.is_empty() {
         let worker = MediaWorkerActor::new(

@@ -48,6 +48,11 @@ pub struct WorkerArgs {
     /// The GGUF model to serve (an `llm` worker).
     #[arg(long, conflicts_with = "simulate")]
     pub model: Option<PathBuf>,
+    /// The model's vision tower (mmproj GGUF) [default: a file named
+    /// `mmproj-<model file stem>.gguf` beside the model, or the one `mmproj-*` file there
+    /// whose name holds the model's id].
+    #[arg(long, conflicts_with = "simulate")]
+    pub mmproj: Option<PathBuf>,
     #[command(flatten)]
     pub media: MediaArgs,
     /// Where a media worker keeps its outputs: the store the cluster's fronts read
@@ -174,6 +179,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
             architecture: card::ARCHITECTURE.into(),
             context_length: card::CONTEXT as u64,
             gguf_metadata: card::metadata(),
+            mmproj_metadata: None,
         };
         let count = a.simulation.simulate_workers;
         let ids: Vec<String> = if count == 1 {
@@ -199,8 +205,12 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
     let model = Model::load(&path)?;
     let tokenizer = Tokenizer::from_gguf(&model.file)
         .with_context(|| format!("reading the tokenizer of {}", path.display()))?;
+    let id = model_id(&path);
+    let tower = super::vision::find(&path, &id, a.mmproj.as_deref())
+        .map(|p| super::vision::load(&p, &model, &tokenizer))
+        .transpose()?;
     let card = ModelCard {
-        model_id: model_id(&path),
+        model_id: id,
         architecture: model
             .file
             .str("general.architecture")
@@ -208,6 +218,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
             .to_string(),
         context_length: model.config.context_length as u64,
         gguf_metadata: model.file.metadata_only(),
+        mmproj_metadata: tower.as_ref().map(|t| t.file.metadata_only()),
     };
     let config = a.engine.config(a.max_queue);
     let (model, tokenizer, id) = (Arc::new(model), Arc::new(tokenizer), card.model_id.clone());
@@ -217,6 +228,7 @@ pub fn run(a: WorkerArgs) -> anyhow::Result<()> {
             &id,
             Arc::clone(&model),
             Arc::clone(&tokenizer),
+            tower.clone(),
             config,
             bus,
         )?;

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::engine::gguf::GgufFile;
 use crate::engine::template::ChatTemplate;
 use crate::engine::tokenizer::Tokenizer;
+use crate::engine::vision::tower::VisionConfig;
 use crate::locks;
 use crate::protocol::{ModelCard, PoolView, WorkerInfo, WorkerKind, WorkerLoad};
 use crate::session::models::{ModelCatalog, ModelEntry};
@@ -88,11 +89,20 @@ pub fn entry_from_card(card: &ModelCard, config: &Config) -> anyhow::Result<Mode
     )?;
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let template = ChatTemplate::from_gguf(&file, &tokenizer)?;
+    let vision = card
+        .mmproj_metadata
+        .as_deref()
+        .map(|m| {
+            let f = GgufFile::from_bytes(&format!("the vision tower of {}", card.model_id), m)?;
+            anyhow::Ok(Arc::new(VisionConfig::from_gguf(&f)?))
+        })
+        .transpose()?;
     Ok(ModelEntry::new(
         card.model_id.clone(),
         card.context_length as usize,
         template,
         Arc::new(tokenizer),
         config.tier(&card.model_id).clone(),
-    ))
+    )
+    .with_vision(vision))
 }

@@ -45,6 +45,8 @@ pub enum EngineError {
     ContextFull { needed: usize, limit: usize },
     #[error("token id {token} is outside the vocabulary of {vocab} tokens")]
     BadToken { token: u32, vocab: usize },
+    #[error("this model has no vision tower: images cannot be read")]
+    NoVision,
     #[error(transparent)]
     Cuda(#[from] cuda::CudaError),
 }

@@ -27,7 +27,7 @@ fn model_object(m: &ModelEntry, workers: &[(WorkerInfo, WorkerLoad)]) -> ModelOb
         // Every model calls tools: the template renders them, or the session describes them.
         capabilities: Capabilities {
             tools: true,
-            vision: false,
+            vision: m.vision.is_some(),
             reasoning: m.template.handles_thinking,
         },
         pricing: Pricing {

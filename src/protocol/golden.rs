@@ -42,6 +42,14 @@ fn job() -> JobSpec {
         },
         reply_to: streams::node("front-1.0"),
         media: None,
+        images: vec![JobImage {
+            data: vec![0x89, b'P', b'N', b'G'],
+            runs: vec![ImageRunSpec {
+                at: 2,
+                nx: 3,
+                ny: 1,
+            }],
+        }],
     }
 }
 
@@ -58,6 +66,7 @@ fn media_job() -> JobSpec {
             }],
             idempotency_key: "job-1.media".into(),
         }),
+        images: Vec::new(),
         ..job()
     }
 }
@@ -110,6 +119,8 @@ fn load() -> WorkerLoad {
             batch_sizes: vec![1, 2, 3, 4, 0, 0, 0, 0],
             batch_sum: 30,
             tokens_generated: 40,
+            images_encoded: 2,
+            images_cached: 1,
         },
         jobs: vec![job().job_ref()],
     }
@@ -250,6 +261,7 @@ fn messages() -> Vec<(&'static str, Vec<u8>)> {
                 architecture: "llama".into(),
                 context_length: 8192,
                 gguf_metadata: vec![b'G', b'G', b'U', b'F', 3, 0, 0, 0],
+                mmproj_metadata: Some(vec![b'G', b'G', b'U', b'F']),
             },
         ),
     ]

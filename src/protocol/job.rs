@@ -27,6 +27,25 @@ pub struct JobSpec {
     pub reply_to: String,
     /// A media job's task (then `model` is its pipeline and `prompt` is empty).
     pub media: Option<MediaTask>,
+    /// The prompt's images, in order; their rows hold placeholder tokens in `prompt`.
+    pub images: Vec<JobImage>,
+}
+
+/// One image of a prompt: the bytes the client sent (PNG, JPEG or WebP), decoded and
+/// encoded by the worker, and where its runs of embedding rows sit in the prompt (one run,
+/// or one per tile).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobImage {
+    pub data: Vec<u8>,
+    pub runs: Vec<ImageRunSpec>,
+}
+
+/// A run of an image's rows: from prompt index `at`, an `nx` x `ny` grid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRunSpec {
+    pub at: u32,
+    pub nx: u32,
+    pub ny: u32,
 }
 
 impl JobSpec {

@@ -16,8 +16,8 @@ pub mod media;
 pub mod pool;
 
 pub use job::{
-    Finish, JobParams, JobRef, JobSpec, Logprob, NodeMessage, Placement, Progress, QueueReason,
-    Sampling, WorkerCommand, WorkerEvent,
+    Finish, ImageRunSpec, JobImage, JobParams, JobRef, JobSpec, Logprob, NodeMessage, Placement,
+    Progress, QueueReason, Sampling, WorkerCommand, WorkerEvent,
 };
 pub use pool::{
     prefix_of, BatchFigures, CoordinatorCommand, Heartbeat, ModelCard, PlaceRequest, PoolView,

@@ -100,6 +100,8 @@ pub struct BatchFigures {
     pub batch_sizes: Vec<u64>,
     pub batch_sum: u64,
     pub tokens_generated: u64,
+    pub images_encoded: u64,
+    pub images_cached: u64,
 }
 
 impl From<&BatchStats> for BatchFigures {
@@ -116,6 +118,8 @@ impl From<&BatchStats> for BatchFigures {
             batch_sizes: b.batch_sizes.to_vec(),
             batch_sum: b.batch_sum,
             tokens_generated: b.tokens_generated,
+            images_encoded: b.images_encoded,
+            images_cached: b.images_cached,
         }
     }
 }
@@ -213,4 +217,6 @@ pub struct ModelCard {
     pub architecture: String,
     pub context_length: u64,
     pub gguf_metadata: Vec<u8>,
+    /// The vision tower's metadata (its mmproj file without tensors), when it has one.
+    pub mmproj_metadata: Option<Vec<u8>>,
 }

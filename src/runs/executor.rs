@@ -627,6 +627,7 @@ fn message_of(v: &Value) -> Message {
         content: v["content"].as_str().unwrap_or_default().to_string(),
         name: None,
         reasoning_content: None,
+        images: Vec::new(),
         tool_call_id: v["tool_call_id"].as_str().map(String::from),
         tool_calls: v["tool_calls"]
             .as_array()

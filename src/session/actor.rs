@@ -230,6 +230,7 @@ impl SessionActor {
             resume: Progress::default(),
             reply_to: inbox.stream().to_string(),
             media: None,
+            images: prepared.images,
         };
         let priority = self.turn.model.tier.priority;
         let then = match self

@@ -10,6 +10,7 @@ use super::prompt::ModelText;
 use crate::config::Tier;
 use crate::engine::template::ChatTemplate;
 use crate::engine::tokenizer::Tokenizer;
+use crate::engine::vision::tower::VisionConfig;
 
 pub struct ModelEntry {
     pub id: String,
@@ -19,6 +20,8 @@ pub struct ModelEntry {
     pub template: ChatTemplate,
     pub tokenizer: Arc<Tokenizer>,
     pub tier: Tier,
+    /// The vision tower's settings, when the model reads images.
+    pub vision: Option<Arc<VisionConfig>>,
 }
 
 impl ModelEntry {
@@ -37,7 +40,13 @@ impl ModelEntry {
             template,
             tokenizer,
             tier,
+            vision: None,
         }
+    }
+
+    pub fn with_vision(mut self, vision: Option<Arc<VisionConfig>>) -> Self {
+        self.vision = vision;
+        self
     }
 
     /// What preparing a prompt needs of the model.
@@ -46,6 +55,8 @@ impl ModelEntry {
             template: &self.template,
             tokenizer: &self.tokenizer,
             context_length: self.context_length,
+            id: &self.id,
+            vision: self.vision.as_deref(),
         }
     }
 }

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::grammar::{grammar, Thinking};
 use super::tool_prompt::conversation;
-use crate::api::chat_request::{ChatRequest, Role, TaskProfile};
+use crate::api::chat_request::{image_marker, ChatRequest, Role, TaskProfile};
 use crate::api::error::ApiError;
 use crate::api::tools::ResponseFormat;
 pub use crate::config::TierLimits;
@@ -25,11 +25,15 @@ use crate::engine::generate::GenerateParams;
 use crate::engine::sampler::SamplerParams;
 use crate::engine::template::ChatTemplate;
 use crate::engine::tokenizer::Tokenizer;
+use crate::engine::vision::{self, tower::VisionConfig};
+use crate::protocol::job::{ImageRunSpec, JobImage};
 
 /// A request made ready for a worker.
 #[derive(Debug, Clone)]
 pub struct PreparedPrompt {
     pub prompt_ids: Vec<u32>,
+    /// The prompt's images for the worker; their rows are placeholders in `prompt_ids`.
+    pub images: Vec<JobImage>,
     pub params: GenerateParams,
     pub task_profile: TaskProfile,
     /// How to read the output: whether `<tool_call>` blocks are calls, and whether it starts
@@ -43,6 +47,9 @@ pub struct ModelText<'a> {
     pub template: &'a ChatTemplate,
     pub tokenizer: &'a Tokenizer,
     pub context_length: usize,
+    pub id: &'a str,
+    /// The vision tower's settings, when the model reads images.
+    pub vision: Option<&'a VisionConfig>,
 }
 
 /// Renders, tokenizes, builds the grammar and fills and clamps the sampling fields. Fails
@@ -54,6 +61,16 @@ pub fn prepare(
     limits: &TierLimits,
 ) -> Result<PreparedPrompt, ApiError> {
     let (template, tok, context_length) = (model.template, model.tokenizer, model.context_length);
+    let n_images: usize = req.messages.iter().map(|m| m.images.len()).sum();
+    if n_images > 0 && model.vision.is_none() {
+        return Err(ApiError::invalid(
+            "messages",
+            format!(
+                "model `{}` has no vision tower, so it cannot read images; send text only or choose a vision model",
+                model.id
+            ),
+        ));
+    }
     // Client strings are defanged first, so only the template's markup (and the tool
     // prompt's) can produce control tokens.
     let (messages, tools) = conversation(&defanged(req, tok), template);
@@ -92,9 +109,15 @@ pub fn prepare(
                 )
             })?;
     }
-    let prompt_ids = tok
-        .encode_chat(&rendered)
-        .map_err(|e| ApiError::invalid("messages", format!("cannot tokenize the messages: {e}")))?;
+    let (prompt_ids, images) = match model.vision {
+        Some(vision) if n_images > 0 => with_images(req, &rendered, tok, vision)?,
+        _ => (
+            tok.encode_chat(&rendered).map_err(|e| {
+                ApiError::invalid("messages", format!("cannot tokenize the messages: {e}"))
+            })?,
+            Vec::new(),
+        ),
+    };
     let room = context_length.saturating_sub(prompt_ids.len());
     if room == 0 {
         return Err(too_long(prompt_ids.len(), context_length, ""));
@@ -150,6 +173,7 @@ pub fn prepare(
     let tools = req.offers_tools();
     Ok(PreparedPrompt {
         prompt_ids,
+        images,
         params: GenerateParams {
             max_tokens,
             sampler,
@@ -162,6 +186,57 @@ pub fn prepare(
         tools,
         thinking: thinking == Thinking::Open,
     })
+}
+
+/// The rendered prompt cut at its images, tokenized around them as libmtmd lays them out
+/// (each image's rows sized from its dimensions, capped at [`vision::MAX_SIDE`]), and the
+/// images for the worker.
+fn with_images(
+    req: &ChatRequest,
+    rendered: &str,
+    tok: &Tokenizer,
+    vision: &VisionConfig,
+) -> Result<(Vec<u32>, Vec<JobImage>), ApiError> {
+    let parts: Vec<_> = req.messages.iter().flat_map(|m| &m.images).collect();
+    let segments: Vec<&str> = rendered.split(image_marker()).collect();
+    if segments.len() != parts.len() + 1 {
+        return Err(ApiError::invalid(
+            "messages",
+            format!(
+                "the chat template kept {} of the {} images",
+                segments.len() - 1,
+                parts.len()
+            ),
+        ));
+    }
+    let shapes: Vec<_> = parts
+        .iter()
+        .map(|p| {
+            let (w, h) = vision::preprocess::capped(p.width, p.height, vision::MAX_SIDE);
+            vision::preprocess::shape(w, h, vision)
+        })
+        .collect();
+    let mm = vision::prompt(vision, tok, &segments, &shapes)
+        .map_err(|e| ApiError::invalid("messages", format!("cannot tokenize the messages: {e}")))?;
+    let images = parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| JobImage {
+            data: p.data.to_vec(),
+            runs: mm
+                .spans
+                .runs
+                .iter()
+                .filter(|r| r.image == i)
+                .map(|r| ImageRunSpec {
+                    at: r.at as u32,
+                    nx: r.nx as u32,
+                    ny: r.ny as u32,
+                })
+                .collect(),
+        })
+        .collect();
+    Ok((mm.tokens, images))
 }
 
 /// `req` with every string the client wrote defanged ([`Tokenizer::defang`]).

@@ -9,7 +9,7 @@ use crate::protocol::{WorkerInfo, WorkerLoad};
 /// The engines of the workers this process runs.
 pub fn workers(out: &mut String, workers: &[(WorkerInfo, WorkerLoad)]) {
     type Figure = fn(&WorkerLoad) -> String;
-    let plain: [(&str, &str, &str, Figure); 7] = [
+    let plain: [(&str, &str, &str, Figure); 9] = [
         (
             "supernet:num_requests_running",
             "gauge",
@@ -44,6 +44,18 @@ pub fn workers(out: &mut String, workers: &[(WorkerInfo, WorkerLoad)]) {
             "counter",
             "Prompt tokens found in the prefix cache.",
             |l| l.batch.prefix_hit_tokens.to_string(),
+        ),
+        (
+            "supernet:images_encoded_total",
+            "counter",
+            "Images the worker's vision tower encoded.",
+            |l| l.batch.images_encoded.to_string(),
+        ),
+        (
+            "supernet:image_cache_hits_total",
+            "counter",
+            "Images whose rows the prefix cache already held, so nothing was encoded.",
+            |l| l.batch.images_cached.to_string(),
         ),
         (
             "supernet:num_preemptions_total",

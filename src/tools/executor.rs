@@ -106,6 +106,7 @@ impl ToolExecutorActor {
             resume: Progress::default(),
             reply_to: inbox.stream().to_string(),
             media: Some(self.call.ready.task.clone()),
+            images: Vec::new(),
         }
     }
 

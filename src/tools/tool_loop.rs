@@ -141,6 +141,7 @@ impl Loop {
                 tool_call_id: None,
                 tool_calls: hosted.clone(),
                 reasoning_content: Some(r.message.reasoning.clone()).filter(|r| !r.is_empty()),
+                images: Vec::new(),
             });
             for (c, result) in hosted.iter().zip(results) {
                 request.messages.push(Message {
@@ -150,6 +151,7 @@ impl Loop {
                     tool_call_id: Some(c.id.clone()),
                     tool_calls: Vec::new(),
                     reasoning_content: None,
+                    images: Vec::new(),
                 });
             }
             // A forced call is made once; the last round answers in text.

@@ -24,6 +24,7 @@ use super::simulator::Simulator;
 use crate::bus::{Bus, BusError, BusFuture};
 use crate::engine::kv::BLOCK;
 use crate::engine::tokenizer::Tokenizer;
+use crate::engine::vision::tower::VisionTower;
 use crate::engine::Model;
 use crate::protocol::{
     self, JobRef, JobSpec, NodeMessage, WorkerCommand, WorkerEvent, WorkerInfo, WorkerKind,
@@ -61,10 +62,11 @@ impl WorkerActor {
         model_id: &str,
         model: Arc<Model>,
         tokenizer: Arc<Tokenizer>,
+        tower: Option<Arc<VisionTower>>,
         config: EngineConfig,
         bus: Arc<dyn Bus>,
     ) -> std::io::Result<Self> {
-        let engine = EngineThread::start(model, tokenizer, config)?;
+        let engine = EngineThread::start(model, tokenizer, tower, config)?;
         Ok(Self::with_runner(
             worker_id,
             model_id,
@@ -231,6 +233,7 @@ impl WorkerActor {
             prompt: spec.prompt,
             params: spec.params.into(),
             resume: spec.resume.into(),
+            images: spec.images,
             cancel: Arc::clone(&cancel),
             events: tx,
         };

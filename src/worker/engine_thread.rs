@@ -20,7 +20,10 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::engine::batch::{BatchConfig, BatchStats, Output, Request, Scheduler, SeqId};
 use crate::engine::generate::{FinishReason, GenerateParams, Resume, TokenLogprob};
 use crate::engine::tokenizer::Tokenizer;
-use crate::engine::{CpuBackend, Model};
+use crate::engine::vision::tower::VisionTower;
+use crate::engine::vision::{self, SeqImages};
+use crate::engine::{CpuBackend, EngineError, Model};
+use crate::protocol::job::JobImage;
 
 /// One generation request.
 pub struct Job {
@@ -29,6 +32,8 @@ pub struct Job {
     pub params: GenerateParams,
     /// Where another worker left this job, when it continues one.
     pub resume: Resume,
+    /// The prompt's images (decoded, preprocessed and encoded here, on the engine thread).
+    pub images: Vec<JobImage>,
     /// Set by anyone to stop the job; checked before every step.
     pub cancel: Arc<AtomicBool>,
     pub events: UnboundedSender<JobEvent>,
@@ -188,6 +193,7 @@ impl EngineThread {
     pub fn start(
         model: Arc<Model>,
         tokenizer: Arc<Tokenizer>,
+        tower: Option<Arc<VisionTower>>,
         config: EngineConfig,
     ) -> std::io::Result<Self> {
         let (tx, rx) = channel::<Job>();
@@ -199,11 +205,15 @@ impl EngineThread {
             .spawn(move || {
                 let backend = CpuBackend::new(config.threads);
                 model.prepare(&backend);
-                let scheduler = Scheduler::new(model, tokenizer, config.batch);
+                let mut scheduler = Scheduler::new(model, tokenizer, config.batch);
+                if let Some(t) = &tower {
+                    scheduler = scheduler.with_vision(Arc::clone(t));
+                }
                 *crate::locks::lock(&st.batch) = scheduler.stats();
                 let _ = ready_tx.send(scheduler.context());
                 Engine {
                     scheduler,
+                    tower,
                     jobs: HashMap::new(),
                     next_id: 0,
                     status: st,
@@ -283,6 +293,7 @@ struct Live {
 /// The thread's state: the scheduler and where each sequence's events go.
 struct Engine {
     scheduler: Scheduler,
+    tower: Option<Arc<VisionTower>>,
     jobs: HashMap<SeqId, Live>,
     next_id: SeqId,
     status: Arc<EngineStatus>,
@@ -357,12 +368,17 @@ impl Engine {
         }
         self.next_id += 1;
         let id = self.next_id;
+        let images = match self.images(&job.images) {
+            Ok(im) => im,
+            Err(e) => return self.end(live, JobEvent::Failed(e.to_string())),
+        };
         match self.scheduler.add(
             id,
             Request {
                 prompt: job.prompt,
                 params: job.params,
                 resume: job.resume,
+                images,
             },
         ) {
             Ok(outputs) => {
@@ -371,6 +387,40 @@ impl Engine {
             }
             Err(e) => self.end(live, JobEvent::Failed(e.to_string())),
         }
+    }
+
+    /// A job's images decoded and preprocessed for the tower (larger than
+    /// [`vision::MAX_SIDE`] downscaled first, as the front sized them).
+    fn images(&self, images: &[JobImage]) -> Result<Option<Box<SeqImages>>, EngineError> {
+        if images.is_empty() {
+            return Ok(None);
+        }
+        let tower = self.tower.as_ref().ok_or(EngineError::NoVision)?;
+        let c = &tower.config;
+        let mut seq = SeqImages {
+            spans: vision::spans::ImageSpans {
+                runs: Vec::new(),
+                mrope: c.projector == vision::tower::Projector::Qwen3Vl,
+            },
+            images: Vec::with_capacity(images.len()),
+        };
+        for (i, im) in images.iter().enumerate() {
+            let rgb = vision::preprocess::Rgb::decode(&im.data)
+                .map_err(|e| EngineError::Tokenizer(format!("image {i}: {e}")))?;
+            let rgb = vision::preprocess::cap(rgb, vision::MAX_SIDE, c);
+            seq.images.push(vision::PreparedImage::new(&rgb, c));
+            for (part, r) in im.runs.iter().enumerate() {
+                seq.spans.runs.push(vision::spans::ImageRun {
+                    at: r.at as usize,
+                    nx: r.nx as usize,
+                    ny: r.ny as usize,
+                    image: i,
+                    part,
+                    rows: None,
+                });
+            }
+        }
+        Ok(Some(Box::new(seq)))
     }
 
     fn deliver(&mut self, out: Output) {

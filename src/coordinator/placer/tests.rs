@@ -75,6 +75,7 @@ fn job(id: &str, account: &str, attempt: u32) -> JobSpec {
         },
         resume: Progress::default(),
         media: None,
+        images: Vec::new(),
         reply_to: "node".into(),
     }
 }

@@ -28,6 +28,8 @@ use crate::engine::kv::blocks::BlockPool;
 use crate::engine::kv::{blocks_for, KvStore, BLOCK};
 use crate::engine::model::{Model, SeqBatch};
 use crate::engine::tokenizer::Tokenizer;
+use crate::engine::vision::tower::VisionTower;
+use crate::engine::vision::SeqImages;
 use crate::engine::EngineError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +80,10 @@ pub struct BatchStats {
     pub batch_sum: u64,
     /// Tokens sampled (decode and the first token after each prompt).
     pub tokens_generated: u64,
+    /// Images the vision tower encoded, and images whose rows the prefix cache already
+    /// held (a conversation resending a photo), so nothing was encoded.
+    pub images_encoded: u64,
+    pub images_cached: u64,
 }
 
 /// A generation to run.
@@ -86,6 +92,8 @@ pub struct Request {
     pub params: GenerateParams,
     /// Where an earlier attempt left it.
     pub resume: Resume,
+    /// The prompt's images (placeholder tokens at their rows).
+    pub images: Option<Box<SeqImages>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -124,6 +132,8 @@ pub struct Scheduler {
     /// Positions a sequence may use: the model's context, or the pool if that is smaller.
     context: usize,
     stats: BatchStats,
+    /// The vision tower, when the model has one.
+    tower: Option<Arc<VisionTower>>,
 }
 
 impl Scheduler {
@@ -155,7 +165,14 @@ impl Scheduler {
             free_slots: (0..config.max_batch).rev().collect(),
             context,
             stats,
+            tower: None,
         }
+    }
+
+    /// Lets prompts carry images, encoded by `tower`.
+    pub fn with_vision(mut self, tower: Arc<VisionTower>) -> Self {
+        self.tower = Some(tower);
+        self
     }
 
     /// Positions one sequence may use.
@@ -184,6 +201,10 @@ impl Scheduler {
         }
         self.model.check_tokens(&req.prompt)?;
         self.model.check_tokens(&req.resume.tokens)?;
+        if let Some(im) = &req.images {
+            let tower = self.tower.as_ref().ok_or(EngineError::NoVision)?;
+            im.check(req.prompt.len(), &tower.config)?;
+        }
         if req.prompt.len() >= self.context {
             return Err(EngineError::ContextFull {
                 needed: req.prompt.len() + 1,
@@ -236,6 +257,7 @@ impl Scheduler {
             decoding,
             arrival: self.arrivals,
             slot: 0,
+            images: req.images,
         });
         Ok(out)
     }
@@ -309,6 +331,7 @@ impl Scheduler {
                 self.stats.prefix_hit_tokens += seq.computed as u64;
             }
             budget -= n;
+            self.encode_images(be, &mut seq);
             admitted.push((seq, n));
         }
         for (mut seq, n) in admitted {
@@ -336,7 +359,7 @@ impl Scheduler {
                 blocks: &s.blocks,
                 slot: s.slot,
                 logits: s.computed + n == s.tokens.len(),
-                images: None,
+                images: s.images.as_ref().map(|im| &im.spans),
             })
             .collect();
         if batch.is_empty() {
@@ -396,6 +419,27 @@ impl Scheduler {
             .unwrap_or(BATCH_BUCKETS.len());
         self.stats.batch_sizes[bucket] += 1;
         out
+    }
+
+    /// Encodes the images of an admitted sequence whose rows are still to compute (its
+    /// cached prefix may hold some or all of them); rows once encoded are kept, so a
+    /// preempted sequence does not encode again.
+    fn encode_images(&mut self, be: &dyn Backend, seq: &mut Sequence) {
+        let (Some(tower), Some(im)) = (&self.tower, seq.images.as_deref_mut()) else {
+            return;
+        };
+        for i in 0..im.images.len() {
+            let runs = || im.spans.runs.iter().filter(|r| r.image == i);
+            if runs().all(|r| r.rows.is_some()) {
+                continue;
+            }
+            if runs().all(|r| r.end() <= seq.computed) {
+                self.stats.images_cached += 1;
+                continue;
+            }
+            tower.encode_into(be, &im.images, i, &mut im.spans);
+            self.stats.images_encoded += 1;
+        }
     }
 
     /// Frees running sequence `i`'s blocks and queues it first, to be computed again.

@@ -1,9 +1,12 @@
 //! One sequence in the batch scheduler: its tokens, how far its cache is computed, the KV
 //! blocks it holds, and its decoding state.
 
+use std::borrow::Cow;
+
 use crate::engine::generate::Decoding;
 use crate::engine::kv::blocks::BlockPool;
 use crate::engine::kv::{blocks_for, KvStore, BLOCK};
+use crate::engine::vision::SeqImages;
 
 /// The caller's name for a sequence.
 pub type SeqId = u64;
@@ -25,9 +28,25 @@ pub(super) struct Sequence {
     /// Its recurrent-state slot while running (hybrid models); a sequence computed from
     /// position 0 starts its slot afresh, so preemption's recompute is exact.
     pub slot: usize,
+    /// Its images, if the prompt has any.
+    pub images: Option<Box<SeqImages>>,
 }
 
 impl Sequence {
+    /// What the prefix cache keys each position by: the token, or an image row's content.
+    fn cache_keys(&self) -> Cow<'_, [u32]> {
+        match &self.images {
+            None => Cow::Borrowed(&self.tokens),
+            Some(im) => Cow::Owned(
+                self.tokens
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &t)| im.cache_key(j, t))
+                    .collect(),
+            ),
+        }
+    }
+
     /// Tokens to compute before the next token can be sampled.
     pub fn pending(&self) -> usize {
         self.tokens.len() - self.computed
@@ -39,7 +58,8 @@ impl Sequence {
     pub fn take_cached_prefix(&mut self, pool: &mut BlockPool, store: &mut KvStore) -> bool {
         debug_assert!(self.blocks.is_empty() && self.computed == 0);
         let mut parent = 0;
-        for chunk in self.tokens.chunks_exact(BLOCK) {
+        let keys = self.cache_keys().into_owned();
+        for chunk in keys.chunks_exact(BLOCK) {
             let Some((b, h)) = pool.lookup(parent, chunk) else {
                 break;
             };
@@ -93,14 +113,14 @@ impl Sequence {
         if !prefix_cache {
             return;
         }
+        if (self.hashes.len() + 1) * BLOCK > self.computed {
+            return;
+        }
+        let keys = self.cache_keys().into_owned();
         while (self.hashes.len() + 1) * BLOCK <= self.computed {
             let i = self.hashes.len();
             let parent = self.hashes.last().copied().unwrap_or(0);
-            let h = pool.register(
-                self.blocks[i],
-                parent,
-                &self.tokens[i * BLOCK..(i + 1) * BLOCK],
-            );
+            let h = pool.register(self.blocks[i], parent, &keys[i * BLOCK..(i + 1) * BLOCK]);
             self.hashes.push(h);
         }
     }

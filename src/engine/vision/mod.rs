@@ -15,12 +15,16 @@ use std::sync::Arc;
 
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::EngineError;
-use preprocess::{Prepared, Rgb};
+use preprocess::{ImageShape, Prepared, Rgb};
 use spans::{ImageRun, ImageSpans};
 use tower::{Projector, VisionConfig, VisionTower};
 
 /// The text a chat template leaves where an image goes (llama.cpp's default marker).
 pub const MARKER: &str = "<__media__>";
+
+/// Longest side an image may have; larger ones are downscaled to it with the tower's own
+/// resize filter (the product's limit: 1024 px).
+pub const MAX_SIDE: usize = 1024;
 
 /// Placeholder token at image rows (its embedding is never read).
 const PLACEHOLDER: u32 = 0;
@@ -36,18 +40,17 @@ enum Piece {
     Rows { input: usize, nx: usize, ny: usize },
 }
 
-/// How one prepared image enters the prompt, as libmtmd lays it out.
-fn layout(c: &VisionConfig, prepared: &Prepared) -> Vec<Piece> {
+/// How one image enters the prompt, as libmtmd lays it out.
+fn layout(c: &VisionConfig, shape: &ImageShape) -> Vec<Piece> {
     let grid = |i: usize| {
-        let img = &prepared.inputs[i];
-        let (px, py) = (img.width / c.patch_size, img.height / c.patch_size);
+        let (w, h) = shape.inputs[i];
         Piece::Rows {
             input: i,
-            nx: px.div_ceil(c.merge),
-            ny: py.div_ceil(c.merge),
+            nx: (w / c.patch_size).div_ceil(c.merge),
+            ny: (h / c.patch_size).div_ceil(c.merge),
         }
     };
-    match (c.projector, prepared.tiles) {
+    match (c.projector, shape.tiles) {
         (Projector::Idefics3, Some((gx, gy))) => {
             let fake = || Piece::Token("<fake_token_around_image>".into());
             let mut out = Vec::new();
@@ -97,13 +100,115 @@ impl PreparedImage {
     }
 }
 
+/// A sequence's images in the batch scheduler: where their rows go, and what the tower
+/// encodes them from (once the scheduler admits the sequence and its cached prefix does
+/// not already hold them).
+pub struct SeqImages {
+    pub spans: ImageSpans,
+    pub images: Vec<PreparedImage>,
+}
+
+impl SeqImages {
+    /// The prefix-cache key of row `j` holding `token`: image rows are keyed by their
+    /// image's content hash and their place in it, so a resent image finds its blocks.
+    pub fn cache_key(&self, j: usize, token: u32) -> u32 {
+        use std::hash::{Hash, Hasher};
+        match self.spans.run_at(j) {
+            None => token,
+            Some(r) => {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (self.images[r.image].hash, r.part, j - r.at).hash(&mut h);
+                h.finish() as u32
+            }
+        }
+    }
+
+    /// Checks that the runs fit a prompt of `len` rows, in order, and match the images'
+    /// preprocessed sizes.
+    pub fn check(&self, len: usize, c: &VisionConfig) -> Result<(), EngineError> {
+        let bad = |what: String| EngineError::Tokenizer(format!("image layout: {what}"));
+        let mut end = 0;
+        for r in &self.spans.runs {
+            let img = self.images.get(r.image).ok_or_else(|| {
+                bad(format!(
+                    "run names image {} of {}",
+                    r.image,
+                    self.images.len()
+                ))
+            })?;
+            let input = img
+                .prepared
+                .inputs
+                .get(r.part)
+                .ok_or_else(|| bad(format!("image {} has no input {}", r.image, r.part)))?;
+            let grid = (
+                (input.width / c.patch_size).div_ceil(c.merge),
+                (input.height / c.patch_size).div_ceil(c.merge),
+            );
+            if r.at < end || r.end() > len || grid != (r.nx, r.ny) {
+                return Err(bad(format!(
+                    "run at {} ({}x{}) does not fit (image grid {}x{}, prompt {len})",
+                    r.at, r.nx, r.ny, grid.0, grid.1
+                )));
+            }
+            end = r.end();
+        }
+        Ok(())
+    }
+}
+
 /// A prompt of text and images: tokens (placeholders at image rows) and the image runs.
 #[derive(Debug, Clone, Default)]
 pub struct MultimodalPrompt {
     pub tokens: Vec<u32>,
     pub spans: ImageSpans,
-    /// Each image's content hash, by image index.
-    pub hashes: Vec<u64>,
+}
+
+/// [`VisionTower::prompt`] from the tower's configuration alone (what a front has).
+pub fn prompt(
+    c: &VisionConfig,
+    tok: &Tokenizer,
+    segments: &[&str],
+    shapes: &[ImageShape],
+) -> Result<MultimodalPrompt, EngineError> {
+    if segments.len() != shapes.len() + 1 {
+        return Err(EngineError::Tokenizer(format!(
+            "{} image markers for {} images",
+            segments.len().saturating_sub(1),
+            shapes.len()
+        )));
+    }
+    let mut p = MultimodalPrompt {
+        tokens: Vec::new(),
+        spans: ImageSpans {
+            runs: Vec::new(),
+            mrope: c.projector == Projector::Qwen3Vl,
+        },
+    };
+    for (i, seg) in segments.iter().enumerate() {
+        p.tokens.extend(tok.encode_chat_part(seg, i == 0)?);
+        let Some(shape) = shapes.get(i) else { break };
+        for piece in layout(c, shape) {
+            match piece {
+                Piece::Text(t) => p.tokens.extend(tok.encode_chat_part(t, false)?),
+                Piece::Token(t) => p.tokens.push(tok.id_of_piece(&t).ok_or_else(|| {
+                    EngineError::Tokenizer(format!("no {t:?} token in the vocabulary"))
+                })?),
+                Piece::Rows { input, nx, ny } => {
+                    p.spans.runs.push(ImageRun {
+                        at: p.tokens.len(),
+                        nx,
+                        ny,
+                        image: i,
+                        part: input,
+                        rows: None,
+                    });
+                    p.tokens.extend(std::iter::repeat_n(PLACEHOLDER, nx * ny));
+                }
+            }
+        }
+    }
+    Ok(p)
 }
 
 impl VisionTower {
@@ -128,54 +233,17 @@ impl VisionTower {
         Ok(())
     }
 
-    /// Lays out `segments` (the prompt text cut at each image marker) around `images` and
-    /// tokenizes the text as libmtmd does: each piece on its own, special tokens parsed,
-    /// BOS (if the model adds one) before the first. The image runs are not encoded yet.
+    /// Lays out `segments` (the prompt text cut at each image marker) around images of
+    /// the given shapes and tokenizes the text as libmtmd does: each piece on its own,
+    /// special tokens parsed, BOS (if the model adds one) before the first. The image runs
+    /// are not encoded.
     pub fn prompt(
         &self,
         tok: &Tokenizer,
         segments: &[&str],
-        images: &[PreparedImage],
+        shapes: &[ImageShape],
     ) -> Result<MultimodalPrompt, EngineError> {
-        if segments.len() != images.len() + 1 {
-            return Err(EngineError::Tokenizer(format!(
-                "{} image markers for {} images",
-                segments.len().saturating_sub(1),
-                images.len()
-            )));
-        }
-        let mut p = MultimodalPrompt {
-            spans: ImageSpans {
-                runs: Vec::new(),
-                mrope: self.config.projector == Projector::Qwen3Vl,
-            },
-            ..Default::default()
-        };
-        for (i, seg) in segments.iter().enumerate() {
-            p.tokens.extend(tok.encode_chat_part(seg, i == 0)?);
-            let Some(img) = images.get(i) else { break };
-            p.hashes.push(img.hash);
-            for piece in layout(&self.config, &img.prepared) {
-                match piece {
-                    Piece::Text(t) => p.tokens.extend(tok.encode_chat_part(t, false)?),
-                    Piece::Token(t) => p.tokens.push(tok.id_of_piece(&t).ok_or_else(|| {
-                        EngineError::Tokenizer(format!("no {t:?} token in the vocabulary"))
-                    })?),
-                    Piece::Rows { input, nx, ny } => {
-                        p.spans.runs.push(ImageRun {
-                            at: p.tokens.len(),
-                            nx,
-                            ny,
-                            image: i,
-                            part: input,
-                            rows: None,
-                        });
-                        p.tokens.extend(std::iter::repeat_n(PLACEHOLDER, nx * ny));
-                    }
-                }
-            }
-        }
-        Ok(p)
+        prompt(&self.config, tok, segments, shapes)
     }
 
     /// Encodes image `i` of `images` and stores its rows in `prompt`'s runs.

@@ -315,47 +315,103 @@ fn normalise(img: &Rgb, c: &VisionConfig) -> Planar {
     }
 }
 
-/// What one image becomes: the encoder inputs, in the order their embeddings enter the
-/// prompt, and (for tiled images) the grid of tiles.
-pub struct Prepared {
-    pub inputs: Vec<Planar>,
+/// The sizes of what an image becomes, known from its dimensions alone (the front sizes
+/// prompts with it; the worker makes the pixels).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageShape {
+    /// Each encoder input's width and height, in the order their rows enter the prompt.
+    pub inputs: Vec<(usize, usize)>,
     /// Tiles per row and per column (idefics3); the overview is the last input.
     pub tiles: Option<(usize, usize)>,
 }
 
-/// Preprocesses `img` for the tower configured by `c`.
-pub fn prepare(img: &Rgb, c: &VisionConfig) -> Prepared {
+/// The resize filter of each family, as llama.cpp sets it.
+fn filter(c: &VisionConfig) -> Filter {
     match c.projector {
-        Projector::Qwen3Vl => {
-            let (w, h) = smart_size(
-                img.width,
-                img.height,
+        Projector::Qwen3Vl => Filter::Bicubic,
+        Projector::Idefics3 => Filter::Lanczos,
+    }
+}
+
+/// `width` x `height` scaled (keeping the aspect ratio) so that no side exceeds `max_side`.
+pub fn capped(width: usize, height: usize, max_side: usize) -> (usize, usize) {
+    let longest = width.max(height);
+    if longest <= max_side {
+        return (width, height);
+    }
+    let scale = |v: usize| ((v * max_side + longest / 2) / longest).max(1);
+    (scale(width), scale(height))
+}
+
+/// An image no larger than `max_side` on either side, downscaled with the tower's filter.
+pub fn cap(img: Rgb, max_side: usize, c: &VisionConfig) -> Rgb {
+    let (w, h) = capped(img.width, img.height, max_side);
+    if (w, h) == (img.width, img.height) {
+        return img;
+    }
+    resize(&img, w, h, filter(c))
+}
+
+/// idefics3's first resize: the longest edge to `longest_edge`, the other side even.
+fn idefics3_resized(width: usize, height: usize, edge: usize) -> (usize, usize) {
+    let aspect = width as f64 / height as f64;
+    let (rw, rh) = if width >= height {
+        let h = (edge as f64 / aspect) as usize;
+        (edge, h + h % 2)
+    } else {
+        let w = (edge as f64 * aspect) as usize;
+        (w + w % 2, edge)
+    };
+    (rw.max(1), rh.max(1))
+}
+
+/// What an image of `width` x `height` becomes for the tower configured by `c`.
+pub fn shape(width: usize, height: usize, c: &VisionConfig) -> ImageShape {
+    match c.projector {
+        Projector::Qwen3Vl => ImageShape {
+            inputs: vec![smart_size(
+                width,
+                height,
                 c.patch_size * c.merge,
                 c.min_pixels,
                 c.max_pixels,
-            );
-            let resized = resize_padded(img, w, h, Filter::Bicubic);
-            Prepared {
-                inputs: vec![normalise(&resized, c)],
-                tiles: None,
+            )],
+            tiles: None,
+        },
+        Projector::Idefics3 => {
+            let tile = c.image_size;
+            let (rw, rh) = idefics3_resized(width, height, c.longest_edge);
+            let (gx, gy) = (rw.div_ceil(tile), rh.div_ceil(tile));
+            ImageShape {
+                inputs: vec![(tile, tile); gx * gy + 1],
+                tiles: Some((gx, gy)),
             }
+        }
+    }
+}
+
+/// What one image becomes: the encoder inputs, in the order their embeddings enter the
+/// prompt, and its shape.
+pub struct Prepared {
+    pub inputs: Vec<Planar>,
+    pub shape: ImageShape,
+}
+
+/// Preprocesses `img` for the tower configured by `c`.
+pub fn prepare(img: &Rgb, c: &VisionConfig) -> Prepared {
+    let shape = shape(img.width, img.height, c);
+    let inputs = match c.projector {
+        Projector::Qwen3Vl => {
+            let (w, h) = shape.inputs[0];
+            vec![normalise(&resize_padded(img, w, h, filter(c)), c)]
         }
         Projector::Idefics3 => {
             let tile = c.image_size;
-            let edge = c.longest_edge;
-            let aspect = img.width as f64 / img.height as f64;
-            let (rw, rh) = if img.width >= img.height {
-                let h = (edge as f64 / aspect) as usize;
-                (edge, h + h % 2)
-            } else {
-                let w = (edge as f64 * aspect) as usize;
-                (w + w % 2, edge)
-            };
-            let (rw, rh) = (rw.max(1), rh.max(1));
-            let (gx, gy) = (rw.div_ceil(tile), rh.div_ceil(tile));
-            let resized = resize(img, rw, rh, Filter::Lanczos);
-            let refined = resize(&resized, gx * tile, gy * tile, Filter::Lanczos);
-            let overview = resize(&refined, tile, tile, Filter::Lanczos);
+            let (rw, rh) = idefics3_resized(img.width, img.height, c.longest_edge);
+            let (gx, gy) = shape.tiles.unwrap_or((1, 1));
+            let resized = resize(img, rw, rh, filter(c));
+            let refined = resize(&resized, gx * tile, gy * tile, filter(c));
+            let overview = resize(&refined, tile, tile, filter(c));
             let mut inputs = Vec::with_capacity(gx * gy + 1);
             for y in 0..gy {
                 for x in 0..gx {
@@ -363,12 +419,10 @@ pub fn prepare(img: &Rgb, c: &VisionConfig) -> Prepared {
                 }
             }
             inputs.push(normalise(&overview, c));
-            Prepared {
-                inputs,
-                tiles: Some((gx, gy)),
-            }
+            inputs
         }
-    }
+    };
+    Prepared { inputs, shape }
 }
 
 #[cfg(test)]

@@ -51,7 +51,9 @@ pub struct VisionConfig {
 }
 
 impl VisionConfig {
-    fn from_gguf(f: &GgufFile) -> Result<Self, EngineError> {
+    /// Reads the `clip.*` keys (a file without tensors is enough: a front sizes images
+    /// from them).
+    pub fn from_gguf(f: &GgufFile) -> Result<Self, EngineError> {
         let bad = |what: String| EngineError::BadModel(format!("{}: {what}", f.path().display()));
         if f.str_opt("general.architecture")? != Some("clip") {
             return Err(bad(

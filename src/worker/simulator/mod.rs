@@ -251,6 +251,7 @@ mod tests {
                 prompt: vec![1; 40],
                 params,
                 resume,
+                images: Vec::new(),
                 cancel: Arc::new(AtomicBool::new(false)),
                 events: tx,
             },

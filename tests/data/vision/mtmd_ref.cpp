@@ -8,7 +8,8 @@
 // Usage: mtmd_ref MODEL MMPROJ N_GEN OUTDIR < cases.tsv
 // Each input line is NAME <tab> PROMPT [<tab> IMAGE[,IMAGE...]]; the prompt holds one
 // "<__media__>" per image and "\n" for newlines. For each case it writes OUTDIR/NAME.json
-// (the chunks: text token ids, image token counts, encode times; the greedy tokens),
+// (the chunks: text token ids, image token counts, encode times; the greedy tokens and
+// each one's bytes),
 // OUTDIR/NAME.I.f32 (image I's embeddings, little-endian f32, tokens x n_embd) and
 // OUTDIR/NAME.logits.f32 (the logits at the last prompt position).
 #include "llama.h"
@@ -139,6 +140,7 @@ int main(int argc, char ** argv) {
             }
         }
         js << "],\"generated\":[";
+        std::string pieces;
         const std::string logits_file = name + ".logits.f32";
         write_f32(outdir + "/" + logits_file, llama_get_logits_ith(ctx, -1), n_vocab);
         llama_batch batch = llama_batch_init(1, 0, 1);
@@ -148,12 +150,17 @@ int main(int argc, char ** argv) {
             for (int j = 1; j < n_vocab; j++) if (l[j] > l[best]) best = j;
             js << (i ? "," : "") << best;
             if (llama_vocab_is_eog(vocab, best)) break;
+            char piece[256];
+            const int n = llama_token_to_piece(vocab, best, piece, sizeof piece, 0, false);
+            pieces += i ? ",[" : "[";
+            for (int b = 0; b < n; b++) pieces += (b ? "," : "") + std::to_string((unsigned char) piece[b]);
+            pieces += "]";
             batch.n_tokens = 1;
             batch.token[0] = best; batch.pos[0] = n_past++; batch.n_seq_id[0] = 1;
             batch.seq_id[0][0] = 0; batch.logits[0] = true;
             if (llama_decode(ctx, batch)) return 1;
         }
-        js << "],\"last_logits\":\"" << logits_file << "\"}";
+        js << "],\"pieces\":[" << pieces << "],\"last_logits\":\"" << logits_file << "\"}";
         std::ofstream(outdir + "/" + name + ".json") << js.str() << "\n";
         llama_batch_free(batch);
         mtmd_input_chunks_free(chunks);
