@@ -36,8 +36,9 @@ def price(prompt_tokens, completion_tokens, input_usd="0.30", output_usd="0.90",
 class Server:
     """One `supernet serve` on a free port."""
 
-    def __init__(self, data_dir: Path, config: str = "", threads: int = 2, args=()):
+    def __init__(self, data_dir: Path, config: str = "", threads: int = 2, args=(), models=(MODEL,)):
         self.data_dir = data_dir
+        self.models = [str(m) for m in models]
         self.args = list(args)
         self.config = data_dir / "supernet.toml"
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -49,7 +50,7 @@ class Server:
     def start(self):
         self.log = open(self.data_dir / "serve.log", "a+")
         self.proc = subprocess.Popen(
-            [str(BIN), "serve", "--model", str(MODEL), "--port", "0", "--data-dir", str(self.data_dir),
+            [str(BIN), "serve", *(a for m in self.models for a in ("--model", m)), "--port", "0", "--data-dir", str(self.data_dir),
              "--threads", str(self.threads), "--config", str(self.config), *self.args],
             stdout=self.log, stderr=subprocess.STDOUT,
         )
@@ -128,8 +129,8 @@ def account(server):
 def make_server(tmp_path):
     started = []
 
-    def make(config="", threads=2, args=()):
-        s = Server(tmp_path / f"serve{len(started)}", config, threads, args)
+    def make(config="", threads=2, args=(), models=(MODEL,)):
+        s = Server(tmp_path / f"serve{len(started)}", config, threads, args, models)
         started.append(s)
         return s
 
