@@ -81,6 +81,8 @@ pub enum BenchTarget {
     /// Durable runs' events: the delay from an append to a follower (the SSE path) with many
     /// runs in flight, and the store's growth per run
     Runs(super::bench_runs::RunsBenchArgs),
+    /// The vision tower's encode time per image (decode, preprocess, encode)
+    Vision(super::bench_vision::VisionBenchArgs),
 }
 
 #[derive(Serialize)]
@@ -302,6 +304,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         Some(BenchTarget::Placement(p)) => return super::bench_placement::run(p),
         Some(BenchTarget::Media(m)) => return super::bench_media::run(m),
         Some(BenchTarget::Runs(r)) => return super::bench_runs::run(r),
+        Some(BenchTarget::Vision(v)) => return super::bench_vision::run(v),
         None => a
             .model
             .clone()

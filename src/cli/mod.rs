@@ -9,6 +9,7 @@ mod bench_gpu;
 mod bench_media;
 mod bench_placement;
 mod bench_runs;
+mod bench_vision;
 pub mod coordinator;
 pub mod engine;
 pub mod front;

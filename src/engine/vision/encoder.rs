@@ -252,7 +252,8 @@ fn merged_positions(px: usize, py: usize) -> Vec<[u32; 4]> {
 /// The position embeddings for a `px` x `py` grid, raster order: the trained square grid,
 /// or (Qwen, at any other size) its bilinear interpolation with aligned corners, as
 /// `ggml_interpolate` computes it.
-fn position_embeddings(c: &VisionConfig, pos: &[f32], px: usize, py: usize) -> Vec<f32> {
+#[inline(always)]
+fn position_embeddings_body(c: &VisionConfig, pos: &[f32], px: usize, py: usize) -> Vec<f32> {
     let e = c.n_embd;
     let n = c.image_size / c.patch_size;
     if (px, py) == (n, n) || c.projector != Projector::Qwen3Vl {
@@ -289,10 +290,13 @@ fn position_embeddings(c: &VisionConfig, pos: &[f32], px: usize, py: usize) -> V
     out
 }
 
+crate::engine::cpu::ops::fma_dispatch!(fn position_embeddings(c: &VisionConfig, pos: &[f32], px: usize, py: usize) -> Vec<f32> => position_embeddings_body);
+
 /// `x · y` as llamafile's tinyBLAS computes a product on AVX-512 (here of F16 values the
 /// convolution rounded both sides to): one 16-lane fused accumulator over the length (a
 /// multiple of 16), then `_mm512_reduce_add_ps`.
-fn dot_sgemm(x: &[f32], y: &[f32]) -> f32 {
+#[inline(always)]
+fn dot_sgemm_body(x: &[f32], y: &[f32]) -> f32 {
     let mut acc = [0.0f32; 16];
     for (a, b) in x.chunks_exact(16).zip(y.chunks_exact(16)) {
         for l in 0..16 {
@@ -301,6 +305,8 @@ fn dot_sgemm(x: &[f32], y: &[f32]) -> f32 {
     }
     reduce_add_16(&acc)
 }
+
+crate::engine::cpu::ops::fma_dispatch!(fn dot_sgemm(x: &[f32], y: &[f32]) -> f32 => dot_sgemm_body);
 
 /// ggml's `ggml_norm` (mean and variance in f64 sums of f32 terms, 16-lane products
 /// reduced first), then `* w + b`.
@@ -355,7 +361,8 @@ fn gelu(x: &mut [f32]) {
 /// Qwen-VL's 2-D vision RoPE (`ggml_rope_multi` in vision mode, base 10000): each head's
 /// first half rotates against its second half; the first quarter of the pairs by the
 /// row position, the second by the column position, each angle restarting per section.
-fn rope_vision(x: &mut [f32], d: usize, positions: &[[u32; 4]]) {
+#[inline(always)]
+fn rope_vision_body(x: &mut [f32], d: usize, positions: &[[u32; 4]]) {
     let n_dims = d / 2;
     let sect = d / 4;
     let theta_scale = 10000f32.powf(-2.0 / n_dims as f32);
@@ -389,6 +396,8 @@ fn rope_vision(x: &mut [f32], d: usize, positions: &[[u32; 4]]) {
         }
     }
 }
+
+crate::engine::cpu::ops::fma_dispatch!(fn rope_vision(x: &mut [f32], d: usize, positions: &[[u32; 4]]) => rope_vision_body);
 
 /// idefics3's pixel shuffle (`build_patch_merge_permute`): each `s` x `s` block of the
 /// `px` x `py` grid becomes one row, its patches concatenated row by row.
