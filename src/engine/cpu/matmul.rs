@@ -67,7 +67,7 @@ pub fn matmul(
             .and_then(|f| Some((f, j.w.interleaved()?)));
         targets.push(Target {
             dot: match arith {
-                Arithmetic::Llama => k.dot_for(j.w.ty, n_tokens),
+                Arithmetic::Llama => k.dot_for(j.w.ty, n_tokens, j.w.rows),
                 Arithmetic::Invariant => k.dot(j.w.ty),
             },
             groups,

@@ -192,6 +192,23 @@ pub(crate) fn reduce_add_16(v: &[f32]) -> f32 {
     (t6[0] + t6[2]) + (t6[1] + t6[3])
 }
 
+/// `x · y` (a multiple of 16 long) as llamafile's tinyBLAS sums it on AVX-512: one 16-lane
+/// fused accumulator, then `_mm512_reduce_add_ps`.
+#[inline(always)]
+fn dot_lanes_16_body(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    for (a, b) in x.chunks_exact(16).zip(y.chunks_exact(16)) {
+        for l in 0..16 {
+            acc[l] = a[l].mul_add(b[l], acc[l]);
+        }
+    }
+    reduce_add_16(&acc)
+}
+
+fma_dispatch!(fn dot_lanes_16(x: &[f32], y: &[f32]) -> f32 => dot_lanes_16_body);
+
+fma_dispatch!(fn dot_f32_one(x: &[f32], y: &[f32]) -> f32 => dot_f32);
+
 /// `x · y` as ggml's AVX-512 `ggml_vec_dot_f32` sums it: four 16-lane fused accumulators
 /// over 64-element steps, folded (0+2, 1+3, 0+1), then GCC's `_mm512_reduce_add_ps` order;
 /// elements past the last full step are fused onto the sum one by one.

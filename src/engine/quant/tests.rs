@@ -88,7 +88,7 @@ fn every_kernel_level_matches_the_scalar_reference_exactly() {
                     k.level
                 );
                 let want = scalar_dot_batched(ty, &w, &a, n);
-                let got = (k.dot_for(ty, BATCHED_FROM))(&w, &a, n);
+                let got = (k.dot_for(ty, BATCHED_FROM, 4))(&w, &a, n);
                 assert_eq!(
                     got.to_bits(),
                     want.to_bits(),

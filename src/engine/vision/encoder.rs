@@ -12,7 +12,7 @@ use half::f16;
 use super::preprocess::Planar;
 use super::tower::{Block, Projection, Projector, Qkv, VisionConfig, VisionTower};
 use crate::engine::backend::{Arithmetic, AttentionShape, Backend, MatmulJob, SeqAttention};
-use crate::engine::cpu::ops::reduce_add_16;
+use crate::engine::cpu::ops::{dot_lanes_16, reduce_add_16};
 use crate::engine::kv::{blocks_for, KvStore};
 use crate::engine::model::weights::Weight;
 
@@ -82,7 +82,7 @@ impl VisionTower {
         let pos = position_embeddings(c, &w.pos, px, py);
         for (row, &(xp, yp)) in x.chunks_exact_mut(e).zip(&order) {
             // im2col (into F16, as ggml_conv_2d makes it): channel, then row and column
-            // within the patch.
+            // within the patch; the product is tinyBLAS's (`dot_lanes_16`).
             for ch in 0..3 {
                 for ky in 0..p {
                     let src = &img.data[ch * plane + (yp * p + ky) * img.width + xp * p..][..p];
@@ -93,7 +93,7 @@ impl VisionTower {
             }
             for (o, out) in row.iter_mut().enumerate() {
                 let mut v = w.patch.iter().fold(None, |acc: Option<f32>, k| {
-                    let d = dot_sgemm(&col, &k[o * klen..][..klen]);
+                    let d = dot_lanes_16(&col, &k[o * klen..][..klen]);
                     Some(acc.map_or(d, |a| a + d))
                 });
                 if let Some(v) = v.as_mut() {
@@ -291,22 +291,6 @@ fn position_embeddings_body(c: &VisionConfig, pos: &[f32], px: usize, py: usize)
 }
 
 crate::engine::cpu::ops::fma_dispatch!(fn position_embeddings(c: &VisionConfig, pos: &[f32], px: usize, py: usize) -> Vec<f32> => position_embeddings_body);
-
-/// `x · y` as llamafile's tinyBLAS computes a product on AVX-512 (here of F16 values the
-/// convolution rounded both sides to): one 16-lane fused accumulator over the length (a
-/// multiple of 16), then `_mm512_reduce_add_ps`.
-#[inline(always)]
-fn dot_sgemm_body(x: &[f32], y: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 16];
-    for (a, b) in x.chunks_exact(16).zip(y.chunks_exact(16)) {
-        for l in 0..16 {
-            acc[l] = a[l].mul_add(b[l], acc[l]);
-        }
-    }
-    reduce_add_16(&acc)
-}
-
-crate::engine::cpu::ops::fma_dispatch!(fn dot_sgemm(x: &[f32], y: &[f32]) -> f32 => dot_sgemm_body);
 
 /// ggml's `ggml_norm` (mean and variance in f64 sums of f32 terms, 16-lane products
 /// reduced first), then `* w + b`.

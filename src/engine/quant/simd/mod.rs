@@ -87,9 +87,14 @@ impl Kernels {
         scalar_fn(ty)
     }
 
-    /// The dot product for a matmul of `n_tokens` activation rows: [`Kernels::dot`], or for
-    /// [`BATCHED_FROM`] rows and more, the arithmetic of [`scalar_dot_batched`].
-    pub fn dot_for(&self, ty: GgmlType, n_tokens: usize) -> DotFn {
+    /// The dot product for a matmul of `n_tokens` activation rows by a `rows`-row weight:
+    /// [`Kernels::dot`], or the arithmetic llama.cpp switches to for batches: for
+    /// [`BATCHED_FROM`] rows and more that of [`scalar_dot_batched`] (K-quants), and for
+    /// F32 weights of a multiple of 4 rows, from 2 activation rows, tinyBLAS's.
+    pub fn dot_for(&self, ty: GgmlType, n_tokens: usize, rows: usize) -> DotFn {
+        if ty == GgmlType::F32 && n_tokens >= 2 && rows.is_multiple_of(4) {
+            return |w, a, n| scalar_dot_batched(GgmlType::F32, w, a, n);
+        }
         if n_tokens < BATCHED_FROM {
             return self.dot(ty);
         }
