@@ -400,7 +400,7 @@ impl Engine {
         let mut seq = SeqImages {
             spans: vision::spans::ImageSpans {
                 runs: Vec::new(),
-                mrope: c.projector == vision::tower::Projector::Qwen3Vl,
+                mrope: c.mrope(),
             },
             images: Vec::with_capacity(images.len()),
         };

@@ -33,17 +33,15 @@ pub(super) struct Sequence {
 }
 
 impl Sequence {
-    /// What the prefix cache keys each position by: the token, or an image row's content.
-    fn cache_keys(&self) -> Cow<'_, [u32]> {
+    /// What the prefix cache keys block `i`'s positions by: the tokens, or for image rows
+    /// their content (built only for a block that holds images).
+    fn block_keys(&self, i: usize) -> Cow<'_, [u32]> {
+        let range = i * BLOCK..(i + 1) * BLOCK;
         match &self.images {
-            None => Cow::Borrowed(&self.tokens),
-            Some(im) => Cow::Owned(
-                self.tokens
-                    .iter()
-                    .enumerate()
-                    .map(|(j, &t)| im.cache_key(j, t))
-                    .collect(),
-            ),
+            Some(im) if range.clone().any(|j| im.spans.run_at(j).is_some()) => {
+                Cow::Owned(range.map(|j| im.cache_key(j, self.tokens[j])).collect())
+            }
+            _ => Cow::Borrowed(&self.tokens[range]),
         }
     }
 
@@ -58,9 +56,8 @@ impl Sequence {
     pub fn take_cached_prefix(&mut self, pool: &mut BlockPool, store: &mut KvStore) -> bool {
         debug_assert!(self.blocks.is_empty() && self.computed == 0);
         let mut parent = 0;
-        let keys = self.cache_keys().into_owned();
-        for chunk in keys.chunks_exact(BLOCK) {
-            let Some((b, h)) = pool.lookup(parent, chunk) else {
+        for i in 0..self.tokens.len() / BLOCK {
+            let Some((b, h)) = pool.lookup(parent, &self.block_keys(i)) else {
                 break;
             };
             self.blocks.push(b);
@@ -113,14 +110,10 @@ impl Sequence {
         if !prefix_cache {
             return;
         }
-        if (self.hashes.len() + 1) * BLOCK > self.computed {
-            return;
-        }
-        let keys = self.cache_keys().into_owned();
         while (self.hashes.len() + 1) * BLOCK <= self.computed {
             let i = self.hashes.len();
             let parent = self.hashes.last().copied().unwrap_or(0);
-            let h = pool.register(self.blocks[i], parent, &keys[i * BLOCK..(i + 1) * BLOCK]);
+            let h = pool.register(self.blocks[i], parent, &self.block_keys(i));
             self.hashes.push(h);
         }
     }

@@ -44,11 +44,8 @@ enum Piece {
 fn layout(c: &VisionConfig, shape: &ImageShape) -> Vec<Piece> {
     let grid = |i: usize| {
         let (w, h) = shape.inputs[i];
-        Piece::Rows {
-            input: i,
-            nx: (w / c.patch_size).div_ceil(c.merge),
-            ny: (h / c.patch_size).div_ceil(c.merge),
-        }
+        let (nx, ny) = c.grid(w, h);
+        Piece::Rows { input: i, nx, ny }
     };
     match (c.projector, shape.tiles) {
         (Projector::Idefics3, Some((gx, gy))) => {
@@ -141,10 +138,7 @@ impl SeqImages {
                 .inputs
                 .get(r.part)
                 .ok_or_else(|| bad(format!("image {} has no input {}", r.image, r.part)))?;
-            let grid = (
-                (input.width / c.patch_size).div_ceil(c.merge),
-                (input.height / c.patch_size).div_ceil(c.merge),
-            );
+            let grid = c.grid(input.width, input.height);
             if r.at < end || r.end() > len || grid != (r.nx, r.ny) {
                 return Err(bad(format!(
                     "run at {} ({}x{}) does not fit (image grid {}x{}, prompt {len})",
@@ -182,7 +176,7 @@ pub fn prompt(
         tokens: Vec::new(),
         spans: ImageSpans {
             runs: Vec::new(),
-            mrope: c.projector == Projector::Qwen3Vl,
+            mrope: c.mrope(),
         },
     };
     for (i, seg) in segments.iter().enumerate() {

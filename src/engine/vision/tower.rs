@@ -137,6 +137,19 @@ impl VisionConfig {
     pub fn head_dim(&self) -> usize {
         self.n_embd / self.n_head
     }
+
+    /// The grid of rows an encoder input of `width` x `height` pixels becomes.
+    pub fn grid(&self, width: usize, height: usize) -> (usize, usize) {
+        (
+            (width / self.patch_size).div_ceil(self.merge),
+            (height / self.patch_size).div_ceil(self.merge),
+        )
+    }
+
+    /// Whether image rows take 2-D M-RoPE positions in the language model (Qwen-VL style).
+    pub fn mrope(&self) -> bool {
+        self.projector == Projector::Qwen3Vl
+    }
 }
 
 /// The attention projections: one fused matrix (Qwen) or three.
