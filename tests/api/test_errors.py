@@ -38,7 +38,7 @@ def error_of(r, status):
     ({**OK, "messages": [{"role": "robot", "content": "beep"}]}, "messages[0].role"),
     ({**OK, "messages": [{"content": "no role"}]}, "messages[0].role"),
     ({**OK, "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
-    ({**OK, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}, "messages[0].content[0]"),
+    ({**OK, "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}, "messages[0].content[0].image_url.url"),
     ({**OK, "model": 12}, "model"),
 ])
 def test_invalid_fields_name_their_param(server, account, body, param):
