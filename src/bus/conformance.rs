@@ -45,6 +45,7 @@ pub async fn run(bus: Arc<dyn Bus>) {
     publishes_keep_the_order_they_were_made_in(&*bus).await;
     messages_published_together_are_claimed_and_acked_together(&*bus).await;
     entries_read_without_acks_are_never_pending(&*bus).await;
+    blobs_are_kept_until_they_expire_or_are_dropped(&*bus).await;
 }
 
 async fn groups_each_see_every_message_once(bus: &dyn Bus) {
@@ -285,6 +286,33 @@ async fn entries_read_without_acks_are_never_pending(bus: &dyn Bus) {
         ),
         [3]
     );
+}
+
+/// A blob reads back whole until its time runs out; keeping it extends that time, and a
+/// dropped or expired blob is gone for good.
+async fn blobs_are_kept_until_they_expire_or_are_dropped(bus: &dyn Bus) {
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let long = Duration::from_secs(60);
+    assert_eq!(bus.get_blob("b1").await.expect("get"), None);
+    assert!(!bus.keep_blob("b1", long).await.expect("keep"));
+    bus.put_blob("b1", &bytes, long).await.expect("put");
+    assert_eq!(bus.get_blob("b1").await.expect("get"), Some(bytes.clone()));
+    bus.drop_blob("b1").await.expect("drop");
+    assert_eq!(bus.get_blob("b1").await.expect("get"), None);
+    bus.drop_blob("b1").await.expect("dropping nothing");
+
+    let short = Duration::from_millis(300);
+    bus.put_blob("b2", b"kept", short).await.expect("put");
+    bus.put_blob("b3", b"left", short).await.expect("put");
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(bus.keep_blob("b2", long).await.expect("keep"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        bus.get_blob("b2").await.expect("get"),
+        Some(b"kept".to_vec())
+    );
+    assert_eq!(bus.get_blob("b3").await.expect("get"), None, "expired");
+    assert!(!bus.keep_blob("b3", long).await.expect("keep"));
 }
 
 #[test]

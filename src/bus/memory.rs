@@ -54,10 +54,17 @@ impl Stream {
     }
 }
 
+/// A blob and when it expires.
+struct Blob {
+    bytes: Vec<u8>,
+    until: Instant,
+}
+
 #[derive(Default)]
 pub struct MemoryBus {
     streams: Mutex<HashMap<String, Stream>>,
     published: Notify,
+    blobs: Mutex<HashMap<String, Blob>>,
 }
 
 fn delivery(seq: u64, bytes: &[u8]) -> Result<Delivery, BusError> {
@@ -76,6 +83,14 @@ impl MemoryBus {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Stream>> {
         // A panic elsewhere cannot leave a stream half-updated: every change is one step.
         crate::locks::lock(&self.streams)
+    }
+
+    /// The blobs, with those expired gone.
+    fn live_blobs(&self) -> MutexGuard<'_, HashMap<String, Blob>> {
+        let mut blobs = crate::locks::lock(&self.blobs);
+        let now = Instant::now();
+        blobs.retain(|_, b| b.until > now);
+        blobs
     }
 
     /// New entries for the group, now, without waiting.
@@ -216,5 +231,33 @@ impl Bus for MemoryBus {
             }
             Ok(out)
         })
+    }
+
+    fn put_blob<'a>(&'a self, key: &'a str, bytes: &'a [u8], ttl: Duration) -> BusFuture<'a, ()> {
+        let blob = Blob {
+            bytes: bytes.to_vec(),
+            until: Instant::now() + ttl,
+        };
+        self.live_blobs().insert(key.to_string(), blob);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn get_blob<'a>(&'a self, key: &'a str) -> BusFuture<'a, Option<Vec<u8>>> {
+        let got = self.live_blobs().get(key).map(|b| b.bytes.clone());
+        Box::pin(std::future::ready(Ok(got)))
+    }
+
+    fn keep_blob<'a>(&'a self, key: &'a str, ttl: Duration) -> BusFuture<'a, bool> {
+        let kept = self
+            .live_blobs()
+            .get_mut(key)
+            .map(|b| b.until = Instant::now() + ttl)
+            .is_some();
+        Box::pin(std::future::ready(Ok(kept)))
+    }
+
+    fn drop_blob<'a>(&'a self, key: &'a str) -> BusFuture<'a, ()> {
+        self.live_blobs().remove(key);
+        Box::pin(std::future::ready(Ok(())))
     }
 }

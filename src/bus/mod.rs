@@ -6,6 +6,10 @@
 //! `supernet serve`; the Redis one ([`redis::RedisBus`]) serves the cluster, and both pass
 //! the same checks ([`conformance`]).
 //!
+//! Beside the streams the bus keeps blobs: bytes under a key, for a while, that a message
+//! names instead of carrying. A job's images are one: written once when the job starts, read
+//! by each worker an attempt of it goes to, so a failover sends a key, not the images again.
+//!
 //! Only this module knows the wire codec (bincode); [`crate::protocol`] names the streams
 //! and owns the messages.
 
@@ -242,6 +246,18 @@ pub trait Bus: Send + Sync {
         min_idle: Duration,
         max: usize,
     ) -> BusFuture<'a, Vec<Delivery>>;
+
+    /// Keeps `bytes` under `key` for `ttl` (replacing what was there).
+    fn put_blob<'a>(&'a self, key: &'a str, bytes: &'a [u8], ttl: Duration) -> BusFuture<'a, ()>;
+
+    /// The blob under `key`, unless it expired or was dropped.
+    fn get_blob<'a>(&'a self, key: &'a str) -> BusFuture<'a, Option<Vec<u8>>>;
+
+    /// Keeps the blob under `key` for `ttl` from now; false if it is gone.
+    fn keep_blob<'a>(&'a self, key: &'a str, ttl: Duration) -> BusFuture<'a, bool>;
+
+    /// Drops the blob under `key` (nothing if there is none).
+    fn drop_blob<'a>(&'a self, key: &'a str) -> BusFuture<'a, ()>;
 }
 
 /// Wraps `payload` in an envelope and appends it to `stream` (keeping about `max_len`

@@ -3,17 +3,17 @@
 //!
 //! # Streams and keys
 //!
-//! Every name starts with `sn:v4:`; the `v4` is [`super::PROTOCOL_VERSION`], so nodes of two
+//! Every name starts with `sn:v5:`; the `v5` is [`super::PROTOCOL_VERSION`], so nodes of two
 //! protocol versions never read each other's messages. Each entry has one field, `m`,
 //! holding one or more bincode [`Envelope`]s back to back: a writer packs what it publishes
 //! to a stream together into one entry ([`super::coalesce`]).
 //!
 //! | stream | written by | read by (group) | carries |
 //! |---|---|---|---|
-//! | `sn:v4:worker:{id}` | coordinator, sessions | that worker (`workers`) | jobs to run, cancellations |
-//! | `sn:v4:node:{id}.{n}` | workers, coordinator | that front's thread `n` (`sessions`, `NOACK`) | job events, placement answers, lost jobs |
-//! | `sn:v4:coordinator` | sessions | the leader coordinator (`coordinator`) | placement requests |
-//! | `sn:v4:heartbeats` | workers | every coordinator (`coord-{node}`) | registration, load, leaving |
+//! | `sn:v5:worker:{id}` | coordinator, sessions | that worker (`workers`) | jobs to run, cancellations |
+//! | `sn:v5:node:{id}.{n}` | workers, coordinator | that front's thread `n` (`sessions`, `NOACK`) | job events, placement answers, lost jobs |
+//! | `sn:v5:coordinator` | sessions | the leader coordinator (`coordinator`) | placement requests |
+//! | `sn:v5:heartbeats` | workers | every coordinator (`coord-{node}`) | registration, load, leaving |
 //!
 //! Entries are appended with `XADD ... MAXLEN ~ N`, read with `XREADGROUP ... BLOCK`, and
 //! acknowledged with `XACK` once handled (or as read, `NOACK`, for [`Ack::OnRead`]). A
@@ -23,7 +23,8 @@
 //! reader is missed, as in the memory bus.
 //!
 //! The keys beside the streams (leader lease, pool view, model cards) are described in
-//! [`crate::cluster::state`].
+//! [`crate::cluster::state`]. Blobs are plain keys written with `SET ... PX`, kept with
+//! `PEXPIRE` and dropped with `DEL`.
 //!
 //! Writes share one auto-reconnecting connection, and publishes to a stream are packed into
 //! entries ([`super::coalesce`]); each blocking read borrows a connection of its
@@ -156,6 +157,11 @@ fn appended(id: &str) -> Option<SystemTime> {
     ))
 }
 
+/// A time to live in Redis's milliseconds (at least one: `PX 0` is an error).
+fn millis(ttl: Duration) -> u64 {
+    (ttl.as_millis() as u64).max(1)
+}
+
 fn is_nogroup(e: &RedisError) -> bool {
     e.code() == Some("NOGROUP")
 }
@@ -263,6 +269,56 @@ impl Bus for RedisBus {
                 Err(e) if is_nogroup(&e) => Ok(Vec::new()),
                 Err(e) => Err(transport(e)),
             }
+        })
+    }
+
+    fn put_blob<'a>(&'a self, key: &'a str, bytes: &'a [u8], ttl: Duration) -> BusFuture<'a, ()> {
+        Box::pin(async move {
+            let mut c = self.writer.clone();
+            redis::cmd("SET")
+                .arg(key)
+                .arg(bytes)
+                .arg("PX")
+                .arg(millis(ttl))
+                .query_async::<()>(&mut c)
+                .await
+                .map_err(transport)
+        })
+    }
+
+    fn get_blob<'a>(&'a self, key: &'a str) -> BusFuture<'a, Option<Vec<u8>>> {
+        Box::pin(async move {
+            let mut c = self.writer.clone();
+            redis::cmd("GET")
+                .arg(key)
+                .query_async(&mut c)
+                .await
+                .map_err(transport)
+        })
+    }
+
+    fn keep_blob<'a>(&'a self, key: &'a str, ttl: Duration) -> BusFuture<'a, bool> {
+        Box::pin(async move {
+            let mut c = self.writer.clone();
+            redis::cmd("PEXPIRE")
+                .arg(key)
+                .arg(millis(ttl))
+                .query_async::<i64>(&mut c)
+                .await
+                .map(|n| n == 1)
+                .map_err(transport)
+        })
+    }
+
+    fn drop_blob<'a>(&'a self, key: &'a str) -> BusFuture<'a, ()> {
+        Box::pin(async move {
+            let mut c = self.writer.clone();
+            redis::cmd("DEL")
+                .arg(key)
+                .query_async::<i64>(&mut c)
+                .await
+                .map(drop)
+                .map_err(transport)
         })
     }
 }

@@ -43,7 +43,7 @@ fn job() -> JobSpec {
         reply_to: streams::node("front-1.0"),
         media: None,
         images: vec![JobImage {
-            data: vec![0x89, b'P', b'N', b'G'],
+            blob: super::images::key("job-1", 0),
             runs: vec![ImageRunSpec {
                 at: 2,
                 nx: 3,

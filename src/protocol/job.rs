@@ -31,12 +31,12 @@ pub struct JobSpec {
     pub images: Vec<JobImage>,
 }
 
-/// One image of a prompt: the bytes the client sent (PNG, JPEG or WebP), decoded and
-/// encoded by the worker, and where its runs of embedding rows sit in the prompt (one run,
-/// or one per tile).
+/// One image of a prompt: the key of the blob holding the bytes the client sent (PNG, JPEG
+/// or WebP; see [`super::images`]), which the worker reads, decodes and encodes, and where
+/// its runs of embedding rows sit in the prompt (one run, or one per tile).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobImage {
-    pub data: Vec<u8>,
+    pub blob: String,
     pub runs: Vec<ImageRunSpec>,
 }
 

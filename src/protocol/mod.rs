@@ -1,6 +1,6 @@
 //! Everything that crosses between nodes: the messages ([`job`], [`pool`]), the streams
-//! they travel on and who reads them ([`streams`]), how many entries each keeps, and the
-//! helpers that send them. The bus ([`crate::bus`]) moves opaque envelopes; this module
+//! they travel on and who reads them ([`streams`]), how many entries each keeps, the
+//! helpers that send them, and the blobs a job's images travel in ([`images`]). The bus ([`crate::bus`]) moves opaque envelopes; this module
 //! says what is in them.
 //!
 //! The messages are types of their own, converted from and to the engine's at the edge,
@@ -11,6 +11,7 @@
 
 #[cfg(test)]
 mod golden;
+pub mod images;
 pub mod job;
 pub mod media;
 pub mod pool;

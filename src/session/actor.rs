@@ -13,6 +13,9 @@
 //! sees one uninterrupted stream. Events of an earlier attempt are ignored from then on. The
 //! hold is renewed while the turn lives and settled once, for the last attempt's count.
 //!
+//! A job's images are stored on the bus once, before the hold, and each attempt's placement
+//! names them ([`protocol::images`]); they live as long as the turn.
+//!
 //! The file reads in the order of a request's life: the messages, the state ([`Phase`]),
 //! then the handlers from admission to settlement.
 
@@ -35,6 +38,7 @@ use crate::billing::accounts::{BillingError, HoldJob, Presented, SettleJob};
 use crate::billing::limits::Permit;
 use crate::engine::generate::{FinishReason, TokenLogprob, ENDING_ALLOWANCE};
 use crate::ids::random_hex;
+use crate::protocol::images::JobImages;
 use crate::protocol::{
     self, JobParams, JobSpec, NodeMessage, Placement, Progress, QueueReason, WorkerCommand,
     WorkerEvent,
@@ -139,6 +143,14 @@ pub struct SessionActor {
     last_token: Option<Instant>,
     /// The inbox of this session's thread, once the session is in it.
     inbox: Option<Arc<NodeInbox>>,
+    /// The job's images, stored on the bus for its attempts (none without images).
+    images: Option<Arc<JobImages>>,
+}
+
+/// Why the turn could not start.
+enum HoldFailed {
+    Images(crate::bus::BusError),
+    Billing(BillingError),
 }
 
 // ---- Admission: the hold -----------------------------------------------------------------
@@ -168,6 +180,7 @@ impl SessionActor {
             dispatched: None,
             last_token: None,
             inbox: None,
+            images: None,
         }
         .start();
         rx
@@ -197,12 +210,16 @@ impl Actor for SessionActor {
         if let Some(inbox) = &self.inbox {
             inbox.unsubscribe(&self.turn.job_id);
         }
+        if let Some(images) = self.images.take() {
+            let bus = Arc::clone(&self.services.bus);
+            actix::spawn(async move { images.drop_all(bus.as_ref()).await });
+        }
     }
 }
 
 impl SessionActor {
-    /// Step 1: hold the worst case (with the first placement request, where the store can
-    /// write it), then dispatch.
+    /// Step 1: store the images, hold the worst case (with the first placement request,
+    /// where the store can write it), then dispatch.
     fn hold(&mut self, prepared: PreparedPrompt, ctx: &mut Context<Self>) {
         let inbox = self.services.inboxes.here();
         self.markup = Some(Markup::new(
@@ -220,6 +237,9 @@ impl SessionActor {
             self.billed_prompt(prepared.prompt_ids.len() as u64),
             prepared.params.max_tokens as u64 + allowance,
         );
+        let (images, refs) = JobImages::new(&self.turn.job_id, prepared.images);
+        let images = (!refs.is_empty()).then(|| Arc::new(images));
+        self.images = images.clone();
         let spec = JobSpec {
             job_id: self.turn.job_id.clone(),
             attempt: 0,
@@ -230,7 +250,7 @@ impl SessionActor {
             resume: Progress::default(),
             reply_to: inbox.stream().to_string(),
             media: None,
-            images: prepared.images,
+            images: refs,
         };
         let priority = self.turn.model.tier.priority;
         let then = match self
@@ -257,30 +277,42 @@ impl SessionActor {
             key: self.turn.key.proof.clone(),
             then,
         };
-        let billing = Arc::clone(&self.services.billing);
+        let (billing, bus) = (
+            Arc::clone(&self.services.billing),
+            Arc::clone(&self.services.bus),
+        );
         let span =
             tracing::info_span!(parent: &self.turn.span, "billing.hold", prompt_tokens, max_tokens);
-        ctx.wait(
-            async move { billing.hold(hold).await }
+        let stored = tracing::info_span!(parent: &self.turn.span, "images.store");
+        let start = async move {
+            if let Some(images) = images {
+                let store = images.store(bus.as_ref()).instrument(stored);
+                store.await.map_err(HoldFailed::Images)?;
+            }
+            billing
+                .hold(hold)
                 .instrument(span)
-                .into_actor(self)
-                .map(move |r, act, ctx| match r {
-                    Ok(hold) => {
-                        metrics().billing_holds.with_label_values(&["held"]).inc();
-                        act.dispatch(Held { hold, spec }, placed, ctx);
-                    }
-                    Err(e) => {
-                        if placed {
-                            // The hold may have been written, and its placement request with
-                            // it: take the request back (a hold written stays open until the
-                            // reaper releases it).
-                            act.withdraw();
-                        }
-                        let error = act.hold_refused(e, choice, prompt_tokens, max_tokens);
-                        act.fail(error, ctx)
-                    }
-                }),
-        );
+                .await
+                .map_err(HoldFailed::Billing)
+        };
+        ctx.wait(start.into_actor(self).map(move |r, act, ctx| match r {
+            Ok(hold) => {
+                metrics().billing_holds.with_label_values(&["held"]).inc();
+                act.dispatch(Held { hold, spec }, placed, ctx);
+            }
+            // Nothing was held or placed: the hold carries the placement request.
+            Err(HoldFailed::Images(e)) => act.fail(ApiError::logged("storing the images", e), ctx),
+            Err(HoldFailed::Billing(e)) => {
+                if placed {
+                    // The hold may have been written, and its placement request with
+                    // it: take the request back (a hold written stays open until the
+                    // reaper releases it).
+                    act.withdraw();
+                }
+                let error = act.hold_refused(e, choice, prompt_tokens, max_tokens);
+                act.fail(error, ctx)
+            }
+        }));
     }
 
     /// Why the hold was refused, for the client.
@@ -640,11 +672,18 @@ impl SessionActor {
         actix::spawn(async move { placement::withdraw(&s, &job_id).await });
     }
 
+    /// Renews the hold's lease, and the stored images' with it.
     fn renew_hold(&self) {
         let (billing, job_id) = (Arc::clone(&self.services.billing), self.turn.job_id.clone());
+        let (bus, images) = (Arc::clone(&self.services.bus), self.images.clone());
         actix::spawn(async move {
             if let Err(e) = billing.renew_hold(&job_id).await {
                 tracing::warn!(job = %job_id, "renewing the hold: {e}");
+            }
+            if let Some(images) = images {
+                if let Err(e) = images.keep(bus.as_ref()).await {
+                    tracing::warn!(job = %job_id, "keeping the job's images: {e}");
+                }
             }
         });
     }

@@ -26,14 +26,15 @@ use crate::engine::sampler::SamplerParams;
 use crate::engine::template::ChatTemplate;
 use crate::engine::tokenizer::Tokenizer;
 use crate::engine::vision::{self, tower::VisionConfig};
-use crate::protocol::job::{ImageRunSpec, JobImage};
+use crate::protocol::images::PromptImage;
+use crate::protocol::job::ImageRunSpec;
 
 /// A request made ready for a worker.
 #[derive(Debug, Clone)]
 pub struct PreparedPrompt {
     pub prompt_ids: Vec<u32>,
     /// The prompt's images for the worker; their rows are placeholders in `prompt_ids`.
-    pub images: Vec<JobImage>,
+    pub images: Vec<PromptImage>,
     pub params: GenerateParams,
     pub task_profile: TaskProfile,
     /// How to read the output: whether `<tool_call>` blocks are calls, and whether it starts
@@ -196,7 +197,7 @@ fn with_images(
     rendered: &str,
     tok: &Tokenizer,
     vision: &VisionConfig,
-) -> Result<(Vec<u32>, Vec<JobImage>), ApiError> {
+) -> Result<(Vec<u32>, Vec<PromptImage>), ApiError> {
     let parts: Vec<_> = req.messages.iter().flat_map(|m| &m.images).collect();
     let segments: Vec<&str> = rendered.split(image_marker()).collect();
     if segments.len() != parts.len() + 1 {
@@ -221,8 +222,8 @@ fn with_images(
     let images = parts
         .iter()
         .enumerate()
-        .map(|(i, p)| JobImage {
-            data: p.data.to_vec(),
+        .map(|(i, p)| PromptImage {
+            data: std::sync::Arc::clone(&p.data),
             runs: mm
                 .spans
                 .runs

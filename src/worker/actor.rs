@@ -18,7 +18,9 @@ use actix::{
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use super::engine_thread::{EngineConfig, EngineThread, Job, JobEvent, JobRunner, SubmitError};
+use super::engine_thread::{
+    EngineConfig, EngineThread, ImageInput, Job, JobEvent, JobRunner, SubmitError,
+};
 use super::membership;
 use super::simulator::Simulator;
 use crate::bus::{Bus, BusError, BusFuture};
@@ -27,7 +29,7 @@ use crate::engine::tokenizer::Tokenizer;
 use crate::engine::vision::tower::VisionTower;
 use crate::engine::Model;
 use crate::protocol::{
-    self, JobRef, JobSpec, NodeMessage, WorkerCommand, WorkerEvent, WorkerInfo, WorkerKind,
+    self, images, JobRef, JobSpec, NodeMessage, WorkerCommand, WorkerEvent, WorkerInfo, WorkerKind,
     WorkerLoad,
 };
 use crate::telemetry::trace_context::follow;
@@ -226,32 +228,69 @@ impl WorkerActor {
             ctx.spawn(reply.reject(false, reason).into_actor(self));
             return;
         }
-        let (tx, rx) = unbounded_channel();
+        // Held from now: a cancel that comes while the images are read still stops it.
         let cancel = Arc::new(AtomicBool::new(false));
+        self.running
+            .insert(spec.job_id.clone(), (Arc::clone(&cancel), job_ref));
+        let (tx, rx) = unbounded_channel();
         let job = Job {
-            id: spec.job_id.clone(),
+            id: spec.job_id,
             prompt: spec.prompt,
             params: spec.params.into(),
             resume: spec.resume.into(),
-            images: spec.images,
-            cancel: Arc::clone(&cancel),
+            images: Vec::new(),
+            cancel,
             events: tx,
         };
+        if spec.images.is_empty() {
+            return self.submit(job, reply, rx, ctx);
+        }
+        let bus = Arc::clone(&self.bus);
+        let read = async move {
+            let bytes = images::fetch(bus.as_ref(), &spec.images).await?;
+            let runs = spec.images.into_iter().map(|im| im.runs);
+            Ok::<_, String>(
+                bytes
+                    .into_iter()
+                    .zip(runs)
+                    .map(|(data, runs)| ImageInput { data, runs })
+                    .collect(),
+            )
+        };
+        ctx.spawn(read.into_actor(self).map(move |read, act, ctx| match read {
+            Ok(images) => act.submit(Job { images, ..job }, reply, rx, ctx),
+            Err(reason) => {
+                act.running.remove(&job.id);
+                ctx.spawn(reply.reject(false, reason).into_actor(act));
+            }
+        }));
+    }
+
+    /// Queues the job on the engine and forwards its events, or refuses it if the engine
+    /// cannot take it.
+    fn submit(
+        &mut self,
+        job: Job,
+        reply: Reply,
+        events: UnboundedReceiver<JobEvent>,
+        ctx: &mut Context<Self>,
+    ) {
+        let job_id = job.id.clone();
         match self.engine.submit(job) {
             Ok(()) => {
-                self.running.insert(spec.job_id.clone(), (cancel, job_ref));
                 // A task of its own, not `ctx.spawn`: a context polls every future spawned
                 // in it whenever any of them wakes, so each token would poll every job's
                 // forwarding.
-                let (me, job_id) = (ctx.address().downgrade(), spec.job_id);
+                let me = ctx.address().downgrade();
                 actix::spawn(async move {
-                    reply.forward(rx).await;
+                    reply.forward(events).await;
                     if let Some(me) = me.upgrade() {
                         me.do_send(Forwarded(job_id));
                     }
                 });
             }
             Err(rejected) => {
+                self.running.remove(&job_id);
                 let busy = rejected.reason == SubmitError::QueueFull;
                 let reason = rejected.reason.to_string();
                 ctx.spawn(reply.reject(busy, reason).into_actor(self));

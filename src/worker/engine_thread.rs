@@ -23,7 +23,7 @@ use crate::engine::tokenizer::Tokenizer;
 use crate::engine::vision::tower::VisionTower;
 use crate::engine::vision::{self, SeqImages};
 use crate::engine::{CpuBackend, EngineError, Model};
-use crate::protocol::job::JobImage;
+use crate::protocol::job::ImageRunSpec;
 
 /// One generation request.
 pub struct Job {
@@ -33,10 +33,16 @@ pub struct Job {
     /// Where another worker left this job, when it continues one.
     pub resume: Resume,
     /// The prompt's images (decoded, preprocessed and encoded here, on the engine thread).
-    pub images: Vec<JobImage>,
+    pub images: Vec<ImageInput>,
     /// Set by anyone to stop the job; checked before every step.
     pub cancel: Arc<AtomicBool>,
     pub events: UnboundedSender<JobEvent>,
+}
+
+/// One image of a job: the bytes the client sent, and where its rows sit in the prompt.
+pub struct ImageInput {
+    pub data: Vec<u8>,
+    pub runs: Vec<ImageRunSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -391,7 +397,7 @@ impl Engine {
 
     /// A job's images decoded and preprocessed for the tower (larger than
     /// [`vision::MAX_SIDE`] downscaled first, as the front sized them).
-    fn images(&self, images: &[JobImage]) -> Result<Option<Box<SeqImages>>, EngineError> {
+    fn images(&self, images: &[ImageInput]) -> Result<Option<Box<SeqImages>>, EngineError> {
         if images.is_empty() {
             return Ok(None);
         }

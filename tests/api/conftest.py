@@ -201,8 +201,8 @@ class Cluster:
     def coordinator(self, name, *args):
         self.spawn(name, "coordinator", "--redis", self.redis_url, *args)
 
-    def worker(self, name, threads=1, *args):
-        self.spawn(name, "worker", "--redis", self.redis_url, "--model", str(MODEL), "--threads", str(threads), "--worker-id", name,
+    def worker(self, name, threads=1, *args, model=MODEL):
+        self.spawn(name, "worker", "--redis", self.redis_url, "--model", str(model), "--threads", str(threads), "--worker-id", name,
                    *args)
 
     def metrics_url(self, name):
@@ -221,6 +221,12 @@ class Cluster:
             r = httpx.get(url + "/readyz", timeout=10)
             return r.status_code == 200 and r.json()["workers"] == n
         poll(ready, f"{n} workers behind {url}", timeout=90)
+
+    def bus_key(self, name):
+        """`name` under the bus's prefix (`sn:v{protocol version}:`), read off the heartbeat
+        stream (so a worker must have started)."""
+        beats = poll(lambda: self.redis_cli("--scan", "--pattern", "sn:v*:heartbeats"), "the heartbeat stream")
+        return beats.splitlines()[0].removesuffix("heartbeats") + name
 
     def leader(self):
         """The name of the coordinator process that holds the lease."""

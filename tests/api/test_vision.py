@@ -4,11 +4,14 @@ read by the tiny vision towers of tests/data/vision, compared with libmtmd's ref
 import base64
 import json
 import shutil
+import signal
+import threading
 
 import httpx
+import openai
 import pytest
 
-from conftest import MODEL_ID, REPO
+from conftest import MODEL_ID, REPO, assert_billed_exactly_once, poll
 
 VISION = REPO / "tests/data/vision"
 SMOLVLM_ID = "tiny-smolvlm-q8_0"
@@ -139,3 +142,54 @@ def test_bad_images_are_400s_naming_the_field_and_nothing_is_held(vision_server,
     e = bad(server, key, [tiny], model=MODEL_ID)
     assert e["param"] == "messages" and MODEL_ID in e["message"]
     assert server.balances(acct) == before
+
+
+def test_a_jobs_images_cross_the_bus_once_and_move_with_a_failover(cluster):
+    """In a cluster the images are stored once, as blobs beside the streams: the placement
+    and the worker's inbox name them. The job's first worker hangs before it starts; its
+    next attempt goes to a worker that joins later, which reads and encodes the same images
+    and gives libmtmd's tokens. The blobs are gone when the turn ends."""
+    ref = reference("three")
+    mmproj = ("--mmproj", str(VISION / "tiny-mmproj-idefics3.gguf"))
+    model = VISION / "tiny-smolvlm-q8_0.gguf"
+    cluster.coordinator("coord1")
+    cluster.worker("w1", 1, *mmproj, model=model)
+    url = cluster.front("front1")
+    cluster.wait_workers(url, 1)
+    acct, key = cluster.account()
+    client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=120)
+    image_bytes = sum(len((VISION / "images" / f"{n}.png").read_bytes()) for n in ("square", "wide", "tall"))
+
+    cluster.signal("w1", signal.SIGSTOP)
+    out = {}
+
+    def ask():
+        stream = client.chat.completions.create(
+            model=SMOLVLM_ID, messages=[{"role": "user", "content": three_images()}], temperature=0,
+            max_tokens=len(ref["generated"]), logprobs=True, stream=True, stream_options={"include_usage": True})
+        out["pieces"] = []
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].logprobs:
+                out["pieces"] += token_bytes(chunk.choices[0].logprobs.content)
+            if chunk.usage:
+                out["usage"] = chunk.usage
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    inbox, images = cluster.bus_key("worker:w1"), cluster.bus_key("image:*")
+    poll(lambda: cluster.redis_cli("XLEN", inbox) == "1", "the job to reach w1's inbox")
+    blobs = cluster.redis_cli("--scan", "--pattern", images).split()
+    assert len(blobs) == 3
+    assert sum(int(cluster.redis_cli("STRLEN", b)) for b in blobs) == image_bytes
+    for stream in (inbox, cluster.bus_key("coordinator")):
+        used = int(cluster.redis_cli("MEMORY", "USAGE", stream, "SAMPLES", "0"))
+        assert used < image_bytes / 4, f"{stream} holds {used} bytes: the images went in the message"
+
+    cluster.worker("w2", 1, *mmproj, model=model)
+    asking.join(timeout=150)
+    cluster.signal("w1", signal.SIGCONT)
+    assert out.get("pieces") == ref["pieces"]
+    assert cluster.metric(url, "supernet:failovers_total", model=SMOLVLM_ID) == 1
+    assert cluster.redis_cli("XLEN", cluster.bus_key("worker:w2")) == "1"
+    poll(lambda: not cluster.redis_cli("--scan", "--pattern", images), "the images to be dropped")
+    assert_billed_exactly_once(cluster, acct, [out["usage"]])
