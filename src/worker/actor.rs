@@ -1,6 +1,6 @@
 //! The WorkerActor: one model's engine, as an actor. It takes [`WorkerCommand`]s from its
-//! bus inbox, queues jobs on the engine thread (never running the engine on the actor's
-//! executor), and streams each job's events back to the inbox its session named. It
+//! bus inbox, reads a job's images from the bus ([`protocol::images`]), queues jobs on the
+//! engine thread (never running the engine on the actor's executor), and streams each job's events back to the inbox its session named. It
 //! reports its capabilities and load to the coordinator by heartbeat, every [`HEARTBEAT`]
 //! and soon after a job ends or its drain state changes, in `supernet serve` and in a
 //! cluster alike.
