@@ -49,7 +49,7 @@ run() {
     nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader | tee "$OUT/device.txt"
 
     echo "== kernel and model checks"
-    timeout 240 "$W/cuda-test" --ignored --nocapture --test-threads 1 > "$OUT/tests.log" 2>&1
+    timeout 240 "$W/cuda-test" cuda:: --ignored --nocapture --test-threads 1 > "$OUT/tests.log" 2>&1
     echo "tests rc=$?"
     grep -E "^test |test result|panicked|rel err [0-9.e-]+$|greedy_matches|agree|equal the" "$OUT/tests.log" | grep -vE "round 1" | tail -60
 

@@ -8,8 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx "/.gpu/" .git/info/exclude 2>/dev/null || echo "/.gpu/" >> .git/info/exclude
 cargo build --release
-cargo test --release --test cuda --no-run 2>&1 | tee /tmp/gpu-payload-test.log
-test_bin=$(grep -o 'target/release/deps/cuda-[0-9a-f]*' /tmp/gpu-payload-test.log | tail -1)
+cargo test --release --test suite --no-run 2>&1 | tee /tmp/gpu-payload-test.log
+test_bin=$(grep -o 'target/release/deps/suite-[0-9a-f]*' /tmp/gpu-payload-test.log | tail -1)
 rm -rf .gpu && mkdir -p .gpu/a/shared/reference/tiny-models .gpu/b/ref
 strip -o .gpu/b/supernet target/release/supernet && xz -T2 .gpu/b/supernet
 strip -o .gpu/b/cuda-test "$test_bin" && xz -T2 .gpu/b/cuda-test

@@ -1,5 +1,5 @@
 """Writes reference dequantizations made by the `gguf` package (llama.cpp's own Python
-reference) for the dequantization test in tests/dequant_reference.rs.
+reference) for the dequantization test in tests/suite/dequant_reference.rs.
 
 Usage: gguf_dequant.py OUT_DIR TINY_MODELS_DIR
 

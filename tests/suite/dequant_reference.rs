@@ -2,7 +2,7 @@
 //! `dequantize` (llama.cpp's reference) to within 1e-6, and exactly for formats whose values
 //! are integers times a scale.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -3,7 +3,7 @@
 //! `tests/data/vision/refs/`: the prompt's tokens, every image's embeddings, the logits at
 //! the last prompt position, and the greedy tokens.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -2,7 +2,7 @@
 //! Python `jsonschema` package: the model list, a model, completions (text, tool calls),
 //! every kind of stream chunk, and error envelopes.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

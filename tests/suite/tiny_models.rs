@@ -4,7 +4,7 @@
 //! llama.cpp itself keeps with an F32 KV cache (`robustness_leading_tokens_equal.
 //! kv_f32_fa_off`). How far each line gets is printed (run with `--nocapture`).
 
-mod common;
+use crate::common;
 
 use supernet::engine::sampler::argmax;
 use supernet::engine::tokenizer::Tokenizer;

@@ -1,7 +1,7 @@
 //! Requests become prompts through SmolLM2's own chat template, and sampling is clamped to
 //! the tier: what the API will send to the engine.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

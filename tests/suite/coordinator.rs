@@ -4,7 +4,7 @@
 //! a job that finds the worker full waits in the coordinator's queue and is placed when a
 //! job ends, and a cancel stops a job with the tokens produced so far.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! Acceptance: tokenizer round trips on SmolLM2's vocabulary (multilingual text, emoji, code,
 //! whitespace runs, special tokens), and streaming decode releasing only whole characters.
 
-mod common;
+use crate::common;
 
 use supernet::engine::gguf::GgufFile;
 use supernet::engine::tokenizer::{StreamDecoder, Tokenizer};

@@ -7,7 +7,7 @@
 //! f32 prefill, the cache split of one-token decode past 256 positions, and a prompt over
 //! two 512-token micro-batches.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

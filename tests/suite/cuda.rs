@@ -3,7 +3,7 @@
 //! `kernels_compile_for_hopper` runs everywhere: NVRTC (the PyPI wheel that
 //! `scripts/fetch-cuda-tools.sh` puts under `target/cuda-wheels`) compiles every kernel,
 //! and `ptxas` checks the PTX for sm_90 (no spills). The rest need an NVIDIA GPU and are
-//! ignored elsewhere; on a CUDA machine run them with `cargo test --test cuda -- --ignored`.
+//! ignored elsewhere; on a CUDA machine run them with `cargo test --release --test suite cuda:: -- --ignored`.
 //!
 //! Every kernel check draws fresh random inputs, poisons the outputs (NaN) before the run
 //! and fails on any non-finite value. Tolerances (‖gpu − cpu‖ / ‖cpu‖): 1e-4 where the GPU
@@ -11,7 +11,7 @@
 //! same bits on both; attention; RoPE; norms), 3e-2 for K-quant and IQ4_XS products (the CPU
 //! quantizes their activations in 256-element Q8_K blocks, the GPU in 32-element blocks).
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -4,7 +4,7 @@
 //! scheduler (all forty at once) and the markup parser, and every answer and every call's
 //! arguments validate against the schema with the `jsonschema` crate.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

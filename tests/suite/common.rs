@@ -1,4 +1,4 @@
-//! Paths shared by the integration tests: the reference material in `../shared` and the
+//! Paths shared by the tests: the reference material in `../shared` and the
 //! model that `scripts/fetch-model.sh` puts under `models/`.
 
 use std::path::PathBuf;
@@ -8,7 +8,6 @@ pub fn repo() -> PathBuf {
 }
 
 /// `../shared/reference`, or `$SUPERNET_SHARED/reference`.
-#[allow(dead_code)]
 pub fn reference() -> PathBuf {
     let shared =
         std::env::var_os("SUPERNET_SHARED").map_or_else(|| repo().join("../shared"), PathBuf::from);
@@ -22,7 +21,6 @@ pub fn reference() -> PathBuf {
 }
 
 /// The default model; fails with the command that fetches it.
-#[allow(dead_code)]
 pub fn smollm2() -> PathBuf {
     let p = repo().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(
@@ -33,7 +31,6 @@ pub fn smollm2() -> PathBuf {
     p
 }
 
-#[allow(dead_code)]
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
     v.as_array()
         .expect("an id array")
@@ -44,7 +41,6 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
 
 /// SmolLM2-135M on the CPU backend (2 threads), ready for constrained-output tests: the
 /// model, its tokenizer and chat template, and a batch scheduler of `max_batch` sequences.
-#[allow(dead_code)]
 pub fn smollm2_scheduler(
     max_batch: usize,
 ) -> (

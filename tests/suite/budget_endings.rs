@@ -7,7 +7,7 @@
 //! from 8 to 200 tokens. `finish_reason` is `length` exactly when the budget ended the
 //! output: a `stop` never comes past the budget, a `length` never before it.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 

@@ -1,8 +1,8 @@
 //! The engine thread with the real model: streamed text equals a direct generation, a
 //! cancel or a dropped receiver stops the job at once (billing only what was produced),
-//! and a full engine refuses work instead of waiting. (Resumed generations: `tests/batch.rs`.)
+//! and a full engine refuses work instead of waiting. (Resumed generations: `batch.rs`.)
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! recurrent state carried between chunks and rebuilt on preemption and resume), on the
 //! tiny reference model.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
