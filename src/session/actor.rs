@@ -30,7 +30,7 @@ use super::inbox::{Arrival, JobUpdate, NodeInbox};
 use super::markup::Markup;
 use super::models::ModelEntry;
 use super::prompt::PreparedPrompt;
-use super::{placement, Services};
+use super::{placement, refusal, Services};
 use crate::api::chat_request::{ChatRequest, TokenChoice};
 use crate::api::chat_response::{finish_reason, logprob_entry, Delta, Usage};
 use crate::api::error::ApiError;
@@ -43,7 +43,7 @@ use crate::protocol::{
     self, JobParams, JobSpec, NodeMessage, Placement, Progress, QueueReason, WorkerCommand,
     WorkerEvent,
 };
-use crate::store::{Hold, StoreError};
+use crate::store::Hold;
 use crate::telemetry::metrics::{front as metrics, GaugeGuard, ModelMetrics};
 
 /// How long a job may wait for a worker before the request gives up.
@@ -309,48 +309,10 @@ impl SessionActor {
                     // reaper releases it).
                     act.withdraw();
                 }
-                let error = act.hold_refused(e, choice, prompt_tokens, max_tokens);
+                let error = refusal::hold_refused(e, choice, prompt_tokens, max_tokens);
                 act.fail(error, ctx)
             }
         }));
-    }
-
-    /// Why the hold was refused, for the client.
-    fn hold_refused(
-        &self,
-        e: BillingError,
-        choice: TokenChoice,
-        prompt_tokens: u64,
-        max_tokens: u64,
-    ) -> ApiError {
-        let outcome = |o: &str| metrics().billing_holds.with_label_values(&[o]).inc();
-        match e {
-            BillingError::Store(StoreError::Insufficient {
-                token,
-                needed,
-                available,
-            }) => {
-                outcome("insufficient");
-                let which = if choice == TokenChoice::Auto {
-                    "neither the Spark nor the SOGNI balance covers".to_string()
-                } else {
-                    format!("the {token} balance does not cover")
-                };
-                ApiError::insufficient_balance(format!(
-                    "Insufficient balance: {which} this request, which can cost up to {needed} {token} \
-                     ({prompt_tokens} prompt tokens and up to {max_tokens} completion tokens; {available} {token} available). \
-                     Lower max_tokens or add credit."
-                ))
-            }
-            BillingError::Store(StoreError::KeyRevoked(_)) => {
-                outcome("revoked");
-                ApiError::unauthorized("Incorrect API key provided")
-            }
-            e => {
-                outcome("failed");
-                ApiError::logged("the hold", e)
-            }
-        }
     }
 
     // ---- Placement ---------------------------------------------------------------------

@@ -19,6 +19,7 @@ pub mod models;
 pub mod placement;
 pub mod prepare_pool;
 pub mod prompt;
+pub mod refusal;
 pub mod roster;
 pub mod tool_prompt;
 
