@@ -230,11 +230,8 @@ class Cluster:
 
     def leader(self):
         """The name of the coordinator process that holds the lease."""
-        def holder():
-            # The bus's keys carry the protocol version (`sn:v{N}:`), whichever it is now.
-            key = self.redis_cli("--scan", "--pattern", "sn:v*:coordinator:leader")
-            return key and self.redis_cli("GET", key.splitlines()[0])
-        node = poll(holder, "a leader")
+        lease = self.bus_key("coordinator:leader")
+        node = poll(lambda: self.redis_cli("GET", lease), "a leader")
         for name in self.procs:
             if name.startswith("coord") and f"node={node}" in self.logs(name):
                 return name
